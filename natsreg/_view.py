@@ -1,0 +1,224 @@
+"""A registry node's view of the fleet: pure state, no I/O, time from an injected clock.
+
+The node feeds it every control message and calls :meth:`View.expire` regularly; each call
+returns the changes to publish. Keeping this apart from NATS is what lets its rules (stale
+messages, tombstones, expiry) be tested exactly, with a fake clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from . import wire
+
+ChangeKind = Literal["up", "down", "changed", "health"]
+
+
+@dataclass(slots=True)
+class Change:
+    kind: ChangeKind
+    instance: wire.InstanceView
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class _Entry:
+    view: wire.InstanceView
+    last_seen: float
+    expires_at: float
+
+
+@dataclass(slots=True)
+class _Tombstone:
+    seq: int
+    until: float
+    said_goodbye: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one control message did: the changes, and whether to ask the sender for its info."""
+
+    changes: list[Change]
+    ask_info: bool = False
+    stale: bool = False
+
+
+_NOTHING = Outcome([])
+_STALE = Outcome([], stale=True)
+
+
+class View:
+    """Instances by id, kept current from announcements, heartbeats and goodbyes.
+
+    An instance expires ``(missed_heartbeats + 0.5) × heartbeat_s`` after it was last heard
+    from: the half interval absorbs scheduling jitter, so one late heartbeat is no expiry.
+    """
+
+    def __init__(
+        self,
+        *,
+        missed_heartbeats: float = 2.0,
+        micro_ttl_s: float = 15.0,
+        tombstone_s: float = 60.0,
+        ask_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.missed_heartbeats = missed_heartbeats
+        self.micro_ttl_s = micro_ttl_s
+        self.tombstone_s = tombstone_s
+        self.ask_interval_s = ask_interval_s
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        # An instance that said goodbye or expired leaves a tombstone holding its last
+        # sequence number, so that a message still in flight cannot bring it back.
+        self._tombstones: dict[str, _Tombstone] = {}
+        self._asked: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, instance_id: str) -> bool:
+        return instance_id in self._entries
+
+    # -- input -------------------------------------------------------------------------------
+
+    def apply(self, message: wire.ControlMessage) -> Outcome:
+        """Take one announcement, heartbeat or goodbye into the view."""
+        match message:
+            case wire.Heartbeat():
+                return self._heartbeat(message)
+            case wire.Announce():
+                return self._announce(message)
+            case wire.Goodbye():
+                return self._goodbye(message)
+        raise TypeError(f"not a control message: {message!r}")
+
+    def apply_micro(self, info: wire.SrvInfo) -> list[Change]:
+        """Take one plain ADR-32 service's ``$SRV.INFO`` reply into the view."""
+        now = self._clock()
+        entry = self._entries.get(info.id)
+        if entry is not None and entry.view.kind != "micro":
+            return []
+        view = wire.InstanceView(
+            id=info.id, name=info.name, version=info.version, kind="micro",
+            description=info.description or "", metadata=info.metadata or {},
+            endpoints=[
+                wire.Endpoint(name=e.name, subject=e.subject, queue_group=e.queue_group or "",
+                              metadata=e.metadata or {})
+                for e in info.endpoints or ()
+            ],
+        )
+        if entry is None:
+            self._entries[info.id] = _Entry(view, now, now + self.micro_ttl_s)
+            return [Change("up", view)]
+        changed = _describes_differently(entry.view, view)
+        entry.view, entry.last_seen, entry.expires_at = view, now, now + self.micro_ttl_s
+        return [Change("changed", view)] if changed else []
+
+    def expire(self) -> list[Change]:
+        """Remove the instances not heard from in time; forget old tombstones."""
+        now = self._clock()
+        gone = [i for i, e in self._entries.items() if e.expires_at <= now]
+        changes = []
+        for instance_id in gone:
+            entry = self._entries.pop(instance_id)
+            self._bury(entry.view.id, entry.view.seq, now, said_goodbye=False)
+            changes.append(Change("down", entry.view, "expired"))
+        for instance_id in [i for i, t in self._tombstones.items() if t.until <= now]:
+            del self._tombstones[instance_id]
+        for instance_id in [i for i, t in self._asked.items() if t + self.ask_interval_s <= now]:
+            del self._asked[instance_id]
+        return changes
+
+    # -- output ------------------------------------------------------------------------------
+
+    def instances(self, *, name: str | None = None, instance_id: str | None = None
+                  ) -> list[wire.InstanceView]:
+        """Copies of the matching instances, each with ``age_s`` filled in."""
+        now = self._clock()
+        if instance_id is not None:
+            entry = self._entries.get(instance_id)
+            entries = [entry] if entry is not None else []
+        else:
+            entries = [e for e in self._entries.values() if name is None or e.view.name == name]
+        return [
+            msgspec.structs.replace(e.view, age_s=round(now - e.last_seen, 3)) for e in entries
+        ]
+
+    # -- rules -------------------------------------------------------------------------------
+
+    def _is_stale(self, instance_id: str, seq: int) -> bool:
+        entry = self._entries.get(instance_id)
+        if entry is not None:
+            return seq <= entry.view.seq
+        tomb = self._tombstones.get(instance_id)
+        return tomb is not None and (tomb.said_goodbye or seq <= tomb.seq)
+
+    def _deadline(self, now: float, heartbeat_s: float) -> float:
+        return now + heartbeat_s * (self.missed_heartbeats + 0.5)
+
+    def _heartbeat(self, beat: wire.Heartbeat) -> Outcome:
+        if self._is_stale(beat.id, beat.seq):
+            return _STALE
+        now = self._clock()
+        entry = self._entries.get(beat.id)
+        if entry is None:
+            # Alive but unknown (we started after its announcement, or lost it): ask it for
+            # its full info, once per ask interval, rather than guess.
+            if beat.id in self._asked:
+                return _NOTHING
+            self._asked[beat.id] = now
+            return Outcome([], ask_info=True)
+        view = entry.view
+        health_changed = view.health != beat.health
+        view.seq, view.health, view.load = beat.seq, beat.health, beat.load
+        entry.last_seen, entry.expires_at = now, self._deadline(now, view.heartbeat_s)
+        return Outcome([Change("health", view)]) if health_changed else _NOTHING
+
+    def _announce(self, ann: wire.Announce) -> Outcome:
+        if self._is_stale(ann.id, ann.seq):
+            return _STALE
+        now = self._clock()
+        view = wire.InstanceView(
+            id=ann.id, name=ann.name, version=ann.version, kind="natsreg", seq=ann.seq,
+            description=ann.description, metadata=ann.metadata, endpoints=ann.endpoints,
+            host=ann.host, pid=ann.pid, started=ann.started, heartbeat_s=ann.heartbeat_s,
+            health=ann.health, load=ann.load,
+        )
+        old = self._entries.get(ann.id)
+        self._entries[ann.id] = _Entry(view, now, self._deadline(now, ann.heartbeat_s))
+        self._tombstones.pop(ann.id, None)
+        self._asked.pop(ann.id, None)
+        if old is None:
+            return Outcome([Change("up", view)])
+        if _describes_differently(old.view, view):
+            return Outcome([Change("changed", view)])
+        if old.view.health != view.health:
+            return Outcome([Change("health", view)])
+        return _NOTHING
+
+    def _goodbye(self, bye: wire.Goodbye) -> Outcome:
+        if self._is_stale(bye.id, bye.seq):
+            return _STALE
+        now = self._clock()
+        self._bury(bye.id, bye.seq, now, said_goodbye=True)
+        entry = self._entries.pop(bye.id, None)
+        if entry is None:
+            return _NOTHING
+        entry.view.seq = bye.seq
+        return Outcome([Change("down", entry.view, "goodbye")])
+
+    def _bury(self, instance_id: str, seq: int, now: float, *, said_goodbye: bool) -> None:
+        self._tombstones[instance_id] = _Tombstone(seq, now + self.tombstone_s, said_goodbye)
+        self._asked.pop(instance_id, None)
+
+
+def _describes_differently(a: wire.InstanceView, b: wire.InstanceView) -> bool:
+    return (a.version, a.description, a.metadata, a.endpoints) != (
+        b.version, b.description, b.metadata, b.endpoints)

@@ -1,0 +1,119 @@
+"""natsreg's errors: one base class, one class per condition, NATS exceptions translated here.
+
+Caller-side errors carry ``retryable``: whether sending the same request again may succeed.
+A handler's error travels to the caller in the ADR-32 headers ``Nats-Service-Error`` and
+``Nats-Service-Error-Code`` and comes back as the same :class:`ServiceError`.
+"""
+
+from __future__ import annotations
+
+import nats.errors
+
+__all__ = [
+    "CODE_HEADER",
+    "ERROR_HEADER",
+    "RETRYABLE_HEADER",
+    "ConfigError",
+    "NatsregError",
+    "NoInstanceError",
+    "NotConnectedError",
+    "RequestError",
+    "RequestTimeoutError",
+    "ServiceError",
+    "error_headers",
+    "from_nats",
+    "from_reply_headers",
+]
+
+ERROR_HEADER = "Nats-Service-Error"
+CODE_HEADER = "Nats-Service-Error-Code"
+# Not part of ADR-32: a natsreg service's way to say "this failure is safe to retry".
+RETRYABLE_HEADER = "Natsreg-Retryable"
+
+
+class NatsregError(Exception):
+    """Base class of every error natsreg raises."""
+
+    retryable: bool = False
+
+
+class ConfigError(NatsregError, ValueError):
+    """A name, version, subject or setting was refused before anything was sent."""
+
+
+class RequestError(NatsregError):
+    """A request did not produce a reply."""
+
+    def __init__(self, message: str, *, subject: str = "") -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class NoInstanceError(RequestError):
+    """Nothing serves the subject: NATS answered 'no responders' at once."""
+
+    retryable = True
+
+
+class RequestTimeoutError(RequestError, TimeoutError):
+    """No reply came within the timeout. The handler may still have run."""
+
+
+class NotConnectedError(RequestError):
+    """The NATS connection is closed or draining."""
+
+
+class ServiceError(RequestError):
+    """The handler failed. Raise it in a handler to reply with a code; callers receive it.
+
+    ``code`` follows HTTP's classes where it can (4xx: the request is wrong, 5xx: the service
+    failed), which is what ADR-32 services in other languages do too.
+    """
+
+    def __init__(
+        self, description: str, *, code: int = 500, retryable: bool = False, subject: str = ""
+    ) -> None:
+        super().__init__(f"{code} {description}", subject=subject)
+        self.description = description
+        self.code = code
+        self.retryable = retryable
+
+
+def error_headers(error: ServiceError) -> dict[str, str]:
+    """The ADR-32 headers that carry ``error`` in a reply."""
+    headers = {ERROR_HEADER: error.description, CODE_HEADER: str(error.code)}
+    if error.retryable:
+        headers[RETRYABLE_HEADER] = "true"
+    return headers
+
+
+def from_reply_headers(headers: dict[str, str] | None, subject: str) -> ServiceError | None:
+    """The error a reply carries in its headers, or None for a successful reply."""
+    if not headers or (ERROR_HEADER not in headers and CODE_HEADER not in headers):
+        return None
+    try:
+        code = int(headers.get(CODE_HEADER, "500"))
+    except ValueError:
+        code = 500
+    return ServiceError(
+        headers.get(ERROR_HEADER, ""),
+        code=code,
+        retryable=headers.get(RETRYABLE_HEADER) == "true",
+        subject=subject,
+    )
+
+
+def from_nats(exc: Exception, subject: str, timeout_s: float) -> NatsregError | Exception:
+    """Translate a nats-py exception raised by a request; anything unknown is returned as is."""
+    match exc:
+        case nats.errors.NoRespondersError():
+            return NoInstanceError(f"no instance serves {subject!r}", subject=subject)
+        case nats.errors.TimeoutError():
+            return RequestTimeoutError(
+                f"no reply on {subject!r} within {timeout_s:g} s", subject=subject
+            )
+        case nats.errors.ConnectionClosedError() | nats.errors.ConnectionDrainingError():
+            return NotConnectedError(f"NATS connection is closed ({subject!r})", subject=subject)
+        case nats.errors.BadSubjectError():
+            return ConfigError(f"{subject!r} is not a valid subject")
+    return exc

@@ -1,0 +1,492 @@
+"""A service instance: announces itself, heartbeats, serves endpoints, says goodbye.
+
+    async with natsreg.announce(nc, "user-service", version="1.2.0") as svc:
+        @svc.endpoint("users")
+        async def users(req):
+            return {"id": 1}
+        await svc.serve_forever()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.nuid import NUID
+
+from . import subjects, wire
+from ._codec import Message, to_bytes
+from .errors import ConfigError, ServiceError, error_headers
+
+__all__ = ["Handler", "HealthCheck", "Request", "Service", "ServiceConfig", "announce"]
+
+log = logging.getLogger("natsreg.service")
+
+Handler = Callable[["Request"], Awaitable[Any]]
+HealthCheck = Callable[[], "wire.Health | Awaitable[wire.Health]"]
+
+# Consul's caps, which operators already know; they keep an announcement well under 64 KiB.
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 512
+MAX_DESCRIPTION_CHARS = 4096
+
+
+class Request(Message):
+    """A request as a handler sees it: ``data``, ``headers``, ``subject``, ``json()``,
+    ``decode(Type)``."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, msg: Msg) -> None:
+        super().__init__(msg.subject, msg.data, msg.headers)
+        self.reply = msg.reply
+
+
+def _check_metadata(metadata: Mapping[str, str], what: str) -> dict[str, str]:
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise ConfigError(f"{what}: at most {MAX_METADATA_KEYS} metadata keys, got {len(metadata)}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(f"{what}: metadata keys and values must be strings ({key!r})")
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            raise ConfigError(f"{what}: metadata key {key[:40]!r} must be 1-128 characters")
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise ConfigError(f"{what}: metadata value of {key!r} is over 512 characters")
+    return dict(metadata)
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not wire.NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"{what} {name!r} is not valid: use letters, digits, '-' and '_' only (ADR-32)"
+        )
+    return name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """Everything that describes one service instance, validated once, at construction."""
+
+    name: str
+    version: str
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: Queue group of the endpoints; the service name unless set.
+    queue_group: str | None = None
+    #: Subject prefix of natsreg's control traffic; must match the registry's.
+    prefix: str = subjects.DEFAULT_PREFIX
+    heartbeat_s: float = 1.0
+    #: Handlers running at once; further requests wait in NATS' per-subscription buffer.
+    max_in_flight: int = 256
+    #: How long leaving the block waits for in-flight handlers before cancelling them.
+    drain_timeout_s: float = 10.0
+    #: Called every heartbeat; returns "passing", "warning" or "critical".
+    health: HealthCheck | None = None
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "service name")
+        if not isinstance(self.version, str) or not wire.SEMVER_PATTERN.match(self.version):
+            raise ConfigError(f"version {self.version!r} is not SemVer (e.g. '1.2.0')")
+        if not isinstance(self.description, str) or len(self.description) > MAX_DESCRIPTION_CHARS:
+            raise ConfigError(f"description must be a string of at most {MAX_DESCRIPTION_CHARS}")
+        object.__setattr__(self, "metadata", _check_metadata(self.metadata, "service"))
+        if self.queue_group is not None and not subjects.is_valid_token(self.queue_group):
+            raise ConfigError(f"queue group {self.queue_group!r} is not a valid NATS token")
+        if not subjects.is_valid_subject(self.prefix):
+            raise ConfigError(f"prefix {self.prefix!r} is not a valid subject")
+        if not 0.05 <= self.heartbeat_s <= 3600:
+            raise ConfigError(f"heartbeat_s must be between 0.05 and 3600, got {self.heartbeat_s}")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+
+
+@dataclass(eq=False)
+class _Endpoint:
+    name: str
+    subject: str
+    queue_group: str
+    handler: Handler
+    metadata: dict[str, str]
+    subs: list[Subscription] = field(default_factory=list)
+    num_requests: int = 0
+    num_errors: int = 0
+    last_error: str = ""
+    processing_ns: int = 0
+
+    def info(self) -> wire.Endpoint:
+        return wire.Endpoint(
+            name=self.name, subject=self.subject, queue_group=self.queue_group,
+            metadata=self.metadata,
+        )
+
+    def stats(self) -> wire.SrvEndpointStats:
+        served = self.num_requests
+        return wire.SrvEndpointStats(
+            name=self.name, subject=self.subject, queue_group=self.queue_group,
+            num_requests=served, num_errors=self.num_errors, last_error=self.last_error,
+            processing_time=self.processing_ns,
+            average_processing_time=self.processing_ns // served if served else 0,
+        )
+
+
+class Service(anyio.AsyncContextManagerMixin):
+    """One running instance of a service. Build it with :func:`announce`."""
+
+    def __init__(self, nc: NATS, config: ServiceConfig) -> None:
+        self.config = config
+        #: Unique for this process' lifetime: a restart is a new instance.
+        self.id: str = NUID().next().decode()
+        self._nc = nc
+        self._queue_group = config.queue_group or config.name
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._seq = 0
+        self._started = datetime.now(UTC).isoformat()
+        self._health: wire.Health = "passing"
+        self._in_flight = 0
+        self._served = 0
+        self._errors = 0
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Strong references to running handlers: the event loop only keeps weak ones.
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._tg: TaskGroup | None = None
+        self._stopping = False
+        self._host = socket.gethostname()
+
+    # -- public ------------------------------------------------------------------------------
+
+    def endpoint(
+        self,
+        name: str,
+        *,
+        subject: str | None = None,
+        queue_group: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Serve the decorated coroutine function on ``<service>.<name>`` (or ``subject``).
+
+        The handler gets a :class:`Request` and returns a dict, list, msgspec Struct, str,
+        bytes or None; raising :class:`~natsreg.ServiceError` replies with its code.
+        """
+        endpoint = self._new_endpoint(name, subject, queue_group, metadata)
+
+        def register(handler: Handler) -> Handler:
+            if not inspect.iscoroutinefunction(handler):
+                raise ConfigError(f"endpoint {name!r}: the handler must be an async function")
+            endpoint.handler = handler
+            self._endpoints[name] = endpoint
+            if self._tg is not None:
+                self._tg.start_soon(self._serve_endpoint, endpoint, True)
+            return handler
+
+        return register
+
+    async def serve_forever(self) -> None:
+        """Wait until SIGINT or SIGTERM (or cancellation); leaving the block then drains."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: got %s, stopping", self.config.name, signal.Signals(signum).name)
+                return
+
+    @property
+    def health(self) -> wire.Health:
+        return self._health
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Service]:
+        control: list[Subscription] = []
+        async with anyio.create_task_group() as tg:
+            try:
+                control = await self._subscribe_control()
+                for endpoint in self._endpoints.values():
+                    await self._serve_endpoint(endpoint, announce=False)
+                self._tg = tg
+                await self._publish_announce()
+                tg.start_soon(self._heartbeat_loop)
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._stop(control)
+                tg.cancel_scope.cancel()
+
+    async def _stop(self, control: list[Subscription]) -> None:
+        # Order matters: heartbeats stop first so none follows the goodbye; endpoints drain
+        # (NATS stops routing to us, and what it already routed is still handled) before the
+        # goodbye, so nothing is sent to an instance that registries have forgotten.
+        self._stopping = True
+        self._tg = None
+        for endpoint in self._endpoints.values():
+            for sub in endpoint.subs:
+                await _quietly(sub.drain(), "drain endpoint subscription")
+        seq = self._next_seq()
+        goodbye = wire.Goodbye(id=self.id, name=self.config.name, seq=seq)
+        await _quietly(self._publish("bye", goodbye), "say goodbye")
+        with anyio.move_on_after(self.config.drain_timeout_s) as scope:
+            await self._idle.wait()
+        if scope.cancelled_caught:
+            log.warning("%s: %d handlers still running after %.1f s; cancelling them",
+                        self.config.name, self._in_flight, self.config.drain_timeout_s)
+            for task in self._handlers:
+                task.cancel()
+        for sub in control:
+            await _quietly(sub.unsubscribe(), "unsubscribe")
+        await _quietly(self._nc.flush(timeout=2), "flush")
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def _new_endpoint(
+        self, name: str, subject: str | None, queue_group: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> _Endpoint:
+        _check_name(name, "endpoint name")
+        if name in self._endpoints:
+            raise ConfigError(f"endpoint {name!r} is already served")
+        subject = subject or subjects.endpoint_subject(self.config.name, name)
+        if not subjects.is_valid_subject(subject):
+            raise ConfigError(f"endpoint {name!r}: {subject!r} is not a valid literal subject")
+        queue_group = queue_group or self._queue_group
+        if not subjects.is_valid_token(queue_group):
+            raise ConfigError(f"endpoint {name!r}: queue group {queue_group!r} is not valid")
+        return _Endpoint(
+            name=name, subject=subject, queue_group=queue_group, handler=_unset_handler,
+            metadata=_check_metadata(metadata or {}, f"endpoint {name!r}"),
+        )
+
+    async def _serve_endpoint(self, endpoint: _Endpoint, announce: bool) -> None:
+        async def on_request(msg: Msg) -> None:
+            await self._on_request(endpoint, msg)
+
+        direct = subjects.direct_subject(self.config.prefix, self.id, endpoint.name)
+        endpoint.subs = [
+            await self._nc.subscribe(endpoint.subject, queue=endpoint.queue_group, cb=on_request),
+            await self._nc.subscribe(direct, cb=on_request),
+        ]
+        if announce:
+            # Announce only once NATS has the subscription, so no caller that learns of the
+            # endpoint from a registry can reach it before it is served.
+            await self._nc.flush()
+            await self._publish_announce()
+
+    async def _on_request(self, endpoint: _Endpoint, msg: Msg) -> None:
+        # nats-py calls this serially per subscription; the handler runs in its own task so
+        # that requests are served concurrently, up to max_in_flight.
+        await self._slots.acquire()
+        self._in_flight += 1
+        self._idle.clear()
+        task = asyncio.get_running_loop().create_task(self._handle(endpoint, msg))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, endpoint: _Endpoint, msg: Msg) -> None:
+        started = time.perf_counter_ns()
+        headers: dict[str, str] | None = None
+        try:
+            data = to_bytes(await endpoint.handler(Request(msg)))
+        except ServiceError as exc:
+            data, headers = b"", error_headers(exc)
+            self._count_error(endpoint, f"{exc.code}: {exc.description}")
+        except Exception as exc:
+            log.exception("%s.%s: handler failed", self.config.name, endpoint.name)
+            error = ServiceError(f"{type(exc).__name__}: {exc}", code=500)
+            data, headers = b"", error_headers(error)
+            self._count_error(endpoint, error.description)
+        finally:
+            endpoint.num_requests += 1
+            endpoint.processing_ns += time.perf_counter_ns() - started
+            self._served += 1
+            self._in_flight -= 1
+            self._slots.release()
+            if self._in_flight == 0:
+                self._idle.set()
+        if msg.reply:
+            await _quietly(self._nc.publish(msg.reply, data, headers=headers), "reply")
+
+    def _count_error(self, endpoint: _Endpoint, description: str) -> None:
+        endpoint.num_errors += 1
+        endpoint.last_error = description
+        self._errors += 1
+
+    # -- control traffic ---------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _load(self) -> wire.Load:
+        return wire.Load(in_flight=self._in_flight, served=self._served, errors=self._errors)
+
+    def _announcement(self) -> wire.Announce:
+        c = self.config
+        return wire.Announce(
+            id=self.id, name=c.name, version=c.version, seq=self._next_seq(),
+            description=c.description, metadata=dict(c.metadata),
+            endpoints=[e.info() for e in self._endpoints.values()],
+            host=self._host, pid=os.getpid(), started=self._started,
+            heartbeat_s=c.heartbeat_s, health=self._health, load=self._load(),
+        )
+
+    async def _publish(self, verb: str, message: msgspec.Struct) -> None:
+        subject = subjects.control_subject(self.config.prefix, verb, self.config.name, self.id)
+        await self._nc.publish(subject, wire.encode(message))
+
+    async def _publish_announce(self) -> None:
+        payload = wire.encode(self._announcement())
+        if len(payload) > wire.MAX_CONTROL_BYTES:
+            raise ConfigError(
+                f"{self.config.name}: the announcement is {len(payload)} bytes, over the "
+                f"{wire.MAX_CONTROL_BYTES} limit; shorten metadata or descriptions"
+            )
+        subject = subjects.control_subject(
+            self.config.prefix, "announce", self.config.name, self.id)
+        await self._nc.publish(subject, payload)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.heartbeat_s)
+            self._health = await self._check_health()
+            if self._stopping:
+                return
+            beat = wire.Heartbeat(
+                id=self.id, name=self.config.name, seq=self._next_seq(),
+                health=self._health, load=self._load(),
+            )
+            await _quietly(self._publish("hb", beat), "heartbeat")
+
+    async def _check_health(self) -> wire.Health:
+        if self.config.health is None:
+            return "passing"
+        try:
+            result = self.config.health()
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            log.exception("%s: health check failed; reporting critical", self.config.name)
+            return "critical"
+        if result not in ("passing", "warning", "critical"):
+            log.error("%s: health check returned %r; reporting critical", self.config.name, result)
+            return "critical"
+        return result
+
+    async def _subscribe_control(self) -> list[Subscription]:
+        name, prefix = self.config.name, self.config.prefix
+        subs = []
+        for tokens in ((), (name,), (name, self.id)):
+            for verb, reply in (("PING", self._ping), ("INFO", self._info),
+                                ("STATS", self._stats)):
+                subs.append(await self._nc.subscribe(
+                    subjects.srv_subject(verb, *tokens), cb=_replier(self._nc, reply)))
+            subs.append(await self._nc.subscribe(
+                subjects.control_subject(prefix, "discover", *tokens), cb=self._on_discover))
+        return subs
+
+    async def _on_discover(self, msg: Msg) -> None:
+        try:
+            jitter_s = wire.decode_discover(msg.data).jitter_s if msg.data else 0.0
+        except msgspec.DecodeError:
+            jitter_s = 0.0
+        if self._tg is not None:
+            # Spread re-announcements so that a registry restart is no burst for the bus.
+            self._tg.start_soon(self._announce_after, random.uniform(0, min(jitter_s, 30.0)))
+
+    async def _announce_after(self, delay_s: float) -> None:
+        await anyio.sleep(delay_s)
+        if not self._stopping:
+            await _quietly(self._publish_announce(), "re-announce")
+
+    def _srv_metadata(self) -> dict[str, str]:
+        return {**self.config.metadata, wire.PREFIX_METADATA_KEY: self.config.prefix}
+
+    def _ping(self) -> msgspec.Struct:
+        c = self.config
+        return wire.SrvPing(name=c.name, id=self.id, version=c.version,
+                            metadata=self._srv_metadata())
+
+    def _info(self) -> msgspec.Struct:
+        c = self.config
+        return wire.SrvInfo(
+            name=c.name, id=self.id, version=c.version, description=c.description,
+            metadata=self._srv_metadata(),
+            endpoints=[
+                wire.SrvEndpointInfo(name=e.name, subject=e.subject, queue_group=e.queue_group,
+                                     metadata=e.metadata)
+                for e in self._endpoints.values()
+            ],
+        )
+
+    def _stats(self) -> msgspec.Struct:
+        c = self.config
+        return wire.SrvStats(
+            name=c.name, id=self.id, version=c.version, metadata=self._srv_metadata(),
+            started=self._started, endpoints=[e.stats() for e in self._endpoints.values()],
+        )
+
+
+def announce(
+    nc: NATS,
+    name: str,
+    *,
+    version: str,
+    description: str = "",
+    metadata: Mapping[str, str] | None = None,
+    queue_group: str | None = None,
+    prefix: str = subjects.DEFAULT_PREFIX,
+    heartbeat_s: float = 1.0,
+    max_in_flight: int = 256,
+    drain_timeout_s: float = 10.0,
+    health: HealthCheck | None = None,
+) -> Service:
+    """A service instance on ``nc``, to be entered with ``async with``.
+
+    Entering announces it; leaving stops heartbeats, drains in-flight requests and says
+    goodbye. The connection stays open: it is the caller's. See :class:`ServiceConfig`.
+    """
+    config = ServiceConfig(
+        name=name, version=version, description=description, metadata=metadata or {},
+        queue_group=queue_group, prefix=prefix, heartbeat_s=heartbeat_s,
+        max_in_flight=max_in_flight, drain_timeout_s=drain_timeout_s, health=health,
+    )
+    return Service(nc, config)
+
+
+async def _unset_handler(request: Request) -> Any:
+    raise ServiceError("endpoint has no handler", code=501)
+
+
+def _replier(nc: NATS, build: Callable[[], msgspec.Struct]) -> Callable[[Msg], Awaitable[None]]:
+    async def reply(msg: Msg) -> None:
+        if msg.reply:
+            await _quietly(nc.publish(msg.reply, wire.encode(build())), "$SRV reply")
+
+    return reply
+
+
+async def _quietly(step: Awaitable[Any], what: str) -> None:
+    # Used where the connection may already be closed (shutdown, a reply to a caller that is
+    # gone): the failure is logged, and the steps after it still run.
+    try:
+        await step
+    except Exception as exc:
+        log.warning("could not %s: %s", what, exc)

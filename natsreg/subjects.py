@@ -1,0 +1,69 @@
+"""Every subject natsreg uses, built in one place.
+
+Control traffic lives under a configurable prefix (``natsreg`` by default), so that several
+environments can share one NATS account::
+
+    <prefix>.announce.<name>.<id>    full info: on start, on change, on request
+    <prefix>.hb.<name>.<id>          heartbeat: health and load, every heartbeat interval
+    <prefix>.bye.<name>.<id>         goodbye: the instance is stopping
+    <prefix>.discover[.<name>[.<id>]]  ask instances to re-announce
+    <prefix>.events.<name>           registry changes, one event per change
+    <prefix>.registry.<verb>         registry queries (list, service, instance), request-reply
+    <prefix>.direct.<id>.<endpoint>  one instance's endpoint, for direct addressing
+
+Endpoints themselves are served on plain subjects (``<service>.<endpoint>``) in the queue
+group ``<service>``; the ADR-32 ``$SRV`` subjects are built by :func:`srv_subject`.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "REGISTRY_QUEUE",
+    "control_subject",
+    "direct_subject",
+    "endpoint_subject",
+    "is_valid_subject",
+    "is_valid_token",
+    "srv_subject",
+]
+
+DEFAULT_PREFIX = "natsreg"
+REGISTRY_QUEUE = "natsreg-registry"
+
+# A token may not hold the separator, the wildcards or whitespace (NATS protocol rule); we also
+# refuse control characters, which would end the protocol line early.
+_BAD_TOKEN = re.compile(r"[.*>\s\x00-\x1f\x7f]")
+
+
+def is_valid_token(token: str) -> bool:
+    """Whether ``token`` can stand as one token of a subject, with no wildcard meaning."""
+    return bool(token) and _BAD_TOKEN.search(token) is None
+
+
+def is_valid_subject(subject: str) -> bool:
+    """Whether ``subject`` is a literal subject: non-empty tokens, no wildcards."""
+    return bool(subject) and all(is_valid_token(t) for t in subject.split("."))
+
+
+def control_subject(prefix: str, verb: str, *tokens: str) -> str:
+    """``<prefix>.<verb>[.<token>...]``: the one function that formats a control subject."""
+    return ".".join((prefix, verb, *tokens))
+
+
+def endpoint_subject(service: str, endpoint: str) -> str:
+    """The default, load-balanced subject of an endpoint: ``<service>.<endpoint>``."""
+    return f"{service}.{endpoint}"
+
+
+def direct_subject(prefix: str, instance_id: str, endpoint: str) -> str:
+    """The subject on which only one instance serves ``endpoint``."""
+    return control_subject(prefix, "direct", instance_id, endpoint)
+
+
+def srv_subject(verb: str, name: str | None = None, instance_id: str | None = None) -> str:
+    """An ADR-32 discovery subject: ``$SRV.<verb>[.<name>[.<id>]]``."""
+    tokens = [t for t in (name, instance_id) if t is not None]
+    return ".".join(("$SRV", verb, *tokens))

@@ -1,0 +1,247 @@
+"""Every message natsreg puts on the wire, as msgspec Structs encoded to JSON.
+
+Rules that keep old and new peers talking (msgspec's schema evolution): every control message
+carries ``schema``; a new field always gets a default; a field never changes type; unknown
+fields are ignored on decode. Instance-to-registry messages form one tagged union
+(:data:`ControlMessage`, tag field ``type``) so one decoder reads them all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "MAX_CONTROL_BYTES",
+    "NAME_PATTERN",
+    "PREFIX_METADATA_KEY",
+    "SCHEMA_VERSION",
+    "SEMVER_PATTERN",
+    "SrvEndpointInfo",
+    "SrvEndpointStats",
+    "SrvInfo",
+    "SrvPing",
+    "SrvStats",
+    "Announce",
+    "ControlMessage",
+    "Discover",
+    "Endpoint",
+    "Event",
+    "Goodbye",
+    "Health",
+    "Heartbeat",
+    "InstanceView",
+    "Load",
+    "Snapshot",
+    "decode_control",
+    "decode_discover",
+    "decode_event",
+    "decode_snapshot",
+    "decode_srv_info",
+    "encode",
+]
+
+SCHEMA_VERSION = 1
+
+# An announcement carries the endpoints and metadata; 64 KiB leaves room for hundreds of
+# endpoints while keeping a re-announce round of 50k instances within a few GB/s of nothing.
+MAX_CONTROL_BYTES = 64 * 1024
+
+# ADR-32's rules, as the NATS CLI's JSON schemas state them.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
+SEMVER_PATTERN = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+
+# Set in a natsreg instance's $SRV metadata, so that registry nodes tell natsreg instances
+# (which heartbeat) from plain ADR-32 services (which must be polled).
+PREFIX_METADATA_KEY = "natsreg.prefix"
+
+Health = Literal["passing", "warning", "critical"]
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One endpoint of a service: where it listens and in which queue group."""
+
+    name: str
+    subject: str
+    queue_group: str
+    metadata: dict[str, str] = {}
+
+
+class Load(msgspec.Struct, kw_only=True):
+    """Light load figures carried by every heartbeat."""
+
+    in_flight: int = 0
+    served: int = 0
+    errors: int = 0
+
+
+class Announce(msgspec.Struct, tag="announce", tag_field="type", kw_only=True):
+    """An instance's full description: sent on start, on change, and when asked."""
+
+    schema: int = SCHEMA_VERSION
+    id: str
+    name: str
+    version: str
+    seq: int
+    description: str = ""
+    metadata: dict[str, str] = {}
+    endpoints: list[Endpoint] = []
+    host: str = ""
+    pid: int = 0
+    started: str = ""
+    heartbeat_s: float = 1.0
+    health: Health = "passing"
+    load: Load = msgspec.field(default_factory=Load)
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type", kw_only=True):
+    """A small periodic proof of life: health and load, nothing that rarely changes."""
+
+    schema: int = SCHEMA_VERSION
+    id: str
+    name: str
+    seq: int
+    health: Health = "passing"
+    load: Load = msgspec.field(default_factory=Load)
+
+
+class Goodbye(msgspec.Struct, tag="goodbye", tag_field="type", kw_only=True):
+    """The instance is stopping: forget it now rather than at expiry."""
+
+    schema: int = SCHEMA_VERSION
+    id: str
+    name: str
+    seq: int
+
+
+ControlMessage = Announce | Heartbeat | Goodbye
+
+
+class Discover(msgspec.Struct, kw_only=True):
+    """Ask instances to re-announce, each after a random delay in ``[0, jitter_s]``."""
+
+    schema: int = SCHEMA_VERSION
+    jitter_s: float = 0.0
+
+
+class InstanceView(msgspec.Struct, kw_only=True):
+    """One instance as a registry node sees it.
+
+    ``kind`` is ``natsreg`` for instances that heartbeat, ``micro`` for plain ADR-32 services
+    found through ``$SRV.INFO``. ``age_s`` is how long ago the node last heard from it.
+    """
+
+    id: str
+    name: str
+    version: str
+    kind: Literal["natsreg", "micro"] = "natsreg"
+    seq: int = 0
+    description: str = ""
+    metadata: dict[str, str] = {}
+    endpoints: list[Endpoint] = []
+    host: str = ""
+    pid: int = 0
+    started: str = ""
+    heartbeat_s: float = 0.0
+    health: Health = "passing"
+    load: Load = msgspec.field(default_factory=Load)
+    age_s: float = 0.0
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """A registry node's answer to a query: the instances it knows, and how fresh that is."""
+
+    schema: int = SCHEMA_VERSION
+    node: str
+    revision: int
+    warming_up: bool = False
+    instances: list[InstanceView] = []
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One change in a registry node's view, published on ``<prefix>.events.<name>``."""
+
+    schema: int = SCHEMA_VERSION
+    node: str
+    revision: int
+    kind: Literal["up", "down", "changed", "health"]
+    reason: str = ""
+    instance: InstanceView
+
+
+# ADR-32 ($SRV) replies. The same Structs decode other services' replies, which is why the
+# optional fields admit null (nats.micro for Python sends ``description: null``); natsreg's own
+# replies always fill them, as the NATS CLI's schemas require.
+
+
+class SrvPing(msgspec.Struct, kw_only=True):
+    """Reply to ``$SRV.PING``."""
+
+    type: str = "io.nats.micro.v1.ping_response"
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str] | None = None
+
+
+class SrvEndpointInfo(msgspec.Struct, kw_only=True):
+    name: str
+    subject: str
+    queue_group: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class SrvInfo(msgspec.Struct, kw_only=True):
+    """Reply to ``$SRV.INFO``."""
+
+    type: str = "io.nats.micro.v1.info_response"
+    name: str
+    id: str
+    version: str
+    description: str | None = None
+    metadata: dict[str, str] | None = None
+    endpoints: list[SrvEndpointInfo] | None = None
+
+
+class SrvEndpointStats(msgspec.Struct, kw_only=True):
+    name: str
+    subject: str
+    queue_group: str
+    num_requests: int = 0
+    num_errors: int = 0
+    last_error: str = ""
+    processing_time: int = 0
+    average_processing_time: int = 0
+
+
+class SrvStats(msgspec.Struct, kw_only=True):
+    """Reply to ``$SRV.STATS``; times in nanoseconds as ADR-32 states."""
+
+    type: str = "io.nats.micro.v1.stats_response"
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str] | None = None
+    started: str
+    endpoints: list[SrvEndpointStats] = []
+
+
+_encoder = msgspec.json.Encoder()
+_control_decoder = msgspec.json.Decoder(ControlMessage)
+_discover_decoder = msgspec.json.Decoder(Discover)
+_snapshot_decoder = msgspec.json.Decoder(Snapshot)
+_event_decoder = msgspec.json.Decoder(Event)
+_srv_info_decoder = msgspec.json.Decoder(SrvInfo)
+
+encode = _encoder.encode
+decode_control = _control_decoder.decode
+decode_discover = _discover_decoder.decode
+decode_snapshot = _snapshot_decoder.decode
+decode_event = _event_decoder.decode
+decode_srv_info = _srv_info_decoder.decode
