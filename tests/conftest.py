@@ -1,0 +1,55 @@
+"""Fixtures: a real nats-server per test session, a connection and unique names per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from natsreg._server import NatsServer
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    conn = await nats.connect(nats_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A control-subject prefix no other test uses, so tests cannot see each other."""
+    return f"t{os.getpid()}x{next(_counter)}"
+
+
+@pytest.fixture
+def unique() -> str:
+    """A token to make service names unique per test (endpoint subjects are not prefixed)."""
+    return f"{os.getpid()}-{next(_counter)}"
+
+
+@pytest.fixture
+def cli_env(nats_url: str) -> dict[str, str]:
+    """Environment for running ``python -m natsreg`` against the test server."""
+    return {**os.environ, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
+
+
+PYTHON = sys.executable
