@@ -1,0 +1,530 @@
+"""``natsreg``: run the system, look at it, call it.
+
+The CLI only parses arguments, connects, and hands over to the roles; every failure it
+expects ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+
+from . import __version__, subjects, wire
+from ._server import NatsServer, ServerError, is_listening
+from .client import Client
+from .errors import NatsregError, ServiceError
+from .registry import Registry
+
+__all__ = ["main"]
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("natsreg.cli")
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one line, exit code 1."""
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    conn = common.add_argument_group("connection")
+    conn.add_argument("-s", "--server", default=os.environ.get("NATS_URL", DEFAULT_URL),
+                      help="NATS URL (default: $NATS_URL or %(default)s)")
+    conn.add_argument("--prefix", default=os.environ.get("NATSREG_PREFIX", subjects.DEFAULT_PREFIX),
+                      help="subject prefix of natsreg's control traffic (default: %(default)s)")
+    conn.add_argument("--token", default=os.environ.get("NATS_TOKEN"), help="auth token")
+    conn.add_argument("--user", default=os.environ.get("NATS_USER"), help="user name")
+    conn.add_argument("--password", default=os.environ.get("NATS_PASSWORD"), help="password")
+    conn.add_argument("--creds", default=os.environ.get("NATS_CREDS"), help="credentials file")
+    conn.add_argument("--tls-ca", help="CA certificate file to verify the server")
+    conn.add_argument("--tls-cert", help="client certificate file")
+    conn.add_argument("--tls-key", help="client key file")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+
+    parser = argparse.ArgumentParser(
+        prog="natsreg", description="Service discovery and RPC for microservices on NATS.")
+    parser.add_argument("--version", action="version", version=f"natsreg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up", parents=[common], help="run NATS (embedded if none is reachable) and a registry",
+        description="Start a nats-server when nothing listens at --server (a local URL), a "
+                    "registry node, and any --with programs; Ctrl-C stops them all.")
+    up.add_argument("--with", dest="programs", action="append", default=[], metavar="CMD",
+                    help="also run CMD (a .py file runs with this Python) with NATS_URL set; "
+                         "repeatable")
+    _registry_options(up)
+
+    registry = commands.add_parser("registry", parents=[common], help="run a registry node")
+    _registry_options(registry)
+
+    ls = commands.add_parser("ls", parents=[common], help="list services and their instances")
+    ls.add_argument("--json", action="store_true", help="print the registry's answer as JSON")
+
+    info = commands.add_parser("info", parents=[common],
+                               help="one service: instances, endpoints, metadata, stats")
+    info.add_argument("service")
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    request = commands.add_parser(
+        "request", parents=[common], help="send a request and print the reply",
+        description="Send PAYLOAD (JSON, unless --raw) to SUBJECT and print the reply.")
+    request.add_argument("subject", help="e.g. user-service.users")
+    request.add_argument("payload", nargs="?", default="",
+                         help="JSON payload; '-' reads standard input")
+    request.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    request.add_argument("-H", "--header", action="append", default=[], metavar="K:V",
+                         help="a header to send; repeatable")
+    request.add_argument("--raw", action="store_true", help="send the payload as it is")
+
+    watch = commands.add_parser("watch", parents=[common], help="stream registry changes")
+    watch.add_argument("service", nargs="?", help="only this service")
+    watch.add_argument("--json", action="store_true", help="one JSON event per line")
+    return parser
+
+
+def _registry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--missed-heartbeats", type=float, default=2.0,
+                        help="expire an instance after this many silent intervals (default: 2)")
+    parser.add_argument("--micro-poll", type=float, default=5.0, metavar="SECONDS",
+                        help="how often to look for plain ADR-32 services (default: 5)")
+
+
+# -- connecting --------------------------------------------------------------------------------
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=args.tls_ca)
+    if args.tls_cert:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
+
+
+async def _connect(args: argparse.Namespace, *, long_lived: bool) -> NATS:
+    connected = False
+    last_error: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        # Before the first connection, the one clear line below says it all.
+        last_error[:] = [exc]
+        log.log(logging.WARNING if connected else logging.DEBUG, "NATS: %s", exc)
+
+    options: dict[str, Any] = {
+        "servers": [args.server], "name": f"natsreg-{args.command}", "connect_timeout": 2,
+        "error_cb": on_error,
+        # nats-py reads 0 as "retry for ever"; 1 with a short wait fails within a second.
+        "max_reconnect_attempts": 1, "reconnect_time_wait": 0.2,
+    }
+    for key, value in (("token", args.token), ("user", args.user),
+                       ("password", args.password), ("user_credentials", args.creds),
+                       ("tls", _tls(args))):
+        if value is not None:
+            options[key] = value
+    try:
+        nc = await nats.connect(**options)
+    except Exception as exc:
+        raise CliError(
+            f"cannot reach NATS at {args.server} ({_reason((last_error or [exc])[0])}): "
+            "start one with "
+            "'natsreg up', or pass --server / set NATS_URL") from exc
+    connected = True
+    if long_lived:
+        # Once connected, a long-lived process rides out any outage: reconnect for ever.
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 1.0
+    return nc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.removeprefix("nats: ")
+
+
+async def _with_connection(args: argparse.Namespace, run: Callable[[NATS], Awaitable[int]],
+                           *, long_lived: bool = False) -> int:
+    nc = await _connect(args, long_lived=long_lived)
+    try:
+        return await run(nc)
+    finally:
+        try:
+            await nc.close()
+        except Exception as exc:
+            log.debug("close: %s", exc)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+async def _cmd_registry(args: argparse.Namespace) -> int:
+    async def run(nc: NATS) -> int:
+        async with _registry(nc, args) as node:
+            _say(f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}); "
+                 "Ctrl-C stops it")
+            await _until_signal()
+        return 0
+
+    return await _with_connection(args, run, long_lived=True)
+
+
+def _registry(nc: NATS, args: argparse.Namespace) -> Registry:
+    return Registry(nc, prefix=args.prefix, missed_heartbeats=args.missed_heartbeats,
+                    micro_poll_s=args.micro_poll)
+
+
+async def _cmd_up(args: argparse.Namespace) -> int:
+    url = urlsplit(args.server)
+    host, port = url.hostname or "127.0.0.1", url.port or 4222
+    async with AsyncExitStack() as stack:
+        if is_listening(host, port):
+            _say(f"using the nats-server at {args.server}")
+        elif host in ("127.0.0.1", "localhost", "::1"):
+            try:
+                server = NatsServer(host=host, port=port)
+            except ServerError as exc:
+                raise CliError(str(exc)) from exc
+            stack.callback(server.stop)
+            _say(f"started nats-server {server.url} (embedded; stops with natsreg up)")
+        else:
+            raise CliError(f"nothing listens at {args.server}, and natsreg only starts a "
+                           "nats-server on this machine: use a 127.0.0.1 URL or start NATS")
+        nc = await _connect(args, long_lived=True)
+        stack.push_async_callback(nc.close)
+        node = await stack.enter_async_context(_registry(nc, args))
+        _say(f"registry node {node.node_id} is running")
+        children = _start_programs(args.programs, args.server, stack)
+        _say("try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
+             "   |   natsreg watch")
+        _say("Ctrl-C stops everything")
+        await _until_signal(children)
+    return 0
+
+
+def _start_programs(programs: Sequence[str], url: str, stack: AsyncExitStack
+                    ) -> list[subprocess.Popen[bytes]]:
+    children = []
+    for program in programs:
+        argv = shlex.split(program)
+        if argv and argv[0].endswith(".py"):
+            argv.insert(0, sys.executable)
+        try:
+            child = subprocess.Popen(argv, env={**os.environ, "NATS_URL": url})
+        except OSError as exc:
+            raise CliError(f"cannot run {program!r}: {exc}") from exc
+        stack.callback(_stop_child, child)
+        children.append(child)
+        _say(f"started {program} (pid {child.pid})")
+    return children
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    # SIGTERM first: a natsreg service drains and says goodbye on it.
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+async def _until_signal(children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+    async with anyio.create_task_group() as tg:
+        async def watch_children() -> None:
+            while True:
+                await anyio.sleep(0.5)
+                for child in children:
+                    if child.poll() is not None:
+                        _say(f"pid {child.pid} exited with {child.returncode}; stopping")
+                        tg.cancel_scope.cancel()
+                        return
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    _say("stopping")
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        if children:
+            tg.start_soon(watch_children)
+
+
+async def _cmd_ls(args: argparse.Namespace) -> int:
+    async def run(nc: NATS) -> int:
+        snapshot = await Client(nc, prefix=args.prefix).instances()
+        if args.json:
+            _print_json(snapshot)
+        else:
+            _print_services(snapshot)
+        return 0
+
+    return await _with_connection(args, run)
+
+
+async def _cmd_info(args: argparse.Namespace) -> int:
+    if not subjects.is_valid_token(args.service):
+        raise CliError(f"{args.service!r} is not a valid service name")
+
+    async def run(nc: NATS) -> int:
+        snapshot = await Client(nc, prefix=args.prefix).instances(args.service)
+        if not snapshot.instances:
+            raise CliError(f"no instance of {args.service!r} is known: 'natsreg ls' lists "
+                           "what is running")
+        stats = await _gather_stats(nc, args.service)
+        if args.json:
+            _print_json({"instances": snapshot.instances, "stats": stats,
+                         "node": snapshot.node, "warming_up": snapshot.warming_up})
+        else:
+            _print_info(args.service, snapshot, stats)
+        return 0
+
+    return await _with_connection(args, run)
+
+
+async def _gather_stats(nc: NATS, service: str, wait_s: float = 0.3) -> list[wire.SrvStats]:
+    # $SRV.STATS is answered by every instance: one request, replies gathered for a moment.
+    inbox = nc.new_inbox()
+    replies: list[wire.SrvStats] = []
+    decoder = msgspec.json.Decoder(wire.SrvStats)
+
+    async def collect(msg: Any) -> None:
+        try:
+            replies.append(decoder.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    await nc.publish(subjects.srv_subject("STATS", service), b"", reply=inbox)
+    await anyio.sleep(wait_s)
+    await sub.unsubscribe()
+    return replies
+
+
+def _parse_payload(args: argparse.Namespace) -> bytes:
+    text = sys.stdin.read() if args.payload == "-" else args.payload
+    if args.raw or not text:
+        return text.encode()
+    try:
+        return msgspec.json.encode(msgspec.json.decode(text))
+    except msgspec.DecodeError as exc:
+        raise CliError(f"the payload is not valid JSON ({exc}); quote it like "
+                       "'{\"id\": 1}', or pass --raw to send it as it is") from exc
+
+
+def _parse_headers(pairs: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        key, sep, value = pair.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or any(c in pair for c in "\r\n\0"):
+            raise CliError(f"header {pair!r} is not 'Name: value' on one line")
+        headers[key] = value
+    return headers
+
+
+async def _cmd_request(args: argparse.Namespace) -> int:
+    payload = _parse_payload(args)
+    headers = _parse_headers(args.header)
+    if args.timeout <= 0:
+        raise CliError("--timeout must be greater than 0")
+
+    async def run(nc: NATS) -> int:
+        client = Client(nc, prefix=args.prefix)
+        try:
+            reply = await client.request(args.subject, payload, timeout_s=args.timeout,
+                                         headers=headers or None)
+        except ServiceError as exc:
+            raise CliError(f"{args.subject} replied with error {exc.code}: "
+                           f"{exc.description}") from exc
+        _print_reply(reply.data)
+        return 0
+
+    return await _with_connection(args, run)
+
+
+async def _cmd_watch(args: argparse.Namespace) -> int:
+    async def run(nc: NATS) -> int:
+        client = Client(nc, prefix=args.prefix)
+        if not args.json:
+            _say(f"watching {args.service or 'all services'} on {args.server}; Ctrl-C stops")
+        async with anyio.create_task_group() as tg:
+            async def stream() -> None:
+                async for event in client.watch(args.service):
+                    if args.json:
+                        print(msgspec.json.encode(event).decode(), flush=True)
+                    else:
+                        _print_event(event)
+
+            async def stop_on_signal() -> None:
+                await _until_signal()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stream)
+            tg.start_soon(stop_on_signal)
+        return 0
+
+    return await _with_connection(args, run, long_lived=True)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _say(text: str) -> None:
+    print(f"natsreg: {text}", file=sys.stderr, flush=True)
+
+
+def _print_json(value: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def _print_reply(data: bytes) -> None:
+    try:
+        print(msgspec.json.format(data, indent=2).decode() if data.strip() else "")
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        sys.stdout.buffer.write(data + b"\n")
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.1f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def _table(*columns: str) -> Any:
+    from rich.table import Table  # rich loads in ~50 ms; only the commands that print tables pay
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output is for grep and less: full rows, no wrapping at 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+_HEALTH_STYLE = {"passing": "green", "warning": "yellow", "critical": "red"}
+
+
+def _print_services(snapshot: wire.Snapshot) -> None:
+    console = _console()
+    if snapshot.warming_up:
+        console.print("[yellow]registry node is warming up: the list may be incomplete[/]")
+    if not snapshot.instances:
+        console.print("no services are registered")
+        return
+    groups: dict[tuple[str, str, str], list[wire.InstanceView]] = {}
+    for instance in snapshot.instances:
+        groups.setdefault((instance.name, instance.version, instance.kind), []).append(instance)
+    table = _table("SERVICE", "VERSION", "KIND", "INSTANCES", "HEALTH", "ENDPOINTS",
+                   "LAST HEARTBEAT")
+    for (name, version, kind), instances in sorted(groups.items()):
+        health = {h: sum(i.health == h for i in instances) for h in _HEALTH_STYLE}
+        health_text = " ".join(f"[{_HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in health.items() if n)
+        endpoints = sorted({e.name for i in instances for e in i.endpoints})
+        last = "-" if kind == "micro" else _age(min(i.age_s for i in instances))
+        table.add_row(name, version, kind, str(len(instances)), health_text,
+                      ", ".join(endpoints), last)
+    console.print(table)
+
+
+def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats]) -> None:
+    console = _console()
+    first = snapshot.instances[0]
+    console.print(f"[bold]{service}[/]  {first.description}")
+    instances = _table("INSTANCE", "VERSION", "HEALTH", "HOST", "PID", "IN FLIGHT", "SERVED",
+                       "ERRORS", "LAST HEARTBEAT", "METADATA")
+    for i in sorted(snapshot.instances, key=lambda i: (i.version, i.id)):
+        meta = ", ".join(f"{k}={v}" for k, v in sorted(i.metadata.items()))
+        instances.add_row(
+            i.id, i.version, f"[{_HEALTH_STYLE[i.health]}]{i.health}[/]", i.host,
+            str(i.pid or "-"), str(i.load.in_flight), str(i.load.served), str(i.load.errors),
+            "-" if i.kind == "micro" else _age(i.age_s), meta)
+    console.print(instances)
+    endpoints = _table("ENDPOINT", "SUBJECT", "QUEUE GROUP", "REQUESTS", "ERRORS", "AVG",
+                       "LAST ERROR")
+    totals: dict[str, list[int]] = {}
+    last_errors: dict[str, str] = {}
+    for reply in stats:
+        for e in reply.endpoints:
+            total = totals.setdefault(e.name, [0, 0, 0])
+            total[0] += e.num_requests
+            total[1] += e.num_errors
+            total[2] += e.processing_time
+            if e.last_error:
+                last_errors[e.name] = e.last_error
+    seen = set()
+    for e in first.endpoints + [e for i in snapshot.instances for e in i.endpoints]:
+        if e.name in seen:
+            continue
+        seen.add(e.name)
+        requests, errors, time_ns = totals.get(e.name, [0, 0, 0])
+        avg = f"{time_ns / requests / 1e6:.2f} ms" if requests else "-"
+        endpoints.add_row(e.name, e.subject, e.queue_group, str(requests), str(errors), avg,
+                          last_errors.get(e.name, ""))
+    console.print(endpoints)
+
+
+def _print_event(event: wire.Event) -> None:
+    i = event.instance
+    when = datetime.now().strftime("%H:%M:%S")
+    detail = {"up": "", "down": f"({event.reason})", "changed": "",
+              "health": f"-> {i.health}"}[event.kind]
+    print(f"{when} {event.kind:<7} {i.name}@{i.version} {i.id} {detail}".rstrip(), flush=True)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "up": _cmd_up,
+    "registry": _cmd_registry,
+    "ls": _cmd_ls,
+    "info": _cmd_info,
+    "request": _cmd_request,
+    "watch": _cmd_watch,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return anyio.run(_COMMANDS[args.command], args)
+    except CliError as exc:
+        print(f"natsreg: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except NatsregError as exc:
+        print(f"natsreg: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

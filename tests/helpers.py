@@ -1,0 +1,41 @@
+"""Small tools the tests share: waiting for a condition, running a service in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+SERVICE_PROC = Path(__file__).with_name("service_proc.py")
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 5.0,
+                     what: str = "condition") -> None:
+    """Poll ``check`` until it is true; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        await anyio.sleep(0.02)
+
+
+def start_service(url: str, name: str, prefix: str, *extra: str) -> subprocess.Popen[str]:
+    """A natsreg service in its own process (see service_proc.py); prints its id when up."""
+    return subprocess.Popen(
+        [sys.executable, str(SERVICE_PROC), url, name, prefix, *extra],
+        stdout=subprocess.PIPE, text=True)
+
+
+def read_id(proc: subprocess.Popen[str]) -> str:
+    line = proc.stdout.readline() if proc.stdout else ""
+    assert line.startswith("id "), f"service process did not start: {line!r}"
+    return line.split()[1]

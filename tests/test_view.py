@@ -1,0 +1,137 @@
+"""The registry's rules, on the pure view with a fake clock: no server, exact timing."""
+
+from __future__ import annotations
+
+from natsreg import wire
+from natsreg._view import View
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def announce(seq: int, **fields: object) -> wire.Announce:
+    return wire.Announce(id="i1", name="svc", version="1.0.0", seq=seq, heartbeat_s=1.0,
+                         **fields)  # type: ignore[arg-type]
+
+
+def beat(seq: int, health: wire.Health = "passing") -> wire.Heartbeat:
+    return wire.Heartbeat(id="i1", name="svc", seq=seq, health=health)
+
+
+def test_an_announcement_brings_an_instance_up() -> None:
+    view = View(clock=Clock())
+    outcome = view.apply(announce(1))
+    assert [c.kind for c in outcome.changes] == ["up"]
+    assert [i.id for i in view.instances()] == ["i1"]
+
+
+def test_a_duplicate_or_older_message_is_ignored_as_stale() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(5))
+    assert view.apply(beat(5)).stale
+    assert view.apply(beat(3)).stale
+    assert not view.apply(beat(6)).stale
+
+
+def test_a_late_heartbeat_never_revives_an_instance_that_said_goodbye() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(1))
+    outcome = view.apply(wire.Goodbye(id="i1", name="svc", seq=10))
+    assert [(c.kind, c.reason) for c in outcome.changes] == [("down", "goodbye")]
+    for late in (beat(9), announce(9), beat(11), announce(12)):
+        assert view.apply(late).stale
+    assert view.instances() == []
+
+
+def test_an_instance_expires_after_the_missed_heartbeats_and_grace() -> None:
+    clock = Clock()
+    view = View(missed_heartbeats=2, clock=clock)
+    view.apply(announce(1))
+    clock.now += 2.49
+    assert view.expire() == []
+    clock.now += 0.02
+    assert [(c.kind, c.reason) for c in view.expire()] == [("down", "expired")]
+    assert view.instances() == []
+
+
+def test_a_heartbeat_postpones_expiry() -> None:
+    clock = Clock()
+    view = View(missed_heartbeats=2, clock=clock)
+    view.apply(announce(1))
+    clock.now += 2.0
+    view.apply(beat(2))
+    clock.now += 2.0
+    assert view.expire() == []
+
+
+def test_a_stale_heartbeat_does_not_revive_an_expired_instance() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1))
+    view.apply(beat(2))
+    clock.now += 10
+    view.expire()
+    assert view.apply(beat(2)).stale
+    assert view.instances() == []
+
+
+def test_a_fresh_heartbeat_from_an_expired_instance_asks_for_its_info_once() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1))
+    clock.now += 10
+    view.expire()
+    assert view.apply(beat(2)).ask_info
+    assert not view.apply(beat(3)).ask_info, "asked again within the ask interval"
+    assert [c.kind for c in view.apply(announce(4)).changes] == ["up"]
+
+
+def test_an_unknown_heartbeat_asks_for_info_and_adds_nothing() -> None:
+    view = View(clock=Clock())
+    outcome = view.apply(beat(7))
+    assert outcome.ask_info and outcome.changes == []
+    assert view.instances() == []
+
+
+def test_health_changes_and_description_changes_are_reported() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(1))
+    assert [c.kind for c in view.apply(beat(2, "critical")).changes] == ["health"]
+    assert view.apply(beat(3, "critical")).changes == []
+    changed = view.apply(announce(4, health="critical", metadata={"zone": "b"}))
+    assert [c.kind for c in changed.changes] == ["changed"]
+
+
+def test_instances_report_their_age_from_the_monotonic_clock() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1))
+    clock.now += 0.75
+    assert view.instances()[0].age_s == 0.75
+
+
+def test_tombstones_are_forgotten_after_their_time() -> None:
+    clock = Clock()
+    view = View(tombstone_s=60, clock=clock)
+    view.apply(wire.Goodbye(id="i1", name="svc", seq=3))
+    clock.now += 61
+    view.expire()
+    assert not view.apply(announce(1)).stale
+
+
+def test_a_plain_adr32_service_is_listed_as_micro_and_expires_without_polls() -> None:
+    clock = Clock()
+    view = View(micro_ttl_s=15, clock=clock)
+    info = wire.SrvInfo(name="go-svc", id="m1", version="0.1.0", description=None,
+                        endpoints=[wire.SrvEndpointInfo(name="add", subject="math.add")])
+    assert [c.kind for c in view.apply_micro(info)] == ["up"]
+    (instance,) = view.instances()
+    assert (instance.kind, instance.description, instance.endpoints[0].subject) == (
+        "micro", "", "math.add")
+    clock.now += 16
+    assert [c.reason for c in view.expire()] == ["expired"]
