@@ -93,6 +93,7 @@ class Registry(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
+        body_error: BaseException | None = None
         try:
             for verb in ("announce", "hb", "bye"):
                 subs.append(await self._nc.subscribe(
@@ -109,7 +110,12 @@ class Registry(anyio.AsyncContextManagerMixin):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._sweep_loop)
                 tg.start_soon(self._micro_loop)
-                yield self
+                try:
+                    yield self
+                except BaseException as exc:
+                    # Re-raised outside the task group, so the caller gets its own exception
+                    # back, not an ExceptionGroup around it.
+                    body_error = exc
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -118,6 +124,8 @@ class Registry(anyio.AsyncContextManagerMixin):
                         await sub.unsubscribe()
                     except Exception as exc:
                         log.debug("unsubscribe failed: %s", exc)
+        if body_error is not None:
+            raise body_error
 
     # -- input -------------------------------------------------------------------------------
 

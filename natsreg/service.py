@@ -254,22 +254,31 @@ class Service(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Service]:
         control: list[Subscription] = []
-        async with anyio.create_task_group() as tg:
-            try:
-                control = await self._subscribe_control()
-                for endpoint in self._endpoints.values():
-                    await self._serve_endpoint(endpoint, announce=False)
+        body_error: BaseException | None = None
+        try:
+            control = await self._subscribe_control()
+            for endpoint in self._endpoints.values():
+                await self._serve_endpoint(endpoint, announce=False)
+            await self._publish_announce()
+            async with anyio.create_task_group() as tg:
                 self._tg = tg
-                await self._publish_announce()
                 tg.start_soon(self._heartbeat_loop)
-                yield self
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._stop(control)
+                try:
+                    yield self
+                except BaseException as exc:
+                    # Re-raised outside the task group, so the caller gets its own exception
+                    # back, not an ExceptionGroup around it.
+                    body_error = exc
                 tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop(control)
+        if body_error is not None:
+            raise body_error
 
     async def _stop(self, control: list[Subscription]) -> None:
-        # Order matters: heartbeats stop first so none follows the goodbye; endpoints drain
+        # Order matters: heartbeats have stopped (with the task group) so none follows the
+        # goodbye; endpoints drain
         # (NATS stops routing to us, and what it already routed is still handled) before the
         # goodbye, so nothing is sent to an instance that registries have forgotten.
         self._stopping = True

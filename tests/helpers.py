@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -28,11 +29,16 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout_s: flo
         await anyio.sleep(0.02)
 
 
-def start_service(url: str, name: str, prefix: str, *extra: str) -> subprocess.Popen[str]:
-    """A natsreg service in its own process (see service_proc.py); prints its id when up."""
-    return subprocess.Popen(
-        [sys.executable, str(SERVICE_PROC), url, name, prefix, *extra],
-        stdout=subprocess.PIPE, text=True)
+@contextmanager
+def start_service(url: str, name: str, prefix: str, *extra: str
+                  ) -> Iterator[subprocess.Popen[str]]:
+    """A natsreg service in its own process (see service_proc.py), killed on exit."""
+    with subprocess.Popen([sys.executable, str(SERVICE_PROC), url, name, prefix, *extra],
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            yield proc
+        finally:
+            proc.kill()
 
 
 def read_id(proc: subprocess.Popen[str]) -> str:

@@ -156,20 +156,23 @@ async def test_leaving_the_block_finishes_in_flight_requests_then_says_goodbye(
     async with natsreg.Registry(nc, prefix=prefix) as registry:
         client = natsreg.Client(nc, prefix=prefix)
         async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
-            started = asyncio.Event()
+            started, finished = asyncio.Event(), asyncio.Event()
 
             @svc.endpoint("slow")
             async def slow(req: natsreg.Request) -> str:
                 started.set()
                 await asyncio.sleep(0.3)
+                finished.set()
                 return "done"
 
             await svc.ready()
             await eventually(lambda: len(registry.snapshot().instances) == 1)
             pending = asyncio.ensure_future(client.request(f"{name}.slow"))
             await started.wait()
-        # The block returned only after the in-flight request was answered...
-        assert pending.done() and (await pending).text() == "done"
+        # The block returned only after the in-flight handler finished, and its caller got
+        # the reply rather than a timeout...
+        assert finished.is_set()
+        assert (await pending).text() == "done"
         # ...and the goodbye removes the instance at once, not at expiry.
         await eventually(lambda: registry.snapshot().instances == [], timeout_s=0.5,
                          what="removal on goodbye")
@@ -312,3 +315,13 @@ async def test_a_service_on_a_closed_connection_still_leaves_its_block(nats_url:
 
         await svc.ready()
         await conn.close()
+
+
+async def test_an_error_inside_the_block_comes_out_as_itself(nc: NATS, prefix: str,
+                                                             unique: str) -> None:
+    with pytest.raises(KeyError):
+        async with natsreg.announce(nc, f"raise-{unique}", version="1.0.0", prefix=prefix):
+            raise KeyError("mine")
+    with pytest.raises(KeyError):
+        async with natsreg.Registry(nc, prefix=prefix):
+            raise KeyError("mine")

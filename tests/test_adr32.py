@@ -1,0 +1,113 @@
+"""ADR-32 interoperability: $SRV replies the NATS CLI accepts, and plain micro services found."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request as MicroRequest
+
+import natsreg
+from tests.helpers import eventually
+
+# The NATS CLI's own schemas (from nats-io/jsm.go), kept beside the project in shared/.
+SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "adr32-schemas"
+
+
+def _schema(name: str) -> dict[str, object]:
+    path = SCHEMAS / f"{name}_response.json"
+    if not path.is_file():
+        pytest.skip(f"the NATS CLI's ADR-32 schemas are not at {SCHEMAS}: nothing to validate "
+                    "against (they come from nats-io/jsm.go schemas/micro/v1)")
+    return json.loads(path.read_text())
+
+
+async def _gather(nc: NATS, subject: str, wait_s: float = 0.3) -> list[dict[str, object]]:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    replies = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=wait_s)
+            if msg.data:  # not the server's "no responders" status
+                replies.append(json.loads(msg.data))
+    except TimeoutError:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return replies
+
+
+@pytest.mark.parametrize("verb", ["PING", "INFO", "STATS"])
+async def test_srv_replies_validate_against_the_nats_cli_schemas(
+        nc: NATS, prefix: str, unique: str, verb: str) -> None:
+    import jsonschema
+
+    schema = _schema(verb.lower())
+    name = f"adr-{unique}"
+    # No description and no metadata: the case where nats.micro for Python sends null.
+    async with natsreg.announce(nc, name, version="1.0.0-rc.1+build.5", prefix=prefix) as svc:
+        @svc.endpoint("echo", metadata={"kind": "test"})
+        async def echo(req: natsreg.Request) -> bytes:
+            return req.data
+
+        await svc.ready()
+        await natsreg.Client(nc).request(f"{name}.echo", b"x")
+        for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{name}", f"$SRV.{verb}.{name}.{svc.id}"):
+            replies = [r for r in await _gather(nc, subject) if r["id"] == svc.id]
+            assert len(replies) == 1, subject
+            jsonschema.validate(replies[0], schema, format_checker=jsonschema.FormatChecker())
+            assert replies[0]["name"] == name
+        if verb == "STATS":
+            (endpoint,) = replies[0]["endpoints"]  # type: ignore[misc]
+            assert endpoint["num_requests"] == 1 and endpoint["subject"] == f"{name}.echo"
+        if verb == "INFO":
+            assert replies[0]["description"] == ""
+
+
+async def test_srv_addressed_to_another_name_or_id_gets_no_reply(
+        nc: NATS, prefix: str, unique: str) -> None:
+    async with natsreg.announce(nc, f"only-{unique}", version="1.0.0", prefix=prefix) as svc:
+        assert await _gather(nc, f"$SRV.PING.other-{unique}") == []
+        assert await _gather(nc, f"$SRV.PING.only-{unique}.not-the-id") == []
+        assert len(await _gather(nc, f"$SRV.PING.only-{unique}.{svc.id}")) == 1
+
+
+async def test_a_plain_nats_micro_service_is_listed_as_such(nc: NATS, prefix: str,
+                                                            unique: str) -> None:
+    name = f"micro-{unique}"
+
+    async def add(req: MicroRequest) -> None:
+        await req.respond(b"3")
+
+    micro = await add_service(nc, name=name, version="0.3.0", description="plain ADR-32")
+    await micro.add_endpoint(name="add", subject=f"{name}.add", handler=add)
+    try:
+        async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
+            await eventually(
+                lambda: [i.name for i in registry.snapshot().instances] == [name],
+                what="micro service listed")
+            (instance,) = registry.snapshot().instances
+            assert (instance.kind, instance.version, instance.description) == (
+                "micro", "0.3.0", "plain ADR-32")
+            assert [e.subject for e in instance.endpoints] == [f"{name}.add"]
+            # Callers reach it like any natsreg endpoint.
+            reply = await natsreg.Client(nc).request(f"{name}.add", b"1+2")
+            assert reply.data == b"3"
+    finally:
+        await micro.stop()
+
+
+async def test_natsreg_instances_are_not_listed_twice_as_micro(nc: NATS, prefix: str,
+                                                               unique: str) -> None:
+    async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.1) as registry, \
+            natsreg.announce(nc, f"once-{unique}", version="1.0.0", prefix=prefix):
+        await eventually(lambda: len(registry.snapshot().instances) == 1)
+        await eventually(lambda: registry.dropped["malformed"] == 0)
+        import anyio
+        await anyio.sleep(0.5)  # several $SRV polls
+        assert [i.kind for i in registry.snapshot().instances] == ["natsreg"]
