@@ -42,7 +42,7 @@ EXIT_USAGE = 2
 log = logging.getLogger("natsreg.cli")
 
 
-class CliError(Exception):
+class _CliError(Exception):
     """A failure the user can act on: printed as one line, exit code 1."""
 
 
@@ -149,7 +149,7 @@ async def _connect(args: argparse.Namespace, *, long_lived: bool) -> NATS:
     try:
         nc = await nats.connect(**options)
     except Exception as exc:
-        raise CliError(
+        raise _CliError(
             f"cannot reach NATS at {args.server} ({_reason((last_error or [exc])[0])}): "
             "start one with "
             "'natsreg up', or pass --server / set NATS_URL") from exc
@@ -207,11 +207,11 @@ async def _cmd_up(args: argparse.Namespace) -> int:
             try:
                 server = NatsServer(host=host, port=port)
             except ServerError as exc:
-                raise CliError(str(exc)) from exc
+                raise _CliError(str(exc)) from exc
             stack.callback(server.stop)
             _say(f"started nats-server {server.url} (embedded; stops with natsreg up)")
         else:
-            raise CliError(f"nothing listens at {args.server}, and natsreg only starts a "
+            raise _CliError(f"nothing listens at {args.server}, and natsreg only starts a "
                            "nats-server on this machine: use a 127.0.0.1 URL or start NATS")
         nc = await _connect(args, long_lived=True)
         stack.push_async_callback(nc.close)
@@ -235,7 +235,7 @@ def _start_programs(programs: Sequence[str], url: str, stack: AsyncExitStack
         try:
             child = subprocess.Popen(argv, env={**os.environ, "NATS_URL": url})
         except OSError as exc:
-            raise CliError(f"cannot run {program!r}: {exc}") from exc
+            raise _CliError(f"cannot run {program!r}: {exc}") from exc
         stack.callback(_stop_child, child)
         children.append(child)
         _say(f"started {program} (pid {child.pid})")
@@ -290,12 +290,12 @@ async def _cmd_ls(args: argparse.Namespace) -> int:
 
 async def _cmd_info(args: argparse.Namespace) -> int:
     if not subjects.is_valid_token(args.service):
-        raise CliError(f"{args.service!r} is not a valid service name")
+        raise _CliError(f"{args.service!r} is not a valid service name")
 
     async def run(nc: NATS) -> int:
         snapshot = await Client(nc, prefix=args.prefix).instances(args.service)
         if not snapshot.instances:
-            raise CliError(f"no instance of {args.service!r} is known: 'natsreg ls' lists "
+            raise _CliError(f"no instance of {args.service!r} is known: 'natsreg ls' lists "
                            "what is running")
         stats = await _gather_stats(nc, args.service)
         if args.json:
@@ -334,7 +334,7 @@ def _parse_payload(args: argparse.Namespace) -> bytes:
     try:
         return msgspec.json.encode(msgspec.json.decode(text))
     except msgspec.DecodeError as exc:
-        raise CliError(f"the payload is not valid JSON ({exc}); quote it like "
+        raise _CliError(f"the payload is not valid JSON ({exc}); quote it like "
                        "'{\"id\": 1}', or pass --raw to send it as it is") from exc
 
 
@@ -344,7 +344,7 @@ def _parse_headers(pairs: Sequence[str]) -> dict[str, str]:
         key, sep, value = pair.partition(":")
         key, value = key.strip(), value.strip()
         if not sep or not key or any(c in pair for c in "\r\n\0"):
-            raise CliError(f"header {pair!r} is not 'Name: value' on one line")
+            raise _CliError(f"header {pair!r} is not 'Name: value' on one line")
         headers[key] = value
     return headers
 
@@ -353,7 +353,7 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     payload = _parse_payload(args)
     headers = _parse_headers(args.header)
     if args.timeout <= 0:
-        raise CliError("--timeout must be greater than 0")
+        raise _CliError("--timeout must be greater than 0")
 
     async def run(nc: NATS) -> int:
         client = Client(nc, prefix=args.prefix)
@@ -361,7 +361,7 @@ async def _cmd_request(args: argparse.Namespace) -> int:
             reply = await client.request(args.subject, payload, timeout_s=args.timeout,
                                          headers=headers or None)
         except ServiceError as exc:
-            raise CliError(f"{args.subject} replied with error {exc.code}: "
+            raise _CliError(f"{args.subject} replied with error {exc.code}: "
                            f"{exc.description}") from exc
         _print_reply(reply.data)
         return 0
@@ -520,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return anyio.run(_COMMANDS[args.command], args)
-    except CliError as exc:
+    except _CliError as exc:
         print(f"natsreg: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except NatsregError as exc:

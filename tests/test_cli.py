@@ -1,0 +1,161 @@
+"""The natsreg command, run as a real process against a real nats-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+from nats.aio.client import Client as NATS
+
+import natsreg
+from natsreg._server import is_listening
+from tests.helpers import SERVICE_PROC, eventually
+
+
+def natsreg_cli(env: dict[str, str], *args: str, input: str | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "natsreg", *args], env=env, input=input,
+                          capture_output=True, text=True, timeout=30)
+
+
+async def run_cli(env: dict[str, str], *args: str, input: str | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    # In a thread: the service and registry under test share this test's event loop.
+    return await anyio.to_thread.run_sync(lambda: natsreg_cli(env, *args, input=input))
+
+
+@contextmanager
+def running(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
+    with subprocess.Popen([sys.executable, "-m", "natsreg", *args], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            yield proc
+        finally:
+            proc.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("natsreg: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+async def test_ls_info_and_request_show_a_running_service(
+        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    name = f"users-{unique}"
+    async with natsreg.Registry(nc, prefix=prefix) as registry, \
+            natsreg.announce(nc, name, version="1.2.0", prefix=prefix, description="Users",
+                             metadata={"zone": "a"}) as svc:
+        @svc.endpoint("users")
+        async def users(req: natsreg.Request) -> dict[str, object]:
+            return {"id": req.json()["id"], "name": "alice"}
+
+        await svc.ready()
+        await eventually(lambda: bool(registry.snapshot().instances
+                                      and registry.snapshot().instances[0].endpoints))
+
+        listed = await run_cli(cli_env, "ls", "--json", "--prefix", prefix)
+        assert listed.returncode == 0, listed.stderr
+        (instance,) = json.loads(listed.stdout)["instances"]
+        assert (instance["name"], instance["version"], instance["id"]) == (name, "1.2.0", svc.id)
+
+        table = await run_cli(cli_env, "ls", "--prefix", prefix)
+        assert name in table.stdout and "1.2.0" in table.stdout and "passing" in table.stdout
+
+        reply = await run_cli(cli_env, "request", f"{name}.users", '{"id": 1}')
+        assert reply.returncode == 0, reply.stderr
+        assert json.loads(reply.stdout) == {"id": 1, "name": "alice"}
+
+        info = await run_cli(cli_env, "info", name, "--prefix", prefix)
+        assert info.returncode == 0, info.stderr
+        for text in (svc.id, f"{name}.users", "zone=a", "Users"):
+            assert text in info.stdout
+        info_json = json.loads((await run_cli(cli_env, "info", name, "--json", "--prefix",
+                                              prefix)).stdout)
+        assert info_json["stats"][0]["endpoints"][0]["num_requests"] == 1
+
+
+async def test_request_reads_the_payload_from_stdin_and_sends_headers(
+        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    async with natsreg.announce(nc, f"h-{unique}", version="1.0.0", prefix=prefix) as svc:
+        @svc.endpoint("echo")
+        async def echo(req: natsreg.Request) -> dict[str, object]:
+            return {"body": req.json(), "who": req.headers.get("Who")}
+
+        await svc.ready()
+        result = await run_cli(cli_env, "request", f"h-{unique}.echo", "-", "-H", "Who: me",
+                               input='{"a": [1, 2]}')
+        assert json.loads(result.stdout) == {"body": {"a": [1, 2]}, "who": "me"}
+
+
+async def test_request_failures_are_one_clear_line_and_exit_1(
+        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    async with natsreg.announce(nc, f"f-{unique}", version="1.0.0", prefix=prefix) as svc:
+        @svc.endpoint("missing")
+        async def missing(req: natsreg.Request) -> None:
+            raise natsreg.ServiceError("no user 9", code=404)
+
+        await svc.ready()
+        assert_one_line_error(await run_cli(cli_env, "request", f"f-{unique}.missing"),
+                              "404", "no user 9")
+    assert_one_line_error(await run_cli(cli_env, "request", "a.*", "{}"), "not a subject")
+    assert_one_line_error(await run_cli(cli_env, "request", "a.b", "{bad"), "not valid JSON")
+    assert_one_line_error(await run_cli(cli_env, "request", f"nobody-{unique}.x"),
+                          "no instance")
+    assert_one_line_error(await run_cli(cli_env, "request", "a.b", "-H", "no colon"), "header")
+    assert_one_line_error(await run_cli(cli_env, "ls", "--prefix", prefix), "natsreg registry")
+    unreachable = {**cli_env, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    assert_one_line_error(await run_cli(unreachable, "ls"), "cannot reach NATS", "natsreg up")
+
+
+async def test_watch_streams_changes_as_json_lines(
+        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    name = f"w-{unique}"
+    async with natsreg.Registry(nc, prefix=prefix):
+        with running(cli_env, "watch", "--json", "--prefix", prefix) as watcher:
+            await anyio.sleep(1.0)  # the watcher subscribes
+            async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+                pass
+            first = await anyio.to_thread.run_sync(watcher.stdout.readline)
+            second = await anyio.to_thread.run_sync(watcher.stdout.readline)
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(5) == 0
+    events = [json.loads(line) for line in (first, second)]
+    assert [(e["kind"], e["instance"]["id"]) for e in events] == [("up", svc.id),
+                                                                  ("down", svc.id)]
+
+
+def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    env = {**os.environ, "NATS_URL": url}
+    with running(env, "up", "--with", f"{SERVICE_PROC} {url} up-svc natsreg") as up:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            result = natsreg_cli(env, "ls", "--json")
+            if result.returncode == 0 and json.loads(result.stdout)["instances"]:
+                break
+            time.sleep(0.1)
+        assert [i["name"] for i in json.loads(result.stdout)["instances"]] == ["up-svc"]
+        reply = natsreg_cli(env, "request", "up-svc.echo", '{"ok": true}')
+        assert json.loads(reply.stdout) == {"ok": True}
+        up.send_signal(signal.SIGINT)
+        assert up.wait(20) == 0
+    assert not is_listening("127.0.0.1", port), "the embedded nats-server was left running"

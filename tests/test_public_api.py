@@ -1,0 +1,38 @@
+"""Each public module's __all__ names exactly what it defines for users."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import types
+
+import pytest
+
+import natsreg
+
+PUBLIC_MODULES = sorted(
+    m.name for m in pkgutil.iter_modules(natsreg.__path__, "natsreg.")
+    if not m.name.rsplit(".", 1)[1].startswith("_"))
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_lists_every_public_name_the_module_defines(name: str) -> None:
+    module = importlib.import_module(name)
+    assert hasattr(module, "__all__"), f"{name} has no __all__"
+    for exported in module.__all__:
+        assert hasattr(module, exported), f"{name}.__all__ names missing {exported!r}"
+    defined = {
+        attr for attr, value in vars(module).items()
+        if not attr.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and getattr(value, "__module__", None) == name
+    }
+    assert defined <= set(module.__all__), f"{name} defines but does not export: " \
+        f"{sorted(defined - set(module.__all__))}"
+
+
+def test_the_package_exports_its_dozen_names() -> None:
+    for exported in natsreg.__all__:
+        assert not isinstance(getattr(natsreg, exported), types.ModuleType)
+    assert "announce" in natsreg.__all__ and "Client" in natsreg.__all__
