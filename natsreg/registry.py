@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from . import subjects, wire
+from ._tasks import background
 from ._view import Change, View
 from .errors import CODE_HEADER, ERROR_HEADER, ConfigError
 
@@ -93,7 +94,6 @@ class Registry(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
-        body_error: BaseException | None = None
         try:
             for verb in ("announce", "hb", "bye"):
                 subs.append(await self._nc.subscribe(
@@ -107,16 +107,8 @@ class Registry(anyio.AsyncContextManagerMixin):
             await self._nc.publish(
                 subjects.control_subject(self.prefix, "discover"),
                 wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)))
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._sweep_loop)
-                tg.start_soon(self._micro_loop)
-                try:
-                    yield self
-                except BaseException as exc:
-                    # Re-raised outside the task group, so the caller gets its own exception
-                    # back, not an ExceptionGroup around it.
-                    body_error = exc
-                tg.cancel_scope.cancel()
+            async with background(self._sweep_loop, self._micro_loop):
+                yield self
         finally:
             with anyio.CancelScope(shield=True):
                 for sub in subs:
@@ -124,8 +116,6 @@ class Registry(anyio.AsyncContextManagerMixin):
                         await sub.unsubscribe()
                     except Exception as exc:
                         log.debug("unsubscribe failed: %s", exc)
-        if body_error is not None:
-            raise body_error
 
     # -- input -------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from nats.nuid import NUID
 
 from . import subjects, wire
 from ._codec import Message, to_bytes
+from ._tasks import background
 from .errors import ConfigError, ServiceError, error_headers
 
 __all__ = ["Handler", "HealthCheck", "Request", "Service", "ServiceConfig", "announce"]
@@ -254,27 +255,16 @@ class Service(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Service]:
         control: list[Subscription] = []
-        body_error: BaseException | None = None
         try:
             control = await self._subscribe_control()
             for endpoint in self._endpoints.values():
                 await self._serve_endpoint(endpoint, announce=False)
             await self._publish_announce()
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._heartbeat_loop)
-                try:
-                    yield self
-                except BaseException as exc:
-                    # Re-raised outside the task group, so the caller gets its own exception
-                    # back, not an ExceptionGroup around it.
-                    body_error = exc
-                tg.cancel_scope.cancel()
+            async with background(self._heartbeat_loop) as self._tg:
+                yield self
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop(control)
-        if body_error is not None:
-            raise body_error
 
     async def _stop(self, control: list[Subscription]) -> None:
         # Order matters: heartbeats have stopped (with the task group) so none follows the

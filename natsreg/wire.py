@@ -71,6 +71,9 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     subject: str
     queue_group: str
     metadata: dict[str, str] = {}
+    #: Declared by the service: running a request twice does no harm, so a caller may retry
+    #: it after a timeout.
+    idempotent: bool = False
 
 
 class Load(msgspec.Struct, kw_only=True):
@@ -81,14 +84,19 @@ class Load(msgspec.Struct, kw_only=True):
     errors: int = 0
 
 
-class Announce(msgspec.Struct, tag="announce", tag_field="type", kw_only=True):
-    """An instance's full description: sent on start, on change, and when asked."""
-
+class _InstanceMessage(msgspec.Struct, tag_field="type", kw_only=True):
+    # What every instance-to-registry message carries: who sends it, and where it stands in
+    # that instance's sequence.
     schema: int = SCHEMA_VERSION
     id: str
     name: str
-    version: str
     seq: int
+
+
+class Announce(_InstanceMessage, tag="announce", kw_only=True):
+    """An instance's full description: sent on start, on change, and when asked."""
+
+    version: str
     description: str = ""
     metadata: dict[str, str] = {}
     endpoints: list[Endpoint] = []
@@ -100,24 +108,15 @@ class Announce(msgspec.Struct, tag="announce", tag_field="type", kw_only=True):
     load: Load = msgspec.field(default_factory=Load)
 
 
-class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type", kw_only=True):
+class Heartbeat(_InstanceMessage, tag="heartbeat", kw_only=True):
     """A small periodic proof of life: health and load, nothing that rarely changes."""
 
-    schema: int = SCHEMA_VERSION
-    id: str
-    name: str
-    seq: int
     health: Health = "passing"
     load: Load = msgspec.field(default_factory=Load)
 
 
-class Goodbye(msgspec.Struct, tag="goodbye", tag_field="type", kw_only=True):
+class Goodbye(_InstanceMessage, tag="goodbye", kw_only=True):
     """The instance is stopping: forget it now rather than at expiry."""
-
-    schema: int = SCHEMA_VERSION
-    id: str
-    name: str
-    seq: int
 
 
 ControlMessage = Announce | Heartbeat | Goodbye
