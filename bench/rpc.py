@@ -1,0 +1,185 @@
+"""RPC throughput and latency: natsreg against raw nats-py, in the same run.
+
+Both sides echo a ~50-byte JSON payload over loopback:
+
+- raw:     ``nc.subscribe(subject, queue=..., cb=...)`` whose callback does
+           ``await msg.respond(data)``; the caller does ``await nc.request(...)``.
+- natsreg: ``natsreg.announce(nc, ...)`` with an ``echo`` endpoint returning ``req.data``;
+           the caller does ``await natsreg.Client(nc).request(...)``.
+
+The responders run in a subprocess (one connection each), the callers in this process, so
+each side has a core of its own. Concurrency N is N request coroutines on one connection.
+Rounds alternate raw, natsreg, raw, natsreg...; the table shows the median of the rounds.
+
+Goal: natsreg >= 0.9x raw requests/s, and p50 <= 1.1x raw, at concurrency 1 and 64.
+
+    python bench/rpc.py            # 5 rounds of 2 s per mode and concurrency
+    python bench/rpc.py --quick    # 3 rounds of 0.5 s, to check it runs
+    python bench/rpc.py --url nats://127.0.0.1:4222   # an existing server, not a new one
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import nats
+
+import natsreg
+from natsreg._server import NatsServer
+
+RAW_SUBJECT = "bench-raw.echo"
+SERVICE = "bench-natsreg"
+NATSREG_SUBJECT = f"{SERVICE}.echo"
+PAYLOAD = b'{"id":12345,"name":"user-12345","roles":["reader"]}'
+REQUEST_TIMEOUT_S = 5.0
+
+
+# -- responder subprocess ------------------------------------------------------------------
+
+
+async def serve(url: str) -> None:
+    """Serve both echoes, each on its own connection, until stdin closes."""
+    raw_nc = await nats.connect(url)
+    svc_nc = await nats.connect(url)
+
+    async def raw_echo(msg):
+        await msg.respond(msg.data)
+
+    await raw_nc.subscribe(RAW_SUBJECT, queue="bench-raw", cb=raw_echo)
+    await raw_nc.flush()
+    svc = natsreg.announce(svc_nc, SERVICE, version="1.0.0", prefix="bench")
+
+    @svc.endpoint("echo")
+    async def echo(req: natsreg.Request) -> bytes:
+        return req.data
+
+    async with svc:  # endpoints declared before entering are subscribed on the way in
+        await svc_nc.flush()
+        print("ready", flush=True)
+        # The parent closes our stdin to stop us, or dies, which closes it too.
+        await asyncio.to_thread(sys.stdin.read)
+    await raw_nc.close()
+    await svc_nc.close()
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+async def run_load(call, concurrency: int, duration_s: float, max_requests: int) -> dict:
+    """``concurrency`` coroutines calling ``call()`` until the time or the count runs out."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        nonlocal errors
+        while len(latencies) + errors < max_requests and time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                await call()
+            except Exception:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "rps": n / elapsed,
+        "p50": latencies[n // 2] * 1000 if n else float("nan"),
+        "p99": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"),
+        "errors": errors,
+    }
+
+
+async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[int]) -> None:
+    nc = await nats.connect(url)
+    client = natsreg.Client(nc, timeout_s=REQUEST_TIMEOUT_S)
+    calls = {
+        "raw": lambda: nc.request(RAW_SUBJECT, PAYLOAD, timeout=REQUEST_TIMEOUT_S),
+        "natsreg": lambda: client.request(NATSREG_SUBJECT, PAYLOAD),
+    }
+    for call in calls.values():  # check both echo, and warm up caches and the inbox
+        reply = await call()
+        assert reply.data == PAYLOAD, reply.data
+        await run_load(call, 8, 0.3, 2_000)
+
+    results: dict[tuple[str, int], list[dict]] = {}
+    for concurrency in concurrencies:
+        for round_ in range(rounds):
+            # Alternate which mode goes first, so neither always runs on a warmer machine.
+            order = ["raw", "natsreg"] if round_ % 2 == 0 else ["natsreg", "raw"]
+            for mode in order:
+                r = await run_load(calls[mode], concurrency, duration_s, 1_000_000)
+                results.setdefault((mode, concurrency), []).append(r)
+                print(f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<8}"
+                      f"{r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms",
+                      file=sys.stderr)
+    await nc.close()
+
+    def med(mode: str, c: int, key: str) -> float:
+        return statistics.median(r[key] for r in results[(mode, c)])
+
+    print(f"\nmedian of {rounds} rounds of {duration_s:g} s, payload {len(PAYLOAD)} bytes, "
+          f"{'uvloop' if 'uvloop' in sys.modules else 'asyncio'}\n")
+    print("| mode | concurrency | req/s | p50 ms | p99 ms | req/s vs raw | p50 vs raw | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c in concurrencies:
+        for mode in ("raw", "natsreg"):
+            rps, p50, p99 = (med(mode, c, k) for k in ("rps", "p50", "p99"))
+            errors = sum(r["errors"] for r in results[(mode, c)])
+            rps_ratio = rps / med("raw", c, "rps")
+            p50_ratio = p50 / med("raw", c, "p50")
+            print(f"| {mode} | {c} | {rps:.0f} | {p50:.3f} | {p99:.3f} | "
+                  f"{rps_ratio:.2f}x | {p50_ratio:.2f}x | {errors} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 0.5 s")
+    parser.add_argument("--rounds", type=int, help="rounds per mode and concurrency")
+    parser.add_argument("--duration", type=float, help="seconds per round")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
+    parser.add_argument("--url", help="use this nats-server instead of starting one")
+    parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if args.serve:
+        asyncio.run(serve(args.serve))
+        return
+    rounds = args.rounds or (3 if args.quick else 5)
+    duration_s = args.duration or (0.5 if args.quick else 2.0)
+
+    server = None if args.url else NatsServer(host="127.0.0.1")
+    url = args.url or server.url
+    command = [sys.executable, __file__, "--serve", url] + (["--uvloop"] if args.uvloop else [])
+    responder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        if responder.stdout.readline().strip() != b"ready":
+            raise SystemExit("the responder did not start")
+        asyncio.run(bench(url, rounds, duration_s, args.concurrency))
+    finally:
+        responder.stdin.close()
+        try:
+            responder.wait(10)
+        except subprocess.TimeoutExpired:
+            responder.kill()
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
