@@ -7,14 +7,17 @@ messages, tombstones, expiry) be tested exactly, with a fake clock.
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
 from . import wire
+
+_T = TypeVar("_T")
 
 ChangeKind = Literal["up", "down", "changed", "health"]
 
@@ -75,8 +78,13 @@ class View:
         self.ask_interval_s = ask_interval_s
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        # Deadlines in a heap, so a sweep costs what expires, not the size of the fleet. Every
+        # heartbeat pushes a new deadline; the superseded ones are skipped when they surface.
+        self._deadlines: list[tuple[float, str]] = []
         # An instance that said goodbye or expired leaves a tombstone holding its last
         # sequence number, so that a message still in flight cannot bring it back.
+        # Tombstones and asks are kept in the order they were made, which (with one fixed
+        # duration each) is the order they end in.
         self._tombstones: dict[str, _Tombstone] = {}
         self._asked: dict[str, float] = {}
 
@@ -115,25 +123,27 @@ class View:
             ],
         )
         if entry is None:
-            self._entries[info.id] = _Entry(view, now, now + self.micro_ttl_s)
+            self._add(view, now, now + self.micro_ttl_s)
             return [Change("up", view)]
         changed = _describes_differently(entry.view, view)
-        entry.view, entry.last_seen, entry.expires_at = view, now, now + self.micro_ttl_s
+        entry.view, entry.last_seen = view, now
+        self._set_deadline(entry, now + self.micro_ttl_s)
         return [Change("changed", view)] if changed else []
 
     def expire(self) -> list[Change]:
         """Remove the instances not heard from in time; forget old tombstones."""
         now = self._clock()
-        gone = [i for i, e in self._entries.items() if e.expires_at <= now]
         changes = []
-        for instance_id in gone:
-            entry = self._entries.pop(instance_id)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, instance_id = heapq.heappop(self._deadlines)
+            entry = self._entries.get(instance_id)
+            if entry is None or entry.expires_at > now:
+                continue  # gone already, or heard from since this deadline was set
+            del self._entries[instance_id]
             self._bury(entry.view.id, entry.view.seq, now, said_goodbye=False)
             changes.append(Change("down", entry.view, "expired"))
-        for instance_id in [i for i, t in self._tombstones.items() if t.until <= now]:
-            del self._tombstones[instance_id]
-        for instance_id in [i for i, t in self._asked.items() if t + self.ask_interval_s <= now]:
-            del self._asked[instance_id]
+        _drop_oldest(self._tombstones, lambda t: t.until <= now)
+        _drop_oldest(self._asked, lambda asked_at: asked_at + self.ask_interval_s <= now)
         return changes
 
     # -- output ------------------------------------------------------------------------------
@@ -178,7 +188,8 @@ class View:
         view = entry.view
         health_changed = view.health != beat.health
         view.seq, view.health, view.load = beat.seq, beat.health, beat.load
-        entry.last_seen, entry.expires_at = now, self._deadline(now, view.heartbeat_s)
+        entry.last_seen = now
+        self._set_deadline(entry, self._deadline(now, view.heartbeat_s))
         return Outcome([Change("health", view)]) if health_changed else _NOTHING
 
     def _announce(self, ann: wire.Announce) -> Outcome:
@@ -192,7 +203,7 @@ class View:
             health=ann.health, load=ann.load,
         )
         old = self._entries.get(ann.id)
-        self._entries[ann.id] = _Entry(view, now, self._deadline(now, ann.heartbeat_s))
+        self._add(view, now, self._deadline(now, ann.heartbeat_s))
         self._tombstones.pop(ann.id, None)
         self._asked.pop(ann.id, None)
         if old is None:
@@ -214,9 +225,28 @@ class View:
         entry.view.seq = bye.seq
         return Outcome([Change("down", entry.view, "goodbye")])
 
+    def _add(self, view: wire.InstanceView, now: float, expires_at: float) -> None:
+        entry = _Entry(view, now, 0.0)
+        self._entries[view.id] = entry
+        self._set_deadline(entry, expires_at)
+
+    def _set_deadline(self, entry: _Entry, expires_at: float) -> None:
+        entry.expires_at = expires_at
+        heapq.heappush(self._deadlines, (expires_at, entry.view.id))
+
     def _bury(self, instance_id: str, seq: int, now: float, *, said_goodbye: bool) -> None:
+        self._tombstones.pop(instance_id, None)  # re-inserted last: the order stays by time
         self._tombstones[instance_id] = _Tombstone(seq, now + self.tombstone_s, said_goodbye)
         self._asked.pop(instance_id, None)
+
+
+def _drop_oldest(items: MutableMapping[str, _T], ended: Callable[[_T], bool]) -> None:
+    """Drop entries from the front of an insertion-ordered mapping while they have ended."""
+    while items:
+        key = next(iter(items))
+        if not ended(items[key]):
+            return
+        del items[key]
 
 
 def _describes_differently(a: wire.InstanceView, b: wire.InstanceView) -> bool:

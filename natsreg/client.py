@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from . import errors, subjects, wire
@@ -113,17 +115,37 @@ class Client:
         return snapshot.instances[0]
 
     async def _ask_registry(self, subject: str, timeout_s: float) -> wire.Snapshot:
+        # A large view comes as several chunks, each under the server's max_payload, the last
+        # with more=false; a plain request() would keep only the first.
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        deadline = time.monotonic() + timeout_s
+        instances: list[wire.InstanceView] = []
         try:
-            reply = await self._request(subject, b"", timeout_s, None)
-        except NoInstanceError as exc:
-            raise NoInstanceError(
-                f"no registry node answers on prefix {self.prefix!r}: start one with "
-                "'natsreg registry' (or 'natsreg up')", subject=subject) from exc
-        try:
-            return wire.decode_snapshot(reply.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise RequestError(f"registry sent an unreadable answer: {exc}",
-                               subject=subject) from exc
+            await self._nc.publish(subject, b"", reply=inbox)
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
+                except nats.errors.TimeoutError as exc:
+                    raise errors.from_nats(exc, subject, timeout_s) from exc
+                if msg.headers and msg.headers.get("Status") == "503":
+                    raise NoInstanceError(
+                        f"no registry node answers on prefix {self.prefix!r}: start one with "
+                        "'natsreg registry' (or 'natsreg up')", subject=subject)
+                error = errors.from_reply_headers(msg.headers, subject)
+                if error is not None:
+                    raise error
+                try:
+                    chunk = wire.decode_snapshot(msg.data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise RequestError(f"registry sent an unreadable answer: {exc}",
+                                       subject=subject) from exc
+                instances.extend(chunk.instances)
+                if not chunk.more:
+                    chunk.instances = instances
+                    return chunk
+        finally:
+            await sub.unsubscribe()
 
     async def watch(self, service: str | None = None) -> AsyncIterator[wire.Event]:
         """Registry changes as they happen, one event per change.

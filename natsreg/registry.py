@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -202,4 +202,22 @@ class Registry(anyio.AsyncContextManagerMixin):
                 await self._nc.publish(msg.reply, b"", headers={
                     ERROR_HEADER: f"unknown registry query {msg.subject!r}", CODE_HEADER: "400"})
                 return
-        await self._nc.publish(msg.reply, wire.encode(snapshot))
+        for chunk in _chunks(snapshot, self._nc.max_payload):
+            await self._nc.publish(msg.reply, chunk)
+
+
+def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
+    """``snapshot`` encoded as one or more messages of at most ``max_bytes`` each."""
+    instances = snapshot.instances
+    size, start = 512, 0
+    while True:
+        part = instances[start:start + size]
+        more = start + size < len(instances)
+        payload = wire.encode(msgspec.structs.replace(snapshot, instances=part, more=more))
+        if len(payload) > max_bytes and size > 1:
+            size //= 2
+            continue
+        yield payload
+        if not more:
+            return
+        start += size

@@ -161,6 +161,9 @@ class Snapshot(msgspec.Struct, kw_only=True):
     revision: int
     warming_up: bool = False
     instances: list[InstanceView] = []
+    #: A large answer comes in chunks, each under the server's max_payload; all but the
+    #: last say ``more``.
+    more: bool = False
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -325,3 +325,18 @@ async def test_an_error_inside_the_block_comes_out_as_itself(nc: NATS, prefix: s
     with pytest.raises(KeyError):
         async with natsreg.Registry(nc, prefix=prefix):
             raise KeyError("mine")
+
+
+async def test_a_view_larger_than_one_nats_message_arrives_whole(nc: NATS, prefix: str) -> None:
+    # 3000 instances with some metadata encode to ~2 MB: twice NATS' 1 MB max_payload.
+    async with natsreg.Registry(nc, prefix=prefix) as registry:
+        for n in range(3000):
+            announcement = wire.Announce(
+                id=f"i{n}", name=f"svc{n % 7}", version="1.0.0", seq=1,
+                metadata={"zone": "a", "notes": "x" * 400})
+            await nc.publish(subjects.control_subject(prefix, "announce", "svc", f"i{n}"),
+                             wire.encode(announcement))
+        await nc.flush()
+        await eventually(lambda: len(registry.snapshot().instances) == 3000)
+        snapshot = await natsreg.Client(nc, prefix=prefix).instances()
+        assert sorted(i.id for i in snapshot.instances) == sorted(f"i{n}" for n in range(3000))
