@@ -103,10 +103,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                 queue=subjects.REGISTRY_QUEUE, cb=self._on_query))
             await self._nc.flush()
             # Subscribed first, then ask: no answer to our own question can be missed.
-            self._warm_until = self._clock() + self.discover_jitter_s + 0.5
-            await self._nc.publish(
-                subjects.control_subject(self.prefix, "discover"),
-                wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)))
+            await self._ask_everyone()
             async with background(self._sweep_loop, self._micro_loop):
                 yield self
         finally:
@@ -138,10 +135,29 @@ class Registry(anyio.AsyncContextManagerMixin):
                 wire.encode(wire.Discover()))
         await self._publish(outcome.changes)
 
+    async def _ask_everyone(self) -> None:
+        # Until every instance can have answered, silence proves nothing: no expiry, and
+        # answers say warming_up. The extra half second covers the round trip.
+        self._warm_until = self._clock() + self.discover_jitter_s + 0.5
+        await self._nc.publish(
+            subjects.control_subject(self.prefix, "discover"),
+            wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)))
+
     async def _sweep_loop(self) -> None:
+        reconnects = self._nc.stats["reconnects"]
         while True:
             await anyio.sleep(self.sweep_s)
-            await self._publish(self._view.expire())
+            if not self._nc.is_connected:
+                # Heartbeats we cannot hear are no sign of death.
+                continue
+            if self._nc.stats["reconnects"] != reconnects:
+                # Back from an outage (ours, or our NATS node's): every deadline that passed
+                # meanwhile is suspect, so hear everyone again before expiring anyone.
+                reconnects = self._nc.stats["reconnects"]
+                log.info("reconnected to NATS; asking every instance to re-announce")
+                await self._ask_everyone()
+            if not self.warming_up:
+                await self._publish(self._view.expire())
 
     async def _micro_loop(self) -> None:
         while True:
