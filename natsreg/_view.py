@@ -148,6 +148,9 @@ class View:
 
     # -- output ------------------------------------------------------------------------------
 
+    def service_count(self) -> int:
+        return len({e.view.name for e in self._entries.values()})
+
     def instances(self, *, name: str | None = None, instance_id: str | None = None
                   ) -> list[wire.InstanceView]:
         """Copies of the matching instances, each with ``age_s`` filled in."""

@@ -69,6 +69,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         # Seeded from wall time so that a restarted node never reuses a revision.
         self._revision = time.time_ns() // 1000
         self._warm_until = 0.0
+        self._started = clock()
         #: Control messages dropped, by reason (malformed, oversized, stale).
         self.dropped: Counter[str] = Counter()
 
@@ -80,6 +81,13 @@ class Registry(anyio.AsyncContextManagerMixin):
     def warming_up(self) -> bool:
         """True until the first re-announce round can have been heard in full."""
         return self._clock() < self._warm_until
+
+    def stats(self) -> wire.NodeStats:
+        """The node's own figures: sizes, drops, warm-up."""
+        return wire.NodeStats(
+            node=self.node_id, revision=self._revision, warming_up=self.warming_up,
+            uptime_s=round(self._clock() - self._started, 3), instances=len(self._view),
+            services=self._view.service_count(), dropped=dict(self.dropped))
 
     def snapshot(self, *, name: str | None = None, instance_id: str | None = None
                  ) -> wire.Snapshot:
@@ -214,6 +222,9 @@ class Registry(anyio.AsyncContextManagerMixin):
                 snapshot = self.snapshot(name=name)
             case ["registry", "instance", instance_id]:
                 snapshot = self.snapshot(instance_id=instance_id)
+            case ["registry", "stats"]:
+                await self._nc.publish(msg.reply, wire.encode(self.stats()))
+                return
             case _:
                 await self._nc.publish(msg.reply, b"", headers={
                     ERROR_HEADER: f"unknown registry query {msg.subject!r}", CODE_HEADER: "400"})

@@ -15,6 +15,7 @@ import msgspec
 
 __all__ = [
     "MAX_CONTROL_BYTES",
+    "NodeStats",
     "NAME_PATTERN",
     "PREFIX_METADATA_KEY",
     "SCHEMA_VERSION",
@@ -38,6 +39,7 @@ __all__ = [
     "decode_control",
     "decode_discover",
     "decode_event",
+    "decode_node_stats",
     "decode_snapshot",
     "decode_srv_info",
     "encode",
@@ -166,6 +168,20 @@ class Snapshot(msgspec.Struct, kw_only=True):
     more: bool = False
 
 
+class NodeStats(msgspec.Struct, kw_only=True):
+    """A registry node's own figures: cheap to ask for, whatever the size of the fleet."""
+
+    schema: int = SCHEMA_VERSION
+    node: str
+    revision: int
+    warming_up: bool = False
+    uptime_s: float = 0.0
+    instances: int = 0
+    services: int = 0
+    #: Control messages dropped since start, by reason: malformed, oversized, stale.
+    dropped: dict[str, int] = {}
+
+
 class Event(msgspec.Struct, kw_only=True):
     """One change in a registry node's view, published on ``<prefix>.events.<name>``."""
 
@@ -240,6 +256,7 @@ _discover_decoder = msgspec.json.Decoder(Discover)
 _snapshot_decoder = msgspec.json.Decoder(Snapshot)
 _event_decoder = msgspec.json.Decoder(Event)
 _srv_info_decoder = msgspec.json.Decoder(SrvInfo)
+_node_stats_decoder = msgspec.json.Decoder(NodeStats)
 
 encode = _encoder.encode
 decode_control = _control_decoder.decode
@@ -247,3 +264,4 @@ decode_discover = _discover_decoder.decode
 decode_snapshot = _snapshot_decoder.decode
 decode_event = _event_decoder.decode
 decode_srv_info = _srv_info_decoder.decode
+decode_node_stats = _node_stats_decoder.decode

@@ -340,3 +340,17 @@ async def test_a_view_larger_than_one_nats_message_arrives_whole(nc: NATS, prefi
         await eventually(lambda: len(registry.snapshot().instances) == 3000)
         snapshot = await natsreg.Client(nc, prefix=prefix).instances()
         assert sorted(i.id for i in snapshot.instances) == sorted(f"i{n}" for n in range(3000))
+
+
+async def test_a_registry_node_reports_its_own_figures(nc: NATS, prefix: str,
+                                                       unique: str) -> None:
+    async with natsreg.Registry(nc, prefix=prefix) as registry, \
+            natsreg.announce(nc, f"s1-{unique}", version="1.0.0", prefix=prefix), \
+            natsreg.announce(nc, f"s1-{unique}", version="1.0.0", prefix=prefix), \
+            natsreg.announce(nc, f"s2-{unique}", version="1.0.0", prefix=prefix):
+        await nc.publish(subjects.control_subject(prefix, "hb", "x", "y"), b"junk")
+        await eventually(lambda: len(registry.snapshot().instances) == 3)
+        reply = await nc.request(subjects.control_subject(prefix, "registry", "stats"), b"")
+        stats = wire.decode_node_stats(reply.data)
+        assert (stats.node, stats.instances, stats.services) == (registry.node_id, 3, 2)
+        assert stats.dropped == {"malformed": 1}
