@@ -1,0 +1,295 @@
+"""The bridge's route table: which HTTP paths reach which subjects, and which never do.
+
+Pure data and pure functions, no I/O, so that every refusal is testable without a server.
+A path resolves to a :class:`Target` (where to send the request) or a :class:`Refusal` (the
+HTTP status and why). Resolution is cached per path: clients repeat the same few paths, and a
+path's answer depends only on the table, which is frozen.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from . import subjects, wire
+from ._semver import Constraint, parse_constraint
+from .errors import ConfigError
+
+__all__ = ["Auth", "Cors", "Refusal", "Route", "RouteTable", "Target"]
+
+# NATS' max_control_line is 4 KiB for subject and reply together; 512 leaves room for the
+# reply inbox and keeps the per-path cache small.
+MAX_SUBJECT_CHARS = 512
+_CACHE_SIZE = 4096
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Subjects that belong to NATS itself or to request-reply plumbing, never to a service.
+_RESERVED_FIRST_TOKENS = ("_INBOX",)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Auth:
+    """Who may call a route: ``none``, a bearer token, or an API key in a header.
+
+    Tokens come from ``tokens_env`` (an environment variable holding comma- or
+    newline-separated tokens) and/or ``tokens_file`` (one token a line, ``#`` comments); there
+    is no default secret, so a scheme other than ``none`` with no token is refused at once.
+    Only SHA-256 digests of the tokens are kept in memory.
+    """
+
+    scheme: Literal["none", "bearer", "api-key"] = "none"
+    tokens_env: str | None = None
+    tokens_file: str | None = None
+    #: The header that carries the key, for ``api-key``.
+    header: str = "x-api-key"
+    digests: frozenset[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("none", "bearer", "api-key"):
+            raise ConfigError(f"auth scheme {self.scheme!r}: use 'none', 'bearer' or 'api-key'")
+        if not _HEADER_NAME.match(self.header):
+            raise ConfigError(f"auth header {self.header!r} is not a header name")
+        object.__setattr__(self, "header", self.header.lower())
+        tokens: list[str] = []
+        if self.tokens_env is not None:
+            value = os.environ.get(self.tokens_env)
+            if value is None:
+                raise ConfigError(f"auth: environment variable {self.tokens_env!r} is not set")
+            tokens += re.split(r"[,\n]", value)
+        if self.tokens_file is not None:
+            try:
+                text = Path(self.tokens_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"auth: cannot read tokens_file: {exc}") from exc
+            tokens += [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        tokens = [t.strip() for t in tokens if t.strip()]
+        if self.scheme == "none" and (self.tokens_env or self.tokens_file):
+            raise ConfigError("auth: tokens given but scheme is 'none'")
+        if self.scheme != "none" and not tokens:
+            raise ConfigError(f"auth scheme {self.scheme!r} has no token: set tokens_env or "
+                              "tokens_file (there is no default secret)")
+        if any(not t.isprintable() or " " in t for t in tokens):
+            raise ConfigError("auth: a token may hold no whitespace or control character")
+        object.__setattr__(self, "digests", frozenset(_digest(t.encode()) for t in tokens))
+
+    @property
+    def enabled(self) -> bool:
+        return self.scheme != "none"
+
+    def accepts(self, credential: bytes | None) -> bool:
+        """Whether ``credential`` (the bearer token or API key as sent) is one of the tokens."""
+        # Comparing digests, not tokens: a set lookup on SHA-256 output leaks nothing an
+        # attacker can steer, where comparing the tokens themselves would leak by timing.
+        return credential is not None and _digest(credential) in self.digests
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
+NO_AUTH = Auth()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cors:
+    """Cross-origin access for browsers. ``allow_origins=("*",)`` allows any origin."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ("GET", "POST")
+    allow_headers: tuple[str, ...] = ("content-type", "authorization")
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("allow_origins", "allow_methods", "allow_headers", "expose_headers"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"cors.{name} must be a list of strings")
+            if any(not v.isprintable() for v in value):
+                raise ConfigError(f"cors.{name}: no control characters")
+            object.__setattr__(self, name, tuple(value))
+        if "*" in self.allow_origins and self.allow_credentials:
+            raise ConfigError("cors: allow_credentials cannot be used with allow_origins '*'")
+        if self.max_age_s < 0:
+            raise ConfigError("cors.max_age_s must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    """One row of the route table: requests under ``path`` go to ``subject``.
+
+    Path tokens after ``path`` are appended to the subject (``/api/users/42`` →
+    ``user-service.users.42``), except on a versioned route, which serves exactly ``path``.
+    ``methods`` limits the HTTP methods (all when empty). ``version`` is a constraint such as
+    ``^1.2``: the bridge then picks an instance whose version matches and addresses it directly,
+    so ``subject`` must be ``<service>.<endpoint>``. ``auth`` overrides the bridge's default
+    auth; ``timeout_s`` its request timeout.
+    """
+
+    path: str
+    subject: str
+    methods: frozenset[str] = frozenset()
+    version: str | None = None
+    auth: Auth | None = None
+    timeout_s: float | None = None
+    tokens: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    constraint: Constraint | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ConfigError(f"route path {self.path!r} must start with '/'")
+        tokens = tuple(self.path.strip("/").split("/")) if self.path.strip("/") else ()
+        if not tokens or any(not t or not t.isprintable() or " " in t for t in tokens):
+            raise ConfigError(f"route path {self.path!r} needs non-empty, printable segments")
+        if tokens[0] == "_natsreg":
+            raise ConfigError("route paths under /_natsreg/ are the bridge's own")
+        object.__setattr__(self, "tokens", tokens)
+        if not subjects.is_valid_subject(self.subject) or _reserved(self.subject):
+            raise ConfigError(f"route {self.path!r}: {self.subject!r} is not a subject a route "
+                              "may reach (literal tokens, no '$' or '_INBOX' subjects)")
+        methods = frozenset(m.upper() for m in self.methods)
+        if unknown := methods - _HTTP_METHODS:
+            raise ConfigError(f"route {self.path!r}: unknown methods {sorted(unknown)}")
+        object.__setattr__(self, "methods", methods)
+        constraint = None
+        if self.version is not None:
+            constraint = parse_constraint(self.version)
+            parts = self.subject.split(".")
+            if len(parts) != 2 or not all(wire.NAME_PATTERN.match(p) for p in parts):
+                raise ConfigError(f"route {self.path!r}: a versioned route's subject must be "
+                                  "'<service>.<endpoint>'")
+        object.__setattr__(self, "constraint", constraint)
+        if self.timeout_s is not None and not 0 < self.timeout_s <= 3600:
+            raise ConfigError(f"route {self.path!r}: timeout_s must be in (0, 3600]")
+
+    @property
+    def service(self) -> str:
+        return self.subject.split(".", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a path goes: the subject, and the route it came from (None: the default mapping)."""
+
+    subject: str
+    service: str
+    endpoint: str
+    route: Route | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a path goes nowhere: the HTTP status and the error body's fields."""
+
+    status: int
+    error: str
+    message: str
+    service: str = ""
+    endpoint: str = ""
+
+
+def _reserved(subject: str) -> bool:
+    first = subject.split(".", 1)[0]
+    return first.startswith("$") or first in _RESERVED_FIRST_TOKENS
+
+
+def _valid_path_token(token: str) -> bool:
+    # isprintable() also refuses what is_valid_token lets through but no subject should hold:
+    # C1 controls, line and paragraph separators, format characters.
+    return subjects.is_valid_token(token) and token.isprintable()
+
+
+_BAD_PATH = Refusal(400, "bad_request",
+                    "the path holds a segment that cannot be a subject token (empty, '.', '*', "
+                    "'>', whitespace or control characters)")
+_LONG_PATH = Refusal(400, "bad_request", f"the path is longer than {MAX_SUBJECT_CHARS} characters")
+_FORBIDDEN_SUBJECT = Refusal(400, "bad_request", "the path names a reserved subject")
+_NO_ROUTE = Refusal(404, "not_found", "no route matches the path")
+
+
+class RouteTable:
+    """Routes by path prefix (longest first), then ``/<service>/<endpoint>[/...]`` if enabled.
+
+    ``allow``: the services reachable at all (every one when None). ``control_prefix``: the
+    subject prefix of natsreg's control traffic, which no path may reach.
+    """
+
+    def __init__(
+        self,
+        routes: Iterable[Route] = (),
+        *,
+        default_routes: bool = True,
+        allow: frozenset[str] | None = None,
+        control_prefix: str = subjects.DEFAULT_PREFIX,
+    ) -> None:
+        self.routes = tuple(sorted(routes, key=lambda r: len(r.tokens), reverse=True))
+        seen: set[tuple[str, ...]] = set()
+        for route in self.routes:
+            if route.tokens in seen:
+                raise ConfigError(f"two routes share the path {route.path!r}")
+            seen.add(route.tokens)
+            if allow is not None and route.service not in allow:
+                raise ConfigError(f"route {route.path!r} reaches {route.service!r}, "
+                                  "which the allow-list leaves out")
+            if _under(route.subject, control_prefix):
+                raise ConfigError(f"route {route.path!r} reaches natsreg's control subjects")
+        self.default_routes = default_routes
+        self.allow = allow
+        self.control_prefix = control_prefix
+        self._by_tokens = {r.tokens: r for r in self.routes}
+        self._depths = sorted({len(r.tokens) for r in self.routes}, reverse=True)
+        self._resolve_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(self._resolve)
+
+    def resolve(self, path: str) -> Target | Refusal:
+        """Where ``path`` (URL-decoded, as ASGI gives it) goes, or why it goes nowhere."""
+        if len(path) > MAX_SUBJECT_CHARS:
+            return _LONG_PATH
+        return self._resolve_cached(path)
+
+    def _resolve(self, path: str) -> Target | Refusal:
+        if not path.startswith("/"):
+            return _BAD_PATH
+        if path == "/":
+            return _NO_ROUTE
+        tokens = path[1:].split("/")
+        # Every segment is checked before any routing decision: a hostile path is a bad
+        # request whatever it would have matched.
+        if not all(_valid_path_token(t) for t in tokens):
+            return _BAD_PATH
+        for depth in self._depths:
+            route = self._by_tokens.get(tuple(tokens[:depth]))
+            if route is not None:
+                return self._via_route(route, tokens[depth:])
+        if not self.default_routes or len(tokens) < 2:
+            return _NO_ROUTE
+        service, endpoint = tokens[0], tokens[1]
+        subject = ".".join(tokens)
+        if _reserved(subject) or _under(subject, self.control_prefix):
+            return _FORBIDDEN_SUBJECT
+        if not wire.NAME_PATTERN.match(service) or not wire.NAME_PATTERN.match(endpoint):
+            return Refusal(400, "bad_request", "service and endpoint names hold letters, digits, "
+                           "'-' and '_' only", service, endpoint)
+        if self.allow is not None and service not in self.allow:
+            return _NO_ROUTE
+        return Target(subject, service, endpoint, None)
+
+    def _via_route(self, route: Route, rest: list[str]) -> Target | Refusal:
+        service, _, endpoint = route.subject.partition(".")
+        if rest and route.constraint is not None:
+            return Refusal(404, "not_found", "a versioned route has no sub-paths",
+                           service, endpoint)
+        subject = ".".join((route.subject, *rest))
+        if len(subject) > MAX_SUBJECT_CHARS:
+            return _LONG_PATH
+        return Target(subject, service, endpoint, route)
+
+
+def _under(subject: str, prefix: str) -> bool:
+    return subject == prefix or subject.startswith(prefix + ".")

@@ -1,0 +1,839 @@
+"""The HTTP bridge: any HTTP client calls any natsreg service, through one NATS connection.
+
+    config = BridgeConfig.from_toml("routes.toml", timeout_s=5.0)
+    async with natsreg.bridge.run(nc, config, host="127.0.0.1", port=8080) as running:
+        ...                                   # serving on running.url until the block ends
+
+    app = natsreg.bridge.create_app(nc, config)   # or mount the ASGI app in your own
+
+``/<service>/<endpoint>[/<more>]`` goes to the subject ``<service>.<endpoint>[.<more>]``; a
+route table maps other paths, with method filters, auth and a version constraint. The body
+travels unchanged, the method, path, query string and chosen headers as NATS headers
+(:data:`METHOD_HEADER`, :data:`PATH_HEADER`, :data:`QUERY_HEADER`), and the reply's body and
+``Content-Type`` come back unchanged. Failures map to HTTP statuses in one table,
+:func:`status_for`. A path that is not a literal subject never reaches NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import re
+import socket
+import time
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats.errors
+import uvicorn
+from nats.aio.client import Client as NATS
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from . import subjects, wire
+from ._routes import NO_AUTH, Auth, Cors, Refusal, Route, RouteTable, Target
+from ._semver import Constraint
+from .client import Client
+from .errors import (
+    ConfigError,
+    NatsregError,
+    NoInstanceError,
+    NotConnectedError,
+    RequestTimeoutError,
+    ServiceError,
+)
+
+__all__ = [
+    "METHOD_HEADER",
+    "PATH_HEADER",
+    "QUERY_HEADER",
+    "Auth",
+    "Bridge",
+    "BridgeConfig",
+    "Cors",
+    "Route",
+    "RunningBridge",
+    "create_app",
+    "run",
+    "serve",
+    "status_for",
+]
+
+log = logging.getLogger("natsreg.bridge")
+
+#: NATS headers that carry the HTTP request line to the service.
+METHOD_HEADER = "Natsreg-Http-Method"
+PATH_HEADER = "Natsreg-Http-Path"
+QUERY_HEADER = "Natsreg-Http-Query"
+
+# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded by a proxy.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
+_DEFAULT_FORWARD = ("content-type", "accept", "accept-language", "user-agent", "x-request-id",
+                    "traceparent", "tracestate", "idempotency-key")
+# One line of a header: CR or LF would end it early in the NATS header block, NUL is refused
+# by NATS itself; either is an injection attempt, never a real value.
+_HEADER_BREAK = re.compile(rb"[\r\n\x00]")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeConfig:
+    """Everything the bridge does, validated once, at construction.
+
+    The route table, allow-list, default auth and CORS usually come from a TOML file through
+    :meth:`from_toml`; limits and timeouts from the command line.
+    """
+
+    #: Path prefixes mapped to subjects, matched longest first.
+    routes: tuple[Route, ...] = ()
+    #: Serve ``/<service>/<endpoint>[/...]`` for paths no route matches.
+    default_routes: bool = True
+    #: The only services the bridge reaches, through routes or the default mapping (all if None).
+    allow: frozenset[str] | None = None
+    #: Auth of every route that sets none, of the default mapping and of ``/_natsreg/services``.
+    auth: Auth = NO_AUTH
+    #: Cross-origin access; None answers no preflight and adds no CORS header.
+    cors: Cors | None = None
+    #: Subject prefix of natsreg's control traffic (registry queries, direct subjects).
+    prefix: str = subjects.DEFAULT_PREFIX
+    #: NATS request timeout, and the cap of a client's own deadline header.
+    timeout_s: float = 5.0
+    #: Request bodies above this get 413; NATS' own max_payload (1 MiB by default) still applies.
+    max_body_bytes: int = 1024 * 1024 - 16 * 1024
+    #: Request path, query string and headers above this, all together, get 431.
+    max_header_bytes: int = 16 * 1024
+    #: Time allowed to receive a request body; a slower client gets 408.
+    body_timeout_s: float = 10.0
+    #: Requests one client address may have in flight; more get 429.
+    max_in_flight_per_client: int = 256
+    #: Request headers forwarded to the service as NATS headers (hop-by-hop ones never are).
+    forward_headers: tuple[str, ...] = _DEFAULT_FORWARD
+    #: The header in which a client states its own deadline, in seconds.
+    timeout_header: str = "x-request-timeout"
+    #: Content type of a reply that names none (natsreg handlers reply JSON by default).
+    default_content_type: str = "application/json"
+    #: How long the registry view behind versioned routes is reused before it is asked again.
+    registry_refresh_s: float = 1.0
+    #: Serve ``/_natsreg/services`` (the registry view, behind the default auth).
+    expose_registry: bool = True
+    #: On shutdown, how long in-flight requests may take to finish.
+    drain_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(r, Route) for r in self.routes):
+            raise ConfigError("routes must be Route objects")
+        object.__setattr__(self, "routes", tuple(self.routes))
+        if self.allow is not None:
+            if isinstance(self.allow, str) or not all(
+                    isinstance(s, str) and wire.NAME_PATTERN.match(s) for s in self.allow):
+                raise ConfigError("allow must be a list of service names")
+            object.__setattr__(self, "allow", frozenset(self.allow))
+        if not isinstance(self.auth, Auth):
+            raise ConfigError("auth must be an Auth")
+        if not subjects.is_valid_subject(self.prefix):
+            raise ConfigError(f"prefix {self.prefix!r} is not a valid subject")
+        for name in ("timeout_s", "body_timeout_s", "registry_refresh_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value <= 3600):
+                raise ConfigError(f"{name} must be in (0, 3600] seconds, got {value!r}")
+        if not 0 <= self.drain_timeout_s <= 3600:
+            raise ConfigError(f"drain_timeout_s must be in [0, 3600], got {self.drain_timeout_s}")
+        for name, low in (("max_body_bytes", 0), ("max_header_bytes", 256),
+                          ("max_in_flight_per_client", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        forward = tuple(h.lower() for h in self.forward_headers)
+        if bad := [h for h in forward if not _TOKEN.match(h) or h in _HOP_BY_HOP]:
+            raise ConfigError(f"forward_headers: {bad} are not forwardable header names")
+        object.__setattr__(self, "forward_headers", forward)
+        if not _TOKEN.match(self.timeout_header):
+            raise ConfigError(f"timeout_header {self.timeout_header!r} is not a header name")
+        object.__setattr__(self, "timeout_header", self.timeout_header.lower())
+        if not self.default_content_type.isprintable():
+            raise ConfigError("default_content_type holds control characters")
+        # Building the table checks routes against each other and the allow-list now.
+        self.route_table()
+
+    def route_table(self) -> RouteTable:
+        """The resolver built from ``routes``, ``default_routes``, ``allow`` and ``prefix``."""
+        return RouteTable(self.routes, default_routes=self.default_routes, allow=self.allow,
+                          control_prefix=self.prefix)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **settings: Any) -> BridgeConfig:
+        """Read routes, allow-list, auth and CORS from a TOML file; ``settings`` set the rest.
+
+        The file's format is in docs/operations.md ("HTTP bridge"); unknown keys are refused,
+        so a misspelt setting is an error rather than a silently open route.
+        """
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read routes file {str(path)!r}: {exc}") from exc
+        return cls(**_from_document(document), **settings)
+
+
+def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
+    _only(doc, {"default_routes", "allow", "auth", "cors", "routes"}, "routes file")
+    out: dict[str, Any] = {}
+    if "default_routes" in doc:
+        out["default_routes"] = _typed(doc["default_routes"], bool, "default_routes")
+    if "allow" in doc:
+        out["allow"] = frozenset(_typed(doc["allow"], list, "allow"))
+    if "auth" in doc:
+        out["auth"] = _auth(doc["auth"], "auth")
+    if "cors" in doc:
+        cors = _typed(doc["cors"], dict, "cors")
+        _only(cors, {f.name for f in fields(Cors)}, "cors")
+        out["cors"] = Cors(**{k: tuple(v) if isinstance(v, list) else v for k, v in cors.items()})
+    routes = []
+    for i, row in enumerate(_typed(doc.get("routes", []), list, "routes")):
+        what = f"routes[{i}]"
+        _only(_typed(row, dict, what),
+              {"path", "subject", "methods", "version", "auth", "timeout_s"}, what)
+        if "path" not in row or "subject" not in row:
+            raise ConfigError(f"{what} needs 'path' and 'subject'")
+        routes.append(Route(
+            path=row["path"], subject=row["subject"],
+            methods=frozenset(_typed(row.get("methods", []), list, f"{what}.methods")),
+            version=row.get("version"),
+            auth=_auth(row["auth"], f"{what}.auth") if "auth" in row else None,
+            timeout_s=row.get("timeout_s"),
+        ))
+    out["routes"] = tuple(routes)
+    return out
+
+
+def _auth(value: Any, what: str) -> Auth:
+    table = _typed(value, dict, what)
+    _only(table, {"scheme", "tokens_env", "tokens_file", "header"}, what)
+    return Auth(**table)
+
+
+def _only(table: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    if unknown := set(table) - allowed:
+        raise ConfigError(f"{what}: unknown keys {sorted(unknown)} (known: {sorted(allowed)})")
+
+
+def _typed(value: Any, type_: type, what: str) -> Any:
+    if not isinstance(value, type_):
+        raise ConfigError(f"{what} must be a {type_.__name__}, got {value!r}")
+    return value
+
+
+# -- the status table ------------------------------------------------------------------------
+
+
+def status_for(error: BaseException) -> tuple[int, str]:
+    """The HTTP status and error name for a failed request: the bridge's one status table."""
+    match error:
+        case NoInstanceError():
+            return 503, "no_instance"
+        case RequestTimeoutError():
+            return 504, "timeout"
+        case ServiceError(code=code) if 400 <= code <= 599:
+            return code, "service_error"
+        case ServiceError():
+            return 502, "service_error"
+        case NotConnectedError():
+            return 503, "not_connected"
+        case nats.errors.MaxPayloadError():
+            return 413, "body_too_large"
+        case NatsregError():
+            return 502, "bad_gateway"
+    return 500, "internal_error"
+
+
+class _ErrorBody(msgspec.Struct):
+    error: str
+    message: str
+    service: str
+    endpoint: str
+
+
+_encode = msgspec.json.Encoder().encode
+_JSON = b"application/json"
+_EMPTY_REFUSALS = {
+    408: Refusal(408, "body_timeout", "the request body did not arrive in time"),
+    413: Refusal(413, "body_too_large", "the request body is over the bridge's limit"),
+    429: Refusal(429, "too_many_requests", "too many requests in flight from this client"),
+    431: Refusal(431, "headers_too_large", "the request path, query and headers are too large"),
+}
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived."""
+
+
+# -- the registry view behind versioned routes -----------------------------------------------
+
+
+class _Instances:
+    """Instances per service from the registry, asked at most once per ``refresh_s``."""
+
+    def __init__(self, client: Client, refresh_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._fetched: dict[str, tuple[float, list[wire.InstanceView]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def pick(self, service: str, endpoint: str, constraint: Constraint,
+                   avoid: str = "") -> wire.InstanceView | None:
+        """An instance of ``service`` whose version matches and which serves ``endpoint``."""
+        candidates = [
+            i for i in await self._get(service)
+            # Only natsreg instances serve direct subjects; plain ADR-32 ones do not.
+            if i.kind == "natsreg" and i.id != avoid and i.health != "critical"
+            and constraint.matches(i.version) and any(e.name == endpoint for e in i.endpoints)
+        ]
+        passing = [i for i in candidates if i.health == "passing"]
+        return random.choice(passing or candidates) if candidates else None
+
+    def forget(self, service: str, instance_id: str) -> None:
+        """Drop an instance that stopped answering, until the next refresh says otherwise."""
+        if service in self._fetched:
+            stamp, instances = self._fetched[service]
+            self._fetched[service] = (stamp, [i for i in instances if i.id != instance_id])
+
+    async def _get(self, service: str) -> list[wire.InstanceView]:
+        entry = self._fetched.get(service)
+        if entry is not None and self._clock() - entry[0] < self._refresh_s:
+            return entry[1]
+        # One query per service at a time: concurrent requests wait for it and reuse it.
+        lock = self._locks.setdefault(service, asyncio.Lock())
+        async with lock:
+            entry = self._fetched.get(service)
+            if entry is not None and self._clock() - entry[0] < self._refresh_s:
+                return entry[1]
+            try:
+                snapshot = await self._client.instances(service, timeout_s=1.0)
+            except NatsregError as exc:
+                if entry is None:
+                    raise
+                # A registry hiccup should not take a route down: keep the last view a while.
+                log.warning("registry query for %r failed (%s); reusing the last view",
+                            service, exc)
+                return entry[1]
+            self._fetched[service] = (self._clock(), snapshot.instances)
+            return snapshot.instances
+
+
+# -- the ASGI application --------------------------------------------------------------------
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Bridge:
+    """The bridge as an ASGI application, on ``nc``; build it with :func:`create_app`.
+
+    It needs no lifespan events and starts no task, so it can be mounted in any ASGI app;
+    the NATS connection stays the caller's.
+    """
+
+    def __init__(self, nc: NATS, config: BridgeConfig) -> None:
+        self.config = config
+        self._nc = nc
+        self._client = Client(nc, timeout_s=config.timeout_s, prefix=config.prefix)
+        self._table = config.route_table()
+        self._instances = _Instances(self._client, config.registry_refresh_s)
+        self._in_flight: dict[str, int] = {}
+        self._registry_view: tuple[float, bytes] | None = None
+        # Header names as ASGI gives them (lower-case bytes) → the NATS header name to use.
+        self._forward = {h.encode(): _canonical(h) for h in config.forward_headers}
+        self._timeout_header = config.timeout_header.encode()
+        auths = [config.auth, *(r.auth for r in config.routes if r.auth is not None)]
+        self._credential_headers = frozenset(
+            b"authorization" if a.scheme == "bearer" else a.header.encode()
+            for a in auths if a.enabled)
+        self._content_types: dict[str, bytes] = {}
+        self._default_content_type = config.default_content_type.encode("latin-1")
+        self._cors = _CorsHeaders(config.cors) if config.cors else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            client = scope.get("client")
+            key = client[0] if client else ""
+            count = self._in_flight.get(key, 0)
+            if count >= self.config.max_in_flight_per_client:
+                await self._refuse(send, _EMPTY_REFUSALS[429], ())
+                return
+            self._in_flight[key] = count + 1
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                count = self._in_flight[key] - 1
+                if count:
+                    self._in_flight[key] = count
+                else:
+                    del self._in_flight[key]
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        method: str = scope["method"]
+        query: bytes = scope["query_string"]
+        raw_path: bytes | None = scope.get("raw_path")
+        size = len(raw_path or path) + len(query)
+
+        # One pass over the headers: size, forwarded ones, and those the bridge itself reads.
+        forwarded: dict[str, str] = {}
+        broken = False
+        credentials: dict[bytes, bytes] = {}
+        timeout = origin = connection = content_length = None
+        for name, value in scope["headers"]:
+            size += len(name) + len(value)
+            # Credentials are the bridge's to check and are never forwarded.
+            if name in self._credential_headers:
+                credentials[name] = value
+                continue
+            target_name = self._forward.get(name)
+            if target_name is not None:
+                if _HEADER_BREAK.search(value):
+                    broken = True
+                forwarded[target_name] = value.decode("latin-1")
+            elif name == self._timeout_header:
+                timeout = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"connection":
+                connection = value
+            elif name == b"transfer-encoding":
+                content_length = content_length or b"chunked"
+        cors = self._cors.for_origin(origin) if self._cors and origin else ()
+        if size > self.config.max_header_bytes:
+            await self._refuse(send, _EMPTY_REFUSALS[431], cors)
+            return
+        if broken or _HEADER_BREAK.search(query) or (raw_path and _HEADER_BREAK.search(raw_path)):
+            await self._refuse(send, Refusal(400, "bad_request", "a header holds CR, LF or NUL"),
+                               cors)
+            return
+        if self._cors is not None and method == "OPTIONS" and origin is not None and any(
+                name == b"access-control-request-method" for name, _ in scope["headers"]):
+            await self._cors.preflight(send, origin)
+            return
+
+        if path.startswith("/_natsreg/"):
+            await self._own(path, method, credentials, send, cors)
+            return
+        target = self._table.resolve(path)
+        if type(target) is Refusal:
+            await self._refuse(send, target, cors)
+            return
+        assert isinstance(target, Target)
+        route = target.route
+        if route is not None and route.methods and method not in route.methods:
+            allow = ", ".join(sorted(route.methods)).encode()
+            await self._refuse(send, Refusal(405, "method_not_allowed",
+                                             f"{method} is not allowed here", target.service,
+                                             target.endpoint), (*cors, (b"allow", allow)))
+            return
+        auth = route.auth if route is not None and route.auth is not None else self.config.auth
+        if auth.enabled and not auth.accepts(_credential(auth, credentials)):
+            await self._refuse(send, _unauthorized(target), (*cors, _challenge(auth)))
+            return
+        timeout_s = route.timeout_s if route is not None and route.timeout_s else \
+            self.config.timeout_s
+        if timeout is not None:
+            asked = _seconds(timeout)
+            if asked is None:
+                await self._refuse(send, Refusal(
+                    400, "bad_request", f"{self.config.timeout_header} must be a number of "
+                    "seconds > 0", target.service, target.endpoint), cors)
+                return
+            timeout_s = min(asked, timeout_s)
+
+        if content_length is None:
+            body = (await receive()).get("body", b"")
+        else:
+            if content_length != b"chunked" and _too_long(content_length,
+                                                           self.config.max_body_bytes):
+                await self._refuse(send, _EMPTY_REFUSALS[413], cors)
+                return
+            try:
+                body = await self._read_body(receive)
+            except _Disconnected:
+                return
+            except TimeoutError:
+                await self._refuse(send, _EMPTY_REFUSALS[408], cors)
+                return
+            if body is None:
+                await self._refuse(send, _EMPTY_REFUSALS[413], cors)
+                return
+
+        forwarded[METHOD_HEADER] = method
+        forwarded[PATH_HEADER] = raw_path.decode("latin-1") if raw_path else path
+        if query:
+            forwarded[QUERY_HEADER] = query.decode("latin-1")
+        if connection is not None:
+            # Headers a client names in Connection are hop-by-hop for this request too.
+            for listed in connection.decode("latin-1").split(","):
+                name = self._forward.get(listed.strip().lower().encode())
+                if name is not None:
+                    forwarded.pop(name, None)
+        try:
+            reply = await self._send_request(target, body, timeout_s, forwarded)
+        except Exception as exc:
+            status, error = status_for(exc)
+            if status == 500:
+                log.exception("bridge: request to %r failed", target.subject)
+                message = "the bridge failed to handle the request"
+            elif isinstance(exc, ServiceError):
+                message = exc.description
+            else:
+                message = str(exc)
+            await self._refuse(send, Refusal(status, error, message, target.service,
+                                             target.endpoint), cors)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", self._content_type(reply.headers)),
+            (b"content-length", str(len(reply.data)).encode()),
+            *cors,
+        ]})
+        await send({"type": "http.response.body", "body": reply.data})
+
+    async def _send_request(self, target: Target, body: bytes, timeout_s: float,
+                            headers: dict[str, str]) -> Any:
+        route = target.route
+        if route is None or route.constraint is None:
+            return await self._client.request(target.subject, body, timeout_s=timeout_s,
+                                              headers=headers)
+        # A versioned route: pick a matching instance and address it directly. If it is gone
+        # (no responders: the request was never delivered), one other instance is tried.
+        avoid = ""
+        for _ in range(2):
+            instance = await self._instances.pick(target.service, target.endpoint,
+                                                  route.constraint, avoid)
+            if instance is None:
+                raise NoInstanceError(f"no instance of {target.service!r} matches "
+                                      f"version {route.version!r}")
+            subject = subjects.direct_subject(self.config.prefix, instance.id, target.endpoint)
+            try:
+                return await self._client.request(subject, body, timeout_s=timeout_s,
+                                                  headers=headers)
+            except NoInstanceError:
+                self._instances.forget(target.service, instance.id)
+                avoid = instance.id
+        raise NoInstanceError(f"no instance of {target.service!r} answered")
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, None if it is over the limit; raises TimeoutError if too slow."""
+        limit = self.config.max_body_bytes
+        chunks: list[bytes] = []
+        total = 0
+        with anyio.fail_after(self.config.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    return None
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+
+    def _content_type(self, headers: Mapping[str, str]) -> bytes:
+        value = headers.get("Content-Type") or headers.get("content-type")
+        if not value:
+            return self._default_content_type
+        cached = self._content_types.get(value)
+        if cached is None:
+            try:
+                cached = value.encode("latin-1") if value.isprintable() else None
+            except UnicodeEncodeError:
+                cached = None
+            cached = cached or self._default_content_type
+            if len(self._content_types) < 256:
+                self._content_types[value] = cached
+        return cached
+
+    async def _own(self, path: str, method: str, credentials: dict[bytes, bytes], send: Send,
+                   cors: Iterable[tuple[bytes, bytes]]) -> None:
+        if method not in ("GET", "HEAD"):
+            await self._refuse(send, Refusal(405, "method_not_allowed", "use GET"),
+                               (*cors, (b"allow", b"GET, HEAD")))
+            return
+        if path == "/_natsreg/health":
+            connected = self._nc.is_connected
+            body = _encode({"status": "ok" if connected else "unavailable",
+                            "nats": "connected" if connected else "disconnected",
+                            "in_flight": sum(self._in_flight.values())})
+            await _respond(send, 200 if connected else 503, _JSON, body, cors)
+        elif path == "/_natsreg/services" and self.config.expose_registry:
+            auth = self.config.auth
+            if auth.enabled and not auth.accepts(_credential(auth, credentials)):
+                await self._refuse(send, _unauthorized(None), (*cors, _challenge(auth)))
+                return
+            try:
+                body = await self._registry_json()
+            except NatsregError as exc:
+                status, error = status_for(exc)
+                await self._refuse(send, Refusal(status, error, str(exc)), cors)
+                return
+            await _respond(send, 200, _JSON, body, cors)
+        else:
+            await self._refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
+
+    async def _registry_json(self) -> bytes:
+        cached = self._registry_view
+        if cached is not None and time.monotonic() - cached[0] < self.config.registry_refresh_s:
+            return cached[1]
+        snapshot = await self._client.instances(timeout_s=min(2.0, self.config.timeout_s))
+        if self.config.allow is not None:
+            snapshot.instances = [i for i in snapshot.instances if i.name in self.config.allow]
+        body = wire.encode(snapshot)
+        self._registry_view = (time.monotonic(), body)
+        return body
+
+    async def _refuse(self, send: Send, refusal: Refusal,
+                      extra: Iterable[tuple[bytes, bytes]]) -> None:
+        body = _encode(_ErrorBody(refusal.error, refusal.message[:1024], refusal.service,
+                                  refusal.endpoint))
+        await _respond(send, refusal.status, _JSON, body, extra)
+
+
+def create_app(nc: NATS, config: BridgeConfig | None = None) -> Bridge:
+    """The bridge as an ASGI application on ``nc`` (which stays the caller's to close)."""
+    return Bridge(nc, config or BridgeConfig())
+
+
+async def _respond(send: Send, status: int, content_type: bytes, body: bytes,
+                   extra: Iterable[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Nothing to start or stop: the connection is the caller's. Answering keeps servers
+    # that run lifespan events by default from logging a failure.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _canonical(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def _credential(auth: Auth, credentials: dict[bytes, bytes]) -> bytes | None:
+    value = credentials.get(b"authorization" if auth.scheme == "bearer" else auth.header.encode())
+    if value is None:
+        return None
+    if auth.scheme == "bearer":
+        scheme, _, token = value.partition(b" ")
+        return token.strip() if scheme.lower() == b"bearer" else None
+    return value.strip()
+
+
+def _challenge(auth: Auth) -> tuple[bytes, bytes]:
+    if auth.scheme == "bearer":
+        return (b"www-authenticate", b'Bearer realm="natsreg"')
+    return (b"www-authenticate", f'ApiKey header="{auth.header}"'.encode())
+
+
+def _unauthorized(target: Target | None) -> Refusal:
+    return Refusal(401, "unauthorized", "missing or invalid credentials",
+                   target.service if target else "", target.endpoint if target else "")
+
+
+def _seconds(value: bytes) -> float | None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds > 0 and math.isfinite(seconds) else None
+
+
+def _too_long(content_length: bytes, limit: int) -> bool:
+    # A malformed Content-Length is the HTTP server's to refuse; here only the size matters.
+    try:
+        return int(content_length) > limit
+    except ValueError:
+        return False
+
+
+class _CorsHeaders:
+    """CORS response headers, built once from the config."""
+
+    def __init__(self, cors: Cors) -> None:
+        self.any_origin = "*" in cors.allow_origins
+        self.origins = frozenset(o.encode() for o in cors.allow_origins)
+        common = [(b"vary", b"origin")]
+        if cors.allow_credentials:
+            common.append((b"access-control-allow-credentials", b"true"))
+        self.simple = common + ([(b"access-control-expose-headers",
+                                  ", ".join(cors.expose_headers).encode())]
+                                if cors.expose_headers else [])
+        self.preflight_headers = common + [
+            (b"access-control-allow-methods", ", ".join(cors.allow_methods).encode()),
+            (b"access-control-allow-headers", ", ".join(cors.allow_headers).encode()),
+            (b"access-control-max-age", str(int(cors.max_age_s)).encode()),
+        ]
+
+    def allowed(self, origin: bytes) -> bool:
+        return self.any_origin or origin in self.origins
+
+    def for_origin(self, origin: bytes) -> list[tuple[bytes, bytes]]:
+        if not self.allowed(origin):
+            return []
+        return [(b"access-control-allow-origin", origin), *self.simple]
+
+    async def preflight(self, send: Send, origin: bytes) -> None:
+        # A refused origin gets no CORS header: the browser then blocks the real request.
+        headers = ([(b"access-control-allow-origin", origin), *self.preflight_headers]
+                   if self.allowed(origin) else [])
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunningBridge:
+    """A bridge serving HTTP: where it listens, and its ASGI app."""
+
+    host: str
+    port: int
+    app: Bridge = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@asynccontextmanager
+async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.0.0.1",
+              port: int = 8080) -> AsyncIterator[RunningBridge]:
+    """Serve the bridge over HTTP on ``host:port`` (``port=0``: any free port) for the block.
+
+    The HTTP server is uvicorn with httptools, chosen by measurement (bench/RESULTS.md); run
+    the event loop with uvloop for the figures there. Leaving the block stops accepting
+    connections and gives in-flight requests ``drain_timeout_s`` to finish.
+    """
+    config = config or BridgeConfig()
+    app = create_app(nc, config)
+    sock = _bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(
+        app, interface="asgi3", http=_Protocol, lifespan="off", loop="none",
+        log_config=None, access_log=False, proxy_headers=False, server_header=False,
+        timeout_graceful_shutdown=config.drain_timeout_s,
+        # A client that keeps a connection idle this long is dropped; generous enough for
+        # pooled clients, short enough that idle sockets do not pile up.
+        timeout_keep_alive=30,
+    ))
+    server.config.load()
+    server.lifespan = server.config.lifespan_class(server.config)
+    await server.startup(sockets=[sock])
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.main_loop)
+            try:
+                yield RunningBridge(host, sock.getsockname()[1], app)
+            finally:
+                server.should_exit = True
+    finally:
+        with anyio.CancelScope(shield=True):
+            await server.shutdown(sockets=[sock])
+
+
+async def serve(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.0.0.1",
+                port: int = 8080, ready: Callable[[RunningBridge], None] | None = None) -> None:
+    """Serve the bridge until SIGINT or SIGTERM (or cancellation), then drain and return.
+
+    ``ready`` is called once the port is open, with where the bridge listens.
+    """
+    import signal
+
+    async with run(nc, config, host=host, port=port) as running:
+        if ready is not None:
+            ready(running)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("bridge: got %s, stopping", signal.Signals(signum).name)
+                return
+
+
+class _CoalescingTransport:
+    """A transport whose writes within one event-loop step leave in one send() call.
+
+    uvicorn writes a response's head and body separately, two system calls where one does;
+    on this machine that second call cost a sixth of the bridge's CPU (bench/RESULTS.md).
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Protocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.set_inheritable(False)
+    return sock
