@@ -1,22 +1,28 @@
 """natsreg: service discovery and RPC for Python microservices on NATS."""
 
-from .client import Client, Reply
-from .errors import (ConfigError, NatsregError, NoInstanceError, NotConnectedError, RequestError,
+from .client import BreakerConfig, Client, Reply, RetryPolicy
+from .errors import (BulkheadFullError, CircuitOpenError, ConfigError, NatsregError,
+                     NoInstanceError, NotConnectedError, OverloadedError, RequestError,
                      RequestTimeoutError, ServiceError)
 from .registry import Registry
 from .service import Request, Service, announce
 
 __all__ = [
+    "BreakerConfig",
+    "BulkheadFullError",
+    "CircuitOpenError",
     "Client",
     "ConfigError",
     "NatsregError",
     "NoInstanceError",
     "NotConnectedError",
+    "OverloadedError",
     "Registry",
     "Reply",
     "Request",
     "RequestError",
     "RequestTimeoutError",
+    "RetryPolicy",
     "Service",
     "ServiceError",
     "announce",

@@ -3,31 +3,106 @@
     client = natsreg.Client(nc)
     reply = await client.request("user-service.users", {"id": 1}, timeout_s=2.0)
     user = reply.json()
+
+Resilient calls (docs/operations.md, "Resilient calls"): every request carries its remaining
+budget; failures that are safe to repeat are retried on another instance; when a registry
+node answers, the client keeps a live local view of each service it calls and addresses a
+chosen instance directly, avoiding instances that are critical, silent or behind an open
+circuit breaker. Without a registry, requests ride the queue group as plain NATS requests.
+
+The view is started lazily, on the first call to a service, and lives in NATS subscriptions
+(no task of ours runs between calls), so ``natsreg.Client(nc)`` works without ``async with``;
+``async with natsreg.Client(nc) as client`` (or :meth:`Client.aclose`) ends those
+subscriptions when the client is done, rather than when the connection closes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import inspect
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple
 
+import anyio
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-from . import errors, subjects, wire
+from . import _deadline, errors, subjects, wire
+from ._balance import STRATEGIES, Balancer, InstanceStats, check_strategy
+from ._breaker import Breaker, BreakerConfig
+from ._catalog import Catalog
 from ._codec import Message, to_bytes
-from .errors import ConfigError, NoInstanceError, RequestError
+from ._retry import RetryPolicy, is_retryable
+from ._semver import Constraint, parse_constraint
+from .errors import (BUDGET_HEADER, BulkheadFullError, CircuitOpenError, ConfigError,
+                     NoInstanceError, RequestError, RequestTimeoutError, ServiceError)
 
-__all__ = ["Client", "Reply"]
+__all__ = ["STRATEGIES", "BreakerConfig", "Client", "Reply", "RetryPolicy"]
+
+#: Services whose view one client keeps; calls to further services ride the queue group.
+MAX_VIEWED_SERVICES = 256
+#: Set on a reply that a ``fallback=`` callable produced instead of the service.
+FALLBACK_HEADER = "Natsreg-Fallback"
 
 
 class Reply(Message):
     """A successful reply: ``data``, ``headers``, ``json()``, ``decode(Type)``, ``text()``."""
 
     __slots__ = ()
+
+
+class _Target(NamedTuple):
+    subject: str
+    service: str | None
+    endpoint: str | None
+    constraint: Constraint | None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_target(text: str) -> _Target:
+    # ``service.endpoint`` or ``service@constraint.endpoint``; the constraint may hold dots
+    # (``^1.2``), so the endpoint is what follows the last one.
+    if "@" in text:
+        service, _, rest = text.partition("@")
+        constraint, _, endpoint = rest.rpartition(".")
+        if not (subjects.is_valid_token(service) and subjects.is_valid_token(endpoint)
+                and constraint):
+            raise ConfigError(f"{text!r} is not '<service>@<version constraint>.<endpoint>' "
+                              "(e.g. 'user-service@^1.2.users')")
+        subject = _checked_subject(subjects.endpoint_subject(service, endpoint))
+        return _Target(subject, service, endpoint, parse_constraint(constraint))
+    subject = _checked_subject(text)
+    tokens = subject.split(".")
+    if len(tokens) == 2:
+        return _Target(subject, tokens[0], tokens[1], None)
+    return _Target(subject, None, None, None)
+
+
+class _Route(NamedTuple):
+    subject: str
+    instance: wire.InstanceView | None
+    breaker: Breaker
+    idempotent: bool
+
+
+class _Tracker:
+    """The subscriptions and bootstrap state of one service's view."""
+
+    __slots__ = ("available", "retry_at", "subs", "task")
+
+    def __init__(self) -> None:
+        self.available = False
+        self.retry_at = 0.0
+        self.subs: list[Subscription] = []
+        self.task: asyncio.Task[None] | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -41,23 +116,82 @@ def _checked_subject(subject: str) -> str:
     return subject
 
 
-class Client:
+class Client(anyio.AsyncContextManagerMixin):
     """Sends requests on ``nc``. The connection stays the caller's to close.
 
     ``timeout_s`` is the default for :meth:`request`; ``prefix`` must match the registry
-    nodes' when asking them questions.
+    nodes' when asking them questions. ``strategy``, ``retry`` and ``breaker`` are the
+    defaults of every call (see :meth:`request`); ``max_in_flight`` caps the calls in flight
+    from this client to one service (the client-side bulkhead; None: no cap).
+    ``missed_heartbeats`` must match the registry's: an instance this client has not heard
+    from for that many heartbeat intervals (plus half of one) gets no more calls.
+    ``view_wait_s`` is how long the first call to a service waits for the registry's
+    snapshot of it before going to the queue group instead.
     """
 
     def __init__(
-        self, nc: NATS, *, timeout_s: float = 5.0, prefix: str = subjects.DEFAULT_PREFIX
+        self,
+        nc: NATS,
+        *,
+        timeout_s: float = 5.0,
+        prefix: str = subjects.DEFAULT_PREFIX,
+        strategy: str = "auto",
+        retry: RetryPolicy | None = None,
+        breaker: BreakerConfig | None = None,
+        max_in_flight: int | None = None,
+        missed_heartbeats: float = 2.0,
+        view_wait_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if timeout_s <= 0:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
         if not subjects.is_valid_subject(prefix):
             raise ConfigError(f"prefix {prefix!r} is not a valid subject")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.timeout_s = timeout_s
         self.prefix = prefix
+        self.strategy = check_strategy(strategy)
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or BreakerConfig()
+        self.max_in_flight = max_in_flight
+        self.view_wait_s = view_wait_s
         self._nc = nc
+        self._clock = clock
+        self._catalog = Catalog(missed_heartbeats=missed_heartbeats, clock=clock)
+        self._balancer = Balancer()
+        self._trackers: dict[str, _Tracker] = {}
+        self._stats: dict[str, InstanceStats] = {}
+        self._breakers: dict[tuple[str, str], Breaker] = {}
+        self._service_in_flight: dict[str, int] = {}
+        # (service, endpoint, subject, constraint, selector) ->
+        #     (catalog revision, matching instances, endpoint declared idempotent)
+        self._matches: dict[tuple[Any, ...], tuple[int, list[wire.InstanceView], bool]] = {}
+        self._closed = False
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Client]:
+        try:
+            yield self
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the registry-view subscriptions; safe to call twice. Calls still work after,
+        on the queue group."""
+        self._closed = True
+        trackers, self._trackers = self._trackers, {}
+        for tracker in trackers.values():
+            if tracker.task is not None:
+                tracker.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await tracker.task
+            for sub in tracker.subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        for service in self._catalog.services():
+            self._catalog.forget(service)
 
     async def request(
         self,
@@ -66,20 +200,316 @@ class Client:
         *,
         timeout_s: float | None = None,
         headers: Mapping[str, str] | None = None,
+        strategy: str | None = None,
+        key: str | None = None,
+        select: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        idempotent: bool | None = None,
+        fallback: Callable[[Exception], Any] | None = None,
     ) -> Reply:
         """Send ``payload`` to ``subject`` and return the reply.
 
         ``payload`` may be bytes (sent untouched), str, None, or anything msgspec encodes
         to JSON (dict, list, Struct, dataclass). Raises :class:`~natsreg.NoInstanceError`,
-        :class:`~natsreg.RequestTimeoutError` or :class:`~natsreg.ServiceError`.
+        :class:`~natsreg.RequestTimeoutError`, :class:`~natsreg.ServiceError`,
+        :class:`~natsreg.CircuitOpenError` or :class:`~natsreg.BulkheadFullError`.
+
+        ``subject`` is ``service.endpoint``, or ``service@constraint.endpoint`` to reach only
+        instances whose version satisfies the constraint (``user-service@^1.2.users``);
+        ``select`` keeps only instances whose metadata holds every given pair. ``strategy``
+        is one of :data:`STRATEGIES` (``key`` is the sticky key); ``retry`` replaces the
+        client's policy for this call; ``idempotent`` overrides what the endpoint declares.
+        ``timeout_s`` bounds the whole call, retries included, and never exceeds the deadline
+        of the request being handled when called from inside a handler. ``fallback(error)``
+        runs instead of failing fast (open breaker, full bulkhead); its return value becomes
+        the reply's payload.
         """
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        return await self._request(_checked_subject(subject), to_bytes(payload), timeout_s,
-                                   dict(headers) if headers else None)
+        target = _parse_target(subject)
+        if strategy is not None:
+            check_strategy(strategy)
+        now = self._clock()
+        deadline = now + (self.timeout_s if timeout_s is None else timeout_s)
+        inherited = _deadline.current.get()
+        if inherited is not None and inherited < deadline:
+            deadline = inherited
+            if deadline <= now:
+                raise RequestTimeoutError(
+                    f"the deadline of the request being handled has passed; {subject!r} "
+                    "was not sent", subject=target.subject)
+        policy = retry or self.retry
+        if policy.budget_s is not None:
+            deadline = min(deadline, now + policy.budget_s)
+        try:
+            return await self._call(
+                target, to_bytes(payload), dict(headers) if headers else {}, deadline, policy,
+                strategy or self.strategy, key,
+                tuple(sorted(select.items())) if select else (), idempotent)
+        except (CircuitOpenError, BulkheadFullError) as exc:
+            if fallback is None:
+                raise
+            value = fallback(exc)
+            if inspect.isawaitable(value):
+                value = await value
+            return Reply(target.subject, to_bytes(value), {FALLBACK_HEADER: "true"})
+
+    def stats(self) -> dict[str, Any]:
+        """This client's figures, JSON-ready: calls in flight per service, per instance
+        figures (in flight, latency EWMA, calls, failures) and every breaker's state."""
+        return {
+            "in_flight": dict(self._service_in_flight),
+            "instances": {
+                i: {"in_flight": s.in_flight, "ewma_ms": round(s.ewma_s * 1000, 3),
+                    "calls": s.calls, "failures": s.failures}
+                for i, s in self._stats.items()
+            },
+            "breakers": {f"{a}/{b}": br.snapshot() for (a, b), br in self._breakers.items()},
+        }
+
+    # -- one call ----------------------------------------------------------------------------
+
+    async def _call(self, target: _Target, data: bytes, headers: dict[str, str],
+                    deadline: float, policy: RetryPolicy, strategy: str, key: str | None,
+                    select: tuple[tuple[str, str], ...], idempotent: bool | None) -> Reply:
+        bulkhead = target.service or target.subject
+        in_flight = self._service_in_flight.get(bulkhead, 0)
+        if self.max_in_flight is not None and in_flight >= self.max_in_flight:
+            raise BulkheadFullError(
+                f"{in_flight} calls to {bulkhead!r} are already in flight from this client "
+                f"(max_in_flight={self.max_in_flight}); not sent", subject=target.subject)
+        self._service_in_flight[bulkhead] = in_flight + 1
+        tried: list[str] = []
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                route = await self._route(target, strategy, key, select, tried, deadline)
+                retry_timeouts = route.idempotent if idempotent is None else idempotent
+                started = self._clock()
+                remaining = deadline - started
+                if remaining <= 0:
+                    route.breaker.release()
+                    raise RequestTimeoutError(
+                        f"no reply on {target.subject!r} within the call's budget",
+                        subject=target.subject)
+                attempt_s = policy.attempt_timeout(remaining, attempt, retry_timeouts)
+                headers[BUDGET_HEADER] = str(int(attempt_s * 1000))
+                instance = route.instance
+                stats = None
+                if instance is not None:
+                    stats = self._stats.get(instance.id)
+                    if stats is None:
+                        stats = self._stats[instance.id] = InstanceStats()
+                    stats.in_flight += 1
+                    tried.append(instance.id)
+                try:
+                    reply = await self._request(route.subject, data, attempt_s, headers)
+                except RequestError as exc:
+                    self._failed(route, stats, exc)
+                    if attempt >= policy.attempts or not is_retryable(exc, retry_timeouts):
+                        raise
+                    delay = policy.backoff(attempt)
+                    if self._clock() + delay >= deadline:
+                        raise
+                    if delay:
+                        await asyncio.sleep(delay)
+                    continue
+                finally:
+                    if stats is not None:
+                        stats.in_flight -= 1
+                route.breaker.record(True)
+                if stats is not None:
+                    stats.calls += 1
+                    stats.observe(self._clock() - started)
+                return reply
+        finally:
+            self._service_in_flight[bulkhead] -= 1
+
+    def _failed(self, route: _Route, stats: InstanceStats | None, exc: RequestError) -> None:
+        # What the failure says about the target: a timeout, "no responders" or a 5xx count
+        # against it; a 4xx is the caller's fault and counts as a working target.
+        silent = isinstance(exc, (RequestTimeoutError, NoInstanceError))
+        if isinstance(exc, ServiceError):
+            route.breaker.record(exc.code < 500)
+        elif silent:
+            route.breaker.record(False)
+        else:
+            route.breaker.release()
+        if stats is not None and route.instance is not None:
+            stats.calls += 1
+            if silent or (isinstance(exc, ServiceError) and exc.code >= 500):
+                stats.failures += 1
+            if silent:
+                # Not chosen again until it proves it is alive with a heartbeat newer than
+                # what we knew: a frozen or killed instance never does, and leaves the view at
+                # expiry; a merely slow one is back within one heartbeat.
+                stats.avoid_seq = route.instance.seq
+
+    async def _route(self, target: _Target, strategy: str, key: str | None,
+                     select: tuple[tuple[str, str], ...], tried: list[str],
+                     deadline: float) -> _Route:
+        narrowed = target.constraint is not None or bool(select)
+        if target.service is None or (strategy == "queue" and not narrowed):
+            return self._queue_route(target.subject, False)
+        if not await self._has_view(target.service, deadline):
+            if narrowed:
+                raise NoInstanceError(
+                    f"{target.subject!r}: version constraints and selectors need a registry "
+                    f"node on prefix {self.prefix!r} ('natsreg registry')",
+                    subject=target.subject)
+            return self._queue_route(target.subject, False)
+        matches, idempotent = self._matching(target, select)
+        if not matches:
+            if narrowed:
+                raise NoInstanceError(
+                    f"no instance of {target.service!r} matches "
+                    f"{_describe(target, select)}", subject=target.subject)
+            # The registry may not know the instance yet, or it is a plain ADR-32 service
+            # (no direct subject): NATS' queue group still knows who serves.
+            return self._queue_route(target.subject, idempotent)
+        return self._instance_route(target, strategy, key, matches, tried, idempotent)
+
+    def _queue_route(self, subject: str, idempotent: bool) -> _Route:
+        breaker = self._breaker("queue", subject)
+        if not breaker.allow():
+            raise CircuitOpenError(
+                f"the circuit breaker of {subject!r} is open", retry_at=breaker.retry_at,
+                retry_in_s=max(0.0, breaker.retry_at - self._clock()), subject=subject)
+        return _Route(subject, None, breaker, idempotent)
+
+    def _instance_route(self, target: _Target, strategy: str, key: str | None,
+                        matches: list[wire.InstanceView], tried: list[str],
+                        idempotent: bool) -> _Route:
+        endpoint = target.endpoint or ""
+        usable = [m for m in matches if self._breaker(m.id, endpoint).available()]
+        if not usable:
+            retry_at = min(self._breaker(m.id, endpoint).retry_at for m in matches)
+            raise CircuitOpenError(
+                f"the circuit breakers of all {len(matches)} matching instances of "
+                f"{target.service!r} are open for {endpoint!r}", retry_at=retry_at,
+                retry_in_s=max(0.0, retry_at - self._clock()), subject=target.subject)
+        if strategy == "sticky":
+            # The key's instance, unless its breaker is open: moving keys away on every
+            # doubt would defeat the point of stickiness.
+            candidates = usable
+        else:
+            # Preferred: healthy, not avoided since a failure, not tried in this call. Each
+            # rule is dropped in turn when nothing is left: a doubtful instance beats none.
+            fresh = [m for m in usable if m.id not in tried] or usable
+            candidates = [m for m in fresh if self._sound(m)] or fresh
+        chosen = self._balancer.pick(
+            "auto" if strategy == "queue" else strategy,
+            candidates, self._stats, key=key, group=target.subject)
+        breaker = self._breaker(chosen.id, endpoint)
+        breaker.allow()
+        return _Route(subjects.direct_subject(self.prefix, chosen.id, endpoint),
+                      chosen, breaker, idempotent)  # type: ignore[arg-type]
+
+    def _sound(self, instance: wire.InstanceView) -> bool:
+        if instance.health == "critical":
+            return False
+        stats = self._stats.get(instance.id)
+        return stats is None or instance.seq > stats.avoid_seq
+
+    def _matching(self, target: _Target, select: tuple[tuple[str, str], ...]
+                  ) -> tuple[list[wire.InstanceView], bool]:
+        assert target.service is not None
+        instances = self._catalog.instances(target.service)
+        cache_key = (target.service, target.endpoint, target.subject, target.constraint, select)
+        cached = self._matches.get(cache_key)
+        if cached is not None and cached[0] == self._catalog.revision:
+            return cached[1], cached[2]
+        matches = []
+        idempotent = False
+        for i in instances:
+            if target.constraint is not None and not target.constraint.matches(i.version):
+                continue
+            if any(i.metadata.get(k) != v for k, v in select):
+                continue
+            for e in i.endpoints:
+                # A plain subject names the endpoint served there; the constraint form
+                # names the endpoint itself.
+                if e.name == target.endpoint and (
+                        target.constraint is not None or e.subject == target.subject):
+                    idempotent = idempotent or e.idempotent
+                    if i.kind == "natsreg":  # plain ADR-32 services have no direct subject
+                        matches.append(i)
+                    break
+        if len(self._matches) > 4096:
+            self._matches.clear()
+        self._matches[cache_key] = (self._catalog.revision, matches, idempotent)
+        return matches, idempotent
+
+    def _breaker(self, target: str, endpoint: str) -> Breaker:
+        breaker = self._breakers.get((target, endpoint))
+        if breaker is None:
+            if len(self._breakers) > 10_000:
+                # Bounded: a closed breaker holds nothing worth keeping.
+                for k in [k for k, b in self._breakers.items() if b.state == "closed"]:
+                    del self._breakers[k]
+            breaker = Breaker(self.breaker, clock=self._clock)
+            self._breakers[(target, endpoint)] = breaker
+        return breaker
+
+    # -- the registry view -------------------------------------------------------------------
+
+    async def _has_view(self, service: str, deadline: float) -> bool:
+        tracker = self._trackers.get(service)
+        if tracker is None:
+            if self._closed or len(self._trackers) >= MAX_VIEWED_SERVICES:
+                return False
+            tracker = self._trackers[service] = _Tracker()
+            self._catalog.track(service)
+        if tracker.available:
+            return True
+        if tracker.task is None:
+            if self._clock() < tracker.retry_at:
+                return False
+            tracker.task = asyncio.get_running_loop().create_task(
+                self._bootstrap(service, tracker))
+        wait_s = min(self.view_wait_s, deadline - self._clock())
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(tracker.task), wait_s)
+        return tracker.available
+
+    async def _bootstrap(self, service: str, tracker: _Tracker) -> None:
+        try:
+            if not tracker.subs:
+                on_message = functools.partial(self._on_view_message, tracker)
+                for verb, tokens in (("events", (service,)), ("hb", (service, "*")),
+                                     ("bye", (service, "*"))):
+                    tracker.subs.append(await self._nc.subscribe(
+                        subjects.control_subject(self.prefix, verb, *tokens), cb=on_message))
+            # Subscribed first, then asked: no change between the two can be missed.
+            self._catalog.apply_snapshot(await self.instances(service, timeout_s=2.0))
+            tracker.available = True
+        except (RequestError, OSError):
+            # No registry (or a slow one): plain queue-group requests until an event shows
+            # one, or until the next try.
+            tracker.retry_at = self._clock() + 5.0
+        finally:
+            tracker.task = None
+
+    async def _on_view_message(self, tracker: _Tracker, msg: Msg) -> None:
+        try:
+            if ".events." in msg.subject:
+                self._catalog.apply_event(wire.decode_event(msg.data))
+                # An event proves a registry runs: the view fills in from its events.
+                tracker.available = True
+                return
+            message = wire.decode_control(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if isinstance(message, wire.Heartbeat):
+            self._catalog.apply_heartbeat(message)
+        elif isinstance(message, wire.Goodbye):
+            self._catalog.apply_goodbye(message)
 
     async def _request(
         self, subject: str, data: bytes, timeout_s: float, headers: dict[str, str] | None
     ) -> Reply:
+        # The one place a request meets NATS: every attempt of request() and the CLI's
+        # plain requests go through here.
         try:
             msg = await self._nc.request(subject, data, timeout=timeout_s, headers=headers)
         except Exception as exc:
@@ -173,3 +603,12 @@ class Client:
                 yield event
         finally:
             await sub.unsubscribe()
+
+
+def _describe(target: _Target, select: tuple[tuple[str, str], ...]) -> str:
+    parts = []
+    if target.constraint is not None:
+        parts.append(f"version {target.constraint}")
+    parts.extend(f"{k}={v}" for k, v in select)
+    parts.append(f"endpoint {target.endpoint!r}")
+    return ", ".join(parts)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import nats.errors
 
 __all__ = [
+    "BUDGET_HEADER",
     "CODE_HEADER",
     "ERROR_HEADER",
     "RETRYABLE_HEADER",
+    "BulkheadFullError",
+    "CircuitOpenError",
     "ConfigError",
     "NatsregError",
     "NoInstanceError",
     "NotConnectedError",
+    "OverloadedError",
     "RequestError",
     "RequestTimeoutError",
     "ServiceError",
@@ -29,6 +33,9 @@ ERROR_HEADER = "Nats-Service-Error"
 CODE_HEADER = "Nats-Service-Error-Code"
 # Not part of ADR-32: a natsreg service's way to say "this failure is safe to retry".
 RETRYABLE_HEADER = "Natsreg-Retryable"
+# Not part of ADR-32: the caller's remaining time budget in whole milliseconds. Relative, not
+# an absolute deadline, so that clock skew between machines does not matter.
+BUDGET_HEADER = "Natsreg-Budget-Ms"
 
 
 class NatsregError(Exception):
@@ -79,6 +86,35 @@ class ServiceError(RequestError):
         self.retryable = retryable
 
 
+class OverloadedError(ServiceError):
+    """The service runs as many handlers as it may and its queue is full (code 503).
+
+    Nothing was started, so it is always safe to send the request again, to any instance.
+    """
+
+    def __init__(self, description: str = "overloaded: too many requests in flight", *,
+                 code: int = 503, retryable: bool = True, subject: str = "") -> None:
+        super().__init__(description, code=code, retryable=retryable, subject=subject)
+
+
+class CircuitOpenError(RequestError):
+    """Every instance that could serve the call has an open circuit breaker: failed fast.
+
+    ``retry_at`` (monotonic clock) is when the first breaker lets a trial call through;
+    ``retry_in_s`` is the same as a duration from when the error was raised.
+    """
+
+    def __init__(self, message: str, *, retry_at: float, retry_in_s: float,
+                 subject: str = "") -> None:
+        super().__init__(f"{message}; next trial in {retry_in_s:.2f} s", subject=subject)
+        self.retry_at = retry_at
+        self.retry_in_s = retry_in_s
+
+
+class BulkheadFullError(RequestError):
+    """This client already has its maximum of calls in flight to the service: not sent."""
+
+
 def error_headers(error: ServiceError) -> dict[str, str]:
     """The ADR-32 headers that carry ``error`` in a reply."""
     headers = {ERROR_HEADER: error.description, CODE_HEADER: str(error.code)}
@@ -95,7 +131,8 @@ def from_reply_headers(headers: dict[str, str] | None, subject: str) -> ServiceE
         code = int(headers.get(CODE_HEADER, "500"))
     except ValueError:
         code = 500
-    return ServiceError(
+    cls = OverloadedError if code == 503 else ServiceError
+    return cls(
         headers.get(ERROR_HEADER, ""),
         code=code,
         retryable=headers.get(RETRYABLE_HEADER) == "true",

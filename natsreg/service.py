@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,10 +33,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from . import subjects, wire
+from . import _deadline, subjects, wire
 from ._codec import Message, to_bytes
 from ._tasks import background
-from .errors import ConfigError, ServiceError, error_headers
+from .errors import BUDGET_HEADER, ConfigError, OverloadedError, ServiceError, error_headers
 
 __all__ = ["Handler", "HealthCheck", "Request", "Service", "ServiceConfig", "announce"]
 
@@ -55,16 +56,32 @@ MAX_DESCRIPTION_CHARS = 4096
 
 class Request(Message):
     """A request as a handler sees it: ``data``, ``headers``, ``subject``, ``json()``,
-    ``decode(Type)``."""
+    ``decode(Type)``, and ``deadline``.
 
-    __slots__ = ("reply",)
+    ``deadline`` is when the caller stops waiting, on this process' monotonic clock (compare
+    with ``time.monotonic()``), or None if the caller sent no budget. Requests made through a
+    :class:`natsreg.Client` inside the handler inherit it.
+    """
 
-    def __init__(self, msg: Msg) -> None:
+    __slots__ = ("deadline", "reply")
+
+    def __init__(self, msg: Msg, received: float | None = None) -> None:
         # Message.__init__ inlined: one Request is built per request served.
         self.subject = msg.subject
         self.data = msg.data
-        self.headers = msg.headers or {}
+        self.headers = headers = msg.headers or {}
         self.reply = msg.reply
+        self.deadline: float | None = None
+        budget = headers.get(BUDGET_HEADER) if headers else None
+        if budget is not None:
+            # The budget is relative to when the request reached us (a queued request has
+            # already spent some of it), so clocks of different machines never meet.
+            try:
+                budget_s = int(budget) / 1000
+            except ValueError:
+                budget_s = None
+            if budget_s is not None:
+                self.deadline = (received or time.monotonic()) + budget_s
 
     # A payload that does not decode is the caller's mistake: it becomes a 400 reply, not a
     # 500 with a logged traceback.
@@ -115,8 +132,12 @@ class ServiceConfig:
     #: Subject prefix of natsreg's control traffic; must match the registry's.
     prefix: str = subjects.DEFAULT_PREFIX
     heartbeat_s: float = 1.0
-    #: Handlers running at once; further requests wait in NATS' per-subscription buffer.
+    #: Handlers running at once (the service-side bulkhead).
     max_in_flight: int = 256
+    #: Requests waiting for a handler slot; beyond this a request is refused at once with a
+    #: retryable :class:`~natsreg.errors.OverloadedError` (503), which a natsreg client
+    #: retries on another instance, rather than queueing without bound.
+    max_queued: int = 1024
     #: How long leaving the block waits for in-flight handlers before cancelling them.
     drain_timeout_s: float = 10.0
     #: Called every heartbeat; returns "passing", "warning" or "critical".
@@ -137,6 +158,8 @@ class ServiceConfig:
             raise ConfigError(f"heartbeat_s must be between 0.05 and 3600, got {self.heartbeat_s}")
         if self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.max_queued < 0:
+            raise ConfigError(f"max_queued must be >= 0, got {self.max_queued}")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
 
@@ -148,6 +171,7 @@ class _Endpoint:
     queue_group: str
     handler: Handler
     metadata: dict[str, str]
+    idempotent: bool = False
     subs: list[Subscription] = field(default_factory=list)
     num_requests: int = 0
     num_errors: int = 0
@@ -157,7 +181,7 @@ class _Endpoint:
     def info(self) -> wire.Endpoint:
         return wire.Endpoint(
             name=self.name, subject=self.subject, queue_group=self.queue_group,
-            metadata=self.metadata,
+            metadata=self.metadata, idempotent=self.idempotent,
         )
 
     def stats(self) -> wire.SrvEndpointStats:
@@ -186,8 +210,8 @@ class Service(anyio.AsyncContextManagerMixin):
         self._in_flight = 0
         self._served = 0
         self._errors = 0
-        # Set when a handler ends while requests wait for one of the max_in_flight slots.
-        self._slot_freed: asyncio.Future[None] | None = None
+        # Requests waiting for one of the max_in_flight slots: (endpoint, msg, received at).
+        self._queue: deque[tuple[_Endpoint, Msg, float]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
@@ -209,13 +233,17 @@ class Service(anyio.AsyncContextManagerMixin):
         subject: str | None = None,
         queue_group: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        idempotent: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Serve the decorated coroutine function on ``<service>.<name>`` (or ``subject``).
 
         The handler gets a :class:`Request` and returns a dict, list, msgspec Struct, str,
         bytes or None; raising :class:`~natsreg.ServiceError` replies with its code.
+        ``idempotent=True`` declares that running a request twice does no harm: callers may
+        then retry it on another instance after a timeout (a crash or freeze mid-request).
         """
         endpoint = self._new_endpoint(name, subject, queue_group, metadata)
+        endpoint.idempotent = idempotent
 
         def register(handler: Handler) -> Handler:
             if not inspect.iscoroutinefunction(handler):
@@ -284,6 +312,7 @@ class Service(anyio.AsyncContextManagerMixin):
         if scope.cancelled_caught:
             log.warning("%s: %d handlers still running after %.1f s; cancelling them",
                         self.config.name, self._in_flight, self.config.drain_timeout_s)
+            self._queue.clear()
             for task in self._handlers:
                 task.cancel()
         for sub in control:
@@ -331,31 +360,48 @@ class Service(anyio.AsyncContextManagerMixin):
         # nats-py calls this serially per subscription; the handler runs in its own task so
         # that requests are served concurrently, up to max_in_flight. This runs per request:
         # an asyncio.Semaphore here cost a coroutine and a scan of its waiters every time, so
-        # the bound is kept with the in-flight count, and only a full service waits.
-        while self._in_flight >= self.config.max_in_flight:
-            if self._slot_freed is None:
-                self._slot_freed = asyncio.get_running_loop().create_future()
-            # Shielded: the future is shared by every subscription waiting for a slot.
-            await asyncio.shield(self._slot_freed)
+        # the bound is kept with the in-flight count. A full service queues up to max_queued
+        # requests in its own bounded deque (waiting here instead would leave the rest in
+        # nats-py's buffer, unbounded and unseen) and refuses the others at once: a caller
+        # then retries on another instance rather than waiting in line.
+        if self._in_flight >= self.config.max_in_flight:
+            if len(self._queue) < self.config.max_queued:
+                self._queue.append((endpoint, msg, time.monotonic()))
+            else:
+                self._count_error(endpoint, "503: overloaded")
+                if msg.reply:
+                    await _quietly(self._nc.publish(
+                        msg.reply, b"", headers=error_headers(OverloadedError())), "reply")
+            return
+        self._start(endpoint, msg, None)
+
+    def _start(self, endpoint: _Endpoint, msg: Msg, received: float | None) -> None:
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._handle(endpoint, msg))
+        task = asyncio.get_running_loop().create_task(self._handle(endpoint, msg, received))
         # The task removes itself when it ends: a done callback would cost one more
         # callback scheduled through the event loop per request.
         self._handlers.add(task)
 
-    async def _handle(self, endpoint: _Endpoint, msg: Msg) -> None:
+    async def _handle(self, endpoint: _Endpoint, msg: Msg, received: float | None) -> None:
         try:
-            await self._serve_one(endpoint, msg)
+            await self._serve_one(endpoint, msg, received)
         finally:
             self._handlers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
-    async def _serve_one(self, endpoint: _Endpoint, msg: Msg) -> None:
+    async def _serve_one(self, endpoint: _Endpoint, msg: Msg, received: float | None) -> None:
         started = time.perf_counter_ns()
         headers: dict[str, str] | None = None
         try:
-            data = to_bytes(await endpoint.handler(Request(msg)))
+            request = Request(msg, received)
+            if request.deadline is not None:
+                if request.deadline <= time.monotonic():
+                    # The caller has given up: its work is not started.
+                    raise ServiceError("deadline exceeded before the handler started",
+                                       code=504)
+                _deadline.current.set(request.deadline)
+            data = to_bytes(await endpoint.handler(request))
         except ServiceError as exc:
             data, headers = b"", error_headers(exc)
             self._count_error(endpoint, f"{exc.code}: {exc.description}")
@@ -369,10 +415,9 @@ class Service(anyio.AsyncContextManagerMixin):
             endpoint.processing_ns += time.perf_counter_ns() - started
             self._served += 1
             self._in_flight -= 1
-            if self._slot_freed is not None:
-                self._slot_freed.set_result(None)
-                self._slot_freed = None
-            if self._in_flight == 0:
+            if self._queue:
+                self._start(*self._queue.popleft())
+            elif self._in_flight == 0:
                 self._idle.set()
         if msg.reply:
             await _quietly(self._nc.publish(msg.reply, data, headers=headers), "reply")
@@ -508,6 +553,7 @@ def announce(
     prefix: str = subjects.DEFAULT_PREFIX,
     heartbeat_s: float = 1.0,
     max_in_flight: int = 256,
+    max_queued: int = 1024,
     drain_timeout_s: float = 10.0,
     health: HealthCheck | None = None,
 ) -> Service:
@@ -519,7 +565,8 @@ def announce(
     config = ServiceConfig(
         name=name, version=version, description=description, metadata=metadata or {},
         queue_group=queue_group, prefix=prefix, heartbeat_s=heartbeat_s,
-        max_in_flight=max_in_flight, drain_timeout_s=drain_timeout_s, health=health,
+        max_in_flight=max_in_flight, max_queued=max_queued, drain_timeout_s=drain_timeout_s,
+        health=health,
     )
     return Service(nc, config)
 

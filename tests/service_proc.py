@@ -1,26 +1,37 @@
 """A natsreg service run as a separate process by the fault tests.
 
-    python service_proc.py URL NAME PREFIX [VERSION]
+    python service_proc.py URL NAME PREFIX [VERSION] [--delay-ms N] [--idempotent]
+                           [--meta KEY=VALUE ...]
 
-Serves ``<NAME>.echo`` (replies with the request) and prints ``id <instance id>`` once
-announced; SIGTERM makes it leave its block (drain, goodbye) and exit.
+Serves ``<NAME>.echo`` (replies with the request) and ``<NAME>.work`` (waits ``--delay-ms``,
+then replies ``{"id": <instance id>}``; declared idempotent with ``--idempotent``), and prints
+``id <instance id>`` once announced; SIGTERM makes it leave its block (drain, goodbye) and
+exit.
 """
 
+import argparse
 import asyncio
-import sys
 
 import nats
 
 import natsreg
 
 
-async def main(url: str, name: str, prefix: str, version: str = "1.0.0") -> None:
-    nc = await nats.connect(url)
-    async with natsreg.announce(nc, name, version=version, prefix=prefix) as svc:
+async def main(args: argparse.Namespace) -> None:
+    nc = await nats.connect(args.url)
+    metadata = dict(pair.split("=", 1) for pair in args.meta)
+    async with natsreg.announce(nc, args.name, version=args.version, prefix=args.prefix,
+                                metadata=metadata) as svc:
 
         @svc.endpoint("echo")
         async def echo(req: natsreg.Request) -> bytes:
             return req.data
+
+        @svc.endpoint("work", idempotent=args.idempotent)
+        async def work(req: natsreg.Request) -> dict[str, str]:
+            if args.delay_ms:
+                await asyncio.sleep(args.delay_ms / 1000)
+            return {"id": svc.id}
 
         await svc.ready()
         print("id", svc.id, flush=True)
@@ -29,4 +40,12 @@ async def main(url: str, name: str, prefix: str, version: str = "1.0.0") -> None
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("name")
+    parser.add_argument("prefix")
+    parser.add_argument("version", nargs="?", default="1.0.0")
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--idempotent", action="store_true")
+    parser.add_argument("--meta", action="append", default=[])
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,152 @@
+"""Choosing one instance among candidates: pure functions over this client's own figures.
+
+Strategies (``strategy=`` of :meth:`natsreg.Client.request`):
+
+- ``queue``: no choice here; the request goes to the queue-group subject and NATS picks a
+  member at random. Needs no registry view, but cannot avoid a frozen member.
+- ``round_robin``, ``random``: what their names say, over the healthy candidates.
+- ``least_in_flight``: power of two choices: two random candidates, the one with fewer calls
+  in flight *from this client* wins; a tie goes to the clearly faster one. Two choices rather
+  than the global minimum, so that many clients with stale figures do not all pile onto the
+  same instance (Mitzenmacher). A frozen instance collects calls in flight, so it loses
+  nearly every comparison; a slow one gets less, but by Little's law still its share
+  whenever the fast ones are busier.
+- ``latency``: power of two choices on ``EWMA latency × (in flight + 1)`` (Finagle's
+  idea): the faster instance wins unless it is much busier, so a 5× slower instance gets
+  calls only when the others have 5× more in flight. This is ``auto``, the default when a
+  registry view exists: it avoids frozen instances (in flight only grows) and slow ones.
+- ``sticky``: rendezvous hashing of ``key`` over the candidates: the same key goes to the
+  same instance while it is there, and only the keys of an instance that leaves move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random as _random
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+from .errors import ConfigError
+
+Strategy = Literal["auto", "queue", "round_robin", "random", "least_in_flight", "latency",
+                   "sticky"]
+STRATEGIES: tuple[str, ...] = ("auto", "queue", "round_robin", "random", "least_in_flight",
+                               "latency", "sticky")
+
+#: Weight of the newest sample in the latency EWMA: about the last ten calls count.
+EWMA_WEIGHT = 0.2
+#: Latency EWMAs within this ratio count as equal when in-flight counts tie.
+TIE_RATIO = 2.0
+#: Share of ties that go to the slower instance anyway, to keep its figure current.
+PROBE_SHARE = 0.01
+
+
+class _Candidate(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class InstanceStats:
+    """What this client knows of one instance from its own calls."""
+
+    __slots__ = ("avoid_seq", "calls", "ewma_s", "failures", "in_flight")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        #: After a call got no answer, the instance's sequence number then: it is avoided
+        #: until a newer heartbeat shows it alive.
+        self.avoid_seq = -1
+        #: 0.0 until the first reply: an instance never called counts as fast, so it is tried.
+        self.ewma_s = 0.0
+        self.calls = 0
+        self.failures = 0
+
+    def observe(self, latency_s: float) -> None:
+        """Fold one reply's latency into the EWMA."""
+        if self.ewma_s == 0.0:
+            self.ewma_s = latency_s
+        else:
+            self.ewma_s += EWMA_WEIGHT * (latency_s - self.ewma_s)
+
+
+_EMPTY = InstanceStats()
+
+
+def check_strategy(strategy: str) -> str:
+    """``strategy`` if it is one natsreg knows; ConfigError otherwise."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+class Balancer:
+    """Picks an instance per call. Holds only round-robin positions and a random source."""
+
+    def __init__(self, rng: _random.Random | None = None) -> None:
+        self._rng = rng or _random.Random()
+        self._positions: dict[str, int] = {}
+
+    def pick(self, strategy: str, candidates: Sequence[_Candidate],
+             stats: dict[str, InstanceStats], *, key: str | None = None,
+             group: str = "") -> _Candidate:
+        """One of ``candidates`` (non-empty, in a stable order) by ``strategy``.
+
+        ``group`` names the round-robin sequence (one per service and endpoint).
+        """
+        n = len(candidates)
+        if n == 1:
+            return candidates[0]
+        if strategy == "latency" or strategy == "auto":
+            a, b = self._two(candidates)
+            return a if _cost(a, stats, candidates) <= _cost(b, stats, candidates) else b
+        if strategy == "least_in_flight":
+            a, b = self._two(candidates)
+            sa, sb = stats.get(a.id, _EMPTY), stats.get(b.id, _EMPTY)
+            if sa.in_flight != sb.in_flight:
+                return a if sa.in_flight < sb.in_flight else b
+            # A tie (always, for a caller with one call at a time) goes to the clearly faster
+            # one; between similar ones it stays random, so that they share the load and
+            # each keeps its latency figure fresh. Now and then the slower one is tried
+            # anyway, so that one slow spell does not starve an instance for good.
+            if sa.ewma_s > TIE_RATIO * sb.ewma_s and self._rng.random() >= PROBE_SHARE:
+                return b
+            if sb.ewma_s > TIE_RATIO * sa.ewma_s and self._rng.random() >= PROBE_SHARE:
+                return a
+            return a
+        if strategy == "round_robin":
+            position = self._positions.get(group, -1) + 1
+            self._positions[group] = position
+            if len(self._positions) > 4096:
+                self._positions.clear()
+            return candidates[position % n]
+        if strategy == "random":
+            return candidates[self._rng.randrange(n)]
+        if strategy == "sticky":
+            if key is None:
+                raise ConfigError("strategy 'sticky' needs key=...")
+            return max(candidates, key=lambda c: _rendezvous(key, c.id))
+        raise ConfigError(f"strategy {strategy!r} does not choose an instance")
+
+    def _two(self, candidates: Sequence[_Candidate]) -> tuple[_Candidate, _Candidate]:
+        n = len(candidates)
+        i = self._rng.randrange(n)
+        j = self._rng.randrange(n - 1)
+        if j >= i:
+            j += 1
+        return candidates[i], candidates[j]
+
+
+def _cost(c: _Candidate, stats: dict[str, InstanceStats],
+          candidates: Sequence[_Candidate]) -> float:
+    s = stats.get(c.id, _EMPTY)
+    ewma = s.ewma_s
+    if ewma == 0.0:
+        # Never measured: assume it is as fast as the fastest known one, so it gets tried
+        # without being flooded.
+        known = [stats[o.id].ewma_s for o in candidates if o.id in stats and stats[o.id].ewma_s]
+        ewma = min(known) if known else 0.0
+    return ewma * (s.in_flight + 1)
+
+
+def _rendezvous(key: str, instance_id: str) -> bytes:
+    return hashlib.blake2b(f"{key}\x00{instance_id}".encode(), digest_size=8).digest()
