@@ -13,8 +13,11 @@ Strategies (``strategy=`` of :meth:`natsreg.Client.request`):
   whenever the fast ones are busier.
 - ``latency``: power of two choices on ``EWMA latency × (in flight + 1)`` (Finagle's
   idea): the faster instance wins unless it is much busier, so a 5× slower instance gets
-  calls only when the others have 5× more in flight. This is ``auto``, the default when a
-  registry view exists: it avoids frozen instances (in flight only grows) and slow ones.
+  calls only when the others have 5× more in flight.
+- ``auto``, the default when a registry view exists: ``latency`` among the instances whose
+  EWMA is within ``OUTLIER_RATIO`` of the fastest, so that a slow instance gets no share of
+  the calls (which would be the callers' tail latency), only the odd probe; frozen
+  instances lose every comparison as their in-flight count only grows.
 - ``sticky``: rendezvous hashing of ``key`` over the candidates: the same key goes to the
   same instance while it is there, and only the keys of an instance that leaves move.
 """
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import random as _random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 from .errors import ConfigError
@@ -39,6 +43,10 @@ EWMA_WEIGHT = 0.2
 TIE_RATIO = 2.0
 #: Share of ties that go to the slower instance anyway, to keep its figure current.
 PROBE_SHARE = 0.01
+#: ``auto`` avoids an instance whose latency EWMA exceeds the fastest one's by this factor...
+OUTLIER_RATIO = 3.0
+#: ...but for one probe call per this interval.
+PROBE_INTERVAL_S = 1.0
 
 
 class _Candidate(Protocol):
@@ -49,7 +57,7 @@ class _Candidate(Protocol):
 class InstanceStats:
     """What this client knows of one instance from its own calls."""
 
-    __slots__ = ("avoid_seq", "calls", "ewma_s", "failures", "in_flight")
+    __slots__ = ("avoid_seq", "calls", "ewma_s", "failures", "in_flight", "probed_at")
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -60,6 +68,7 @@ class InstanceStats:
         self.ewma_s = 0.0
         self.calls = 0
         self.failures = 0
+        self.probed_at = float("-inf")
 
     def observe(self, latency_s: float) -> None:
         """Fold one reply's latency into the EWMA."""
@@ -82,8 +91,10 @@ def check_strategy(strategy: str) -> str:
 class Balancer:
     """Picks an instance per call. Holds only round-robin positions and a random source."""
 
-    def __init__(self, rng: _random.Random | None = None) -> None:
+    def __init__(self, rng: _random.Random | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._rng = rng or _random.Random()
+        self._clock = clock
         self._positions: dict[str, int] = {}
 
     def pick(self, strategy: str, candidates: Sequence[_Candidate],
@@ -96,6 +107,10 @@ class Balancer:
         n = len(candidates)
         if n == 1:
             return candidates[0]
+        if strategy == "auto":
+            candidates = self._without_outliers(candidates, stats)
+            if len(candidates) == 1:
+                return candidates[0]
         if strategy == "latency" or strategy == "auto":
             a, b = self._two(candidates)
             return a if _cost(a, stats, candidates) <= _cost(b, stats, candidates) else b
@@ -126,6 +141,30 @@ class Balancer:
                 raise ConfigError("strategy 'sticky' needs key=...")
             return max(candidates, key=lambda c: _rendezvous(key, c.id))
         raise ConfigError(f"strategy {strategy!r} does not choose an instance")
+
+    def _without_outliers(self, candidates: Sequence[_Candidate],
+                          stats: dict[str, InstanceStats]) -> Sequence[_Candidate]:
+        # Handlers mostly run concurrently, so a busy fast instance is rarely slower than an
+        # idle slow one: weighing in-flight counts alone still sends the slow one a share,
+        # and that share is the tail. An instance whose latency EWMA is over OUTLIER_RATIO
+        # times the fastest one's gets no calls (but the odd probe) until it recovers or the
+        # others slow down to its pace.
+        fastest = min((s.ewma_s for c in candidates
+                       if (s := stats.get(c.id)) is not None and s.ewma_s > 0), default=0.0)
+        if fastest == 0.0:
+            return candidates
+        limit = fastest * OUTLIER_RATIO
+        kept = []
+        now = self._clock()
+        for c in candidates:
+            s = stats.get(c.id, _EMPTY)
+            if s.ewma_s <= limit:
+                kept.append(c)
+            elif now - s.probed_at >= PROBE_INTERVAL_S:
+                # One call per interval keeps its figure current, whatever the call rate.
+                s.probed_at = now
+                return [c]
+        return kept
 
     def _two(self, candidates: Sequence[_Candidate]) -> tuple[_Candidate, _Candidate]:
         n = len(candidates)

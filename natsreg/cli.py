@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 
 from . import __version__, subjects, wire
 from ._server import NatsServer, ServerError, is_listening
-from .client import Client
+from .client import STRATEGIES, Client
 from .errors import NatsregError, ServiceError
 from .registry import Registry
 
@@ -93,13 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     request = commands.add_parser(
         "request", parents=[common], help="send a request and print the reply",
         description="Send PAYLOAD (JSON, unless --raw) to SUBJECT and print the reply.")
-    request.add_argument("subject", help="e.g. user-service.users")
+    request.add_argument("subject", help="e.g. user-service.users, or with a version "
+                                         "constraint: 'user-service@^1.2.users'")
     request.add_argument("payload", nargs="?", default="",
                          help="JSON payload; '-' reads standard input")
     request.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     request.add_argument("-H", "--header", action="append", default=[], metavar="K:V",
                          help="a header to send; repeatable")
     request.add_argument("--raw", action="store_true", help="send the payload as it is")
+    request.add_argument("--select", action="append", default=[], metavar="K=V",
+                         help="only instances whose metadata has K=V; repeatable")
+    request.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                         help="how to choose an instance (default: %(default)s)")
+    request.add_argument("--key", help="the key of --strategy sticky")
+    request.add_argument("--stats", action="store_true",
+                         help="print the client's stats (instances, breakers) to stderr")
 
     watch = commands.add_parser("watch", parents=[common], help="stream registry changes")
     watch.add_argument("service", nargs="?", help="only this service")
@@ -355,14 +363,27 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise _CliError("--timeout must be greater than 0")
 
+    select = {}
+    for pair in args.select:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _CliError(f"--select {pair!r} is not KEY=VALUE")
+        select[key] = value
+
     async def run(nc: NATS) -> int:
         client = Client(nc, prefix=args.prefix)
         try:
             reply = await client.request(args.subject, payload, timeout_s=args.timeout,
-                                         headers=headers or None)
+                                         headers=headers or None, select=select or None,
+                                         strategy=args.strategy, key=args.key)
         except ServiceError as exc:
             raise _CliError(f"{args.subject} replied with error {exc.code}: "
                            f"{exc.description}") from exc
+        finally:
+            if args.stats:
+                print(msgspec.json.format(msgspec.json.encode(client.stats()), indent=2)
+                      .decode(), file=sys.stderr)
+            await client.aclose()
         _print_reply(reply.data)
         return 0
 

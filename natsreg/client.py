@@ -159,7 +159,7 @@ class Client(anyio.AsyncContextManagerMixin):
         self._nc = nc
         self._clock = clock
         self._catalog = Catalog(missed_heartbeats=missed_heartbeats, clock=clock)
-        self._balancer = Balancer()
+        self._balancer = Balancer(clock=clock)
         self._trackers: dict[str, _Tracker] = {}
         self._stats: dict[str, InstanceStats] = {}
         self._breakers: dict[tuple[str, str], Breaker] = {}
@@ -350,7 +350,16 @@ class Client(anyio.AsyncContextManagerMixin):
         narrowed = target.constraint is not None or bool(select)
         if target.service is None or (strategy == "queue" and not narrowed):
             return self._queue_route(target.subject, False)
-        if not await self._has_view(target.service, deadline):
+        tracker = self._trackers.get(target.service)
+        # The common cases decided without awaiting: a view in place, or none to be had yet.
+        if tracker is not None and tracker.available:
+            has_view = True
+        elif (tracker is not None and tracker.task is None
+              and self._clock() < tracker.retry_at):
+            has_view = False
+        else:
+            has_view = await self._has_view(target.service, deadline)
+        if not has_view:
             if narrowed:
                 raise NoInstanceError(
                     f"{target.subject!r}: version constraints and selectors need a registry "

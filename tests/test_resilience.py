@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -367,3 +368,28 @@ async def test_the_client_bulkhead_refuses_calls_beyond_its_cap_or_runs_the_fall
         gate.set()
         assert [(await r).text() for r in running] == ["done", "done"]
         assert (await client.request(f"{name}.op")).text() == "done"
+
+
+async def test_the_cli_takes_a_version_constraint_a_selector_and_shows_breakers(
+        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    name = f"cli-{unique}"
+    instances: dict[str, str] = {}
+    async with natsreg.Registry(nc, prefix=prefix), \
+            _versioned(nc, name, prefix, "1.0.0", "a", instances), \
+            _versioned(nc, name, prefix, "1.3.0", "a", instances), \
+            _versioned(nc, name, prefix, "1.4.0", "b", instances):
+        client = natsreg.Client(nc, prefix=prefix)
+        await in_view(client, name, set(instances))
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "natsreg", "request", "--prefix",
+                                   prefix, *args], env=cli_env, capture_output=True,
+                                  text=True, timeout=30)
+
+        result = await asyncio.to_thread(cli, f"{name}@^1.2.who", "--select", "zone=a",
+                                         "--stats")
+        assert result.returncode == 0, result.stderr
+        assert instances[result.stdout.strip()] == "1.3.0/a"
+        assert '"state": "closed"' in result.stderr
+        result = await asyncio.to_thread(cli, f"{name}@^2.who")
+        assert result.returncode == 1 and "matches" in result.stderr

@@ -274,3 +274,20 @@ def test_a_target_names_a_service_a_version_constraint_and_an_endpoint() -> None
     for bad in ("svc@.users", "svc@^1", "svc@^1.bad ep", "@1.x.users", "svc@nonsense.users"):
         with pytest.raises(natsreg.ConfigError):
             _parse_target(bad)
+
+
+def test_auto_gives_a_latency_outlier_only_one_probe_per_interval() -> None:
+    clock = Clock()
+    balancer = Balancer(random.Random(5), clock=clock)
+    stats = {i.id: InstanceStats() for i in INSTANCES}
+    for i, ms in zip("abc", (2, 2, 10), strict=True):
+        stats[i].observe(ms / 1000)
+    stats["a"].in_flight = stats["b"].in_flight = 6  # busy, yet still preferred
+    picks = Counter(balancer.pick("auto", INSTANCES, stats).id for _ in range(300))
+    assert picks["c"] == 1  # the probe
+    clock.now += 1.0
+    picks = Counter(balancer.pick("auto", INSTANCES, stats).id for _ in range(300))
+    assert picks["c"] == 1
+    stats["c"].ewma_s = 0.003  # recovered: back among the candidates
+    picks = Counter(balancer.pick("auto", INSTANCES, stats).id for _ in range(300))
+    assert picks["c"] > 100
