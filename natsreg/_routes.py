@@ -128,8 +128,8 @@ class Route:
     Path tokens after ``path`` are appended to the subject (``/api/users/42`` →
     ``user-service.users.42``), except on a versioned route, which serves exactly ``path``.
     ``methods`` limits the HTTP methods (all when empty). ``version`` is a constraint such as
-    ``^1.2``: the bridge then picks an instance whose version matches and addresses it directly,
-    so ``subject`` must be ``<service>.<endpoint>``. ``auth`` overrides the bridge's default
+    ``^1.2``: the client then picks an instance whose version matches and addresses it
+    directly, so ``subject`` must be ``<service>.<endpoint>``. ``auth`` overrides the bridge's default
     auth; ``timeout_s`` its request timeout.
     """
 
@@ -176,12 +176,17 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a path goes: the subject, and the route it came from (None: the default mapping)."""
+    """Where a path goes: the subject, and the route it came from (None: the default mapping).
+
+    ``call`` is what the client is asked for: the subject, or ``service@constraint.endpoint``
+    on a versioned route.
+    """
 
     subject: str
     service: str
     endpoint: str
     route: Route | None
+    call: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +283,7 @@ class RouteTable:
                            "'-' and '_' only", service, endpoint)
         if self.allow is not None and service not in self.allow:
             return _NO_ROUTE
-        return Target(subject, service, endpoint, None)
+        return Target(subject, service, endpoint, None, subject)
 
     def _via_route(self, route: Route, rest: list[str]) -> Target | Refusal:
         service, _, endpoint = route.subject.partition(".")
@@ -288,7 +293,8 @@ class RouteTable:
         subject = ".".join((route.subject, *rest))
         if len(subject) > MAX_SUBJECT_CHARS:
             return _LONG_PATH
-        return Target(subject, service, endpoint, route)
+        call = subject if route.version is None else f"{service}@{route.version}.{endpoint}"
+        return Target(subject, service, endpoint, route, call)
 
 
 def _under(subject: str, prefix: str) -> bool:

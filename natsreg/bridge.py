@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import re
 import socket
 import time
@@ -39,9 +38,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import subjects, wire
 from ._routes import NO_AUTH, Auth, Cors, Refusal, Route, RouteTable, Target
-from ._semver import Constraint
 from .client import Client
 from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
     ConfigError,
     NatsregError,
     NoInstanceError,
@@ -120,7 +120,7 @@ class BridgeConfig:
     timeout_header: str = "x-request-timeout"
     #: Content type of a reply that names none (natsreg handlers reply JSON by default).
     default_content_type: str = "application/json"
-    #: How long the registry view behind versioned routes is reused before it is asked again.
+    #: How long the registry view served on ``/_natsreg/services`` is reused.
     registry_refresh_s: float = 1.0
     #: Serve ``/_natsreg/services`` (the registry view, behind the default auth).
     expose_registry: bool = True
@@ -246,6 +246,10 @@ def status_for(error: BaseException) -> tuple[int, str]:
             return 502, "service_error"
         case NotConnectedError():
             return 503, "not_connected"
+        case CircuitOpenError():
+            return 503, "circuit_open"
+        case BulkheadFullError():
+            return 503, "overloaded"
         case nats.errors.MaxPayloadError():
             return 413, "body_too_large"
         case NatsregError():
@@ -274,61 +278,6 @@ class _Disconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-# -- the registry view behind versioned routes -----------------------------------------------
-
-
-class _Instances:
-    """Instances per service from the registry, asked at most once per ``refresh_s``."""
-
-    def __init__(self, client: Client, refresh_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._client = client
-        self._refresh_s = refresh_s
-        self._clock = clock
-        self._fetched: dict[str, tuple[float, list[wire.InstanceView]]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def pick(self, service: str, endpoint: str, constraint: Constraint,
-                   avoid: str = "") -> wire.InstanceView | None:
-        """An instance of ``service`` whose version matches and which serves ``endpoint``."""
-        candidates = [
-            i for i in await self._get(service)
-            # Only natsreg instances serve direct subjects; plain ADR-32 ones do not.
-            if i.kind == "natsreg" and i.id != avoid and i.health != "critical"
-            and constraint.matches(i.version) and any(e.name == endpoint for e in i.endpoints)
-        ]
-        passing = [i for i in candidates if i.health == "passing"]
-        return random.choice(passing or candidates) if candidates else None
-
-    def forget(self, service: str, instance_id: str) -> None:
-        """Drop an instance that stopped answering, until the next refresh says otherwise."""
-        if service in self._fetched:
-            stamp, instances = self._fetched[service]
-            self._fetched[service] = (stamp, [i for i in instances if i.id != instance_id])
-
-    async def _get(self, service: str) -> list[wire.InstanceView]:
-        entry = self._fetched.get(service)
-        if entry is not None and self._clock() - entry[0] < self._refresh_s:
-            return entry[1]
-        # One query per service at a time: concurrent requests wait for it and reuse it.
-        lock = self._locks.setdefault(service, asyncio.Lock())
-        async with lock:
-            entry = self._fetched.get(service)
-            if entry is not None and self._clock() - entry[0] < self._refresh_s:
-                return entry[1]
-            try:
-                snapshot = await self._client.instances(service, timeout_s=1.0)
-            except NatsregError as exc:
-                if entry is None:
-                    raise
-                # A registry hiccup should not take a route down: keep the last view a while.
-                log.warning("registry query for %r failed (%s); reusing the last view",
-                            service, exc)
-                return entry[1]
-            self._fetched[service] = (self._clock(), snapshot.instances)
-            return snapshot.instances
-
-
 # -- the ASGI application --------------------------------------------------------------------
 
 Scope = dict[str, Any]
@@ -348,7 +297,6 @@ class Bridge:
         self._nc = nc
         self._client = Client(nc, timeout_s=config.timeout_s, prefix=config.prefix)
         self._table = config.route_table()
-        self._instances = _Instances(self._client, config.registry_refresh_s)
         self._in_flight: dict[str, int] = {}
         self._registry_view: tuple[float, bytes] | None = None
         # Header names as ASGI gives them (lower-case bytes) → the NATS header name to use.
@@ -503,6 +451,8 @@ class Bridge:
                 message = exc.description
             else:
                 message = str(exc)
+            if isinstance(exc, CircuitOpenError):
+                cors = (*cors, (b"retry-after", str(math.ceil(exc.retry_in_s)).encode()))
             await self._refuse(send, Refusal(status, error, message, target.service,
                                              target.endpoint), cors)
             return
@@ -515,27 +465,10 @@ class Bridge:
 
     async def _send_request(self, target: Target, body: bytes, timeout_s: float,
                             headers: dict[str, str]) -> Any:
-        route = target.route
-        if route is None or route.constraint is None:
-            return await self._client.request(target.subject, body, timeout_s=timeout_s,
-                                              headers=headers)
-        # A versioned route: pick a matching instance and address it directly. If it is gone
-        # (no responders: the request was never delivered), one other instance is tried.
-        avoid = ""
-        for _ in range(2):
-            instance = await self._instances.pick(target.service, target.endpoint,
-                                                  route.constraint, avoid)
-            if instance is None:
-                raise NoInstanceError(f"no instance of {target.service!r} matches "
-                                      f"version {route.version!r}")
-            subject = subjects.direct_subject(self.config.prefix, instance.id, target.endpoint)
-            try:
-                return await self._client.request(subject, body, timeout_s=timeout_s,
-                                                  headers=headers)
-            except NoInstanceError:
-                self._instances.forget(target.service, instance.id)
-                avoid = instance.id
-        raise NoInstanceError(f"no instance of {target.service!r} answered")
+        # A versioned route's target reads 'service@constraint.endpoint': the client then
+        # picks a matching instance from its registry view and addresses it directly.
+        return await self._client.request(target.call, body, timeout_s=timeout_s,
+                                          headers=headers)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, None if it is over the limit; raises TimeoutError if too slow."""

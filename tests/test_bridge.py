@@ -20,6 +20,7 @@ import natsreg
 from natsreg import ConfigError, ServiceError, bridge
 from natsreg._server import NatsServer
 from natsreg.bridge import Auth, BridgeConfig, Cors, Route
+from natsreg.errors import BulkheadFullError, CircuitOpenError
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -604,6 +605,7 @@ def test_status_for_is_the_one_table() -> None:
         (natsreg.NoInstanceError("x"), 503), (natsreg.RequestTimeoutError("x"), 504),
         (ServiceError("x", code=429), 429), (ServiceError("x", code=200), 502),
         (natsreg.NotConnectedError("x"), 503), (natsreg.RequestError("x"), 502),
+        (CircuitOpenError("x", retry_at=0.0, retry_in_s=1.0), 503), (BulkheadFullError("x"), 503),
         (RuntimeError("x"), 500),
     ]
     for error, status in table:
