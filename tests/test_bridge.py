@@ -606,7 +606,7 @@ def test_status_for_is_the_one_table() -> None:
         (ServiceError("x", code=429), 429), (ServiceError("x", code=200), 502),
         (natsreg.NotConnectedError("x"), 503), (natsreg.RequestError("x"), 502),
         (CircuitOpenError("x", retry_at=0.0, retry_in_s=1.0), 503), (BulkheadFullError("x"), 503),
-        (RuntimeError("x"), 500),
+        (ConfigError("x"), 400), (RuntimeError("x"), 500),
     ]
     for error, status in table:
         assert bridge.status_for(error)[0] == status, error
