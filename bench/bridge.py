@@ -1,0 +1,385 @@
+"""HTTP bridges under wrk, in one run: natsreg's, a minimal aiohttp one, moleculer-web, express.
+
+Every HTTP-to-service path is measured the same way (wrk, 2 threads, 64 connections, a warm-up
+that is not counted, then ``--duration`` seconds with ``--latency``), loopback only:
+
+- natsreg:  ``natsreg.bridge`` (uvicorn + httptools, uvloop) → NATS → a natsreg echo service
+- aiohttp:  the minimal aiohttp-to-NATS bridge of ../shared/peers/seed-gateway/py-baseline.py
+            (uvloop) → NATS → the same natsreg echo service
+- moleculer-web: ../shared/peers/moleculer gateway.js → NATS → its ``users.echo`` action
+- classic:  ../shared/peers/seed-gateway gateway.js (express, round robin) → HTTP → two
+            express user-service instances (it cannot reach a NATS service; its GET /users
+            answers the same small JSON)
+
+The natsreg echo service answers GET with ``{"id":1,"name":"alice"}`` and echoes any body.
+Rounds alternate the order of the two Python bridges; the table holds each one's median.
+
+    apt-get install -y wrk                      # wrk comes from Debian's packages
+    pip install -e '.[test]' aiohttp granian    # aiohttp for the baseline, granian for --stacks
+    python bench/bridge.py run                  # everything, 3 rounds of 10 s
+    python bench/bridge.py run --quick          # 1 round of 3 s, to check it runs
+    python bench/bridge.py run --stacks         # also the HTTP stacks the bridge could use
+    python bench/bridge.py run --no-peers       # skip the Node peers (no npm needed)
+
+Goals: natsreg ≥ 1.2× aiohttp, ≥ 1.5× moleculer-web, ≥ 5× classic, p99 < 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE.parent.parent / "shared" / "peers"
+WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "natsreg-bench-bridge"
+LOOPBACK = "127.0.0.1"
+SERVICE, ENDPOINT = "user-service", "users"
+GET_REPLY = b'{"id":1,"name":"alice"}'
+
+
+# -- processes that the run starts -----------------------------------------------------------
+
+
+async def echo_service(url: str) -> None:
+    """The natsreg echo service every Python bridge calls, until SIGTERM."""
+    import nats
+
+    import natsreg
+
+    nc = await nats.connect(url)
+    async with natsreg.announce(nc, SERVICE, version="1.0.0", prefix="bench") as svc:
+
+        @svc.endpoint(ENDPOINT)
+        async def users(req: natsreg.Request) -> bytes:
+            return req.data or GET_REPLY
+
+        print("READY", flush=True)
+        await svc.serve_forever()
+    await nc.close()
+
+
+async def natsreg_bridge(url: str, port: int) -> None:
+    """natsreg's bridge on ``port`` until SIGTERM."""
+    import nats
+
+    from natsreg import bridge
+
+    nc = await nats.connect(url)
+    await bridge.serve(nc, bridge.BridgeConfig(prefix="bench"), host=LOOPBACK, port=port,
+                       ready=lambda _: print("READY", flush=True))
+    await nc.close()
+
+
+def granian_app():
+    """natsreg's bridge app for ``granian --factory``: connects to NATS on lifespan startup."""
+    import nats
+
+    from natsreg import bridge
+
+    state: dict[str, object] = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    nc = await nats.connect(os.environ["NATS_URL"])
+                    state["app"] = bridge.create_app(nc, bridge.BridgeConfig(prefix="bench"))
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await state["app"](scope, receive, send)
+
+    return app
+
+
+class Procs:
+    """Every process the run starts, stopped by PID in reverse order."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], *, env: dict[str, str] | None = None,
+              cwd: Path | None = None, log: Path | None = None) -> subprocess.Popen:
+        out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, cwd=cwd,
+                                stdout=subprocess.PIPE if log is None else out,
+                                stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_line(proc: subprocess.Popen, word: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"pid {proc.pid} exited before {word}")
+        if line.startswith(word):
+            return
+    raise RuntimeError(f"pid {proc.pid}: no {word} within {timeout_s} s")
+
+
+def wait_file_line(path: Path, word: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and any(line.startswith(word) for line in path.read_text().splitlines()):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"no {word} in {path} within {timeout_s} s:\n{path.read_text()[-2000:]}")
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> bytes:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return reply.read()
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} not answering 200 within {timeout_s} s")
+
+
+# -- wrk ---------------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([0-9.]+)(us|ms|s|m)$", text.strip())
+    return float(m.group(1)) * _UNITS_MS[m.group(2)] if m else float("nan")
+
+
+def wrk(url: str, duration_s: float, connections: int) -> dict[str, float]:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
+    text = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60,
+                          check=True).stdout
+
+    def find(pattern: str, convert=float, default=0.0):
+        m = re.search(pattern, text, re.MULTILINE)
+        return convert(m.group(1)) if m else default
+
+    return {
+        "rps": find(r"Requests/sec:\s+([0-9.]+)"),
+        "p50": find(r"^\s+50%\s+(\S+)", _ms, float("nan")),
+        "p99": find(r"^\s+99%\s+(\S+)", _ms, float("nan")),
+        "errors": find(r"Non-2xx or 3xx responses:\s+(\d+)", int, 0)
+        + sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text)),
+    }
+
+
+def measure(label: str, url: str, args: argparse.Namespace) -> dict[str, float]:
+    wrk(url, args.warmup, args.connections)  # warm-up: JIT-free, but caches and pools fill
+    loadavg = Path("/proc/loadavg").read_text().split()[0]
+    result = wrk(url, args.duration, args.connections)
+    print(f"  {label:<26} {result['rps']:>9.0f} req/s  p50 {result['p50']:6.2f} ms  "
+          f"p99 {result['p99']:6.2f} ms  errors {result['errors']}  (loadavg {loadavg})",
+          flush=True)
+    return result
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def npm_ready(folder: Path, package: str) -> Path:
+    """A writable copy of a peer folder with its npm dependencies installed."""
+    target = WORK / folder.name
+    if not (target / "node_modules" / package).is_dir():
+        shutil.copytree(folder, target, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("results", "node_modules", ".venv"))
+        for path in target.rglob("*"):
+            path.chmod(path.stat().st_mode | 0o200)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                       cwd=target, check=True)
+    return target
+
+
+def run(args: argparse.Namespace) -> None:
+    from natsreg._server import NatsServer
+
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: install it with 'apt-get install -y wrk' (Debian's package)")
+    me, py = str(Path(__file__).resolve()), sys.executable
+    WORK.mkdir(parents=True, exist_ok=True)
+    procs = Procs()
+    results: dict[str, list[dict[str, float]]] = {}
+    with NatsServer(host=LOOPBACK) as nats_server:
+        url = nats_server.url
+        try:
+            service = procs.start([py, me, "service", "--server", url])
+            wait_line(service, "READY")
+            targets: dict[str, str] = {}
+
+            port = free_port()
+            proc = procs.start([py, me, "natsreg-bridge", "--server", url, "--port", str(port)])
+            wait_line(proc, "READY")
+            targets["natsreg bridge"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+
+            baseline = WORK / "py-baseline.py"
+            shutil.copy(PEERS / "seed-gateway" / "py-baseline.py", baseline)
+            port = free_port()
+            proc = procs.start([py, str(baseline), "bridge", "--loop", "uvloop", "--server", url,
+                                "--port", str(port)])
+            wait_line(proc, "READY")
+            targets["aiohttp bridge"] = f"http://{LOOPBACK}:{port}/api/users/{ENDPOINT}"
+
+            if args.stacks:
+                port = free_port()
+                procs.start([py, me, "natsreg-bridge-h11", "--server", url, "--port", str(port)])
+                targets["natsreg app, uvicorn h11"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                port = free_port()
+                granian = shutil.which("granian", path=os.path.dirname(py))
+                if granian:
+                    procs.start([granian, "--interface", "asgi", "--loop", "uvloop",
+                                 "--workers", "1", "--host", LOOPBACK, "--port", str(port),
+                                 "--log-level", "warning", "--no-ws", "--working-dir", str(HERE),
+                                 "--factory", "bridge:granian_app"], env={"NATS_URL": url},
+                                log=WORK / "granian.log")
+                    targets["natsreg app, granian"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+
+            if args.peers:
+                mol = npm_ready(PEERS / "moleculer", "moleculer-web")
+                env = {"NATS_URL": url, "MOL_NAMESPACE": "bench"}
+                procs.start(["node", "svc.js"], cwd=mol, env={**env, "NODE_ID": "svc"},
+                            log=WORK / "moleculer-svc.log")
+                port = free_port()
+                procs.start(["node", "gateway.js"], cwd=mol,
+                            env={**env, "NODE_ID": "gateway", "HTTP_PORT": str(port)},
+                            log=WORK / "moleculer-gateway.log")
+                wait_file_line(WORK / "moleculer-gateway.log", "READY")
+                targets["moleculer-web"] = f"http://{LOOPBACK}:{port}/api/users/echo?id=1&name=alice"
+
+                seed = npm_ready(PEERS / "seed-gateway", "express")
+                ports = [free_port(), free_port()]
+                for p in ports:
+                    procs.start(["node", "user-service.js", str(p)], cwd=seed,
+                                log=WORK / f"user-service-{p}.log")
+                port = free_port()
+                procs.start(["node", "gateway.js"], cwd=seed, log=WORK / "seed-gateway.log",
+                            env={"GATEWAY_PORT": str(port), "USER_SERVICE_INSTANCES":
+                                 ",".join(f"{LOOPBACK}:{p}" for p in ports)})
+                for p in ports:
+                    wait_http(f"http://{LOOPBACK}:{p}/health")
+                targets["classic gateway"] = f"http://{LOOPBACK}:{port}/api/users/users"
+
+            for label, target in targets.items():
+                print(f"# {label}: {target} -> {wait_http(target)[:80]!r}", flush=True)
+            print(f"# {os.cpu_count()} cores, wrk -t2 -c{args.connections} "
+                  f"-d{args.duration:g}s --latency (after {args.warmup:g} s warm-up), "
+                  f"{args.rounds} round(s)", flush=True)
+            labels = list(targets)
+            for round_ in range(args.rounds):
+                print(f"round {round_ + 1}", flush=True)
+                # The two Python bridges swap places each round, so neither always runs first.
+                order = labels if round_ % 2 == 0 else [labels[1], labels[0], *labels[2:]]
+                for label in order:
+                    results.setdefault(label, []).append(measure(label, targets[label], args))
+        finally:
+            procs.stop_all()
+    report(results)
+
+
+def report(results: dict[str, list[dict[str, float]]]) -> None:
+    median = {label: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+              for label, runs in results.items()}
+    ours = median["natsreg bridge"]
+    print("\n| bridge | req/s | p50 ms | p99 ms | errors | natsreg ÷ this |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, m in median.items():
+        ratio = ours["rps"] / m["rps"] if m["rps"] else float("nan")
+        print(f"| {label} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
+              f"{m['errors']:.0f} | {ratio:.2f}× |")
+    goals = {"aiohttp bridge": 1.2, "moleculer-web": 1.5, "classic gateway": 5.0}
+    print()
+    for label, goal in goals.items():
+        if label in median and median[label]["rps"]:
+            ratio = ours["rps"] / median[label]["rps"]
+            print(f"goal natsreg ≥ {goal}× {label}: {ratio:.2f}× "
+                  f"{'met' if ratio >= goal else 'NOT met'}")
+    print(f"goal p99 < 20 ms: {ours['p99']:.2f} ms {'met' if ours['p99'] < 20 else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the whole comparison")
+    r.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    r.add_argument("--warmup", type=float, default=3.0, help="uncounted seconds before each")
+    r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--connections", type=int, default=64)
+    r.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
+    r.add_argument("--stacks", action="store_true", help="also uvicorn h11 and granian")
+    r.add_argument("--no-peers", dest="peers", action="store_false", help="skip Node peers")
+    for name in ("service", "natsreg-bridge", "natsreg-bridge-h11"):
+        s = sub.add_parser(name, help="(started by run)")
+        s.add_argument("--server", required=True)
+        s.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    if args.command == "run":
+        if args.quick:
+            args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
+        run(args)
+        return
+    if not re.match(r"^nats://(127\.0\.0\.1|localhost):\d+$", args.server):
+        sys.exit(f"loopback only: {args.server}")
+    import uvloop
+
+    if args.command == "service":
+        uvloop.run(echo_service(args.server))
+    elif args.command == "natsreg-bridge":
+        uvloop.run(natsreg_bridge(args.server, args.port))
+    else:
+        uvloop.run(_h11_bridge(args.server, args.port))
+
+
+async def _h11_bridge(url: str, port: int) -> None:
+    # The same app under uvicorn's pure-Python h11 parser, for the choice of HTTP stack.
+    import nats
+    import uvicorn
+
+    from natsreg import bridge
+
+    nc = await nats.connect(url)
+    app = bridge.create_app(nc, bridge.BridgeConfig(prefix="bench"))
+    config = uvicorn.Config(app, host=LOOPBACK, port=port, http="h11", lifespan="off",
+                            log_config=None, access_log=False, loop="none")
+    await uvicorn.Server(config).serve()
+    await nc.close()
+
+
+if __name__ == "__main__":
+    main()
