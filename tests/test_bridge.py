@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import ConfigError, ServiceError, bridge
+from natsreg._routes import Refusal, RouteTable
 from natsreg._server import NatsServer
 from natsreg.bridge import Auth, BridgeConfig, Cors, Route
 from natsreg.errors import BulkheadFullError, CircuitOpenError
@@ -611,3 +613,13 @@ def test_status_for_is_the_one_table() -> None:
     for error, status in table:
         assert bridge.status_for(error)[0] == status, error
 
+
+
+def test_the_route_table_itself_refuses_every_hostile_path() -> None:
+    # Lower layers (the client, nats-py) refuse some of these too; the bridge must not rely
+    # on them, so its own resolver is checked alone.
+    table = RouteTable()
+    for path in HOSTILE_PATHS:
+        decoded = urllib.parse.unquote(path, errors="strict")
+        refusal = table.resolve(decoded)
+        assert isinstance(refusal, Refusal) and refusal.status == 400, path
