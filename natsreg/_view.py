@@ -87,6 +87,8 @@ class View:
         # duration each) is the order they end in.
         self._tombstones: dict[str, _Tombstone] = {}
         self._asked: dict[str, float] = {}
+        # NATS connection -> instances on it, for the server's disconnect advisories.
+        self._by_conn: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,6 +132,17 @@ class View:
         self._set_deadline(entry, now + self.micro_ttl_s)
         return [Change("changed", view)] if changed else []
 
+    def disconnected(self, conn: str) -> list[Change]:
+        """The server says connection ``conn`` closed: its instances are gone now."""
+        changes = []
+        now = self._clock()
+        for instance_id in self._by_conn.pop(conn, ()):
+            entry = self._entries.pop(instance_id, None)
+            if entry is not None:
+                self._bury(instance_id, entry.view.seq, now, said_goodbye=False)
+                changes.append(Change("down", entry.view, "disconnected"))
+        return changes
+
     def expire(self) -> list[Change]:
         """Remove the instances not heard from in time; forget old tombstones."""
         now = self._clock()
@@ -140,6 +153,7 @@ class View:
             if entry is None or entry.expires_at > now:
                 continue  # gone already, or heard from since this deadline was set
             del self._entries[instance_id]
+            self._unindex(entry.view)
             self._bury(entry.view.id, entry.view.seq, now, said_goodbye=False)
             changes.append(Change("down", entry.view, "expired"))
         _drop_oldest(self._tombstones, lambda t: t.until <= now)
@@ -203,10 +217,14 @@ class View:
             id=ann.id, name=ann.name, version=ann.version, kind="natsreg", seq=ann.seq,
             description=ann.description, metadata=ann.metadata, endpoints=ann.endpoints,
             host=ann.host, pid=ann.pid, started=ann.started, heartbeat_s=ann.heartbeat_s,
-            health=ann.health, load=ann.load,
+            health=ann.health, load=ann.load, conn=ann.conn,
         )
         old = self._entries.get(ann.id)
+        if old is not None:
+            self._unindex(old.view)
         self._add(view, now, self._deadline(now, ann.heartbeat_s))
+        if view.conn:
+            self._by_conn.setdefault(view.conn, set()).add(view.id)
         self._tombstones.pop(ann.id, None)
         self._asked.pop(ann.id, None)
         if old is None:
@@ -225,8 +243,16 @@ class View:
         entry = self._entries.pop(bye.id, None)
         if entry is None:
             return _NOTHING
+        self._unindex(entry.view)
         entry.view.seq = bye.seq
         return Outcome([Change("down", entry.view, "goodbye")])
+
+    def _unindex(self, view: wire.InstanceView) -> None:
+        on_conn = self._by_conn.get(view.conn)
+        if on_conn is not None:
+            on_conn.discard(view.id)
+            if not on_conn:
+                del self._by_conn[view.conn]
 
     def _add(self, view: wire.InstanceView, now: float, expires_at: float) -> None:
         entry = _Entry(view, now, 0.0)

@@ -48,6 +48,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         discover_jitter_s: float = 0.5,
         micro_poll_s: float = 5.0,
         sweep_s: float = 0.1,
+        system_nc: NATS | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not subjects.is_valid_subject(prefix):
@@ -62,6 +63,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         self.micro_poll_s = micro_poll_s
         self.sweep_s = sweep_s
         self._nc = nc
+        self._system_nc = system_nc
         self._clock = clock
         # Micro services are polled: three missed polls and they are gone.
         self._view = View(missed_heartbeats=missed_heartbeats, micro_ttl_s=3 * micro_poll_s,
@@ -109,6 +111,10 @@ class Registry(anyio.AsyncContextManagerMixin):
             subs.append(await self._nc.subscribe(
                 subjects.control_subject(self.prefix, "registry", ">"),
                 queue=subjects.REGISTRY_QUEUE, cb=self._on_query))
+            if self._system_nc is not None:
+                subs.append(await self._system_nc.subscribe(
+                    subjects.SYS_DISCONNECT, cb=self._on_disconnect))
+                await self._system_nc.flush()
             await self._nc.flush()
             # Subscribed first, then ask: no answer to our own question can be missed.
             await self._ask_everyone()
@@ -150,6 +156,16 @@ class Registry(anyio.AsyncContextManagerMixin):
         await self._nc.publish(
             subjects.control_subject(self.prefix, "discover"),
             wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)))
+
+    async def _on_disconnect(self, msg: Msg) -> None:
+        # A crashed process' socket closes at once, so the server's advisory beats the
+        # heartbeat expiry by seconds. (A frozen process keeps its socket: heartbeats decide.)
+        try:
+            advisory = wire.decode_disconnect(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.dropped["malformed"] += 1
+            return
+        await self._publish(self._view.disconnected(advisory.conn))
 
     async def _sweep_loop(self) -> None:
         reconnects = self._nc.stats["reconnects"]

@@ -223,6 +223,7 @@ class Service(anyio.AsyncContextManagerMixin):
         self._tg: TaskGroup | None = None
         self._stopping = False
         self._host = socket.gethostname()
+        self._announced_conn = ""
 
     # -- public ------------------------------------------------------------------------------
 
@@ -444,13 +445,21 @@ class Service(anyio.AsyncContextManagerMixin):
             endpoints=[e.info() for e in self._endpoints.values()],
             host=self._host, pid=os.getpid(), started=self._started,
             heartbeat_s=c.heartbeat_s, health=self._health, load=self._load(),
+            conn=self._announced_conn,
         )
+
+    def _connection(self) -> str:
+        # "<server id>/<client id>": what the server's disconnect advisories name. nats-py
+        # has no public getter for the server id.
+        server_info = getattr(self._nc, "_server_info", None) or {}
+        return f"{server_info.get('server_id', '')}/{self._nc.client_id or ''}"
 
     async def _publish(self, verb: str, message: msgspec.Struct) -> None:
         subject = subjects.control_subject(self.config.prefix, verb, self.config.name, self.id)
         await self._nc.publish(subject, wire.encode(message))
 
     async def _publish_announce(self) -> None:
+        self._announced_conn = self._connection()
         payload = wire.encode(self._announcement())
         if len(payload) > wire.MAX_CONTROL_BYTES:
             raise ConfigError(
@@ -467,6 +476,11 @@ class Service(anyio.AsyncContextManagerMixin):
             self._health = await self._check_health()
             if self._stopping:
                 return
+            if self._connection() != self._announced_conn:
+                # Reconnected (perhaps to another server): registries that watch disconnect
+                # events must learn the new connection, so this beat is a full announcement.
+                await _quietly(self._publish_announce(), "re-announce")
+                continue
             beat = wire.Heartbeat(
                 id=self.id, name=self.config.name, seq=self._next_seq(),
                 health=self._health, load=self._load(),

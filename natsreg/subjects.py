@@ -22,6 +22,7 @@ import re
 __all__ = [
     "DEFAULT_PREFIX",
     "REGISTRY_QUEUE",
+    "SYS_DISCONNECT",
     "control_subject",
     "direct_subject",
     "endpoint_subject",
@@ -32,6 +33,9 @@ __all__ = [
 
 DEFAULT_PREFIX = "natsreg"
 REGISTRY_QUEUE = "natsreg-registry"
+# nats-server's advisory for every closed client connection, in every account; readable by
+# a system-account user.
+SYS_DISCONNECT = "$SYS.ACCOUNT.*.DISCONNECT"
 
 # A token may not hold the separator, the wildcards or whitespace (NATS protocol rule); we also
 # refuse control characters, which would end the protocol line early.

@@ -27,6 +27,7 @@ __all__ = [
     "SrvStats",
     "Announce",
     "ControlMessage",
+    "DisconnectAdvisory",
     "Discover",
     "Endpoint",
     "Event",
@@ -37,6 +38,7 @@ __all__ = [
     "Load",
     "Snapshot",
     "decode_control",
+    "decode_disconnect",
     "decode_discover",
     "decode_event",
     "decode_node_stats",
@@ -108,6 +110,9 @@ class Announce(_InstanceMessage, tag="announce", kw_only=True):
     heartbeat_s: float = 1.0
     health: Health = "passing"
     load: Load = msgspec.field(default_factory=Load)
+    #: The instance's NATS connection, "<server id>/<client id>", as the server's disconnect
+    #: advisories name it; re-announced when it changes.
+    conn: str = ""
 
 
 class Heartbeat(_InstanceMessage, tag="heartbeat", kw_only=True):
@@ -153,6 +158,7 @@ class InstanceView(msgspec.Struct, kw_only=True):
     health: Health = "passing"
     load: Load = msgspec.field(default_factory=Load)
     age_s: float = 0.0
+    conn: str = ""
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -250,6 +256,28 @@ class SrvStats(msgspec.Struct, kw_only=True):
     endpoints: list[SrvEndpointStats] = []
 
 
+class _AdvisoryServer(msgspec.Struct):
+    id: str
+
+
+class _AdvisoryClient(msgspec.Struct):
+    id: int = 0
+
+
+class DisconnectAdvisory(msgspec.Struct):
+    """The part natsreg reads of nats-server's ``io.nats.server.advisory.v1.client_disconnect``
+    (published on ``$SYS.ACCOUNT.<account>.DISCONNECT``): which connection closed, and why."""
+
+    server: _AdvisoryServer
+    client: _AdvisoryClient
+    reason: str = ""
+
+    @property
+    def conn(self) -> str:
+        """The connection as instances announce it: ``<server id>/<client id>``."""
+        return f"{self.server.id}/{self.client.id}"
+
+
 _encoder = msgspec.json.Encoder()
 _control_decoder = msgspec.json.Decoder(ControlMessage)
 _discover_decoder = msgspec.json.Decoder(Discover)
@@ -257,6 +285,7 @@ _snapshot_decoder = msgspec.json.Decoder(Snapshot)
 _event_decoder = msgspec.json.Decoder(Event)
 _srv_info_decoder = msgspec.json.Decoder(SrvInfo)
 _node_stats_decoder = msgspec.json.Decoder(NodeStats)
+_disconnect_decoder = msgspec.json.Decoder(DisconnectAdvisory)
 
 encode = _encoder.encode
 decode_control = _control_decoder.decode
@@ -265,3 +294,4 @@ decode_snapshot = _snapshot_decoder.decode
 decode_event = _event_decoder.decode
 decode_srv_info = _srv_info_decoder.decode
 decode_node_stats = _node_stats_decoder.decode
+decode_disconnect = _disconnect_decoder.decode

@@ -135,3 +135,22 @@ def test_a_plain_adr32_service_is_listed_as_micro_and_expires_without_polls() ->
         "micro", "", "math.add")
     clock.now += 16
     assert [c.reason for c in view.expire()] == ["expired"]
+
+
+def test_a_closed_connection_removes_the_instances_on_it() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(1, conn="S1/7"))
+    view.apply(wire.Announce(id="i2", name="svc", version="1.0.0", seq=1, conn="S1/8"))
+    changes = view.disconnected("S1/7")
+    assert [(c.kind, c.reason, c.instance.id) for c in changes] == [
+        ("down", "disconnected", "i1")]
+    assert [i.id for i in view.instances()] == ["i2"]
+    assert view.apply(beat(1)).stale, "a late heartbeat revived it"
+
+
+def test_an_instance_that_moved_connection_survives_the_old_ones_close() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(1, conn="S1/7"))
+    view.apply(announce(2, conn="S2/3"))  # reconnected elsewhere, re-announced
+    assert view.disconnected("S1/7") == []
+    assert [c.instance.id for c in view.disconnected("S2/3")] == ["i1"]
