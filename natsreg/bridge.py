@@ -39,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import subjects, wire
 from ._routes import NO_AUTH, Auth, Cors, Refusal, Route, RouteTable, Target
+from ._tasks import background
 from .client import Client
 from .errors import (
     BulkheadFullError,
@@ -691,8 +692,7 @@ async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.
         sock.close()
         raise
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.main_loop)
+        async with background(server.main_loop):
             try:
                 yield RunningBridge(host, sock.getsockname()[1], app)
             finally:

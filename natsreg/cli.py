@@ -7,7 +7,6 @@ expects ends in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -15,7 +14,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -30,7 +28,7 @@ from nats.aio.client import Client as NATS
 from . import __version__, subjects, wire
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
-from .errors import NatsregError, ServiceError
+from .errors import ConfigError, NatsregError, ServiceError
 from .registry import Registry
 
 __all__ = ["main"]
@@ -71,16 +69,32 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(
-        "up", parents=[common], help="run NATS (embedded if none is reachable) and a registry",
+        "up", parents=[common], help="run NATS (embedded if none is reachable), a registry "
+                                     "and the HTTP bridge",
         description="Start a nats-server when nothing listens at --server (a local URL), a "
-                    "registry node, and any --with programs; Ctrl-C stops them all.")
+                    "registry node, the HTTP bridge, and any --with programs; Ctrl-C stops "
+                    "them all.")
     up.add_argument("--with", dest="programs", action="append", default=[], metavar="CMD",
                     help="also run CMD (a .py file runs with this Python) with NATS_URL set; "
                          "repeatable")
+    up.add_argument("--no-bridge", action="store_true", help="do not serve the HTTP bridge")
     _registry_options(up)
+    _bridge_options(up)
 
     registry = commands.add_parser("registry", parents=[common], help="run a registry node")
     _registry_options(registry)
+    registry.add_argument(
+        "--system-server", default=os.environ.get("NATSREG_SYSTEM_URL"), metavar="URL",
+        help="a NATS URL with system-account credentials (nats://user:pass@host:port): "
+             "read disconnect advisories, so a crashed instance is removed at once")
+    registry.add_argument("--system-creds", metavar="FILE",
+                          help="credentials file for --system-server")
+
+    bridge = commands.add_parser(
+        "bridge", parents=[common], help="serve HTTP clients: /<service>/<endpoint> -> NATS",
+        description="An HTTP bridge: POST /user-service/users sends a request to "
+                    "user-service.users. See docs/operations.md for routes, limits and auth.")
+    _bridge_options(bridge)
 
     ls = commands.add_parser("ls", parents=[common], help="list services and their instances")
     ls.add_argument("--json", action="store_true", help="print the registry's answer as JSON")
@@ -113,6 +127,21 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("service", nargs="?", help="only this service")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
     return parser
+
+
+def _bridge_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HTTP bridge")
+    group.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    group.add_argument("--port", type=int, default=8080, help="listen port (default: 8080)")
+    group.add_argument("--routes", metavar="FILE", help="route table, auth and CORS (TOML)")
+    group.add_argument("--timeout", type=float, default=5.0,
+                       help="longest NATS request, seconds (default: 5)")
+    group.add_argument("--max-body", type=int, default=1024 * 1024 - 16 * 1024, metavar="BYTES",
+                       help="largest request body (default: 1 MiB - 16 KiB)")
+    group.add_argument("--max-header", type=int, default=16 * 1024, metavar="BYTES",
+                       help="largest request head (default: 16 KiB)")
+    group.add_argument("--max-in-flight-per-client", type=int, default=256, metavar="N",
+                       help="concurrent requests from one client address (default: 256)")
 
 
 def _registry_options(parser: argparse.ArgumentParser) -> None:
@@ -191,18 +220,55 @@ async def _with_connection(args: argparse.Namespace, run: Callable[[NATS], Await
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
-        async with _registry(nc, args) as node:
-            _say(f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}); "
-                 "Ctrl-C stops it")
+        async with AsyncExitStack() as stack:
+            system_nc = None
+            if args.system_server:
+                # Its own credentials only: those in the URL, or --system-creds.
+                system_args = argparse.Namespace(**{
+                    **vars(args), "server": args.system_server, "creds": args.system_creds,
+                    "token": None, "user": None, "password": None})
+                system_nc = await _connect(system_args, long_lived=True)
+                stack.push_async_callback(system_nc.close)
+            node = await stack.enter_async_context(_registry(nc, args, system_nc))
+            events = "; disconnect advisories on" if system_nc else ""
+            _say(f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}"
+                 f"{events}); Ctrl-C stops it")
             await _until_signal()
         return 0
 
     return await _with_connection(args, run, long_lived=True)
 
 
-def _registry(nc: NATS, args: argparse.Namespace) -> Registry:
+def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None) -> Registry:
     return Registry(nc, prefix=args.prefix, missed_heartbeats=args.missed_heartbeats,
-                    micro_poll_s=args.micro_poll)
+                    micro_poll_s=args.micro_poll, system_nc=system_nc)
+
+
+def _bridge_config(args: argparse.Namespace) -> Any:
+    from .bridge import BridgeConfig  # uvicorn loads only for the commands that serve HTTP
+
+    settings = {"prefix": args.prefix, "timeout_s": args.timeout,
+                "max_body_bytes": args.max_body, "max_header_bytes": args.max_header,
+                "max_in_flight_per_client": args.max_in_flight_per_client}
+    try:
+        if args.routes:
+            return BridgeConfig.from_toml(args.routes, **settings)
+        return BridgeConfig(**settings)
+    except OSError as exc:
+        raise _CliError(f"cannot read the route table {args.routes}: {exc.strerror}") from exc
+
+
+async def _cmd_bridge(args: argparse.Namespace) -> int:
+    from . import bridge
+
+    config = _bridge_config(args)
+
+    async def run(nc: NATS) -> int:
+        await bridge.serve(nc, config, host=args.host, port=args.port,
+                           ready=lambda running: _say(f"HTTP bridge on {running.url}"))
+        return 0
+
+    return await _with_connection(args, run, long_lived=True)
 
 
 async def _cmd_up(args: argparse.Namespace) -> int:
@@ -225,6 +291,16 @@ async def _cmd_up(args: argparse.Namespace) -> int:
         stack.push_async_callback(nc.close)
         node = await stack.enter_async_context(_registry(nc, args))
         _say(f"registry node {node.node_id} is running")
+        if not args.no_bridge:
+            from . import bridge
+
+            try:
+                running = await stack.enter_async_context(
+                    bridge.run(nc, _bridge_config(args), host=args.host, port=args.port))
+            except ConfigError as exc:
+                raise _CliError(f"{exc}: pass another --port, or --no-bridge") from exc
+            _say(f"HTTP bridge on {running.url}  (curl -d '{{\"id\": 1}}' "
+                 f"{running.url}/user-service/users)")
         children = _start_programs(args.programs, args.server, stack)
         _say("try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
              "   |   natsreg watch")
@@ -527,6 +603,7 @@ def _print_event(event: wire.Event) -> None:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "up": _cmd_up,
     "registry": _cmd_registry,
+    "bridge": _cmd_bridge,
     "ls": _cmd_ls,
     "info": _cmd_info,
     "request": _cmd_request,

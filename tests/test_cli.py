@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio
+import httpx
 from nats.aio.client import Client as NATS
 
 import natsreg
@@ -146,7 +147,9 @@ def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
     env = {**os.environ, "NATS_URL": url}
-    with running(env, "up", "--with", f"{SERVICE_PROC} {url} up-svc natsreg") as up:
+    bridge_port = free_port()
+    with running(env, "up", "--port", str(bridge_port),
+                 "--with", f"{SERVICE_PROC} {url} up-svc natsreg") as up:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             result = natsreg_cli(env, "ls", "--json")
@@ -156,6 +159,79 @@ def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
         assert [i["name"] for i in json.loads(result.stdout)["instances"]] == ["up-svc"]
         reply = natsreg_cli(env, "request", "up-svc.echo", '{"ok": true}')
         assert json.loads(reply.stdout) == {"ok": True}
+        # The HTTP bridge is served too.
+        http = httpx.post(f"http://127.0.0.1:{bridge_port}/up-svc/echo", content=b'{"a": 1}')
+        assert (http.status_code, http.json()) == (200, {"a": 1})
         up.send_signal(signal.SIGINT)
         assert up.wait(20) == 0
     assert not is_listening("127.0.0.1", port), "the embedded nats-server was left running"
+
+
+async def test_bridge_serves_http_requests_to_services(
+        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    port = free_port()
+    async with natsreg.announce(nc, f"web-{unique}", version="1.0.0", prefix=prefix) as svc:
+        @svc.endpoint("hello")
+        async def hello(req: natsreg.Request) -> dict[str, str]:
+            return {"hello": req.json()["name"]}
+
+        await svc.ready()
+        with running(cli_env, "bridge", "--port", str(port), "--prefix", prefix) as bridge:
+            async with httpx.AsyncClient() as http:
+                async def up() -> bool:
+                    try:
+                        await http.get(f"http://127.0.0.1:{port}/_natsreg/health")
+                        return True
+                    except httpx.TransportError:
+                        return False
+
+                await eventually(up, timeout_s=15, what="bridge listening")
+                reply = await http.post(f"http://127.0.0.1:{port}/web-{unique}/hello",
+                                        json={"name": "ada"})
+                assert (reply.status_code, reply.json()) == (200, {"hello": "ada"})
+                missing = await http.post(f"http://127.0.0.1:{port}/nobody-{unique}/x")
+                assert missing.status_code == 503
+            bridge.send_signal(signal.SIGTERM)
+            assert bridge.wait(15) == 0
+
+
+def test_a_bridge_that_cannot_listen_says_so_in_one_line(cli_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = natsreg_cli(cli_env, "up", "--port", str(port))
+    assert result.returncode == 1
+    assert "--no-bridge" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_registry_with_system_server_removes_a_killed_instance_at_once(
+        prefix: str, unique: str) -> None:
+    from natsreg._server import NatsServer
+    from tests.helpers import read_id, start_service
+    from tests.test_system_events import CONFIG
+
+    with NatsServer(args=("-c", str(CONFIG))) as server:
+        app_url = server.url.replace("nats://", "nats://app:app@")
+        sys_url = server.url.replace("nats://", "nats://sys:sys@")
+        env = {**os.environ, "NATS_URL": app_url}
+        with running(env, "registry", "--prefix", prefix, "--system-server", sys_url), \
+                start_service(app_url, f"sys-{unique}", prefix) as proc:
+            read_id(proc)
+
+            async def listed() -> int:
+                result = await run_cli(env, "ls", "--json", "--prefix", prefix)
+                return len(json.loads(result.stdout)["instances"]) if result.returncode == 0 \
+                    else -1
+
+            await eventually(lambda: _is(listed(), 1), timeout_s=15)
+            proc.kill()
+            killed = time.monotonic()
+            await eventually(lambda: _is(listed(), 0), timeout_s=5)
+            # Expiry alone needs 1.5 s or more after a kill; the advisory is immediate (the
+            # CLI round trips add ~0.5 s each).
+            assert time.monotonic() - killed < 1.4
+
+
+async def _is(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]
