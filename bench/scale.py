@@ -120,13 +120,12 @@ async def measure(size: int, window_s: float) -> dict[str, float]:
             start = time.monotonic()
             async with natsreg.Registry(fresh_nc, prefix=prefix) as fresh:
                 async def fresh_complete() -> bool:
-                    return len(fresh.snapshot(instance_id="-").instances) == 0 and \
-                        fresh.stats().instances >= size
+                    return fresh.stats().instances >= size
                 await wait_for(fresh_complete, 60, "fresh node full view")
                 fresh_s = time.monotonic() - start
             await fresh_nc.close()
 
-            removal_s = await kill_to_removal(nc, server.url, prefix)
+            removal_s = await kill_to_removal(nc, server.url, prefix, size)
             await nc.close()
             return {
                 "instances": size, "cpu_pct": round(cpu_pct, 1), "rss_mb": round(memory),
@@ -154,21 +153,22 @@ async def _answers(nc: nats.NATS, prefix: str) -> bool:
         return False
 
 
-async def kill_to_removal(nc: nats.NATS, url: str, prefix: str) -> float:
+async def kill_to_removal(nc: nats.NATS, url: str, prefix: str, fleet: int) -> float:
     """kill -9 one real service process among the fleet; seconds until the node drops it."""
-    events = await nc.subscribe(subjects.control_subject(prefix, "events", "victim"))
+    async def count_is(n: int) -> bool:
+        return (await node_stats(nc, prefix)).instances == n
+
     with subprocess.Popen([sys.executable, str(SERVICE_PROC), url, "victim", prefix],
                           stdout=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None and proc.stdout.readline().startswith("id ")
-        while wire.decode_event((await events.next_msg(timeout=10)).data).kind != "up":
-            pass
-        proc.kill()
-        killed = time.monotonic()
-        while wire.decode_event((await events.next_msg(timeout=30)).data).kind != "down":
-            pass
-        removal = time.monotonic() - killed
-    await events.unsubscribe()
-    return removal
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().startswith("id ")
+            await wait_for(lambda: count_is(fleet + 1), 10, "victim listed")
+            proc.kill()
+            killed = time.monotonic()
+            await wait_for(lambda: count_is(fleet), 10, "victim removed")
+            return time.monotonic() - killed
+        finally:
+            proc.kill()
 
 
 def chart(rows: list[dict[str, float]], path: str) -> None:

@@ -194,7 +194,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         replies: list[bytes] = []
 
         async def collect(msg: Msg) -> None:
-            replies.append(msg.data)
+            if msg.data:  # not the server's "no responders" status
+                replies.append(msg.data)
 
         sub = await self._nc.subscribe(inbox, cb=collect)
         try:
