@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -44,6 +45,15 @@ class _Tombstone:
 
 
 @dataclass(slots=True)
+class MassAlert:
+    """Raised when a large share of the fleet expires within one burst window."""
+
+    since: float
+    lost: int
+    before: int
+
+
+@dataclass(slots=True)
 class Outcome:
     """What one control message did: the changes, and whether to ask the sender for its info."""
 
@@ -70,6 +80,9 @@ class View:
         micro_ttl_s: float = 15.0,
         tombstone_s: float = 60.0,
         ask_interval_s: float = 1.0,
+        mass_fraction: float = 0.2,
+        mass_window_s: float = 5.0,
+        mass_alert_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.missed_heartbeats = missed_heartbeats
@@ -89,6 +102,15 @@ class View:
         self._asked: dict[str, float] = {}
         # NATS connection -> instances on it, for the server's disconnect advisories.
         self._by_conn: dict[str, set[str]] = {}
+        # Mass expiry: the policy is to expire all the same (a dead instance listed is worse
+        # than a live one missing for a heartbeat), but to say so loudly until capacity is
+        # back. Holding instances instead is Eureka's self-preservation, which can stop
+        # expiry for good (Eureka #1073).
+        self.mass_fraction = mass_fraction
+        self.mass_window_s = mass_window_s
+        self.mass_alert_s = mass_alert_s
+        self._recent_expiries: deque[float] = deque()
+        self.mass_alert: MassAlert | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -158,7 +180,26 @@ class View:
             changes.append(Change("down", entry.view, "expired"))
         _drop_oldest(self._tombstones, lambda t: t.until <= now)
         _drop_oldest(self._asked, lambda asked_at: asked_at + self.ask_interval_s <= now)
+        self._watch_for_mass_expiry(now, len(changes))
         return changes
+
+    def _watch_for_mass_expiry(self, now: float, expired: int) -> None:
+        recent = self._recent_expiries
+        recent.extend([now] * expired)
+        while recent and recent[0] <= now - self.mass_window_s:
+            recent.popleft()
+        alive = len(self._entries)
+        if self.mass_alert is None:
+            lost = len(recent)
+            if lost >= 2 and lost >= self.mass_fraction * (alive + lost):
+                self.mass_alert = MassAlert(since=now, lost=lost, before=alive + lost)
+            return
+        alert = self.mass_alert
+        alert.lost = max(alert.lost, alert.before - alive)
+        # Cleared once half the lost capacity is back (the same instances resumed, or new
+        # ones replaced them), or after mass_alert_s whatever happened.
+        if alive >= alert.before - alert.lost / 2 or now - alert.since >= self.mass_alert_s:
+            self.mass_alert = None
 
     # -- output ------------------------------------------------------------------------------
 

@@ -535,6 +535,12 @@ def _print_services(snapshot: wire.Snapshot) -> None:
     console = _console()
     if snapshot.warming_up:
         console.print("[yellow]registry node is warming up: the list may be incomplete[/]")
+    if snapshot.mass_expiry is not None:
+        mass = snapshot.mass_expiry
+        console.print(
+            f"[red]mass expiry: {mass.lost} of {mass.before} instances went silent at once "
+            f"{mass.since_s:.0f}s ago (a crash wave, or a network cut); they were removed, "
+            "and this clears when capacity is back[/]")
     if not snapshot.instances:
         console.print("no services are registered")
         return

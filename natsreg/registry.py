@@ -89,7 +89,15 @@ class Registry(anyio.AsyncContextManagerMixin):
         return wire.NodeStats(
             node=self.node_id, revision=self._revision, warming_up=self.warming_up,
             uptime_s=round(self._clock() - self._started, 3), instances=len(self._view),
-            services=self._view.service_count(), dropped=dict(self.dropped))
+            services=self._view.service_count(), dropped=dict(self.dropped),
+            mass_expiry=self._mass_expiry())
+
+    def _mass_expiry(self) -> wire.MassExpiry | None:
+        alert = self._view.mass_alert
+        if alert is None:
+            return None
+        return wire.MassExpiry(lost=alert.lost, before=alert.before,
+                               since_s=round(self._clock() - alert.since, 3))
 
     def snapshot(self, *, name: str | None = None, instance_id: str | None = None
                  ) -> wire.Snapshot:
@@ -97,6 +105,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         return wire.Snapshot(
             node=self.node_id, revision=self._revision, warming_up=self.warming_up,
             instances=self._view.instances(name=name, instance_id=instance_id),
+            mass_expiry=self._mass_expiry(),
         )
 
     # -- lifetime ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "Heartbeat",
     "InstanceView",
     "Load",
+    "MassExpiry",
     "Snapshot",
     "decode_control",
     "decode_disconnect",
@@ -161,6 +162,15 @@ class InstanceView(msgspec.Struct, kw_only=True):
     conn: str = ""
 
 
+class MassExpiry(msgspec.Struct, kw_only=True):
+    """Many instances went silent at once: a crash wave, or a network cut between them and
+    this node. They were expired all the same (see docs/protocol.md, "Mass expiry")."""
+
+    lost: int
+    before: int
+    since_s: float
+
+
 class Snapshot(msgspec.Struct, kw_only=True):
     """A registry node's answer to a query: the instances it knows, and how fresh that is."""
 
@@ -172,6 +182,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     #: A large answer comes in chunks, each under the server's max_payload; all but the
     #: last say ``more``.
     more: bool = False
+    mass_expiry: MassExpiry | None = None
 
 
 class NodeStats(msgspec.Struct, kw_only=True):
@@ -186,6 +197,7 @@ class NodeStats(msgspec.Struct, kw_only=True):
     services: int = 0
     #: Control messages dropped since start, by reason: malformed, oversized, stale.
     dropped: dict[str, int] = {}
+    mass_expiry: MassExpiry | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -154,3 +154,51 @@ def test_an_instance_that_moved_connection_survives_the_old_ones_close() -> None
     view.apply(announce(2, conn="S2/3"))  # reconnected elsewhere, re-announced
     assert view.disconnected("S1/7") == []
     assert [c.instance.id for c in view.disconnected("S2/3")] == ["i1"]
+
+
+def _fleet(view: View, count: int, prefix: str = "i") -> None:
+    for n in range(count):
+        view.apply(wire.Announce(id=f"{prefix}{n}", name="svc", version="1.0.0", seq=1))
+
+
+def test_a_fifth_of_the_fleet_going_silent_at_once_is_expired_and_flagged() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    _fleet(view, 8, "stay")
+    _fleet(view, 2, "gone")
+    clock.now += 2.0
+    for n in range(8):  # the others keep heartbeating
+        view.apply(wire.Heartbeat(id=f"stay{n}", name="svc", seq=2))
+    clock.now += 1.0
+    assert len(view.expire()) == 2, "policy: expire all the same"
+    assert view.mass_alert is not None
+    assert (view.mass_alert.lost, view.mass_alert.before) == (2, 10)
+    _fleet(view, 1, "new")  # replacements arrive: half the lost capacity is back
+    view.expire()
+    assert view.mass_alert is None
+
+
+def test_ordinary_churn_raises_no_mass_alert() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    _fleet(view, 20)
+    view.apply(wire.Goodbye(id="i0", name="svc", seq=2))
+    for step in range(30):
+        clock.now += 1.0
+        for n in range(1, 20):
+            if n != 5:
+                view.apply(wire.Heartbeat(id=f"i{n}", name="svc", seq=2 + step))
+        view.expire()
+    assert "i5" not in view and view.mass_alert is None
+
+
+def test_a_mass_alert_that_never_recovers_clears_after_its_time() -> None:
+    clock = Clock()
+    view = View(mass_alert_s=300, clock=clock)
+    _fleet(view, 4)
+    clock.now += 3
+    view.expire()
+    assert view.mass_alert is not None
+    clock.now += 301
+    view.expire()
+    assert view.mass_alert is None
