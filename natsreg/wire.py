@@ -50,6 +50,10 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
+# Every Struct here is declared gc=False: none can hold a reference cycle, and a registry
+# holding (or a client decoding) 50k instances otherwise spends most of its time in the cyclic
+# garbage collector (measured: 600 ms against 90 ms to decode a 50k-instance view).
+
 # An announcement carries the endpoints and metadata; 64 KiB leaves room for hundreds of
 # endpoints while keeping a re-announce round of 50k instances within a few GB/s of nothing.
 MAX_CONTROL_BYTES = 64 * 1024
@@ -69,7 +73,7 @@ PREFIX_METADATA_KEY = "natsreg.prefix"
 Health = Literal["passing", "warning", "critical"]
 
 
-class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+class Endpoint(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     """One endpoint of a service: where it listens and in which queue group."""
 
     name: str
@@ -81,7 +85,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     idempotent: bool = False
 
 
-class Load(msgspec.Struct, kw_only=True):
+class Load(msgspec.Struct, gc=False, kw_only=True):
     """Light load figures carried by every heartbeat."""
 
     in_flight: int = 0
@@ -89,7 +93,7 @@ class Load(msgspec.Struct, kw_only=True):
     errors: int = 0
 
 
-class _InstanceMessage(msgspec.Struct, tag_field="type", kw_only=True):
+class _InstanceMessage(msgspec.Struct, gc=False, tag_field="type", kw_only=True):
     # What every instance-to-registry message carries: who sends it, and where it stands in
     # that instance's sequence.
     schema: int = SCHEMA_VERSION
@@ -130,14 +134,14 @@ class Goodbye(_InstanceMessage, tag="goodbye", kw_only=True):
 ControlMessage = Announce | Heartbeat | Goodbye
 
 
-class Discover(msgspec.Struct, kw_only=True):
+class Discover(msgspec.Struct, gc=False, kw_only=True):
     """Ask instances to re-announce, each after a random delay in ``[0, jitter_s]``."""
 
     schema: int = SCHEMA_VERSION
     jitter_s: float = 0.0
 
 
-class InstanceView(msgspec.Struct, kw_only=True):
+class InstanceView(msgspec.Struct, gc=False, kw_only=True):
     """One instance as a registry node sees it.
 
     ``kind`` is ``natsreg`` for instances that heartbeat, ``micro`` for plain ADR-32 services
@@ -162,7 +166,7 @@ class InstanceView(msgspec.Struct, kw_only=True):
     conn: str = ""
 
 
-class MassExpiry(msgspec.Struct, kw_only=True):
+class MassExpiry(msgspec.Struct, gc=False, kw_only=True):
     """Many instances went silent at once: a crash wave, or a network cut between them and
     this node. They were expired all the same (see docs/protocol.md, "Mass expiry")."""
 
@@ -171,7 +175,7 @@ class MassExpiry(msgspec.Struct, kw_only=True):
     since_s: float
 
 
-class Snapshot(msgspec.Struct, kw_only=True):
+class Snapshot(msgspec.Struct, gc=False, kw_only=True):
     """A registry node's answer to a query: the instances it knows, and how fresh that is."""
 
     schema: int = SCHEMA_VERSION
@@ -185,7 +189,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     mass_expiry: MassExpiry | None = None
 
 
-class NodeStats(msgspec.Struct, kw_only=True):
+class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     """A registry node's own figures: cheap to ask for, whatever the size of the fleet."""
 
     schema: int = SCHEMA_VERSION
@@ -200,7 +204,7 @@ class NodeStats(msgspec.Struct, kw_only=True):
     mass_expiry: MassExpiry | None = None
 
 
-class Event(msgspec.Struct, kw_only=True):
+class Event(msgspec.Struct, gc=False, kw_only=True):
     """One change in a registry node's view, published on ``<prefix>.events.<name>``."""
 
     schema: int = SCHEMA_VERSION
@@ -216,7 +220,7 @@ class Event(msgspec.Struct, kw_only=True):
 # replies always fill them, as the NATS CLI's schemas require.
 
 
-class SrvPing(msgspec.Struct, kw_only=True):
+class SrvPing(msgspec.Struct, gc=False, kw_only=True):
     """Reply to ``$SRV.PING``."""
 
     type: str = "io.nats.micro.v1.ping_response"
@@ -226,14 +230,14 @@ class SrvPing(msgspec.Struct, kw_only=True):
     metadata: dict[str, str] | None = None
 
 
-class SrvEndpointInfo(msgspec.Struct, kw_only=True):
+class SrvEndpointInfo(msgspec.Struct, gc=False, kw_only=True):
     name: str
     subject: str
     queue_group: str | None = None
     metadata: dict[str, str] | None = None
 
 
-class SrvInfo(msgspec.Struct, kw_only=True):
+class SrvInfo(msgspec.Struct, gc=False, kw_only=True):
     """Reply to ``$SRV.INFO``."""
 
     type: str = "io.nats.micro.v1.info_response"
@@ -245,7 +249,7 @@ class SrvInfo(msgspec.Struct, kw_only=True):
     endpoints: list[SrvEndpointInfo] | None = None
 
 
-class SrvEndpointStats(msgspec.Struct, kw_only=True):
+class SrvEndpointStats(msgspec.Struct, gc=False, kw_only=True):
     name: str
     subject: str
     queue_group: str
@@ -256,7 +260,7 @@ class SrvEndpointStats(msgspec.Struct, kw_only=True):
     average_processing_time: int = 0
 
 
-class SrvStats(msgspec.Struct, kw_only=True):
+class SrvStats(msgspec.Struct, gc=False, kw_only=True):
     """Reply to ``$SRV.STATS``; times in nanoseconds as ADR-32 states."""
 
     type: str = "io.nats.micro.v1.stats_response"
@@ -268,15 +272,15 @@ class SrvStats(msgspec.Struct, kw_only=True):
     endpoints: list[SrvEndpointStats] = []
 
 
-class _AdvisoryServer(msgspec.Struct):
+class _AdvisoryServer(msgspec.Struct, gc=False):
     id: str
 
 
-class _AdvisoryClient(msgspec.Struct):
+class _AdvisoryClient(msgspec.Struct, gc=False):
     id: int = 0
 
 
-class DisconnectAdvisory(msgspec.Struct):
+class DisconnectAdvisory(msgspec.Struct, gc=False):
     """The part natsreg reads of nats-server's ``io.nats.server.advisory.v1.client_disconnect``
     (published on ``$SYS.ACCOUNT.<account>.DISCONNECT``): which connection closed, and why."""
 
