@@ -203,6 +203,29 @@ class View:
 
     # -- output ------------------------------------------------------------------------------
 
+    def summaries(self) -> list[wire.ServiceSummary]:
+        """Every service at every version, summed over its instances, in one pass."""
+        now = self._clock()
+        groups: dict[tuple[str, str, str], wire.ServiceSummary] = {}
+        endpoints: dict[tuple[str, str, str], set[str]] = {}
+        for entry in self._entries.values():
+            view = entry.view
+            key = (view.name, view.version, view.kind)
+            summary = groups.get(key)
+            if summary is None:
+                summary = groups[key] = wire.ServiceSummary(
+                    name=view.name, version=view.version, kind=view.kind,
+                    last_heard_s=now - entry.last_seen)
+                endpoints[key] = set()
+            summary.instances += 1
+            summary.health[view.health] = summary.health.get(view.health, 0) + 1
+            summary.last_heard_s = min(summary.last_heard_s, now - entry.last_seen)
+            endpoints[key].update(e.name for e in view.endpoints)
+        for key, summary in groups.items():
+            summary.endpoints = sorted(endpoints[key])
+            summary.last_heard_s = round(summary.last_heard_s, 3)
+        return sorted(groups.values(), key=lambda s: (s.name, s.version, s.kind))
+
     def service_count(self) -> int:
         return len({e.view.name for e in self._entries.values()})
 

@@ -248,6 +248,11 @@ class Registry(anyio.AsyncContextManagerMixin):
                 snapshot = self.snapshot(name=name)
             case ["registry", "instance", instance_id]:
                 snapshot = self.snapshot(instance_id=instance_id)
+            case ["registry", "services"]:
+                await self._nc.publish(msg.reply, wire.encode(wire.ServiceList(
+                    node=self.node_id, revision=self._revision, warming_up=self.warming_up,
+                    services=self._view.summaries(), mass_expiry=self._mass_expiry())))
+                return
             case ["registry", "stats"]:
                 await self._nc.publish(msg.reply, wire.encode(self.stats()))
                 return

@@ -20,6 +20,8 @@ __all__ = [
     "PREFIX_METADATA_KEY",
     "SCHEMA_VERSION",
     "SEMVER_PATTERN",
+    "ServiceList",
+    "ServiceSummary",
     "SrvEndpointInfo",
     "SrvEndpointStats",
     "SrvInfo",
@@ -43,6 +45,7 @@ __all__ = [
     "decode_discover",
     "decode_event",
     "decode_node_stats",
+    "decode_service_list",
     "decode_snapshot",
     "decode_srv_info",
     "encode",
@@ -189,6 +192,31 @@ class Snapshot(msgspec.Struct, gc=False, kw_only=True):
     mass_expiry: MassExpiry | None = None
 
 
+class ServiceSummary(msgspec.Struct, gc=False, kw_only=True):
+    """One service at one version, summed over its instances: a line of ``natsreg ls``."""
+
+    name: str
+    version: str
+    kind: Literal["natsreg", "micro"] = "natsreg"
+    instances: int = 0
+    #: Instances by health: passing, warning, critical.
+    health: dict[str, int] = {}
+    endpoints: list[str] = []
+    #: Seconds since the node last heard from the most recent of them.
+    last_heard_s: float = 0.0
+
+
+class ServiceList(msgspec.Struct, gc=False, kw_only=True):
+    """A registry node's summary of every service: small, whatever the size of the fleet."""
+
+    schema: int = SCHEMA_VERSION
+    node: str
+    revision: int
+    warming_up: bool = False
+    services: list[ServiceSummary] = []
+    mass_expiry: MassExpiry | None = None
+
+
 class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     """A registry node's own figures: cheap to ask for, whatever the size of the fleet."""
 
@@ -302,6 +330,7 @@ _event_decoder = msgspec.json.Decoder(Event)
 _srv_info_decoder = msgspec.json.Decoder(SrvInfo)
 _node_stats_decoder = msgspec.json.Decoder(NodeStats)
 _disconnect_decoder = msgspec.json.Decoder(DisconnectAdvisory)
+_service_list_decoder = msgspec.json.Decoder(ServiceList)
 
 encode = _encoder.encode
 decode_control = _control_decoder.decode
@@ -311,3 +340,4 @@ decode_event = _event_decoder.decode
 decode_srv_info = _srv_info_decoder.decode
 decode_node_stats = _node_stats_decoder.decode
 decode_disconnect = _disconnect_decoder.decode
+decode_service_list = _service_list_decoder.decode

@@ -202,3 +202,18 @@ def test_a_mass_alert_that_never_recovers_clears_after_its_time() -> None:
     clock.now += 301
     view.expire()
     assert view.mass_alert is None
+
+
+def test_services_are_summed_per_name_and_version() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    endpoint = wire.Endpoint(name="get", subject="svc.get", queue_group="svc")
+    for n, (version, health) in enumerate([("1.0.0", "passing"), ("1.0.0", "critical"),
+                                           ("2.0.0", "passing")]):
+        view.apply(wire.Announce(id=f"i{n}", name="svc", version=version, seq=1,
+                                 health=health, endpoints=[endpoint]))  # type: ignore[arg-type]
+        clock.now += 1
+    one, two = view.summaries()
+    assert (one.version, one.instances, one.health, one.endpoints) == (
+        "1.0.0", 2, {"passing": 1, "critical": 1}, ["get"])
+    assert (two.version, two.instances, two.last_heard_s) == ("2.0.0", 1, 1.0)
