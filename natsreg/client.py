@@ -40,6 +40,7 @@ from ._balance import STRATEGIES, Balancer, InstanceStats, check_strategy
 from ._breaker import Breaker, BreakerConfig
 from ._catalog import Catalog
 from ._codec import Message, to_bytes
+from ._mux import ReplyMux
 from ._retry import RetryPolicy, is_retryable
 from ._semver import Constraint, parse_constraint
 from .errors import (BUDGET_HEADER, BulkheadFullError, CircuitOpenError, ConfigError,
@@ -51,6 +52,10 @@ __all__ = ["STRATEGIES", "BreakerConfig", "Client", "Reply", "RetryPolicy"]
 MAX_VIEWED_SERVICES = 256
 #: Set on a reply that a ``fallback=`` callable produced instead of the service.
 FALLBACK_HEADER = "Natsreg-Fallback"
+#: The first call to a service waits for the registry's snapshot at most this share of its
+#: remaining budget (and at most ``view_wait_s``): the view only picks the instance, the
+#: request itself needs the rest.
+VIEW_WAIT_SHARE = 0.25
 
 
 class Reply(Message):
@@ -126,7 +131,8 @@ class Client(anyio.AsyncContextManagerMixin):
     ``missed_heartbeats`` must match the registry's: an instance this client has not heard
     from for that many heartbeat intervals (plus half of one) gets no more calls.
     ``view_wait_s`` is how long the first call to a service waits for the registry's
-    snapshot of it before going to the queue group instead.
+    snapshot of it before going to the queue group instead (never more than a quarter of
+    that call's remaining budget).
     """
 
     def __init__(
@@ -167,6 +173,7 @@ class Client(anyio.AsyncContextManagerMixin):
         # (service, endpoint, subject, constraint, selector) ->
         #     (catalog revision, matching instances, endpoint declared idempotent)
         self._matches: dict[tuple[Any, ...], tuple[int, list[wire.InstanceView], bool]] = {}
+        self._mux = ReplyMux(nc)
         self._closed = False
 
     @asynccontextmanager
@@ -178,9 +185,11 @@ class Client(anyio.AsyncContextManagerMixin):
                 await self.aclose()
 
     async def aclose(self) -> None:
-        """End the registry-view subscriptions; safe to call twice. Calls still work after,
-        on the queue group."""
+        """End the registry-view subscriptions and the reply inbox (after the calls in flight
+        on it end, each within its own timeout); safe to call twice. Calls still work after,
+        on the queue group and nats-py's own request inbox."""
         self._closed = True
+        await self._mux.aclose()
         trackers, self._trackers = self._trackers, {}
         for tracker in trackers.values():
             if tracker.task is not None:
@@ -241,7 +250,7 @@ class Client(anyio.AsyncContextManagerMixin):
             deadline = min(deadline, now + policy.budget_s)
         try:
             return await self._call(
-                target, to_bytes(payload), dict(headers) if headers else {}, deadline, policy,
+                target, to_bytes(payload), headers, deadline, policy,
                 strategy or self.strategy, key,
                 tuple(sorted(select.items())) if select else (), idempotent)
         except (CircuitOpenError, BulkheadFullError) as exc:
@@ -267,7 +276,7 @@ class Client(anyio.AsyncContextManagerMixin):
 
     # -- one call ----------------------------------------------------------------------------
 
-    async def _call(self, target: _Target, data: bytes, headers: dict[str, str],
+    async def _call(self, target: _Target, data: bytes, headers: Mapping[str, str] | None,
                     deadline: float, policy: RetryPolicy, strategy: str, key: str | None,
                     select: tuple[tuple[str, str], ...], idempotent: bool | None) -> Reply:
         bulkhead = target.service or target.subject
@@ -282,7 +291,11 @@ class Client(anyio.AsyncContextManagerMixin):
         try:
             while True:
                 attempt += 1
-                route = await self._route(target, strategy, key, select, tried, deadline)
+                route = self._route(target, strategy, key, select, tried, False)
+                if route is None:
+                    await self._has_view(target.service, deadline)  # type: ignore[arg-type]
+                    route = self._route(target, strategy, key, select, tried, True)
+                    assert route is not None
                 retry_timeouts = route.idempotent if idempotent is None else idempotent
                 started = self._clock()
                 remaining = deadline - started
@@ -292,7 +305,9 @@ class Client(anyio.AsyncContextManagerMixin):
                         f"no reply on {target.subject!r} within the call's budget",
                         subject=target.subject)
                 attempt_s = policy.attempt_timeout(remaining, attempt, retry_timeouts)
-                headers[BUDGET_HEADER] = str(int(attempt_s * 1000))
+                budget = str(int(attempt_s * 1000))
+                sent = ({**headers, BUDGET_HEADER: budget} if headers
+                        else {BUDGET_HEADER: budget})
                 instance = route.instance
                 stats = None
                 if instance is not None:
@@ -302,7 +317,7 @@ class Client(anyio.AsyncContextManagerMixin):
                     stats.in_flight += 1
                     tried.append(instance.id)
                 try:
-                    reply = await self._request(route.subject, data, attempt_s, headers)
+                    reply = await self._request(route.subject, data, attempt_s, sent)
                 except RequestError as exc:
                     self._failed(route, stats, exc)
                     if attempt >= policy.attempts or not is_retryable(exc, retry_timeouts):
@@ -344,21 +359,24 @@ class Client(anyio.AsyncContextManagerMixin):
                 # expiry; a merely slow one is back within one heartbeat.
                 stats.avoid_seq = route.instance.seq
 
-    async def _route(self, target: _Target, strategy: str, key: str | None,
-                     select: tuple[tuple[str, str], ...], tried: list[str],
-                     deadline: float) -> _Route:
+    def _route(self, target: _Target, strategy: str, key: str | None,
+               select: tuple[tuple[str, str], ...], tried: list[str], settled: bool
+               ) -> _Route | None:
+        # Decided without awaiting in the common cases: a view in place, or none to be had
+        # yet. None when the service's view is still to be fetched (see _await_view); with
+        # ``settled`` the view is taken as it is.
         narrowed = target.constraint is not None or bool(select)
         if target.service is None or (strategy == "queue" and not narrowed):
             return self._queue_route(target.subject, False)
         tracker = self._trackers.get(target.service)
-        # The common cases decided without awaiting: a view in place, or none to be had yet.
         if tracker is not None and tracker.available:
             has_view = True
-        elif (tracker is not None and tracker.task is None
-              and self._clock() < tracker.retry_at):
+        elif settled or (
+                tracker is None and (self._closed or len(self._trackers) >= MAX_VIEWED_SERVICES)
+        ) or (tracker is not None and tracker.task is None and self._clock() < tracker.retry_at):
             has_view = False
         else:
-            has_view = await self._has_view(target.service, deadline)
+            return None
         if not has_view:
             if narrowed:
                 raise NoInstanceError(
@@ -462,6 +480,8 @@ class Client(anyio.AsyncContextManagerMixin):
     # -- the registry view -------------------------------------------------------------------
 
     async def _has_view(self, service: str, deadline: float) -> bool:
+        # Starts the view of ``service`` if need be and waits a while for the registry's
+        # snapshot.
         tracker = self._trackers.get(service)
         if tracker is None:
             if self._closed or len(self._trackers) >= MAX_VIEWED_SERVICES:
@@ -475,10 +495,14 @@ class Client(anyio.AsyncContextManagerMixin):
                 return False
             tracker.task = asyncio.get_running_loop().create_task(
                 self._bootstrap(service, tracker))
-        wait_s = min(self.view_wait_s, deadline - self._clock())
+        task = tracker.task
+        wait_s = min(self.view_wait_s, (deadline - self._clock()) * VIEW_WAIT_SHARE)
         if wait_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(tracker.task), wait_s)
+            # asyncio.wait, not wait_for: giving up on the view must leave the bootstrap
+            # running for later calls, and its end (aclose() cancels it) is not ours to raise.
+            await asyncio.wait((task,), timeout=wait_s)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]  # a bug, not a missing registry
         return tracker.available
 
     async def _bootstrap(self, service: str, tracker: _Tracker) -> None:
@@ -492,10 +516,15 @@ class Client(anyio.AsyncContextManagerMixin):
             # Subscribed first, then asked: no change between the two can be missed.
             self._catalog.apply_snapshot(await self.instances(service, timeout_s=2.0))
             tracker.available = True
-        except (RequestError, OSError):
-            # No registry (or a slow one): plain queue-group requests until an event shows
-            # one, or until the next try.
+        except (RequestError, OSError, nats.errors.Error):
+            # No registry (or a slow one), or the connection closed meanwhile: plain
+            # queue-group requests until an event shows one, or until the next try.
             tracker.retry_at = self._clock() + 5.0
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # nats-py turns a cancellation into ConnectionClosedError when the
+                # connection is closed; aclose() or the loop's shutdown asked us to stop.
+                raise asyncio.CancelledError from None
         finally:
             tracker.task = None
 
@@ -519,8 +548,12 @@ class Client(anyio.AsyncContextManagerMixin):
     ) -> Reply:
         # The one place a request meets NATS: every attempt of request() and the CLI's
         # plain requests go through here.
+        mux = self._mux
         try:
-            msg = await self._nc.request(subject, data, timeout=timeout_s, headers=headers)
+            if mux.closed:
+                msg = await self._nc.request(subject, data, timeout=timeout_s, headers=headers)
+            else:
+                msg = await mux.request(subject, data, timeout_s, headers)
         except Exception as exc:
             raise errors.from_nats(exc, subject, timeout_s) from exc
         if msg.headers:
@@ -557,15 +590,21 @@ class Client(anyio.AsyncContextManagerMixin):
         # A large view comes as several chunks, each under the server's max_payload, the last
         # with more=false; a plain request() would keep only the first.
         inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
+        try:
+            sub = await self._nc.subscribe(inbox)
+        except nats.errors.Error as exc:
+            raise errors.from_nats(exc, subject, timeout_s) from exc
         deadline = time.monotonic() + timeout_s
         instances: list[wire.InstanceView] = []
         try:
-            await self._nc.publish(subject, b"", reply=inbox)
+            try:
+                await self._nc.publish(subject, b"", reply=inbox)
+            except nats.errors.Error as exc:
+                raise errors.from_nats(exc, subject, timeout_s) from exc
             while True:
                 try:
                     msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
-                except nats.errors.TimeoutError as exc:
+                except nats.errors.Error as exc:  # a timeout, or the connection closed
                     raise errors.from_nats(exc, subject, timeout_s) from exc
                 if msg.headers and msg.headers.get("Status") == "503":
                     raise NoInstanceError(
@@ -584,7 +623,11 @@ class Client(anyio.AsyncContextManagerMixin):
                     chunk.instances = instances
                     return chunk
         finally:
-            await sub.unsubscribe()
+            if not self._nc.is_closed:
+                # Closed: nats-py dropped the subscription already, and its unsubscribe()
+                # would raise over whatever ended this ask (a cancellation, say).
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
 
     async def watch(self, service: str | None = None) -> AsyncIterator[wire.Event]:
         """Registry changes as they happen, one event per change.
