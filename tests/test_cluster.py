@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -143,3 +144,24 @@ async def test_services_on_a_dead_nats_node_reconnect_elsewhere_and_stay_listed(
         assert [i.id for i in registry.snapshot().instances] == [svc.id]
         assert registry.revision == events_before, "the instance went down and up"
     cluster.restart(0)
+
+
+async def test_all_registry_nodes_restarted_at_once_lose_nothing(
+        cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str) -> None:
+    service_nc, first_nc, second_nc = [await connect(url) for url in cluster.urls]
+    on_node += [service_nc, first_nc, second_nc]
+    await wait_for_routes(service_nc, second_nc, f"routes.{unique}")
+    names = [f"keep{n}-{unique}" for n in range(5)]
+    async with contextlib.AsyncExitStack() as services:
+        ids = {(await services.enter_async_context(
+            natsreg.announce(service_nc, name, version="1.0.0", prefix=prefix))).id
+            for name in names}
+        for _ in range(2):  # the nodes' first lives, then both restarted empty at once
+            async with natsreg.Registry(first_nc, prefix=prefix) as first, \
+                    natsreg.Registry(second_nc, prefix=prefix) as second:
+                started = anyio.current_time()
+                for node in (first, second):
+                    await eventually(lambda n=node: {i.id for i in n.snapshot().instances}
+                                     == ids, timeout_s=3, what="full view")
+                # Within one re-announce round (0.5 s jitter) and a round trip.
+                assert anyio.current_time() - started < 1.5
