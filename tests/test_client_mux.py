@@ -169,3 +169,24 @@ async def test_every_request_still_carries_its_budget_and_the_callers_headers(
                                       {natsreg.errors.BUDGET_HEADER, "X-A"}]
     assert all(1500 < int(h[natsreg.errors.BUDGET_HEADER]) <= 2000 for h in seen)
     assert seen[1]["X-A"] == "1"
+
+
+async def test_requests_with_different_timeouts_each_expire_at_their_own(
+        nc: NATS, unique: str) -> None:
+    async def silent(msg: Msg) -> None:
+        pass
+
+    await nc.subscribe(f"mux-{unique}.silent", cb=silent)
+    client = natsreg.Client(nc)
+
+    async def timed(timeout_s: float) -> float:
+        started = time.monotonic()
+        with pytest.raises(natsreg.RequestTimeoutError):
+            await client.request(f"mux-{unique}.silent", b"", timeout_s=timeout_s)
+        return time.monotonic() - started
+
+    # The later requests have the earlier deadlines: each must still get its own.
+    took = await asyncio.gather(timed(0.3), timed(0.1), timed(0.2))
+    for got, wanted in zip(took, (0.3, 0.1, 0.2), strict=True):
+        assert wanted - 0.01 <= got < wanted + 0.08, (got, wanted)
+    assert client._mux._waiting == {}
