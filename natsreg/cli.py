@@ -362,11 +362,11 @@ async def _until_signal(children: Sequence[subprocess.Popen[bytes]] = ()) -> Non
 
 async def _cmd_ls(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
-        snapshot = await Client(nc, prefix=args.prefix).instances()
+        client = Client(nc, prefix=args.prefix)
         if args.json:
-            _print_json(snapshot)
+            _print_json(await client.instances())
         else:
-            _print_services(snapshot)
+            _print_services(await client.services())
         return 0
 
     return await _with_connection(args, run)
@@ -531,31 +531,27 @@ def _console() -> Any:
 _HEALTH_STYLE = {"passing": "green", "warning": "yellow", "critical": "red"}
 
 
-def _print_services(snapshot: wire.Snapshot) -> None:
+def _print_services(listing: wire.ServiceList) -> None:
     console = _console()
-    if snapshot.warming_up:
+    if listing.warming_up:
         console.print("[yellow]registry node is warming up: the list may be incomplete[/]")
-    if snapshot.mass_expiry is not None:
-        mass = snapshot.mass_expiry
+    if listing.mass_expiry is not None:
+        mass = listing.mass_expiry
         console.print(
             f"[red]mass expiry: {mass.lost} of {mass.before} instances went silent at once "
             f"{mass.since_s:.0f}s ago (a crash wave, or a network cut); they were removed, "
             "and this clears when capacity is back[/]")
-    if not snapshot.instances:
+    if not listing.services:
         console.print("no services are registered")
         return
-    groups: dict[tuple[str, str, str], list[wire.InstanceView]] = {}
-    for instance in snapshot.instances:
-        groups.setdefault((instance.name, instance.version, instance.kind), []).append(instance)
     table = _table("SERVICE", "VERSION", "KIND", "INSTANCES", "HEALTH", "ENDPOINTS",
                    "LAST HEARTBEAT")
-    for (name, version, kind), instances in sorted(groups.items()):
-        health = {h: sum(i.health == h for i in instances) for h in _HEALTH_STYLE}
-        health_text = " ".join(f"[{_HEALTH_STYLE[h]}]{n} {h}[/]" for h, n in health.items() if n)
-        endpoints = sorted({e.name for i in instances for e in i.endpoints})
-        last = "-" if kind == "micro" else _age(min(i.age_s for i in instances))
-        table.add_row(name, version, kind, str(len(instances)), health_text,
-                      ", ".join(endpoints), last)
+    for s in listing.services:
+        health = " ".join(f"[{style}]{s.health[h]} {h}[/]"
+                          for h, style in _HEALTH_STYLE.items() if s.health.get(h))
+        last = "-" if s.kind == "micro" else _age(s.last_heard_s)
+        table.add_row(s.name, s.version, s.kind, str(s.instances), health,
+                      ", ".join(s.endpoints), last)
     console.print(table)
 
 
@@ -623,7 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return anyio.run(_COMMANDS[args.command], args)
+        # The commands that serve HTTP run on uvloop, which the bridge's figures assume.
+        use_uvloop = args.command in ("bridge", "up")
+        return anyio.run(_COMMANDS[args.command], args,
+                         backend_options={"use_uvloop": use_uvloop})
     except _CliError as exc:
         print(f"natsreg: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -586,6 +586,25 @@ class Client(anyio.AsyncContextManagerMixin):
             raise errors.ServiceError(f"no instance {instance_id!r}", code=404, subject=subject)
         return snapshot.instances[0]
 
+    async def services(self, *, timeout_s: float = 2.0) -> wire.ServiceList:
+        """Every service at every version, summed over its instances (what ``natsreg ls``
+        shows): one small answer, whatever the size of the fleet."""
+        subject = subjects.control_subject(self.prefix, "registry", "services")
+        try:
+            reply = await self._request(subject, b"", timeout_s, None)
+        except NoInstanceError as exc:
+            raise self._no_registry(subject) from exc
+        try:
+            return wire.decode_service_list(reply.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise RequestError(f"registry sent an unreadable answer: {exc}",
+                               subject=subject) from exc
+
+    def _no_registry(self, subject: str) -> NoInstanceError:
+        return NoInstanceError(
+            f"no registry node answers on prefix {self.prefix!r}: start one with "
+            "'natsreg registry' (or 'natsreg up')", subject=subject)
+
     async def _ask_registry(self, subject: str, timeout_s: float) -> wire.Snapshot:
         # A large view comes as several chunks, each under the server's max_payload, the last
         # with more=false; a plain request() would keep only the first.
@@ -607,9 +626,7 @@ class Client(anyio.AsyncContextManagerMixin):
                 except nats.errors.Error as exc:  # a timeout, or the connection closed
                     raise errors.from_nats(exc, subject, timeout_s) from exc
                 if msg.headers and msg.headers.get("Status") == "503":
-                    raise NoInstanceError(
-                        f"no registry node answers on prefix {self.prefix!r}: start one with "
-                        "'natsreg registry' (or 'natsreg up')", subject=subject)
+                    raise self._no_registry(subject)
                 error = errors.from_reply_headers(msg.headers, subject)
                 if error is not None:
                     raise error
