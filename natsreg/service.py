@@ -17,9 +17,10 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -380,10 +381,12 @@ class Service(anyio.AsyncContextManagerMixin):
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._handle(endpoint, msg, received))
+        task = _new_task(self._handle(endpoint, msg, received))
         # The task removes itself when it ends: a done callback would cost one more
-        # callback scheduled through the event loop per request.
-        self._handlers.add(task)
+        # callback scheduled through the event loop per request. Started eagerly, it may
+        # have ended already, and must not be added then.
+        if not task.done():
+            self._handlers.add(task)
 
     async def _handle(self, endpoint: _Endpoint, msg: Msg, received: float | None) -> None:
         try:
@@ -554,6 +557,16 @@ class Service(anyio.AsyncContextManagerMixin):
             name=c.name, id=self.id, version=c.version, metadata=self._srv_metadata(),
             started=self._started, endpoints=[e.stats() for e in self._endpoints.values()],
         )
+
+
+if sys.version_info >= (3, 12):
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        # Eager: the handler runs at once, in its own task, until it first waits; a handler
+        # that never waits costs no trip through the event loop (Python 3.12+).
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+else:
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro)
 
 
 def announce(
