@@ -7,6 +7,7 @@ expects ends in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shlex
@@ -620,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # The commands that serve HTTP run on uvloop, which the bridge's figures assume.
-        use_uvloop = args.command in ("bridge", "up")
+        use_uvloop = args.command in ("bridge", "up") and bool(importlib.util.find_spec("uvloop"))
         return anyio.run(_COMMANDS[args.command], args,
                          backend_options={"use_uvloop": use_uvloop})
     except _CliError as exc:
