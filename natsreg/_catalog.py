@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import msgspec
 
 from . import wire
+from ._view import silence_allowed_s
 
 #: Instances kept per service; beyond this, new ones are ignored (a misbehaving fleet must
 #: not exhaust a caller's memory).
@@ -122,7 +123,7 @@ class Catalog:
     def _expiry(self, view: wire.InstanceView, heard_at: float) -> float:
         if view.kind != "natsreg" or view.heartbeat_s <= 0:
             return float("inf")
-        return heard_at + view.heartbeat_s * (self.missed_heartbeats + 0.5)
+        return heard_at + silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
 
     def _upsert(self, view: wire.InstanceView) -> None:
         entries = self._services.get(view.name)
@@ -148,13 +149,17 @@ class Catalog:
         self.revision += 1
 
     def _remove(self, service: str, instance_id: str, seq: int, *, said_goodbye: bool) -> None:
+        self._bury(instance_id, seq, said_goodbye)
+        entries = self._services.get(service)
+        if entries is not None and entries.pop(instance_id, None) is not None:
+            self.revision += 1
+
+    def _bury(self, instance_id: str, seq: int, said_goodbye: bool) -> None:
+        # The oldest tombstones go first: bounded, whatever the churn.
         self._tombstones[instance_id] = (seq, said_goodbye)
         self._tombstones.move_to_end(instance_id)
         if len(self._tombstones) > _MAX_TOMBSTONES:
             self._tombstones.popitem(last=False)
-        entries = self._services.get(service)
-        if entries is not None and entries.pop(instance_id, None) is not None:
-            self.revision += 1
 
     def _expire(self) -> None:
         now = self._clock()
@@ -163,8 +168,7 @@ class Catalog:
         next_expiry = float("inf")
         for entries in self._services.values():
             for instance_id in [i for i, e in entries.items() if e.expires_at <= now]:
-                seq = entries.pop(instance_id).view.seq
-                self._tombstones[instance_id] = (seq, False)
+                self._bury(instance_id, entries.pop(instance_id).view.seq, False)
                 self.revision += 1
             for e in entries.values():
                 next_expiry = min(next_expiry, e.expires_at)

@@ -291,3 +291,18 @@ def test_auto_gives_a_latency_outlier_only_one_probe_per_interval() -> None:
     stats["c"].ewma_s = 0.003  # recovered: back among the candidates
     picks = Counter(balancer.pick("auto", INSTANCES, stats).id for _ in range(300))
     assert picks["c"] > 100
+
+
+def test_the_catalogs_tombstones_stay_bounded_when_instances_expire() -> None:
+    from natsreg._catalog import _MAX_TOMBSTONES
+
+    clock = Clock()
+    catalog = Catalog(clock=clock)
+    catalog.track("svc")
+    for batch in range(3):
+        catalog.apply_snapshot(snapshot(*(
+            wire.InstanceView(id=f"b{batch}-{n}", name="svc", version="1.0.0", seq=1,
+                              heartbeat_s=1.0) for n in range(_MAX_TOMBSTONES))))
+        clock.now += 10
+        assert catalog.instances("svc") == []  # all expired, each leaving a tombstone
+    assert len(catalog._tombstones) <= _MAX_TOMBSTONES
