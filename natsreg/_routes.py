@@ -28,9 +28,8 @@ __all__ = ["Auth", "Cors", "Refusal", "Route", "RouteTable", "Target"]
 MAX_SUBJECT_CHARS = 512
 _CACHE_SIZE = 4096
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Subjects that belong to NATS itself or to request-reply plumbing, never to a service.
-_RESERVED_FIRST_TOKENS = ("_INBOX",)
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: An HTTP header name (RFC 9110 "token").
+HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +52,7 @@ class Auth:
     def __post_init__(self) -> None:
         if self.scheme not in ("none", "bearer", "api-key"):
             raise ConfigError(f"auth scheme {self.scheme!r}: use 'none', 'bearer' or 'api-key'")
-        if not _HEADER_NAME.match(self.header):
+        if not HTTP_TOKEN.match(self.header):
             raise ConfigError(f"auth header {self.header!r} is not a header name")
         object.__setattr__(self, "header", self.header.lower())
         tokens: list[str] = []
@@ -151,7 +150,7 @@ class Route:
         if tokens[0] == "_natsreg":
             raise ConfigError("route paths under /_natsreg/ are the bridge's own")
         object.__setattr__(self, "tokens", tokens)
-        if not subjects.is_valid_subject(self.subject) or _reserved(self.subject):
+        if not subjects.is_valid_subject(self.subject) or subjects.is_reserved(self.subject):
             raise ConfigError(f"route {self.path!r}: {self.subject!r} is not a subject a route "
                               "may reach (literal tokens, no '$' or '_INBOX' subjects)")
         methods = frozenset(m.upper() for m in self.methods)
@@ -198,11 +197,6 @@ class Refusal:
     message: str
     service: str = ""
     endpoint: str = ""
-
-
-def _reserved(subject: str) -> bool:
-    first = subject.split(".", 1)[0]
-    return first.startswith("$") or first in _RESERVED_FIRST_TOKENS
 
 
 def _valid_path_token(token: str) -> bool:
@@ -276,7 +270,7 @@ class RouteTable:
             return _NO_ROUTE
         service, endpoint = tokens[0], tokens[1]
         subject = ".".join(tokens)
-        if _reserved(subject) or _under(subject, self.control_prefix):
+        if subjects.is_reserved(subject) or _under(subject, self.control_prefix):
             return _FORBIDDEN_SUBJECT
         if not wire.NAME_PATTERN.match(service) or not wire.NAME_PATTERN.match(endpoint):
             return Refusal(400, "bad_request", "service and endpoint names hold letters, digits, "

@@ -38,7 +38,7 @@ from nats.aio.client import Client as NATS
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import subjects, wire
-from ._routes import NO_AUTH, Auth, Cors, Refusal, Route, RouteTable, Target
+from ._routes import HTTP_TOKEN, NO_AUTH, Auth, Cors, Refusal, Route, RouteTable, Target
 from ._tasks import background
 from .client import Client
 from .errors import (
@@ -83,7 +83,6 @@ _DEFAULT_FORWARD = ("content-type", "accept", "accept-language", "user-agent", "
 # One line of a header: CR or LF would end it early in the NATS header block, NUL is refused
 # by NATS itself; either is an injection attempt, never a real value.
 _HEADER_BREAK = re.compile(rb"[\r\n\x00]")
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,10 +153,10 @@ class BridgeConfig:
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         forward = tuple(h.lower() for h in self.forward_headers)
-        if bad := [h for h in forward if not _TOKEN.match(h) or h in _HOP_BY_HOP]:
+        if bad := [h for h in forward if not HTTP_TOKEN.match(h) or h in _HOP_BY_HOP]:
             raise ConfigError(f"forward_headers: {bad} are not forwardable header names")
         object.__setattr__(self, "forward_headers", forward)
-        if not _TOKEN.match(self.timeout_header):
+        if not HTTP_TOKEN.match(self.timeout_header):
             raise ConfigError(f"timeout_header {self.timeout_header!r} is not a header name")
         object.__setattr__(self, "timeout_header", self.timeout_header.lower())
         if not self.default_content_type.isprintable():

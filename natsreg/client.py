@@ -113,7 +113,7 @@ class _Tracker:
 @functools.lru_cache(maxsize=4096)
 def _checked_subject(subject: str) -> str:
     # Cached: the same few subjects are requested over and over, and a bad one raises anyway.
-    if not subjects.is_valid_subject(subject) or subject.startswith(("$", "_INBOX")):
+    if not subjects.is_valid_subject(subject) or subjects.is_reserved(subject):
         raise ConfigError(
             f"{subject!r} is not a subject natsreg can request: use '<service>.<endpoint>' "
             "with letters, digits, '-' and '_' (no spaces, '*', '>' or leading '$')"

@@ -26,6 +26,7 @@ __all__ = [
     "control_subject",
     "direct_subject",
     "endpoint_subject",
+    "is_reserved",
     "is_valid_subject",
     "is_valid_token",
     "srv_subject",
@@ -50,6 +51,12 @@ def is_valid_token(token: str) -> bool:
 def is_valid_subject(subject: str) -> bool:
     """Whether ``subject`` is a literal subject: non-empty tokens, no wildcards."""
     return bool(subject) and all(is_valid_token(t) for t in subject.split("."))
+
+
+def is_reserved(subject: str) -> bool:
+    """Whether ``subject`` belongs to NATS itself (``$SYS``, ``$JS``, ``$SRV``...) or to
+    request-reply plumbing (``_INBOX``...), never to a service endpoint."""
+    return subject.startswith(("$", "_INBOX"))
 
 
 def control_subject(prefix: str, verb: str, *tokens: str) -> str:
