@@ -194,8 +194,14 @@ class Client(anyio.AsyncContextManagerMixin):
         for tracker in trackers.values():
             if tracker.task is not None:
                 tracker.task.cancel()
-                with contextlib.suppress(BaseException):
+                try:
                     await tracker.task
+                except asyncio.CancelledError:
+                    # The cancellation we asked for ends here; one aimed at aclose()'s own
+                    # caller goes on. Anything else the task raised is a bug, and surfaces.
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
             for sub in tracker.subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
