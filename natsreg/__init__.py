@@ -2,7 +2,8 @@
 
 from .client import BreakerConfig, Client, Reply, RetryPolicy
 from .errors import (BulkheadFullError, CircuitOpenError, ConfigError, NatsregError,
-                     NoInstanceError, NotConnectedError, OverloadedError, RequestError,
+                     NoInstanceError, NotConnectedError, OutcomeUnknownError,
+                     OverloadedError, RequestError,
                      RequestTimeoutError, ServiceError)
 from .registry import Registry
 from .service import Request, Service, announce
@@ -16,6 +17,7 @@ __all__ = [
     "NatsregError",
     "NoInstanceError",
     "NotConnectedError",
+    "OutcomeUnknownError",
     "OverloadedError",
     "Registry",
     "Reply",

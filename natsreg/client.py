@@ -434,7 +434,7 @@ class Client(anyio.AsyncContextManagerMixin):
             candidates, self._stats, key=key, group=target.subject)
         breaker = self._breaker(chosen.id, endpoint)
         breaker.allow()
-        return _Route(subjects.direct_subject(self.prefix, chosen.id, endpoint),
+        return _Route(subjects.direct_subject(self.prefix, chosen.name, chosen.id, endpoint),
                       chosen, breaker, idempotent)  # type: ignore[arg-type]
 
     def _sound(self, instance: wire.InstanceView) -> bool:

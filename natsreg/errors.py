@@ -13,6 +13,7 @@ __all__ = [
     "BUDGET_HEADER",
     "CODE_HEADER",
     "ERROR_HEADER",
+    "REQUEST_ID_HEADER",
     "RETRYABLE_HEADER",
     "BulkheadFullError",
     "CircuitOpenError",
@@ -20,6 +21,7 @@ __all__ = [
     "NatsregError",
     "NoInstanceError",
     "NotConnectedError",
+    "OutcomeUnknownError",
     "OverloadedError",
     "RequestError",
     "RequestTimeoutError",
@@ -36,6 +38,10 @@ RETRYABLE_HEADER = "Natsreg-Retryable"
 # Not part of ADR-32: the caller's remaining time budget in whole milliseconds. Relative, not
 # an absolute deadline, so that clock skew between machines does not matter.
 BUDGET_HEADER = "Natsreg-Budget-Ms"
+# Not part of ADR-32: one id for every attempt of one call, so that a service that already
+# ran (or is running) the call answers a repeat from what it remembers instead of running it
+# again (docs/protocol.md, "At most once").
+REQUEST_ID_HEADER = "Natsreg-Request-Id"
 
 
 class NatsregError(Exception):
@@ -64,6 +70,15 @@ class NoInstanceError(RequestError):
 
 class RequestTimeoutError(RequestError, TimeoutError):
     """No reply came within the timeout. The handler may still have run."""
+
+
+class OutcomeUnknownError(RequestError):
+    """The call was sent, and the instance it went to is gone (it crashed, said goodbye or
+    was reported down) before it answered: the handler may or may not have run.
+
+    Not retried by natsreg unless the endpoint is idempotent; the caller decides, knowing
+    that a repeat may run the call a second time.
+    """
 
 
 class NotConnectedError(RequestError):

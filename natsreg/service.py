@@ -344,7 +344,8 @@ class Service(anyio.AsyncContextManagerMixin):
     async def _serve_endpoint(self, endpoint: _Endpoint, announce: bool) -> None:
         # A partial, not a closure: one coroutine less per request (nats-py accepts both).
         on_request = functools.partial(self._on_request, endpoint)
-        direct = subjects.direct_subject(self.config.prefix, self.id, endpoint.name)
+        direct = subjects.direct_subject(self.config.prefix, self.config.name, self.id,
+                                         endpoint.name)
         endpoint.subs = [
             await self._nc.subscribe(endpoint.subject, queue=endpoint.queue_group, cb=on_request),
             await self._nc.subscribe(direct, cb=on_request),

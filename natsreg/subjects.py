@@ -9,7 +9,11 @@ environments can share one NATS account::
     <prefix>.discover[.<name>[.<id>]]  ask instances to re-announce
     <prefix>.events.<name>           registry changes, one event per change
     <prefix>.registry.<verb>         registry queries (list, service, instance), request-reply
-    <prefix>.direct.<id>.<endpoint>  one instance's endpoint, for direct addressing
+    <prefix>.direct.<name>.<id>.<endpoint>  one instance's endpoint, for direct addressing
+
+Every subject an instance publishes or serves on names the service it speaks for, so that NATS
+permissions can confine a service's credentials to its own name (docs/security.md), and every
+reader checks the subject against the message body.
 
 Endpoints themselves are served on plain subjects (``<service>.<endpoint>``) in the queue
 group ``<service>``; the ADR-32 ``$SRV`` subjects are built by :func:`srv_subject`.
@@ -69,9 +73,10 @@ def endpoint_subject(service: str, endpoint: str) -> str:
     return f"{service}.{endpoint}"
 
 
-def direct_subject(prefix: str, instance_id: str, endpoint: str) -> str:
-    """The subject on which only one instance serves ``endpoint``."""
-    return control_subject(prefix, "direct", instance_id, endpoint)
+def direct_subject(prefix: str, service: str, instance_id: str, endpoint: str) -> str:
+    """The subject on which only one instance serves ``endpoint``. It names the service, so a
+    permission on ``<prefix>.direct.<service>.>`` lets only that service's users serve it."""
+    return control_subject(prefix, "direct", service, instance_id, endpoint)
 
 
 def srv_subject(verb: str, name: str | None = None, instance_id: str | None = None) -> str:

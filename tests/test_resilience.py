@@ -335,7 +335,7 @@ async def test_a_full_service_refuses_at_once_and_the_client_retries_elsewhere(
         await busy.ready()
         await free.ready()
         await in_view(client, name, {busy.id, free.id})
-        direct = natsreg.subjects.direct_subject(prefix, busy.id, "op")
+        direct = natsreg.subjects.direct_subject(prefix, busy.config.name, busy.id, "op")
         held = asyncio.ensure_future(nc.request(direct, b"", timeout=2))
         await asyncio.sleep(0.05)
         with pytest.raises(natsreg.OverloadedError) as caught:
