@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import msgspec
 
 from . import wire
-from ._view import silence_allowed_s
 
 #: Instances kept per service; beyond this, new ones are ignored (a misbehaving fleet must
 #: not exhaust a caller's memory).
@@ -123,7 +122,7 @@ class Catalog:
     def _expiry(self, view: wire.InstanceView, heard_at: float) -> float:
         if view.kind != "natsreg" or view.heartbeat_s <= 0:
             return float("inf")
-        return heard_at + silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
+        return heard_at + wire.silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
 
     def _upsert(self, view: wire.InstanceView) -> None:
         entries = self._services.get(view.name)

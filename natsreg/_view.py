@@ -252,7 +252,7 @@ class View:
         return tomb is not None and (tomb.said_goodbye or seq <= tomb.seq)
 
     def _deadline(self, now: float, heartbeat_s: float) -> float:
-        return now + silence_allowed_s(heartbeat_s, self.missed_heartbeats)
+        return now + wire.silence_allowed_s(heartbeat_s, self.missed_heartbeats)
 
     def _heartbeat(self, beat: wire.Heartbeat) -> Outcome:
         if self._is_stale(beat.id, beat.seq):
@@ -331,13 +331,6 @@ class View:
         self._tombstones.pop(instance_id, None)  # re-inserted last: the order stays by time
         self._tombstones[instance_id] = _Tombstone(seq, now + self.tombstone_s, said_goodbye)
         self._asked.pop(instance_id, None)
-
-
-def silence_allowed_s(heartbeat_s: float, missed_heartbeats: float) -> float:
-    """How long an instance may stay silent before it is expired: ``missed_heartbeats``
-    intervals plus half of one, which absorbs scheduling jitter. Registry nodes and clients
-    (natsreg._catalog) must apply the same rule."""
-    return heartbeat_s * (missed_heartbeats + 0.5)
 
 
 def _drop_oldest(items: MutableMapping[str, _T], ended: Callable[[_T], bool]) -> None:

@@ -72,6 +72,9 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._revision = time.time_ns() // 1000
         self._warm_until = 0.0
         self._started = clock()
+        # Service name -> revision of the last event published for it (Event.prev_revision).
+        # One entry per service ever seen: bounded by the node's cap on instances.
+        self._last_event: dict[str, int] = {}
         #: Control messages dropped, by reason (malformed, oversized, stale).
         self.dropped: Counter[str] = Counter()
 
@@ -229,10 +232,13 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _publish(self, changes: list[Change]) -> None:
         for change in changes:
             self._revision += 1
+            name = change.instance.name
             event = wire.Event(
                 node=self.node_id, revision=self._revision, kind=change.kind,
                 reason=change.reason, instance=change.instance,
+                prev_revision=self._last_event.get(name, 0),
             )
+            self._last_event[name] = self._revision
             subject = subjects.control_subject(self.prefix, "events", change.instance.name)
             await self._nc.publish(subject, wire.encode(event))
 

@@ -155,8 +155,9 @@ class ServiceConfig:
             raise ConfigError(f"queue group {self.queue_group!r} is not a valid NATS token")
         if not subjects.is_valid_subject(self.prefix):
             raise ConfigError(f"prefix {self.prefix!r} is not a valid subject")
-        if not 0.05 <= self.heartbeat_s <= 3600:
-            raise ConfigError(f"heartbeat_s must be between 0.05 and 3600, got {self.heartbeat_s}")
+        if not wire.MIN_HEARTBEAT_S <= self.heartbeat_s <= wire.MAX_HEARTBEAT_S:
+            raise ConfigError(f"heartbeat_s must be between {wire.MIN_HEARTBEAT_S} and "
+                              f"{wire.MAX_HEARTBEAT_S}, got {self.heartbeat_s}")
         if self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.max_queued < 0:

@@ -14,7 +14,10 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "MALFORMED",
     "MAX_CONTROL_BYTES",
+    "MAX_HEARTBEAT_S",
+    "MIN_HEARTBEAT_S",
     "NodeStats",
     "NAME_PATTERN",
     "PREFIX_METADATA_KEY",
@@ -49,6 +52,8 @@ __all__ = [
     "decode_snapshot",
     "decode_srv_info",
     "encode",
+    "heartbeat_interval_s",
+    "silence_allowed_s",
 ]
 
 SCHEMA_VERSION = 1
@@ -60,6 +65,17 @@ SCHEMA_VERSION = 1
 # An announcement carries the endpoints and metadata; 64 KiB leaves room for hundreds of
 # endpoints while keeping a re-announce round of 50k instances within a few GB/s of nothing.
 MAX_CONTROL_BYTES = 64 * 1024
+
+# What a decoder may raise on hostile input: msgspec's own errors, and RecursionError for a
+# document nested deeper than the C stack allows (a 60 KB unknown field can be).
+MALFORMED: tuple[type[Exception], ...] = (
+    msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+# The heartbeat intervals an instance may announce. Readers clamp what they hear into this
+# range, so that an announcement cannot make an instance immortal (a huge interval) or cost
+# a registry a message every millisecond (a tiny one).
+MIN_HEARTBEAT_S = 0.05
+MAX_HEARTBEAT_S = 60.0
 
 # ADR-32's rules, as the NATS CLI's JSON schemas state them.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -241,6 +257,11 @@ class Event(msgspec.Struct, gc=False, kw_only=True):
     kind: Literal["up", "down", "changed", "health"]
     reason: str = ""
     instance: InstanceView
+    #: The revision of the same node's previous event for the same service (0: none since
+    #: the node started). A watcher of one service that holds another number there has
+    #: missed an event, or was sent one the node never published: its view must be
+    #: reconciled with a snapshot.
+    prev_revision: int = 0
 
 
 # ADR-32 ($SRV) replies. The same Structs decode other services' replies, which is why the
@@ -320,6 +341,19 @@ class DisconnectAdvisory(msgspec.Struct, gc=False):
     def conn(self) -> str:
         """The connection as instances announce it: ``<server id>/<client id>``."""
         return f"{self.server.id}/{self.client.id}"
+
+
+def heartbeat_interval_s(announced_s: float) -> float:
+    """The heartbeat interval a reader assumes for an instance that announced
+    ``announced_s``: the value clamped to ``[MIN_HEARTBEAT_S, MAX_HEARTBEAT_S]``."""
+    return min(max(announced_s, MIN_HEARTBEAT_S), MAX_HEARTBEAT_S)
+
+
+def silence_allowed_s(heartbeat_s: float, missed_heartbeats: float) -> float:
+    """How long an instance may stay silent before it is expired: ``missed_heartbeats``
+    intervals plus half of one, which absorbs scheduling jitter. Registry nodes and clients
+    apply this same rule, to the clamped interval (:func:`heartbeat_interval_s`)."""
+    return heartbeat_interval_s(heartbeat_s) * (missed_heartbeats + 0.5)
 
 
 _encoder = msgspec.json.Encoder()
