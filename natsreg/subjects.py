@@ -30,6 +30,7 @@ __all__ = [
     "control_subject",
     "direct_subject",
     "endpoint_subject",
+    "is_reply_subject",
     "is_reserved",
     "is_valid_subject",
     "is_valid_token",
@@ -61,6 +62,16 @@ def is_reserved(subject: str) -> bool:
     """Whether ``subject`` belongs to NATS itself (``$SYS``, ``$JS``, ``$SRV``...) or to
     request-reply plumbing (``_INBOX``...), never to a service endpoint."""
     return subject.startswith(("$", "_INBOX"))
+
+
+def is_reply_subject(subject: str) -> bool:
+    """Whether ``subject`` may stand as the reply subject of a request natsreg answers: an
+    inbox (``_INBOX.…``, or a per-user ``_INBOX_<user>.…`` as docs/security.md sets up).
+
+    Anything else is refused: a request whose reply names a service's endpoint or a control
+    subject would make the answerer publish there on the requester's behalf (reflection).
+    """
+    return subject.startswith(("_INBOX.", "_INBOX_")) and is_valid_subject(subject)
 
 
 def control_subject(prefix: str, verb: str, *tokens: str) -> str:

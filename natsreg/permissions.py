@@ -1,0 +1,167 @@
+"""Who may publish and subscribe to what: the NATS permissions of each natsreg role.
+
+natsreg believes the bus's own identity (docs/security.md): every control subject names the
+service it speaks for, so nats-server's per-subject permissions can confine each user to its
+own name. This module is the one place that says which subjects each role needs; the
+``natsreg auth`` command turns it into a nats-server configuration (static users, or JWT
+accounts).
+
+Roles:
+
+- ``service NAME``: announces, heartbeats and says goodbye as NAME only; serves NAME's
+  endpoints in the queue group NAME only (no plain subscription that would see every
+  request) and NAME's direct subjects; answers ``$SRV`` discovery; replies to what it
+  received. It may also call other services (``calls``).
+- ``caller`` of some services: sends requests to their endpoints, asks the registry, and
+  follows their view (events, heartbeats, goodbyes). Never announces anything.
+- ``registry``: hears every instance, answers queries in the registry queue group, and is
+  the only role that may publish events and discover requests.
+- ``bridge``: a caller (of every service, or of those named).
+- ``operator``: the CLI (``ls``, ``info``, ``watch``, ``request``): a caller of every
+  service that may also ask every instance for its ADR-32 stats.
+
+Each user gets its own inbox prefix (``_INBOX_<user>``) and may subscribe only there, so no
+user reads another's replies; it must connect with that prefix (nats-py
+``inbox_prefix=``, ``natsreg --inbox-prefix``). Replies go out through nats-server's
+``allow_responses``: a user may publish to a reply subject only of a request it received.
+
+The limits (docs/security.md): instances of one service share its permissions and trust each
+other; an endpoint served on a custom subject (``endpoint(subject=...)``) must be added by
+hand; a caller of a service may read that service's announcements' contents through events.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from . import subjects
+from .errors import ConfigError
+
+__all__ = ["ALL_SERVICES", "Permissions", "Role", "RoleKind", "inbox_prefix", "permissions"]
+
+RoleKind = Literal["service", "caller", "registry", "bridge", "operator"]
+
+#: In ``calls``: every service (a bridge or operator that reaches the whole fleet).
+ALL_SERVICES = "*"
+
+_USER = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Role:
+    """One NATS user and what it is for.
+
+    ``user`` names the NATS user (and its inbox); ``name`` is the service a ``service``
+    speaks for; ``calls`` lists the services it may call (``ALL_SERVICES`` for all).
+    """
+
+    kind: RoleKind
+    user: str
+    name: str = ""
+    calls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _USER.match(self.user):
+            raise ConfigError(f"user {self.user!r}: use letters, digits, '-' and '_' only")
+        if self.kind == "service" and not subjects.is_valid_token(self.name):
+            raise ConfigError(f"service role {self.user!r} needs a valid service name")
+        if self.kind not in ("service", "caller", "registry", "bridge", "operator"):
+            raise ConfigError(f"unknown role {self.kind!r}")
+        for callee in self.calls:
+            if callee != ALL_SERVICES and not _USER.match(callee):
+                raise ConfigError(f"{self.user!r} calls {callee!r}, which is no service name")
+        object.__setattr__(self, "calls", tuple(self.calls))
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """A user's permissions in nats-server's terms.
+
+    ``subscribe`` entries may hold a queue group after a space (``"svc.> svc"``): the user
+    may then subscribe to that subject only in that queue group.
+    """
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    #: Publish to the reply subject of a request received (nats-server ``allow_responses``).
+    allow_responses: bool = True
+    #: The inbox prefix the user must connect with.
+    inbox: str = ""
+    #: Publish explicitly denied even where an allow entry would match.
+    deny_publish: tuple[str, ...] = field(default=())
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix of ``user``: the only place it may receive replies."""
+    return f"_INBOX_{user}"
+
+
+def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX) -> Permissions:
+    """The permissions ``role`` needs, on control prefix ``prefix``."""
+    if not subjects.is_valid_subject(prefix):
+        raise ConfigError(f"prefix {prefix!r} is not a valid subject")
+    inbox = inbox_prefix(role.user)
+    pub: list[str] = []
+    sub: list[str] = [f"{inbox}.>"]
+    deny: list[str] = []
+
+    def control(verb: str, *tokens: str) -> str:
+        return subjects.control_subject(prefix, verb, *tokens)
+
+    match role.kind:
+        case "service":
+            name = role.name
+            pub += [control(verb, name, "*") for verb in ("announce", "hb", "bye")]
+            sub += [
+                # Endpoints in the service's own queue group only: a plain subscription
+                # would see every request and race the real instances for replies.
+                f"{subjects.endpoint_subject(name, '>')} {name}",
+                control("direct", name, ">"),
+                control("discover"), control("discover", name), control("discover", name, "*"),
+                *_srv_subjects(name),
+            ]
+        case "registry":
+            pub += [control("events", ">"), control("discover"), control("discover", ">"),
+                    subjects.srv_subject("INFO")]
+            sub += [control(verb, ">") for verb in ("announce", "hb", "bye")]
+            sub.append(f"{control('registry', '>')} {subjects.REGISTRY_QUEUE}")
+        case "operator":
+            pub += [subjects.srv_subject(verb, ">") for verb in ("PING", "INFO", "STATS")]
+            pub += [subjects.srv_subject(verb) for verb in ("PING", "INFO", "STATS")]
+            sub.append(control("events", ">"))
+        case _:
+            pass
+    calls = role.calls
+    if role.kind in ("bridge", "operator") and not calls:
+        calls = (ALL_SERVICES,)
+    if calls or role.kind in ("caller", "bridge", "operator"):
+        pub += [control("registry", ">")]
+    for callee in calls:
+        pub += [subjects.endpoint_subject(callee, ">"), control("direct", callee, ">")]
+        # What a client's view of the callee listens to (natsreg.Client).
+        sub += [control("events", callee), control("hb", callee, "*"),
+                control("bye", callee, "*")]
+    if ALL_SERVICES in calls:
+        # "*.>" also matches natsreg's control subjects, NATS' reserved ones and other users'
+        # inboxes: a caller of every service must still speak for no one and forge no reply.
+        # (Replies to requests it received still go out: allow_responses is checked apart.)
+        deny += [control(verb, ">") for verb in ("announce", "hb", "bye", "events", "discover")]
+        deny.append(control("discover"))
+        deny += ["$SYS.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>", "_INBOX_*.>"]
+    return Permissions(publish=tuple(_unique(pub)), subscribe=tuple(_unique(sub)),
+                       allow_responses=role.kind in ("service", "registry"),
+                       inbox=inbox, deny_publish=tuple(_unique(deny)))
+
+
+def _srv_subjects(name: str) -> Sequence[str]:
+    # $SRV.<verb>, $SRV.<verb>.<name> and $SRV.<verb>.<name>.<id>, as ADR-32 asks.
+    return [s for verb in ("PING", "INFO", "STATS")
+            for s in (subjects.srv_subject(verb), subjects.srv_subject(verb, name),
+                      subjects.srv_subject(verb, name, "*"))]
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
