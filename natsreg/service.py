@@ -34,10 +34,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from . import _deadline, subjects, wire
+from . import _deadline, _dedupe, subjects, wire
 from ._codec import Message, to_bytes
 from ._tasks import background
-from .errors import BUDGET_HEADER, ConfigError, OverloadedError, ServiceError, error_headers
+from .errors import (BUDGET_HEADER, REQUEST_ID_HEADER, ConfigError, OverloadedError,
+                     ServiceError, error_headers)
 
 __all__ = ["Handler", "HealthCheck", "Request", "Service", "ServiceConfig", "announce"]
 
@@ -212,8 +213,13 @@ class Service(anyio.AsyncContextManagerMixin):
         self._in_flight = 0
         self._served = 0
         self._errors = 0
-        # Requests waiting for one of the max_in_flight slots: (endpoint, msg, received at).
-        self._queue: deque[tuple[_Endpoint, Msg, float]] = deque()
+        # Requests waiting for one of the max_in_flight slots:
+        # (endpoint, msg, received at, at-most-once key or None).
+        self._queue: deque[tuple[_Endpoint, Msg, float, tuple[str, str] | None]] = deque()
+        # Recent calls by request id, so that a repeat is never run twice (_dedupe.py).
+        self._calls = _dedupe.Memory()
+        # Requests and $SRV queries refused or read without their id, by reason.
+        self._dropped = {"reply_subject": 0, "request_id": 0}
         self._idle = asyncio.Event()
         self._idle.set()
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
@@ -280,6 +286,18 @@ class Service(anyio.AsyncContextManagerMixin):
     @property
     def health(self) -> wire.Health:
         return self._health
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Requests this instance would not take as sent, by reason: ``reply_subject`` (a
+        reply subject that is no inbox: not served, not answered) and ``request_id`` (an id
+        that is no short printable token: served as if it had none)."""
+        return dict(self._dropped)
+
+    def at_most_once(self) -> dict[str, int]:
+        """What this instance remembers of recent calls by request id, and how often a
+        repeat was answered from it (docs/protocol.md, "At most once")."""
+        return self._calls.stats()
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -368,49 +386,85 @@ class Service(anyio.AsyncContextManagerMixin):
         # requests in its own bounded deque (waiting here instead would leave the rest in
         # nats-py's buffer, unbounded and unseen) and refuses the others at once: a caller
         # then retries on another instance rather than waiting in line.
+        reply = msg.reply
+        if reply and not subjects.is_reply_subject(reply):
+            # Not run either: the reply would go to a subject the requester names on our
+            # behalf (reflection), and no natsreg or nats-py caller waits anywhere but an inbox.
+            self._dropped["reply_subject"] += 1
+            return
+        key = None
+        headers = msg.headers
+        if headers:
+            request_id = headers.get(REQUEST_ID_HEADER)
+            if request_id is not None:
+                if _dedupe.is_valid_id(request_id):
+                    key = (endpoint.name, request_id)
+                    # Before the overload check: a repeat of a call this instance has must
+                    # be answered here, not refused and retried on an instance that lacks it.
+                    known = self._calls.begin(key, reply, time.monotonic())
+                    if known is not None:
+                        if known is not _dedupe.JOINED and reply:
+                            await _quietly(self._nc.publish(
+                                reply, known[0], headers=known[1]), "reply")  # type: ignore[arg-type]
+                        return
+                else:
+                    self._dropped["request_id"] += 1
         if self._in_flight >= self.config.max_in_flight:
             if len(self._queue) < self.config.max_queued:
-                self._queue.append((endpoint, msg, time.monotonic()))
+                self._queue.append((endpoint, msg, time.monotonic(), key))
             else:
+                if key is not None:
+                    self._calls.abandon(key)
                 self._count_error(endpoint, "503: overloaded")
-                if msg.reply:
+                if reply:
                     await _quietly(self._nc.publish(
-                        msg.reply, b"", headers=error_headers(OverloadedError())), "reply")
+                        reply, b"", headers=error_headers(OverloadedError())), "reply")
             return
-        self._start(endpoint, msg, None)
+        self._start(endpoint, msg, None, key)
 
-    def _start(self, endpoint: _Endpoint, msg: Msg, received: float | None) -> None:
+    def _start(self, endpoint: _Endpoint, msg: Msg, received: float | None,
+               key: tuple[str, str] | None) -> None:
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle.clear()
-        task = _new_task(self._handle(endpoint, msg, received))
+        task = _new_task(self._handle(endpoint, msg, received, key))
         # The task removes itself when it ends: a done callback would cost one more
         # callback scheduled through the event loop per request. Started eagerly, it may
         # have ended already, and must not be added then.
         if not task.done():
             self._handlers.add(task)
 
-    async def _handle(self, endpoint: _Endpoint, msg: Msg, received: float | None) -> None:
+    async def _handle(self, endpoint: _Endpoint, msg: Msg, received: float | None,
+                      key: tuple[str, str] | None) -> None:
         try:
-            await self._serve_one(endpoint, msg, received)
+            await self._serve_one(endpoint, msg, received, key)
         finally:
             self._handlers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
-    async def _serve_one(self, endpoint: _Endpoint, msg: Msg, received: float | None) -> None:
+    async def _serve_one(self, endpoint: _Endpoint, msg: Msg, received: float | None,
+                         key: tuple[str, str] | None) -> None:
         started = time.perf_counter_ns()
         headers: dict[str, str] | None = None
+        deadline = None
+        # Whether a repeat must get this reply rather than a new run: not when nothing ran, or
+        # when the handler itself said that trying again is safe.
+        remember = True
         try:
             request = Request(msg, received)
-            if request.deadline is not None:
-                if request.deadline <= time.monotonic():
+            deadline = request.deadline
+            if deadline is not None:
+                if deadline <= time.monotonic():
                     # The caller has given up: its work is not started.
+                    remember = False
                     raise ServiceError("deadline exceeded before the handler started",
                                        code=504)
-                _deadline.current.set(request.deadline)
+                _deadline.current.set(deadline)
             data = to_bytes(await endpoint.handler(request))
         except ServiceError as exc:
             data, headers = b"", error_headers(exc)
             self._count_error(endpoint, f"{exc.code}: {exc.description}")
+            if exc.retryable:
+                remember = False
         except Exception as exc:
             log.exception("%s.%s: handler failed", self.config.name, endpoint.name)
             error = ServiceError(f"{type(exc).__name__}: {exc}", code=500)
@@ -425,6 +479,12 @@ class Service(anyio.AsyncContextManagerMixin):
                 self._start(*self._queue.popleft())
             elif self._in_flight == 0:
                 self._idle.set()
+        if key is not None:
+            now = time.monotonic()
+            for waiter in self._calls.finish(
+                    key, data, headers, remember=remember,
+                    expires_at=_dedupe.remember_until(deadline, now), now=now):
+                await _quietly(self._nc.publish(waiter, data, headers=headers), "reply")
         if msg.reply:
             await _quietly(self._nc.publish(msg.reply, data, headers=headers), "reply")
 
@@ -514,7 +574,8 @@ class Service(anyio.AsyncContextManagerMixin):
             for verb, reply in (("PING", self._ping), ("INFO", self._info),
                                 ("STATS", self._stats)):
                 subs.append(await self._nc.subscribe(
-                    subjects.srv_subject(verb, *tokens), cb=_replier(self._nc, reply)))
+                    subjects.srv_subject(verb, *tokens),
+                    cb=_replier(self._nc, reply, self._dropped)))
             subs.append(await self._nc.subscribe(
                 subjects.control_subject(prefix, "discover", *tokens), cb=self._on_discover))
         return subs
@@ -604,10 +665,17 @@ async def _unset_handler(request: Request) -> Any:
     raise ServiceError("endpoint has no handler", code=501)
 
 
-def _replier(nc: NATS, build: Callable[[], msgspec.Struct]) -> Callable[[Msg], Awaitable[None]]:
+def _replier(nc: NATS, build: Callable[[], msgspec.Struct], dropped: dict[str, int]
+             ) -> Callable[[Msg], Awaitable[None]]:
     async def reply(msg: Msg) -> None:
-        if msg.reply:
-            await _quietly(nc.publish(msg.reply, wire.encode(build())), "$SRV reply")
+        if not msg.reply:
+            return
+        if not subjects.is_reply_subject(msg.reply):
+            # Anyone may ask, so an INFO reply aimed at a service's subject would be a
+            # reflection: refused, like an endpoint request (Service.dropped).
+            dropped["reply_subject"] += 1
+            return
+        await _quietly(nc.publish(msg.reply, wire.encode(build())), "$SRV reply")
 
     return reply
 
