@@ -47,6 +47,11 @@ PROBE_SHARE = 0.01
 OUTLIER_RATIO = 3.0
 #: ...but for one probe call per this interval.
 PROBE_INTERVAL_S = 1.0
+#: After "no responders" on an instance's direct subject (nobody subscribes there, whatever its
+#: heartbeats say), the instance is avoided this long; each further one doubles the time...
+AVOID_FIRST_S = 1.0
+#: ...up to this. An answer from it ends the avoidance.
+AVOID_MAX_S = 60.0
 
 
 class _Candidate(Protocol):
@@ -57,21 +62,40 @@ class _Candidate(Protocol):
 class InstanceStats:
     """What this client knows of one instance from its own calls."""
 
-    __slots__ = ("avoid_seq", "calls", "ewma_s", "failures", "in_flight", "probed_at")
+    __slots__ = ("avoid_s", "avoid_seq", "avoid_until", "calls", "ewma_s", "failures",
+                 "in_flight", "probed_at")
 
     def __init__(self) -> None:
         self.in_flight = 0
         #: After a call got no answer, the instance's sequence number then: it is avoided
         #: until a newer heartbeat shows it alive.
         self.avoid_seq = -1
+        #: After "no responders" on its direct subject: avoided until this time (monotonic),
+        #: its heartbeats notwithstanding, for a time that doubles while it stays unserved.
+        self.avoid_until = float("-inf")
+        self.avoid_s = 0.0
         #: 0.0 until the first reply: an instance never called counts as fast, so it is tried.
         self.ewma_s = 0.0
         self.calls = 0
         self.failures = 0
         self.probed_at = float("-inf")
 
+    def unserved(self, now: float) -> None:
+        """Nobody serves its direct subject: avoid it for ``AVOID_FIRST_S``, doubling on each
+        repeat up to ``AVOID_MAX_S``. A fake announcement (or an instance that lost its
+        subscriptions) heartbeats on, so a newer heartbeat proves nothing here."""
+        self.avoid_s = min(AVOID_MAX_S, max(AVOID_FIRST_S, self.avoid_s * 2))
+        self.avoid_until = now + self.avoid_s
+
+    def sound(self, seq: int, now: float) -> bool:
+        """Not avoided: no unanswered call since its heartbeat ``seq``, and its direct subject
+        is served as far as this client knows."""
+        return seq > self.avoid_seq and now >= self.avoid_until
+
     def observe(self, latency_s: float) -> None:
-        """Fold one reply's latency into the EWMA."""
+        """Fold one reply's latency into the EWMA; an answer ends any avoidance."""
+        self.avoid_s = 0.0
+        self.avoid_until = float("-inf")
         if self.ewma_s == 0.0:
             self.ewma_s = latency_s
         else:

@@ -16,14 +16,22 @@ goodbye heard directly drops the instance one hop earlier than the registry's ``
 Sequence numbers order everything: an older message never overwrites a newer one, and an
 instance that said goodbye never comes back. Plain ADR-32 instances (``kind == "micro"``) do
 not heartbeat: they stay until the registry says ``down``.
+
+Any message may come from anyone who can publish (docs/protocol.md, "The client's view and how
+it heals"), so :meth:`Catalog.hear` drops what is malformed, oversized, or says it speaks for
+another service or instance than its subject names, counted by reason in ``dropped``; and it
+tells its caller when the view must be reconciled with a registry snapshot
+(:meth:`Catalog.reconcile`): a gap in a node's chain of events, an event from a node no
+snapshot came from, a new instance, or a heartbeat from an instance the view does not hold.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
@@ -33,6 +41,22 @@ from . import wire
 #: not exhaust a caller's memory).
 MAX_INSTANCES_PER_SERVICE = 10_000
 _MAX_TOMBSTONES = 4096
+#: Registry nodes whose chain of events one service's view follows; beyond this the oldest is
+#: forgotten (a deployment runs a handful of nodes).
+MAX_NODES_PER_SERVICE = 16
+#: An event repeats an instance's view (at most an announcement's ``wire.MAX_CONTROL_BYTES``)
+#: plus a few fields of its own.
+MAX_EVENT_BYTES = wire.MAX_CONTROL_BYTES + 1024
+
+#: What :meth:`Catalog.hear` made of a message: dropped, taken, or taken but the view must be
+#: reconciled with a registry snapshot.
+Heard = Literal["dropped", "taken", "reconcile"]
+
+# How an instance left the view, which says what may bring it back:
+# - heard on its own bye subject: never (only that service's credentials may publish there);
+# - a registry event said goodbye: a reconcile only (the event may have been forged);
+# - any other down event, a reconcile without it, or local expiry: a newer sequence number.
+_Gone = Literal["bye", "goodbye", "down", "expired"]
 
 
 @dataclass(slots=True)
@@ -45,12 +69,23 @@ class Catalog:
     """Instances per service name, as this client last heard of them."""
 
     def __init__(self, *, missed_heartbeats: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_lost: Callable[[str], None] | None = None) -> None:
         self.missed_heartbeats = missed_heartbeats
         self._clock = clock
+        #: Called with an instance's id when it leaves the view for any reason but a
+        #: goodbye (a ``down`` event, local expiry): it died, and calls in flight there
+        #: will get no answer.
+        self.on_lost = on_lost
         self._services: dict[str, dict[str, _Entry]] = {}
-        # id -> (last seq, said goodbye): keeps late messages from reviving an instance.
-        self._tombstones: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        # id -> (last seq, how it left): keeps late messages from reviving an instance.
+        self._tombstones: OrderedDict[str, tuple[int, _Gone]] = OrderedDict()
+        # service -> node -> revision of the last event taken from it (None: none since the
+        # node's snapshot). Only nodes a snapshot came from are here.
+        self._chains: dict[str, OrderedDict[str, int | None]] = {}
+        #: Messages dropped, by reason: malformed, oversized, subject_mismatch, wrong_kind,
+        #: unknown_node (an event from a node no snapshot came from: not applied).
+        self.dropped: Counter[str] = Counter()
         #: Rises on every change of membership, health, version or metadata: callers cache
         #: their candidate lists against it.
         self.revision = 0
@@ -61,34 +96,119 @@ class Catalog:
     def track(self, service: str) -> None:
         """Start holding ``service`` (even with no instance yet)."""
         self._services.setdefault(service, {})
+        self._chains.setdefault(service, OrderedDict())
 
     def forget(self, service: str) -> None:
         """Stop holding ``service``."""
+        self._chains.pop(service, None)
         if self._services.pop(service, None):
             self.revision += 1
+
+    def hear(self, verb: str, tokens: Sequence[str], data: bytes) -> Heard:
+        """One message heard on ``<prefix>.<verb>.<tokens>``: ``events.<name>``,
+        ``hb.<name>.<id>`` or ``bye.<name>.<id>``. Dropped (and counted) when it cannot be
+        read or its body speaks for another service or instance than its subject names."""
+        if verb == "events":
+            if len(data) > MAX_EVENT_BYTES:
+                return self._drop("oversized")
+            try:
+                event = wire.decode_event(data)
+            except wire.MALFORMED:
+                return self._drop("malformed")
+            if len(tokens) != 1 or event.instance.name != tokens[0]:
+                return self._drop("subject_mismatch")
+            return self.apply_event(event)
+        if len(data) > wire.MAX_CONTROL_BYTES:
+            return self._drop("oversized")
+        try:
+            message = wire.decode_control(data)
+        except wire.MALFORMED:
+            return self._drop("malformed")
+        if len(tokens) != 2 or message.name != tokens[0] or message.id != tokens[1]:
+            return self._drop("subject_mismatch")
+        if verb == "hb" and isinstance(message, wire.Heartbeat):
+            return self.apply_heartbeat(message)
+        if verb == "bye" and isinstance(message, wire.Goodbye):
+            self.apply_goodbye(message)
+            return "taken"
+        return self._drop("wrong_kind")
 
     def tracks(self, service: str) -> bool:
         return service in self._services
 
-    def apply_snapshot(self, snapshot: wire.Snapshot) -> None:
-        """Take a registry snapshot; each instance is as fresh as its ``age_s`` says."""
+    def apply_snapshot(self, snapshot: wire.Snapshot, service: str | None = None) -> None:
+        """Take a registry snapshot (the first one of a view, of ``service`` or of all);
+        each instance is as fresh as its ``age_s`` says. Its node's events are believed from
+        now on."""
+        for name in {service} if service is not None else {v.name for v in snapshot.instances}:
+            self._believe(name, snapshot.node)
         for view in snapshot.instances:
             self._upsert(view)
 
-    def apply_event(self, event: wire.Event) -> None:
-        """Take one registry change event."""
-        if event.kind == "down":
-            self._remove(event.instance.name, event.instance.id, event.instance.seq,
-                         said_goodbye=event.reason == "goodbye")
-        else:
-            self._upsert(event.instance)
-
-    def apply_heartbeat(self, beat: wire.Heartbeat) -> None:
-        """A heartbeat heard directly: refreshes a known instance; an unknown one waits for
-        the registry's ``up`` event (a heartbeat lacks version, endpoints and metadata)."""
-        entry = self._services.get(beat.name, {}).get(beat.id)
-        if entry is None or beat.seq <= entry.view.seq:
+    def reconcile(self, service: str, snapshot: wire.Snapshot) -> None:
+        """Make ``service`` match a registry snapshot of it: instances missing from it leave,
+        those in it come back as it describes them, even over a ``down`` event or a newer
+        sequence number heard meanwhile (both may have been forged); only an instance heard
+        saying goodbye on its own subject stays gone. A snapshot of a node that is still
+        warming up is no reference: the caller must not pass one."""
+        entries = self._services.get(service)
+        if entries is None:
             return
+        self._believe(service, snapshot.node)
+        listed = {v.id: v for v in snapshot.instances if v.name == service}
+        for instance_id in [i for i in entries if i not in listed]:
+            self._bury(instance_id, entries.pop(instance_id).view.seq, "down")
+            self.revision += 1
+        for view in listed.values():
+            tomb = self._tombstones.get(view.id)
+            if tomb is not None and tomb[1] == "bye":
+                continue
+            self._tombstones.pop(view.id, None)
+            entries.pop(view.id, None)
+            self._upsert(view)
+        self.revision += 1
+
+    def apply_event(self, event: wire.Event) -> Heard:
+        """Take one registry change event, if its node is one a snapshot came from.
+
+        ``reconcile`` when the event does not follow the last one taken from its node
+        (``prev_revision``: an event was missed, or this one was never published by the
+        node), when its node is unknown (not applied), or when it brings an instance the
+        view did not hold (a forged ``up`` would otherwise stand until the next gap).
+        """
+        service = event.instance.name
+        chain = self._chains.get(service)
+        if chain is None:
+            return "taken"  # not a service this client calls
+        if event.node not in chain:
+            self.dropped["unknown_node"] += 1
+            return "reconcile"
+        last = chain[event.node]
+        chain[event.node] = event.revision
+        gap = last is not None and event.prev_revision != last
+        instance = event.instance
+        if event.kind == "down":
+            goodbye = event.reason == "goodbye"
+            self._remove(service, instance.id, instance.seq,
+                         gone="goodbye" if goodbye else "down", lost=not goodbye)
+            return "reconcile" if gap else "taken"
+        held = instance.id in self._services[service]
+        self._upsert(instance)
+        return "reconcile" if gap or not held else "taken"
+
+    def apply_heartbeat(self, beat: wire.Heartbeat) -> Heard:
+        """A heartbeat heard directly: refreshes a known instance. One the view does not
+        hold asks for a reconcile (a heartbeat lacks version, endpoints and metadata): it
+        is new, or was removed by a lost or forged event; unless it said goodbye itself."""
+        entries = self._services.get(beat.name)
+        if entries is None:
+            return "taken"
+        entry = entries.get(beat.id)
+        if entry is None:
+            tomb = self._tombstones.get(beat.id)
+            return "taken" if tomb is not None and tomb[1] == "bye" else "reconcile"
+        if beat.seq <= entry.view.seq:
+            return "taken"
         view = entry.view
         if view.health != beat.health:
             self.revision += 1
@@ -96,10 +216,12 @@ class Catalog:
         now = self._clock()
         view.age_s = 0.0
         entry.expires_at = self._expiry(view, now)
+        return "taken"
 
     def apply_goodbye(self, bye: wire.Goodbye) -> None:
-        """A goodbye heard directly: the instance is gone now."""
-        self._remove(bye.name, bye.id, bye.seq, said_goodbye=True)
+        """A goodbye heard directly: the instance is gone now (its calls in flight still
+        end: a stopping instance drains)."""
+        self._remove(bye.name, bye.id, bye.seq, gone="bye", lost=False)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -117,10 +239,32 @@ class Catalog:
     def services(self) -> list[str]:
         return list(self._services)
 
+    @property
+    def next_expiry(self) -> float:
+        """No instance expires before this time (on the catalog's clock)."""
+        return self._next_expiry
+
+    def expire(self) -> None:
+        """Drop the instances whose time is up (reading the catalog does this too)."""
+        self._expire()
+
     # -- rules -------------------------------------------------------------------------------
 
+    def _drop(self, reason: str) -> Heard:
+        self.dropped[reason] += 1
+        return "dropped"
+
+    def _believe(self, service: str, node: str) -> None:
+        chain = self._chains.get(service)
+        if chain is None or node in chain:
+            return
+        chain[node] = None
+        if len(chain) > MAX_NODES_PER_SERVICE:
+            chain.popitem(last=False)
+
     def _expiry(self, view: wire.InstanceView, heard_at: float) -> float:
-        if view.kind != "natsreg" or view.heartbeat_s <= 0:
+        # Every natsreg instance expires, whatever interval it announced: the rule clamps it.
+        if view.kind != "natsreg":
             return float("inf")
         return heard_at + wire.silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
 
@@ -129,7 +273,7 @@ class Catalog:
         if entries is None:
             return  # not a service this client calls
         tomb = self._tombstones.get(view.id)
-        if tomb is not None and (tomb[1] or view.seq <= tomb[0]):
+        if tomb is not None and (tomb[1] in ("bye", "goodbye") or view.seq <= tomb[0]):
             return
         old = entries.get(view.id)
         if old is not None and view.seq <= old.view.seq and view.seq != 0:
@@ -147,15 +291,18 @@ class Catalog:
         self._next_expiry = min(self._next_expiry, expires_at)
         self.revision += 1
 
-    def _remove(self, service: str, instance_id: str, seq: int, *, said_goodbye: bool) -> None:
-        self._bury(instance_id, seq, said_goodbye)
+    def _remove(self, service: str, instance_id: str, seq: int, *, gone: _Gone,
+                lost: bool) -> None:
+        self._bury(instance_id, seq, gone)
         entries = self._services.get(service)
         if entries is not None and entries.pop(instance_id, None) is not None:
             self.revision += 1
+            if lost and self.on_lost is not None:
+                self.on_lost(instance_id)
 
-    def _bury(self, instance_id: str, seq: int, said_goodbye: bool) -> None:
+    def _bury(self, instance_id: str, seq: int, gone: _Gone) -> None:
         # The oldest tombstones go first: bounded, whatever the churn.
-        self._tombstones[instance_id] = (seq, said_goodbye)
+        self._tombstones[instance_id] = (seq, gone)
         self._tombstones.move_to_end(instance_id)
         if len(self._tombstones) > _MAX_TOMBSTONES:
             self._tombstones.popitem(last=False)
@@ -167,8 +314,10 @@ class Catalog:
         next_expiry = float("inf")
         for entries in self._services.values():
             for instance_id in [i for i, e in entries.items() if e.expires_at <= now]:
-                self._bury(instance_id, entries.pop(instance_id).view.seq, False)
+                self._bury(instance_id, entries.pop(instance_id).view.seq, "expired")
                 self.revision += 1
+                if self.on_lost is not None:
+                    self.on_lost(instance_id)
             for e in entries.values():
                 next_expiry = min(next_expiry, e.expires_at)
         self._next_expiry = next_expiry

@@ -30,6 +30,14 @@ _STATUS = "Status"
 _NO_RESPONDERS = "503"
 
 
+class Abandoned(Exception):
+    """The request's group was abandoned (:meth:`ReplyMux.abandon`) before its reply came."""
+
+
+# Resolves the future of an abandoned request; never a real reply.
+_ABANDONED = Msg(None, subject="")  # type: ignore[arg-type]
+
+
 class _Dispatch:
     """Stands in for the future of nats-py's ``subscribe(..., future=...)``.
 
@@ -70,13 +78,19 @@ class ReplyMux:
         # Armed at or before every waiting deadline, so that none is missed.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        # group -> the reply subjects of its requests in flight (see abandon()).
+        self._groups: dict[str, set[str]] = {}
         self._lock: asyncio.Lock | None = None
         #: Set by aclose(): the client sends with nc.request from then on.
         self.closed = False
 
     async def request(self, subject: str, payload: bytes, timeout: float,
-                      headers: dict[str, str] | None) -> Msg:
-        """What ``nc.request(subject, payload, timeout=timeout, headers=headers)`` does."""
+                      headers: dict[str, str] | None, group: str | None = None) -> Msg:
+        """What ``nc.request(subject, payload, timeout=timeout, headers=headers)`` does.
+
+        With ``group`` (an instance id), :meth:`abandon` of that group ends the wait at once
+        with :class:`Abandoned`.
+        """
         if self._sub is None or self._nc.is_closed:
             await self._subscribe()
         reply = self._prefix + str(next(self._tokens))
@@ -86,19 +100,47 @@ class ReplyMux:
         self._waiting[reply] = (future, deadline)
         if deadline < self._timer_at:
             self._arm(loop, deadline)
+        members = None
+        if group is not None:
+            members = self._groups.get(group)
+            if members is None:
+                members = self._groups[group] = set()
+            members.add(reply)
         try:
             await self._nc.publish(subject, payload, reply=reply, headers=headers)
             msg = await future
         finally:
             del self._waiting[reply]
+            if members is not None:
+                members.discard(reply)
+                # abandon() may have dropped this set already, and a newer one taken its place.
+                if not members and self._groups.get(group) is members:  # type: ignore[arg-type]
+                    del self._groups[group]  # type: ignore[index]
             # Resolved already unless publish raised or the caller was cancelled; aclose()
             # waits on these futures, so none may stay pending.
             future.cancel()
         if msg is None:
             raise nats.errors.TimeoutError
+        if msg is _ABANDONED:
+            raise Abandoned
         if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
             raise nats.errors.NoRespondersError
         return msg
+
+    def abandon(self, group: str) -> int:
+        """End the wait of every request in flight in ``group`` with :class:`Abandoned`;
+        returns how many there were. A reply that comes later is dropped."""
+        count = 0
+        for reply in self._groups.pop(group, ()):
+            waiting = self._waiting.get(reply)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_result(_ABANDONED)
+                count += 1
+        return count
+
+    def groups(self) -> int:
+        """How many groups have requests in flight."""
+        return len(self._groups)
 
     async def aclose(self) -> None:
         """Let the requests in flight end (each within its own timeout), then unsubscribe.

@@ -8,7 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .errors import (ConfigError, NoInstanceError, RequestTimeoutError, ServiceError)
+from .errors import (ConfigError, NoInstanceError, OutcomeUnknownError, RequestTimeoutError,
+                     ServiceError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,8 +17,9 @@ class RetryPolicy:
     """When and how a failed call is sent again; set per client and per call.
 
     Only failures that are safe to repeat are retried: "no responders" (nothing received the
-    request), a timeout when the endpoint is idempotent, and a service error the service marked
-    retryable (overload among them). Every retry goes to another instance when there is one.
+    request), a timeout or an outcome unknown (the instance went down mid-call) when the
+    instance that ran it declares the endpoint idempotent, and a service error the service
+    marked retryable (overload among them). Every retry goes to another instance when there is one.
 
     The defaults keep a caller safe from one bad instance without hiding a broken service:
     three attempts, a first backoff of a few milliseconds (a retry goes elsewhere, so waiting
@@ -67,7 +69,8 @@ def is_retryable(exc: BaseException, idempotent: bool) -> bool:
     """Whether sending the request again is safe after ``exc``."""
     if isinstance(exc, NoInstanceError):
         return True
-    if isinstance(exc, RequestTimeoutError):
+    if isinstance(exc, (RequestTimeoutError, OutcomeUnknownError)):
+        # Either way the handler may have run: only an idempotent call may run again.
         return idempotent
     if isinstance(exc, ServiceError):
         return exc.retryable

@@ -22,6 +22,9 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import itertools
+import math
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -40,11 +43,13 @@ from ._balance import STRATEGIES, Balancer, InstanceStats, check_strategy
 from ._breaker import Breaker, BreakerConfig
 from ._catalog import Catalog
 from ._codec import Message, to_bytes
-from ._mux import ReplyMux
+from ._healing import Reconciler
+from ._mux import Abandoned, ReplyMux
 from ._retry import RetryPolicy, is_retryable
 from ._semver import Constraint, parse_constraint
-from .errors import (BUDGET_HEADER, BulkheadFullError, CircuitOpenError, ConfigError,
-                     NoInstanceError, RequestError, RequestTimeoutError, ServiceError)
+from .errors import (BUDGET_HEADER, REQUEST_ID_HEADER, BulkheadFullError, CircuitOpenError,
+                     ConfigError, NoInstanceError, OutcomeUnknownError, RequestError,
+                     RequestTimeoutError, ServiceError)
 
 __all__ = ["STRATEGIES", "BreakerConfig", "Client", "Reply", "RetryPolicy"]
 
@@ -95,7 +100,17 @@ class _Route(NamedTuple):
     subject: str
     instance: wire.InstanceView | None
     breaker: Breaker
+    #: What the instance that will run the call declares (for the queue group: what every
+    #: known instance declares).
     idempotent: bool
+
+
+class _Matches(NamedTuple):
+    instances: list[wire.InstanceView]
+    #: Ids of the instances that declare the endpoint idempotent.
+    idempotent_ids: frozenset[str]
+    #: Every known instance serving the endpoint declares it idempotent (and there is one).
+    all_idempotent: bool
 
 
 class _Tracker:
@@ -164,15 +179,21 @@ class Client(anyio.AsyncContextManagerMixin):
         self.view_wait_s = view_wait_s
         self._nc = nc
         self._clock = clock
-        self._catalog = Catalog(missed_heartbeats=missed_heartbeats, clock=clock)
+        self._catalog = Catalog(missed_heartbeats=missed_heartbeats, clock=clock,
+                                on_lost=self._lost)
+        self._reconciler = Reconciler(
+            functools.partial(self.instances, timeout_s=2.0), self._reconciled, clock=clock)
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        # Request ids: random per client, then a counter, which is unique enough and cheap.
+        self._id_prefix = secrets.token_urlsafe(12) + "-"
+        self._ids = itertools.count(1)
         self._balancer = Balancer(clock=clock)
         self._trackers: dict[str, _Tracker] = {}
         self._stats: dict[str, InstanceStats] = {}
         self._breakers: dict[tuple[str, str], Breaker] = {}
         self._service_in_flight: dict[str, int] = {}
-        # (service, endpoint, subject, constraint, selector) ->
-        #     (catalog revision, matching instances, endpoint declared idempotent)
-        self._matches: dict[tuple[Any, ...], tuple[int, list[wire.InstanceView], bool]] = {}
+        # (service, endpoint, subject, constraint, selector) -> (catalog revision, matches)
+        self._matches: dict[tuple[Any, ...], tuple[int, _Matches]] = {}
         self._mux = ReplyMux(nc)
         self._closed = False
 
@@ -189,7 +210,11 @@ class Client(anyio.AsyncContextManagerMixin):
         on it end, each within its own timeout); safe to call twice. Calls still work after,
         on the queue group and nats-py's own request inbox."""
         self._closed = True
+        await self._reconciler.aclose()
         await self._mux.aclose()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         trackers, self._trackers = self._trackers, {}
         for tracker in trackers.values():
             if tracker.task is not None:
@@ -227,13 +252,17 @@ class Client(anyio.AsyncContextManagerMixin):
         ``payload`` may be bytes (sent untouched), str, None, or anything msgspec encodes
         to JSON (dict, list, Struct, dataclass). Raises :class:`~natsreg.NoInstanceError`,
         :class:`~natsreg.RequestTimeoutError`, :class:`~natsreg.ServiceError`,
-        :class:`~natsreg.CircuitOpenError` or :class:`~natsreg.BulkheadFullError`.
+        :class:`~natsreg.CircuitOpenError`, :class:`~natsreg.BulkheadFullError` or
+        :class:`~natsreg.OutcomeUnknownError` (the instance went down before it answered).
 
         ``subject`` is ``service.endpoint``, or ``service@constraint.endpoint`` to reach only
         instances whose version satisfies the constraint (``user-service@^1.2.users``);
         ``select`` keeps only instances whose metadata holds every given pair. ``strategy``
         is one of :data:`STRATEGIES` (``key`` is the sticky key); ``retry`` replaces the
-        client's policy for this call; ``idempotent`` overrides what the endpoint declares.
+        client's policy for this call; ``idempotent`` overrides what the instance that runs
+        the call declares for the endpoint. Every attempt carries the same
+        ``Natsreg-Request-Id`` header (``headers`` may set it; else a fresh one per call), by
+        which a service answers a repeat with its first result.
         ``timeout_s`` bounds the whole call, retries included, and never exceeds the deadline
         of the request being handled when called from inside a handler. ``fallback(error)``
         runs instead of failing fast (open breaker, full bulkhead); its return value becomes
@@ -278,6 +307,9 @@ class Client(anyio.AsyncContextManagerMixin):
                 for i, s in self._stats.items()
             },
             "breakers": {f"{a}/{b}": br.snapshot() for (a, b), br in self._breakers.items()},
+            # View messages dropped by reason, and reconciles with a registry snapshot.
+            "dropped": dict(self._catalog.dropped),
+            "reconciled": dict(self._reconciler.applied),
         }
 
     # -- one call ----------------------------------------------------------------------------
@@ -292,12 +324,22 @@ class Client(anyio.AsyncContextManagerMixin):
                 f"{in_flight} calls to {bulkhead!r} are already in flight from this client "
                 f"(max_in_flight={self.max_in_flight}); not sent", subject=target.subject)
         self._service_in_flight[bulkhead] = in_flight + 1
+        request_id = headers.get(REQUEST_ID_HEADER) if headers else None
+        if not request_id:
+            request_id = f"{self._id_prefix}{next(self._ids)}"
         tried: list[str] = []
         attempt = 0
+        # Every direct attempt so far found nobody subscribed: the queue group is the last try.
+        unserved = True
+        fallback = False
         try:
             while True:
                 attempt += 1
-                route = self._route(target, strategy, key, select, tried, False)
+                if fallback:
+                    route = self._queue_route(
+                        target.subject, self._matching(target, select).all_idempotent)
+                else:
+                    route = self._route(target, strategy, key, select, tried, False)
                 if route is None:
                     await self._has_view(target.service, deadline)  # type: ignore[arg-type]
                     route = self._route(target, strategy, key, select, tried, True)
@@ -312,8 +354,8 @@ class Client(anyio.AsyncContextManagerMixin):
                         subject=target.subject)
                 attempt_s = policy.attempt_timeout(remaining, attempt, retry_timeouts)
                 budget = str(int(attempt_s * 1000))
-                sent = ({**headers, BUDGET_HEADER: budget} if headers
-                        else {BUDGET_HEADER: budget})
+                sent = ({**headers, BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id}
+                        if headers else {BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id})
                 instance = route.instance
                 stats = None
                 if instance is not None:
@@ -322,11 +364,22 @@ class Client(anyio.AsyncContextManagerMixin):
                         stats = self._stats[instance.id] = InstanceStats()
                     stats.in_flight += 1
                     tried.append(instance.id)
+                    if self._expiry_timer is None:
+                        self._watch_expiry()
                 try:
-                    reply = await self._request(route.subject, data, attempt_s, sent)
+                    reply = await self._request(route.subject, data, attempt_s, sent,
+                                                None if instance is None else instance.id)
                 except RequestError as exc:
                     self._failed(route, stats, exc)
-                    if attempt >= policy.attempts or not is_retryable(exc, retry_timeouts):
+                    unserved = unserved and instance is not None and isinstance(
+                        exc, NoInstanceError)
+                    if (unserved and attempt >= policy.attempts and target.constraint is None
+                            and not select):
+                        # Nobody subscribed on any direct subject tried (instances that
+                        # announce but never serve): nothing ran, and the queue group
+                        # reaches whoever truly serves.
+                        fallback, unserved = True, False
+                    elif attempt >= policy.attempts or not is_retryable(exc, retry_timeouts):
                         raise
                     delay = policy.backoff(attempt)
                     if self._clock() + delay >= deadline:
@@ -359,11 +412,16 @@ class Client(anyio.AsyncContextManagerMixin):
             stats.calls += 1
             if silent or (isinstance(exc, ServiceError) and exc.code >= 500):
                 stats.failures += 1
-            if silent:
+            if isinstance(exc, NoInstanceError):
+                stats.unserved(self._clock())
+            elif silent:
                 # Not chosen again until it proves it is alive with a heartbeat newer than
                 # what we knew: a frozen or killed instance never does, and leaves the view at
                 # expiry; a merely slow one is back within one heartbeat.
                 stats.avoid_seq = route.instance.seq
+            if silent:
+                # It may have gone without the view hearing of it (a lost event).
+                self._heal(route.instance.name)
 
     def _route(self, target: _Target, strategy: str, key: str | None,
                select: tuple[tuple[str, str], ...], tried: list[str], settled: bool
@@ -390,16 +448,16 @@ class Client(anyio.AsyncContextManagerMixin):
                     f"node on prefix {self.prefix!r} ('natsreg registry')",
                     subject=target.subject)
             return self._queue_route(target.subject, False)
-        matches, idempotent = self._matching(target, select)
-        if not matches:
+        matches = self._matching(target, select)
+        if not matches.instances:
             if narrowed:
                 raise NoInstanceError(
                     f"no instance of {target.service!r} matches "
                     f"{_describe(target, select)}", subject=target.subject)
             # The registry may not know the instance yet, or it is a plain ADR-32 service
             # (no direct subject): NATS' queue group still knows who serves.
-            return self._queue_route(target.subject, idempotent)
-        return self._instance_route(target, strategy, key, matches, tried, idempotent)
+            return self._queue_route(target.subject, matches.all_idempotent)
+        return self._instance_route(target, strategy, key, matches, tried)
 
     def _queue_route(self, subject: str, idempotent: bool) -> _Route:
         breaker = self._breaker("queue", subject)
@@ -410,9 +468,9 @@ class Client(anyio.AsyncContextManagerMixin):
         return _Route(subject, None, breaker, idempotent)
 
     def _instance_route(self, target: _Target, strategy: str, key: str | None,
-                        matches: list[wire.InstanceView], tried: list[str],
-                        idempotent: bool) -> _Route:
+                        found: _Matches, tried: list[str]) -> _Route:
         endpoint = target.endpoint or ""
+        matches = found.instances
         usable = [m for m in matches if self._breaker(m.id, endpoint).available()]
         if not usable:
             retry_at = min(self._breaker(m.id, endpoint).retry_at for m in matches)
@@ -428,31 +486,34 @@ class Client(anyio.AsyncContextManagerMixin):
             # Preferred: healthy, not avoided since a failure, not tried in this call. Each
             # rule is dropped in turn when nothing is left: a doubtful instance beats none.
             fresh = [m for m in usable if m.id not in tried] or usable
-            candidates = [m for m in fresh if self._sound(m)] or fresh
+            now = self._clock()
+            candidates = [m for m in fresh if self._sound(m, now)] or fresh
         chosen = self._balancer.pick(
             "auto" if strategy == "queue" else strategy,
             candidates, self._stats, key=key, group=target.subject)
         breaker = self._breaker(chosen.id, endpoint)
         breaker.allow()
+        # Idempotence is what the instance that runs the call declares: another instance (a
+        # fake one, say) saying so must not make this one's timeouts retried.
         return _Route(subjects.direct_subject(self.prefix, chosen.name, chosen.id, endpoint),
-                      chosen, breaker, idempotent)  # type: ignore[arg-type]
+                      chosen, breaker, chosen.id in found.idempotent_ids)  # type: ignore[arg-type]
 
-    def _sound(self, instance: wire.InstanceView) -> bool:
+    def _sound(self, instance: wire.InstanceView, now: float) -> bool:
         if instance.health == "critical":
             return False
         stats = self._stats.get(instance.id)
-        return stats is None or instance.seq > stats.avoid_seq
+        return stats is None or stats.sound(instance.seq, now)
 
-    def _matching(self, target: _Target, select: tuple[tuple[str, str], ...]
-                  ) -> tuple[list[wire.InstanceView], bool]:
+    def _matching(self, target: _Target, select: tuple[tuple[str, str], ...]) -> _Matches:
         assert target.service is not None
         instances = self._catalog.instances(target.service)
         cache_key = (target.service, target.endpoint, target.subject, target.constraint, select)
         cached = self._matches.get(cache_key)
         if cached is not None and cached[0] == self._catalog.revision:
-            return cached[1], cached[2]
+            return cached[1]
         matches = []
-        idempotent = False
+        idempotent_ids = []
+        serving = 0
         for i in instances:
             if target.constraint is not None and not target.constraint.matches(i.version):
                 continue
@@ -463,14 +524,18 @@ class Client(anyio.AsyncContextManagerMixin):
                 # names the endpoint itself.
                 if e.name == target.endpoint and (
                         target.constraint is not None or e.subject == target.subject):
-                    idempotent = idempotent or e.idempotent
+                    serving += 1
+                    if e.idempotent:
+                        idempotent_ids.append(i.id)
                     if i.kind == "natsreg":  # plain ADR-32 services have no direct subject
                         matches.append(i)
                     break
         if len(self._matches) > 4096:
             self._matches.clear()
-        self._matches[cache_key] = (self._catalog.revision, matches, idempotent)
-        return matches, idempotent
+        found = _Matches(matches, frozenset(idempotent_ids),
+                         serving > 0 and len(idempotent_ids) == serving)
+        self._matches[cache_key] = (self._catalog.revision, found)
+        return found
 
     def _breaker(self, target: str, endpoint: str) -> Breaker:
         breaker = self._breakers.get((target, endpoint))
@@ -520,7 +585,7 @@ class Client(anyio.AsyncContextManagerMixin):
                     tracker.subs.append(await self._nc.subscribe(
                         subjects.control_subject(self.prefix, verb, *tokens), cb=on_message))
             # Subscribed first, then asked: no change between the two can be missed.
-            self._catalog.apply_snapshot(await self.instances(service, timeout_s=2.0))
+            self._catalog.apply_snapshot(await self.instances(service, timeout_s=2.0), service)
             tracker.available = True
         except (RequestError, OSError, nats.errors.Error):
             # No registry (or a slow one), or the connection closed meanwhile: plain
@@ -535,31 +600,65 @@ class Client(anyio.AsyncContextManagerMixin):
             tracker.task = None
 
     async def _on_view_message(self, tracker: _Tracker, msg: Msg) -> None:
-        try:
-            if ".events." in msg.subject:
-                self._catalog.apply_event(wire.decode_event(msg.data))
-                # An event proves a registry runs: the view fills in from its events.
-                tracker.available = True
-                return
-            message = wire.decode_control(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        # Subscribed to <prefix>.events.<name>, <prefix>.hb.<name>.* and <prefix>.bye.<name>.*:
+        # what follows the prefix is the verb and the identity the message must match.
+        verb, *tokens = msg.subject[len(self.prefix) + 1:].split(".")
+        heard = self._catalog.hear(verb, tokens, msg.data)
+        if heard == "dropped":
             return
-        if isinstance(message, wire.Heartbeat):
-            self._catalog.apply_heartbeat(message)
-        elif isinstance(message, wire.Goodbye):
-            self._catalog.apply_goodbye(message)
+        if verb == "events":
+            # An event shows a registry runs: the view fills in from its events.
+            tracker.available = True
+        if heard == "reconcile" and (tracker.available or verb == "events"):
+            self._heal(tokens[0])
+
+    def _heal(self, service: str) -> None:
+        # Reconcile the view of ``service`` with a registry snapshot, soon (rate-limited).
+        if not self._closed and service in self._trackers:
+            self._reconciler.request(service)
+
+    def _reconciled(self, service: str, snapshot: wire.Snapshot) -> None:
+        tracker = self._trackers.get(service)
+        if tracker is not None:
+            self._catalog.reconcile(service, snapshot)
+            tracker.available = True
+
+    def _lost(self, instance_id: str) -> None:
+        # The instance died (not a goodbye: a stopping instance still answers what it got).
+        # Whatever it was running for us will never be answered.
+        self._mux.abandon(instance_id)
+
+    def _watch_expiry(self) -> None:
+        # Instances otherwise expire when a call reads the catalog; with calls in flight, an
+        # instance's expiry must end them (outcome unknown) even if no new call comes.
+        when = self._catalog.next_expiry
+        if self._expiry_timer is None and when != math.inf and not self._closed:
+            self._expiry_timer = asyncio.get_running_loop().call_later(
+                max(when - self._clock(), 0.0) + 0.001, self._expiry_tick)
+
+    def _expiry_tick(self) -> None:
+        self._expiry_timer = None
+        self._catalog.expire()
+        if self._mux.groups():
+            self._watch_expiry()
 
     async def _request(
-        self, subject: str, data: bytes, timeout_s: float, headers: dict[str, str] | None
+        self, subject: str, data: bytes, timeout_s: float, headers: dict[str, str] | None,
+        instance_id: str | None = None,
     ) -> Reply:
         # The one place a request meets NATS: every attempt of request() and the CLI's
-        # plain requests go through here.
+        # plain requests go through here. With ``instance_id``, the call ends at once when
+        # the view learns that instance died (_lost).
         mux = self._mux
         try:
             if mux.closed:
                 msg = await self._nc.request(subject, data, timeout=timeout_s, headers=headers)
             else:
-                msg = await mux.request(subject, data, timeout_s, headers)
+                msg = await mux.request(subject, data, timeout_s, headers, instance_id)
+        except Abandoned:
+            raise OutcomeUnknownError(
+                f"the instance serving {subject!r} went down before it answered: the call "
+                "may or may not have run", subject=subject) from None
         except Exception as exc:
             raise errors.from_nats(exc, subject, timeout_s) from exc
         if msg.headers:
@@ -656,7 +755,8 @@ class Client(anyio.AsyncContextManagerMixin):
         """Registry changes as they happen, one event per change.
 
         Every registry node publishes what it sees; the same change reported by several
-        nodes is yielded once.
+        nodes is yielded once. An event that does not decode, or whose subject
+        (``<prefix>.events.<name>``) names another service than its instance, is skipped.
         """
         if service is not None and not subjects.is_valid_token(service):
             raise ConfigError(f"{service!r} is not a valid service name")

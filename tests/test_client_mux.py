@@ -165,10 +165,11 @@ async def test_every_request_still_carries_its_budget_and_the_callers_headers(
     client = natsreg.Client(nc)
     await client.request(f"mux-{unique}.hdr", b"", timeout_s=2.0)
     await client.request(f"mux-{unique}.hdr", b"", timeout_s=2.0, headers={"X-A": "1"})
-    assert [set(h) for h in seen] == [{natsreg.errors.BUDGET_HEADER},
-                                      {natsreg.errors.BUDGET_HEADER, "X-A"}]
-    assert all(1500 < int(h[natsreg.errors.BUDGET_HEADER]) <= 2000 for h in seen)
+    budget, request_id = natsreg.errors.BUDGET_HEADER, natsreg.errors.REQUEST_ID_HEADER
+    assert [set(h) for h in seen] == [{budget, request_id}, {budget, request_id, "X-A"}]
+    assert all(1500 < int(h[budget]) <= 2000 for h in seen)
     assert seen[1]["X-A"] == "1"
+    assert seen[0][request_id] != seen[1][request_id]  # one id per call
 
 
 async def test_requests_with_different_timeouts_each_expire_at_their_own(

@@ -228,6 +228,7 @@ def test_a_goodbye_or_down_event_removes_an_instance_and_late_messages_do_not_re
 def test_an_older_event_does_not_overwrite_newer_knowledge() -> None:
     catalog = Catalog(clock=Clock())
     catalog.track("svc")
+    catalog.apply_snapshot(snapshot(), "svc")
     catalog.apply_event(event("changed", view(5, version="2.0.0")))
     catalog.apply_snapshot(snapshot(view(4)))
     assert catalog.instances("svc")[0].version == "2.0.0"

@@ -1,0 +1,114 @@
+"""Reconciling a client's view of a service with a registry snapshot, on demand.
+
+The catalog (natsreg._catalog) says when its view of a service may be wrong: a gap in a
+registry node's chain of events, an event from an unknown node, a new instance, a heartbeat
+from an instance it does not hold; the client adds an instance it chose that stopped
+answering. One forged or lost message must not poison a long-lived process, so each of these
+asks for a fresh snapshot of the service, and the catalog is made to match it.
+
+Asked from NATS callbacks, which must not wait: :meth:`Reconciler.request` only starts (or
+marks for a rerun) a task of its own, at most one per service at a time and one fetch per
+``interval_s``, so that a flood of forged messages costs the registry one query per service
+and second per client. :meth:`Reconciler.aclose` ends them with the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from . import wire
+from .errors import RequestError
+
+#: At most one snapshot fetch per service per this interval, however many reasons arrive.
+RECONCILE_INTERVAL_S = 1.0
+#: A fetch that fails (no registry, or one still warming up) is tried again this many times,
+#: once per interval, before the service waits for its next reason.
+RECONCILE_TRIES = 5
+
+
+class _Job:
+    __slots__ = ("again", "task")
+
+    def __init__(self) -> None:
+        self.again = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class Reconciler:
+    """Fetches a snapshot of a service with ``fetch(service)`` and hands it to
+    ``apply(service, snapshot)`` when asked, rate-limited per service."""
+
+    def __init__(self, fetch: Callable[[str], Awaitable[wire.Snapshot]],
+                 apply: Callable[[str, wire.Snapshot], None], *,
+                 interval_s: float = RECONCILE_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch = fetch
+        self._apply = apply
+        self.interval_s = interval_s
+        self._clock = clock
+        self._jobs: dict[str, _Job] = {}
+        # service -> when its last fetch started; bounded by the services a client views.
+        self._last: dict[str, float] = {}
+        self._closed = False
+        #: Snapshots applied, per service.
+        self.applied: dict[str, int] = {}
+
+    def request(self, service: str) -> None:
+        """Reconcile ``service`` soon: now if no fetch of it started within the interval,
+        else once the interval has passed. Never waits."""
+        if self._closed:
+            return
+        job = self._jobs.get(service)
+        if job is None:
+            job = self._jobs[service] = _Job()
+        if job.task is not None:
+            job.again = True
+            return
+        job.task = asyncio.get_running_loop().create_task(self._run(service, job))
+
+    async def aclose(self) -> None:
+        """Cancel every fetch; no later request starts one."""
+        self._closed = True
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+
+    async def _run(self, service: str, job: _Job) -> None:
+        failures = 0
+        try:
+            while True:
+                job.again = False
+                wait_s = self._last.get(service, float("-inf")) + self.interval_s - self._clock()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                self._last[service] = self._clock()
+                if await self._once(service):
+                    failures = 0
+                else:
+                    failures += 1
+                    job.again = job.again or failures < RECONCILE_TRIES
+                if not job.again:
+                    return
+        finally:
+            job.task = None
+
+    async def _once(self, service: str) -> bool:
+        try:
+            snapshot = await self._fetch(service)
+        except (RequestError, OSError):
+            return False
+        if snapshot.warming_up:
+            # A node that has not heard every instance yet is no reference for removals.
+            return False
+        self._apply(service, snapshot)
+        self.applied[service] = self.applied.get(service, 0) + 1
+        return True
