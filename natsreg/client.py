@@ -767,7 +767,10 @@ class Client(anyio.AsyncContextManagerMixin):
             async for msg in sub.messages:
                 try:
                     event = wire.decode_event(msg.data)
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                except wire.MALFORMED:
+                    continue
+                if msg.subject != subjects.control_subject(
+                        self.prefix, "events", event.instance.name):
                     continue
                 key = (event.instance.id, event.instance.seq, event.kind)
                 if key in seen:

@@ -3,6 +3,12 @@
 Any number of nodes run side by side; each hears every announcement, heartbeat and goodbye,
 answers queries in one queue group (so NATS spreads them across nodes) and publishes each
 change it sees as an :class:`~natsreg.wire.Event`.
+
+Every message is believed only as far as it can be checked (docs/protocol.md, "Identity,
+sequence and the registry's rules"): its subject must name the service and instance its body
+speaks for, its body must keep within wire.py's limits, its sequence may not jump further
+than the sender could have counted, and the node holds at most so many instances. What fails
+is dropped and counted by reason in :attr:`Registry.dropped` (and ``NodeStats.dropped``).
 """
 
 from __future__ import annotations
@@ -10,24 +16,30 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from . import subjects, wire
+from ._queries import Queries
 from ._tasks import background
-from ._view import Change, View
-from .errors import CODE_HEADER, ERROR_HEADER, ConfigError
+from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
+from .errors import ConfigError
 
 __all__ = ["Registry"]
 
 log = logging.getLogger("natsreg.registry")
+
+# The control verbs an instance publishes, and the message each must carry.
+_VERBS: dict[str, type[wire.ControlMessage]] = {
+    "announce": wire.Announce, "hb": wire.Heartbeat, "bye": wire.Goodbye}
+#: A refused announcement is logged at most once per this interval (the count is in stats).
+CAPACITY_LOG_S = 60.0
 
 
 class Registry(anyio.AsyncContextManagerMixin):
@@ -37,6 +49,8 @@ class Registry(anyio.AsyncContextManagerMixin):
     silence (plus half an interval of grace). ``discover_jitter_s``: on start, instances are
     asked to re-announce within this window, so a restart is no burst. ``micro_poll_s``: how
     often plain ADR-32 services (which do not heartbeat) are looked for through ``$SRV.INFO``.
+    ``max_per_service`` and ``max_instances`` cap the instances held for one service and in
+    all; a new instance beyond either is refused and counted as ``capacity``.
     """
 
     def __init__(
@@ -49,6 +63,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         micro_poll_s: float = 5.0,
         sweep_s: float = 0.1,
         system_nc: NATS | None = None,
+        max_per_service: int = MAX_PER_SERVICE,
+        max_instances: int = MAX_INSTANCES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not subjects.is_valid_subject(prefix):
@@ -57,6 +73,8 @@ class Registry(anyio.AsyncContextManagerMixin):
             raise ConfigError(f"missed_heartbeats must be at least 1, got {missed_heartbeats}")
         if micro_poll_s <= 0 or sweep_s <= 0 or discover_jitter_s < 0:
             raise ConfigError("micro_poll_s and sweep_s must be > 0, discover_jitter_s >= 0")
+        if max_per_service < 1 or max_instances < 1:
+            raise ConfigError("max_per_service and max_instances must be at least 1")
         self.node_id: str = NUID().next().decode()
         self.prefix = prefix
         self.discover_jitter_s = discover_jitter_s
@@ -67,6 +85,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._clock = clock
         # Micro services are polled: three missed polls and they are gone.
         self._view = View(missed_heartbeats=missed_heartbeats, micro_ttl_s=3 * micro_poll_s,
+                          max_per_service=max_per_service, max_instances=max_instances,
                           clock=clock)
         # Seeded from wall time so that a restarted node never reuses a revision.
         self._revision = time.time_ns() // 1000
@@ -75,12 +94,19 @@ class Registry(anyio.AsyncContextManagerMixin):
         # Service name -> revision of the last event published for it (Event.prev_revision).
         # One entry per service ever seen: bounded by the node's cap on instances.
         self._last_event: dict[str, int] = {}
-        #: Control messages dropped, by reason (malformed, oversized, stale).
+        #: Messages dropped, by reason (see wire.NodeStats.dropped).
         self.dropped: Counter[str] = Counter()
+        self._capacity_logged_at = float("-inf")
+        self._queries: Queries | None = None
 
     @property
     def revision(self) -> int:
         return self._revision
+
+    @property
+    def answers_encoded(self) -> int:
+        """Query answers encoded since start (the rest came from the cache)."""
+        return self._queries.encoded if self._queries is not None else 0
 
     @property
     def warming_up(self) -> bool:
@@ -93,7 +119,21 @@ class Registry(anyio.AsyncContextManagerMixin):
             node=self.node_id, revision=self._revision, warming_up=self.warming_up,
             uptime_s=round(self._clock() - self._started, 3), instances=len(self._view),
             services=self._view.service_count(), dropped=dict(self.dropped),
-            mass_expiry=self._mass_expiry())
+            mass_expiry=self._mass_expiry(), max_per_service=self._view.max_per_service,
+            max_instances=self._view.max_instances)
+
+    def service_list(self) -> wire.ServiceList:
+        """Every service at every version, summed over its instances."""
+        return wire.ServiceList(
+            node=self.node_id, revision=self._revision, warming_up=self.warming_up,
+            services=self._view.summaries(), mass_expiry=self._mass_expiry())
+
+    def answer_version(self) -> tuple[object, ...]:
+        """What an answer depends on besides the question: equal tuples, equal answers
+        (but for ``age_s``)."""
+        alert = self._view.mass_alert
+        return (self._revision, self.warming_up,
+                None if alert is None else (alert.since, alert.lost, alert.before))
 
     def _mass_expiry(self) -> wire.MassExpiry | None:
         alert = self._view.mass_alert
@@ -116,13 +156,14 @@ class Registry(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
+        queries = self._queries = Queries(self._nc, self, self.dropped, clock=self._clock)
         try:
             for verb in ("announce", "hb", "bye"):
                 subs.append(await self._nc.subscribe(
                     subjects.control_subject(self.prefix, verb, ">"), cb=self._on_control))
             subs.append(await self._nc.subscribe(
                 subjects.control_subject(self.prefix, "registry", ">"),
-                queue=subjects.REGISTRY_QUEUE, cb=self._on_query))
+                queue=subjects.REGISTRY_QUEUE, cb=queries.on_query))
             if self._system_nc is not None:
                 subs.append(await self._system_nc.subscribe(
                     subjects.SYS_DISCONNECT, cb=self._on_disconnect))
@@ -130,7 +171,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             await self._nc.flush()
             # Subscribed first, then ask: no answer to our own question can be missed.
             await self._ask_everyone()
-            async with background(self._sweep_loop, self._micro_loop):
+            async with background(self._sweep_loop, self._micro_loop, queries.serve):
                 yield self
         finally:
             with anyio.CancelScope(shield=True):
@@ -139,6 +180,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                         await sub.unsubscribe()
                     except Exception as exc:
                         log.debug("unsubscribe failed: %s", exc)
+            queries.close()
 
     # -- input -------------------------------------------------------------------------------
 
@@ -148,13 +190,25 @@ class Registry(anyio.AsyncContextManagerMixin):
             return
         try:
             message = wire.decode_control(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except wire.MALFORMED:
             self.dropped["malformed"] += 1
             log.debug("dropped a malformed control message on %s", msg.subject)
             return
+        # <prefix>.<verb>.<name>.<id>, naming exactly whom the body speaks for: with NATS
+        # permissions per service, that is who may publish it.
+        tokens = msg.subject[len(self.prefix) + 1:].split(".")
+        if (len(tokens) != 3 or _VERBS.get(tokens[0]) is not type(message)
+                or tokens[1] != message.name or tokens[2] != message.id):
+            self.dropped["subject_mismatch"] += 1
+            return
+        try:
+            wire.check(message)
+        except wire.Invalid as exc:
+            self.dropped[exc.reason] += 1
+            log.debug("dropped a control message on %s: %s", msg.subject, exc)
+            return
         outcome = self._view.apply(message)
-        if outcome.stale:
-            self.dropped["stale"] += 1
+        self._count(outcome, message.name)
         if outcome.ask_info:
             await self._nc.publish(
                 subjects.control_subject(self.prefix, "discover", message.name, message.id),
@@ -174,7 +228,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         # heartbeat expiry by seconds. (A frozen process keeps its socket: heartbeats decide.)
         try:
             advisory = wire.decode_disconnect(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except wire.MALFORMED:
             self.dropped["malformed"] += 1
             return
         await self._publish(self._view.disconnected(advisory.conn))
@@ -217,15 +271,38 @@ class Registry(anyio.AsyncContextManagerMixin):
             await sub.unsubscribe()
         changes: list[Change] = []
         for data in replies:
+            if len(data) > wire.MAX_CONTROL_BYTES:
+                self.dropped["oversized"] += 1
+                continue
             try:
                 info = wire.decode_srv_info(data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except wire.MALFORMED:
                 self.dropped["malformed"] += 1
                 continue
             if info.metadata and wire.PREFIX_METADATA_KEY in info.metadata:
                 continue  # a natsreg instance: it heartbeats, or belongs to another prefix
-            changes.extend(self._view.apply_micro(info))
+            try:
+                wire.check(info)
+            except wire.Invalid as exc:
+                self.dropped[exc.reason] += 1
+                continue
+            outcome = self._view.apply_micro(info)
+            self._count(outcome, info.name)
+            changes.extend(outcome.changes)
         await self._publish(changes)
+
+    def _count(self, outcome: Outcome, name: str) -> None:
+        if not outcome.dropped:
+            return
+        self.dropped[outcome.dropped] += 1
+        now = self._clock()
+        if outcome.dropped == "capacity" and now - self._capacity_logged_at >= CAPACITY_LOG_S:
+            self._capacity_logged_at = now
+            log.warning(
+                "instance cap reached: refused a new instance of %r (%d held in all, at most "
+                "%d per service and %d in all; %d refused since start). Raise "
+                "--max-instances, or find who announces so many", name[:64], len(self._view),
+                self._view.max_per_service, self._view.max_instances, self.dropped["capacity"])
 
     # -- output ------------------------------------------------------------------------------
 
@@ -241,47 +318,3 @@ class Registry(anyio.AsyncContextManagerMixin):
             self._last_event[name] = self._revision
             subject = subjects.control_subject(self.prefix, "events", change.instance.name)
             await self._nc.publish(subject, wire.encode(event))
-
-    async def _on_query(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        # <prefix>.registry.<verb>[.<argument>]
-        tokens = msg.subject[len(self.prefix) + 1:].split(".")
-        match tokens:
-            case ["registry", "list"]:
-                snapshot = self.snapshot()
-            case ["registry", "service", name]:
-                snapshot = self.snapshot(name=name)
-            case ["registry", "instance", instance_id]:
-                snapshot = self.snapshot(instance_id=instance_id)
-            case ["registry", "services"]:
-                await self._nc.publish(msg.reply, wire.encode(wire.ServiceList(
-                    node=self.node_id, revision=self._revision, warming_up=self.warming_up,
-                    services=self._view.summaries(), mass_expiry=self._mass_expiry())))
-                return
-            case ["registry", "stats"]:
-                await self._nc.publish(msg.reply, wire.encode(self.stats()))
-                return
-            case _:
-                await self._nc.publish(msg.reply, b"", headers={
-                    ERROR_HEADER: f"unknown registry query {msg.subject!r}", CODE_HEADER: "400"})
-                return
-        for chunk in _chunks(snapshot, self._nc.max_payload):
-            await self._nc.publish(msg.reply, chunk)
-
-
-def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
-    """``snapshot`` encoded as one or more messages of at most ``max_bytes`` each."""
-    instances = snapshot.instances
-    size, start = 512, 0
-    while True:
-        part = instances[start:start + size]
-        more = start + size < len(instances)
-        payload = wire.encode(msgspec.structs.replace(snapshot, instances=part, more=more))
-        if len(payload) > max_bytes and size > 1:
-            size //= 2
-            continue
-        yield payload
-        if not more:
-            return
-        start += size

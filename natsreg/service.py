@@ -49,11 +49,11 @@ T = TypeVar("T")
 Handler = Callable[["Request"], Awaitable[Any]]
 HealthCheck = Callable[[], "wire.Health | Awaitable[wire.Health]"]
 
-# Consul's caps, which operators already know; they keep an announcement well under 64 KiB.
-MAX_METADATA_KEYS = 64
-MAX_METADATA_KEY_CHARS = 128
-MAX_METADATA_VALUE_CHARS = 512
-MAX_DESCRIPTION_CHARS = 4096
+# The limits live with the protocol (wire.py), where readers enforce them too.
+MAX_METADATA_KEYS = wire.MAX_METADATA_KEYS
+MAX_METADATA_KEY_CHARS = wire.MAX_METADATA_KEY_CHARS
+MAX_METADATA_VALUE_CHARS = wire.MAX_METADATA_VALUE_CHARS
+MAX_DESCRIPTION_CHARS = wire.MAX_DESCRIPTION_CHARS
 
 
 class Request(Message):
@@ -101,23 +101,18 @@ class Request(Message):
 
 
 def _check_metadata(metadata: Mapping[str, str], what: str) -> dict[str, str]:
-    if len(metadata) > MAX_METADATA_KEYS:
-        raise ConfigError(f"{what}: at most {MAX_METADATA_KEYS} metadata keys, got {len(metadata)}")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ConfigError(f"{what}: metadata keys and values must be strings ({key!r})")
-        if not key or len(key) > MAX_METADATA_KEY_CHARS:
-            raise ConfigError(f"{what}: metadata key {key[:40]!r} must be 1-128 characters")
-        if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise ConfigError(f"{what}: metadata value of {key!r} is over 512 characters")
+    try:
+        wire.check_metadata(metadata, what)
+    except wire.Invalid as exc:
+        raise ConfigError(str(exc)) from None
     return dict(metadata)
 
 
 def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not wire.NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"{what} {name!r} is not valid: use letters, digits, '-' and '_' only (ADR-32)"
-        )
+    try:
+        wire.check_name(name, what)
+    except wire.Invalid as exc:
+        raise ConfigError(str(exc)) from None
     return name
 
 
@@ -230,6 +225,10 @@ class Service(anyio.AsyncContextManagerMixin):
         self._handlers: set[asyncio.Task[None]] = set()
         self._tg: TaskGroup | None = None
         self._stopping = False
+        # Discover throttle (_on_discover): one re-announce pending at most, and when the last
+        # one went out (monotonic; -inf: never).
+        self._reannounce_pending = False
+        self._reannounced_at = float("-inf")
         self._host = socket.gethostname()
         self._announced_conn = ""
 
@@ -581,17 +580,28 @@ class Service(anyio.AsyncContextManagerMixin):
         return subs
 
     async def _on_discover(self, msg: Msg) -> None:
+        # Anyone may publish discover, so however many arrive, at most one re-announce is
+        # pending and they go out at most once per wire.MIN_REANNOUNCE_S: a flood costs this
+        # instance one timer, and the bus one announcement a second.
+        if self._tg is None or self._reannounce_pending:
+            return
         try:
             jitter_s = wire.decode_discover(msg.data).jitter_s if msg.data else 0.0
-        except msgspec.DecodeError:
+        except wire.MALFORMED:
             jitter_s = 0.0
-        if self._tg is not None:
-            # Spread re-announcements so that a registry restart is no burst for the bus.
-            self._tg.start_soon(self._announce_after, random.uniform(0, min(jitter_s, 30.0)))
+        # Spread re-announcements so that a registry restart is no burst for the bus.
+        delay_s = random.uniform(0, min(max(jitter_s, 0.0), 30.0))
+        earliest = self._reannounced_at + wire.MIN_REANNOUNCE_S - time.monotonic()
+        self._reannounce_pending = True
+        self._tg.start_soon(self._announce_after, max(delay_s, earliest))
 
     async def _announce_after(self, delay_s: float) -> None:
-        await anyio.sleep(delay_s)
+        try:
+            await anyio.sleep(delay_s)
+        finally:
+            self._reannounce_pending = False
         if not self._stopping:
+            self._reannounced_at = time.monotonic()
             await _quietly(self._publish_announce(), "re-announce")
 
     def _srv_metadata(self) -> dict[str, str]:

@@ -8,28 +8,32 @@ fields are ignored on decode. Instance-to-registry messages form one tagged unio
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
 
+from . import subjects
+
 __all__ = [
     "MALFORMED",
     "MAX_CONTROL_BYTES",
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_ENDPOINTS",
     "MAX_HEARTBEAT_S",
+    "MAX_METADATA_KEYS",
+    "MAX_METADATA_KEY_CHARS",
+    "MAX_METADATA_VALUE_CHARS",
+    "MAX_SUBJECT_CHARS",
+    "MAX_TOKEN_CHARS",
     "MIN_HEARTBEAT_S",
-    "NodeStats",
+    "MIN_REANNOUNCE_S",
     "NAME_PATTERN",
     "PREFIX_METADATA_KEY",
     "SCHEMA_VERSION",
     "SEMVER_PATTERN",
-    "ServiceList",
-    "ServiceSummary",
-    "SrvEndpointInfo",
-    "SrvEndpointStats",
-    "SrvInfo",
-    "SrvPing",
-    "SrvStats",
     "Announce",
     "ControlMessage",
     "DisconnectAdvisory",
@@ -40,9 +44,21 @@ __all__ = [
     "Health",
     "Heartbeat",
     "InstanceView",
+    "Invalid",
     "Load",
     "MassExpiry",
+    "NodeStats",
+    "ServiceList",
+    "ServiceSummary",
     "Snapshot",
+    "SrvEndpointInfo",
+    "SrvEndpointStats",
+    "SrvInfo",
+    "SrvPing",
+    "SrvStats",
+    "check",
+    "check_metadata",
+    "check_name",
     "decode_control",
     "decode_disconnect",
     "decode_discover",
@@ -76,6 +92,26 @@ MALFORMED: tuple[type[Exception], ...] = (
 # a registry a message every millisecond (a tiny one).
 MIN_HEARTBEAT_S = 0.05
 MAX_HEARTBEAT_S = 60.0
+
+# An instance re-announces on request at most once per this interval, however many discover
+# messages arrive; with the heartbeat interval it bounds how fast a genuine instance's sequence
+# can grow, which is what lets readers refuse absurd sequence jumps (docs/protocol.md).
+MIN_REANNOUNCE_S = 1.0
+
+# Consul's caps, which operators already know; they keep an announcement well under 64 KiB.
+# Writers refuse to send more and readers drop what exceeds them (:func:`check`).
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 512
+MAX_DESCRIPTION_CHARS = 4096
+# Endpoints in one announcement or $SRV.INFO reply. A bare endpoint takes about 100 bytes, so
+# 256 of them fit MAX_CONTROL_BYTES with room for their metadata; real services have a
+# handful, and the cap bounds what one message costs every reader that indexes endpoints.
+MAX_ENDPOINTS = 256
+# Names and ids are subject tokens; this bounds them well under nats-server's 4 KB control line
+# (a NUID is 22 characters); an endpoint subject may hold a few tokens.
+MAX_TOKEN_CHARS = 256
+MAX_SUBJECT_CHARS = 1024
 
 # ADR-32's rules, as the NATS CLI's JSON schemas state them.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -243,9 +279,14 @@ class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     uptime_s: float = 0.0
     instances: int = 0
     services: int = 0
-    #: Control messages dropped since start, by reason: malformed, oversized, stale.
+    #: Messages dropped since start, by reason (docs/protocol.md, "Messages"): malformed,
+    #: oversized, stale, seq_jump, subject_mismatch, capacity, invalid_<field>, and for
+    #: queries reply_subject, query_overflow, query_expired.
     dropped: dict[str, int] = {}
     mass_expiry: MassExpiry | None = None
+    #: The node's caps: instances of one service, and instances in all.
+    max_per_service: int = 0
+    max_instances: int = 0
 
 
 class Event(msgspec.Struct, gc=False, kw_only=True):
@@ -354,6 +395,87 @@ def silence_allowed_s(heartbeat_s: float, missed_heartbeats: float) -> float:
     intervals plus half of one, which absorbs scheduling jitter. Registry nodes and clients
     apply this same rule, to the clamped interval (:func:`heartbeat_interval_s`)."""
     return heartbeat_interval_s(heartbeat_s) * (missed_heartbeats + 0.5)
+
+
+class Invalid(ValueError):
+    """A message breaks one of the limits above. ``reason`` is the short name readers count
+    drops under (``invalid_name``, ``invalid_metadata``...)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def check_name(name: str, what: str = "name") -> None:
+    """Raise :class:`Invalid` unless ``name`` is an ADR-32 name (letters, digits, ``-``,
+    ``_``) of at most :data:`MAX_TOKEN_CHARS` characters."""
+    if not isinstance(name, str) or len(name) > MAX_TOKEN_CHARS or not NAME_PATTERN.match(name):
+        raise Invalid("invalid_name", f"{what} {str(name)[:40]!r} is not valid: use letters, "
+                      f"digits, '-' and '_' only (ADR-32), at most {MAX_TOKEN_CHARS}")
+
+
+def check_metadata(metadata: Mapping[str, str] | None, what: str = "metadata") -> None:
+    """Raise :class:`Invalid` unless ``metadata`` keeps within the metadata caps."""
+    if not metadata:
+        return
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise Invalid("invalid_metadata",
+                      f"{what}: at most {MAX_METADATA_KEYS} metadata keys, got {len(metadata)}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise Invalid("invalid_metadata",
+                          f"{what}: metadata keys and values must be strings ({key!r})")
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            raise Invalid("invalid_metadata", f"{what}: metadata key {key[:40]!r} must be "
+                          f"1-{MAX_METADATA_KEY_CHARS} characters")
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise Invalid("invalid_metadata", f"{what}: metadata value of {key[:40]!r} is over "
+                          f"{MAX_METADATA_VALUE_CHARS} characters")
+
+
+def _check_endpoint(name: str, subject: str, queue_group: str | None,
+                    metadata: Mapping[str, str] | None) -> None:
+    check_name(name, "endpoint name")
+    # A literal subject outside NATS' own spaces: a caller publishes to it as announced.
+    if (len(subject) > MAX_SUBJECT_CHARS or not subjects.is_valid_subject(subject)
+            or subjects.is_reserved(subject)):
+        raise Invalid("invalid_endpoints", f"endpoint {name!r}: {subject[:40]!r} is not a "
+                      "literal subject a caller may publish to")
+    if queue_group is not None and not subjects.is_valid_token(queue_group):
+        raise Invalid("invalid_endpoints",
+                      f"endpoint {name!r}: queue group {queue_group[:40]!r} is not valid")
+    check_metadata(metadata, f"endpoint {name!r}")
+
+
+def check(message: Announce | Heartbeat | Goodbye | SrvInfo) -> None:
+    """Raise :class:`Invalid` unless ``message`` keeps within every limit of this module.
+
+    The one rule for what an instance may say: services check what they are about to send,
+    registry nodes what they hear (an announcement, heartbeat or goodbye, or a plain ADR-32
+    service's ``$SRV.INFO`` reply), so that no message sent by anyone makes a reader hold more.
+    """
+    check_name(message.name, "service name")
+    if len(message.id) > MAX_TOKEN_CHARS or not subjects.is_valid_token(message.id):
+        raise Invalid("invalid_id", f"instance id {message.id[:40]!r} is not a valid token")
+    if isinstance(message, Heartbeat | Goodbye):
+        return
+    if not SEMVER_PATTERN.match(message.version):
+        raise Invalid("invalid_version", f"version {message.version[:40]!r} is not SemVer")
+    description = message.description or ""
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise Invalid("invalid_description",
+                      f"description is over {MAX_DESCRIPTION_CHARS} characters")
+    check_metadata(message.metadata)
+    endpoints = message.endpoints or ()
+    if len(endpoints) > MAX_ENDPOINTS:
+        raise Invalid("invalid_endpoints",
+                      f"at most {MAX_ENDPOINTS} endpoints, got {len(endpoints)}")
+    for e in endpoints:
+        # natsreg endpoints always name their queue group; ADR-32 ones may leave it out.
+        queue_group = e.queue_group if isinstance(message, Announce) else e.queue_group or None
+        _check_endpoint(e.name, e.subject, queue_group, e.metadata)
+    if isinstance(message, Announce) and not math.isfinite(message.heartbeat_s):
+        raise Invalid("invalid_heartbeat", "heartbeat_s must be a finite number")
 
 
 _encoder = msgspec.json.Encoder()

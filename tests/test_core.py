@@ -334,7 +334,7 @@ async def test_a_view_larger_than_one_nats_message_arrives_whole(nc: NATS, prefi
             announcement = wire.Announce(
                 id=f"i{n}", name=f"svc{n % 7}", version="1.0.0", seq=1,
                 metadata={"zone": "a", "notes": "x" * 400})
-            await nc.publish(subjects.control_subject(prefix, "announce", "svc", f"i{n}"),
+            await nc.publish(subjects.control_subject(prefix, "announce", f"svc{n % 7}", f"i{n}"),
                              wire.encode(announcement))
         await nc.flush()
         await eventually(lambda: len(registry.snapshot().instances) == 3000)

@@ -44,7 +44,15 @@ async def test_a_fifth_of_the_fleet_killed_at_once_is_expired_flagged_and_cleare
             async def count_is(n: int) -> bool:
                 return (await stats(nc, prefix)).instances == n
 
-            await eventually(lambda: count_is(50), what="fleet of 50 listed")
+            async def all_heard_twice() -> bool:
+                reply = await nc.request(
+                    subjects.control_subject(prefix, "registry", "list"), b"")
+                listed = wire.decode_snapshot(reply.data).instances
+                return len(listed) == 50 and all(i.seq >= 2 for i in listed)
+
+            # Only instances heard from after their announcement count toward the alarm (a
+            # burst of fake announcements is no fleet): let every one heartbeat first.
+            await eventually(all_heard_twice, what="fleet of 50 listed and heartbeating")
             gone.kill()
             gone.wait()
             # The documented policy: expired all the same, and flagged.

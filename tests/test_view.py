@@ -129,7 +129,7 @@ def test_a_plain_adr32_service_is_listed_as_micro_and_expires_without_polls() ->
     view = View(micro_ttl_s=15, clock=clock)
     info = wire.SrvInfo(name="go-svc", id="m1", version="0.1.0", description=None,
                         endpoints=[wire.SrvEndpointInfo(name="add", subject="math.add")])
-    assert [c.kind for c in view.apply_micro(info)] == ["up"]
+    assert [c.kind for c in view.apply_micro(info).changes] == ["up"]
     (instance,) = view.instances()
     assert (instance.kind, instance.description, instance.endpoints[0].subject) == (
         "micro", "", "math.add")
@@ -157,8 +157,10 @@ def test_an_instance_that_moved_connection_survives_the_old_ones_close() -> None
 
 
 def _fleet(view: View, count: int, prefix: str = "i") -> None:
+    """``count`` instances that announced and heartbeat once (seq 1 and 2)."""
     for n in range(count):
         view.apply(wire.Announce(id=f"{prefix}{n}", name="svc", version="1.0.0", seq=1))
+        view.apply(wire.Heartbeat(id=f"{prefix}{n}", name="svc", seq=2))
 
 
 def test_a_fifth_of_the_fleet_going_silent_at_once_is_expired_and_flagged() -> None:
@@ -168,7 +170,7 @@ def test_a_fifth_of_the_fleet_going_silent_at_once_is_expired_and_flagged() -> N
     _fleet(view, 2, "gone")
     clock.now += 2.0
     for n in range(8):  # the others keep heartbeating
-        view.apply(wire.Heartbeat(id=f"stay{n}", name="svc", seq=2))
+        view.apply(wire.Heartbeat(id=f"stay{n}", name="svc", seq=3))
     clock.now += 1.0
     assert len(view.expire()) == 2, "policy: expire all the same"
     assert view.mass_alert is not None
@@ -182,12 +184,12 @@ def test_ordinary_churn_raises_no_mass_alert() -> None:
     clock = Clock()
     view = View(clock=clock)
     _fleet(view, 20)
-    view.apply(wire.Goodbye(id="i0", name="svc", seq=2))
+    view.apply(wire.Goodbye(id="i0", name="svc", seq=3))
     for step in range(30):
         clock.now += 1.0
         for n in range(1, 20):
             if n != 5:
-                view.apply(wire.Heartbeat(id=f"i{n}", name="svc", seq=2 + step))
+                view.apply(wire.Heartbeat(id=f"i{n}", name="svc", seq=3 + step))
         view.expire()
     assert "i5" not in view and view.mass_alert is None
 

@@ -1,0 +1,165 @@
+"""How a registry node answers queries: one task, a bounded queue, answers cached per revision.
+
+Anyone may send a query, and a ``list`` of a large fleet costs megabytes, so: a query waits
+in a queue of at most :data:`MAX_QUEUED`; one it can no longer help (its budget ran out while
+it waited) is dropped unanswered; the same question at the same revision is encoded once; and
+answers go only to inboxes (``subjects.is_reply_subject``), never to a subject a requester
+names to have the node publish there for it (reflection).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from . import subjects, wire
+from .errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+#: Queries waiting for the serving task; beyond this a query is dropped (``query_overflow``).
+#: At 30 full ``list`` answers a second this is several seconds of work, more than any
+#: default budget, so a longer queue would only hold queries that expire anyway.
+MAX_QUEUED = 256
+#: The budget of a query that carries no ``Natsreg-Budget-Ms`` header: the CLI's own timeout.
+DEFAULT_BUDGET_S = 2.0
+#: A cached answer is reused for at most this long even at the same revision, so that the
+#: ``age_s`` it reports is never older than this.
+CACHE_S = 1.0
+#: Distinct questions cached (``service.<name>`` and ``instance.<id>`` are many).
+CACHE_ENTRIES = 64
+
+_Key = tuple[str, ...]
+
+
+class Queries:
+    """The query side of ``registry``: :meth:`on_query` enqueues, :meth:`serve` answers;
+    :meth:`close` when done."""
+
+    def __init__(self, nc: NATS, registry: Registry, dropped: Counter[str], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._nc = nc
+        self._registry = registry
+        self._dropped = dropped
+        self._clock = clock
+        self._send: MemoryObjectSendStream[tuple[float, Msg]]
+        self._receive: MemoryObjectReceiveStream[tuple[float, Msg]]
+        self._send, self._receive = anyio.create_memory_object_stream(MAX_QUEUED)
+        # (question, revision, warming up, mass alert) -> (encoded at, encoded chunks)
+        self._cache: OrderedDict[tuple[object, ...], tuple[float, list[bytes]]] = OrderedDict()
+        #: Answers encoded (not served from the cache), for tests and benches.
+        self.encoded = 0
+
+    def close(self) -> None:
+        """Close the queue: queries still arriving are ignored, :meth:`serve` ends."""
+        self._send.close()
+        self._receive.close()
+
+    async def on_query(self, msg: Msg) -> None:
+        """The NATS callback: check the reply subject and enqueue, never more."""
+        if not msg.reply:
+            return
+        if not subjects.is_reply_subject(msg.reply):
+            self._dropped["reply_subject"] += 1
+            return
+        expires_at = self._clock() + _budget_s(msg)
+        try:
+            self._send.send_nowait((expires_at, msg))
+        except anyio.WouldBlock:
+            self._dropped["query_overflow"] += 1
+        except anyio.ClosedResourceError:
+            pass  # the node is stopping
+
+    async def serve(self) -> None:
+        """Answer queued queries one at a time, forever."""
+        async for expires_at, msg in self._receive:
+            if self._clock() >= expires_at:
+                self._dropped["query_expired"] += 1
+                continue
+            chunks = self._answer(msg.subject)
+            if chunks is None:
+                await self._nc.publish(msg.reply, b"", headers={
+                    ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}",
+                    CODE_HEADER: "400"})
+                continue
+            for chunk in chunks:
+                await self._nc.publish(msg.reply, chunk)
+
+    def _answer(self, subject: str) -> list[bytes] | None:
+        registry = self._registry
+        # <prefix>.registry.<verb>[.<argument>]
+        tokens = tuple(subject[len(registry.prefix) + 1:].split("."))
+        match tokens:
+            case ("registry", "stats"):
+                return [wire.encode(registry.stats())]  # small, and counters move: not cached
+            case ("registry", "list") | ("registry", "services"):
+                pass
+            case ("registry", "service" | "instance", _):
+                pass
+            case _:
+                return None
+        key = (tokens, *registry.answer_version())
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < CACHE_S:
+            return cached[1]
+        chunks = list(self._encode(tokens))
+        self.encoded += 1
+        # Older revisions are never asked for again: keep only the newest answers.
+        self._cache[key] = (now, chunks)
+        self._cache.move_to_end(key)
+        while len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return chunks
+
+    def _encode(self, tokens: _Key) -> Iterator[bytes]:
+        registry = self._registry
+        match tokens:
+            case ("registry", "list"):
+                snapshot = registry.snapshot()
+            case ("registry", "service", name):
+                snapshot = registry.snapshot(name=name)
+            case ("registry", "instance", instance_id):
+                snapshot = registry.snapshot(instance_id=instance_id)
+            case _:
+                yield wire.encode(registry.service_list())
+                return
+        yield from _chunks(snapshot, self._nc.max_payload)
+
+
+def _budget_s(msg: Msg) -> float:
+    raw = msg.headers.get(BUDGET_HEADER) if msg.headers else None
+    if raw is None:
+        return DEFAULT_BUDGET_S
+    try:
+        budget_s = int(raw) / 1000
+    except ValueError:
+        return DEFAULT_BUDGET_S
+    return budget_s if math.isfinite(budget_s) and budget_s >= 0 else DEFAULT_BUDGET_S
+
+
+def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
+    """``snapshot`` encoded as one or more messages of at most ``max_bytes`` each."""
+    instances = snapshot.instances
+    size, start = 512, 0
+    while True:
+        part = instances[start:start + size]
+        more = start + size < len(instances)
+        payload = wire.encode(msgspec.structs.replace(snapshot, instances=part, more=more))
+        if len(payload) > max_bytes and size > 1:
+            size //= 2
+            continue
+        yield payload
+        if not more:
+            return
+        start += size
