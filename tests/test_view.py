@@ -219,3 +219,101 @@ def test_services_are_summed_per_name_and_version() -> None:
     assert (one.version, one.instances, one.health, one.endpoints) == (
         "1.0.0", 2, {"passing": 1, "critical": 1}, ["get"])
     assert (two.version, two.instances, two.last_heard_s) == ("2.0.0", 1, 1.0)
+
+
+# -- bounds against forged and flooding messages -------------------------------------------
+
+
+def test_an_absurd_sequence_jump_is_dropped_and_the_instance_asked_to_announce() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1))
+    clock.now += 1.0
+    outcome = view.apply(beat(2**63 - 1, "critical"))
+    assert (outcome.dropped, outcome.ask_info) == ("seq_jump", True)
+    assert view.apply(beat(2**63 - 1)).ask_info is False  # asked once per ask interval
+    assert view.apply(beat(2)).dropped == ""
+    (instance,) = view.instances()
+    assert (instance.seq, instance.health) == (2, "passing")
+
+
+def test_a_genuine_instance_whose_messages_were_lost_is_never_locked_out() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1))
+    # The node lost 500 messages (a burst it could not read): that jump is too far for the
+    # time that passed, but the instance keeps counting, and time widens the bound.
+    clock.now += 0.5
+    assert view.apply(beat(501)).dropped == "seq_jump"
+    seq = 501
+    for _ in range(200):
+        clock.now += 1.0
+        seq += 1
+        if view.apply(beat(seq)).dropped == "":
+            break
+    assert view.instances()[0].seq == seq
+    assert seq - 501 < 200
+
+
+def test_one_message_moves_the_sequence_only_as_far_as_the_sender_could_have_counted() -> None:
+    # One second after a 1 s heartbeat: SEQ_JUMP_SLACK plus twice (one beat + one
+    # re-announce) a second, 36 in all.
+    for jump, dropped in ((36, ""), (37, "seq_jump")):
+        clock = Clock()
+        view = View(clock=clock)
+        view.apply(announce(1))
+        clock.now += 1.0
+        assert view.apply(beat(1 + jump)).dropped == dropped
+
+
+def test_a_huge_announced_interval_is_clamped_where_the_view_stores_and_uses_it() -> None:
+    clock = Clock()
+    view = View(missed_heartbeats=2, clock=clock)
+    view.apply(wire.Announce(id="i1", name="svc", version="1.0.0", seq=1, heartbeat_s=1e9))
+    assert view.instances()[0].heartbeat_s == wire.MAX_HEARTBEAT_S
+    clock.now += wire.MAX_HEARTBEAT_S * 2.5 + 0.01
+    assert [c.reason for c in view.expire()] == ["expired"]
+
+
+def test_instances_beyond_the_caps_are_refused_as_capacity() -> None:
+    view = View(clock=Clock(), max_per_service=3, max_instances=5)
+    outcomes = [view.apply(wire.Announce(id=f"a{n}", name="a", version="1.0.0", seq=1))
+                for n in range(4)]
+    outcomes += [view.apply(wire.Announce(id=f"b{n}", name="b", version="1.0.0", seq=1))
+                 for n in range(3)]
+    assert [o.dropped for o in outcomes] == ["", "", "", "capacity", "", "", "capacity"]
+    assert (len(view), view.service_count()) == (5, 2)
+    # A known instance re-announcing is no new instance: never refused.
+    assert view.apply(wire.Announce(id="a0", name="a", version="1.0.0", seq=2)).dropped == ""
+
+
+def test_a_message_for_a_known_id_under_another_service_name_is_a_mismatch() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(1))
+    for forged in (wire.Goodbye(id="i1", name="other", seq=2),
+                   wire.Heartbeat(id="i1", name="other", seq=2),
+                   wire.Announce(id="i1", name="other", version="1.0.0", seq=2)):
+        assert view.apply(forged).dropped == "subject_mismatch"
+    assert [i.name for i in view.instances()] == ["svc"]
+
+
+def test_a_hundred_thousand_announcements_that_never_heartbeat_raise_no_mass_alarm() -> None:
+    clock = Clock()
+    view = View(clock=clock, max_instances=200_000)
+    _fleet(view, 10, "real")
+    for n in range(100_000):
+        view.apply(wire.Announce(id=f"fake{n}", name=f"fake{n % 20}", version="1.0.0", seq=1))
+    clock.now += 2.0
+    for n in range(10):
+        view.apply(wire.Heartbeat(id=f"real{n}", name="svc", seq=3))
+    clock.now += 1.0
+    assert len(view.expire()) == 100_000
+    assert view.mass_alert is None and len(view) == 10
+
+
+def test_goodbyes_and_heartbeats_for_made_up_ids_hold_bounded_memory() -> None:
+    view = View(clock=Clock(), max_instances=100)
+    for n in range(1000):
+        view.apply(wire.Goodbye(id=f"g{n}", name="svc", seq=1))
+        assert view.apply(wire.Heartbeat(id=f"h{n}", name="svc", seq=1)).ask_info
+    assert len(view._tombstones) <= 100 and len(view._asked) <= 100  # noqa: SLF001
