@@ -30,7 +30,7 @@ from . import __version__, subjects, wire
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
 from .errors import ConfigError, NatsregError, ServiceError
-from .registry import Registry
+from .registry import MAX_INSTANCES, Registry
 
 __all__ = ["main"]
 
@@ -150,6 +150,9 @@ def _registry_options(parser: argparse.ArgumentParser) -> None:
                         help="expire an instance after this many silent intervals (default: 2)")
     parser.add_argument("--micro-poll", type=float, default=5.0, metavar="SECONDS",
                         help="how often to look for plain ADR-32 services (default: 5)")
+    parser.add_argument("--max-instances", type=int, default=MAX_INSTANCES, metavar="N",
+                        help="instances this node holds in all; new ones beyond are refused "
+                             f"and counted (default: {MAX_INSTANCES})")
 
 
 # -- connecting --------------------------------------------------------------------------------
@@ -242,7 +245,8 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
 
 def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None) -> Registry:
     return Registry(nc, prefix=args.prefix, missed_heartbeats=args.missed_heartbeats,
-                    micro_poll_s=args.micro_poll, system_nc=system_nc)
+                    micro_poll_s=args.micro_poll, system_nc=system_nc,
+                    max_instances=args.max_instances)
 
 
 def _bridge_config(args: argparse.Namespace) -> Any:
