@@ -40,7 +40,8 @@ from typing import Literal
 from . import subjects
 from .errors import ConfigError
 
-__all__ = ["ALL_SERVICES", "Permissions", "Role", "RoleKind", "inbox_prefix", "permissions"]
+__all__ = ["ALL_SERVICES", "REGISTRY_MAX_RESPONSES", "Permissions", "Role", "RoleKind",
+           "inbox_prefix", "permissions"]
 
 RoleKind = Literal["service", "caller", "registry", "bridge", "operator"]
 
@@ -48,6 +49,11 @@ RoleKind = Literal["service", "caller", "registry", "bridge", "operator"]
 ALL_SERVICES = "*"
 
 _USER = re.compile(r"^[A-Za-z0-9_-]+$")
+
+#: Messages a registry node may send in answer to one query: a snapshot larger than the
+#: server's max_payload goes out in chunks (1,024 chunks of 1 MB is far beyond any fleet
+#: natsreg is measured at); every other role answers once.
+REGISTRY_MAX_RESPONSES = 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +98,9 @@ class Permissions:
     inbox: str = ""
     #: Publish explicitly denied even where an allow entry would match.
     deny_publish: tuple[str, ...] = field(default=())
+    #: How many messages may answer one request received (nats-server ``allow_responses``
+    #: ``max``): a registry answers a large query in several chunks.
+    max_responses: int = 1
 
 
 def inbox_prefix(user: str) -> str:
@@ -99,8 +108,14 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX_{user}"
 
 
-def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX) -> Permissions:
-    """The permissions ``role`` needs, on control prefix ``prefix``."""
+def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX, *,
+                users: Iterable[str] = ()) -> Permissions:
+    """The permissions ``role`` needs, on control prefix ``prefix``.
+
+    ``users`` names the other users of the same config: a caller of every service publishes
+    on ``*.>``, which also matches their inboxes (``_INBOX_<user>.…``), so each is denied by
+    name (a NATS wildcard cannot match part of a token).
+    """
     if not subjects.is_valid_subject(prefix):
         raise ConfigError(f"prefix {prefix!r} is not a valid subject")
     inbox = inbox_prefix(role.user)
@@ -145,15 +160,24 @@ def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX) -> Permission
         sub += [control("events", callee), control("hb", callee, "*"),
                 control("bye", callee, "*")]
     if ALL_SERVICES in calls:
+        if role.kind == "service":
+            # Its "*.>" would match its own announce subject too, and a deny that keeps it
+            # from speaking for others would keep it from speaking for itself.
+            raise ConfigError(f"service {role.name!r} may not call every service: name the "
+                              "services it calls")
         # "*.>" also matches natsreg's control subjects, NATS' reserved ones and other users'
         # inboxes: a caller of every service must still speak for no one and forge no reply.
         # (Replies to requests it received still go out: allow_responses is checked apart.)
         deny += [control(verb, ">") for verb in ("announce", "hb", "bye", "events", "discover")]
         deny.append(control("discover"))
-        deny += ["$SYS.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>", "_INBOX_*.>"]
+        deny += ["$SYS.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"]
+        if role.kind != "operator":
+            deny.append(subjects.srv_subject(">"))
+        deny += [f"{inbox_prefix(user)}.>" for user in users if user != role.user]
     return Permissions(publish=tuple(_unique(pub)), subscribe=tuple(_unique(sub)),
                        allow_responses=role.kind in ("service", "registry"),
-                       inbox=inbox, deny_publish=tuple(_unique(deny)))
+                       inbox=inbox, deny_publish=tuple(_unique(deny)),
+                       max_responses=REGISTRY_MAX_RESPONSES if role.kind == "registry" else 1)
 
 
 def _srv_subjects(name: str) -> Sequence[str]:
