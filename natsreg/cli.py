@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import msgspec
@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     conn.add_argument("--user", default=os.environ.get("NATS_USER"), help="user name")
     conn.add_argument("--password", default=os.environ.get("NATS_PASSWORD"), help="password")
     conn.add_argument("--creds", default=os.environ.get("NATS_CREDS"), help="credentials file")
+    conn.add_argument("--inbox-prefix", default=os.environ.get("NATS_INBOX_PREFIX"),
+                      metavar="PREFIX", help="where replies come back (default: "
+                      "$NATS_INBOX_PREFIX or _INBOX); with 'natsreg auth' permissions, "
+                      "_INBOX_<user>")
     conn.add_argument("--tls-ca", help="CA certificate file to verify the server")
     conn.add_argument("--tls-cert", help="client certificate file")
     conn.add_argument("--tls-key", help="client key file")
@@ -127,6 +131,33 @@ def _parser() -> argparse.ArgumentParser:
     watch = commands.add_parser("watch", parents=[common], help="stream registry changes")
     watch.add_argument("service", nargs="?", help="only this service")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
+
+    auth = commands.add_parser(
+        "auth", help="generate nats-server users and permissions for natsreg roles",
+        description="Generate the nats-server authorization for natsreg roles: each service "
+                    "may speak only for its own name and serve only its own endpoints, a "
+                    "caller may only call (docs/security.md). USER:SVC,SVC names a user and "
+                    "the services it calls.")
+    auth.add_argument("--registry", action="append", default=[], metavar="USER",
+                      help="a registry node's user; repeatable")
+    auth.add_argument("--bridge", action="append", default=[], metavar="USER[:SVC,...]",
+                      help="an HTTP bridge's user (calls every service unless listed)")
+    auth.add_argument("--operator", action="append", default=[], metavar="USER",
+                      help="a CLI user: ls, info, watch, request to every service")
+    auth.add_argument("--service", action="append", default=[], metavar="NAME[:SVC,...]",
+                      help="a service (its user has its name) and the services it calls")
+    auth.add_argument("--caller", action="append", default=[], metavar="USER:SVC[,SVC...]",
+                      help="a program that calls these services")
+    auth.add_argument("--prefix", default=os.environ.get("NATSREG_PREFIX",
+                                                         subjects.DEFAULT_PREFIX),
+                      help="subject prefix of natsreg's control traffic (default: %(default)s)")
+    auth.add_argument("--format", choices=("static", "jwt"), default="static",
+                      help="static: an authorization block with users and passwords; jwt: "
+                           "decentralized JWT accounts (default: %(default)s)")
+    auth.add_argument("--out", metavar="DIR",
+                      help="write the config and one <user>.env per user here (mode 0600); "
+                           "without it, print everything")
+    auth.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     return parser
 
 
@@ -143,6 +174,21 @@ def _bridge_options(parser: argparse.ArgumentParser) -> None:
                        help="largest request head (default: 16 KiB)")
     group.add_argument("--max-in-flight-per-client", type=int, default=256, metavar="N",
                        help="concurrent requests from one client address (default: 256)")
+    group.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME",
+                       help="a Host name to serve, any port; repeatable; '*' serves any, for a "
+                            "bridge behind a proxy that checks Host (default: localhost, "
+                            "127.0.0.1, [::1])")
+    group.add_argument("--insecure-public", action="store_true",
+                       help="serve a non-loopback --host without auth (only behind something "
+                            "that checks callers)")
+    group.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="time to send a request head before the connection is closed "
+                            "(default: 10)")
+    group.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                       help="open connections in all, also kept under the file limit "
+                            "(default: 1000)")
+    group.add_argument("--max-connections-per-client", type=int, default=256, metavar="N",
+                       help="open connections from one client address (default: 256)")
 
 
 def _registry_options(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +230,7 @@ async def _connect(args: argparse.Namespace, *, long_lived: bool) -> NATS:
     }
     for key, value in (("token", args.token), ("user", args.user),
                        ("password", args.password), ("user_credentials", args.creds),
-                       ("tls", _tls(args))):
+                       ("inbox_prefix", args.inbox_prefix), ("tls", _tls(args))):
         if value is not None:
             options[key] = value
     try:
@@ -254,13 +300,20 @@ def _bridge_config(args: argparse.Namespace) -> Any:
 
     settings = {"prefix": args.prefix, "timeout_s": args.timeout,
                 "max_body_bytes": args.max_body, "max_header_bytes": args.max_header,
-                "max_in_flight_per_client": args.max_in_flight_per_client}
+                "max_in_flight_per_client": args.max_in_flight_per_client,
+                "insecure_public": args.insecure_public, "header_timeout_s": args.header_timeout,
+                "max_connections": args.max_connections,
+                "max_connections_per_client": args.max_connections_per_client}
+    if args.allowed_hosts:
+        settings["allowed_hosts"] = tuple(args.allowed_hosts)
     try:
-        if args.routes:
-            return BridgeConfig.from_toml(args.routes, **settings)
-        return BridgeConfig(**settings)
+        config = BridgeConfig.from_toml(args.routes, **settings) if args.routes else \
+            BridgeConfig(**settings)
     except OSError as exc:
         raise _CliError(f"cannot read the route table {args.routes}: {exc.strerror}") from exc
+    # Checked here as well as when serving, so that natsreg up refuses before starting NATS.
+    config.check_listen(args.host)
+    return config
 
 
 async def _cmd_bridge(args: argparse.Namespace) -> int:
@@ -277,6 +330,7 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
 
 
 async def _cmd_up(args: argparse.Namespace) -> int:
+    bridge_config = None if args.no_bridge else _bridge_config(args)
     url = urlsplit(args.server)
     host, port = url.hostname or "127.0.0.1", url.port or 4222
     async with AsyncExitStack() as stack:
@@ -284,7 +338,7 @@ async def _cmd_up(args: argparse.Namespace) -> int:
             _say(f"using the nats-server at {args.server}")
         elif host in ("127.0.0.1", "localhost", "::1"):
             try:
-                server = NatsServer(host=host, port=port)
+                server = NatsServer(host=host, port=port, args=_embedded_auth(args))
             except ServerError as exc:
                 raise _CliError(str(exc)) from exc
             stack.callback(server.stop)
@@ -301,12 +355,12 @@ async def _cmd_up(args: argparse.Namespace) -> int:
 
             try:
                 running = await stack.enter_async_context(
-                    bridge.run(nc, _bridge_config(args), host=args.host, port=args.port))
+                    bridge.run(nc, bridge_config, host=args.host, port=args.port))
             except ConfigError as exc:
                 raise _CliError(f"{exc}: pass another --port, or --no-bridge") from exc
             _say(f"HTTP bridge on {running.url}  (curl -d '{{\"id\": 1}}' "
                  f"{running.url}/user-service/users)")
-        children = _start_programs(args.programs, args.server, stack)
+        children = _start_programs(args.programs, _child_env(args), stack)
         _say("try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
              "   |   natsreg watch")
         _say("Ctrl-C stops everything")
@@ -314,7 +368,46 @@ async def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_programs(programs: Sequence[str], url: str, stack: AsyncExitStack
+def _embedded_auth(args: argparse.Namespace) -> tuple[str, ...]:
+    # The embedded server checks what natsreg up was asked to connect with: starting it open
+    # while the user believes a token guards it would be worse than refusing.
+    if args.creds:
+        raise _CliError("--creds needs a nats-server with an operator and accounts, which "
+                        "natsreg up cannot set up: start that nats-server yourself (see "
+                        "'natsreg auth --format jwt'), or use --token or --user/--password")
+    if args.token and args.user:
+        raise _CliError("pass --token or --user/--password, not both")
+    if args.user and not args.password:
+        raise _CliError("--user needs --password for the embedded nats-server")
+    if args.password and not args.user:
+        raise _CliError("--password needs --user")
+    if args.token:
+        return ("--auth", args.token)
+    if args.user:
+        return ("--user", args.user, "--pass", args.password)
+    return ()
+
+
+def _child_env(args: argparse.Namespace) -> dict[str, str]:
+    # --with programs get natsreg up's credentials in the variables natsreg's CLI reads, and
+    # in NATS_URL for programs that read only it (as the examples do) when they can stand in
+    # a URL as they are: nats-py does not %-decode a URL's user and password.
+    env = {**os.environ, "NATS_URL": args.server}
+    secrets = {"NATS_TOKEN": args.token, "NATS_USER": args.user, "NATS_PASSWORD": args.password}
+    env.update({key: value for key, value in secrets.items() if value})
+    if args.token:
+        userinfo = args.token
+    elif args.user and args.password:
+        userinfo = f"{args.user}:{args.password}"
+    else:
+        return env
+    url = urlsplit(args.server)
+    if not url.username and all(part == quote(part, safe="") for part in userinfo.split(":", 1)):
+        env["NATS_URL"] = url._replace(netloc=f"{userinfo}@{url.netloc}").geturl()
+    return env
+
+
+def _start_programs(programs: Sequence[str], env: dict[str, str], stack: AsyncExitStack
                     ) -> list[subprocess.Popen[bytes]]:
     children = []
     for program in programs:
@@ -322,7 +415,7 @@ def _start_programs(programs: Sequence[str], url: str, stack: AsyncExitStack
         if argv and argv[0].endswith(".py"):
             argv.insert(0, sys.executable)
         try:
-            child = subprocess.Popen(argv, env={**os.environ, "NATS_URL": url})
+            child = subprocess.Popen(argv, env=env)
         except OSError as exc:
             raise _CliError(f"cannot run {program!r}: {exc}") from exc
         stack.callback(_stop_child, child)
@@ -363,6 +456,65 @@ async def _until_signal(children: Sequence[subprocess.Popen[bytes]] = ()) -> Non
         tg.start_soon(watch_signals)
         if children:
             tg.start_soon(watch_children)
+
+
+def _roles(args: argparse.Namespace) -> list[Any]:
+    from .permissions import ALL_SERVICES, Role
+
+    def split(spec: str, option: str) -> tuple[str, tuple[str, ...]]:
+        user, _, calls = spec.partition(":")
+        callees = tuple(c for c in calls.split(",") if c)
+        if not user or (calls and not callees):
+            raise _CliError(f"{option} {spec!r}: write USER or USER:SVC,SVC")
+        return user, callees
+
+    roles = [Role(kind="registry", user=user) for user in args.registry]
+    for spec in args.bridge:
+        user, calls = split(spec, "--bridge")
+        roles.append(Role(kind="bridge", user=user, calls=calls or (ALL_SERVICES,)))
+    roles += [Role(kind="operator", user=user, calls=(ALL_SERVICES,)) for user in args.operator]
+    for spec in args.service:
+        name, calls = split(spec, "--service")
+        roles.append(Role(kind="service", user=name, name=name, calls=calls))
+    for spec in args.caller:
+        user, calls = split(spec, "--caller")
+        if not calls:
+            raise _CliError(f"--caller {spec!r}: name the services it calls (USER:SVC,SVC)")
+        roles.append(Role(kind="caller", user=user, calls=calls))
+    if not roles:
+        raise _CliError("no roles: pass --registry, --bridge, --operator, --service or --caller")
+    return roles
+
+
+async def _cmd_auth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import _authconfig
+
+    try:
+        roles = _roles(args)
+        if args.format == "jwt":
+            try:
+                from ._jwt import render_jwt  # type: ignore[import-not-found,unused-ignore]
+            except ImportError as exc:
+                raise _CliError("--format jwt is not available in this natsreg") from exc
+            render_jwt(roles, args.prefix, Path(args.out) if args.out else None)
+            return 0
+        rendered = _authconfig.render_static(roles, args.prefix)
+        if args.out is None:
+            print(rendered.config)
+            print("# Credentials, shown once: each user's environment "
+                  "(natsreg reads NATS_USER, NATS_PASSWORD, NATS_INBOX_PREFIX, NATSREG_PREFIX).")
+            for secret in rendered.users:
+                print("#   " + " ".join(
+                    _authconfig.env_file(secret, args.prefix).splitlines()[1:]))
+            return 0
+        paths = _authconfig.write_static(rendered, args.prefix, Path(args.out))
+    except OSError as exc:
+        raise _CliError(f"cannot write to {args.out}: {exc.strerror}") from exc
+    _say(f"wrote {paths[0]} (include it in nats-server.conf) and {len(paths) - 1} env files "
+         "with each user's password (mode 0600; shown nowhere else)")
+    return 0
 
 
 async def _cmd_ls(args: argparse.Namespace) -> int:
@@ -615,6 +767,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "info": _cmd_info,
     "request": _cmd_request,
     "watch": _cmd_watch,
+    "auth": _cmd_auth,
 }
 
 
