@@ -494,11 +494,14 @@ async def _cmd_auth(args: argparse.Namespace) -> int:
     try:
         roles = _roles(args)
         if args.format == "jwt":
-            try:
-                from ._jwt import render_jwt  # type: ignore[import-not-found,unused-ignore]
-            except ImportError as exc:
-                raise _CliError("--format jwt is not available in this natsreg") from exc
-            render_jwt(roles, args.prefix, Path(args.out) if args.out else None)
+            from ._jwt import render_jwt
+
+            if args.out is None:
+                raise _CliError("--format jwt writes a config and creds files: pass --out DIR")
+            setup = render_jwt(roles, args.prefix, Path(args.out))
+            _say(f"wrote {setup.config} (nats-server -c), {len(setup.creds)} creds files "
+                 f"(--creds / NATS_CREDS; each user also needs --inbox-prefix _INBOX_<user>) "
+                 f"and {setup.system_creds} for server events; new keys each run")
             return 0
         rendered = _authconfig.render_static(roles, args.prefix)
         if args.out is None:

@@ -543,3 +543,15 @@ def test_the_auth_command_prints_a_config_nats_server_accepts(tmp_path: Path) ->
                            text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     assert result.stdout.count("NATS_PASSWORD=") == 6
+
+
+def test_the_auth_command_writes_jwt_accounts_nats_server_accepts(tmp_path: Path) -> None:
+    result = _cli(dict(os.environ), "auth", "--format", "jwt", "--registry", "reg",
+                  "--service", "user-service", "--caller", "shop:user-service",
+                  "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.glob("*.creds")} == {
+        "reg.creds", "user-service.creds", "shop.creds", "sys.creds"}
+    check = subprocess.run([server_binary(), "-c", str(tmp_path / "nats-jwt.conf"), "-t"],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
