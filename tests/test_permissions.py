@@ -167,8 +167,6 @@ async def test_another_service_cannot_announce_on_a_user_service_subject(
             await billing.nc.close()
 
 
-@pytest.mark.xfail(reason="needs the registry's subject/body check (issue 8, point 1)",
-                   strict=False)
 async def test_another_services_body_on_its_own_subject_is_dropped_by_the_registry(
         secured: Secured) -> None:
     async with running(secured) as system:
@@ -181,6 +179,7 @@ async def test_another_services_body_on_its_own_subject_is_dropped_by_the_regist
             await eventually(lambda: any(i.id == "canary" for i in system.registry.snapshot(
                 name="billing").instances), what="billing's own announcement listed")
             assert listed_ids(system) == [system.svc.id]
+            assert system.registry.dropped["subject_mismatch"] == 1
             assert not billing.violations
             await all_calls_reach(secured, system)
         finally:
