@@ -221,3 +221,58 @@ def _claims(token: str) -> dict:
     payload = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
+
+
+async def test_the_system_user_hears_when_a_natsreg_user_disconnects(
+        bus: Bus, conns: list[Connection]) -> None:
+    # What a registry's --system-creds is for: removing a killed instance at once.
+    system = await nats.connect(bus.server.url, user_credentials=str(bus.setup.system_creds))
+    try:
+        seen: list[str] = []
+
+        async def on_disconnect(msg: nats.aio.msg.Msg) -> None:
+            seen.append(json.loads(msg.data)["client"].get("user", ""))
+
+        await system.subscribe(f"$SYS.ACCOUNT.{bus.setup.account}.DISCONNECT", cb=on_disconnect)
+        await system.flush()
+        billing = await bus.connect("billing")
+        await billing.nc.close()
+        billing_key = _claims(_creds_jwt(bus.setup.creds["billing"]))["sub"]
+        await eventually(lambda: seen == [billing_key], what="billing's disconnect advisory")
+    finally:
+        await system.close()
+
+
+async def test_a_caller_of_many_services_connects_and_calls_them(
+        tmp_path: Path, prefix: str, unique: str) -> None:
+    # 1,400 services: past nats-server's template expansion cap, and a user JWT far longer
+    # than its default 4 KB CONNECT line.
+    services = [f"s{i}-{unique}" for i in range(1400)]
+    setup = render_jwt([Role(kind="service", user="last", name=services[-1]),
+                        Role(kind="caller", user="web", calls=tuple(services))],
+                       prefix, tmp_path)
+    assert setup.templated == frozenset()
+    with NatsServer(args=("-c", str(setup.config))) as server:
+        bus = Bus(server, setup, prefix, services[-1], services[0])
+        served = await bus.connect("last")
+        web = await bus.connect("web")
+        try:
+            async def pong(msg: nats.aio.msg.Msg) -> None:
+                await msg.respond(b"pong")
+
+            await served.nc.subscribe(f"{services[-1]}.ping", queue=services[-1], cb=pong)
+            await served.nc.flush()
+            assert (await web.nc.request(f"{services[-1]}.ping", b"", timeout=5)).data == b"pong"
+        finally:
+            await web.nc.close()
+            await served.nc.close()
+
+
+def test_a_caller_of_a_capitalised_service_carries_its_own_permissions(tmp_path: Path) -> None:
+    # NATS tools lower-case tags, so "{{tag(calls)}}" cannot be trusted to keep "Billing".
+    setup = render_jwt([Role(kind="caller", user="web", calls=("Billing",)),
+                        Role(kind="caller", user="app", calls=("billing",))],
+                       "natsreg", tmp_path)
+    assert setup.templated == {"app"}
+    web = _claims(_creds_jwt(setup.creds["web"]))
+    assert "Billing.>" in web["nats"]["pub"]["allow"]
