@@ -63,6 +63,7 @@ SYSTEM_CREDS = "sys.creds"
 OPERATOR_NAME = "natsreg"
 ACCOUNT_NAME = "natsreg"
 SYSTEM_ACCOUNT_NAME = "SYS"
+_SYSTEM_USER = SYSTEM_CREDS.removesuffix(".creds")
 
 # nats-io/jwt's "no limit" (-1); a limit left out of a JWT is 0, which nats-server takes as
 # "none allowed" (an account with conn 0 takes no connection).
@@ -117,6 +118,9 @@ def render_jwt(roles: Sequence[Role], prefix: str, out_dir: Path) -> JwtSetup:
     duplicate = next((user for user in users if users.count(user) > 1), None)
     if duplicate is not None:
         raise ConfigError(f"user {duplicate!r} is given two roles: give each role its own user")
+    if _SYSTEM_USER in users:
+        raise ConfigError(f"user {_SYSTEM_USER!r} is the system account's ({SYSTEM_CREDS}): "
+                          "name the role's user otherwise")
     out_dir.mkdir(parents=True, exist_ok=True)
     operator, account, system = (_new_key(nkeys.PREFIX_BYTE_OPERATOR),
                                  _new_key(nkeys.PREFIX_BYTE_ACCOUNT),
@@ -156,7 +160,7 @@ def render_jwt(roles: Sequence[Role], prefix: str, out_dir: Path) -> JwtSetup:
         creds[role.user] = _write_secret(out_dir / f"{role.user}.creds",
                                          _creds(user_jwt, user_key))
     sys_user = _new_key(nkeys.PREFIX_BYTE_USER)
-    sys_jwt = _encode(_user_claims("sys", sys_user, dict(_UNLIMITED), tags=()), system)
+    sys_jwt = _encode(_user_claims(_SYSTEM_USER, sys_user, dict(_UNLIMITED), tags=()), system)
     system_creds = _write_secret(out_dir / SYSTEM_CREDS, _creds(sys_jwt, sys_user))
     config = out_dir / CONFIG_FILE
     longest = max((len(user_jwt) for _, user_jwt, _ in issued), default=0)

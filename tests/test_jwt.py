@@ -19,6 +19,7 @@ from nats.errors import NoRespondersError
 import natsreg
 from natsreg._jwt import JwtSetup, render_jwt
 from natsreg._server import NatsServer
+from natsreg.errors import ConfigError
 from natsreg.permissions import Role, inbox_prefix
 from tests.helpers import eventually
 from tests.test_cli import run_cli, running
@@ -276,3 +277,10 @@ def test_a_caller_of_a_capitalised_service_carries_its_own_permissions(tmp_path:
     assert setup.templated == {"app"}
     web = _claims(_creds_jwt(setup.creds["web"]))
     assert "Billing.>" in web["nats"]["pub"]["allow"]
+
+
+def test_no_role_may_take_the_system_users_name(tmp_path: Path) -> None:
+    # Its creds file would be overwritten by the system account's, which can read $SYS.
+    with pytest.raises(ConfigError, match="sys"):
+        render_jwt([Role(kind="caller", user="sys", calls=("billing",))], "natsreg", tmp_path)
+    assert not (tmp_path / "sys.creds").exists()
