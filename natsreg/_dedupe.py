@@ -67,10 +67,11 @@ SWEEP_S = 0.25
 # Printable ASCII without space: safe to echo in a header value and in a log line.
 _ID = re.compile(rf"[!-~]{{1,{MAX_ID_CHARS}}}")
 
-#: :meth:`Memory.begin`'s answer when the request joined a call that is still running.
-JOINED = ("joined",)
-
 Reply = tuple[bytes, "dict[str, str] | None"]
+
+#: :meth:`Memory.begin`'s answer when the request joined a call that is still running (told
+#: apart by identity: it is no reply to send).
+JOINED: Reply = (b"", None)
 
 
 def is_valid_id(value: str) -> bool:
@@ -145,8 +146,7 @@ class Memory:
         self.evicted = 0
         self.refused = 0
 
-    def begin(self, key: tuple[str, str], reply: str | None, now: float
-              ) -> Reply | tuple[str] | None:
+    def begin(self, key: tuple[str, str], reply: str | None, now: float) -> Reply | None:
         """A request with id ``key[1]`` arrived for endpoint ``key[0]``.
 
         None: it is new, now marked running, and the caller runs it. :data:`JOINED`: the

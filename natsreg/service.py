@@ -404,7 +404,7 @@ class Service(anyio.AsyncContextManagerMixin):
                     if known is not None:
                         if known is not _dedupe.JOINED and reply:
                             await _quietly(self._nc.publish(
-                                reply, known[0], headers=known[1]), "reply")  # type: ignore[arg-type]
+                                reply, known[0], headers=known[1]), "reply")
                         return
                 else:
                     self._dropped["request_id"] += 1

@@ -90,8 +90,8 @@ async def test_six_charges_behind_a_rogue_forging_no_responders_each_run_at_most
             await rogue.flush()
 
             async def listed() -> bool:
-                await client._has_view(name, asyncio.get_running_loop().time() + 1)  # noqa: SLF001
-                return [i.id for i in client._catalog.instances(name)] == [svc.id]  # noqa: SLF001
+                await client._has_view(name, asyncio.get_running_loop().time() + 1)
+                return [i.id for i in client._catalog.instances(name)] == [svc.id]
 
             await eventually(listed, what="the client's view of the charge service")
             outcomes = []
@@ -133,6 +133,7 @@ async def test_a_repeat_of_a_failed_call_gets_the_same_error_and_runs_once(
         rid = request_id("declined")
         first = await call(nc, f"pay-{unique}.decline", rid)
         second = await call(nc, f"pay-{unique}.decline", rid)
+    assert first.headers is not None
     assert first.headers[CODE_HEADER] == "402"
     assert first.headers[ERROR_HEADER] == "card declined (run 1)"
     assert second.headers == first.headers
@@ -178,6 +179,7 @@ async def test_a_repeat_of_a_call_whose_reply_was_too_large_to_keep_fails_with_4
         first = await call(nc, f"pay-{unique}.receipt", rid)
         second = await call(nc, f"pay-{unique}.receipt", rid)
     assert len(first.data) == _dedupe.MAX_REPLY_BYTES + 1
+    assert second.headers is not None
     assert second.headers[CODE_HEADER] == "409"
     assert f"request {rid} already ran" in second.headers[ERROR_HEADER]
     assert charges.total == 1
