@@ -176,9 +176,7 @@ def _template(role: Role, prefix: str, users: Sequence[str],
               perms: Permissions) -> dict[str, Any] | None:
     """The scoped signing key template that gives ``role`` exactly ``perms``, or None when no
     template can (see the module docstring)."""
-    tag_values = [role.name] if role.kind == "service" else []
-    tag_values += [callee for callee in role.calls if callee != ALL_SERVICES]
-    if any(value != value.lower() for value in tag_values):
+    if any(tag != tag.lower() for tag in _tags(role)):
         return None
     shape = Role(kind=role.kind, user=_USER_MARK,
                  name=_SERVICE_MARK if role.kind == "service" else "",
