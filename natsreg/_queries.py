@@ -1,23 +1,27 @@
 """How a registry node answers queries: one task, a bounded queue, answers cached per revision.
 
 Anyone may send a query, and a ``list`` of a large fleet costs megabytes, so: a query waits
-in a queue of at most :data:`MAX_QUEUED`; one it can no longer help (its budget ran out while
-it waited) is dropped unanswered; the same question at the same revision is encoded once; and
+in a queue of at most :data:`MAX_QUEUED`; whole-view ``list`` queries wait in their own queue,
+served only when no small query (``services``, ``stats``, one service or instance) waits, so
+a flood of them cannot hold up ``natsreg ls``; a query the node can no longer help (its budget
+ran out while it waited) is dropped unanswered; the same question at the same revision is
+encoded once; and
 answers go only to inboxes (``subjects.is_reply_subject``), never to a subject a requester
 names to have the node publish there for it (reflection).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -27,7 +31,10 @@ from .errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
 if TYPE_CHECKING:
     from .registry import Registry
 
-#: Queries waiting for the serving task; beyond this a query is dropped (``query_overflow``).
+log = logging.getLogger("natsreg.registry")
+
+#: Queries waiting for the serving task, in each of the two queues (small, and whole-view
+#: ``list``); beyond this a query is dropped (``query_overflow``).
 #: At 30 full ``list`` answers a second this is several seconds of work, more than any
 #: default budget, so a longer queue would only hold queries that expire anyway.
 MAX_QUEUED = 256
@@ -52,18 +59,21 @@ class Queries:
         self._registry = registry
         self._dropped = dropped
         self._clock = clock
-        self._send: MemoryObjectSendStream[tuple[float, Msg]]
-        self._receive: MemoryObjectReceiveStream[tuple[float, Msg]]
-        self._send, self._receive = anyio.create_memory_object_stream(MAX_QUEUED)
+        # (expires at, query): small ones first, whole-view lists when none waits.
+        self._small: deque[tuple[float, Msg]] = deque()
+        self._large: deque[tuple[float, Msg]] = deque()
+        self._wake = anyio.Event()
+        self._closed = False
         # (question, revision, warming up, mass alert) -> (encoded at, encoded chunks)
         self._cache: OrderedDict[tuple[object, ...], tuple[float, list[bytes]]] = OrderedDict()
         #: Answers encoded (not served from the cache), for tests and benches.
         self.encoded = 0
 
     def close(self) -> None:
-        """Close the queue: queries still arriving are ignored, :meth:`serve` ends."""
-        self._send.close()
-        self._receive.close()
+        """Stop taking queries: those still arriving are ignored."""
+        self._closed = True
+        self._small.clear()
+        self._large.clear()
 
     async def on_query(self, msg: Msg) -> None:
         """The NATS callback: check the reply subject and enqueue, never more."""
@@ -72,28 +82,39 @@ class Queries:
         if not subjects.is_reply_subject(msg.reply):
             self._dropped["reply_subject"] += 1
             return
-        expires_at = self._clock() + _budget_s(msg)
-        try:
-            self._send.send_nowait((expires_at, msg))
-        except anyio.WouldBlock:
+        if self._closed:
+            return
+        queue = self._large if msg.subject.endswith(".registry.list") else self._small
+        if len(queue) >= MAX_QUEUED:
             self._dropped["query_overflow"] += 1
-        except anyio.ClosedResourceError:
-            pass  # the node is stopping
+            return
+        queue.append((self._clock() + _budget_s(msg), msg))
+        self._wake.set()
 
     async def serve(self) -> None:
         """Answer queued queries one at a time, forever."""
-        async for expires_at, msg in self._receive:
+        while True:
+            if not (self._small or self._large):
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            expires_at, msg = (self._small or self._large).popleft()
             if self._clock() >= expires_at:
                 self._dropped["query_expired"] += 1
                 continue
             chunks = self._answer(msg.subject)
-            if chunks is None:
-                await self._nc.publish(msg.reply, b"", headers={
-                    ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}",
-                    CODE_HEADER: "400"})
-                continue
-            for chunk in chunks:
-                await self._nc.publish(msg.reply, chunk)
+            try:
+                if chunks is None:
+                    await self._nc.publish(msg.reply, b"", headers={
+                        ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}",
+                        CODE_HEADER: "400"})
+                    continue
+                for chunk in chunks:
+                    await self._nc.publish(msg.reply, chunk)
+            except nats.errors.Error as exc:
+                # Disconnected or closing: this answer is lost, the node is not.
+                self._dropped["query_unsent"] += 1
+                log.debug("could not answer %s: %s", msg.subject, exc)
 
     def _answer(self, subject: str) -> list[bytes] | None:
         registry = self._registry

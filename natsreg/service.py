@@ -524,7 +524,13 @@ class Service(anyio.AsyncContextManagerMixin):
 
     async def _publish_announce(self) -> None:
         self._announced_conn = self._connection()
-        payload = wire.encode(self._announcement())
+        announcement = self._announcement()
+        try:
+            # The registries' own check: what they would drop is refused here, loudly.
+            wire.check(announcement)
+        except wire.Invalid as exc:
+            raise ConfigError(f"{self.config.name}: {exc}") from None
+        payload = wire.encode(announcement)
         if len(payload) > wire.MAX_CONTROL_BYTES:
             raise ConfigError(
                 f"{self.config.name}: the announcement is {len(payload)} bytes, over the "

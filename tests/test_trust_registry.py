@@ -4,7 +4,6 @@ may publish must not hijack, erase or swamp the registry's view."""
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -81,21 +80,20 @@ async def test_announcements_beyond_the_limits_are_dropped_and_counted_by_reason
 async def test_one_heartbeat_with_an_absurd_sequence_neither_erases_nor_hijacks_an_instance(
         nc: NATS, prefix: str, unique: str) -> None:
     name = f"seq-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix) as registry:
-        async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix,
-                                    heartbeat_s=0.1) as svc:
-            await svc.ready()
-            await eventually(lambda: svc.id in {i.id for i in registry.snapshot().instances})
-            for seq in (2**63 - 1, 10**6):
-                await _send(nc, prefix, "hb", name, svc.id, wire.Heartbeat(
-                    id=svc.id, name=name, seq=seq, health="critical"))
-            await _send(nc, prefix, "bye", name, svc.id,
-                        wire.Goodbye(id=svc.id, name=name, seq=2**63 - 1))
-            await anyio.sleep(1.0)  # ten heartbeats: the forged numbers would have shut them out
-            (instance,) = registry.snapshot().instances
-            assert (instance.id, instance.health) == (svc.id, "passing")
-            assert instance.seq < 1000 and instance.age_s < 0.5
-            assert registry.stats().dropped["seq_jump"] == 3
+    async with natsreg.Registry(nc, prefix=prefix) as registry, natsreg.announce(
+            nc, name, version="1.0.0", prefix=prefix, heartbeat_s=0.1) as svc:
+        await svc.ready()
+        await eventually(lambda: svc.id in {i.id for i in registry.snapshot().instances})
+        for seq in (2**63 - 1, 10**6):
+            await _send(nc, prefix, "hb", name, svc.id, wire.Heartbeat(
+                id=svc.id, name=name, seq=seq, health="critical"))
+        await _send(nc, prefix, "bye", name, svc.id,
+                    wire.Goodbye(id=svc.id, name=name, seq=2**63 - 1))
+        await anyio.sleep(1.0)  # ten heartbeats: the forged numbers would have shut them out
+        (instance,) = registry.snapshot().instances
+        assert (instance.id, instance.health) == (svc.id, "passing")
+        assert instance.seq < 1000 and instance.age_s < 0.5
+        assert registry.stats().dropped["seq_jump"] == 3
 
 
 async def test_a_node_holds_no_more_instances_than_its_caps_and_says_so_once(
@@ -119,19 +117,19 @@ async def test_a_node_holds_no_more_instances_than_its_caps_and_says_so_once(
 async def test_fake_announcements_that_never_heartbeat_expire_without_a_mass_expiry_alarm(
         nc: NATS, prefix: str, unique: str) -> None:
     name = f"fake-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0) as registry:
-        async with natsreg.announce(nc, f"real-{unique}", version="1.0.0", prefix=prefix,
-                                    heartbeat_s=0.1) as svc:
-            await svc.ready()
-            await anyio.sleep(0.6)  # out of warm-up, and the real one heartbeating
-            for n in range(3000):
-                await _send(nc, prefix, "announce", name, f"f{n}",
-                            _ann(name, f"f{n}", heartbeat_s=0.05))
-            await nc.flush()
-            await eventually(lambda: [i.id for i in registry.snapshot().instances] == [svc.id],
-                             what="the fakes expired")
-            await anyio.sleep(0.3)
-            assert registry.stats().mass_expiry is None
+    async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0) as registry, \
+            natsreg.announce(nc, f"real-{unique}", version="1.0.0", prefix=prefix,
+                             heartbeat_s=0.1) as svc:
+        await svc.ready()
+        await anyio.sleep(0.6)  # out of warm-up, and the real one heartbeating
+        for n in range(3000):
+            await _send(nc, prefix, "announce", name, f"f{n}",
+                        _ann(name, f"f{n}", heartbeat_s=0.05))
+        await nc.flush()
+        await eventually(lambda: [i.id for i in registry.snapshot().instances] == [svc.id],
+                         what="the fakes expired")
+        await anyio.sleep(0.3)
+        assert registry.stats().mass_expiry is None
 
 
 async def test_a_discover_flood_makes_a_service_re_announce_only_about_once_a_second(

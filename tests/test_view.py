@@ -316,4 +316,4 @@ def test_goodbyes_and_heartbeats_for_made_up_ids_hold_bounded_memory() -> None:
     for n in range(1000):
         view.apply(wire.Goodbye(id=f"g{n}", name="svc", seq=1))
         assert view.apply(wire.Heartbeat(id=f"h{n}", name="svc", seq=1)).ask_info
-    assert len(view._tombstones) <= 100 and len(view._asked) <= 100  # noqa: SLF001
+    assert len(view._tombstones) <= 100 and len(view._asked) <= 100
