@@ -307,3 +307,142 @@ def test_the_catalogs_tombstones_stay_bounded_when_instances_expire() -> None:
         clock.now += 10
         assert catalog.instances("svc") == []  # all expired, each leaving a tombstone
     assert len(catalog._tombstones) <= _MAX_TOMBSTONES
+
+
+# -- the catalog under forged or lost messages -------------------------------------------------
+
+
+def chained(kind: str, v: wire.InstanceView, revision: int, prev: int, reason: str = "",
+            node: str = "n") -> wire.Event:
+    return wire.Event(node=node, revision=revision, prev_revision=prev, kind=kind,  # type: ignore[arg-type]
+                      instance=v, reason=reason)
+
+
+def tracked(clock: Clock | None = None, lost: list[str] | None = None) -> Catalog:
+    catalog = Catalog(clock=clock or Clock(), on_lost=None if lost is None else lost.append)
+    catalog.track("svc")
+    catalog.apply_snapshot(snapshot(view(1), view(1, "i2")), "svc")
+    return catalog
+
+
+def test_the_catalog_drops_messages_whose_body_disagrees_with_their_subject() -> None:
+    catalog = tracked()
+    bye = wire.encode(wire.Goodbye(id="i1", name="svc", seq=9))
+    assert catalog.hear("bye", ["svc", "i2"], bye) == "dropped"
+    assert catalog.hear("bye", ["other", "i1"], bye) == "dropped"
+    assert catalog.hear("hb", ["svc", "i1"], bye) == "dropped"  # a goodbye on a heartbeat subject
+    down = wire.encode(chained("down", view(9), 5, 0, "expired"))
+    assert catalog.hear("events", ["other"], down) == "dropped"
+    assert catalog.hear("hb", ["svc", "i1"], b"{" * 10) == "dropped"
+    assert catalog.hear("hb", ["svc", "i1"], b" " * (wire.MAX_CONTROL_BYTES + 1)) == "dropped"
+    assert [i.id for i in catalog.instances("svc")] == ["i1", "i2"]
+    assert catalog.dropped == {"subject_mismatch": 3, "wrong_kind": 1, "malformed": 1,
+                               "oversized": 1}
+    assert catalog.hear("bye", ["svc", "i1"], bye) == "taken"
+    assert [i.id for i in catalog.instances("svc")] == ["i2"]
+
+
+def test_an_event_out_of_its_nodes_chain_or_from_an_unknown_node_asks_for_a_reconcile() -> None:
+    catalog = tracked()
+    assert catalog.apply_event(chained("health", view(2, health="warning"), 10, 7)) == "taken"
+    assert catalog.apply_event(chained("health", view(3), 11, 10)) == "taken"
+    assert catalog.apply_event(chained("health", view(4), 13, 12)) == "reconcile"  # missed 12
+    # A node no snapshot came from: not applied at all.
+    assert catalog.apply_event(chained("down", view(9), 1, 0, "expired", node="x")) == "reconcile"
+    assert [i.id for i in catalog.instances("svc")] == ["i1", "i2"]
+    assert catalog.dropped["unknown_node"] == 1
+    # A new instance, even in the chain, is checked against a snapshot.
+    assert catalog.apply_event(chained("up", view(1, "i3"), 14, 13)) == "reconcile"
+
+
+def test_a_heartbeat_from_an_instance_the_view_lost_asks_for_a_reconcile_unless_it_said_goodbye(
+) -> None:
+    catalog = tracked()
+    catalog.apply_event(chained("down", view(10**9), 10, 0, "goodbye"))  # forged, say
+    catalog.apply_goodbye(wire.Goodbye(id="i2", name="svc", seq=2))
+    assert catalog.apply_heartbeat(wire.Heartbeat(id="i1", name="svc", seq=2)) == "reconcile"
+    assert catalog.apply_heartbeat(wire.Heartbeat(id="i2", name="svc", seq=3)) == "taken"
+    assert catalog.apply_heartbeat(wire.Heartbeat(id="new", name="svc", seq=1)) == "reconcile"
+
+
+def test_a_reconcile_makes_the_view_match_the_snapshot_but_never_revives_a_goodbye() -> None:
+    catalog = tracked()
+    catalog.apply_event(chained("down", view(10**9), 10, 0, "goodbye"))  # forged
+    catalog.apply_event(chained("up", view(1, "rogue"), 11, 10))  # forged
+    catalog.apply_goodbye(wire.Goodbye(id="i2", name="svc", seq=2))
+    assert [i.id for i in catalog.instances("svc")] == ["rogue"]
+    catalog.reconcile("svc", snapshot(view(5), view(1, "i2")))
+    assert [(i.id, i.seq) for i in catalog.instances("svc")] == [("i1", 5)]
+
+
+def test_only_a_death_ends_calls_in_flight_a_goodbye_does_not() -> None:
+    clock, lost = Clock(), []  # type: ignore[var-annotated]
+    catalog = tracked(clock, lost)
+    catalog.apply_event(chained("down", view(2, "i2"), 10, 0, "goodbye"))
+    catalog.apply_goodbye(wire.Goodbye(id="i1", name="svc", seq=2))
+    assert lost == []
+    catalog = tracked(clock, lost)
+    catalog.apply_event(chained("down", view(2, "i2"), 10, 0, "disconnected"))
+    clock.now += 3.0
+    catalog.expire()
+    assert lost == ["i2", "i1"]
+
+
+# -- avoiding instances nobody serves --------------------------------------------------------
+
+
+def test_an_unserved_instance_is_avoided_for_a_time_that_doubles_up_to_a_minute() -> None:
+    clock = Clock()
+    stats = InstanceStats()
+    waits = []
+    for _ in range(9):
+        stats.unserved(clock.now)
+        assert not stats.sound(seq=10**9, now=clock.now)  # however new its heartbeat
+        waits.append(stats.avoid_until - clock.now)
+        clock.now = stats.avoid_until
+        assert stats.sound(seq=10**9, now=clock.now)
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    stats.unserved(clock.now)
+    stats.observe(0.001)  # it answered
+    assert stats.sound(seq=0, now=clock.now)
+    stats.unserved(clock.now)
+    assert stats.avoid_until - clock.now == 1
+
+
+def test_an_outcome_unknown_is_retried_only_for_an_idempotent_endpoint() -> None:
+    assert not is_retryable(natsreg.OutcomeUnknownError("x"), idempotent=False)
+    assert is_retryable(natsreg.OutcomeUnknownError("x"), idempotent=True)
+
+
+# -- reconciling -------------------------------------------------------------------------------
+
+
+async def test_reconciles_of_one_service_run_one_at_a_time_at_most_once_per_interval() -> None:
+    import asyncio
+
+    from natsreg._healing import Reconciler
+
+    fetched: list[float] = []
+    applied: list[wire.Snapshot] = []
+
+    async def fetch(service: str) -> wire.Snapshot:
+        fetched.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.01)
+        return wire.Snapshot(node="n", revision=len(fetched), warming_up=len(fetched) == 2)
+
+    reconciler = Reconciler(fetch, lambda s, snap: applied.append(snap), interval_s=0.2)
+    for _ in range(100):
+        reconciler.request("svc")
+    await asyncio.sleep(0.05)
+    assert len(fetched) == 1  # at once, and once
+    for _ in range(100):
+        reconciler.request("svc")
+    await asyncio.sleep(0.6)
+    # The second waited for the interval; it was warming up (not applied) and tried again.
+    assert len(fetched) == 3
+    assert all(b - a >= 0.19 for a, b in zip(fetched, fetched[1:]))
+    assert [s.revision for s in applied] == [1, 3]
+    reconciler.request("svc")
+    await reconciler.aclose()
+    reconciler.request("svc")
+    assert len(fetched) == 3
