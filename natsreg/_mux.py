@@ -115,7 +115,7 @@ class ReplyMux:
                 members.discard(reply)
                 # abandon() may have dropped this set already, and a newer one taken its place.
                 if not members and self._groups.get(group) is members:  # type: ignore[arg-type]
-                    del self._groups[group]  # type: ignore[index]
+                    del self._groups[group]  # type: ignore[arg-type]
             # Resolved already unless publish raised or the caller was cancelled; aclose()
             # waits on these futures, so none may stay pending.
             future.cancel()

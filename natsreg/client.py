@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import anyio
 import msgspec
@@ -335,6 +335,7 @@ class Client(anyio.AsyncContextManagerMixin):
         try:
             while True:
                 attempt += 1
+                route: _Route | None
                 if fallback:
                     route = self._queue_route(
                         target.subject, self._matching(target, select).all_idempotent)
@@ -488,15 +489,15 @@ class Client(anyio.AsyncContextManagerMixin):
             fresh = [m for m in usable if m.id not in tried] or usable
             now = self._clock()
             candidates = [m for m in fresh if self._sound(m, now)] or fresh
-        chosen = self._balancer.pick(
+        chosen = cast(wire.InstanceView, self._balancer.pick(
             "auto" if strategy == "queue" else strategy,
-            candidates, self._stats, key=key, group=target.subject)
+            candidates, self._stats, key=key, group=target.subject))
         breaker = self._breaker(chosen.id, endpoint)
         breaker.allow()
         # Idempotence is what the instance that runs the call declares: another instance (a
         # fake one, say) saying so must not make this one's timeouts retried.
         return _Route(subjects.direct_subject(self.prefix, chosen.name, chosen.id, endpoint),
-                      chosen, breaker, chosen.id in found.idempotent_ids)  # type: ignore[arg-type]
+                      chosen, breaker, chosen.id in found.idempotent_ids)
 
     def _sound(self, instance: wire.InstanceView, now: float) -> bool:
         if instance.health == "critical":

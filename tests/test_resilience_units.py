@@ -419,6 +419,7 @@ def test_an_outcome_unknown_is_retried_only_for_an_idempotent_endpoint() -> None
 
 async def test_reconciles_of_one_service_run_one_at_a_time_at_most_once_per_interval() -> None:
     import asyncio
+    import itertools
 
     from natsreg._healing import Reconciler
 
@@ -440,7 +441,7 @@ async def test_reconciles_of_one_service_run_one_at_a_time_at_most_once_per_inte
     await asyncio.sleep(0.6)
     # The second waited for the interval; it was warming up (not applied) and tried again.
     assert len(fetched) == 3
-    assert all(b - a >= 0.19 for a, b in zip(fetched, fetched[1:]))
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(fetched))
     assert [s.revision for s in applied] == [1, 3]
     reconciler.request("svc")
     await reconciler.aclose()
