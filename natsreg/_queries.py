@@ -98,23 +98,46 @@ class Queries:
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            expires_at, msg = (self._small or self._large).popleft()
-            if self._clock() >= expires_at:
-                self._dropped["query_expired"] += 1
+            if self._small:
+                await self._answer_one(*self._small.popleft())
                 continue
-            chunks = self._answer(msg.subject)
-            try:
-                if chunks is None:
-                    await self._nc.publish(msg.reply, b"", headers={
-                        ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}",
-                        CODE_HEADER: "400"})
-                    continue
-                for chunk in chunks:
-                    await self._nc.publish(msg.reply, chunk)
-            except nats.errors.Error as exc:
-                # Disconnected or closing: this answer is lost, the node is not.
-                self._dropped["query_unsent"] += 1
-                log.debug("could not answer %s: %s", msg.subject, exc)
+            expires_at, msg = self._large.popleft()
+            chunks = await self._answer_one(expires_at, msg, first_chunk_only=True)
+            for chunk in chunks[1:]:
+                # A whole view is many messages: small queries need not wait for all of them.
+                while self._small:
+                    await self._answer_one(*self._small.popleft())
+                if not await self._publish(msg, chunk):
+                    break
+
+    async def _answer_one(self, expires_at: float, msg: Msg, *,
+                          first_chunk_only: bool = False) -> list[bytes]:
+        """Answer ``msg`` unless its budget ran out; return the answer's chunks (all sent
+        unless ``first_chunk_only``)."""
+        if self._clock() >= expires_at:
+            self._dropped["query_expired"] += 1
+            return []
+        chunks = self._answer(msg.subject)
+        if chunks is None:
+            await self._publish(msg, b"", {
+                ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}",
+                CODE_HEADER: "400"})
+            return []
+        for chunk in chunks[:1] if first_chunk_only else chunks:
+            if not await self._publish(msg, chunk):
+                return []
+        return chunks
+
+    async def _publish(self, msg: Msg, data: bytes,
+                       headers: dict[str, str] | None = None) -> bool:
+        try:
+            await self._nc.publish(msg.reply, data, headers=headers)
+        except nats.errors.Error as exc:
+            # Disconnected or closing: this answer is lost, the node is not.
+            self._dropped["query_unsent"] += 1
+            log.debug("could not answer %s: %s", msg.subject, exc)
+            return False
+        return True
 
     def _answer(self, subject: str) -> list[bytes] | None:
         registry = self._registry
