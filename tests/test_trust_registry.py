@@ -286,3 +286,22 @@ async def test_a_flood_of_list_queries_is_encoded_once_per_revision(
         replies = [await nc.request(subject, b"") for _ in range(30)]
         assert {wire.decode_snapshot(r.data).revision for r in replies} == {revision}
         assert registry.answers_encoded <= 2  # one, or two if a second passed meanwhile
+
+
+async def test_a_plain_adr32_info_reply_beyond_the_limits_is_dropped_and_counted(
+        nc: NATS, prefix: str, unique: str) -> None:
+    good = wire.SrvInfo(name=f"go-{unique}", id=f"good{unique}", version="1.0.0", endpoints=[
+        wire.SrvEndpointInfo(name="add", subject=f"go-{unique}.add", queue_group="q")])
+    bad = wire.SrvInfo(name=f"go-{unique}", id=f"bad{unique}", version="1.0.0",
+                       metadata={f"k{n}": "v" for n in range(1000)})
+
+    async def answer(msg: Msg) -> None:
+        await nc.publish(msg.reply, wire.encode(good))
+        await nc.publish(msg.reply, wire.encode(bad))
+
+    sub = await nc.subscribe(subjects.srv_subject("INFO"), cb=answer)
+    async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.3) as registry:
+        await eventually(lambda: registry.stats().dropped.get("invalid_metadata", 0) >= 1)
+        assert [i.id for i in registry.snapshot().instances if i.kind == "micro"
+                and i.name == good.name] == [good.id]
+    await sub.unsubscribe()
