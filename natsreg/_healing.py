@@ -15,10 +15,12 @@ and second per client. :meth:`Reconciler.aclose` ends them with the client.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
 from . import wire
+from ._catalog import Catalog
 from .errors import RequestError
 
 #: At most one snapshot fetch per service per this interval, however many reasons arrive.
@@ -112,3 +114,44 @@ class Reconciler:
         self._apply(service, snapshot)
         self.applied[service] = self.applied.get(service, 0) + 1
         return True
+
+
+class ExpiryWatch:
+    """Runs a catalog's expiry on time while ``busy()`` says calls are in flight.
+
+    The catalog expires instances when a call reads it; an instance that expires with calls of
+    ours in flight must end them then (``Catalog.on_lost``: outcome unknown), even if no new
+    call comes to read the catalog. One timer, armed for the catalog's next expiry, and only
+    while there is something in flight to end.
+    """
+
+    def __init__(self, catalog: Catalog, busy: Callable[[], bool], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._catalog = catalog
+        self._busy = busy
+        self._clock = clock
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def arm(self) -> None:
+        """Make sure the next expiry will be run (cheap when it already will)."""
+        if self._timer is not None or self._closed:
+            return
+        when = self._catalog.next_expiry
+        if when != math.inf:
+            # A millisecond late rather than early: the catalog expires strictly after.
+            self._timer = asyncio.get_running_loop().call_later(
+                max(when - self._clock(), 0.0) + 0.001, self._tick)
+
+    def close(self) -> None:
+        """Stop for good."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._catalog.expire()
+        if self._busy():
+            self.arm()

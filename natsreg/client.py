@@ -23,7 +23,6 @@ import contextlib
 import functools
 import inspect
 import itertools
-import math
 import secrets
 import time
 from collections import OrderedDict
@@ -43,7 +42,7 @@ from ._balance import STRATEGIES, Balancer, InstanceStats, check_strategy
 from ._breaker import Breaker, BreakerConfig
 from ._catalog import Catalog
 from ._codec import Message, to_bytes
-from ._healing import Reconciler
+from ._healing import ExpiryWatch, Reconciler
 from ._mux import Abandoned, ReplyMux
 from ._retry import RetryPolicy, is_retryable
 from ._semver import Constraint, parse_constraint
@@ -183,7 +182,6 @@ class Client(anyio.AsyncContextManagerMixin):
                                 on_lost=self._lost)
         self._reconciler = Reconciler(
             functools.partial(self.instances, timeout_s=2.0), self._reconciled, clock=clock)
-        self._expiry_timer: asyncio.TimerHandle | None = None
         # Request ids: random per client, then a counter, which is unique enough and cheap.
         self._id_prefix = secrets.token_urlsafe(12) + "-"
         self._ids = itertools.count(1)
@@ -195,6 +193,7 @@ class Client(anyio.AsyncContextManagerMixin):
         # (service, endpoint, subject, constraint, selector) -> (catalog revision, matches)
         self._matches: dict[tuple[Any, ...], tuple[int, _Matches]] = {}
         self._mux = ReplyMux(nc)
+        self._expiry = ExpiryWatch(self._catalog, lambda: self._mux.groups() > 0, clock=clock)
         self._closed = False
 
     @asynccontextmanager
@@ -212,9 +211,7 @@ class Client(anyio.AsyncContextManagerMixin):
         self._closed = True
         await self._reconciler.aclose()
         await self._mux.aclose()
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
+        self._expiry.close()
         trackers, self._trackers = self._trackers, {}
         for tracker in trackers.values():
             if tracker.task is not None:
@@ -365,8 +362,7 @@ class Client(anyio.AsyncContextManagerMixin):
                         stats = self._stats[instance.id] = InstanceStats()
                     stats.in_flight += 1
                     tried.append(instance.id)
-                    if self._expiry_timer is None:
-                        self._watch_expiry()
+                    self._expiry.arm()
                 try:
                     reply = await self._request(route.subject, data, attempt_s, sent,
                                                 None if instance is None else instance.id)
@@ -628,20 +624,6 @@ class Client(anyio.AsyncContextManagerMixin):
         # The instance died (not a goodbye: a stopping instance still answers what it got).
         # Whatever it was running for us will never be answered.
         self._mux.abandon(instance_id)
-
-    def _watch_expiry(self) -> None:
-        # Instances otherwise expire when a call reads the catalog; with calls in flight, an
-        # instance's expiry must end them (outcome unknown) even if no new call comes.
-        when = self._catalog.next_expiry
-        if self._expiry_timer is None and when != math.inf and not self._closed:
-            self._expiry_timer = asyncio.get_running_loop().call_later(
-                max(when - self._clock(), 0.0) + 0.001, self._expiry_tick)
-
-    def _expiry_tick(self) -> None:
-        self._expiry_timer = None
-        self._catalog.expire()
-        if self._mux.groups():
-            self._watch_expiry()
 
     async def _request(
         self, subject: str, data: bytes, timeout_s: float, headers: dict[str, str] | None,
