@@ -19,6 +19,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
+import nats.errors
+
 from . import wire
 from ._catalog import Catalog
 from .errors import RequestError
@@ -106,7 +108,8 @@ class Reconciler:
     async def _once(self, service: str) -> bool:
         try:
             snapshot = await self._fetch(service)
-        except (RequestError, OSError):
+        except (RequestError, OSError, nats.errors.Error):
+            # No registry, a slow one, or the connection closing: the next reason tries again.
             return False
         if snapshot.warming_up:
             # A node that has not heard every instance yet is no reference for removals.
