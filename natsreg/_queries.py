@@ -16,10 +16,11 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -99,34 +100,30 @@ class Queries:
                 await self._wake.wait()
                 continue
             if self._small:
-                await self._answer_one(*self._small.popleft())
-                continue
-            expires_at, msg = self._large.popleft()
-            chunks = await self._answer_one(expires_at, msg, first_chunk_only=True)
-            for chunk in chunks[1:]:
-                # A whole view is many messages: small queries need not wait for all of them.
-                while self._small:
-                    await self._answer_one(*self._small.popleft())
-                if not await self._publish(msg, chunk):
-                    break
+                await self._serve_one(*self._small.popleft())
+            else:
+                await self._serve_one(*self._large.popleft(), interleave=True)
 
-    async def _answer_one(self, expires_at: float, msg: Msg, *,
-                          first_chunk_only: bool = False) -> list[bytes]:
-        """Answer ``msg`` unless its budget ran out; return the answer's chunks (all sent
-        unless ``first_chunk_only``)."""
+    async def _serve_one(self, expires_at: float, msg: Msg, *, interleave: bool = False
+                         ) -> None:
         if self._clock() >= expires_at:
             self._dropped["query_expired"] += 1
-            return []
+            return
         chunks = self._answer(msg.subject)
         if chunks is None:
             await self._publish(msg, b"", {
                 ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}",
                 CODE_HEADER: "400"})
-            return []
-        for chunk in chunks[:1] if first_chunk_only else chunks:
+            return
+        for n, chunk in enumerate(chunks):
+            if n and interleave:
+                # A whole view is many messages, each a moment to encode and send: let NATS
+                # hand over new queries, and answer the small ones in between.
+                await anyio.lowlevel.checkpoint()
+                while self._small:
+                    await self._serve_one(*self._small.popleft())
             if not await self._publish(msg, chunk):
-                return []
-        return chunks
+                return
 
     async def _publish(self, msg: Msg, data: bytes,
                        headers: dict[str, str] | None = None) -> bool:
@@ -139,7 +136,9 @@ class Queries:
             return False
         return True
 
-    def _answer(self, subject: str) -> list[bytes] | None:
+    def _answer(self, subject: str) -> Iterable[bytes] | None:
+        """The answer's messages, from the cache or encoded as they are taken (and then
+        cached); None for a question the node does not know."""
         registry = self._registry
         # <prefix>.registry.<verb>[.<argument>]
         tokens = tuple(subject[len(registry.prefix) + 1:].split("."))
@@ -157,14 +156,20 @@ class Queries:
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < CACHE_S:
             return cached[1]
-        chunks = list(self._encode(tokens))
+        return self._encode_and_keep(key, tokens, now)
+
+    def _encode_and_keep(self, key: tuple[object, ...], tokens: _Key, now: float
+                         ) -> Iterator[bytes]:
         self.encoded += 1
+        chunks = []
+        for chunk in self._encode(tokens):
+            chunks.append(chunk)
+            yield chunk
         # Older revisions are never asked for again: keep only the newest answers.
         self._cache[key] = (now, chunks)
         self._cache.move_to_end(key)
         while len(self._cache) > CACHE_ENTRIES:
             self._cache.popitem(last=False)
-        return chunks
 
     def _encode(self, tokens: _Key) -> Iterator[bytes]:
         registry = self._registry
