@@ -258,7 +258,7 @@ class View:
         endpoints: dict[tuple[str, str, str], set[str]] = {}
         for entry in self._entries.values():
             view = entry.view
-            key = (view.name, view.version, view.kind)
+            key: tuple[str, str, str] = (view.name, view.version, view.kind)
             summary = groups.get(key)
             if summary is None:
                 summary = groups[key] = wire.ServiceSummary(
