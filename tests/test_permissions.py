@@ -186,6 +186,28 @@ async def test_another_services_body_on_its_own_subject_is_dropped_by_the_regist
             await billing.nc.close()
 
 
+async def test_a_goodbye_for_user_services_id_on_another_services_subject_removes_nothing(
+        secured: Secured) -> None:
+    # The erase as billing: its own subject, the real instance's id. NATS allows it;
+    # the registry keeps each id with the service it came up with.
+    async with running(secured) as system:
+        billing = await login(secured, "billing")
+        real = system.svc.id
+        try:
+            for verb, message in (
+                    ("hb", wire.Heartbeat(id=real, name="billing", seq=2**63 - 1)),
+                    ("bye", wire.Goodbye(id=real, name="billing", seq=2**63 - 1))):
+                await billing.nc.publish(f"{PREFIX}.{verb}.billing.{real}", wire.encode(message))
+            await billing.nc.flush()
+            await eventually(lambda: system.registry.dropped["subject_mismatch"] >= 2,
+                             what="both forgeries dropped")
+            assert listed_ids(system) == [real]
+            assert not billing.violations
+            await all_calls_reach(secured, system)
+        finally:
+            await billing.nc.close()
+
+
 async def test_another_service_cannot_listen_to_user_service_requests(
         secured: Secured) -> None:
     async with running(secured) as system:
