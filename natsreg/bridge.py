@@ -17,9 +17,12 @@ travels unchanged, the method, path, query string and chosen headers as NATS hea
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import math
 import re
+import resource
 import signal
 import socket
 import time
@@ -83,6 +86,17 @@ _DEFAULT_FORWARD = ("content-type", "accept", "accept-language", "user-agent", "
 # One line of a header: CR or LF would end it early in the NATS header block, NUL is refused
 # by NATS itself; either is an injection attempt, never a real value.
 _HEADER_BREAK = re.compile(rb"[\r\n\x00]")
+#: The ``Host`` names served by default: this machine's own, so that a page whose name
+#: resolves to 127.0.0.1 (DNS rebinding) cannot reach the services through a browser.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# A host name or IP literal as allowed_hosts holds it (lower case, IPv6 in brackets, no port).
+_HOST_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?)$")
+# Pending connections the kernel holds for the bridge. asyncio accepts up to this many in
+# one go before any is seen (and counted), so they are kept out of the connection cap too.
+_LISTEN_BACKLOG = 128
+# File descriptors kept out of the connection cap: one accept burst, the NATS connection,
+# the listening socket, the event loop's own, standard streams and log files.
+_FD_RESERVE = _LISTEN_BACKLOG + 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +141,19 @@ class BridgeConfig:
     expose_registry: bool = True
     #: On shutdown, how long in-flight requests may take to finish.
     drain_timeout_s: float = 10.0
+    #: ``Host`` names served (any port); others get 421. ``"*"`` serves any: only behind a
+    #: proxy that checks Host itself.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    #: Serve a non-loopback address without auth (see :meth:`check_listen`).
+    insecure_public: bool = False
+    #: Time a connection has to send a whole request head, from its first byte (or from
+    #: connecting); a slower one is closed (slowloris).
+    header_timeout_s: float = 10.0
+    #: Open connections in all; capped further by the file limit (RLIMIT_NOFILE less 192). At
+    #: the cap a new connection closes the oldest one still waiting for its request head.
+    max_connections: int = 1000
+    #: Open connections from one client address; more are closed at once.
+    max_connections_per_client: int = 256
 
     def __post_init__(self) -> None:
         if not all(isinstance(r, Route) for r in self.routes):
@@ -141,14 +168,15 @@ class BridgeConfig:
             raise ConfigError("auth must be an Auth")
         if not subjects.is_valid_subject(self.prefix):
             raise ConfigError(f"prefix {self.prefix!r} is not a valid subject")
-        for name in ("timeout_s", "body_timeout_s", "registry_refresh_s"):
+        for name in ("timeout_s", "body_timeout_s", "registry_refresh_s", "header_timeout_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 3600):
                 raise ConfigError(f"{name} must be in (0, 3600] seconds, got {value!r}")
         if not 0 <= self.drain_timeout_s <= 3600:
             raise ConfigError(f"drain_timeout_s must be in [0, 3600], got {self.drain_timeout_s}")
         for name, low in (("max_body_bytes", 0), ("max_header_bytes", 256),
-                          ("max_in_flight_per_client", 1)):
+                          ("max_in_flight_per_client", 1), ("max_connections", 1),
+                          ("max_connections_per_client", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -161,8 +189,24 @@ class BridgeConfig:
         object.__setattr__(self, "timeout_header", self.timeout_header.lower())
         if not self.default_content_type.isprintable():
             raise ConfigError("default_content_type holds control characters")
+        object.__setattr__(self, "allowed_hosts", _host_names(self.allowed_hosts))
         # Building the table checks routes against each other and the allow-list now.
         self.route_table()
+
+    def check_listen(self, host: str) -> None:
+        """Refuse to listen on ``host`` if it reaches beyond this machine with no auth.
+
+        A loopback address is always fine; any other needs a default ``auth`` (the routes
+        file's ``[auth]``) or ``insecure_public``, for a bridge behind something that checks
+        who calls.
+        """
+        if _is_loopback(host) or self.auth.enabled or self.insecure_public:
+            return
+        raise ConfigError(
+            f"refusing to serve the HTTP bridge on {host or '*'!r} without auth, where anyone "
+            "who reaches it could call every service: set [auth] in the routes file, listen "
+            "on 127.0.0.1, or pass --insecure-public (insecure_public=True) if what stands in "
+            "front checks callers")
 
     def route_table(self) -> RouteTable:
         """The resolver built from ``routes``, ``default_routes``, ``allow`` and ``prefix``."""
@@ -180,12 +224,15 @@ class BridgeConfig:
             document = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read routes file {str(path)!r}: {exc}") from exc
-        return cls(**_from_document(document), **settings)
+        return cls(**{**_from_document(document), **settings})
 
 
 def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
-    _only(doc, {"default_routes", "allow", "auth", "cors", "routes"}, "routes file")
+    _only(doc, {"default_routes", "allow", "allowed_hosts", "auth", "cors", "routes"},
+          "routes file")
     out: dict[str, Any] = {}
+    if "allowed_hosts" in doc:
+        out["allowed_hosts"] = tuple(_typed(doc["allowed_hosts"], list, "allowed_hosts"))
     if "default_routes" in doc:
         out["default_routes"] = _typed(doc["default_routes"], bool, "default_routes")
     if "allow" in doc:
@@ -212,6 +259,40 @@ def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
         ))
     out["routes"] = tuple(routes)
     return out
+
+
+def _host_names(hosts: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts):
+        raise ConfigError("allowed_hosts must be a list of host names")
+    names = []
+    for host in hosts:
+        name = host.strip().lower().rstrip(".")
+        if ":" in name and not name.startswith("["):
+            name = f"[{name}]"   # a bare IPv6 literal, as Host writes it
+        if name != "*" and not (_HOST_NAME.match(name) and _ip6_ok(name)):
+            raise ConfigError(f"allowed_hosts: {host!r} is not a host name (give no port; "
+                              "'*' allows any)")
+        names.append(name)
+    return tuple(names)
+
+
+def _ip6_ok(name: str) -> bool:
+    if not name.startswith("["):
+        return True
+    try:
+        ipaddress.IPv6Address(name[1:-1])
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _auth(value: Any, what: str) -> Auth:
@@ -275,6 +356,12 @@ _EMPTY_REFUSALS = {
     429: Refusal(429, "too_many_requests", "too many requests in flight from this client"),
     431: Refusal(431, "headers_too_large", "the request path, query and headers are too large"),
 }
+_MISDIRECTED = Refusal(421, "misdirected_request",
+                       "this bridge does not serve the host named in the Host header")
+_CROSS_SITE = Refusal(403, "cross_site", "a cross-site request that the CORS settings do not "
+                                         "allow")
+# Distinct Host values whose verdict is remembered; any more are checked each time.
+_HOST_CACHE_SIZE = 256
 
 
 class _Disconnected(Exception):
@@ -312,6 +399,9 @@ class Bridge:
         self._content_types: dict[str, bytes] = {}
         self._default_content_type = config.default_content_type.encode("latin-1")
         self._cors = _CorsHeaders(config.cors) if config.cors else None
+        self._any_host = "*" in config.allowed_hosts
+        self._hosts = frozenset(h.encode() for h in config.allowed_hosts)
+        self._host_verdicts: dict[bytes, bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -350,7 +440,7 @@ class Bridge:
         forwarded: dict[str, str] = {}
         broken = False
         credentials: dict[bytes, bytes] = {}
-        timeout = origin = connection = content_length = None
+        timeout = origin = connection = content_length = host = fetch_site = None
         for name, value in scope["headers"]:
             size += len(name) + len(value)
             # Credentials are the bridge's to check and are never forwarded.
@@ -364,8 +454,12 @@ class Bridge:
                 forwarded[target_name] = value.decode("latin-1")
             elif name == self._timeout_header:
                 timeout = value
+            elif name == b"host":
+                host = value
             elif name == b"origin":
                 origin = value
+            elif name == b"sec-fetch-site":
+                fetch_site = value
             elif name == b"content-length":
                 content_length = value
             elif name == b"connection":
@@ -379,6 +473,15 @@ class Bridge:
         if broken or _HEADER_BREAK.search(query) or (raw_path and _HEADER_BREAK.search(raw_path)):
             await self._refuse(send, Refusal(400, "bad_request", "a header holds CR, LF or NUL"),
                                cors)
+            return
+        # A request without Host cannot come from a browser, the client these two checks
+        # are for (DNS rebinding, cross-site requests); HTTP/1.0 tools may omit it.
+        if host is not None and not self._any_host and not self._host_allowed(host):
+            await self._refuse(send, _MISDIRECTED, ())
+            return
+        if (origin is not None or fetch_site is not None) and self._cross_site(origin, host,
+                                                                             fetch_site):
+            await self._refuse(send, _CROSS_SITE, ())
             return
         if self._cors is not None and method == "OPTIONS" and origin is not None and any(
                 name == b"access-control-request-method" for name, _ in scope["headers"]):
@@ -468,6 +571,37 @@ class Bridge:
             *cors,
         ]})
         await send({"type": "http.response.body", "body": reply.data})
+
+    def _host_allowed(self, host: bytes) -> bool:
+        verdict = self._host_verdicts.get(host)
+        if verdict is None:
+            name = host.lower()
+            if name.startswith(b"["):
+                name = name[:name.find(b"]") + 1]
+            else:
+                name = name.partition(b":")[0].rstrip(b".")
+            verdict = name in self._hosts
+            if len(self._host_verdicts) < _HOST_CACHE_SIZE:
+                self._host_verdicts[host] = verdict
+        return verdict
+
+    def _cross_site(self, origin: bytes | None, host: bytes | None,
+                    fetch_site: bytes | None) -> bool:
+        """Whether a browser sent this from another site that CORS does not allow.
+
+        A browser that names an ``Origin`` is refused unless CORS allows it or it is this
+        bridge's own (scheme aside: a proxy in front may end TLS). Without ``Origin`` (a
+        navigation, an ``<img>``, a no-cors fetch) ``Sec-Fetch-Site: cross-site`` is refused
+        unless CORS allows any origin.
+        """
+        cors = self._cors
+        if origin is None:
+            return fetch_site == b"cross-site" and not (cors is not None and cors.any_origin)
+        if cors is not None and cors.allowed(origin):
+            return False
+        if fetch_site == b"cross-site":
+            return True
+        return host is None or origin.partition(b"://")[2].lower() != host.lower()
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, None if it is over the limit; raises TimeoutError if too slow."""
@@ -673,10 +807,14 @@ async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.
     connections and gives in-flight requests ``drain_timeout_s`` to finish.
     """
     config = config or BridgeConfig()
+    config.check_listen(host)
     app = create_app(nc, config)
+    gate = _Gate(_connection_cap(config.max_connections), config.max_connections_per_client,
+                 config.header_timeout_s)
     sock = _bind(host, port)
     server = uvicorn.Server(uvicorn.Config(
-        app, interface="asgi3", http=_Protocol, lifespan="off", loop="none",
+        app, interface="asgi3", http=functools.partial(_Protocol, gate=gate), lifespan="off",
+        loop="none", ws="none", backlog=_LISTEN_BACKLOG,
         log_config=None, access_log=False, proxy_headers=False, server_header=False,
         timeout_graceful_shutdown=config.drain_timeout_s,
         # A client that keeps a connection idle this long is dropped; generous enough for
@@ -754,9 +892,123 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
+def _connection_cap(wanted: int) -> int:
+    # Beyond the file limit accept() fails, and then no new client gets in at all: staying
+    # under it keeps a place for a new connection, which then closes a slow one.
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    cap = max(1, min(wanted, soft - _FD_RESERVE))
+    if cap < wanted:
+        log.info("bridge: at most %d connections (file limit %d)", cap, soft)
+    return cap
+
+
+class _Gate:
+    """Which connections a bridge keeps: the caps in all and per client address."""
+
+    __slots__ = ("header_timeout_s", "max_per_client", "max_total", "per_client")
+
+    def __init__(self, max_total: int, max_per_client: int, header_timeout_s: float) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.header_timeout_s = header_timeout_s
+        self.per_client: dict[str, int] = {}
+
+    def admit(self, peer: str, open_: set[Any]) -> bool:
+        """Count a new connection from ``peer`` in, closing a slow one at the total cap."""
+        count = self.per_client.get(peer, 0)
+        if count >= self.max_per_client:
+            return False
+        if len(open_) >= self.max_total and not _close_slowest(open_):
+            return False
+        self.per_client[peer] = count + 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        count = self.per_client[peer] - 1
+        if count:
+            self.per_client[peer] = count
+        else:
+            del self.per_client[peer]
+
+
+def _close_slowest(open_: set[Any]) -> bool:
+    # Only at the cap, so a scan of the open connections is cheap enough. The oldest one
+    # still waiting for its request head goes first, then an idle keep-alive one; a
+    # connection whose request is being served is never closed for a newcomer.
+    waiting = idle = None
+    for protocol in open_:
+        if protocol.transport.is_closing():
+            continue
+        deadline = protocol.head_deadline
+        if deadline is not None:
+            if waiting is None or deadline < waiting.head_deadline:
+                waiting = protocol
+        elif idle is None and (protocol.cycle is None or protocol.cycle.response_complete):
+            idle = protocol
+    victim = waiting or idle
+    if victim is None:
+        return False
+    victim.transport.abort()
+    return True
+
+
 class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the bridge's connection caps and head timeout.
+
+    The head timeout costs no timer per request: ``head_deadline`` is set when a request
+    head starts and cleared when it is complete, and one timer per connection, re-armed every
+    ``header_timeout_s`` at most, closes the connection once the deadline has passed.
+    """
+
+    def __init__(self, *args: Any, gate: _Gate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+        self.head_deadline: float | None = None
+        self._peer: str | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peername = transport.get_extra_info("peername")
+        peer = peername[0] if peername else ""
+        if not self.gate.admit(peer, self.connections):
+            transport.abort()
+            return
+        self._peer = peer
         super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]
+        # Counted from connecting: a connection that never sends a byte is slow too.
+        timeout_s = self.gate.header_timeout_s
+        self.head_deadline = self.loop.time() + timeout_s
+        self._head_timer = self.loop.call_later(timeout_s, self._check_head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer is None:
+            return   # refused in connection_made: uvicorn never saw it
+        self.gate.leave(self._peer)
+        self._peer = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_deadline = self.loop.time() + self.gate.header_timeout_s
+
+    def on_headers_complete(self) -> None:
+        self.head_deadline = None
+        super().on_headers_complete()
+
+    def _check_head(self) -> None:
+        if self.transport.is_closing():
+            return
+        deadline = self.head_deadline
+        now = self.loop.time()
+        if deadline is not None and now >= deadline:
+            self.transport.close()
+            return
+        delay = deadline - now if deadline is not None else self.gate.header_timeout_s
+        self._head_timer = self.loop.call_later(delay, self._check_head)
 
 
 def _bind(host: str, port: int) -> socket.socket:

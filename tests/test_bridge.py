@@ -248,7 +248,7 @@ async def test_headers_over_the_limit_are_431(nc: NATS, prefix: str, unique: str
 async def test_a_body_that_does_not_arrive_in_time_is_408(nc: NATS, prefix: str) -> None:
     async with bridge.run(nc, BridgeConfig(prefix=prefix, body_timeout_s=0.3),
                           port=0) as running:
-        status, _ = await raw_http(running.url, b"POST /svc/raw HTTP/1.1\r\nHost: x\r\n"
+        status, _ = await raw_http(running.url, b"POST /svc/raw HTTP/1.1\r\nHost: localhost\r\n"
                                                 b"Content-Length: 10\r\n\r\nhalf")
     assert status == 408
 
@@ -314,17 +314,17 @@ async def test_hostile_paths_and_headers_are_400_and_never_reach_nats(
     async with bridge.run(nc, BridgeConfig(), port=0) as running:
         for path in HOSTILE_PATHS:
             status, body = await raw_http(
-                running.url, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                running.url, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
             assert status == 400, (path, body)
         for header in HOSTILE_HEADERS:
             status, body = await raw_http(
-                running.url, b"GET /svc/echo HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n")
+                running.url, b"GET /svc/echo HTTP/1.1\r\nHost: localhost\r\n" + header + b"\r\n")
             assert status == 400, (header, body)
         await nc.flush()
         await asyncio.sleep(0.1)
         assert seen == []
         # The spy works: a sound request through the same bridge is seen at once.
-        status, _ = await raw_http(running.url, b"GET /svc/echo HTTP/1.1\r\nHost: x\r\n"
+        status, _ = await raw_http(running.url, b"GET /svc/echo HTTP/1.1\r\nHost: localhost\r\n"
                                                 b"X-Request-Timeout: 1\r\n\r\n")
     assert status == 504
     assert "svc.echo" in seen
@@ -363,7 +363,7 @@ async def test_hop_by_hop_headers_and_those_named_in_connection_are_not_forwarde
     async with echo_service(nc, name, prefix), \
             bridge.run(nc, BridgeConfig(prefix=prefix), port=0) as running:
         status, body = await raw_http(running.url, (
-            f"GET /{name}/echo HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-request-id"
+            f"GET /{name}/echo HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive, x-request-id"
             "\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\n"
             "X-Request-Id: r-2\r\nAccept: text/plain\r\n\r\n").encode())
     assert status == 200
