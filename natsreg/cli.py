@@ -172,6 +172,8 @@ def _bridge_options(parser: argparse.ArgumentParser) -> None:
                        help="largest request body (default: 1 MiB - 16 KiB)")
     group.add_argument("--max-header", type=int, default=16 * 1024, metavar="BYTES",
                        help="largest request head (default: 16 KiB)")
+    group.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="time to send a request body before 408 (default: 10)")
     group.add_argument("--max-in-flight-per-client", type=int, default=256, metavar="N",
                        help="concurrent requests from one client address (default: 256)")
     group.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME",
@@ -300,6 +302,7 @@ def _bridge_config(args: argparse.Namespace) -> Any:
 
     settings = {"prefix": args.prefix, "timeout_s": args.timeout,
                 "max_body_bytes": args.max_body, "max_header_bytes": args.max_header,
+                "body_timeout_s": args.body_timeout,
                 "max_in_flight_per_client": args.max_in_flight_per_client,
                 "insecure_public": args.insecure_public, "header_timeout_s": args.header_timeout,
                 "max_connections": args.max_connections,

@@ -409,12 +409,12 @@ def test_the_cli_passes_allowed_hosts_and_limits_to_the_bridge(tmp_path: Path) -
     args = cli._parser().parse_args([
         "bridge", "--host", "0.0.0.0", "--insecure-public", "--allowed-host", "api.example",
         "--allowed-host", "*", "--header-timeout", "3", "--max-connections", "50",
-        "--max-connections-per-client", "5"])
+        "--max-connections-per-client", "5", "--body-timeout", "4"])
     config = cli._bridge_config(args)
     assert config.allowed_hosts == ("api.example", "*")
     assert config.insecure_public
     assert (config.header_timeout_s, config.max_connections,
-            config.max_connections_per_client) == (3.0, 50, 5)
+            config.max_connections_per_client, config.body_timeout_s) == (3.0, 50, 5, 4.0)
 
 
 # -- configuration that would open more than it says -----------------------------------------
