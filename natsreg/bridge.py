@@ -812,8 +812,11 @@ async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.
     gate = _Gate(_connection_cap(config.max_connections), config.max_connections_per_client,
                  config.header_timeout_s)
     sock = _bind(host, port)
+    # uvicorn calls what it is given as the protocol class; a partial carries this server's
+    # gate to every connection, which a class attribute would share between servers.
+    protocol: Any = functools.partial(_Protocol, gate=gate)
     server = uvicorn.Server(uvicorn.Config(
-        app, interface="asgi3", http=functools.partial(_Protocol, gate=gate), lifespan="off",
+        app, interface="asgi3", http=protocol, lifespan="off",
         loop="none", ws="none", backlog=_LISTEN_BACKLOG,
         log_config=None, access_log=False, proxy_headers=False, server_header=False,
         timeout_graceful_shutdown=config.drain_timeout_s,
