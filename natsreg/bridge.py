@@ -808,6 +808,10 @@ async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.
     """
     config = config or BridgeConfig()
     config.check_listen(host)
+    if not _is_loopback(host) and config.allowed_hosts == LOOPBACK_HOSTS:
+        log.warning("bridge: listening on %s, but only Host names %s are served (421 for "
+                    "others): add the names clients use with --allowed-host (allowed_hosts)",
+                    host or "*", ", ".join(LOOPBACK_HOSTS))
     app = create_app(nc, config)
     gate = _Gate(_connection_cap(config.max_connections), config.max_connections_per_client,
                  config.header_timeout_s)
