@@ -206,6 +206,25 @@ async def test_requests_without_an_id_run_every_time(
     assert svc.at_most_once()["remembered"] == 0
 
 
+async def test_an_endpoint_declared_idempotent_is_not_remembered_and_a_repeat_runs_again(
+        nc: NATS, prefix: str, unique: str) -> None:
+    runs = 0
+    async with natsreg.announce(nc, f"lookup-{unique}", version="1.0.0", prefix=prefix) as svc:
+        @svc.endpoint("get", idempotent=True)
+        async def get(req: natsreg.Request) -> dict[str, int]:
+            nonlocal runs
+            runs += 1
+            return {"run": runs}
+
+        await svc.ready()
+        rid = request_id("idempotent")
+        first = await call(nc, f"lookup-{unique}.get", rid)
+        second = await call(nc, f"lookup-{unique}.get", rid)
+        assert svc.at_most_once()["remembered"] == 0
+    assert (msgspec.json.decode(first.data), msgspec.json.decode(second.data)) == (
+        {"run": 1}, {"run": 2})
+
+
 async def test_a_request_whose_reply_subject_is_no_inbox_is_neither_run_nor_answered(
         nc: NATS, prefix: str, unique: str) -> None:
     name = f"pay-{unique}"
