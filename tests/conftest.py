@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from natsreg._server import NatsServer
 
@@ -32,6 +33,26 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
     conn = await nats.connect(nats_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def quiet_nats() -> AsyncIterator[tuple[NATS, list[str]]]:
+    """A nats-server of its own, so that every message on it is the bridge's, and a spy on `>`."""
+    with NatsServer() as server:
+        nc = await nats.connect(server.url)
+        spy = await nats.connect(server.url)
+        seen: list[str] = []
+
+        async def record(msg: Msg) -> None:
+            seen.append(msg.subject)
+
+        await spy.subscribe(">", cb=record)
+        await spy.flush()
+        try:
+            yield nc, seen
+        finally:
+            await spy.close()
+            await nc.close()
 
 
 @pytest.fixture

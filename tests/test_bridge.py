@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -20,7 +19,6 @@ from nats.aio.msg import Msg
 import natsreg
 from natsreg import ConfigError, ServiceError, bridge
 from natsreg._routes import Refusal, RouteTable
-from natsreg._server import NatsServer
 from natsreg.bridge import Auth, BridgeConfig, Cors, Route
 from natsreg.errors import BulkheadFullError, CircuitOpenError
 
@@ -267,25 +265,6 @@ async def test_requests_in_flight_per_client_are_bounded_with_429(
 
 # -- hostile input goes nowhere --------------------------------------------------------------
 
-
-@pytest.fixture
-async def quiet_nats() -> AsyncIterator[tuple[NATS, list[str]]]:
-    """A nats-server of its own, so that every message on it is the bridge's, and a spy on `>`."""
-    with NatsServer() as server:
-        nc = await nats.connect(server.url)
-        spy = await nats.connect(server.url)
-        seen: list[str] = []
-
-        async def record(msg: Msg) -> None:
-            seen.append(msg.subject)
-
-        await spy.subscribe(">", cb=record)
-        await spy.flush()
-        try:
-            yield nc, seen
-        finally:
-            await spy.close()
-            await nc.close()
 
 
 HOSTILE_PATHS = [

@@ -10,44 +10,23 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import ConfigError, bridge
-from natsreg._server import NatsServer, is_listening
+from natsreg._server import is_listening
 from natsreg.bridge import Auth, BridgeConfig, Cors, Route
 from tests.test_cli import assert_one_line_error, free_port, natsreg_cli
 
 # -- helpers ---------------------------------------------------------------------------------
 
-
-@pytest.fixture
-async def quiet_nats() -> AsyncIterator[tuple[NATS, list[str]]]:
-    """A nats-server of its own, so that every message on it is the bridge's, and a spy on `>`."""
-    with NatsServer() as server:
-        nc = await nats.connect(server.url)
-        spy = await nats.connect(server.url)
-        seen: list[str] = []
-
-        async def record(msg: Msg) -> None:
-            seen.append(msg.subject)
-
-        await spy.subscribe(">", cb=record)
-        await spy.flush()
-        try:
-            yield nc, seen
-        finally:
-            await spy.close()
-            await nc.close()
 
 
 async def published(nc: NATS, seen: list[str]) -> list[str]:
