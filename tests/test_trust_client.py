@@ -18,13 +18,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 import natsreg
-from natsreg import subjects, wire
+from natsreg import bridge, subjects, wire
 from natsreg._server import NatsServer
 from natsreg.errors import REQUEST_ID_HEADER
 from tests.helpers import eventually, read_id, start_service
@@ -241,8 +242,9 @@ async def test_a_forged_down_alone_is_healed_by_the_instances_next_heartbeat(
 # -- instances that never answer ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("via", ["client", "bridge"])
 async def test_a_thousand_fake_instances_nobody_serves_do_not_stop_calls_reaching_the_real_one(
-        nc: NATS, forger: NATS, prefix: str, unique: str) -> None:
+        nc: NATS, forger: NATS, prefix: str, unique: str, via: str) -> None:
     name = f"fakes-{unique}"
     fakes = [f"fake{n}" for n in range(1000)]
     stop = anyio.Event()
@@ -268,12 +270,21 @@ async def test_a_thousand_fake_instances_nobody_serves_do_not_stop_calls_reachin
         tg.start_soon(keep_beating)
         await eventually(lambda: registry_lists(client, name, 1001), timeout_s=10)
         ok = 0
-        for _ in range(200):
-            try:
-                reply = await client.request(f"{name}.who", timeout_s=2.0)
-            except natsreg.RequestError:
-                continue
-            ok += reply.data == svc.id.encode()
+        if via == "client":
+            for _ in range(200):
+                try:
+                    reply = await client.request(f"{name}.who", timeout_s=2.0)
+                except natsreg.RequestError:
+                    continue
+                ok += reply.data == svc.id.encode()
+        else:
+            # The bridge keeps a Client of its own: the same view, the same defences.
+            config = bridge.BridgeConfig(prefix=prefix, timeout_s=2.0)
+            async with bridge.run(nc, config, host="127.0.0.1", port=0) as running, \
+                    httpx.AsyncClient(base_url=running.url, timeout=5) as http:
+                for _ in range(200):
+                    response = await http.post(f"/{name}/who")
+                    ok += response.status_code == 200 and response.content == svc.id.encode()
         stop.set()
     assert ok >= 198
 
