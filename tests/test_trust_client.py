@@ -380,6 +380,28 @@ async def test_every_attempt_of_one_call_carries_the_same_request_id(
     assert ids[0] != ids[1] and ids[2] == "mine"
 
 
+async def test_a_call_to_an_idempotent_endpoint_carries_no_request_id(
+        nc: NATS, prefix: str, unique: str) -> None:
+    # Running it twice does no harm and the service remembers nothing of it: the id, which
+    # costs every request, is left out; a call to a non-idempotent endpoint still has one.
+    name = f"noid-{unique}"
+    seen: dict[str, str] = {}
+    async with running_registry(nc, prefix), \
+            natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc, \
+            natsreg.Client(nc, prefix=prefix) as client:
+        for endpoint, idempotent in (("get", True), ("put", False)):
+            @svc.endpoint(endpoint, idempotent=idempotent)
+            async def handler(req: natsreg.Request, endpoint: str = endpoint) -> None:
+                seen[endpoint] = req.headers.get(REQUEST_ID_HEADER, "")
+        await svc.ready()
+        await eventually(lambda: registry_lists(client, name, 1))
+        await in_view(client, f"{name}@1.x.get")
+        await client.request(f"{name}.get")
+        await client.request(f"{name}.put")
+    assert seen["get"] == ""
+    assert seen["put"] != ""
+
+
 async def _view_ready(client: natsreg.Client, name: str) -> None:
     async def direct() -> bool:
         try:
