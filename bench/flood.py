@@ -1,4 +1,4 @@
-"""What floods of forged control traffic cost a registry node (issue "Trust the control plane").
+"""What floods of forged control traffic cost a registry node.
 
     python bench/flood.py                      # 100k fake announcements, 50k fleet
     python bench/flood.py --fleet 20000        # a smaller fleet for the query part

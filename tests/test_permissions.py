@@ -1,6 +1,6 @@
 """NATS permissions from ``natsreg auth``, on a real nats-server started with the generated
-config: the attacks of issue 8, run as another service's user or as a plain caller, are
-refused by NATS, and the real service keeps all of its traffic."""
+config: the known attacks on the control plane, run as another service's user or as a plain
+caller, are refused by NATS, and the real service keeps all of its traffic."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def listed_ids(system: System) -> list[str]:
 
 
 def rogue_announce(instance_id: str) -> bytes:
-    # What the issue's hijack sent: a higher version and a heartbeat that never comes due.
+    # The hijack: one announcement with a higher version and a heartbeat that never comes due.
     return wire.encode(wire.Announce(
         id=instance_id, name="user-service", seq=1, version="9.9.9", heartbeat_s=3600.0,
         endpoints=[wire.Endpoint(name="users", subject="user-service.users",
@@ -188,7 +188,7 @@ async def test_another_services_body_on_its_own_subject_is_dropped_by_the_regist
 
 async def test_a_goodbye_for_user_services_id_on_another_services_subject_removes_nothing(
         secured: Secured) -> None:
-    # The issue's erase as billing: its own subject, the real instance's id. NATS allows it;
+    # The erase, as billing: its own subject, the real instance's id. NATS allows it;
     # the registry keeps each id with the service it came up with.
     async with running(secured) as system:
         billing = await login(secured, "billing")
@@ -235,7 +235,7 @@ async def test_another_service_cannot_heartbeat_or_say_goodbye_for_user_service(
         real = system.svc.id
         try:
             hb = f"{PREFIX}.hb.user-service.{real}"
-            # The issue's erase: one heartbeat with the largest sequence number.
+            # The erase: one heartbeat with the largest sequence number.
             await billing.nc.publish(hb, wire.encode(wire.Heartbeat(
                 id=real, name="user-service", seq=2**63 - 1, health="critical")))
             await billing.refused(hb)
