@@ -61,8 +61,12 @@ class NatsServer:
                  args: tuple[str, ...] = (), start_timeout_s: float = 10.0) -> None:
         self._log = tempfile.NamedTemporaryFile(prefix="nats-server-", suffix=".log")
         command = [server_binary(), "-a", host, "-p", str(port), *args]
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground process
+        # group, and a server that died with it would cut off the services that are still
+        # draining and saying goodbye; its owner stops it last (stop()).
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
         self.host = host
         self.port = self._wait_for_port(start_timeout_s)
 

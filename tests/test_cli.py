@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+from pathlib import Path
 import sys
 import time
 from collections.abc import Iterator
@@ -165,6 +166,35 @@ def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
         up.send_signal(signal.SIGINT)
         assert up.wait(20) == 0
     assert not is_listening("127.0.0.1", port), "the embedded nats-server was left running"
+
+
+def test_ctrl_c_stops_up_in_order_the_service_drains_before_the_server_goes() -> None:
+    # A terminal's Ctrl-C signals the whole process group: natsreg up, its programs, and (were
+    # it in the group) the embedded nats-server, which would then vanish under the services
+    # still draining and saying goodbye.
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    env = {**os.environ, "NATS_URL": url}
+    example = Path(__file__).parents[1] / "examples" / "user_service.py"
+    with subprocess.Popen(
+            [sys.executable, "-m", "natsreg", "up", "--port", str(free_port()),
+             "--with", str(example)],
+            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True) as up:
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                result = natsreg_cli(env, "ls", "--json")
+                if result.returncode == 0 and json.loads(result.stdout)["instances"]:
+                    break
+                time.sleep(0.1)
+            os.killpg(up.pid, signal.SIGINT)
+            _, stderr = up.communicate(timeout=20)
+        finally:
+            up.kill()
+    assert up.returncode == 0, stderr
+    assert "Traceback" not in stderr and "unexpected EOF" not in stderr, stderr
+    assert not is_listening("127.0.0.1", port)
 
 
 async def test_bridge_serves_http_requests_to_services(
