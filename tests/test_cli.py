@@ -7,11 +7,11 @@ import os
 import signal
 import socket
 import subprocess
-from pathlib import Path
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import anyio
 import httpx
