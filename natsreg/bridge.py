@@ -166,8 +166,7 @@ class BridgeConfig:
             object.__setattr__(self, "allow", frozenset(self.allow))
         if not isinstance(self.auth, Auth):
             raise ConfigError("auth must be an Auth")
-        if not subjects.is_valid_subject(self.prefix):
-            raise ConfigError(f"prefix {self.prefix!r} is not a valid subject")
+        subjects.check_prefix(self.prefix)
         for name in ("timeout_s", "body_timeout_s", "registry_refresh_s", "header_timeout_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 3600):

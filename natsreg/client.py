@@ -165,8 +165,7 @@ class Client(anyio.AsyncContextManagerMixin):
     ) -> None:
         if timeout_s <= 0:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
-        if not subjects.is_valid_subject(prefix):
-            raise ConfigError(f"prefix {prefix!r} is not a valid subject")
+        subjects.check_prefix(prefix)
         if max_in_flight is not None and max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.timeout_s = timeout_s

@@ -116,8 +116,7 @@ def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX, *,
     on ``*.>``, which also matches their inboxes (``_INBOX_<user>.…``), so each is denied by
     name (a NATS wildcard cannot match part of a token).
     """
-    if not subjects.is_valid_subject(prefix):
-        raise ConfigError(f"prefix {prefix!r} is not a valid subject")
+    subjects.check_prefix(prefix)
     inbox = inbox_prefix(role.user)
     pub: list[str] = []
     sub: list[str] = [f"{inbox}.>"]

@@ -67,8 +67,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         max_instances: int = MAX_INSTANCES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not subjects.is_valid_subject(prefix):
-            raise ConfigError(f"prefix {prefix!r} is not a valid subject")
+        subjects.check_prefix(prefix)
         if missed_heartbeats < 1:
             raise ConfigError(f"missed_heartbeats must be at least 1, got {missed_heartbeats}")
         if micro_poll_s <= 0 or sweep_s <= 0 or discover_jitter_s < 0:

@@ -149,8 +149,7 @@ class ServiceConfig:
         object.__setattr__(self, "metadata", _check_metadata(self.metadata, "service"))
         if self.queue_group is not None and not subjects.is_valid_token(self.queue_group):
             raise ConfigError(f"queue group {self.queue_group!r} is not a valid NATS token")
-        if not subjects.is_valid_subject(self.prefix):
-            raise ConfigError(f"prefix {self.prefix!r} is not a valid subject")
+        subjects.check_prefix(self.prefix)
         if not wire.MIN_HEARTBEAT_S <= self.heartbeat_s <= wire.MAX_HEARTBEAT_S:
             raise ConfigError(f"heartbeat_s must be between {wire.MIN_HEARTBEAT_S} and "
                               f"{wire.MAX_HEARTBEAT_S}, got {self.heartbeat_s}")

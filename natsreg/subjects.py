@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import re
 
+from .errors import ConfigError
+
 __all__ = [
     "DEFAULT_PREFIX",
+    "check_prefix",
     "REGISTRY_QUEUE",
     "SYS_DISCONNECT",
     "control_subject",
@@ -66,6 +69,15 @@ def is_reserved(subject: str) -> bool:
     """Whether ``subject`` belongs to NATS itself (``$SYS``, ``$JS``, ``$SRV``...) or to
     request-reply plumbing (``_INBOX``...), never to a service endpoint."""
     return subject.startswith(("$", "_INBOX"))
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it can stand before natsreg's control subjects; ConfigError otherwise.
+    Every role that takes a prefix checks it here."""
+    if not isinstance(prefix, str) or not is_valid_subject(prefix) or is_reserved(prefix):
+        raise ConfigError(f"prefix {prefix!r} is not a valid subject: use tokens of letters, "
+                          "digits, '-' and '_' separated by dots (e.g. 'natsreg' or 'prod.reg')")
+    return prefix
 
 
 def is_reply_subject(subject: str) -> bool:
