@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from natsreg import wire
-from natsreg._view import View
+from natsreg.registry._view import View
+
+pytestmark = pytest.mark.pure
 
 
 class Clock:

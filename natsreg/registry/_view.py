@@ -16,7 +16,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from . import wire
+from .. import wire
 
 _T = TypeVar("_T")
 

@@ -25,11 +25,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from . import subjects, wire
+from .. import subjects, wire
 from ._queries import Queries
-from ._tasks import background
+from .._tasks import background
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["Registry"]
 

@@ -26,11 +26,11 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from . import subjects, wire
-from .errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
+from .. import subjects, wire
+from ..errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from . import Registry
 
 log = logging.getLogger("natsreg.registry")
 
