@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 
 @asynccontextmanager
-async def background(*tasks: Callable[[], Awaitable[object]]) -> AsyncIterator[TaskGroup]:
+async def background(
+    *tasks: Callable[[], Coroutine[Any, Any, object]],
+) -> AsyncIterator[TaskGroup]:
     """Run ``tasks`` while the body runs and cancel them when it ends.
 
     An exception from the body comes out as itself: anyio's task group would wrap it in an

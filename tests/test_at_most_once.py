@@ -16,7 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 import natsreg
-from natsreg import _dedupe, subjects
+from natsreg import subjects
+from natsreg.service import _dedupe
 from natsreg.errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER, REQUEST_ID_HEADER
 from tests.helpers import eventually
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import typing
 
 import msgspec
 import nats
@@ -11,6 +13,8 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from natsreg import subjects, wire
+from natsreg.service import ServiceConfig
+from natsreg.service._config import ServiceSettings
 from tests.helpers import eventually
 
 
@@ -294,6 +298,20 @@ async def test_an_invalid_service_is_refused_at_construction(
     arguments: dict[str, object] = {"name": "svc", "version": "1.0.0", **kwargs}
     with pytest.raises(natsreg.ConfigError, match=message):
         natsreg.announce(nc, **arguments)  # type: ignore[arg-type]
+
+
+def test_announce_takes_exactly_the_fields_of_service_config() -> None:
+    # announce()'s keyword arguments are typed by ServiceSettings and built into a
+    # ServiceConfig: the two field lists must not drift apart.
+    config_fields = {f.name for f in dataclasses.fields(ServiceConfig)} - {"name", "version"}
+    assert set(typing.get_type_hints(ServiceSettings)) == config_fields
+
+
+def test_announce_keeps_its_defaults_and_takes_no_metadata_as_none() -> None:
+    svc = natsreg.announce(None, "svc", version="1.0.0", metadata=None)  # type: ignore[arg-type]
+    assert svc.config == ServiceConfig(name="svc", version="1.0.0")
+    with pytest.raises(TypeError):
+        natsreg.announce(None, "svc", version="1.0.0", heartbeat=1)  # type: ignore[arg-type, call-arg]
 
 
 async def test_an_invalid_endpoint_is_refused_when_declared(nc: NATS, prefix: str,

@@ -1,12 +1,12 @@
-"""At-most-once rules of a service (natsreg/_dedupe.py), without a server: the clock is a
+"""At-most-once rules of a service (natsreg/service/_dedupe.py), without a server: the clock is a
 number passed in."""
 
 from __future__ import annotations
 
 import pytest
 
-from natsreg import _dedupe
-from natsreg._dedupe import JOINED, Memory, is_valid_id, remember_until
+from natsreg.service import _dedupe
+from natsreg.service._dedupe import JOINED, Memory, is_valid_id, remember_until
 from natsreg.errors import CODE_HEADER, ERROR_HEADER
 
 KEY = ("charge", "req-1")

@@ -19,7 +19,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from .errors import ServiceError, error_headers
+from ..errors import ServiceError, error_headers
 
 __all__ = [
     "JOINED",

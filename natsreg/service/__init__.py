@@ -1,0 +1,176 @@
+"""A service instance: announces itself, heartbeats, serves endpoints, says goodbye.
+
+    async with natsreg.announce(nc, "user-service", version="1.2.0") as svc:
+        @svc.endpoint("users")
+        async def users(req):
+            return {"id": 1}
+        await svc.serve_forever()
+
+The parts: ``_config`` (ServiceConfig), ``_request`` (Request), ``_endpoints`` (the request
+path), ``_control`` (announce, heartbeat, discover, goodbye, $SRV), ``_dedupe`` (at most once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Unpack
+
+import anyio
+from anyio.abc import TaskGroup
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+from nats.nuid import NUID
+
+from .. import wire
+from .._tasks import background
+from ..errors import ConfigError
+from ._config import HealthCheck, ServiceConfig, ServiceSettings
+from ._control import Control
+from ._endpoints import Endpoint, Endpoints
+from ._log import log, quietly
+from ._request import Handler, Request
+
+__all__ = ["Handler", "HealthCheck", "Request", "Service", "ServiceConfig", "announce"]
+
+
+class Service(anyio.AsyncContextManagerMixin):
+    """One running instance of a service. Build it with :func:`announce`."""
+
+    def __init__(self, nc: NATS, config: ServiceConfig) -> None:
+        self.config = config
+        #: Unique for this process' lifetime: a restart is a new instance.
+        self.id: str = NUID().next().decode()
+        self._nc = nc
+        self._endpoints = Endpoints(nc, config, self.id)
+        self._control = Control(nc, config, self.id, self._endpoints)
+        # Endpoints declared while running are subscribed by a task; ready() waits for them.
+        self._pending = 0
+        self._ready = asyncio.Event()
+        self._ready.set()
+        self._tg: TaskGroup | None = None
+
+    # -- public ------------------------------------------------------------------------------
+
+    def endpoint(
+        self,
+        name: str,
+        *,
+        subject: str | None = None,
+        queue_group: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        """Serve the decorated coroutine function on ``<service>.<name>`` (or ``subject``).
+
+        The handler gets a :class:`Request` and returns a dict, list, msgspec Struct, str,
+        bytes or None; raising :class:`~natsreg.ServiceError` replies with its code.
+        ``idempotent=True`` declares that running a request twice does no harm: callers may
+        then retry it on another instance after a timeout (a crash or freeze mid-request).
+        """
+        endpoint = self._endpoints.declare(name, subject, queue_group, metadata, idempotent)
+
+        def register(handler: Handler) -> Handler:
+            if not inspect.iscoroutinefunction(handler):
+                raise ConfigError(f"endpoint {name!r}: the handler must be an async function")
+            endpoint.handler = handler
+            self._endpoints.table[name] = endpoint
+            if self._tg is not None:
+                self._pending += 1
+                self._ready.clear()
+                self._tg.start_soon(self._serve_endpoint, endpoint, True)
+            return handler
+
+        return register
+
+    async def ready(self) -> None:
+        """Wait until every endpoint declared so far is subscribed and announced.
+
+        An endpoint declared inside the ``async with`` block is subscribed in the
+        background; await this before telling anyone the service is up.
+        """
+        await self._ready.wait()
+
+    async def serve_forever(self) -> None:
+        """Wait until SIGINT or SIGTERM (or cancellation); leaving the block then drains."""
+        await self.ready()
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: got %s, stopping", self.config.name, signal.Signals(signum).name)
+                return
+
+    @property
+    def health(self) -> wire.Health:
+        return self._control.health
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Requests this instance would not take as sent, by reason: ``reply_subject`` (a
+        reply subject that is no inbox: not served, not answered) and ``request_id`` (an id
+        that is no short printable token: served as if it had none)."""
+        return dict(self._endpoints.dropped)
+
+    def at_most_once(self) -> dict[str, int]:
+        """What this instance remembers of recent calls by request id, and how often a
+        repeat was answered from it (docs/protocol.md, "At most once")."""
+        return self._endpoints.calls.stats()
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Service]:
+        control: list[Subscription] = []
+        try:
+            control = await self._control.subscribe()
+            for endpoint in self._endpoints.table.values():
+                await self._serve_endpoint(endpoint, announce=False)
+            await self._control.publish_announce()
+            async with background() as self._tg:
+                self._control.start(self._tg)
+                yield self
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop(control)
+
+    async def _stop(self, control: list[Subscription]) -> None:
+        # Order matters: heartbeats have stopped (with the task group) so none follows the
+        # goodbye; endpoints drain (NATS stops routing to us, and what it already routed is
+        # still handled) before the goodbye, so nothing is sent to an instance that registries
+        # have forgotten.
+        self._control.stop()
+        self._tg = None
+        await self._endpoints.unsubscribe()
+        await self._control.goodbye()
+        await self._endpoints.drain(self.config.drain_timeout_s)
+        for sub in control:
+            await quietly(sub.unsubscribe(), "unsubscribe")
+        await quietly(self._nc.flush(timeout=2), "flush")
+
+    async def _serve_endpoint(self, endpoint: Endpoint, announce: bool) -> None:
+        await self._endpoints.subscribe(endpoint)
+        if announce:
+            # Announce only once NATS has the subscription, so no caller that learns of the
+            # endpoint from a registry can reach it before it is served.
+            await self._nc.flush()
+            await self._control.publish_announce()
+            self._pending -= 1
+            if self._pending == 0:
+                self._ready.set()
+
+
+def announce(nc: NATS, name: str, *, version: str, **settings: Unpack[ServiceSettings]
+             ) -> Service:
+    """A service instance on ``nc``, to be entered with ``async with``.
+
+    Entering announces it; leaving stops heartbeats, drains in-flight requests and says
+    goodbye. The connection stays open: it is the caller's. The keyword arguments are
+    :class:`ServiceConfig`'s fields, with its defaults and checks.
+    """
+    # Checked at the call by type checkers (ServiceSettings) and here by ServiceConfig.
+    fields: dict[str, Any] = dict(settings)
+    if fields.get("metadata", {}) is None:
+        del fields["metadata"]  # None has always meant "no metadata" here
+    return Service(nc, ServiceConfig(name=name, version=version, **fields))

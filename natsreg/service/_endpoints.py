@@ -1,0 +1,295 @@
+"""The request path: the endpoint table, the concurrency bound and its queue, handler tasks,
+the memory of recent calls (at most once), replies and per-endpoint stats."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+import time
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .. import _deadline, subjects, wire
+from .._codec import to_bytes
+from ..errors import REQUEST_ID_HEADER, ConfigError, OverloadedError, ServiceError, error_headers
+from . import _dedupe
+from ._config import ServiceConfig, check_metadata, check_name
+from ._log import log, quietly
+from ._request import Handler, Request
+
+__all__ = ["Endpoint", "Endpoints"]
+
+#: An at-most-once key: (endpoint name, request id).
+Key = tuple[str, str]
+#: What a handler run ends with: reply data, error headers, whether a repeat gets this reply
+#: (not when nothing ran, or when the handler said that trying again is safe), and the
+#: caller's deadline.
+Outcome = tuple[bytes, dict[str, str] | None, bool, float | None]
+
+
+@dataclass(eq=False)
+class Endpoint:
+    name: str
+    subject: str
+    queue_group: str
+    handler: Handler
+    metadata: dict[str, str]
+    idempotent: bool = False
+    subs: list[Subscription] = field(default_factory=list)
+    num_requests: int = 0
+    num_errors: int = 0
+    last_error: str = ""
+    processing_ns: int = 0
+
+    def info(self) -> wire.Endpoint:
+        return wire.Endpoint(
+            name=self.name, subject=self.subject, queue_group=self.queue_group,
+            metadata=self.metadata, idempotent=self.idempotent,
+        )
+
+    def srv_info(self) -> wire.SrvEndpointInfo:
+        return wire.SrvEndpointInfo(name=self.name, subject=self.subject,
+                                    queue_group=self.queue_group, metadata=self.metadata)
+
+    def stats(self) -> wire.SrvEndpointStats:
+        served = self.num_requests
+        return wire.SrvEndpointStats(
+            name=self.name, subject=self.subject, queue_group=self.queue_group,
+            num_requests=served, num_errors=self.num_errors, last_error=self.last_error,
+            processing_time=self.processing_ns,
+            average_processing_time=self.processing_ns // served if served else 0,
+        )
+
+
+class Endpoints:
+    """The endpoints of one instance and everything a request goes through."""
+
+    def __init__(self, nc: NATS, config: ServiceConfig, instance_id: str) -> None:
+        self._nc = nc
+        self._config = config
+        self._id = instance_id
+        self.table: dict[str, Endpoint] = {}
+        self.in_flight = 0
+        self.served = 0
+        self.errors = 0
+        # Requests waiting for one of the max_in_flight slots:
+        # (endpoint, msg, received at, at-most-once key or None).
+        self._queue: deque[tuple[Endpoint, Msg, float, Key | None]] = deque()
+        # Recent calls by request id, so that a repeat is never run twice (_dedupe.py).
+        self.calls = _dedupe.Memory()
+        # Requests and $SRV queries refused or read without their id, by reason.
+        self.dropped = {"reply_subject": 0, "request_id": 0}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Strong references to running handlers: the event loop only keeps weak ones.
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    def declare(
+        self, name: str, subject: str | None, queue_group: str | None,
+        metadata: Mapping[str, str] | None, idempotent: bool,
+    ) -> Endpoint:
+        """A checked endpoint, not in the table yet (its handler comes with the decorator)."""
+        check_name(name, "endpoint name")
+        if name in self.table:
+            raise ConfigError(f"endpoint {name!r} is already served")
+        subject = subject or subjects.endpoint_subject(self._config.name, name)
+        if not subjects.is_valid_subject(subject):
+            raise ConfigError(f"endpoint {name!r}: {subject!r} is not a valid literal subject")
+        queue_group = queue_group or self._config.queue_group or self._config.name
+        if not subjects.is_valid_token(queue_group):
+            raise ConfigError(f"endpoint {name!r}: queue group {queue_group!r} is not valid")
+        return Endpoint(
+            name=name, subject=subject, queue_group=queue_group, handler=_unset_handler,
+            metadata=check_metadata(metadata or {}, f"endpoint {name!r}"),
+            idempotent=idempotent,
+        )
+
+    def load(self) -> wire.Load:
+        return wire.Load(in_flight=self.in_flight, served=self.served, errors=self.errors)
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def subscribe(self, endpoint: Endpoint) -> None:
+        # A partial, not a closure: one coroutine less per request (nats-py accepts both).
+        on_request = functools.partial(self._on_request, endpoint)
+        c = self._config
+        direct = subjects.direct_subject(c.prefix, c.name, self._id, endpoint.name)
+        endpoint.subs = [
+            await self._nc.subscribe(endpoint.subject, queue=endpoint.queue_group, cb=on_request),
+            await self._nc.subscribe(direct, cb=on_request),
+        ]
+
+    async def unsubscribe(self) -> None:
+        # NATS stops routing to us; what it already routed is still handled.
+        for endpoint in self.table.values():
+            for sub in endpoint.subs:
+                # nats-py leaves Subscription.drain unannotated.
+                draining = sub.drain()  # type: ignore[no-untyped-call]
+                await quietly(draining, "drain endpoint subscription")
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for running and queued handlers, then cancel the rest."""
+        with anyio.move_on_after(timeout_s) as scope:
+            await self._idle.wait()
+        if scope.cancelled_caught:
+            log.warning("%s: %d handlers still running after %.1f s; cancelling them",
+                        self._config.name, self.in_flight, timeout_s)
+            self._queue.clear()
+            for task in self._handlers:
+                task.cancel()
+
+    # -- one request -------------------------------------------------------------------------
+
+    async def _on_request(self, endpoint: Endpoint, msg: Msg) -> None:
+        # nats-py calls this serially per subscription; the handler runs in its own task so
+        # that requests are served concurrently, up to max_in_flight. This runs per request:
+        # an asyncio.Semaphore here cost a coroutine and a scan of its waiters every time, so
+        # the bound is kept with the in-flight count. A full service queues up to max_queued
+        # requests in its own bounded deque (waiting here instead would leave the rest in
+        # nats-py's buffer, unbounded and unseen) and refuses the others at once: a caller
+        # then retries on another instance rather than waiting in line.
+        reply = msg.reply
+        if reply and not subjects.is_reply_subject(reply):
+            # Not run either: the reply would go to a subject the requester names on our
+            # behalf (reflection), and no natsreg or nats-py caller waits anywhere but an inbox.
+            self.dropped["reply_subject"] += 1
+            return
+        key = None
+        headers = msg.headers
+        # An endpoint declared idempotent may run a call twice by definition: remembering
+        # its calls would cost every request (about a tenth of a service's CPU per call,
+        # bench/RESULTS.md) to prevent nothing.
+        if headers and not endpoint.idempotent:
+            request_id = headers.get(REQUEST_ID_HEADER)
+            if request_id is not None:
+                key = self._key(endpoint, request_id)
+                if key is not None and await self._answered(key, reply):
+                    return
+        if self.in_flight >= self._config.max_in_flight:
+            await self._overflow(endpoint, msg, key)
+            return
+        self._start(endpoint, msg, None, key)
+
+    def _key(self, endpoint: Endpoint, request_id: str) -> Key | None:
+        if _dedupe.is_valid_id(request_id):
+            return (endpoint.name, request_id)
+        self.dropped["request_id"] += 1
+        return None
+
+    async def _answered(self, key: Key, reply: str) -> bool:
+        # Before the overload check: a repeat of a call this instance has must be answered
+        # here, not refused and retried on an instance that lacks it.
+        known = self.calls.begin(key, reply, time.monotonic())
+        if known is None:
+            return False
+        if known is not _dedupe.JOINED and reply:
+            await quietly(self._nc.publish(reply, known[0], headers=known[1]), "reply")
+        return True
+
+    async def _overflow(self, endpoint: Endpoint, msg: Msg, key: Key | None) -> None:
+        if len(self._queue) < self._config.max_queued:
+            self._queue.append((endpoint, msg, time.monotonic(), key))
+            return
+        if key is not None:
+            self.calls.abandon(key)
+        self._count_error(endpoint, "503: overloaded")
+        if msg.reply:
+            await quietly(self._nc.publish(
+                msg.reply, b"", headers=error_headers(OverloadedError())), "reply")
+
+    def _start(self, endpoint: Endpoint, msg: Msg, received: float | None,
+               key: Key | None) -> None:
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self._idle.clear()
+        task = _new_task(self._handle(endpoint, msg, received, key))
+        # The task removes itself when it ends: a done callback would cost one more
+        # callback scheduled through the event loop per request. Started eagerly, it may
+        # have ended already, and must not be added then.
+        if not task.done():
+            self._handlers.add(task)
+
+    async def _handle(self, endpoint: Endpoint, msg: Msg, received: float | None,
+                      key: Key | None) -> None:
+        try:
+            await self._serve_one(endpoint, msg, received, key)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _serve_one(self, endpoint: Endpoint, msg: Msg, received: float | None,
+                         key: Key | None) -> None:
+        started = time.perf_counter_ns()
+        try:
+            data, headers, remember, deadline = await self._run(endpoint, msg, received)
+        finally:
+            self._finished(endpoint, started)
+        if key is not None:
+            now = time.monotonic()
+            for waiter in self.calls.finish(
+                    key, data, headers, remember=remember,
+                    expires_at=_dedupe.remember_until(deadline, now), now=now):
+                await quietly(self._nc.publish(waiter, data, headers=headers), "reply")
+        if msg.reply:
+            await quietly(self._nc.publish(msg.reply, data, headers=headers), "reply")
+
+    async def _run(self, endpoint: Endpoint, msg: Msg, received: float | None) -> Outcome:
+        deadline = None
+        remember = True
+        try:
+            request = Request(msg, received)
+            deadline = request.deadline
+            if deadline is not None:
+                if deadline <= time.monotonic():
+                    # The caller has given up: its work is not started.
+                    remember = False
+                    raise ServiceError("deadline exceeded before the handler started",
+                                       code=504)
+                _deadline.current.set(deadline)
+            return to_bytes(await endpoint.handler(request)), None, True, deadline
+        except ServiceError as exc:
+            self._count_error(endpoint, f"{exc.code}: {exc.description}")
+            return b"", error_headers(exc), remember and not exc.retryable, deadline
+        except Exception as exc:
+            log.exception("%s.%s: handler failed", self._config.name, endpoint.name)
+            error = ServiceError(f"{type(exc).__name__}: {exc}", code=500)
+            self._count_error(endpoint, error.description)
+            return b"", error_headers(error), True, deadline
+
+    def _finished(self, endpoint: Endpoint, started_ns: int) -> None:
+        endpoint.num_requests += 1
+        endpoint.processing_ns += time.perf_counter_ns() - started_ns
+        self.served += 1
+        self.in_flight -= 1
+        if self._queue:
+            self._start(*self._queue.popleft())
+        elif self.in_flight == 0:
+            self._idle.set()
+
+    def _count_error(self, endpoint: Endpoint, description: str) -> None:
+        endpoint.num_errors += 1
+        endpoint.last_error = description
+        self.errors += 1
+
+
+if sys.version_info >= (3, 12):
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        # Eager: the handler runs at once, in its own task, until it first waits; a handler
+        # that never waits costs no trip through the event loop (Python 3.12+).
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+else:
+    def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro)
+
+
+async def _unset_handler(request: Request) -> Any:
+    raise ServiceError("endpoint has no handler", code=501)
