@@ -27,6 +27,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from . import __version__, subjects, wire
+from ._gather import gather
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
 from .errors import ConfigError, NatsregError, ServiceError
@@ -556,22 +557,14 @@ async def _cmd_info(args: argparse.Namespace) -> int:
 
 
 async def _gather_stats(nc: NATS, service: str, wait_s: float = 0.3) -> list[wire.SrvStats]:
-    # $SRV.STATS is answered by every instance: one request, replies gathered for a moment.
-    inbox = nc.new_inbox()
-    replies: list[wire.SrvStats] = []
     decoder = msgspec.json.Decoder(wire.SrvStats)
-
-    async def collect(msg: Any) -> None:
+    stats: list[wire.SrvStats] = []
+    for data in await gather(nc, subjects.srv_subject("STATS", service), wait_s):
         try:
-            replies.append(decoder.decode(msg.data))
+            stats.append(decoder.decode(data))
         except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
-
-    sub = await nc.subscribe(inbox, cb=collect)
-    await nc.publish(subjects.srv_subject("STATS", service), b"", reply=inbox)
-    await anyio.sleep(wait_s)
-    await sub.unsubscribe()
-    return replies
+            pass  # not an ADR-32 stats reply: nothing to show for it
+    return stats
 
 
 def _parse_payload(args: argparse.Namespace) -> bytes:

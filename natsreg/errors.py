@@ -13,8 +13,10 @@ __all__ = [
     "BUDGET_HEADER",
     "CODE_HEADER",
     "ERROR_HEADER",
+    "NO_RESPONDERS_STATUS",
     "REQUEST_ID_HEADER",
     "RETRYABLE_HEADER",
+    "STATUS_HEADER",
     "BulkheadFullError",
     "CircuitOpenError",
     "ConfigError",
@@ -42,6 +44,10 @@ BUDGET_HEADER = "Natsreg-Budget-Ms"
 # ran (or is running) the call answers a repeat from what it remembers instead of running it
 # again (docs/protocol.md, "At most once").
 REQUEST_ID_HEADER = "Natsreg-Request-Id"
+# Set by nats-server, not by a service: a reply whose ``Status`` header is ``503`` and whose
+# body is empty says that nobody was subscribed to the subject when the request arrived.
+STATUS_HEADER = "Status"
+NO_RESPONDERS_STATUS = "503"
 
 
 class NatsregError(Exception):

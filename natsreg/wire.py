@@ -69,6 +69,8 @@ __all__ = [
     "decode_srv_info",
     "encode",
     "heartbeat_interval_s",
+    "instance_view",
+    "micro_instance_view",
     "silence_allowed_s",
 ]
 
@@ -219,6 +221,33 @@ class InstanceView(msgspec.Struct, gc=False, kw_only=True):
     load: Load = msgspec.field(default_factory=Load)
     age_s: float = 0.0
     conn: str = ""
+
+
+def instance_view(ann: Announce) -> InstanceView:
+    """The view of an instance built from its announcement: the one place that says which
+    announced fields a registry keeps (all but the message's own ``schema`` and ``type``), and
+    that the interval it keeps is the clamped one (:func:`heartbeat_interval_s`)."""
+    return InstanceView(
+        id=ann.id, name=ann.name, version=ann.version, kind="natsreg", seq=ann.seq,
+        description=ann.description, metadata=ann.metadata, endpoints=ann.endpoints,
+        host=ann.host, pid=ann.pid, started=ann.started,
+        heartbeat_s=heartbeat_interval_s(ann.heartbeat_s),
+        health=ann.health, load=ann.load, conn=ann.conn,
+    )
+
+
+def micro_instance_view(info: SrvInfo) -> InstanceView:
+    """The view of a plain ADR-32 service built from its ``$SRV.INFO`` reply, whose optional
+    fields (``null`` in ADR-32) become the view's empty defaults."""
+    return InstanceView(
+        id=info.id, name=info.name, version=info.version, kind="micro",
+        description=info.description or "", metadata=info.metadata or {},
+        endpoints=[
+            Endpoint(name=e.name, subject=e.subject, queue_group=e.queue_group or "",
+                     metadata=e.metadata or {})
+            for e in info.endpoints or ()
+        ],
+    )
 
 
 class MassExpiry(msgspec.Struct, gc=False, kw_only=True):

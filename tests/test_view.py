@@ -321,3 +321,18 @@ def test_goodbyes_and_heartbeats_for_made_up_ids_hold_bounded_memory() -> None:
         view.apply(wire.Goodbye(id=f"g{n}", name="svc", seq=1))
         assert view.apply(wire.Heartbeat(id=f"h{n}", name="svc", seq=1)).ask_info
     assert len(view._tombstones) <= 100 and len(view._asked) <= 100
+
+
+def test_the_view_of_an_announcement_keeps_every_field_the_two_share() -> None:
+    # A field added to Announce and InstanceView must also be copied by wire.instance_view.
+    ann = wire.Announce(
+        id="i1", name="svc", version="1.2.3", seq=7, description="d", metadata={"k": "v"},
+        endpoints=[wire.Endpoint(name="e", subject="svc.e", queue_group="q")], host="h",
+        pid=42, started="2026-01-01T00:00:00Z", heartbeat_s=2.0, health="warning",
+        load=wire.Load(in_flight=1, served=2, errors=3), conn="S/1")
+    view = wire.instance_view(ann)
+    shared = set(wire.Announce.__struct_fields__) & set(wire.InstanceView.__struct_fields__)
+    assert shared - {"schema"} == set(wire.InstanceView.__struct_fields__) - {"kind", "age_s"}
+    for field in shared - {"schema"}:
+        assert getattr(view, field) == getattr(ann, field), field
+    assert view.kind == "natsreg"

@@ -26,10 +26,11 @@ from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from .. import subjects, wire
-from ._queries import Queries
+from .._gather import gather
 from .._tasks import background
-from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 from ..errors import ConfigError
+from ._queries import Queries
+from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 
 __all__ = ["Registry"]
 
@@ -254,20 +255,8 @@ class Registry(anyio.AsyncContextManagerMixin):
             await anyio.sleep(self.micro_poll_s)
 
     async def _poll_micro(self) -> None:
-        # One broadcast request, many replies: every ADR-32 service answers $SRV.INFO.
-        inbox = self._nc.new_inbox()
-        replies: list[bytes] = []
-
-        async def collect(msg: Msg) -> None:
-            if msg.data:  # not the server's "no responders" status
-                replies.append(msg.data)
-
-        sub = await self._nc.subscribe(inbox, cb=collect)
-        try:
-            await self._nc.publish(subjects.srv_subject("INFO"), b"", reply=inbox)
-            await anyio.sleep(min(0.5, self.micro_poll_s / 2))
-        finally:
-            await sub.unsubscribe()
+        replies = await gather(self._nc, subjects.srv_subject("INFO"),
+                               min(0.5, self.micro_poll_s / 2))
         changes: list[Change] = []
         for data in replies:
             if len(data) > wire.MAX_CONTROL_BYTES:

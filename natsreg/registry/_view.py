@@ -178,15 +178,7 @@ class View:
             return _NOTHING
         if entry is not None and entry.view.name != info.name:
             return _MISMATCH
-        view = wire.InstanceView(
-            id=info.id, name=info.name, version=info.version, kind="micro",
-            description=info.description or "", metadata=info.metadata or {},
-            endpoints=[
-                wire.Endpoint(name=e.name, subject=e.subject, queue_group=e.queue_group or "",
-                              metadata=e.metadata or {})
-                for e in info.endpoints or ()
-            ],
-        )
+        view = wire.micro_instance_view(info)
         if entry is None:
             if not self._room_for(info.name):
                 return _FULL
@@ -352,13 +344,7 @@ class View:
         old = self._entries.get(ann.id)
         if old is None and not self._room_for(ann.name):
             return _FULL
-        view = wire.InstanceView(
-            id=ann.id, name=ann.name, version=ann.version, kind="natsreg", seq=ann.seq,
-            description=ann.description, metadata=ann.metadata, endpoints=ann.endpoints,
-            host=ann.host, pid=ann.pid, started=ann.started,
-            heartbeat_s=wire.heartbeat_interval_s(ann.heartbeat_s),
-            health=ann.health, load=ann.load, conn=ann.conn,
-        )
+        view = wire.instance_view(ann)
         if old is not None:
             self._remove(old)
         self._add(view, now, self._deadline(now, view.heartbeat_s), proven=old is not None)
