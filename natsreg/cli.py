@@ -30,6 +30,7 @@ from . import __version__, subjects, wire
 from ._gather import gather
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
+from .client._registry_api import RegistryApi
 from .errors import ConfigError, NatsregError, ServiceError
 from .registry import MAX_INSTANCES, Registry
 
@@ -208,12 +209,38 @@ def _registry_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    # Each file is opened here, before connecting, so that a missing or unreadable one is
+    # named in one line rather than ending in a traceback or in "cannot reach NATS".
+    if args.tls_key and not args.tls_cert:
+        raise _CliError("--tls-key needs --tls-cert (the certificate the key belongs to)")
     if not (args.tls_ca or args.tls_cert):
         return None
-    context = ssl.create_default_context(cafile=args.tls_ca)
+    for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
+                         ("--tls-key", args.tls_key)):
+        _check_readable(option, path)
+    try:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+    except ssl.SSLError as exc:
+        raise _CliError(f"--tls-ca {args.tls_ca} holds no usable CA certificate "
+                        f"({exc.reason or exc})") from exc
     if args.tls_cert:
-        context.load_cert_chain(args.tls_cert, args.tls_key)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except ssl.SSLError as exc:
+            key = f" and --tls-key {args.tls_key}" if args.tls_key else ""
+            raise _CliError(f"--tls-cert {args.tls_cert}{key}: not a PEM certificate and its "
+                            f"private key ({exc.reason or exc})") from exc
     return context
+
+
+def _check_readable(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _CliError(f"cannot read {option} {path}: {exc.strerror or exc}") from exc
 
 
 async def _connect(args: argparse.Namespace, *, long_lived: bool) -> NATS:
@@ -231,6 +258,9 @@ async def _connect(args: argparse.Namespace, *, long_lived: bool) -> NATS:
         # nats-py reads 0 as "retry for ever"; 1 with a short wait fails within a second.
         "max_reconnect_attempts": 1, "reconnect_time_wait": 0.2,
     }
+    # nats-py reads the creds file only while connecting, and its error reads as if the
+    # server were unreachable.
+    _check_readable("--creds", args.creds)
     for key, value in (("token", args.token), ("user", args.user),
                        ("password", args.password), ("user_credentials", args.creds),
                        ("inbox_prefix", args.inbox_prefix), ("tls", _tls(args))):
@@ -526,11 +556,11 @@ async def _cmd_auth(args: argparse.Namespace) -> int:
 
 async def _cmd_ls(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
-        client = Client(nc, prefix=args.prefix)
+        registry = RegistryApi(nc, prefix=args.prefix)
         if args.json:
-            _print_json(await client.instances())
+            _print_json(await registry.instances())
         else:
-            _print_services(await client.services())
+            _print_services(await registry.services())
         return 0
 
     return await _with_connection(args, run)
@@ -541,7 +571,7 @@ async def _cmd_info(args: argparse.Namespace) -> int:
         raise _CliError(f"{args.service!r} is not a valid service name")
 
     async def run(nc: NATS) -> int:
-        snapshot = await Client(nc, prefix=args.prefix).instances(args.service)
+        snapshot = await RegistryApi(nc, prefix=args.prefix).instances(args.service)
         if not snapshot.instances:
             raise _CliError(f"no instance of {args.service!r} is known: 'natsreg ls' lists "
                            "what is running")
@@ -624,12 +654,12 @@ async def _cmd_request(args: argparse.Namespace) -> int:
 
 async def _cmd_watch(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
-        client = Client(nc, prefix=args.prefix)
+        registry = RegistryApi(nc, prefix=args.prefix)
         if not args.json:
             _say(f"watching {args.service or 'all services'} on {args.server}; Ctrl-C stops")
         async with anyio.create_task_group() as tg:
             async def stream() -> None:
-                async for event in client.watch(args.service):
+                async for event in registry.watch(args.service):
                     if args.json:
                         print(msgspec.json.encode(event).decode(), flush=True)
                     else:

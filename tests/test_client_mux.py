@@ -1,4 +1,4 @@
-"""The client's own reply inbox (natsreg/_mux.py), on a real nats-server."""
+"""The client's own reply inbox (natsreg/client/_mux.py), on a real nats-server."""
 
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ async def connect_collecting_errors(url: str, errors: list[Exception]) -> NATS:
 async def test_the_inbox_is_subscribed_on_the_first_request_not_before(
         nc: NATS, unique: str) -> None:
     client = natsreg.Client(nc)
-    assert client._mux._sub is None
+    assert client._transport.mux._sub is None
     await nc.subscribe(f"mux-{unique}.echo", cb=echo)
     assert (await client.request(f"mux-{unique}.echo", b"one")).data == b"one"
-    sub = client._mux._sub
+    sub = client._transport.mux._sub
     assert sub is not None
     assert (await client.request(f"mux-{unique}.echo", b"two")).data == b"two"
-    assert client._mux._sub is sub
+    assert client._transport.mux._sub is sub
 
 
 async def test_concurrent_requests_each_get_their_own_reply(nc: NATS, unique: str) -> None:
@@ -42,7 +42,7 @@ async def test_concurrent_requests_each_get_their_own_reply(nc: NATS, unique: st
     replies = await asyncio.gather(
         *(client.request(f"mux-{unique}.echo", str(i).encode()) for i in range(300)))
     assert [r.data for r in replies] == [str(i).encode() for i in range(300)]
-    assert client._mux._waiting == {}
+    assert client._transport.mux._waiting == {}
 
 
 async def test_a_request_nobody_serves_is_a_no_instance_error_at_once(
@@ -81,7 +81,7 @@ async def test_a_timeout_is_the_same_error_as_before_and_a_late_reply_is_dropped
         await nc.flush()
         # The late reply reached the inbox, found no waiter, and nothing else noticed.
         assert (await client.request(f"mux-{unique}.echo", b"next")).data == b"next"
-        assert client._mux._waiting == {}
+        assert client._transport.mux._waiting == {}
         assert errors == []
     finally:
         await nc.close()
@@ -99,7 +99,7 @@ async def test_a_cancelled_request_leaves_nothing_behind(nc: NATS, unique: str) 
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    assert client._mux._waiting == {}
+    assert client._transport.mux._waiting == {}
     assert client.stats()["in_flight"] == {f"mux-{unique}": 0}
 
 
@@ -134,11 +134,11 @@ async def test_aclose_lets_calls_in_flight_finish_then_ends_the_inbox(
     await asyncio.sleep(0.02)
     await client.aclose()
     assert call.done() and call.result().data == b"in flight"
-    assert client._mux._sub is None
+    assert client._transport.mux._sub is None
     await client.aclose()
     # Calls still work after aclose(), on nats-py's own request inbox.
     assert (await client.request(f"mux-{unique}.slowish", b"after")).data == b"after"
-    assert client._mux._sub is None
+    assert client._transport.mux._sub is None
 
 
 async def test_a_closed_connection_is_a_not_connected_error(nats_url: str,
@@ -190,4 +190,4 @@ async def test_requests_with_different_timeouts_each_expire_at_their_own(
     took = await asyncio.gather(timed(0.3), timed(0.1), timed(0.2))
     for got, wanted in zip(took, (0.3, 0.1, 0.2), strict=True):
         assert wanted - 0.01 <= got < wanted + 0.08, (got, wanted)
-    assert client._mux._waiting == {}
+    assert client._transport.mux._waiting == {}

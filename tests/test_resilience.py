@@ -76,8 +76,7 @@ def _continue(proc: subprocess.Popen[str]) -> None:
 async def in_view(client: natsreg.Client, service: str, ids: set[str]) -> None:
     """Wait until the client's own view of ``service`` holds exactly ``ids``."""
     async def ready() -> bool:
-        await client._has_view(service, time.monotonic() + 1)  # noqa: SLF001
-        return {i.id for i in client._catalog.instances(service)} == ids  # noqa: SLF001
+        return {i.id for i in await client.view(service)} == ids
 
     await eventually(ready, timeout_s=5, what=f"client view of {service} = {len(ids)} ids")
 
@@ -339,7 +338,8 @@ async def test_a_full_service_refuses_at_once_and_the_client_retries_elsewhere(
         held = asyncio.ensure_future(nc.request(direct, b"", timeout=2))
         await asyncio.sleep(0.05)
         with pytest.raises(natsreg.OverloadedError) as caught:
-            await client._request(direct, b"", 1.0, None)  # noqa: SLF001
+            await client.request(direct, b"", timeout_s=1.0,
+                                 retry=natsreg.RetryPolicy(attempts=1))
         assert caught.value.retryable and caught.value.code == 503
         replies = {(await client.request(f"{name}.op")).text() for _ in range(20)}
         assert replies == {free.id}

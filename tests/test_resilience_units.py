@@ -10,11 +10,11 @@ import pytest
 
 import natsreg
 from natsreg import wire
-from natsreg._balance import Balancer, InstanceStats
-from natsreg._breaker import Breaker, BreakerConfig
-from natsreg._catalog import Catalog
-from natsreg._retry import RetryPolicy, is_retryable
-from natsreg.client import _parse_target
+from natsreg.client._balance import Balancer, InstanceStats
+from natsreg.client._breaker import Breaker, BreakerConfig
+from natsreg.client._catalog import Catalog
+from natsreg.client._retry import RetryPolicy, is_retryable
+from natsreg.client._target import parse_target
 
 
 class Clock:
@@ -266,15 +266,15 @@ def test_an_attempt_leaves_room_for_a_retry_only_when_a_timeout_would_be_retried
 
 
 def test_a_target_names_a_service_a_version_constraint_and_an_endpoint() -> None:
-    target = _parse_target("user-service@^1.2.users")
+    target = parse_target("user-service@^1.2.users")
     assert (target.subject, target.service, target.endpoint) == (
         "user-service.users", "user-service", "users")
     assert target.constraint is not None and target.constraint.matches("1.4.0")
     assert not target.constraint.matches("2.0.0")
-    assert _parse_target("user-service.users").constraint is None
+    assert parse_target("user-service.users").constraint is None
     for bad in ("svc@.users", "svc@^1", "svc@^1.bad ep", "@1.x.users", "svc@nonsense.users"):
         with pytest.raises(natsreg.ConfigError):
-            _parse_target(bad)
+            parse_target(bad)
 
 
 def test_auto_gives_a_latency_outlier_only_one_probe_per_interval() -> None:
@@ -295,7 +295,7 @@ def test_auto_gives_a_latency_outlier_only_one_probe_per_interval() -> None:
 
 
 def test_the_catalogs_tombstones_stay_bounded_when_instances_expire() -> None:
-    from natsreg._catalog import _MAX_TOMBSTONES
+    from natsreg.client._catalog import _MAX_TOMBSTONES
 
     clock = Clock()
     catalog = Catalog(clock=clock)
@@ -421,7 +421,7 @@ async def test_reconciles_of_one_service_run_one_at_a_time_at_most_once_per_inte
     import asyncio
     import itertools
 
-    from natsreg._healing import Reconciler
+    from natsreg.client._healing import Reconciler
 
     fetched: list[float] = []
     applied: list[wire.Snapshot] = []

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable
 
 import nats.errors
 
-from . import wire
+from .. import wire
+from ..errors import RequestError
 from ._catalog import Catalog
-from .errors import RequestError
 
 #: At most one snapshot fetch per service per this interval, however many reasons arrive.
 RECONCILE_INTERVAL_S = 1.0

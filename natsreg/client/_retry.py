@@ -8,8 +8,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .errors import (ConfigError, NoInstanceError, OutcomeUnknownError, RequestTimeoutError,
-                     ServiceError)
+from ..errors import (
+    ConfigError,
+    NoInstanceError,
+    OutcomeUnknownError,
+    RequestTimeoutError,
+    ServiceError,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 BreakerState = Literal["closed", "open", "half_open"]
 

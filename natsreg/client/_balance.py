@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Strategy = Literal["auto", "queue", "round_robin", "random", "least_in_flight", "latency",
                    "sticky"]

@@ -16,6 +16,7 @@ its deadline. Measured in bench/RESULTS.md ("RPC").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 from collections.abc import Callable
@@ -84,9 +85,9 @@ class ReplyMux:
         #: Set by aclose(): the client sends with nc.request from then on.
         self.closed = False
 
-    async def request(self, subject: str, payload: bytes, timeout: float,
+    async def request(self, subject: str, payload: bytes, timeout_s: float,
                       headers: dict[str, str] | None, group: str | None = None) -> Msg:
-        """What ``nc.request(subject, payload, timeout=timeout, headers=headers)`` does.
+        """What ``nc.request(subject, payload, timeout=timeout_s, headers=headers)`` does.
 
         With ``group`` (an instance id), :meth:`abandon` of that group ends the wait at once
         with :class:`Abandoned`.
@@ -95,8 +96,8 @@ class ReplyMux:
             await self._subscribe()
         reply = self._prefix + str(next(self._tokens))
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        deadline = loop.time() + timeout
+        future: asyncio.Future[Msg | None] = loop.create_future()
+        deadline = loop.time() + timeout_s
         self._waiting[reply] = (future, deadline)
         if deadline < self._timer_at:
             self._arm(loop, deadline)
@@ -153,10 +154,9 @@ class ReplyMux:
             self._timer, self._timer_at = None, math.inf
         sub, self._sub = self._sub, None
         if sub is not None and not self._nc.is_closed:
-            try:
+            # The connection may have closed or begun draining meanwhile: nothing is left.
+            with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-            except nats.errors.Error:
-                pass  # the connection closed or began draining meanwhile: nothing is left
 
     async def _subscribe(self) -> None:
         if self.closed:

@@ -35,7 +35,7 @@ from typing import Literal
 
 import msgspec
 
-from . import wire
+from .. import wire
 
 #: Instances kept per service; beyond this, new ones are ignored (a misbehaving fleet must
 #: not exhaust a caller's memory).

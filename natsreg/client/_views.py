@@ -1,0 +1,174 @@
+"""The client's live views of the services it calls: one per service, started on its first
+call, kept in NATS subscriptions (events, heartbeats, goodbyes) feeding the :class:`Catalog`,
+and healed with registry snapshots (:mod:`._healing`) when a message says it must be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .. import subjects, wire
+from ..errors import RequestError
+from ._catalog import Catalog
+from ._healing import ExpiryWatch, Reconciler
+from ._transport import Transport
+
+#: Services whose view one client keeps; calls to further services ride the queue group.
+MAX_VIEWED_SERVICES = 256
+#: The first call to a service waits for the registry's snapshot at most this share of its
+#: remaining budget (and at most ``view_wait_s``): the view only picks the instance, the
+#: request itself needs the rest.
+VIEW_WAIT_SHARE = 0.25
+
+
+class _Tracker:
+    """The subscriptions and bootstrap state of one service's view."""
+
+    __slots__ = ("available", "retry_at", "subs", "task")
+
+    def __init__(self) -> None:
+        self.available = False
+        self.retry_at = 0.0
+        self.subs: list[Subscription] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+class Views:
+    """The views of one client: ``catalog`` holds their instances; ``fetch`` asks the
+    registry for a service's snapshot; ``transport`` is told when an instance dies."""
+
+    def __init__(self, nc: NATS, prefix: str, *,
+                 fetch: Callable[[str], Awaitable[wire.Snapshot]], transport: Transport,
+                 missed_heartbeats: float, view_wait_s: float,
+                 clock: Callable[[], float]) -> None:
+        self.prefix = prefix
+        self.view_wait_s = view_wait_s
+        self._nc = nc
+        self._clock = clock
+        self._fetch = fetch
+        self.catalog = Catalog(missed_heartbeats=missed_heartbeats, clock=clock,
+                               on_lost=transport.abandon)
+        self.reconciler = Reconciler(fetch, self._reconciled, clock=clock)
+        self.expiry = ExpiryWatch(self.catalog, transport.busy, clock=clock)
+        self._trackers: dict[str, _Tracker] = {}
+        self._closed = False
+
+    def ready(self, service: str, settled: bool) -> bool | None:
+        """Whether a view of ``service`` is in place; None when it is still to be fetched
+        (:meth:`wait`). With ``settled``, never None: the view is taken as it is."""
+        tracker = self._trackers.get(service)
+        if tracker is not None and tracker.available:
+            return True
+        if settled or (
+                tracker is None and (self._closed or len(self._trackers) >= MAX_VIEWED_SERVICES)
+        ) or (tracker is not None and tracker.task is None and self._clock() < tracker.retry_at):
+            return False
+        return None
+
+    async def wait(self, service: str, deadline: float) -> None:
+        """Start the view of ``service`` if need be and wait a while for the registry's
+        snapshot (see ``VIEW_WAIT_SHARE``); :meth:`ready` tells what came of it."""
+        tracker = self._trackers.get(service)
+        if tracker is None:
+            if self._closed or len(self._trackers) >= MAX_VIEWED_SERVICES:
+                return
+            tracker = self._trackers[service] = _Tracker()
+            self.catalog.track(service)
+        if tracker.available:
+            return
+        if tracker.task is None:
+            if self._clock() < tracker.retry_at:
+                return
+            tracker.task = asyncio.get_running_loop().create_task(
+                self._bootstrap(service, tracker))
+        task = tracker.task
+        wait_s = min(self.view_wait_s, (deadline - self._clock()) * VIEW_WAIT_SHARE)
+        if wait_s > 0:
+            # asyncio.wait, not wait_for: giving up on the view must leave the bootstrap
+            # running for later calls, and its end (aclose() cancels it) is not ours to raise.
+            await asyncio.wait((task,), timeout=wait_s)
+        if task.done() and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                raise error  # a bug, not a missing registry
+
+    def heal(self, service: str) -> None:
+        """Reconcile the view of ``service`` with a registry snapshot, soon (rate-limited)."""
+        if not self._closed and service in self._trackers:
+            self.reconciler.request(service)
+
+    async def aclose(self, drain: Callable[[], Awaitable[None]]) -> None:
+        """End every view's subscriptions and bootstrap; safe to call twice. ``drain`` (the
+        transport's close) runs once healing has stopped and before the views end: the calls
+        still in flight go on learning of the deaths of their instances."""
+        self._closed = True
+        await self.reconciler.aclose()
+        await drain()
+        self.expiry.close()
+        trackers, self._trackers = self._trackers, {}
+        for tracker in trackers.values():
+            if tracker.task is not None:
+                tracker.task.cancel()
+                try:
+                    await tracker.task
+                except asyncio.CancelledError:
+                    # The cancellation we asked for ends here; one aimed at aclose()'s own
+                    # caller goes on. Anything else the task raised is a bug, and surfaces.
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+            for sub in tracker.subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        for service in self.catalog.services():
+            self.catalog.forget(service)
+
+    async def _bootstrap(self, service: str, tracker: _Tracker) -> None:
+        try:
+            if not tracker.subs:
+                on_message = functools.partial(self._on_view_message, tracker)
+                for verb, tokens in (("events", (service,)), ("hb", (service, "*")),
+                                     ("bye", (service, "*"))):
+                    tracker.subs.append(await self._nc.subscribe(
+                        subjects.control_subject(self.prefix, verb, *tokens), cb=on_message))
+            # Subscribed first, then asked: no change between the two can be missed.
+            self.catalog.apply_snapshot(await self._fetch(service), service)
+            tracker.available = True
+        except (RequestError, OSError, nats.errors.Error):
+            # No registry (or a slow one), or the connection closed meanwhile: plain
+            # queue-group requests until an event shows one, or until the next try.
+            tracker.retry_at = self._clock() + 5.0
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # nats-py turns a cancellation into ConnectionClosedError when the
+                # connection is closed; aclose() or the loop's shutdown asked us to stop.
+                raise asyncio.CancelledError from None
+        finally:
+            tracker.task = None
+
+    async def _on_view_message(self, tracker: _Tracker, msg: Msg) -> None:
+        # Subscribed to <prefix>.events.<name>, <prefix>.hb.<name>.* and <prefix>.bye.<name>.*:
+        # what follows the prefix is the verb and the identity the message must match.
+        verb, *tokens = msg.subject[len(self.prefix) + 1:].split(".")
+        heard = self.catalog.hear(verb, tokens, msg.data)
+        if heard == "dropped":
+            return
+        if verb == "events":
+            # An event shows a registry runs: the view fills in from its events.
+            tracker.available = True
+        if heard == "reconcile" and (tracker.available or verb == "events"):
+            self.heal(tokens[0])
+
+    def _reconciled(self, service: str, snapshot: wire.Snapshot) -> None:
+        tracker = self._trackers.get(service)
+        if tracker is not None:
+            self.catalog.reconcile(service, snapshot)
+            tracker.available = True
