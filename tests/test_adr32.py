@@ -64,7 +64,8 @@ async def test_srv_replies_validate_against_the_nats_cli_schemas(
             assert replies[0]["name"] == name
         if verb == "STATS":
             (endpoint,) = replies[0]["endpoints"]  # type: ignore[misc]
-            assert endpoint["num_requests"] == 1 and endpoint["subject"] == f"{name}.echo"
+            assert endpoint["num_requests"] == 1
+            assert endpoint["subject"] == f"{name}.echo"
         if verb == "INFO":
             assert replies[0]["description"] == ""
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from natsreg.errors import CODE_HEADER, ERROR_HEADER
 from natsreg.service import _dedupe
 from natsreg.service._dedupe import JOINED, Memory, is_valid_id, remember_until
-from natsreg.errors import CODE_HEADER, ERROR_HEADER
 
 KEY = ("charge", "req-1")
 ERROR = {ERROR_HEADER: "card declined", CODE_HEADER: "402"}
@@ -15,9 +15,11 @@ ERROR = {ERROR_HEADER: "card declined", CODE_HEADER: "402"}
 
 def refusal(answer: _dedupe.Reply | None) -> dict[str, str]:
     """The error headers of a reply sent without running anything."""
-    assert answer is not None and answer is not JOINED
+    assert answer is not None
+    assert answer is not JOINED
     data, headers = answer
-    assert data == b"" and headers is not None
+    assert data == b""
+    assert headers is not None
     return headers
 
 
