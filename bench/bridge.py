@@ -228,7 +228,7 @@ def npm_ready(folder: Path, package: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> None:
-    from natsreg._server import NatsServer
+    from natsreg.testing import NatsServer
 
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: install it with 'apt-get install -y wrk' (Debian's package)")

@@ -34,7 +34,7 @@ import nats
 
 import natsreg
 from natsreg import wire
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 
 PREFIX = "benchdisc"
 NODES = 2

@@ -30,7 +30,7 @@ import time
 import nats
 
 import natsreg
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 
 PREFIX = "fo"
 SERVICE = "fo-svc"

@@ -27,7 +27,7 @@ from pathlib import Path
 import nats
 
 import natsreg
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import rpc  # noqa: E402  (the responder and the load loop are bench/rpc.py's)

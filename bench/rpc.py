@@ -31,7 +31,7 @@ import time
 import nats
 
 import natsreg
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 
 RAW_SUBJECT = "bench-raw.echo"
 SERVICE = "bench-natsreg"

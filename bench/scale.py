@@ -40,7 +40,7 @@ import nats
 
 import natsreg
 from natsreg import subjects, wire
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 
 HERE = Path(__file__).resolve().parent
 SERVICE_PROC = HERE.parent / "tests" / "service_proc.py"

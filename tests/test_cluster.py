@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from natsreg import wire
-from natsreg._server import NatsCluster
+from natsreg.testing import NatsCluster
 from tests.helpers import eventually
 
 

@@ -9,6 +9,8 @@ from natsreg.errors import CODE_HEADER, ERROR_HEADER
 from natsreg.service import _dedupe
 from natsreg.service._dedupe import JOINED, Memory, is_valid_id, remember_until
 
+pytestmark = pytest.mark.pure
+
 KEY = ("charge", "req-1")
 ERROR = {ERROR_HEADER: "card declined", CODE_HEADER: "402"}
 

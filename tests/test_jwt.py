@@ -18,7 +18,7 @@ from nats.errors import NoRespondersError
 
 import natsreg
 from natsreg._jwt import JwtSetup, render_jwt
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 from natsreg.errors import ConfigError
 from natsreg.permissions import Role, inbox_prefix
 from tests.helpers import eventually

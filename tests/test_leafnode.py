@@ -9,7 +9,7 @@ import nats
 import pytest
 
 import natsreg
-from natsreg._server import NatsServer, free_port
+from natsreg.testing import NatsServer, free_port
 from tests.helpers import eventually
 
 

@@ -6,10 +6,13 @@ import importlib
 import inspect
 import pkgutil
 import types
+from pathlib import Path
 
 import pytest
 
 import natsreg
+
+pytestmark = pytest.mark.pure
 
 PUBLIC_MODULES = sorted(
     m.name for m in pkgutil.iter_modules(natsreg.__path__, "natsreg.")
@@ -36,3 +39,9 @@ def test_the_package_exports_its_dozen_names() -> None:
     for exported in natsreg.__all__:
         assert not isinstance(getattr(natsreg, exported), types.ModuleType)
     assert "announce" in natsreg.__all__ and "Client" in natsreg.__all__
+
+
+def test_the_readmes_testing_example_is_the_one_the_suite_runs() -> None:
+    root = Path(__file__).resolve().parent.parent
+    example = (root / "tests" / "test_testing_example.py").read_text()
+    assert f"```python\n{example}```" in (root / "README.md").read_text()

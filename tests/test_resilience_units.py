@@ -16,6 +16,8 @@ from natsreg.client._catalog import Catalog
 from natsreg.client._retry import RetryPolicy, is_retryable
 from natsreg.client._target import parse_target
 
+pytestmark = pytest.mark.pure
+
 
 class Clock:
     def __init__(self) -> None:

@@ -7,6 +7,8 @@ import pytest
 from natsreg import ConfigError
 from natsreg._semver import parse_constraint, parse_version
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize(
     ("constraint", "matching", "not_matching"),

@@ -6,6 +6,8 @@ import pytest
 
 from natsreg import ConfigError, subjects
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize("prefix", ["natsreg", "prod.reg", "t-1_x"])
 def test_a_literal_subject_is_a_prefix(prefix: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import natsreg
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 from tests.helpers import eventually, read_id, start_service
 
 CONFIG = Path(__file__).with_name("sys-accounts.conf")

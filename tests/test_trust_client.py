@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import bridge, subjects, wire
-from natsreg._server import NatsServer
+from natsreg.testing import NatsServer
 from natsreg.errors import REQUEST_ID_HEADER
 from tests.helpers import eventually, read_id, start_service
 

@@ -301,6 +301,7 @@ def test_a_message_for_a_known_id_under_another_service_name_is_a_mismatch() -> 
     assert [i.name for i in view.instances()] == ["svc"]
 
 
+@pytest.mark.slow
 def test_a_hundred_thousand_announcements_that_never_heartbeat_raise_no_mass_alarm() -> None:
     clock = Clock()
     view = View(clock=clock, max_instances=200_000)
