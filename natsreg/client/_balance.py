@@ -20,6 +20,9 @@ Strategies (``strategy=`` of :meth:`natsreg.Client.request`):
   instances lose every comparison as their in-flight count only grows.
 - ``sticky``: rendezvous hashing of ``key`` over the candidates: the same key goes to the
   same instance while it is there, and only the keys of an instance that leaves move.
+
+Each strategy that chooses is one :class:`Strategy` subclass registered in :data:`PICKERS`
+by its name: a new strategy is one class.
 """
 
 from __future__ import annotations
@@ -28,14 +31,9 @@ import hashlib
 import random as _random
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 from ..errors import ConfigError
-
-Strategy = Literal["auto", "queue", "round_robin", "random", "least_in_flight", "latency",
-                   "sticky"]
-STRATEGIES: tuple[str, ...] = ("auto", "queue", "round_robin", "random", "least_in_flight",
-                               "latency", "sticky")
 
 #: Weight of the newest sample in the latency EWMA: about the last ten calls count.
 EWMA_WEIGHT = 0.2
@@ -57,6 +55,9 @@ AVOID_MAX_S = 60.0
 class _Candidate(Protocol):
     @property
     def id(self) -> str: ...
+
+
+_C = TypeVar("_C", bound=_Candidate)
 
 
 class InstanceStats:
@@ -105,69 +106,113 @@ class InstanceStats:
 _EMPTY = InstanceStats()
 
 
-def check_strategy(strategy: str) -> str:
-    """``strategy`` if it is one natsreg knows; ConfigError otherwise."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-    return strategy
+class Strategy:
+    """One way of choosing an instance; one subclass per name in :data:`PICKERS`.
 
+    An instance is made per :class:`Balancer`, sharing its random source and clock; it may
+    keep state of its own (round-robin positions).
+    """
 
-class Balancer:
-    """Picks an instance per call. Holds only round-robin positions and a random source."""
+    #: The name callers pass as ``strategy=``.
+    name: ClassVar[str]
 
-    def __init__(self, rng: _random.Random | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._rng = rng or _random.Random()
+    def __init__(self, rng: _random.Random, clock: Callable[[], float]) -> None:
+        self._rng = rng
         self._clock = clock
+
+    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
+             key: str | None, group: str) -> _C:
+        """One of ``candidates`` (at least two, in a stable order)."""
+        raise NotImplementedError
+
+    def _two(self, candidates: Sequence[_C]) -> tuple[_C, _C]:
+        n = len(candidates)
+        i = self._rng.randrange(n)
+        j = self._rng.randrange(n - 1)
+        if j >= i:
+            j += 1
+        return candidates[i], candidates[j]
+
+
+#: The strategies that choose an instance, by name (``queue`` chooses none: NATS does).
+PICKERS: dict[str, type[Strategy]] = {}
+
+
+def _register(cls: type[Strategy]) -> type[Strategy]:
+    PICKERS[cls.name] = cls
+    return cls
+
+
+@_register
+class RoundRobin(Strategy):
+    name = "round_robin"
+
+    def __init__(self, rng: _random.Random, clock: Callable[[], float]) -> None:
+        super().__init__(rng, clock)
         self._positions: dict[str, int] = {}
 
-    def pick(self, strategy: str, candidates: Sequence[_Candidate],
-             stats: dict[str, InstanceStats], *, key: str | None = None,
-             group: str = "") -> _Candidate:
-        """One of ``candidates`` (non-empty, in a stable order) by ``strategy``.
+    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
+             key: str | None, group: str) -> _C:
+        position = self._positions.get(group, -1) + 1
+        self._positions[group] = position
+        if len(self._positions) > 4096:
+            self._positions.clear()
+        return candidates[position % len(candidates)]
 
-        ``group`` names the round-robin sequence (one per service and endpoint).
-        """
-        n = len(candidates)
-        if n == 1:
-            return candidates[0]
-        if strategy == "auto":
-            candidates = self._without_outliers(candidates, stats)
-            if len(candidates) == 1:
-                return candidates[0]
-        if strategy == "latency" or strategy == "auto":
-            a, b = self._two(candidates)
-            return a if _cost(a, stats, candidates) <= _cost(b, stats, candidates) else b
-        if strategy == "least_in_flight":
-            a, b = self._two(candidates)
-            sa, sb = stats.get(a.id, _EMPTY), stats.get(b.id, _EMPTY)
-            if sa.in_flight != sb.in_flight:
-                return a if sa.in_flight < sb.in_flight else b
-            # A tie (always, for a caller with one call at a time) goes to the clearly faster
-            # one; between similar ones it stays random, so that they share the load and
-            # each keeps its latency figure fresh. Now and then the slower one is tried
-            # anyway, so that one slow spell does not starve an instance for good.
-            if sa.ewma_s > TIE_RATIO * sb.ewma_s and self._rng.random() >= PROBE_SHARE:
-                return b
-            if sb.ewma_s > TIE_RATIO * sa.ewma_s and self._rng.random() >= PROBE_SHARE:
-                return a
+
+@_register
+class Random(Strategy):
+    name = "random"
+
+    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
+             key: str | None, group: str) -> _C:
+        return candidates[self._rng.randrange(len(candidates))]
+
+
+@_register
+class LeastInFlight(Strategy):
+    name = "least_in_flight"
+
+    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
+             key: str | None, group: str) -> _C:
+        a, b = self._two(candidates)
+        sa, sb = stats.get(a.id, _EMPTY), stats.get(b.id, _EMPTY)
+        if sa.in_flight != sb.in_flight:
+            return a if sa.in_flight < sb.in_flight else b
+        # A tie (always, for a caller with one call at a time) goes to the clearly faster
+        # one; between similar ones it stays random, so that they share the load and
+        # each keeps its latency figure fresh. Now and then the slower one is tried
+        # anyway, so that one slow spell does not starve an instance for good.
+        if sa.ewma_s > TIE_RATIO * sb.ewma_s and self._rng.random() >= PROBE_SHARE:
+            return b
+        if sb.ewma_s > TIE_RATIO * sa.ewma_s and self._rng.random() >= PROBE_SHARE:
             return a
-        if strategy == "round_robin":
-            position = self._positions.get(group, -1) + 1
-            self._positions[group] = position
-            if len(self._positions) > 4096:
-                self._positions.clear()
-            return candidates[position % n]
-        if strategy == "random":
-            return candidates[self._rng.randrange(n)]
-        if strategy == "sticky":
-            if key is None:
-                raise ConfigError("strategy 'sticky' needs key=...")
-            return max(candidates, key=lambda c: _rendezvous(key, c.id))
-        raise ConfigError(f"strategy {strategy!r} does not choose an instance")
+        return a
 
-    def _without_outliers(self, candidates: Sequence[_Candidate],
-                          stats: dict[str, InstanceStats]) -> Sequence[_Candidate]:
+
+@_register
+class Latency(Strategy):
+    name = "latency"
+
+    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
+             key: str | None, group: str) -> _C:
+        a, b = self._two(candidates)
+        return a if _cost(a, stats, candidates) <= _cost(b, stats, candidates) else b
+
+
+@_register
+class Auto(Latency):
+    name = "auto"
+
+    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
+             key: str | None, group: str) -> _C:
+        candidates = self._without_outliers(candidates, stats)
+        if len(candidates) == 1:
+            return candidates[0]
+        return super().pick(candidates, stats, key, group)
+
+    def _without_outliers(self, candidates: Sequence[_C],
+                          stats: dict[str, InstanceStats]) -> Sequence[_C]:
         # Handlers mostly run concurrently, so a busy fast instance is rarely slower than an
         # idle slow one: weighing in-flight counts alone still sends the slow one a share,
         # and that share is the tail. An instance whose latency EWMA is over OUTLIER_RATIO
@@ -190,13 +235,49 @@ class Balancer:
                 return [c]
         return kept
 
-    def _two(self, candidates: Sequence[_Candidate]) -> tuple[_Candidate, _Candidate]:
-        n = len(candidates)
-        i = self._rng.randrange(n)
-        j = self._rng.randrange(n - 1)
-        if j >= i:
-            j += 1
-        return candidates[i], candidates[j]
+
+@_register
+class Sticky(Strategy):
+    name = "sticky"
+
+    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
+             key: str | None, group: str) -> _C:
+        if key is None:
+            raise ConfigError("strategy 'sticky' needs key=...")
+        return max(candidates, key=lambda c: _rendezvous(key, c.id))
+
+
+STRATEGIES: tuple[str, ...] = ("auto", "queue", *(n for n in PICKERS if n != "auto"))
+
+
+def check_strategy(strategy: str) -> str:
+    """``strategy`` if it is one natsreg knows; ConfigError otherwise."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+class Balancer:
+    """Picks an instance per call, by the strategy named; holds one of each strategy."""
+
+    def __init__(self, rng: _random.Random | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        rng = rng or _random.Random()
+        self._strategies = {name: cls(rng, clock) for name, cls in PICKERS.items()}
+
+    def pick(self, strategy: str, candidates: Sequence[_C],
+             stats: dict[str, InstanceStats], *, key: str | None = None,
+             group: str = "") -> _C:
+        """One of ``candidates`` (non-empty, in a stable order) by ``strategy``.
+
+        ``group`` names the round-robin sequence (one per service and endpoint).
+        """
+        if len(candidates) == 1:
+            return candidates[0]
+        chosen = self._strategies.get(strategy)
+        if chosen is None:
+            raise ConfigError(f"strategy {strategy!r} does not choose an instance")
+        return chosen.pick(candidates, stats, key, group)
 
 
 def _cost(c: _Candidate, stats: dict[str, InstanceStats],

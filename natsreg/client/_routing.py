@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from .. import subjects, wire
 from ..errors import (
@@ -266,9 +266,8 @@ class Router:
             fresh = [m for m in usable if m.id not in tried] or usable
             now = self._clock()
             candidates = [m for m in fresh if self._sound(m, now)] or fresh
-        chosen = cast(wire.InstanceView, self._balancer.pick(
-            "auto" if strategy == "queue" else strategy,
-            candidates, self._stats, key=key, group=target.subject))
+        chosen = self._balancer.pick("auto" if strategy == "queue" else strategy,
+                                     candidates, self._stats, key=key, group=target.subject)
         breaker = self._breaker(chosen.id, endpoint)
         breaker.allow()
         # Idempotence is what the instance that runs the call declares: another instance (a
