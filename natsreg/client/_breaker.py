@@ -53,8 +53,8 @@ class BreakerConfig:
 class Breaker:
     """One circuit breaker. Call :meth:`allow` before a call and :meth:`record` after it."""
 
-    __slots__ = ("_bucket_s", "_clock", "_counts", "_epoch", "_trials", "config", "opened_at",
-                 "retry_at", "state")
+    __slots__ = ("_bucket_s", "_clock", "_counts", "_epoch", "_trials", "config", "retry_at",
+                 "state")
 
     def __init__(self, config: BreakerConfig | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -65,7 +65,6 @@ class Breaker:
         self._counts = [[0, 0] for _ in range(self.config.buckets)]
         self._epoch = int(clock() // self._bucket_s)
         self.state: BreakerState = "closed"
-        self.opened_at = 0.0
         self.retry_at = 0.0
         self._trials = 0
 
@@ -132,10 +131,8 @@ class Breaker:
         return out
 
     def _open(self) -> None:
-        now = self._clock()
         self.state = "open"
-        self.opened_at = now
-        self.retry_at = now + self.config.open_s
+        self.retry_at = self._clock() + self.config.open_s
         self._trials = 0
 
     def _close(self) -> None:

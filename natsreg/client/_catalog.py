@@ -133,9 +133,6 @@ class Catalog:
             return "taken"
         return self._drop("wrong_kind")
 
-    def tracks(self, service: str) -> bool:
-        return service in self._services
-
     def apply_snapshot(self, snapshot: wire.Snapshot, service: str | None = None) -> None:
         """Take a registry snapshot (the first one of a view, of ``service`` or of all);
         each instance is as fresh as its ``age_s`` says. Its node's events are believed from

@@ -67,9 +67,6 @@ class RetryPolicy:
         return remaining_s * self.attempt_share
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-
-
 def is_retryable(exc: BaseException, idempotent: bool) -> bool:
     """Whether sending the request again is safe after ``exc``."""
     if isinstance(exc, NoInstanceError):
