@@ -9,6 +9,7 @@ import itertools
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -25,6 +26,23 @@ _counter = itertools.count()
 nats_server = testing.nats_server
 nats_url = testing.nats_url
 nats_client = testing.nats_client
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fast tier (``-m "pure and not slow"``) skips importing modules with no pure test.
+
+    Importing the server tests (httpx, uvicorn, subprocess helpers) would cost more than
+    running every pure test, and the tier's point is to answer in under 2 s. A module with
+    pure tests names the marker in its source (``pytestmark = pytest.mark.pure`` at its top),
+    so reading the text is enough to decide.
+    """
+    expression: str = config.option.markexpr
+    if "pure" not in expression or "not pure" in expression:
+        return None
+    if (collection_path.suffix == ".py" and collection_path.name.startswith("test_")
+            and "mark.pure" not in collection_path.read_text()):
+        return True
+    return None  # the default rules (--ignore, ...) decide
 
 
 @pytest.fixture
