@@ -1,7 +1,8 @@
 """Test your own services against a real nats-server, the way natsreg tests itself.
 
 ``NatsServer`` is one nats-server on a free loopback port, ``NatsCluster`` a local cluster of
-them; both are context managers, sync and async::
+them (``ServerError`` when the binary is missing or does not start); both are context
+managers, sync and async::
 
     async with NatsServer() as server:
         nc = await nats.connect(server.url)
@@ -12,7 +13,8 @@ them available to your tests by naming this module as a plugin in your top-level
 
     pytest_plugins = ["natsreg.testing"]
 
-or by importing the fixtures you want into it (pytest finds fixtures by name in conftest)::
+or, in a conftest.py below the top level (where pytest refuses ``pytest_plugins``), by
+importing the fixtures you want into it (pytest finds fixtures by name in a conftest)::
 
     from natsreg.testing import nats_client, nats_server, nats_url  # noqa: F401
 
@@ -35,9 +37,12 @@ import pytest_asyncio
 from anyio import to_thread
 from nats.aio.client import Client as NATS
 
-from ._server import NatsServer, free_port
+from ._server import NatsServer, ServerError, free_port
 
-__all__ = ["NatsCluster", "NatsServer", "free_port", "nats_client", "nats_server", "nats_url"]
+__all__ = [
+    "NatsCluster", "NatsServer", "ServerError", "free_port",
+    "nats_client", "nats_server", "nats_url",
+]
 
 
 class NatsCluster:
