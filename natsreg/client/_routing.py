@@ -109,17 +109,8 @@ class Router:
         try:
             while True:
                 attempt += 1
-                route: _Route | None
-                if fallback:
-                    route = self._queue_route(
-                        target.subject, self._matching(target, select).all_idempotent)
-                else:
-                    route = self._route(target, strategy, key, select, tried, False)
-                if route is None:
-                    assert target.service is not None
-                    await self._views.wait(target.service, deadline)
-                    route = self._route(target, strategy, key, select, tried, True)
-                    assert route is not None
+                route = await self._pick(target, strategy, key, select, tried, fallback,
+                                         deadline)
                 retry_timeouts = route.idempotent if idempotent is None else idempotent
                 started = self._clock()
                 remaining = deadline - started
@@ -129,32 +120,11 @@ class Router:
                         f"no reply on {target.subject!r} within the call's budget",
                         subject=target.subject)
                 attempt_s = policy.attempt_timeout(remaining, attempt, retry_timeouts)
-                budget = str(int(attempt_s * 1000))
-                if retry_timeouts:
-                    # Idempotent: running it twice does no harm, and the service keeps no
-                    # memory of such calls, so the id (about 14k instructions a request for
-                    # nats-py to parse on the service, bench/RESULTS.md) would buy nothing.
-                    sent = ({**headers, BUDGET_HEADER: budget} if headers
-                            else {BUDGET_HEADER: budget})
-                else:
-                    sent = ({**headers, BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id}
-                            if headers else
-                            {BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id})
-                instance = route.instance
-                stats = None
-                if instance is not None:
-                    stats = self._stats.get(instance.id)
-                    if stats is None:
-                        stats = self._stats[instance.id] = InstanceStats()
-                    stats.in_flight += 1
-                    tried.append(instance.id)
-                    self._views.expiry.arm()
+                sent = _headers(headers, attempt_s, None if retry_timeouts else request_id)
                 try:
-                    reply = await self._transport.request(route.subject, data, attempt_s, sent,
-                                                None if instance is None else instance.id)
+                    return await self._send(route, data, sent, attempt_s, started, tried)
                 except RequestError as exc:
-                    self._failed(route, stats, exc)
-                    unserved = unserved and instance is not None and isinstance(
+                    unserved = unserved and route.instance is not None and isinstance(
                         exc, NoInstanceError)
                     if (unserved and attempt >= policy.attempts and target.constraint is None
                             and not select):
@@ -169,18 +139,49 @@ class Router:
                         raise
                     if delay:
                         await asyncio.sleep(delay)
-                    continue
-                finally:
-                    if stats is not None:
-                        stats.in_flight -= 1
-                route.breaker.record(True)
-                if stats is not None:
-                    stats.calls += 1
-                    stats.observe(self._clock() - started)
-                return reply
         finally:
             self._service_in_flight[bulkhead] -= 1
 
+    async def _pick(self, target: Target, strategy: str, key: str | None, select: Select,
+                    tried: list[str], fallback: bool, deadline: float) -> _Route:
+        # Where the next attempt goes; waits for the service's view only on its first call.
+        if fallback:
+            return self._queue_route(
+                target.subject, self._matching(target, select).all_idempotent)
+        route = self._route(target, strategy, key, select, tried, False)
+        if route is None:
+            assert target.service is not None
+            await self._views.wait(target.service, deadline)
+            route = self._route(target, strategy, key, select, tried, True)
+            assert route is not None
+        return route
+
+    async def _send(self, route: _Route, data: bytes, sent: dict[str, str], attempt_s: float,
+                    started: float, tried: list[str]) -> Reply:
+        # One attempt on ``route``, and what it says of the target: its breaker and figures.
+        instance = route.instance
+        stats = None
+        if instance is not None:
+            stats = self._stats.get(instance.id)
+            if stats is None:
+                stats = self._stats[instance.id] = InstanceStats()
+            stats.in_flight += 1
+            tried.append(instance.id)
+            self._views.expiry.arm()
+        try:
+            reply = await self._transport.request(route.subject, data, attempt_s, sent,
+                                                  None if instance is None else instance.id)
+        except RequestError as exc:
+            self._failed(route, stats, exc)
+            raise
+        finally:
+            if stats is not None:
+                stats.in_flight -= 1
+        route.breaker.record(True)
+        if stats is not None:
+            stats.calls += 1
+            stats.observe(self._clock() - started)
+        return reply
 
     def _failed(self, route: _Route, stats: InstanceStats | None, exc: RequestError) -> None:
         # What the failure says about the target: a timeout, "no responders" or a 5xx count
@@ -324,3 +325,16 @@ class Router:
             breaker = Breaker(self.breaker, clock=self._clock)
             self._breakers[(target, endpoint)] = breaker
         return breaker
+
+
+def _headers(headers: Mapping[str, str] | None, attempt_s: float,
+             request_id: str | None) -> dict[str, str]:
+    # What one attempt sends: the caller's headers, its budget, and the call's id unless the
+    # endpoint is idempotent: running it twice does no harm, and the service keeps no memory
+    # of such calls, so the id (about 14k instructions a request for nats-py to parse on the
+    # service, bench/RESULTS.md) would buy nothing.
+    budget = str(int(attempt_s * 1000))
+    if request_id is None:
+        return {**headers, BUDGET_HEADER: budget} if headers else {BUDGET_HEADER: budget}
+    return ({**headers, BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id} if headers
+            else {BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id})
