@@ -18,8 +18,8 @@ from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import ConfigError, ServiceError, bridge
-from natsreg._routes import Refusal, RouteTable
 from natsreg.bridge import Auth, BridgeConfig, Cors, Route
+from natsreg.bridge._routes import Refusal, RouteTable
 from natsreg.errors import BulkheadFullError, CircuitOpenError
 
 # -- helpers ---------------------------------------------------------------------------------

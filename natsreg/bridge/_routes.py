@@ -9,115 +9,21 @@ path's answer depends only on the table, which is frozen.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
-from . import subjects, wire
-from ._semver import Constraint, parse_constraint
-from .errors import ConfigError
+from .. import subjects, wire
+from .._semver import Constraint, parse_constraint
+from ..errors import ConfigError
+from ._access import Auth
 
-__all__ = ["Auth", "Cors", "Refusal", "Route", "RouteTable", "Target"]
+__all__ = ["MAX_SUBJECT_CHARS", "Refusal", "Route", "RouteTable", "Target"]
 
 # NATS' max_control_line is 4 KiB for subject and reply together; 512 leaves room for the
 # reply inbox and keeps the per-path cache small.
 MAX_SUBJECT_CHARS = 512
 _CACHE_SIZE = 4096
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-#: An HTTP header name (RFC 9110 "token").
-HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Auth:
-    """Who may call a route: ``none``, a bearer token, or an API key in a header.
-
-    Tokens come from ``tokens_env`` (an environment variable holding comma- or
-    newline-separated tokens) and/or ``tokens_file`` (one token a line, ``#`` comments); there
-    is no default secret, so a scheme other than ``none`` with no token is refused at once.
-    Only SHA-256 digests of the tokens are kept in memory.
-    """
-
-    scheme: Literal["none", "bearer", "api-key"] = "none"
-    tokens_env: str | None = None
-    tokens_file: str | None = None
-    #: The header that carries the key, for ``api-key``.
-    header: str = "x-api-key"
-    digests: frozenset[bytes] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.scheme not in ("none", "bearer", "api-key"):
-            raise ConfigError(f"auth scheme {self.scheme!r}: use 'none', 'bearer' or 'api-key'")
-        if not HTTP_TOKEN.match(self.header):
-            raise ConfigError(f"auth header {self.header!r} is not a header name")
-        object.__setattr__(self, "header", self.header.lower())
-        tokens: list[str] = []
-        if self.tokens_env is not None:
-            value = os.environ.get(self.tokens_env)
-            if value is None:
-                raise ConfigError(f"auth: environment variable {self.tokens_env!r} is not set")
-            tokens += re.split(r"[,\n]", value)
-        if self.tokens_file is not None:
-            try:
-                text = Path(self.tokens_file).read_text()
-            except OSError as exc:
-                raise ConfigError(f"auth: cannot read tokens_file: {exc}") from exc
-            tokens += [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-        tokens = [t.strip() for t in tokens if t.strip()]
-        if self.scheme == "none" and (self.tokens_env or self.tokens_file):
-            raise ConfigError("auth: tokens given but scheme is 'none'")
-        if self.scheme != "none" and not tokens:
-            raise ConfigError(f"auth scheme {self.scheme!r} has no token: set tokens_env or "
-                              "tokens_file (there is no default secret)")
-        if any(not t.isprintable() or " " in t for t in tokens):
-            raise ConfigError("auth: a token may hold no whitespace or control character")
-        object.__setattr__(self, "digests", frozenset(_digest(t.encode()) for t in tokens))
-
-    @property
-    def enabled(self) -> bool:
-        return self.scheme != "none"
-
-    def accepts(self, credential: bytes | None) -> bool:
-        """Whether ``credential`` (the bearer token or API key as sent) is one of the tokens."""
-        # Comparing digests, not tokens: a set lookup on SHA-256 output leaks nothing an
-        # attacker can steer, where comparing the tokens themselves would leak by timing.
-        return credential is not None and _digest(credential) in self.digests
-
-
-def _digest(token: bytes) -> bytes:
-    return hashlib.sha256(token).digest()
-
-
-NO_AUTH = Auth()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Cors:
-    """Cross-origin access for browsers. ``allow_origins=("*",)`` allows any origin."""
-
-    allow_origins: tuple[str, ...] = ()
-    allow_methods: tuple[str, ...] = ("GET", "POST")
-    allow_headers: tuple[str, ...] = ("content-type", "authorization")
-    expose_headers: tuple[str, ...] = ()
-    allow_credentials: bool = False
-    max_age_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        for name in ("allow_origins", "allow_methods", "allow_headers", "expose_headers"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"cors.{name} must be a list of strings")
-            if any(not v.isprintable() for v in value):
-                raise ConfigError(f"cors.{name}: no control characters")
-            object.__setattr__(self, name, tuple(value))
-        if "*" in self.allow_origins and self.allow_credentials:
-            raise ConfigError("cors: allow_credentials cannot be used with allow_origins '*'")
-        if self.max_age_s < 0:
-            raise ConfigError("cors.max_age_s must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,8 +34,8 @@ class Route:
     ``user-service.users.42``), except on a versioned route, which serves exactly ``path``.
     ``methods`` limits the HTTP methods (all when empty). ``version`` is a constraint such as
     ``^1.2``: the client then picks an instance whose version matches and addresses it
-    directly, so ``subject`` must be ``<service>.<endpoint>``. ``auth`` overrides the bridge's default
-    auth; ``timeout_s`` its request timeout.
+    directly, so ``subject`` must be ``<service>.<endpoint>``. ``auth`` overrides the bridge's
+    default auth; ``timeout_s`` its request timeout.
     """
 
     path: str

@@ -1,0 +1,565 @@
+"""The bridge as an ASGI application: one HTTP request becomes one NATS request.
+
+A request goes through five steps, each a method of :class:`Bridge`: read the head (one pass
+over the headers), screen and authorize it (size, injection, Host, cross-site, route, method,
+auth, deadline), read the body, forward it to NATS, and respond. A step that refuses raises
+:class:`_Refused`, which becomes the JSON error response; failures map to HTTP statuses in one
+table, :func:`status_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from .. import wire
+from ..client import Client
+from ..errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigError,
+    NatsregError,
+    NoInstanceError,
+    NotConnectedError,
+    RequestTimeoutError,
+    ServiceError,
+)
+from ._access import Cors, challenge, credential
+from ._config import BridgeConfig
+from ._routes import Refusal, Target
+
+__all__ = ["METHOD_HEADER", "PATH_HEADER", "QUERY_HEADER", "Bridge", "create_app",
+           "status_for"]
+
+log = logging.getLogger("natsreg.bridge")
+
+#: NATS headers that carry the HTTP request line to the service.
+METHOD_HEADER = "Natsreg-Http-Method"
+PATH_HEADER = "Natsreg-Http-Path"
+QUERY_HEADER = "Natsreg-Http-Query"
+
+# One line of a header: CR or LF would end it early in the NATS header block, NUL is refused
+# by NATS itself; either is an injection attempt, never a real value.
+_HEADER_BREAK = re.compile(rb"[\r\n\x00]")
+
+
+# -- the status table ------------------------------------------------------------------------
+
+
+def status_for(error: BaseException) -> tuple[int, str]:
+    """The HTTP status and error name for a failed request: the bridge's one status table."""
+    match error:
+        case NoInstanceError():
+            return 503, "no_instance"
+        case RequestTimeoutError():
+            return 504, "timeout"
+        case ServiceError(code=code) if 400 <= code <= 599:
+            return code, "service_error"
+        case ServiceError():
+            return 502, "service_error"
+        case NotConnectedError():
+            return 503, "not_connected"
+        case CircuitOpenError():
+            return 503, "circuit_open"
+        case BulkheadFullError():
+            return 503, "overloaded"
+        case ConfigError():
+            return 400, "bad_request"
+        case nats.errors.MaxPayloadError():
+            return 413, "body_too_large"
+        case NatsregError():
+            return 502, "bad_gateway"
+    return 500, "internal_error"
+
+
+class _ErrorBody(msgspec.Struct):
+    error: str
+    message: str
+    service: str
+    endpoint: str
+
+
+_encode = msgspec.json.Encoder().encode
+_JSON = b"application/json"
+_EMPTY_REFUSALS = {
+    408: Refusal(408, "body_timeout", "the request body did not arrive in time"),
+    413: Refusal(413, "body_too_large", "the request body is over the bridge's limit"),
+    429: Refusal(429, "too_many_requests", "too many requests in flight from this client"),
+    431: Refusal(431, "headers_too_large", "the request path, query and headers are too large"),
+}
+_MISDIRECTED = Refusal(421, "misdirected_request",
+                       "this bridge does not serve the host named in the Host header")
+_CROSS_SITE = Refusal(403, "cross_site", "a cross-site request that the CORS settings do not "
+                                         "allow")
+# Distinct Host values whose verdict is remembered; any more are checked each time.
+_HOST_CACHE_SIZE = 256
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived."""
+
+
+_Headers = Iterable[tuple[bytes, bytes]]
+_HEADER_INJECTION = Refusal(400, "bad_request", "a header holds CR, LF or NUL")
+
+
+class _Refused(Exception):
+    """A step's answer that ends the request: the refusal, and headers to add to it."""
+
+    def __init__(self, refusal: Refusal, extra: _Headers = ()) -> None:
+        super().__init__(refusal.error)
+        self.refusal = refusal
+        self.extra = extra
+
+
+class _Head:
+    """What the bridge reads from a request head, in one pass (:meth:`Bridge._read_head`)."""
+
+    __slots__ = ("broken", "connection", "content_length", "credentials", "fetch_site",
+                 "forwarded", "host", "method", "origin", "path", "query", "raw_path", "size",
+                 "timeout")
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.method = ""
+        self.query = b""
+        self.raw_path: bytes | None = None
+        self.size = 0
+        #: NATS header name → value, for the headers the bridge forwards.
+        self.forwarded: dict[str, str] = {}
+        #: A forwarded header holds CR, LF or NUL.
+        self.broken = False
+        self.credentials: dict[bytes, bytes] = {}
+        self.timeout: bytes | None = None
+        self.origin: bytes | None = None
+        self.host: bytes | None = None
+        self.fetch_site: bytes | None = None
+        self.content_length: bytes | None = None
+        self.connection: bytes | None = None
+
+
+# -- the ASGI application --------------------------------------------------------------------
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Bridge:
+    """The bridge as an ASGI application, on ``nc``; build it with :func:`create_app`.
+
+    It needs no lifespan events and starts no task, so it can be mounted in any ASGI app;
+    the NATS connection stays the caller's.
+    """
+
+    def __init__(self, nc: NATS, config: BridgeConfig) -> None:
+        self.config = config
+        self._nc = nc
+        self._client = Client(nc, timeout_s=config.timeout_s, prefix=config.prefix)
+        self._table = config.route_table()
+        self._in_flight: dict[str, int] = {}
+        self._registry_view: tuple[float, bytes] | None = None
+        # Header names as ASGI gives them (lower-case bytes) → the NATS header name to use.
+        self._forward_names = {h.encode(): _canonical(h) for h in config.forward_headers}
+        self._timeout_header = config.timeout_header.encode()
+        auths = [config.auth, *(r.auth for r in config.routes if r.auth is not None)]
+        self._credential_headers = frozenset(
+            b"authorization" if a.scheme == "bearer" else a.header.encode()
+            for a in auths if a.enabled)
+        self._content_types: dict[str, bytes] = {}
+        self._default_content_type = config.default_content_type.encode("latin-1")
+        self._cors = _CorsHeaders(config.cors) if config.cors else None
+        self._any_host = "*" in config.allowed_hosts
+        self._hosts = frozenset(h.encode() for h in config.allowed_hosts)
+        self._host_verdicts: dict[bytes, bool] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            client = scope.get("client")
+            key = client[0] if client else ""
+            count = self._in_flight.get(key, 0)
+            if count >= self.config.max_in_flight_per_client:
+                await self._refuse(send, _EMPTY_REFUSALS[429], ())
+                return
+            self._in_flight[key] = count + 1
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                count = self._in_flight[key] - 1
+                if count:
+                    self._in_flight[key] = count
+                else:
+                    del self._in_flight[key]
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        head = self._read_head(scope)
+        origin = head.origin
+        cors = self._cors.for_origin(origin) if self._cors is not None and origin else ()
+        try:
+            self._screen(head, cors)
+            if self._cors is not None and head.method == "OPTIONS" and origin is not None \
+                    and any(name == b"access-control-request-method"
+                            for name, _ in scope["headers"]):
+                await self._cors.preflight(send, origin)
+                return
+            if head.path.startswith("/_natsreg/"):
+                await self._own(head.path, head.method, head.credentials, send, cors)
+                return
+            target, timeout_s = self._authorize(head, cors)
+            body = await self._receive_body(head, receive, cors)
+            data, content_type = await self._forward(head, target, timeout_s, body, cors)
+        except _Refused as refused:
+            await self._refuse(send, refused.refusal, refused.extra)
+            return
+        except _Disconnected:
+            return
+        await _respond(send, 200, content_type, data, cors)
+
+    def _read_head(self, scope: Scope) -> _Head:
+        """Step 1: the request line, and one pass over the headers: their size, the ones to
+        forward, and those the bridge itself reads."""
+        head = _Head()
+        path: str = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        head.path = path
+        head.method = scope["method"]
+        head.query = query = scope["query_string"]
+        head.raw_path = raw_path = scope.get("raw_path")
+        size = len(raw_path or path) + len(query)
+        forwarded = head.forwarded
+        for name, value in scope["headers"]:
+            size += len(name) + len(value)
+            # Credentials are the bridge's to check and are never forwarded.
+            if name in self._credential_headers:
+                head.credentials[name] = value
+                continue
+            target_name = self._forward_names.get(name)
+            if target_name is not None:
+                if _HEADER_BREAK.search(value):
+                    head.broken = True
+                forwarded[target_name] = value.decode("latin-1")
+            elif name == self._timeout_header:
+                head.timeout = value
+            elif name == b"host":
+                head.host = value
+            elif name == b"origin":
+                head.origin = value
+            elif name == b"sec-fetch-site":
+                head.fetch_site = value
+            elif name == b"content-length":
+                head.content_length = value
+            elif name == b"connection":
+                head.connection = value
+            elif name == b"transfer-encoding":
+                head.content_length = head.content_length or b"chunked"
+        head.size = size
+        return head
+
+    def _screen(self, head: _Head, cors: _Headers) -> None:
+        """Step 2a: refuse a request too large, smuggling header breaks, for another Host,
+        or cross-site, whatever it asks for."""
+        if head.size > self.config.max_header_bytes:
+            raise _Refused(_EMPTY_REFUSALS[431], cors)
+        raw_path = head.raw_path
+        if head.broken or _HEADER_BREAK.search(head.query) or (
+                raw_path and _HEADER_BREAK.search(raw_path)):
+            raise _Refused(_HEADER_INJECTION, cors)
+        # A request without Host cannot come from a browser, the client these two checks
+        # are for (DNS rebinding, cross-site requests); HTTP/1.0 tools may omit it.
+        host = head.host
+        if host is not None and not self._any_host and not self._host_allowed(host):
+            raise _Refused(_MISDIRECTED)
+        if (head.origin is not None or head.fetch_site is not None) and self._cross_site(
+                head.origin, host, head.fetch_site):
+            raise _Refused(_CROSS_SITE)
+
+    def _authorize(self, head: _Head, cors: _Headers) -> tuple[Target, float]:
+        """Step 2b: where the request goes, whether the caller may go there, and by when."""
+        target = self._table.resolve(head.path)
+        if type(target) is Refusal:
+            raise _Refused(target, cors)
+        assert isinstance(target, Target)
+        route = target.route
+        method = head.method
+        if route is not None and route.methods and method not in route.methods:
+            allow = ", ".join(sorted(route.methods)).encode()
+            raise _Refused(Refusal(405, "method_not_allowed", f"{method} is not allowed here",
+                                   target.service, target.endpoint), (*cors, (b"allow", allow)))
+        auth = route.auth if route is not None and route.auth is not None else self.config.auth
+        if auth.enabled and not auth.accepts(credential(auth, head.credentials)):
+            raise _Refused(_unauthorized(target), (*cors, challenge(auth)))
+        timeout_s = route.timeout_s if route is not None and route.timeout_s else \
+            self.config.timeout_s
+        if head.timeout is not None:
+            asked = _seconds(head.timeout)
+            if asked is None:
+                raise _Refused(Refusal(
+                    400, "bad_request", f"{self.config.timeout_header} must be a number of "
+                    "seconds > 0", target.service, target.endpoint), cors)
+            timeout_s = min(asked, timeout_s)
+        return target, timeout_s
+
+    async def _receive_body(self, head: _Head, receive: Receive, cors: _Headers) -> bytes:
+        """Step 3: the whole body, within the size limit and the body timeout."""
+        content_length = head.content_length
+        if content_length is None:
+            body: bytes = (await receive()).get("body", b"")
+            return body
+        if content_length != b"chunked" and _too_long(content_length,
+                                                       self.config.max_body_bytes):
+            raise _Refused(_EMPTY_REFUSALS[413], cors)
+        try:
+            read = await self._read_body(receive)
+        except TimeoutError:
+            raise _Refused(_EMPTY_REFUSALS[408], cors) from None
+        if read is None:
+            raise _Refused(_EMPTY_REFUSALS[413], cors)
+        return read
+
+    async def _forward(self, head: _Head, target: Target, timeout_s: float, body: bytes,
+                       cors: _Headers) -> tuple[bytes, bytes]:
+        """Step 4: the request to NATS; the reply's body and content type, or the failure
+        mapped to its status."""
+        forwarded = head.forwarded
+        forwarded[METHOD_HEADER] = head.method
+        forwarded[PATH_HEADER] = head.raw_path.decode("latin-1") if head.raw_path else head.path
+        if head.query:
+            forwarded[QUERY_HEADER] = head.query.decode("latin-1")
+        if head.connection is not None:
+            # Headers a client names in Connection are hop-by-hop for this request too.
+            for listed in head.connection.decode("latin-1").split(","):
+                name = self._forward_names.get(listed.strip().lower().encode())
+                if name is not None:
+                    forwarded.pop(name, None)
+        try:
+            # On a versioned route, target.call reads 'service@constraint.endpoint': the
+            # client then picks a matching instance from its registry view.
+            reply = await self._client.request(target.call, body, timeout_s=timeout_s,
+                                               headers=forwarded)
+        except Exception as exc:
+            raise _failure(exc, target, cors) from None
+        return reply.data, self._content_type(reply.headers)
+
+    def _host_allowed(self, host: bytes) -> bool:
+        verdict = self._host_verdicts.get(host)
+        if verdict is None:
+            name = host.lower()
+            if name.startswith(b"["):
+                name = name[:name.find(b"]") + 1]
+            else:
+                name = name.partition(b":")[0].rstrip(b".")
+            verdict = name in self._hosts
+            if len(self._host_verdicts) < _HOST_CACHE_SIZE:
+                self._host_verdicts[host] = verdict
+        return verdict
+
+    def _cross_site(self, origin: bytes | None, host: bytes | None,
+                    fetch_site: bytes | None) -> bool:
+        """Whether a browser sent this from another site that CORS does not allow.
+
+        A browser that names an ``Origin`` is refused unless CORS allows it or it is this
+        bridge's own (scheme aside: a proxy in front may end TLS). Without ``Origin`` (a
+        navigation, an ``<img>``, a no-cors fetch) ``Sec-Fetch-Site: cross-site`` is refused
+        unless CORS allows any origin.
+        """
+        cors = self._cors
+        if origin is None:
+            return fetch_site == b"cross-site" and not (cors is not None and cors.any_origin)
+        if cors is not None and cors.allowed(origin):
+            return False
+        if fetch_site == b"cross-site":
+            return True
+        return host is None or origin.partition(b"://")[2].lower() != host.lower()
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, None if it is over the limit; raises TimeoutError if too slow."""
+        limit = self.config.max_body_bytes
+        chunks: list[bytes] = []
+        total = 0
+        with anyio.fail_after(self.config.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    return None
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+
+    def _content_type(self, headers: Mapping[str, str]) -> bytes:
+        value = headers.get("Content-Type") or headers.get("content-type")
+        if not value:
+            return self._default_content_type
+        cached = self._content_types.get(value)
+        if cached is None:
+            try:
+                cached = value.encode("latin-1") if value.isprintable() else None
+            except UnicodeEncodeError:
+                cached = None
+            cached = cached or self._default_content_type
+            if len(self._content_types) < 256:
+                self._content_types[value] = cached
+        return cached
+
+    async def _own(self, path: str, method: str, credentials: dict[bytes, bytes], send: Send,
+                   cors: Iterable[tuple[bytes, bytes]]) -> None:
+        if method not in ("GET", "HEAD"):
+            await self._refuse(send, Refusal(405, "method_not_allowed", "use GET"),
+                               (*cors, (b"allow", b"GET, HEAD")))
+            return
+        if path == "/_natsreg/health":
+            connected = self._nc.is_connected
+            body = _encode({"status": "ok" if connected else "unavailable",
+                            "nats": "connected" if connected else "disconnected",
+                            "in_flight": sum(self._in_flight.values())})
+            await _respond(send, 200 if connected else 503, _JSON, body, cors)
+        elif path == "/_natsreg/services" and self.config.expose_registry:
+            auth = self.config.auth
+            if auth.enabled and not auth.accepts(credential(auth, credentials)):
+                await self._refuse(send, _unauthorized(None), (*cors, challenge(auth)))
+                return
+            try:
+                body = await self._registry_json()
+            except NatsregError as exc:
+                status, error = status_for(exc)
+                await self._refuse(send, Refusal(status, error, str(exc)), cors)
+                return
+            await _respond(send, 200, _JSON, body, cors)
+        else:
+            await self._refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
+
+    async def _registry_json(self) -> bytes:
+        cached = self._registry_view
+        if cached is not None and time.monotonic() - cached[0] < self.config.registry_refresh_s:
+            return cached[1]
+        snapshot = await self._client.instances(timeout_s=min(2.0, self.config.timeout_s))
+        if self.config.allow is not None:
+            snapshot.instances = [i for i in snapshot.instances if i.name in self.config.allow]
+        body = wire.encode(snapshot)
+        self._registry_view = (time.monotonic(), body)
+        return body
+
+    async def _refuse(self, send: Send, refusal: Refusal,
+                      extra: Iterable[tuple[bytes, bytes]]) -> None:
+        body = _encode(_ErrorBody(refusal.error, refusal.message[:1024], refusal.service,
+                                  refusal.endpoint))
+        await _respond(send, refusal.status, _JSON, body, extra)
+
+
+def create_app(nc: NATS, config: BridgeConfig | None = None) -> Bridge:
+    """The bridge as an ASGI application on ``nc`` (which stays the caller's to close)."""
+    return Bridge(nc, config or BridgeConfig())
+
+
+async def _respond(send: Send, status: int, content_type: bytes, body: bytes,
+                   extra: Iterable[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Nothing to start or stop: the connection is the caller's. Answering keeps servers
+    # that run lifespan events by default from logging a failure.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _canonical(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def _failure(exc: Exception, target: Target, cors: _Headers) -> _Refused:
+    """A failed NATS request as the refusal that answers it."""
+    status, error = status_for(exc)
+    if status == 500:
+        log.exception("bridge: request to %r failed", target.subject, exc_info=exc)
+        message = "the bridge failed to handle the request"
+    elif isinstance(exc, ServiceError):
+        message = exc.description
+    else:
+        message = str(exc)
+    if isinstance(exc, CircuitOpenError):
+        cors = (*cors, (b"retry-after", str(math.ceil(exc.retry_in_s)).encode()))
+    return _Refused(Refusal(status, error, message, target.service, target.endpoint), cors)
+
+
+def _unauthorized(target: Target | None) -> Refusal:
+    return Refusal(401, "unauthorized", "missing or invalid credentials",
+                   target.service if target else "", target.endpoint if target else "")
+
+
+def _seconds(value: bytes) -> float | None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds > 0 and math.isfinite(seconds) else None
+
+
+def _too_long(content_length: bytes, limit: int) -> bool:
+    # A malformed Content-Length is the HTTP server's to refuse; here only the size matters.
+    try:
+        return int(content_length) > limit
+    except ValueError:
+        return False
+
+
+class _CorsHeaders:
+    """CORS response headers, built once from the config."""
+
+    def __init__(self, cors: Cors) -> None:
+        self.any_origin = "*" in cors.allow_origins
+        self.origins = frozenset(o.encode() for o in cors.allow_origins)
+        common = [(b"vary", b"origin")]
+        if cors.allow_credentials:
+            common.append((b"access-control-allow-credentials", b"true"))
+        self.simple = common + ([(b"access-control-expose-headers",
+                                  ", ".join(cors.expose_headers).encode())]
+                                if cors.expose_headers else [])
+        self.preflight_headers = [
+            *common,
+            (b"access-control-allow-methods", ", ".join(cors.allow_methods).encode()),
+            (b"access-control-allow-headers", ", ".join(cors.allow_headers).encode()),
+            (b"access-control-max-age", str(int(cors.max_age_s)).encode()),
+        ]
+
+    def allowed(self, origin: bytes) -> bool:
+        return self.any_origin or origin in self.origins
+
+    def for_origin(self, origin: bytes) -> list[tuple[bytes, bytes]]:
+        if not self.allowed(origin):
+            return []
+        return [(b"access-control-allow-origin", origin), *self.simple]
+
+    async def preflight(self, send: Send, origin: bytes) -> None:
+        # A refused origin gets no CORS header: the browser then blocks the real request.
+        headers = ([(b"access-control-allow-origin", origin), *self.preflight_headers]
+                   if self.allowed(origin) else [])
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
