@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 from nats.aio.client import Client as NATS
 
 import natsreg
@@ -265,3 +266,25 @@ async def test_registry_with_system_server_removes_a_killed_instance_at_once(
 
 async def _is(value: object, expected: int) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    (["--tls-ca", "{missing}"], ["--tls-ca", "No such file"]),
+    (["--tls-ca", "{tmp}"], ["--tls-ca", "Is a directory"]),
+    (["--tls-ca", "{garbage}"], ["--tls-ca", "no usable CA certificate"]),
+    (["--tls-cert", "{missing}"], ["--tls-cert", "No such file"]),
+    (["--tls-cert", "{garbage}"], ["--tls-cert", "not a PEM certificate"]),
+    (["--tls-cert", "{garbage}", "--tls-key", "{missing}"], ["--tls-key", "No such file"]),
+    (["--tls-key", "{garbage}"], ["--tls-key needs --tls-cert"]),
+    (["--creds", "{missing}"], ["--creds", "No such file"]),
+])
+def test_a_tls_or_creds_file_that_cannot_be_used_is_one_line_and_exit_1(
+        tmp_path: Path, options: list[str], words: list[str]) -> None:
+    # Checked before connecting: nothing needs to listen at --server.
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    paths = {"missing": str(tmp_path / "missing.pem"), "tmp": str(tmp_path),
+             "garbage": str(garbage)}
+    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    result = natsreg_cli(env, "ls", *(option.format(**paths) for option in options))
+    assert_one_line_error(result, *words)
