@@ -13,7 +13,7 @@ travels unchanged, the method, path, query string and chosen headers as NATS hea
 ``Content-Type`` come back unchanged. Failures map to HTTP statuses in one table,
 :func:`status_for`. A path that is not a literal subject never reaches NATS.
 
-Its parts: ``_access`` (auth, CORS), ``_routes`` (path → subject, refusals), ``_config``
+Its parts: ``_access`` (auth, Host names, CORS), ``_routes`` (path → subject, refusals), ``_config``
 (BridgeConfig, the routes file), ``_app`` (the ASGI request path), ``_server`` (uvicorn).
 """
 

@@ -1,4 +1,5 @@
-"""Who may call the bridge: auth by bearer token or API key, and cross-origin access (CORS).
+"""Who may call the bridge and from where: auth by bearer token or API key, the Host names
+served, and cross-origin access (CORS).
 
 Validated once, at construction; only digests of the tokens are kept in memory.
 """
@@ -14,7 +15,11 @@ from typing import Literal
 
 from ..errors import ConfigError
 
-__all__ = ["HTTP_TOKEN", "NO_AUTH", "Auth", "Cors", "challenge", "credential"]
+__all__ = ["HTTP_TOKEN", "NO_AUTH", "Auth", "Cors", "CorsHeaders", "Origins", "challenge",
+           "credential"]
+
+# Distinct Host values whose verdict is remembered; any more are checked each time.
+_HOST_CACHE_SIZE = 256
 
 #: An HTTP header name (RFC 9110 "token").
 HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -125,3 +130,85 @@ def challenge(auth: Auth) -> tuple[bytes, bytes]:
     if auth.scheme == "bearer":
         return (b"www-authenticate", b'Bearer realm="natsreg"')
     return (b"www-authenticate", f'ApiKey header="{auth.header}"'.encode())
+
+
+class CorsHeaders:
+    """CORS response headers, built once from the config."""
+
+    def __init__(self, cors: Cors) -> None:
+        self.any_origin = "*" in cors.allow_origins
+        self.origins = frozenset(o.encode() for o in cors.allow_origins)
+        common = [(b"vary", b"origin")]
+        if cors.allow_credentials:
+            common.append((b"access-control-allow-credentials", b"true"))
+        self.simple = common + ([(b"access-control-expose-headers",
+                                  ", ".join(cors.expose_headers).encode())]
+                                if cors.expose_headers else [])
+        self.preflight_headers = [
+            *common,
+            (b"access-control-allow-methods", ", ".join(cors.allow_methods).encode()),
+            (b"access-control-allow-headers", ", ".join(cors.allow_headers).encode()),
+            (b"access-control-max-age", str(int(cors.max_age_s)).encode()),
+        ]
+
+    def allowed(self, origin: bytes) -> bool:
+        return self.any_origin or origin in self.origins
+
+    def for_origin(self, origin: bytes) -> list[tuple[bytes, bytes]]:
+        """The headers of a response to a request from ``origin`` (none if not allowed)."""
+        if not self.allowed(origin):
+            return []
+        return [(b"access-control-allow-origin", origin), *self.simple]
+
+    def preflight(self, origin: bytes) -> list[tuple[bytes, bytes]]:
+        """The headers of the answer to a preflight from ``origin`` (none if not allowed)."""
+        if not self.allowed(origin):
+            return []
+        return [(b"access-control-allow-origin", origin), *self.preflight_headers]
+
+
+class Origins:
+    """Which ``Host`` names and browser origins a bridge serves: its checks against DNS
+    rebinding and cross-site requests."""
+
+    __slots__ = ("_any_host", "_cors", "_hosts", "_verdicts")
+
+    def __init__(self, allowed_hosts: tuple[str, ...], cors: CorsHeaders | None) -> None:
+        self._any_host = "*" in allowed_hosts
+        self._hosts = frozenset(h.encode() for h in allowed_hosts)
+        self._cors = cors
+        self._verdicts: dict[bytes, bool] = {}
+
+    def host_allowed(self, host: bytes) -> bool:
+        """Whether the ``Host`` header names a host served (any port)."""
+        if self._any_host:
+            return True
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            name = host.lower()
+            if name.startswith(b"["):
+                name = name[:name.find(b"]") + 1]
+            else:
+                name = name.partition(b":")[0].rstrip(b".")
+            verdict = name in self._hosts
+            if len(self._verdicts) < _HOST_CACHE_SIZE:
+                self._verdicts[host] = verdict
+        return verdict
+
+    def cross_site(self, origin: bytes | None, host: bytes | None,
+                   fetch_site: bytes | None) -> bool:
+        """Whether a browser sent this from another site that CORS does not allow.
+
+        A browser that names an ``Origin`` is refused unless CORS allows it or it is this
+        bridge's own (scheme aside: a proxy in front may end TLS). Without ``Origin`` (a
+        navigation, an ``<img>``, a no-cors fetch) ``Sec-Fetch-Site: cross-site`` is refused
+        unless CORS allows any origin.
+        """
+        cors = self._cors
+        if origin is None:
+            return fetch_site == b"cross-site" and not (cors is not None and cors.any_origin)
+        if cors is not None and cors.allowed(origin):
+            return False
+        if fetch_site == b"cross-site":
+            return True
+        return host is None or origin.partition(b"://")[2].lower() != host.lower()

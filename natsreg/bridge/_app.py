@@ -33,7 +33,7 @@ from ..errors import (
     RequestTimeoutError,
     ServiceError,
 )
-from ._access import Cors, challenge, credential
+from ._access import CorsHeaders, Origins, challenge, credential
 from ._config import BridgeConfig
 from ._routes import Refusal, Target
 
@@ -100,8 +100,6 @@ _MISDIRECTED = Refusal(421, "misdirected_request",
                        "this bridge does not serve the host named in the Host header")
 _CROSS_SITE = Refusal(403, "cross_site", "a cross-site request that the CORS settings do not "
                                          "allow")
-# Distinct Host values whose verdict is remembered; any more are checked each time.
-_HOST_CACHE_SIZE = 256
 
 
 class _Disconnected(Exception):
@@ -177,10 +175,8 @@ class Bridge:
             for a in auths if a.enabled)
         self._content_types: dict[str, bytes] = {}
         self._default_content_type = config.default_content_type.encode("latin-1")
-        self._cors = _CorsHeaders(config.cors) if config.cors else None
-        self._any_host = "*" in config.allowed_hosts
-        self._hosts = frozenset(h.encode() for h in config.allowed_hosts)
-        self._host_verdicts: dict[bytes, bool] = {}
+        self._cors = CorsHeaders(config.cors) if config.cors else None
+        self._origins = Origins(config.allowed_hosts, self._cors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -214,7 +210,10 @@ class Bridge:
             if self._cors is not None and head.method == "OPTIONS" and origin is not None \
                     and any(name == b"access-control-request-method"
                             for name, _ in scope["headers"]):
-                await self._cors.preflight(send, origin)
+                # A refused origin gets no CORS header: the browser then blocks the request.
+                await send({"type": "http.response.start", "status": 204,
+                            "headers": self._cors.preflight(origin)})
+                await send({"type": "http.response.body", "body": b""})
                 return
             if head.path.startswith("/_natsreg/"):
                 await self._own(head.path, head.method, head.credentials, send, cors)
@@ -283,9 +282,9 @@ class Bridge:
         # A request without Host cannot come from a browser, the client these two checks
         # are for (DNS rebinding, cross-site requests); HTTP/1.0 tools may omit it.
         host = head.host
-        if host is not None and not self._any_host and not self._host_allowed(host):
+        if host is not None and not self._origins.host_allowed(host):
             raise _Refused(_MISDIRECTED)
-        if (head.origin is not None or head.fetch_site is not None) and self._cross_site(
+        if (head.origin is not None or head.fetch_site is not None) and self._origins.cross_site(
                 head.origin, host, head.fetch_site):
             raise _Refused(_CROSS_SITE)
 
@@ -355,37 +354,6 @@ class Bridge:
         except Exception as exc:
             raise _failure(exc, target, cors) from None
         return reply.data, self._content_type(reply.headers)
-
-    def _host_allowed(self, host: bytes) -> bool:
-        verdict = self._host_verdicts.get(host)
-        if verdict is None:
-            name = host.lower()
-            if name.startswith(b"["):
-                name = name[:name.find(b"]") + 1]
-            else:
-                name = name.partition(b":")[0].rstrip(b".")
-            verdict = name in self._hosts
-            if len(self._host_verdicts) < _HOST_CACHE_SIZE:
-                self._host_verdicts[host] = verdict
-        return verdict
-
-    def _cross_site(self, origin: bytes | None, host: bytes | None,
-                    fetch_site: bytes | None) -> bool:
-        """Whether a browser sent this from another site that CORS does not allow.
-
-        A browser that names an ``Origin`` is refused unless CORS allows it or it is this
-        bridge's own (scheme aside: a proxy in front may end TLS). Without ``Origin`` (a
-        navigation, an ``<img>``, a no-cors fetch) ``Sec-Fetch-Site: cross-site`` is refused
-        unless CORS allows any origin.
-        """
-        cors = self._cors
-        if origin is None:
-            return fetch_site == b"cross-site" and not (cors is not None and cors.any_origin)
-        if cors is not None and cors.allowed(origin):
-            return False
-        if fetch_site == b"cross-site":
-            return True
-        return host is None or origin.partition(b"://")[2].lower() != host.lower()
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, None if it is over the limit; raises TimeoutError if too slow."""
@@ -527,39 +495,3 @@ def _too_long(content_length: bytes, limit: int) -> bool:
         return int(content_length) > limit
     except ValueError:
         return False
-
-
-class _CorsHeaders:
-    """CORS response headers, built once from the config."""
-
-    def __init__(self, cors: Cors) -> None:
-        self.any_origin = "*" in cors.allow_origins
-        self.origins = frozenset(o.encode() for o in cors.allow_origins)
-        common = [(b"vary", b"origin")]
-        if cors.allow_credentials:
-            common.append((b"access-control-allow-credentials", b"true"))
-        self.simple = common + ([(b"access-control-expose-headers",
-                                  ", ".join(cors.expose_headers).encode())]
-                                if cors.expose_headers else [])
-        self.preflight_headers = [
-            *common,
-            (b"access-control-allow-methods", ", ".join(cors.allow_methods).encode()),
-            (b"access-control-allow-headers", ", ".join(cors.allow_headers).encode()),
-            (b"access-control-max-age", str(int(cors.max_age_s)).encode()),
-        ]
-
-    def allowed(self, origin: bytes) -> bool:
-        return self.any_origin or origin in self.origins
-
-    def for_origin(self, origin: bytes) -> list[tuple[bytes, bytes]]:
-        if not self.allowed(origin):
-            return []
-        return [(b"access-control-allow-origin", origin), *self.simple]
-
-    async def preflight(self, send: Send, origin: bytes) -> None:
-        # A refused origin gets no CORS header: the browser then blocks the real request.
-        headers = ([(b"access-control-allow-origin", origin), *self.preflight_headers]
-                   if self.allowed(origin) else [])
-        await send({"type": "http.response.start", "status": 204, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
-
