@@ -10,7 +10,8 @@ and wildcards ``1.x``, ``1.2.*``, ``*``. Missing parts count as wildcards: ``1.2
 
 Pre-releases follow npm's rule: ``1.3.0-beta.1`` satisfies a constraint only when one of its
 comparators names a pre-release of the same ``1.3.0``, so ``^1.2`` never picks a beta by chance.
-Pure functions, no I/O: the bridge uses it now, the client's registry-guided routing later.
+Pure functions, no I/O: the client picks instances by version with it (``svc@^1.2.endpoint``),
+and the bridge reads the constraints of its routes with it.
 """
 
 from __future__ import annotations

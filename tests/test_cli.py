@@ -288,3 +288,19 @@ def test_a_tls_or_creds_file_that_cannot_be_used_is_one_line_and_exit_1(
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
     result = natsreg_cli(env, "ls", *(option.format(**paths) for option in options))
     assert_one_line_error(result, *words)
+
+
+def test_docs_name_every_flag_of_every_command_and_no_other() -> None:
+    import argparse
+    import re
+
+    from natsreg.cli import _parser
+
+    commands = next(action for action in _parser()._actions
+                    if isinstance(action, argparse._SubParsersAction)).choices
+    flags = {option for command in commands.values() for action in command._actions
+             for option in action.option_strings if option.startswith("--")}
+    docs = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", docs))
+    assert named <= flags, f"docs/operations.md names flags that do not exist: {named - flags}"
+    assert flags <= named, f"flags docs/operations.md does not name: {flags - named}"
