@@ -16,9 +16,9 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -32,7 +32,15 @@ from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
 from .errors import ConfigError, NatsregError, ServiceError
-from .registry import MAX_INSTANCES, Registry
+from .registry import Registry
+from .registry._view import MAX_INSTANCES
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .bridge import BridgeConfig
+    from .permissions import Role
 
 __all__ = ["main"]
 
@@ -328,7 +336,7 @@ def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None)
                     max_instances=args.max_instances)
 
 
-def _bridge_config(args: argparse.Namespace) -> Any:
+def _bridge_config(args: argparse.Namespace) -> BridgeConfig:
     from .bridge import BridgeConfig  # uvicorn loads only for the commands that serve HTTP
 
     settings = {"prefix": args.prefix, "timeout_s": args.timeout,
@@ -492,7 +500,7 @@ async def _until_signal(children: Sequence[subprocess.Popen[bytes]] = ()) -> Non
             tg.start_soon(watch_children)
 
 
-def _roles(args: argparse.Namespace) -> list[Any]:
+def _roles(args: argparse.Namespace) -> list[Role]:
     from .permissions import ALL_SERVICES, Role
 
     def split(spec: str, option: str) -> tuple[str, tuple[str, ...]]:
@@ -590,10 +598,9 @@ async def _gather_stats(nc: NATS, service: str, wait_s: float = 0.3) -> list[wir
     decoder = msgspec.json.Decoder(wire.SrvStats)
     stats: list[wire.SrvStats] = []
     for data in await gather(nc, subjects.srv_subject("STATS", service), wait_s):
-        try:
+        # A reply that is not ADR-32 stats has nothing to show.
+        with suppress(msgspec.DecodeError, msgspec.ValidationError):
             stats.append(decoder.decode(data))
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass  # not an ADR-32 stats reply: nothing to show for it
     return stats
 
 
@@ -683,7 +690,7 @@ def _say(text: str) -> None:
     print(f"natsreg: {text}", file=sys.stderr, flush=True)
 
 
-def _print_json(value: Any) -> None:
+def _print_json(value: object) -> None:
     print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
 
 
@@ -698,7 +705,7 @@ def _age(seconds: float) -> str:
     return f"{seconds:.1f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
-def _table(*columns: str) -> Any:
+def _table(*columns: str) -> Table:
     from rich.table import Table  # rich loads in ~50 ms; only the commands that print tables pay
 
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -707,7 +714,7 @@ def _table(*columns: str) -> Any:
     return table
 
 
-def _console() -> Any:
+def _console() -> Console:
     from rich.console import Console
 
     # Piped output is for grep and less: full rows, no wrapping at 80 columns.
@@ -759,13 +766,13 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
     totals: dict[str, list[int]] = {}
     last_errors: dict[str, str] = {}
     for reply in stats:
-        for e in reply.endpoints:
-            total = totals.setdefault(e.name, [0, 0, 0])
-            total[0] += e.num_requests
-            total[1] += e.num_errors
-            total[2] += e.processing_time
-            if e.last_error:
-                last_errors[e.name] = e.last_error
+        for stat in reply.endpoints:
+            total = totals.setdefault(stat.name, [0, 0, 0])
+            total[0] += stat.num_requests
+            total[1] += stat.num_errors
+            total[2] += stat.processing_time
+            if stat.last_error:
+                last_errors[stat.name] = stat.last_error
     seen = set()
     for e in first.endpoints + [e for i in snapshot.instances for e in i.endpoints]:
         if e.name in seen:
