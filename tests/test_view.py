@@ -337,3 +337,22 @@ def test_the_view_of_an_announcement_keeps_every_field_the_two_share() -> None:
     for field in shared - {"schema"}:
         assert getattr(view, field) == getattr(ann, field), field
     assert view.kind == "natsreg"
+
+
+def test_the_protocol_docs_name_every_reason_an_instance_goes_down() -> None:
+    from pathlib import Path
+
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1, conn="S1/7"))
+    reasons = {c.reason for c in view.disconnected("S1/7")}
+    view.apply(wire.Announce(id="i2", name="svc", version="1.0.0", seq=1))
+    reasons |= {c.reason for c in view.apply(wire.Goodbye(id="i2", name="svc", seq=2)).changes}
+    view.apply(wire.Announce(id="i3", name="svc", version="1.0.0", seq=1))
+    clock.now += 10
+    reasons |= {c.reason for c in view.expire()}
+    assert reasons == {"disconnected", "goodbye", "expired"}
+    docs = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    event = docs[docs.index("- `Event` is"):docs.index("## Identity")]
+    for reason in reasons:
+        assert f"`{reason}`" in event, f"docs/protocol.md's Event omits down reason {reason!r}"
