@@ -238,7 +238,7 @@ def test_a_bridge_that_cannot_listen_says_so_in_one_line(cli_env: dict[str, str]
 
 async def test_registry_with_system_server_removes_a_killed_instance_at_once(
         prefix: str, unique: str) -> None:
-    from natsreg._server import NatsServer
+    from natsreg.testing import NatsServer
     from tests.helpers import read_id, start_service
     from tests.test_system_events import CONFIG
 
