@@ -91,8 +91,7 @@ async def test_six_charges_behind_a_rogue_forging_no_responders_each_run_at_most
             await rogue.flush()
 
             async def listed() -> bool:
-                await client._has_view(name, asyncio.get_running_loop().time() + 1)
-                return [i.id for i in client._catalog.instances(name)] == [svc.id]
+                return [i.id for i in await client.view(name)] == [svc.id]
 
             await eventually(listed, what="the client's view of the charge service")
             outcomes = []
