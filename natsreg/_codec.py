@@ -4,7 +4,8 @@ bytes one way, and bytes become JSON values or typed Structs the other way."""
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeVar
+from collections.abc import Hashable
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -28,7 +29,7 @@ def to_bytes(value: Any) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
-def _decoder(type_: Any) -> msgspec.json.Decoder:
+def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(type_)
 
 
@@ -48,7 +49,9 @@ class Message:
 
     def decode(self, type_: type[T]) -> T:
         """The payload decoded as JSON and validated into ``type_`` (a Struct, a dataclass...)."""
-        return _decoder(type_).decode(self.data)
+        # A class is hashable, whatever mypy makes of an unbounded type[T].
+        decoded: T = _decoder(cast(Hashable, type_)).decode(self.data)
+        return decoded
 
     def text(self) -> str:
         """The payload as UTF-8 text."""

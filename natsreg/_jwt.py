@@ -119,12 +119,16 @@ def render_jwt(roles: Sequence[Role], prefix: str, out_dir: Path) -> JwtSetup:
     if duplicate is not None:
         raise ConfigError(f"user {duplicate!r} is given two roles: give each role its own user")
     if _SYSTEM_USER in users:
-        raise ConfigError(f"user {_SYSTEM_USER!r} is the system account's ({SYSTEM_CREDS}): "
-                          "name the role's user otherwise")
+        raise ConfigError(
+            f"user {_SYSTEM_USER!r} is the system account's ({SYSTEM_CREDS}): "
+            "name the role's user otherwise"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    operator, account, system = (_new_key(nkeys.PREFIX_BYTE_OPERATOR),
-                                 _new_key(nkeys.PREFIX_BYTE_ACCOUNT),
-                                 _new_key(nkeys.PREFIX_BYTE_ACCOUNT))
+    operator, account, system = (
+        _new_key(nkeys.PREFIX_BYTE_OPERATOR),
+        _new_key(nkeys.PREFIX_BYTE_ACCOUNT),
+        _new_key(nkeys.PREFIX_BYTE_ACCOUNT),
+    )
     scopes: dict[str, tuple[nkeys.KeyPair, dict[str, Any], str]] = {}
     issued: list[tuple[Role, str, nkeys.KeyPair]] = []
     templated = set()
@@ -145,55 +149,88 @@ def render_jwt(roles: Sequence[Role], prefix: str, out_dir: Path) -> JwtSetup:
         issued.append((role, _encode(claims, signer), user_key))
         templated.add(role.user)
 
-    signing_keys = [{"kind": "user_scope", "key": _public(key), "role": kind,
-                     "template": template,
-                     "description": f"natsreg {kind} role: permissions from the user's name "
-                                    "and tags"}
-                    for key, template, kind in scopes.values()]
+    signing_keys = [
+        {
+            "kind": "user_scope",
+            "key": _public(key),
+            "role": kind,
+            "template": template,
+            "description": f"natsreg {kind} role: permissions from the user's name and tags",
+        }
+        for key, template, kind in scopes.values()
+    ]
     account_jwt = _encode(_account_claims(account, ACCOUNT_NAME, signing_keys), operator)
     system_jwt = _encode(_account_claims(system, SYSTEM_ACCOUNT_NAME, []), operator)
-    operator_jwt = _encode(_claims(operator, OPERATOR_NAME, {
-        "type": "operator", "version": 2, "system_account": _public(system)}), operator)
+    operator_jwt = _encode(
+        _claims(
+            operator,
+            OPERATOR_NAME,
+            {"type": "operator", "version": 2, "system_account": _public(system)},
+        ),
+        operator,
+    )
 
     creds = {}
     for role, user_jwt, user_key in issued:
-        creds[role.user] = _write_secret(out_dir / f"{role.user}.creds",
-                                         _creds(user_jwt, user_key))
+        creds[role.user] = _write_secret(out_dir / f"{role.user}.creds", _creds(user_jwt, user_key))
     sys_user = _new_key(nkeys.PREFIX_BYTE_USER)
     sys_jwt = _encode(_user_claims(_SYSTEM_USER, sys_user, dict(_UNLIMITED), tags=()), system)
     system_creds = _write_secret(out_dir / SYSTEM_CREDS, _creds(sys_jwt, sys_user))
     config = out_dir / CONFIG_FILE
     longest = max((len(user_jwt) for _, user_jwt, _ in issued), default=0)
-    config.write_text(_server_config(operator_jwt, _public(system),
-                                     {_public(account): account_jwt, _public(system): system_jwt},
-                                     max(DEFAULT_MAX_CONTROL_LINE, longest + CONNECT_HEADROOM)))
-    return JwtSetup(config=config, creds=creds, system_creds=system_creds,
-                    operator=_public(operator), account=_public(account),
-                    templated=frozenset(templated))
+    config.write_text(
+        _server_config(
+            operator_jwt,
+            _public(system),
+            {_public(account): account_jwt, _public(system): system_jwt},
+            max(DEFAULT_MAX_CONTROL_LINE, longest + CONNECT_HEADROOM),
+        )
+    )
+    return JwtSetup(
+        config=config,
+        creds=creds,
+        system_creds=system_creds,
+        operator=_public(operator),
+        account=_public(account),
+        templated=frozenset(templated),
+    )
 
 
-def _template(role: Role, prefix: str, users: Sequence[str],
-              perms: Permissions) -> dict[str, Any] | None:
+def _template(
+    role: Role, prefix: str, users: Sequence[str], perms: Permissions
+) -> dict[str, Any] | None:
     """The scoped signing key template that gives ``role`` exactly ``perms``, or None when no
     template can (see the module docstring)."""
     if any(tag != tag.lower() for tag in _tags(role)):
         return None
-    shape = Role(kind=role.kind, user=_USER_MARK,
-                 name=_SERVICE_MARK if role.kind == "service" else "",
-                 calls=tuple(dict.fromkeys(
-                     ALL_SERVICES if callee == ALL_SERVICES else _CALLS_MARK
-                     for callee in role.calls)))
+    shape = Role(
+        kind=role.kind,
+        user=_USER_MARK,
+        name=_SERVICE_MARK if role.kind == "service" else "",
+        calls=tuple(
+            dict.fromkeys(
+                ALL_SERVICES if callee == ALL_SERVICES else _CALLS_MARK for callee in role.calls
+            )
+        ),
+    )
     marked = _limits(permissions(shape, prefix, users=users))
 
     def unmark(entries: list[str]) -> list[str]:
-        return [entry.replace(_USER_MARK, _NAME_OP).replace(_SERVICE_MARK, _SERVICE_OP)
-                .replace(_CALLS_MARK, _CALLS_OP) for entry in entries]
+        return [
+            entry.replace(_USER_MARK, _NAME_OP)
+            .replace(_SERVICE_MARK, _SERVICE_OP)
+            .replace(_CALLS_MARK, _CALLS_OP)
+            for entry in entries
+        ]
 
     for side in ("pub", "sub"):
         for verb, entries in marked[side].items():
             marked[side][verb] = unmark(entries)
-    values = {_NAME_OP: [role.user], _SERVICE_OP: [role.name],
-              _CALLS_OP: [c for c in role.calls if c != ALL_SERVICES]}
+    values = {
+        _NAME_OP: [role.user],
+        _SERVICE_OP: [role.name],
+        _CALLS_OP: [c for c in role.calls if c != ALL_SERVICES],
+    }
     expected = _limits(perms)
     # A caller of every service is denied publishing into each other user's inbox by name;
     # the template, shared by several users, denies every user's, its own included, which
@@ -242,9 +279,11 @@ def _tags(role: Role) -> list[str]:
 
 def _limits(perms: Permissions) -> dict[str, Any]:
     """``perms`` as a JWT's user permissions and limits (nats-io/jwt ``UserPermissionLimits``)."""
-    out: dict[str, Any] = {"pub": {"allow": list(perms.publish)},
-                           "sub": {"allow": list(perms.subscribe)},
-                           **_UNLIMITED}
+    out: dict[str, Any] = {
+        "pub": {"allow": list(perms.publish)},
+        "sub": {"allow": list(perms.subscribe)},
+        **_UNLIMITED,
+    }
     if perms.deny_publish:
         out["pub"]["deny"] = list(perms.deny_publish)
     if perms.allow_responses:
@@ -253,8 +292,9 @@ def _limits(perms: Permissions) -> dict[str, Any]:
     return out
 
 
-def _user_claims(name: str, user_key: nkeys.KeyPair, limits: dict[str, Any] | None,
-                 *, tags: Sequence[str]) -> dict[str, Any]:
+def _user_claims(
+    name: str, user_key: nkeys.KeyPair, limits: dict[str, Any] | None, *, tags: Sequence[str]
+) -> dict[str, Any]:
     # A user of a scoped key carries no permissions and no limits at all: nats-server refuses
     # one that does ("scoped users require no permissions or limits set").
     nats: dict[str, Any] = {"type": "user", "version": 2, **(limits or {})}
@@ -263,13 +303,22 @@ def _user_claims(name: str, user_key: nkeys.KeyPair, limits: dict[str, Any] | No
     return _claims(user_key, name, nats)
 
 
-def _account_claims(key: nkeys.KeyPair, name: str,
-                    signing_keys: list[dict[str, Any]]) -> dict[str, Any]:
+def _account_claims(
+    key: nkeys.KeyPair, name: str, signing_keys: list[dict[str, Any]]
+) -> dict[str, Any]:
     nats: dict[str, Any] = {
-        "type": "account", "version": 2,
-        "limits": {"subs": _NO_LIMIT, "data": _NO_LIMIT, "payload": _NO_LIMIT,
-                   "imports": _NO_LIMIT, "exports": _NO_LIMIT, "wildcards": True,
-                   "conn": _NO_LIMIT, "leaf": _NO_LIMIT},
+        "type": "account",
+        "version": 2,
+        "limits": {
+            "subs": _NO_LIMIT,
+            "data": _NO_LIMIT,
+            "payload": _NO_LIMIT,
+            "imports": _NO_LIMIT,
+            "exports": _NO_LIMIT,
+            "wildcards": True,
+            "conn": _NO_LIMIT,
+            "leaf": _NO_LIMIT,
+        },
     }
     if signing_keys:
         nats["signing_keys"] = signing_keys
@@ -292,26 +341,34 @@ def _encode(claims: dict[str, Any], issuer: nkeys.KeyPair) -> str:
 
 def _creds(user_jwt: str, user_key: nkeys.KeyPair) -> str:
     """A creds file, dashes and all as nats-io/jwt's ``FormatUserConfig`` writes it."""
-    return (f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
-            "************************* IMPORTANT *************************\n"
-            "NKEY Seed printed below can be used to sign and prove identity.\n"
-            "NKEYs are sensitive and should be treated as secrets.\n\n"
-            f"-----BEGIN USER NKEY SEED-----\n{user_key.seed.decode()}\n"
-            "------END USER NKEY SEED------\n\n"
-            "*************************************************************\n")
+    return (
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n"
+        "NKEYs are sensitive and should be treated as secrets.\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_key.seed.decode()}\n"
+        "------END USER NKEY SEED------\n\n"
+        "*************************************************************\n"
+    )
 
 
-def _server_config(operator_jwt: str, system_account: str, accounts: Mapping[str, str],
-                   max_control_line: int) -> str:
+def _server_config(
+    operator_jwt: str, system_account: str, accounts: Mapping[str, str], max_control_line: int
+) -> str:
     preload = "\n".join(f"  {key}: {jwt}" for key, jwt in accounts.items())
-    limit = ("" if max_control_line <= DEFAULT_MAX_CONTROL_LINE else
-             "# Room for the longest user JWT in a client's CONNECT line.\n"
-             f"max_control_line: {max_control_line}\n")
-    return ("# Generated by natsreg: operator mode, accounts preloaded (no account server).\n"
-            f"operator: {operator_jwt}\n"
-            f"system_account: {system_account}\n"
-            "resolver: MEMORY\n"
-            f"resolver_preload: {{\n{preload}\n}}\n{limit}")
+    limit = (
+        ""
+        if max_control_line <= DEFAULT_MAX_CONTROL_LINE
+        else "# Room for the longest user JWT in a client's CONNECT line.\n"
+        f"max_control_line: {max_control_line}\n"
+    )
+    return (
+        "# Generated by natsreg: operator mode, accounts preloaded (no account server).\n"
+        f"operator: {operator_jwt}\n"
+        f"system_account: {system_account}\n"
+        "resolver: MEMORY\n"
+        f"resolver_preload: {{\n{preload}\n}}\n{limit}"
+    )
 
 
 def _write_secret(path: Path, text: str) -> Path:
@@ -328,7 +385,8 @@ def _new_key(prefix: int) -> nkeys.KeyPair:
 
 
 def _public(key: nkeys.KeyPair) -> str:
-    return key.public_key.decode()
+    public: bytes = key.public_key
+    return public.decode()
 
 
 def _json(value: Any) -> bytes:
