@@ -75,8 +75,13 @@ async def natsreg_bridge(url: str, port: int) -> None:
     from natsreg import bridge
 
     nc = await nats.connect(url)
-    await bridge.serve(nc, bridge.BridgeConfig(prefix="bench"), host=LOOPBACK, port=port,
-                       ready=lambda _: print("READY", flush=True))
+    await bridge.serve(
+        nc,
+        bridge.BridgeConfig(prefix="bench"),
+        host=LOOPBACK,
+        port=port,
+        ready=lambda _: print("READY", flush=True),
+    )
     await nc.close()
 
 
@@ -110,12 +115,23 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, argv: list[str], *, env: dict[str, str] | None = None,
-              cwd: Path | None = None, log: Path | None = None) -> subprocess.Popen:
+    def start(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        log: Path | None = None,
+    ) -> subprocess.Popen:
         out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, cwd=cwd,
-                                stdout=subprocess.PIPE if log is None else out,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=subprocess.PIPE if log is None else out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -185,8 +201,9 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, duration_s: float, connections: int) -> dict[str, float]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
-    text = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60,
-                          check=True).stdout
+    text = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + 60, check=True
+    ).stdout
 
     def find(pattern: str, convert=float, default=0.0):
         m = re.search(pattern, text, re.MULTILINE)
@@ -205,9 +222,11 @@ def measure(label: str, url: str, args: argparse.Namespace) -> dict[str, float]:
     wrk(url, args.warmup, args.connections)  # warm-up: JIT-free, but caches and pools fill
     loadavg = Path("/proc/loadavg").read_text().split()[0]
     result = wrk(url, args.duration, args.connections)
-    print(f"  {label:<26} {result['rps']:>9.0f} req/s  p50 {result['p50']:6.2f} ms  "
-          f"p99 {result['p99']:6.2f} ms  errors {result['errors']}  (loadavg {loadavg})",
-          flush=True)
+    print(
+        f"  {label:<26} {result['rps']:>9.0f} req/s  p50 {result['p50']:6.2f} ms  "
+        f"p99 {result['p99']:6.2f} ms  errors {result['errors']}  (loadavg {loadavg})",
+        flush=True,
+    )
     return result
 
 
@@ -218,12 +237,19 @@ def npm_ready(folder: Path, package: str) -> Path:
     """A writable copy of a peer folder with its npm dependencies installed."""
     target = WORK / folder.name
     if not (target / "node_modules" / package).is_dir():
-        shutil.copytree(folder, target, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("results", "node_modules", ".venv"))
+        shutil.copytree(
+            folder,
+            target,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("results", "node_modules", ".venv"),
+        )
         for path in target.rglob("*"):
             path.chmod(path.stat().st_mode | 0o200)
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-                       cwd=target, check=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=target,
+            check=True,
+        )
     return target
 
 
@@ -251,55 +277,110 @@ def run(args: argparse.Namespace) -> None:
             baseline = WORK / "py-baseline.py"
             shutil.copy(PEERS / "seed-gateway" / "py-baseline.py", baseline)
             port = free_port()
-            proc = procs.start([py, str(baseline), "bridge", "--loop", "uvloop", "--server", url,
-                                "--port", str(port)])
+            proc = procs.start(
+                [
+                    py,
+                    str(baseline),
+                    "bridge",
+                    "--loop",
+                    "uvloop",
+                    "--server",
+                    url,
+                    "--port",
+                    str(port),
+                ]
+            )
             wait_line(proc, "READY")
             targets["aiohttp bridge"] = f"http://{LOOPBACK}:{port}/api/users/{ENDPOINT}"
 
             if args.stacks:
                 port = free_port()
                 procs.start([py, me, "natsreg-bridge-h11", "--server", url, "--port", str(port)])
-                targets["natsreg app, uvicorn h11"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                targets["natsreg app, uvicorn h11"] = (
+                    f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                )
                 port = free_port()
                 granian = shutil.which("granian", path=os.path.dirname(py))
                 if granian:
-                    procs.start([granian, "--interface", "asgi", "--loop", "uvloop",
-                                 "--workers", "1", "--host", LOOPBACK, "--port", str(port),
-                                 "--log-level", "warning", "--no-ws", "--working-dir", str(HERE),
-                                 "--factory", "bridge:granian_app"], env={"NATS_URL": url},
-                                log=WORK / "granian.log")
-                    targets["natsreg app, granian"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                    procs.start(
+                        [
+                            granian,
+                            "--interface",
+                            "asgi",
+                            "--loop",
+                            "uvloop",
+                            "--workers",
+                            "1",
+                            "--host",
+                            LOOPBACK,
+                            "--port",
+                            str(port),
+                            "--log-level",
+                            "warning",
+                            "--no-ws",
+                            "--working-dir",
+                            str(HERE),
+                            "--factory",
+                            "bridge:granian_app",
+                        ],
+                        env={"NATS_URL": url},
+                        log=WORK / "granian.log",
+                    )
+                    targets["natsreg app, granian"] = (
+                        f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                    )
 
             if args.peers:
                 mol = npm_ready(PEERS / "moleculer", "moleculer-web")
                 env = {"NATS_URL": url, "MOL_NAMESPACE": "bench"}
-                procs.start(["node", "svc.js"], cwd=mol, env={**env, "NODE_ID": "svc"},
-                            log=WORK / "moleculer-svc.log")
+                procs.start(
+                    ["node", "svc.js"],
+                    cwd=mol,
+                    env={**env, "NODE_ID": "svc"},
+                    log=WORK / "moleculer-svc.log",
+                )
                 port = free_port()
-                procs.start(["node", "gateway.js"], cwd=mol,
-                            env={**env, "NODE_ID": "gateway", "HTTP_PORT": str(port)},
-                            log=WORK / "moleculer-gateway.log")
+                procs.start(
+                    ["node", "gateway.js"],
+                    cwd=mol,
+                    env={**env, "NODE_ID": "gateway", "HTTP_PORT": str(port)},
+                    log=WORK / "moleculer-gateway.log",
+                )
                 wait_file_line(WORK / "moleculer-gateway.log", "READY")
-                targets["moleculer-web"] = f"http://{LOOPBACK}:{port}/api/users/echo?id=1&name=alice"
+                targets["moleculer-web"] = (
+                    f"http://{LOOPBACK}:{port}/api/users/echo?id=1&name=alice"
+                )
 
                 seed = npm_ready(PEERS / "seed-gateway", "express")
                 ports = [free_port(), free_port()]
                 for p in ports:
-                    procs.start(["node", "user-service.js", str(p)], cwd=seed,
-                                log=WORK / f"user-service-{p}.log")
+                    procs.start(
+                        ["node", "user-service.js", str(p)],
+                        cwd=seed,
+                        log=WORK / f"user-service-{p}.log",
+                    )
                 port = free_port()
-                procs.start(["node", "gateway.js"], cwd=seed, log=WORK / "seed-gateway.log",
-                            env={"GATEWAY_PORT": str(port), "USER_SERVICE_INSTANCES":
-                                 ",".join(f"{LOOPBACK}:{p}" for p in ports)})
+                procs.start(
+                    ["node", "gateway.js"],
+                    cwd=seed,
+                    log=WORK / "seed-gateway.log",
+                    env={
+                        "GATEWAY_PORT": str(port),
+                        "USER_SERVICE_INSTANCES": ",".join(f"{LOOPBACK}:{p}" for p in ports),
+                    },
+                )
                 for p in ports:
                     wait_http(f"http://{LOOPBACK}:{p}/health")
                 targets["classic gateway"] = f"http://{LOOPBACK}:{port}/api/users/users"
 
             for label, target in targets.items():
                 print(f"# {label}: {target} -> {wait_http(target)[:80]!r}", flush=True)
-            print(f"# {os.cpu_count()} cores, wrk -t2 -c{args.connections} "
-                  f"-d{args.duration:g}s --latency (after {args.warmup:g} s warm-up), "
-                  f"{args.rounds} round(s)", flush=True)
+            print(
+                f"# {os.cpu_count()} cores, wrk -t2 -c{args.connections} "
+                f"-d{args.duration:g}s --latency (after {args.warmup:g} s warm-up), "
+                f"{args.rounds} round(s)",
+                flush=True,
+            )
             labels = list(targets)
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}", flush=True)
@@ -313,28 +394,35 @@ def run(args: argparse.Namespace) -> None:
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> None:
-    median = {label: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-              for label, runs in results.items()}
+    median = {
+        label: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for label, runs in results.items()
+    }
     ours = median["natsreg bridge"]
     print("\n| bridge | req/s | p50 ms | p99 ms | errors | natsreg ÷ this |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, m in median.items():
         ratio = ours["rps"] / m["rps"] if m["rps"] else float("nan")
-        print(f"| {label} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
-              f"{m['errors']:.0f} | {ratio:.2f}× |")
+        print(
+            f"| {label} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
+            f"{m['errors']:.0f} | {ratio:.2f}× |"
+        )
     goals = {"aiohttp bridge": 1.2, "moleculer-web": 1.5, "classic gateway": 5.0}
     print()
     for label, goal in goals.items():
         if label in median and median[label]["rps"]:
             ratio = ours["rps"] / median[label]["rps"]
-            print(f"goal natsreg ≥ {goal}× {label}: {ratio:.2f}× "
-                  f"{'met' if ratio >= goal else 'NOT met'}")
+            print(
+                f"goal natsreg ≥ {goal}× {label}: {ratio:.2f}× "
+                f"{'met' if ratio >= goal else 'NOT met'}"
+            )
     print(f"goal p99 < 20 ms: {ours['p99']:.2f} ms {'met' if ours['p99'] < 20 else 'NOT met'}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the whole comparison")
     r.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -375,8 +463,16 @@ async def _h11_bridge(url: str, port: int) -> None:
 
     nc = await nats.connect(url)
     app = bridge.create_app(nc, bridge.BridgeConfig(prefix="bench"))
-    config = uvicorn.Config(app, host=LOOPBACK, port=port, http="h11", lifespan="off",
-                            log_config=None, access_log=False, loop="none")
+    config = uvicorn.Config(
+        app,
+        host=LOOPBACK,
+        port=port,
+        http="h11",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        loop="none",
+    )
     await uvicorn.Server(config).serve()
     await nc.close()
 

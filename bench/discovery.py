@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -67,9 +68,12 @@ async def run_service(url: str) -> None:
 
 
 def spawn(role: str, url: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, f"--{role}", url],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, __file__, f"--{role}", url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 # -- observer ------------------------------------------------------------------------------
@@ -100,10 +104,8 @@ class Observer:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise TimeoutError(f"{kind} of {instance_id}: {len(self.seen[key])} of {NODES}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
         times = self.seen[key].values()
         return min(times), max(times)
 
@@ -162,20 +164,28 @@ async def bench(url: str, starts: int, kills: int) -> None:
     removed = await kill_to_removal(url, observer, kills)
     await nc.close()
 
-    print(f"\n{NODES} registry nodes, default settings (heartbeat 1 s, expiry after 2 missed "
-          "heartbeats + half an interval)\n")
-    print("| measure | runs | first node p50 | every node p50 | every node p99 | every node max "
-          "| goal |")
+    print(
+        f"\n{NODES} registry nodes, default settings (heartbeat 1 s, expiry after 2 missed "
+        "heartbeats + half an interval)\n"
+    )
+    print(
+        "| measure | runs | first node p50 | every node p50 | every node p99 | every node max "
+        "| goal |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     ms = [(f * 1000, a * 1000) for f, a in visible]
-    print(f"| start to visible (ms) | {starts} | {statistics.median(f for f, _ in ms):.1f} "
-          f"| {statistics.median(a for _, a in ms):.1f} "
-          f"| {percentile([a for _, a in ms], 0.99):.1f} | {max(a for _, a in ms):.1f} "
-          "| p99 <= 50 ms |")
-    print(f"| kill -9 to removal (s) | {kills} | {statistics.median(f for f, _ in removed):.2f} "
-          f"| {statistics.median(a for _, a in removed):.2f} "
-          f"| {percentile([a for _, a in removed], 0.99):.2f} "
-          f"| {max(a for _, a in removed):.2f} | max <= 3 s |")
+    print(
+        f"| start to visible (ms) | {starts} | {statistics.median(f for f, _ in ms):.1f} "
+        f"| {statistics.median(a for _, a in ms):.1f} "
+        f"| {percentile([a for _, a in ms], 0.99):.1f} | {max(a for _, a in ms):.1f} "
+        "| p99 <= 50 ms |"
+    )
+    print(
+        f"| kill -9 to removal (s) | {kills} | {statistics.median(f for f, _ in removed):.2f} "
+        f"| {statistics.median(a for _, a in removed):.2f} "
+        f"| {percentile([a for _, a in removed], 0.99):.2f} "
+        f"| {max(a for _, a in removed):.2f} | max <= 3 s |"
+    )
 
 
 def main() -> None:

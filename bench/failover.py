@@ -45,6 +45,7 @@ SCENARIOS = ("kill9", "sigstop", "rolling", "slow")
 async def serve(url: str, delay_ms: float) -> None:
     nc = await nats.connect(url)
     async with natsreg.announce(nc, SERVICE, version="1.0.0", prefix=PREFIX) as svc:
+
         @svc.endpoint("work", idempotent=True)
         async def work(req: natsreg.Request) -> bytes:
             await asyncio.sleep(delay_ms / 1000)
@@ -64,8 +65,11 @@ class Fleet:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, delay_ms: float) -> tuple[subprocess.Popen[str], str]:
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", self.url, str(delay_ms)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", self.url, str(delay_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(proc)
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("id "):
@@ -98,17 +102,32 @@ class Tally:
         def pct(p: float) -> float:
             return lat[min(n - 1, int(n * p))] * 1000 if n else float("nan")
 
-        return {"sent": n + self.failed, "ok": n, "failed": self.failed, "p50": pct(0.5),
-                "p99": pct(0.99), "max": lat[-1] * 1000 if n else float("nan")}
+        return {
+            "sent": n + self.failed,
+            "ok": n,
+            "failed": self.failed,
+            "p50": pct(0.5),
+            "p99": pct(0.99),
+            "max": lat[-1] * 1000 if n else float("nan"),
+        }
 
 
-async def load(call, concurrency: int, stop: asyncio.Event, tally: Tally,
-               max_s: float = 30.0, max_requests: int = 500_000) -> None:
+async def load(
+    call,
+    concurrency: int,
+    stop: asyncio.Event,
+    tally: Tally,
+    max_s: float = 30.0,
+    max_requests: int = 500_000,
+) -> None:
     deadline = time.monotonic() + max_s
 
     async def caller() -> None:
-        while (not stop.is_set() and time.monotonic() < deadline
-               and len(tally.latencies) + tally.failed < max_requests):
+        while (
+            not stop.is_set()
+            and time.monotonic() < deadline
+            and len(tally.latencies) + tally.failed < max_requests
+        ):
             t0 = time.perf_counter()
             try:
                 await call()
@@ -132,23 +151,29 @@ async def wait_listed(client: natsreg.Client, ids: set[str]) -> None:
     raise RuntimeError("instances not listed within 10 s")
 
 
-async def run_scenario(url: str, scenario: str, mode: str, concurrency: int,
-                       delay_ms: float) -> Tally:
+async def run_scenario(
+    url: str, scenario: str, mode: str, concurrency: int, delay_ms: float
+) -> Tally:
     fleet = Fleet(url)
     nc = await nats.connect(url)
     tally, stop = Tally(), asyncio.Event()
     try:
-        async with natsreg.Registry(nc, prefix=PREFIX), \
-                natsreg.Client(nc, prefix=PREFIX, timeout_s=TIMEOUT_S) as client:
+        async with (
+            natsreg.Registry(nc, prefix=PREFIX),
+            natsreg.Client(nc, prefix=PREFIX, timeout_s=TIMEOUT_S) as client,
+        ):
             slow = 5 * delay_ms if scenario == "slow" else delay_ms
             started = [fleet.start(delay_ms), fleet.start(delay_ms), fleet.start(slow)]
             await wait_listed(client, {i for _, i in started})
             if mode == "natsreg":
+
                 async def call() -> object:
                     return await client.request(SUBJECT)
             else:
+
                 async def call() -> object:
                     return await nc.request(SUBJECT, b"", timeout=TIMEOUT_S)
+
             for _ in range(20):  # warm-up, not counted: the view, the inbox, the EWMAs
                 await call()
             runner = asyncio.ensure_future(load(call, concurrency, stop, tally))
@@ -187,16 +212,24 @@ async def bench(url: str, scenarios: list[str], concurrency: int, delay_ms: floa
             tally = await run_scenario(url, scenario, mode, concurrency, delay_ms)
             row = tally.row()
             rows.append((scenario, mode, row, tally.errors))
-            print(f"  {scenario:<8} {mode:<8} sent {row['sent']:>6} failed {row['failed']:>4} "
-                  f"p50 {row['p50']:.1f} ms p99 {row['p99']:.1f} ms max {row['max']:.1f} ms "
-                  f"{tally.errors or ''}", file=sys.stderr, flush=True)
-    print(f"\n3 instances, handler {delay_ms:g} ms (slow: {5 * delay_ms:g} ms), closed loop of "
-          f"{concurrency} callers, timeout {TIMEOUT_S:g} s\n")
+            print(
+                f"  {scenario:<8} {mode:<8} sent {row['sent']:>6} failed {row['failed']:>4} "
+                f"p50 {row['p50']:.1f} ms p99 {row['p99']:.1f} ms max {row['max']:.1f} ms "
+                f"{tally.errors or ''}",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        f"\n3 instances, handler {delay_ms:g} ms (slow: {5 * delay_ms:g} ms), closed loop of "
+        f"{concurrency} callers, timeout {TIMEOUT_S:g} s\n"
+    )
     print("| scenario | caller | sent | succeeded | failed | p50 ms | p99 ms | max ms |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for scenario, mode, r, _ in rows:
-        print(f"| {scenario} | {mode} | {r['sent']} | {r['ok']} | {r['failed']} | "
-              f"{r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.1f} |")
+        print(
+            f"| {scenario} | {mode} | {r['sent']} | {r['ok']} | {r['failed']} | "
+            f"{r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.1f} |"
+        )
 
 
 def main() -> None:

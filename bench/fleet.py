@@ -38,8 +38,10 @@ class Fleet:
         self.seqs = [0] * args.instances
         self.index = {instance_id: n for n, instance_id in enumerate(self.ids)}
         self.endpoints = {
-            name: [wire.Endpoint(name=e, subject=f"{name}.{e}", queue_group=name)
-                   for e in ("get", "list")]
+            name: [
+                wire.Endpoint(name=e, subject=f"{name}.{e}", queue_group=name)
+                for e in ("get", "list")
+            ]
             for name in set(self.names)
         }
 
@@ -49,9 +51,16 @@ class Fleet:
 
     async def announce(self, n: int) -> None:
         message = wire.Announce(
-            id=self.ids[n], name=self.names[n], version="1.0.0", seq=self._next(n),
-            metadata={"zone": "abc"[n % 3]}, endpoints=self.endpoints[self.names[n]],
-            host="fleet", pid=os.getpid(), heartbeat_s=self.heartbeat_s)
+            id=self.ids[n],
+            name=self.names[n],
+            version="1.0.0",
+            seq=self._next(n),
+            metadata={"zone": "abc"[n % 3]},
+            endpoints=self.endpoints[self.names[n]],
+            host="fleet",
+            pid=os.getpid(),
+            heartbeat_s=self.heartbeat_s,
+        )
         subject = subjects.control_subject(self.prefix, "announce", self.names[n], self.ids[n])
         await self.nc.publish(subject, wire.encode(message))
 
@@ -62,7 +71,7 @@ class Fleet:
         slices = max(1, int(over_s * SLICES_PER_INTERVAL))
         step = -(-len(order) // slices)
         for start in range(0, len(order), step):
-            for n in order[start:start + step]:
+            for n in order[start : start + step]:
                 await self.announce(n)
             await asyncio.sleep(over_s / slices)
         await self.nc.flush()
@@ -79,7 +88,8 @@ class Fleet:
                 beat = wire.Heartbeat(id=self.ids[n], name=self.names[n], seq=self._next(n))
                 await self.nc.publish(
                     subjects.control_subject(self.prefix, "hb", self.names[n], self.ids[n]),
-                    wire.encode(beat))
+                    wire.encode(beat),
+                )
             start = 0 if start + per_slice >= count else start + per_slice
             next_at += pause
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -102,7 +112,8 @@ class Fleet:
             bye = wire.Goodbye(id=self.ids[n], name=self.names[n], seq=self._next(n))
             await self.nc.publish(
                 subjects.control_subject(self.prefix, "bye", self.names[n], self.ids[n]),
-                wire.encode(bye))
+                wire.encode(bye),
+            )
         await self.nc.flush()
 
 
@@ -110,8 +121,9 @@ async def main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.url, pending_size=64 * 1024 * 1024)
     fleet = Fleet(nc, args)
     await nc.subscribe(subjects.control_subject(args.prefix, "discover"), cb=fleet.on_discover)
-    await nc.subscribe(subjects.control_subject(args.prefix, "discover", "*", "*"),
-                       cb=fleet.on_discover)
+    await nc.subscribe(
+        subjects.control_subject(args.prefix, "discover", "*", "*"), cb=fleet.on_discover
+    )
     await fleet.announce_all(over_s=args.ramp)
     print("ready", len(fleet.ids), flush=True)
     stop = asyncio.Event()

@@ -67,8 +67,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def node_stats(nc: nats.NATS) -> wire.NodeStats:
-    reply = await nc.request(subjects.control_subject(PREFIX, "registry", "stats"), b"",
-                             timeout=10)
+    reply = await nc.request(subjects.control_subject(PREFIX, "registry", "stats"), b"", timeout=10)
     return wire.decode_node_stats(reply.data)
 
 
@@ -100,9 +99,12 @@ async def announcement_flood(nc: nats.NATS, pid: int, fakes: int) -> dict[str, o
     for n in range(fakes):
         instance_id = uuid.uuid4().hex
         name = f"fake-{n % 100}"
-        await nc.publish(subjects.control_subject(PREFIX, "announce", name, instance_id),
-                         wire.encode(wire.Announce(id=instance_id, name=name, version="1.0.0",
-                                                   seq=1, heartbeat_s=10.0)))
+        await nc.publish(
+            subjects.control_subject(PREFIX, "announce", name, instance_id),
+            wire.encode(
+                wire.Announce(id=instance_id, name=name, version="1.0.0", seq=1, heartbeat_s=10.0)
+            ),
+        )
         if n % 5000 == 0:
             await nc.flush()
     await nc.flush()
@@ -116,17 +118,26 @@ async def announcement_flood(nc: nats.NATS, pid: int, fakes: int) -> dict[str, o
     sampler.cancel()
     after = rss_mb(pid)
     big = {f"k{k}": "v" * 16 for k in range(1000)}
-    for n in range(1000):
+    for _ in range(1000):
         instance_id = uuid.uuid4().hex
-        await nc.publish(subjects.control_subject(PREFIX, "announce", "big", instance_id),
-                         wire.encode(wire.Announce(id=instance_id, name="big", version="1.0.0",
-                                                   seq=1, metadata=big)))
+        await nc.publish(
+            subjects.control_subject(PREFIX, "announce", "big", instance_id),
+            wire.encode(
+                wire.Announce(id=instance_id, name="big", version="1.0.0", seq=1, metadata=big)
+            ),
+        )
     await nc.flush()
     await asyncio.sleep(1.0)
     stats = await node_stats(nc)
-    return {"before": before, "peak": peak[0], "held": held[0], "after_expiry": after,
-            "after_big": rss_mb(pid),
-            "mass_expiry": stats.mass_expiry, "dropped": stats.dropped}
+    return {
+        "before": before,
+        "peak": peak[0],
+        "held": held[0],
+        "after_expiry": after,
+        "after_big": rss_mb(pid),
+        "mass_expiry": stats.mass_expiry,
+        "dropped": stats.dropped,
+    }
 
 
 async def discover_flood(nc: nats.NATS, url: str, messages: int) -> int:
@@ -136,13 +147,17 @@ async def discover_flood(nc: nats.NATS, url: str, messages: int) -> int:
         nonlocal announces
         announces += 1
 
-    with subprocess.Popen([sys.executable, str(SERVICE_PROC), url, "victim", PREFIX],
-                          stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, str(SERVICE_PROC), url, "victim", PREFIX],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             assert proc.stdout is not None and proc.stdout.readline().startswith("id ")
             await asyncio.sleep(1.5)
-            sub = await nc.subscribe(subjects.control_subject(PREFIX, "announce", "victim", ">"),
-                                     cb=count)
+            sub = await nc.subscribe(
+                subjects.control_subject(PREFIX, "announce", "victim", ">"), cb=count
+            )
             await nc.flush()
             flood = wire.encode(wire.Discover())
             for n in range(messages):
@@ -163,8 +178,9 @@ async def ls_latencies(nc: nats.NATS, asks: int) -> tuple[list[float], int]:
     for _ in range(asks):
         t0 = time.perf_counter()
         try:
-            reply = await nc.request(subjects.control_subject(PREFIX, "registry", "services"),
-                                     b"", timeout=2.0)
+            reply = await nc.request(
+                subjects.control_subject(PREFIX, "registry", "services"), b"", timeout=2.0
+            )
             wire.decode_service_list(reply.data)
             latencies.append((time.perf_counter() - t0) * 1000)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
@@ -180,12 +196,29 @@ def p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def query_flood(nc: nats.NATS, url: str, fleet_size: int, asks: int,
-                      rate: float) -> dict[str, object]:
+async def query_flood(
+    nc: nats.NATS, url: str, fleet_size: int, asks: int, rate: float
+) -> dict[str, object]:
     fleet = subprocess.Popen(
-        [sys.executable, str(HERE / "fleet.py"), "--url", url, "--prefix", PREFIX,
-         "--instances", str(fleet_size), "--tag", "fleet", "--heartbeat", "5",
-         "--ramp", str(max(1.0, fleet_size / 10_000))], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(HERE / "fleet.py"),
+            "--url",
+            url,
+            "--prefix",
+            PREFIX,
+            "--instances",
+            str(fleet_size),
+            "--tag",
+            "fleet",
+            "--heartbeat",
+            "5",
+            "--ramp",
+            str(max(1.0, fleet_size / 10_000)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert fleet.stdout is not None and fleet.stdout.readline().startswith("ready")
 
@@ -197,8 +230,16 @@ async def query_flood(nc: nats.NATS, url: str, fleet_size: int, asks: int,
         quiet, quiet_failed = await ls_latencies(nc, asks)
         seconds = asks * 0.25 + 5
         flooder = subprocess.Popen(
-            [sys.executable, "-c", FLOODER, url,
-             subjects.control_subject(PREFIX, "registry", "list"), str(rate), str(seconds)])
+            [
+                sys.executable,
+                "-c",
+                FLOODER,
+                url,
+                subjects.control_subject(PREFIX, "registry", "list"),
+                str(rate),
+                str(seconds),
+            ]
+        )
         try:
             await asyncio.sleep(1.0)
             loaded, loaded_failed = await ls_latencies(nc, asks)
@@ -206,8 +247,13 @@ async def query_flood(nc: nats.NATS, url: str, fleet_size: int, asks: int,
             flooder.kill()
             flooder.wait()
         stats = await node_stats(nc)
-        return {"quiet": quiet, "quiet_failed": quiet_failed, "loaded": loaded,
-                "loaded_failed": loaded_failed, "dropped": stats.dropped}
+        return {
+            "quiet": quiet,
+            "quiet_failed": quiet_failed,
+            "loaded": loaded,
+            "loaded_failed": loaded_failed,
+            "dropped": stats.dropped,
+        }
     finally:
         fleet.kill()
         fleet.wait()
@@ -217,8 +263,18 @@ async def main(args: argparse.Namespace) -> None:
     with NatsServer() as server:
         log = open(args.registry_log, "w") if args.registry_log else subprocess.DEVNULL  # noqa: SIM115
         registry = subprocess.Popen(
-            [sys.executable, "-m", "natsreg", "registry", "--server", server.url,
-             "--prefix", PREFIX], stderr=log)
+            [
+                sys.executable,
+                "-m",
+                "natsreg",
+                "registry",
+                "--server",
+                server.url,
+                "--prefix",
+                PREFIX,
+            ],
+            stderr=log,
+        )
         nc = await nats.connect(server.url, pending_size=256 * 1024 * 1024)
         try:
             await wait_for(lambda: node_stats(nc), 10, "registry up")
@@ -231,28 +287,42 @@ async def main(args: argparse.Namespace) -> None:
             registry.wait()
 
     quiet, loaded = queries["quiet"], queries["loaded"]
-    print(f"\ncommand: python bench/flood.py --fakes {args.fakes} --fleet {args.fleet} "
-          f"--asks {args.asks} --rate {args.rate:g} --discovers {args.discovers}\n")
+    print(
+        f"\ncommand: python bench/flood.py --fakes {args.fakes} --fleet {args.fleet} "
+        f"--asks {args.asks} --rate {args.rate:g} --discovers {args.discovers}\n"
+    )
     print("| what | figure |")
     print("|---|---|")
-    print(f"| registry RSS before / peak / after expiry (MB) | {flood['before']:.0f} / "
-          f"{flood['peak']:.0f} / {flood['after_expiry']:.0f} |")
-    print(f"| RSS growth from {args.fakes:,} fake announcements, after expiry | "
-          f"x{flood['after_expiry'] / flood['before']:.2f} (peak x"
-          f"{flood['peak'] / flood['before']:.2f}) |")
-    print(f"| RSS after 1,000 announcements of 1,000 metadata keys | {flood['after_big']:.0f} MB"
-          f" (x{flood['after_big'] / flood['after_expiry']:.2f}) |")
+    print(
+        f"| registry RSS before / peak / after expiry (MB) | {flood['before']:.0f} / "
+        f"{flood['peak']:.0f} / {flood['after_expiry']:.0f} |"
+    )
+    print(
+        f"| RSS growth from {args.fakes:,} fake announcements, after expiry | "
+        f"x{flood['after_expiry'] / flood['before']:.2f} (peak x"
+        f"{flood['peak'] / flood['before']:.2f}) |"
+    )
+    print(
+        f"| RSS after 1,000 announcements of 1,000 metadata keys | {flood['after_big']:.0f} MB"
+        f" (x{flood['after_big'] / flood['after_expiry']:.2f}) |"
+    )
     print(f"| most fake instances held at once (sampled) | {flood['held']:,} |")
     print(f"| false mass-expiry alarm | {'yes' if flood['mass_expiry'] else 'no'} |")
     print(f"| announcement drops by reason | {flood['dropped']} |")
     print(f"| re-announcements after {args.discovers:,} discover messages | {reannounces} |")
-    print(f"| `ls` p50 / p99, quiet, {args.fleet:,} instances (ms) | {p(quiet, 0.5):.1f} / "
-          f"{p(quiet, 0.99):.1f} ({queries['quiet_failed']} of {args.asks} failed) |")
-    print(f"| `ls` p50 / p99, {args.rate:g} `list`/s flood (ms) | {p(loaded, 0.5):.1f} / "
-          f"{p(loaded, 0.99):.1f} ({queries['loaded_failed']} of {args.asks} failed) |")
+    print(
+        f"| `ls` p50 / p99, quiet, {args.fleet:,} instances (ms) | {p(quiet, 0.5):.1f} / "
+        f"{p(quiet, 0.99):.1f} ({queries['quiet_failed']} of {args.asks} failed) |"
+    )
+    print(
+        f"| `ls` p50 / p99, {args.rate:g} `list`/s flood (ms) | {p(loaded, 0.5):.1f} / "
+        f"{p(loaded, 0.99):.1f} ({queries['loaded_failed']} of {args.asks} failed) |"
+    )
     print(f"| p99 ratio, flood / quiet | x{p(loaded, 0.99) / p(quiet, 0.99):.2f} |")
-    print(f"| median ratio, flood / quiet | "
-          f"x{statistics.median(loaded or [math.nan]) / statistics.median(quiet):.2f} |")
+    print(
+        f"| median ratio, flood / quiet | "
+        f"x{statistics.median(loaded or [math.nan]) / statistics.median(quiet):.2f} |"
+    )
     print(f"| query drops during the flood | {queries['dropped']} |")
 
 

@@ -30,7 +30,7 @@ import natsreg
 from natsreg.testing import NatsServer
 
 sys.path.insert(0, str(Path(__file__).parent))
-import rpc  # noqa: E402  (the responder and the load loop are bench/rpc.py's)
+import rpc
 
 CONCURRENCY = 16
 _TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.MULTILINE)
@@ -55,9 +55,20 @@ def instructions(url: str, mode: str, requests: int) -> int:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
         responder = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             str(Path(__file__).with_name("rpc.py")), "--serve", url],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                str(Path(__file__).with_name("rpc.py")),
+                "--serve",
+                url,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         try:
             assert responder.stdout is not None and responder.stdin is not None
             if responder.stdout.readline().strip() != "ready":
@@ -76,8 +87,12 @@ def instructions(url: str, mode: str, requests: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=1000,
-                        help="N: runs of N and 4N requests per mode (default: 1000)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=1000,
+        help="N: runs of N and 4N requests per mode (default: 1000)",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
@@ -88,11 +103,14 @@ def main() -> None:
             small = instructions(server.url, mode, n)
             large = instructions(server.url, mode, 4 * n)
             per_request[mode] = (large - small) / (3 * n)
-            print(f"  {mode:<8} {per_request[mode]:>10,.0f} instructions per request",
-                  file=sys.stderr)
+            print(
+                f"  {mode:<8} {per_request[mode]:>10,.0f} instructions per request", file=sys.stderr
+            )
     raw = per_request["raw"]
-    print(f"\nresponder instructions per request, concurrency {CONCURRENCY}, "
-          f"{n:,} and {4 * n:,} requests per mode (python {sys.version.split()[0]})\n")
+    print(
+        f"\nresponder instructions per request, concurrency {CONCURRENCY}, "
+        f"{n:,} and {4 * n:,} requests per mode (python {sys.version.split()[0]})\n"
+    )
     print("| mode | instructions per request | vs raw |")
     print("|---|---:|---:|")
     for mode, value in per_request.items():

@@ -121,16 +121,20 @@ async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[in
             for mode in order:
                 r = await run_load(calls[mode], concurrency, duration_s, 1_000_000)
                 results.setdefault((mode, concurrency), []).append(r)
-                print(f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<8}"
-                      f"{r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms",
-                      file=sys.stderr)
+                print(
+                    f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<8}"
+                    f"{r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms",
+                    file=sys.stderr,
+                )
     await nc.close()
 
     def med(mode: str, c: int, key: str) -> float:
         return statistics.median(r[key] for r in results[(mode, c)])
 
-    print(f"\nmedian of {rounds} rounds of {duration_s:g} s, payload {len(PAYLOAD)} bytes, "
-          f"{'uvloop' if 'uvloop' in sys.modules else 'asyncio'}\n")
+    print(
+        f"\nmedian of {rounds} rounds of {duration_s:g} s, payload {len(PAYLOAD)} bytes, "
+        f"{'uvloop' if 'uvloop' in sys.modules else 'asyncio'}\n"
+    )
     print("| mode | concurrency | req/s | p50 ms | p99 ms | req/s vs raw | p50 vs raw | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in concurrencies:
@@ -139,8 +143,10 @@ async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[in
             errors = sum(r["errors"] for r in results[(mode, c)])
             rps_ratio = rps / med("raw", c, "rps")
             p50_ratio = p50 / med("raw", c, "p50")
-            print(f"| {mode} | {c} | {rps:.0f} | {p50:.3f} | {p99:.3f} | "
-                  f"{rps_ratio:.2f}x | {p50_ratio:.2f}x | {errors} |")
+            print(
+                f"| {mode} | {c} | {rps:.0f} | {p50:.3f} | {p99:.3f} | "
+                f"{rps_ratio:.2f}x | {p50_ratio:.2f}x | {errors} |"
+            )
 
 
 def main() -> None:
@@ -155,6 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
+
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.serve:
         asyncio.run(serve(args.serve))
@@ -165,8 +172,12 @@ def main() -> None:
     server = None if args.url else NatsServer(host="127.0.0.1")
     url = args.url or server.url
     command = [sys.executable, __file__, "--serve", url] + (["--uvloop"] if args.uvloop else [])
-    responder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    responder = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         if responder.stdout.readline().strip() != b"ready":
             raise SystemExit("the responder did not start")

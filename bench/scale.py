@@ -61,13 +61,16 @@ def rss_mb(pid: int) -> float:
 
 
 async def node_stats(nc: nats.NATS, prefix: str) -> wire.NodeStats:
-    reply = await nc.request(subjects.control_subject(prefix, "registry", "stats"), b"",
-                             timeout=5)
+    reply = await nc.request(subjects.control_subject(prefix, "registry", "stats"), b"", timeout=5)
     return wire.decode_node_stats(reply.data)
 
 
-async def wait_for(check, timeout_s: float, what: str,  # type: ignore[no-untyped-def]
-                   poll_s: float = 0.05) -> float:
+async def wait_for(
+    check,
+    timeout_s: float,
+    what: str,  # type: ignore[no-untyped-def]
+    poll_s: float = 0.05,
+) -> float:
     start = time.monotonic()
     while not await check():
         if time.monotonic() - start > timeout_s:
@@ -82,8 +85,19 @@ async def measure(size: int, window_s: float) -> dict[str, float]:
     with NatsServer() as server:
         try:
             registry = subprocess.Popen(
-                [sys.executable, "-m", "natsreg", "registry", "--server", server.url,
-                 "--prefix", prefix], stderr=subprocess.DEVNULL, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "natsreg",
+                    "registry",
+                    "--server",
+                    server.url,
+                    "--prefix",
+                    prefix,
+                ],
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             processes.append(registry)
             nc = await nats.connect(server.url)
             await wait_for(lambda: _answers(nc, prefix), 10, "registry up")
@@ -91,11 +105,26 @@ async def measure(size: int, window_s: float) -> dict[str, float]:
             fleets = math.ceil(size / PER_FLEET_PROCESS)
             for k in range(fleets):
                 count = size // fleets + (1 if k < size % fleets else 0)
-                processes.append(subprocess.Popen(
-                    [sys.executable, str(HERE / "fleet.py"), "--url", server.url, "--prefix",
-                     prefix, "--instances", str(count), "--tag", f"f{k}",
-                     "--ramp", str(max(1.0, count / 10_000))],
-                    stdout=subprocess.PIPE, text=True))
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(HERE / "fleet.py"),
+                            "--url",
+                            server.url,
+                            "--prefix",
+                            prefix,
+                            "--instances",
+                            str(count),
+                            "--tag",
+                            f"f{k}",
+                            "--ramp",
+                            str(max(1.0, count / 10_000)),
+                        ],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                )
             for fleet in processes[1:]:
                 assert fleet.stdout is not None and fleet.stdout.readline().startswith("ready")
 
@@ -115,7 +144,8 @@ async def measure(size: int, window_s: float) -> dict[str, float]:
             for _ in range(5):
                 start = time.perf_counter()
                 reply = await nc.request(
-                    subjects.control_subject(prefix, "registry", "services"), b"", timeout=10)
+                    subjects.control_subject(prefix, "registry", "services"), b"", timeout=10
+                )
                 summary_ms.append((time.perf_counter() - start) * 1000)
                 services = wire.decode_service_list(reply.data).services
                 assert sum(s.instances for s in services) == size
@@ -131,8 +161,10 @@ async def measure(size: int, window_s: float) -> dict[str, float]:
             fresh_nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
             start = time.monotonic()
             async with natsreg.Registry(fresh_nc, prefix=prefix) as fresh:
+
                 async def fresh_complete() -> bool:
                     return fresh.stats().instances >= size
+
                 await wait_for(fresh_complete, 60, "fresh node full view")
                 fresh_s = time.monotonic() - start
             await fresh_nc.close()
@@ -140,11 +172,14 @@ async def measure(size: int, window_s: float) -> dict[str, float]:
             removal_s = await kill_to_removal(nc, server.url, prefix, size)
             await nc.close()
             return {
-                "instances": size, "cpu_pct": round(cpu_pct, 1), "rss_mb": round(memory),
+                "instances": size,
+                "cpu_pct": round(cpu_pct, 1),
+                "rss_mb": round(memory),
                 "heartbeats_per_s": round(size / 1.0),
                 "ls_ms": round(statistics.median(summary_ms)),
                 "all_instances_ms": round(statistics.median(ls_ms)),
-                "fresh_full_view_s": round(fresh_s, 2), "kill_to_removal_s": round(removal_s, 2),
+                "fresh_full_view_s": round(fresh_s, 2),
+                "kill_to_removal_s": round(removal_s, 2),
                 "stale_dropped": stats.dropped.get("stale", 0),
             }
         finally:
@@ -169,11 +204,15 @@ async def _answers(nc: nats.NATS, prefix: str) -> bool:
 
 async def kill_to_removal(nc: nats.NATS, url: str, prefix: str, fleet: int) -> float:
     """kill -9 one real service process among the fleet; seconds until the node drops it."""
+
     async def count_is(n: int) -> bool:
         return (await node_stats(nc, prefix)).instances == n
 
-    with subprocess.Popen([sys.executable, str(SERVICE_PROC), url, "victim", prefix],
-                          stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, str(SERVICE_PROC), url, "victim", prefix],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             assert proc.stdout is not None and proc.stdout.readline().startswith("id ")
             await wait_for(lambda: count_is(fleet + 1), 10, "victim listed")
@@ -194,8 +233,11 @@ async def removal_with_system_events() -> float:
         system = await nats.connect(server.url.replace("nats://", "nats://sys:sys@"))
         try:
             async with natsreg.Registry(app, prefix="events", system_nc=system) as registry:
-                with subprocess.Popen([sys.executable, str(SERVICE_PROC), app_url, "victim",
-                                       "events"], stdout=subprocess.PIPE, text=True) as proc:
+                with subprocess.Popen(
+                    [sys.executable, str(SERVICE_PROC), app_url, "victim", "events"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                ) as proc:
                     try:
                         assert proc.stdout is not None
                         assert proc.stdout.readline().startswith("id ")
@@ -244,8 +286,17 @@ async def main() -> None:
     parser.add_argument("--json", help="write the rows as JSON here")
     args = parser.parse_args()
     rows = []
-    columns = ("instances", "cpu_pct", "rss_mb", "heartbeats_per_s", "ls_ms",
-               "all_instances_ms", "fresh_full_view_s", "kill_to_removal_s", "stale_dropped")
+    columns = (
+        "instances",
+        "cpu_pct",
+        "rss_mb",
+        "heartbeats_per_s",
+        "ls_ms",
+        "all_instances_ms",
+        "fresh_full_view_s",
+        "kill_to_removal_s",
+        "stale_dropped",
+    )
     print(" | ".join(columns))
     for size in (int(s) for s in args.sizes.split(",")):
         row = await measure(size, args.window)
@@ -254,8 +305,9 @@ async def main() -> None:
     with_events = await removal_with_system_events()
     print(f"kill -9 to removal with system events: {with_events * 1000:.0f} ms")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"rows": rows, "kill_to_removal_with_events_s": with_events}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"rows": rows, "kill_to_removal_with_events_s": with_events}, indent=2)
+        )
     if args.chart:
         chart(rows, args.chart)
 

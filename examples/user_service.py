@@ -42,7 +42,6 @@ async def main() -> None:
         description="Users by id",
         metadata={"zone": "a"},
     ) as svc:
-
         # Served on the subject "user-service.users", in the queue group "user-service":
         # start this program twice and NATS spreads the requests over both.
         @svc.endpoint("users")

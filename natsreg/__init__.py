@@ -1,10 +1,19 @@
 """natsreg: service discovery and RPC for Python microservices on NATS."""
 
 from .client import BreakerConfig, Client, Reply, RetryPolicy
-from .errors import (BulkheadFullError, CircuitOpenError, ConfigError, NatsregError,
-                     NoInstanceError, NotConnectedError, OutcomeUnknownError,
-                     OverloadedError, RequestError,
-                     RequestTimeoutError, ServiceError)
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigError,
+    NatsregError,
+    NoInstanceError,
+    NotConnectedError,
+    OutcomeUnknownError,
+    OverloadedError,
+    RequestError,
+    RequestTimeoutError,
+    ServiceError,
+)
 from .registry import Registry
 from .service import Request, Service, announce
 

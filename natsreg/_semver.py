@@ -115,12 +115,13 @@ def _comparator(text: str) -> tuple[_Bound, ...]:
     if m is None:
         raise ConfigError(f"{text!r} is not a version constraint")
     op = m["op"] or "="
-    parts = [None if p is None or p in "xX*" else int(p) for p in
-             (m["major"], m["minor"], m["patch"])]
+    parts = [
+        None if p is None or p in "xX*" else int(p) for p in (m["major"], m["minor"], m["patch"])
+    ]
     # A wildcard makes every later part a wildcard: '1.x.3' is '1.x'.
     for i, part in enumerate(parts):
         if part is None:
-            parts[i + 1:] = [None] * (len(parts) - i - 1)
+            parts[i + 1 :] = [None] * (len(parts) - i - 1)
             break
     major, minor, patch = parts
     pre = tuple(int(p) if p.isdigit() else p for p in m["pre"].split(".")) if m["pre"] else ()

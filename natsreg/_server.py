@@ -67,18 +67,29 @@ class NatsServer:
     is stopped on the way out; ``args`` are extra nats-server command-line flags.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = -1,
-                 args: tuple[str, ...] = (), start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = -1,
+        args: tuple[str, ...] = (),
+        start_timeout_s: float = 10.0,
+    ) -> None:
         # Kept open for the server's lifetime (its log); stop() closes it.
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix="nats-server-", suffix=".log")
+            prefix="nats-server-", suffix=".log"
+        )
         command = [server_binary(), "-a", host, "-p", str(port), *args]
         # A session of its own: Ctrl-C in a terminal signals the whole foreground process
         # group, and a server that died with it would cut off the services that are still
         # draining and saying goodbye; its owner stops it last (stop()).
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.host = host
         self.port = self._wait_for_port(start_timeout_s)
 

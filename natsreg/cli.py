@@ -61,37 +61,56 @@ class _CliError(Exception):
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("connection")
-    conn.add_argument("-s", "--server", default=os.environ.get("NATS_URL", DEFAULT_URL),
-                      help="NATS URL (default: $NATS_URL or %(default)s)")
-    conn.add_argument("--prefix", default=os.environ.get("NATSREG_PREFIX", subjects.DEFAULT_PREFIX),
-                      help="subject prefix of natsreg's control traffic (default: %(default)s)")
+    conn.add_argument(
+        "-s",
+        "--server",
+        default=os.environ.get("NATS_URL", DEFAULT_URL),
+        help="NATS URL (default: $NATS_URL or %(default)s)",
+    )
+    conn.add_argument(
+        "--prefix",
+        default=os.environ.get("NATSREG_PREFIX", subjects.DEFAULT_PREFIX),
+        help="subject prefix of natsreg's control traffic (default: %(default)s)",
+    )
     conn.add_argument("--token", default=os.environ.get("NATS_TOKEN"), help="auth token")
     conn.add_argument("--user", default=os.environ.get("NATS_USER"), help="user name")
     conn.add_argument("--password", default=os.environ.get("NATS_PASSWORD"), help="password")
     conn.add_argument("--creds", default=os.environ.get("NATS_CREDS"), help="credentials file")
-    conn.add_argument("--inbox-prefix", default=os.environ.get("NATS_INBOX_PREFIX"),
-                      metavar="PREFIX", help="where replies come back (default: "
-                      "$NATS_INBOX_PREFIX or _INBOX); with 'natsreg auth' permissions, "
-                      "_INBOX_<user>")
+    conn.add_argument(
+        "--inbox-prefix",
+        default=os.environ.get("NATS_INBOX_PREFIX"),
+        metavar="PREFIX",
+        help="where replies come back (default: "
+        "$NATS_INBOX_PREFIX or _INBOX); with 'natsreg auth' permissions, "
+        "_INBOX_<user>",
+    )
     conn.add_argument("--tls-ca", help="CA certificate file to verify the server")
     conn.add_argument("--tls-cert", help="client certificate file")
     conn.add_argument("--tls-key", help="client key file")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
 
     parser = argparse.ArgumentParser(
-        prog="natsreg", description="Service discovery and RPC for microservices on NATS.")
+        prog="natsreg", description="Service discovery and RPC for microservices on NATS."
+    )
     parser.add_argument("--version", action="version", version=f"natsreg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(
-        "up", parents=[common], help="run NATS (embedded if none is reachable), a registry "
-                                     "and the HTTP bridge",
+        "up",
+        parents=[common],
+        help="run NATS (embedded if none is reachable), a registry and the HTTP bridge",
         description="Start a nats-server when nothing listens at --server (a local URL), a "
-                    "registry node, the HTTP bridge, and any --with programs; Ctrl-C stops "
-                    "them all.")
-    up.add_argument("--with", dest="programs", action="append", default=[], metavar="CMD",
-                    help="also run CMD (a .py file runs with this Python) with NATS_URL set; "
-                         "repeatable")
+        "registry node, the HTTP bridge, and any --with programs; Ctrl-C stops "
+        "them all.",
+    )
+    up.add_argument(
+        "--with",
+        dest="programs",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="also run CMD (a .py file runs with this Python) with NATS_URL set; repeatable",
+    )
     up.add_argument("--no-bridge", action="store_true", help="do not serve the HTTP bridge")
     _registry_options(up)
     _bridge_options(up)
@@ -99,74 +118,142 @@ def _parser() -> argparse.ArgumentParser:
     registry = commands.add_parser("registry", parents=[common], help="run a registry node")
     _registry_options(registry)
     registry.add_argument(
-        "--system-server", default=os.environ.get("NATSREG_SYSTEM_URL"), metavar="URL",
+        "--system-server",
+        default=os.environ.get("NATSREG_SYSTEM_URL"),
+        metavar="URL",
         help="a NATS URL with system-account credentials (nats://user:pass@host:port): "
-             "read disconnect advisories, so a crashed instance is removed at once")
-    registry.add_argument("--system-creds", metavar="FILE",
-                          help="credentials file for --system-server")
+        "read disconnect advisories, so a crashed instance is removed at once",
+    )
+    registry.add_argument(
+        "--system-creds", metavar="FILE", help="credentials file for --system-server"
+    )
 
     bridge = commands.add_parser(
-        "bridge", parents=[common], help="serve HTTP clients: /<service>/<endpoint> -> NATS",
+        "bridge",
+        parents=[common],
+        help="serve HTTP clients: /<service>/<endpoint> -> NATS",
         description="An HTTP bridge: POST /user-service/users sends a request to "
-                    "user-service.users. See docs/operations.md for routes, limits and auth.")
+        "user-service.users. See docs/operations.md for routes, limits and auth.",
+    )
     _bridge_options(bridge)
 
     ls = commands.add_parser("ls", parents=[common], help="list services and their instances")
     ls.add_argument("--json", action="store_true", help="print the registry's answer as JSON")
 
-    info = commands.add_parser("info", parents=[common],
-                               help="one service: instances, endpoints, metadata, stats")
+    info = commands.add_parser(
+        "info", parents=[common], help="one service: instances, endpoints, metadata, stats"
+    )
     info.add_argument("service")
     info.add_argument("--json", action="store_true", help="print JSON")
 
     request = commands.add_parser(
-        "request", parents=[common], help="send a request and print the reply",
-        description="Send PAYLOAD (JSON, unless --raw) to SUBJECT and print the reply.")
-    request.add_argument("subject", help="e.g. user-service.users, or with a version "
-                                         "constraint: 'user-service@^1.2.users'")
-    request.add_argument("payload", nargs="?", default="",
-                         help="JSON payload; '-' reads standard input")
+        "request",
+        parents=[common],
+        help="send a request and print the reply",
+        description="Send PAYLOAD (JSON, unless --raw) to SUBJECT and print the reply.",
+    )
+    request.add_argument(
+        "subject",
+        help="e.g. user-service.users, or with a version constraint: 'user-service@^1.2.users'",
+    )
+    request.add_argument(
+        "payload", nargs="?", default="", help="JSON payload; '-' reads standard input"
+    )
     request.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
-    request.add_argument("-H", "--header", action="append", default=[], metavar="K:V",
-                         help="a header to send; repeatable")
+    request.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="K:V",
+        help="a header to send; repeatable",
+    )
     request.add_argument("--raw", action="store_true", help="send the payload as it is")
-    request.add_argument("--select", action="append", default=[], metavar="K=V",
-                         help="only instances whose metadata has K=V; repeatable")
-    request.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                         help="how to choose an instance (default: %(default)s)")
+    request.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="only instances whose metadata has K=V; repeatable",
+    )
+    request.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="how to choose an instance (default: %(default)s)",
+    )
     request.add_argument("--key", help="the key of --strategy sticky")
-    request.add_argument("--stats", action="store_true",
-                         help="print the client's stats (instances, breakers) to stderr")
+    request.add_argument(
+        "--stats",
+        action="store_true",
+        help="print the client's stats (instances, breakers) to stderr",
+    )
 
     watch = commands.add_parser("watch", parents=[common], help="stream registry changes")
     watch.add_argument("service", nargs="?", help="only this service")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
 
     auth = commands.add_parser(
-        "auth", help="generate nats-server users and permissions for natsreg roles",
+        "auth",
+        help="generate nats-server users and permissions for natsreg roles",
         description="Generate the nats-server authorization for natsreg roles: each service "
-                    "may speak only for its own name and serve only its own endpoints, a "
-                    "caller may only call (docs/security.md). USER:SVC,SVC names a user and "
-                    "the services it calls.")
-    auth.add_argument("--registry", action="append", default=[], metavar="USER",
-                      help="a registry node's user; repeatable")
-    auth.add_argument("--bridge", action="append", default=[], metavar="USER[:SVC,...]",
-                      help="an HTTP bridge's user (calls every service unless listed)")
-    auth.add_argument("--operator", action="append", default=[], metavar="USER",
-                      help="a CLI user: ls, info, watch, request to every service")
-    auth.add_argument("--service", action="append", default=[], metavar="NAME[:SVC,...]",
-                      help="a service (its user has its name) and the services it calls")
-    auth.add_argument("--caller", action="append", default=[], metavar="USER:SVC[,SVC...]",
-                      help="a program that calls these services")
-    auth.add_argument("--prefix", default=os.environ.get("NATSREG_PREFIX",
-                                                         subjects.DEFAULT_PREFIX),
-                      help="subject prefix of natsreg's control traffic (default: %(default)s)")
-    auth.add_argument("--format", choices=("static", "jwt"), default="static",
-                      help="static: an authorization block with users and passwords; jwt: "
-                           "decentralized JWT accounts (default: %(default)s)")
-    auth.add_argument("--out", metavar="DIR",
-                      help="write the config and one <user>.env per user here (mode 0600); "
-                           "without it, print everything")
+        "may speak only for its own name and serve only its own endpoints, a "
+        "caller may only call (docs/security.md). USER:SVC,SVC names a user and "
+        "the services it calls.",
+    )
+    auth.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a registry node's user; repeatable",
+    )
+    auth.add_argument(
+        "--bridge",
+        action="append",
+        default=[],
+        metavar="USER[:SVC,...]",
+        help="an HTTP bridge's user (calls every service unless listed)",
+    )
+    auth.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a CLI user: ls, info, watch, request to every service",
+    )
+    auth.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        metavar="NAME[:SVC,...]",
+        help="a service (its user has its name) and the services it calls",
+    )
+    auth.add_argument(
+        "--caller",
+        action="append",
+        default=[],
+        metavar="USER:SVC[,SVC...]",
+        help="a program that calls these services",
+    )
+    auth.add_argument(
+        "--prefix",
+        default=os.environ.get("NATSREG_PREFIX", subjects.DEFAULT_PREFIX),
+        help="subject prefix of natsreg's control traffic (default: %(default)s)",
+    )
+    auth.add_argument(
+        "--format",
+        choices=("static", "jwt"),
+        default="static",
+        help="static: an authorization block with users and passwords; jwt: "
+        "decentralized JWT accounts (default: %(default)s)",
+    )
+    auth.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write the config and one <user>.env per user here (mode 0600); "
+        "without it, print everything",
+    )
     auth.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     return parser
 
@@ -176,41 +263,96 @@ def _bridge_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     group.add_argument("--port", type=int, default=8080, help="listen port (default: 8080)")
     group.add_argument("--routes", metavar="FILE", help="route table, auth and CORS (TOML)")
-    group.add_argument("--timeout", type=float, default=5.0,
-                       help="longest NATS request, seconds (default: 5)")
-    group.add_argument("--max-body", type=int, default=1024 * 1024 - 16 * 1024, metavar="BYTES",
-                       help="largest request body (default: 1 MiB - 16 KiB)")
-    group.add_argument("--max-header", type=int, default=16 * 1024, metavar="BYTES",
-                       help="largest request head (default: 16 KiB)")
-    group.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="time to send a request body before 408 (default: 10)")
-    group.add_argument("--max-in-flight-per-client", type=int, default=256, metavar="N",
-                       help="concurrent requests from one client address (default: 256)")
-    group.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME",
-                       help="a Host name to serve, any port; repeatable; '*' serves any, for a "
-                            "bridge behind a proxy that checks Host (default: localhost, "
-                            "127.0.0.1, [::1])")
-    group.add_argument("--insecure-public", action="store_true",
-                       help="serve a non-loopback --host without auth (only behind something "
-                            "that checks callers)")
-    group.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="time to send a request head before the connection is closed "
-                            "(default: 10)")
-    group.add_argument("--max-connections", type=int, default=1000, metavar="N",
-                       help="open connections in all, also kept under the file limit "
-                            "(default: 1000)")
-    group.add_argument("--max-connections-per-client", type=int, default=256, metavar="N",
-                       help="open connections from one client address (default: 256)")
+    group.add_argument(
+        "--timeout", type=float, default=5.0, help="longest NATS request, seconds (default: 5)"
+    )
+    group.add_argument(
+        "--max-body",
+        type=int,
+        default=1024 * 1024 - 16 * 1024,
+        metavar="BYTES",
+        help="largest request body (default: 1 MiB - 16 KiB)",
+    )
+    group.add_argument(
+        "--max-header",
+        type=int,
+        default=16 * 1024,
+        metavar="BYTES",
+        help="largest request head (default: 16 KiB)",
+    )
+    group.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time to send a request body before 408 (default: 10)",
+    )
+    group.add_argument(
+        "--max-in-flight-per-client",
+        type=int,
+        default=256,
+        metavar="N",
+        help="concurrent requests from one client address (default: 256)",
+    )
+    group.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="NAME",
+        help="a Host name to serve, any port; repeatable; '*' serves any, for a "
+        "bridge behind a proxy that checks Host (default: localhost, "
+        "127.0.0.1, [::1])",
+    )
+    group.add_argument(
+        "--insecure-public",
+        action="store_true",
+        help="serve a non-loopback --host without auth (only behind something that checks callers)",
+    )
+    group.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time to send a request head before the connection is closed (default: 10)",
+    )
+    group.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="open connections in all, also kept under the file limit (default: 1000)",
+    )
+    group.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections from one client address (default: 256)",
+    )
 
 
 def _registry_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--missed-heartbeats", type=float, default=2.0,
-                        help="expire an instance after this many silent intervals (default: 2)")
-    parser.add_argument("--micro-poll", type=float, default=5.0, metavar="SECONDS",
-                        help="how often to look for plain ADR-32 services (default: 5)")
-    parser.add_argument("--max-instances", type=int, default=MAX_INSTANCES, metavar="N",
-                        help="instances this node holds in all; new ones beyond are refused "
-                             f"and counted (default: {MAX_INSTANCES})")
+    parser.add_argument(
+        "--missed-heartbeats",
+        type=float,
+        default=2.0,
+        help="expire an instance after this many silent intervals (default: 2)",
+    )
+    parser.add_argument(
+        "--micro-poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often to look for plain ADR-32 services (default: 5)",
+    )
+    parser.add_argument(
+        "--max-instances",
+        type=int,
+        default=MAX_INSTANCES,
+        metavar="N",
+        help="instances this node holds in all; new ones beyond are refused "
+        f"and counted (default: {MAX_INSTANCES})",
+    )
 
 
 # -- connecting --------------------------------------------------------------------------------
@@ -223,21 +365,27 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise _CliError("--tls-key needs --tls-cert (the certificate the key belongs to)")
     if not (args.tls_ca or args.tls_cert):
         return None
-    for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
-                         ("--tls-key", args.tls_key)):
+    for option, path in (
+        ("--tls-ca", args.tls_ca),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+    ):
         _check_readable(option, path)
     try:
         context = ssl.create_default_context(cafile=args.tls_ca)
     except ssl.SSLError as exc:
-        raise _CliError(f"--tls-ca {args.tls_ca} holds no usable CA certificate "
-                        f"({exc.reason or exc})") from exc
+        raise _CliError(
+            f"--tls-ca {args.tls_ca} holds no usable CA certificate ({exc.reason or exc})"
+        ) from exc
     if args.tls_cert:
         try:
             context.load_cert_chain(args.tls_cert, args.tls_key)
         except ssl.SSLError as exc:
             key = f" and --tls-key {args.tls_key}" if args.tls_key else ""
-            raise _CliError(f"--tls-cert {args.tls_cert}{key}: not a PEM certificate and its "
-                            f"private key ({exc.reason or exc})") from exc
+            raise _CliError(
+                f"--tls-cert {args.tls_cert}{key}: not a PEM certificate and its "
+                f"private key ({exc.reason or exc})"
+            ) from exc
     return context
 
 
@@ -261,17 +409,25 @@ async def _connect(args: argparse.Namespace, *, long_lived: bool) -> NATS:
         log.log(logging.WARNING if connected else logging.DEBUG, "NATS: %s", exc)
 
     options: dict[str, Any] = {
-        "servers": [args.server], "name": f"natsreg-{args.command}", "connect_timeout": 2,
+        "servers": [args.server],
+        "name": f"natsreg-{args.command}",
+        "connect_timeout": 2,
         "error_cb": on_error,
         # nats-py reads 0 as "retry for ever"; 1 with a short wait fails within a second.
-        "max_reconnect_attempts": 1, "reconnect_time_wait": 0.2,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.2,
     }
     # nats-py reads the creds file only while connecting, and its error reads as if the
     # server were unreachable.
     _check_readable("--creds", args.creds)
-    for key, value in (("token", args.token), ("user", args.user),
-                       ("password", args.password), ("user_credentials", args.creds),
-                       ("inbox_prefix", args.inbox_prefix), ("tls", _tls(args))):
+    for key, value in (
+        ("token", args.token),
+        ("user", args.user),
+        ("password", args.password),
+        ("user_credentials", args.creds),
+        ("inbox_prefix", args.inbox_prefix),
+        ("tls", _tls(args)),
+    ):
         if value is not None:
             options[key] = value
     try:
@@ -280,7 +436,8 @@ async def _connect(args: argparse.Namespace, *, long_lived: bool) -> NATS:
         raise _CliError(
             f"cannot reach NATS at {args.server} ({_reason((last_error or [exc])[0])}): "
             "start one with "
-            "'natsreg up', or pass --server / set NATS_URL") from exc
+            "'natsreg up', or pass --server / set NATS_URL"
+        ) from exc
     connected = True
     if long_lived:
         # Once connected, a long-lived process rides out any outage: reconnect for ever.
@@ -294,8 +451,9 @@ def _reason(exc: BaseException) -> str:
     return text.removeprefix("nats: ")
 
 
-async def _with_connection(args: argparse.Namespace, run: Callable[[NATS], Awaitable[int]],
-                           *, long_lived: bool = False) -> int:
+async def _with_connection(
+    args: argparse.Namespace, run: Callable[[NATS], Awaitable[int]], *, long_lived: bool = False
+) -> int:
     nc = await _connect(args, long_lived=long_lived)
     try:
         return await run(nc)
@@ -315,15 +473,24 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
             system_nc = None
             if args.system_server:
                 # Its own credentials only: those in the URL, or --system-creds.
-                system_args = argparse.Namespace(**{
-                    **vars(args), "server": args.system_server, "creds": args.system_creds,
-                    "token": None, "user": None, "password": None})
+                system_args = argparse.Namespace(
+                    **{
+                        **vars(args),
+                        "server": args.system_server,
+                        "creds": args.system_creds,
+                        "token": None,
+                        "user": None,
+                        "password": None,
+                    }
+                )
                 system_nc = await _connect(system_args, long_lived=True)
                 stack.push_async_callback(system_nc.close)
             node = await stack.enter_async_context(_registry(nc, args, system_nc))
             events = "; disconnect advisories on" if system_nc else ""
-            _say(f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}"
-                 f"{events}); Ctrl-C stops it")
+            _say(
+                f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}"
+                f"{events}); Ctrl-C stops it"
+            )
             await _until_signal()
         return 0
 
@@ -331,26 +498,39 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
 
 
 def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None) -> Registry:
-    return Registry(nc, prefix=args.prefix, missed_heartbeats=args.missed_heartbeats,
-                    micro_poll_s=args.micro_poll, system_nc=system_nc,
-                    max_instances=args.max_instances)
+    return Registry(
+        nc,
+        prefix=args.prefix,
+        missed_heartbeats=args.missed_heartbeats,
+        micro_poll_s=args.micro_poll,
+        system_nc=system_nc,
+        max_instances=args.max_instances,
+    )
 
 
 def _bridge_config(args: argparse.Namespace) -> BridgeConfig:
     from .bridge import BridgeConfig  # uvicorn loads only for the commands that serve HTTP
 
-    settings = {"prefix": args.prefix, "timeout_s": args.timeout,
-                "max_body_bytes": args.max_body, "max_header_bytes": args.max_header,
-                "body_timeout_s": args.body_timeout,
-                "max_in_flight_per_client": args.max_in_flight_per_client,
-                "insecure_public": args.insecure_public, "header_timeout_s": args.header_timeout,
-                "max_connections": args.max_connections,
-                "max_connections_per_client": args.max_connections_per_client}
+    settings = {
+        "prefix": args.prefix,
+        "timeout_s": args.timeout,
+        "max_body_bytes": args.max_body,
+        "max_header_bytes": args.max_header,
+        "body_timeout_s": args.body_timeout,
+        "max_in_flight_per_client": args.max_in_flight_per_client,
+        "insecure_public": args.insecure_public,
+        "header_timeout_s": args.header_timeout,
+        "max_connections": args.max_connections,
+        "max_connections_per_client": args.max_connections_per_client,
+    }
     if args.allowed_hosts:
         settings["allowed_hosts"] = tuple(args.allowed_hosts)
     try:
-        config = BridgeConfig.from_toml(args.routes, **settings) if args.routes else \
-            BridgeConfig(**settings)
+        config = (
+            BridgeConfig.from_toml(args.routes, **settings)
+            if args.routes
+            else BridgeConfig(**settings)
+        )
     except OSError as exc:
         raise _CliError(f"cannot read the route table {args.routes}: {exc.strerror}") from exc
     # Checked here as well as when serving, so that natsreg up refuses before starting NATS.
@@ -364,8 +544,13 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
     config = _bridge_config(args)
 
     async def run(nc: NATS) -> int:
-        await bridge.serve(nc, config, host=args.host, port=args.port,
-                           ready=lambda running: _say(f"HTTP bridge on {running.url}"))
+        await bridge.serve(
+            nc,
+            config,
+            host=args.host,
+            port=args.port,
+            ready=lambda running: _say(f"HTTP bridge on {running.url}"),
+        )
         return 0
 
     return await _with_connection(args, run, long_lived=True)
@@ -386,8 +571,10 @@ async def _cmd_up(args: argparse.Namespace) -> int:
             stack.callback(server.stop)
             _say(f"started nats-server {server.url} (embedded; stops with natsreg up)")
         else:
-            raise _CliError(f"nothing listens at {args.server}, and natsreg only starts a "
-                           "nats-server on this machine: use a 127.0.0.1 URL or start NATS")
+            raise _CliError(
+                f"nothing listens at {args.server}, and natsreg only starts a "
+                "nats-server on this machine: use a 127.0.0.1 URL or start NATS"
+            )
         nc = await _connect(args, long_lived=True)
         stack.push_async_callback(nc.close)
         node = await stack.enter_async_context(_registry(nc, args))
@@ -397,14 +584,19 @@ async def _cmd_up(args: argparse.Namespace) -> int:
 
             try:
                 running = await stack.enter_async_context(
-                    bridge.run(nc, bridge_config, host=args.host, port=args.port))
+                    bridge.run(nc, bridge_config, host=args.host, port=args.port)
+                )
             except ConfigError as exc:
                 raise _CliError(f"{exc}: pass another --port, or --no-bridge") from exc
-            _say(f"HTTP bridge on {running.url}  (curl -d '{{\"id\": 1}}' "
-                 f"{running.url}/user-service/users)")
+            _say(
+                f"HTTP bridge on {running.url}  (curl -d '{{\"id\": 1}}' "
+                f"{running.url}/user-service/users)"
+            )
         children = _start_programs(args.programs, _child_env(args), stack)
-        _say("try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
-             "   |   natsreg watch")
+        _say(
+            "try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
+            "   |   natsreg watch"
+        )
         _say("Ctrl-C stops everything")
         await _until_signal(children)
     return 0
@@ -414,9 +606,11 @@ def _embedded_auth(args: argparse.Namespace) -> tuple[str, ...]:
     # The embedded server checks what natsreg up was asked to connect with: starting it open
     # while the user believes a token guards it would be worse than refusing.
     if args.creds:
-        raise _CliError("--creds needs a nats-server with an operator and accounts, which "
-                        "natsreg up cannot set up: start that nats-server yourself (see "
-                        "'natsreg auth --format jwt'), or use --token or --user/--password")
+        raise _CliError(
+            "--creds needs a nats-server with an operator and accounts, which "
+            "natsreg up cannot set up: start that nats-server yourself (see "
+            "'natsreg auth --format jwt'), or use --token or --user/--password"
+        )
     if args.token and args.user:
         raise _CliError("pass --token or --user/--password, not both")
     if args.user and not args.password:
@@ -449,8 +643,9 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def _start_programs(programs: Sequence[str], env: dict[str, str], stack: AsyncExitStack
-                    ) -> list[subprocess.Popen[bytes]]:
+def _start_programs(
+    programs: Sequence[str], env: dict[str, str], stack: AsyncExitStack
+) -> list[subprocess.Popen[bytes]]:
     children = []
     for program in programs:
         argv = shlex.split(program)
@@ -479,6 +674,7 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
 
 async def _until_signal(children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
     async with anyio.create_task_group() as tg:
+
         async def watch_children() -> None:
             while True:
                 await anyio.sleep(0.5)
@@ -541,24 +737,29 @@ async def _cmd_auth(args: argparse.Namespace) -> int:
             if args.out is None:
                 raise _CliError("--format jwt writes a config and creds files: pass --out DIR")
             setup = render_jwt(roles, args.prefix, Path(args.out))
-            _say(f"wrote {setup.config} (nats-server -c), {len(setup.creds)} creds files "
-                 f"(--creds / NATS_CREDS; each user also needs --inbox-prefix _INBOX_<user>) "
-                 f"and {setup.system_creds} for server events; new keys each run")
+            _say(
+                f"wrote {setup.config} (nats-server -c), {len(setup.creds)} creds files "
+                f"(--creds / NATS_CREDS; each user also needs --inbox-prefix _INBOX_<user>) "
+                f"and {setup.system_creds} for server events; new keys each run"
+            )
             return 0
         rendered = _authconfig.render_static(roles, args.prefix)
         if args.out is None:
             print(rendered.config)
-            print("# Credentials, shown once: each user's environment "
-                  "(natsreg reads NATS_USER, NATS_PASSWORD, NATS_INBOX_PREFIX, NATSREG_PREFIX).")
+            print(
+                "# Credentials, shown once: each user's environment "
+                "(natsreg reads NATS_USER, NATS_PASSWORD, NATS_INBOX_PREFIX, NATSREG_PREFIX)."
+            )
             for secret in rendered.users:
-                print("#   " + " ".join(
-                    _authconfig.env_file(secret, args.prefix).splitlines()[1:]))
+                print("#   " + " ".join(_authconfig.env_file(secret, args.prefix).splitlines()[1:]))
             return 0
         paths = _authconfig.write_static(rendered, args.prefix, Path(args.out))
     except OSError as exc:
         raise _CliError(f"cannot write to {args.out}: {exc.strerror}") from exc
-    _say(f"wrote {paths[0]} (include it in nats-server.conf) and {len(paths) - 1} env files "
-         "with each user's password (mode 0600; shown nowhere else)")
+    _say(
+        f"wrote {paths[0]} (include it in nats-server.conf) and {len(paths) - 1} env files "
+        "with each user's password (mode 0600; shown nowhere else)"
+    )
     return 0
 
 
@@ -581,12 +782,19 @@ async def _cmd_info(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         snapshot = await RegistryApi(nc, prefix=args.prefix).instances(args.service)
         if not snapshot.instances:
-            raise _CliError(f"no instance of {args.service!r} is known: 'natsreg ls' lists "
-                           "what is running")
+            raise _CliError(
+                f"no instance of {args.service!r} is known: 'natsreg ls' lists what is running"
+            )
         stats = await _gather_stats(nc, args.service)
         if args.json:
-            _print_json({"instances": snapshot.instances, "stats": stats,
-                         "node": snapshot.node, "warming_up": snapshot.warming_up})
+            _print_json(
+                {
+                    "instances": snapshot.instances,
+                    "stats": stats,
+                    "node": snapshot.node,
+                    "warming_up": snapshot.warming_up,
+                }
+            )
         else:
             _print_info(args.service, snapshot, stats)
         return 0
@@ -611,8 +819,10 @@ def _parse_payload(args: argparse.Namespace) -> bytes:
     try:
         return msgspec.json.encode(msgspec.json.decode(text))
     except msgspec.DecodeError as exc:
-        raise _CliError(f"the payload is not valid JSON ({exc}); quote it like "
-                       "'{\"id\": 1}', or pass --raw to send it as it is") from exc
+        raise _CliError(
+            f"the payload is not valid JSON ({exc}); quote it like "
+            "'{\"id\": 1}', or pass --raw to send it as it is"
+        ) from exc
 
 
 def _parse_headers(pairs: Sequence[str]) -> dict[str, str]:
@@ -642,16 +852,25 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         client = Client(nc, prefix=args.prefix)
         try:
-            reply = await client.request(args.subject, payload, timeout_s=args.timeout,
-                                         headers=headers or None, select=select or None,
-                                         strategy=args.strategy, key=args.key)
+            reply = await client.request(
+                args.subject,
+                payload,
+                timeout_s=args.timeout,
+                headers=headers or None,
+                select=select or None,
+                strategy=args.strategy,
+                key=args.key,
+            )
         except ServiceError as exc:
-            raise _CliError(f"{args.subject} replied with error {exc.code}: "
-                           f"{exc.description}") from exc
+            raise _CliError(
+                f"{args.subject} replied with error {exc.code}: {exc.description}"
+            ) from exc
         finally:
             if args.stats:
-                print(msgspec.json.format(msgspec.json.encode(client.stats()), indent=2)
-                      .decode(), file=sys.stderr)
+                print(
+                    msgspec.json.format(msgspec.json.encode(client.stats()), indent=2).decode(),
+                    file=sys.stderr,
+                )
             await client.aclose()
         _print_reply(reply.data)
         return 0
@@ -665,6 +884,7 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
         if not args.json:
             _say(f"watching {args.service or 'all services'} on {args.server}; Ctrl-C stops")
         async with anyio.create_task_group() as tg:
+
             async def stream() -> None:
                 async for event in registry.watch(args.service):
                     if args.json:
@@ -733,18 +953,24 @@ def _print_services(listing: wire.ServiceList) -> None:
         console.print(
             f"[red]mass expiry: {mass.lost} of {mass.before} instances went silent at once "
             f"{mass.since_s:.0f}s ago (a crash wave, or a network cut); they were removed, "
-            "and this clears when capacity is back[/]")
+            "and this clears when capacity is back[/]"
+        )
     if not listing.services:
         console.print("no services are registered")
         return
-    table = _table("SERVICE", "VERSION", "KIND", "INSTANCES", "HEALTH", "ENDPOINTS",
-                   "LAST HEARTBEAT")
+    table = _table(
+        "SERVICE", "VERSION", "KIND", "INSTANCES", "HEALTH", "ENDPOINTS", "LAST HEARTBEAT"
+    )
     for s in listing.services:
-        health = " ".join(f"[{style}]{s.health[h]} {h}[/]"
-                          for h, style in _HEALTH_STYLE.items() if s.health.get(h))
+        health = " ".join(
+            f"[{style}]{s.health[h]} {h}[/]"
+            for h, style in _HEALTH_STYLE.items()
+            if s.health.get(h)
+        )
         last = "-" if s.kind == "micro" else _age(s.last_heard_s)
-        table.add_row(s.name, s.version, s.kind, str(s.instances), health,
-                      ", ".join(s.endpoints), last)
+        table.add_row(
+            s.name, s.version, s.kind, str(s.instances), health, ", ".join(s.endpoints), last
+        )
     console.print(table)
 
 
@@ -752,17 +978,36 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
     console = _console()
     first = snapshot.instances[0]
     console.print(f"[bold]{service}[/]  {first.description}")
-    instances = _table("INSTANCE", "VERSION", "HEALTH", "HOST", "PID", "IN FLIGHT", "SERVED",
-                       "ERRORS", "LAST HEARTBEAT", "METADATA")
+    instances = _table(
+        "INSTANCE",
+        "VERSION",
+        "HEALTH",
+        "HOST",
+        "PID",
+        "IN FLIGHT",
+        "SERVED",
+        "ERRORS",
+        "LAST HEARTBEAT",
+        "METADATA",
+    )
     for i in sorted(snapshot.instances, key=lambda i: (i.version, i.id)):
         meta = ", ".join(f"{k}={v}" for k, v in sorted(i.metadata.items()))
         instances.add_row(
-            i.id, i.version, f"[{_HEALTH_STYLE[i.health]}]{i.health}[/]", i.host,
-            str(i.pid or "-"), str(i.load.in_flight), str(i.load.served), str(i.load.errors),
-            "-" if i.kind == "micro" else _age(i.age_s), meta)
+            i.id,
+            i.version,
+            f"[{_HEALTH_STYLE[i.health]}]{i.health}[/]",
+            i.host,
+            str(i.pid or "-"),
+            str(i.load.in_flight),
+            str(i.load.served),
+            str(i.load.errors),
+            "-" if i.kind == "micro" else _age(i.age_s),
+            meta,
+        )
     console.print(instances)
-    endpoints = _table("ENDPOINT", "SUBJECT", "QUEUE GROUP", "REQUESTS", "ERRORS", "AVG",
-                       "LAST ERROR")
+    endpoints = _table(
+        "ENDPOINT", "SUBJECT", "QUEUE GROUP", "REQUESTS", "ERRORS", "AVG", "LAST ERROR"
+    )
     totals: dict[str, list[int]] = {}
     last_errors: dict[str, str] = {}
     for reply in stats:
@@ -780,16 +1025,24 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
         seen.add(e.name)
         requests, errors, time_ns = totals.get(e.name, [0, 0, 0])
         avg = f"{time_ns / requests / 1e6:.2f} ms" if requests else "-"
-        endpoints.add_row(e.name, e.subject, e.queue_group, str(requests), str(errors), avg,
-                          last_errors.get(e.name, ""))
+        endpoints.add_row(
+            e.name,
+            e.subject,
+            e.queue_group,
+            str(requests),
+            str(errors),
+            avg,
+            last_errors.get(e.name, ""),
+        )
     console.print(endpoints)
 
 
 def _print_event(event: wire.Event) -> None:
     i = event.instance
     when = datetime.now().strftime("%H:%M:%S")
-    detail = {"up": "", "down": f"({event.reason})", "changed": "",
-              "health": f"-> {i.health}"}[event.kind]
+    detail = {"up": "", "down": f"({event.reason})", "changed": "", "health": f"-> {i.health}"}[
+        event.kind
+    ]
     print(f"{when} {event.kind:<7} {i.name}@{i.version} {i.id} {detail}".rstrip(), flush=True)
 
 
@@ -811,12 +1064,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         # The commands that serve HTTP run on uvloop, which the bridge's figures assume.
         use_uvloop = args.command in ("bridge", "up") and bool(importlib.util.find_spec("uvloop"))
-        return anyio.run(_COMMANDS[args.command], args,
-                         backend_options={"use_uvloop": use_uvloop})
+        return anyio.run(_COMMANDS[args.command], args, backend_options={"use_uvloop": use_uvloop})
     except _CliError as exc:
         print(f"natsreg: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -113,8 +113,14 @@ class OverloadedError(ServiceError):
     Nothing was started, so it is always safe to send the request again, to any instance.
     """
 
-    def __init__(self, description: str = "overloaded: too many requests in flight", *,
-                 code: int = 503, retryable: bool = True, subject: str = "") -> None:
+    def __init__(
+        self,
+        description: str = "overloaded: too many requests in flight",
+        *,
+        code: int = 503,
+        retryable: bool = True,
+        subject: str = "",
+    ) -> None:
         super().__init__(description, code=code, retryable=retryable, subject=subject)
 
 
@@ -125,8 +131,9 @@ class CircuitOpenError(RequestError):
     ``retry_in_s`` is the same as a duration from when the error was raised.
     """
 
-    def __init__(self, message: str, *, retry_at: float, retry_in_s: float,
-                 subject: str = "") -> None:
+    def __init__(
+        self, message: str, *, retry_at: float, retry_in_s: float, subject: str = ""
+    ) -> None:
         super().__init__(f"{message}; next trial in {retry_in_s:.2f} s", subject=subject)
         self.retry_at = retry_at
         self.retry_in_s = retry_in_s

@@ -40,8 +40,15 @@ from typing import Literal
 from . import subjects
 from .errors import ConfigError
 
-__all__ = ["ALL_SERVICES", "REGISTRY_MAX_RESPONSES", "Permissions", "Role", "RoleKind",
-           "inbox_prefix", "permissions"]
+__all__ = [
+    "ALL_SERVICES",
+    "REGISTRY_MAX_RESPONSES",
+    "Permissions",
+    "Role",
+    "RoleKind",
+    "inbox_prefix",
+    "permissions",
+]
 
 RoleKind = Literal["service", "caller", "registry", "bridge", "operator"]
 
@@ -108,8 +115,9 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX_{user}"
 
 
-def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX, *,
-                users: Iterable[str] = ()) -> Permissions:
+def permissions(
+    role: Role, prefix: str = subjects.DEFAULT_PREFIX, *, users: Iterable[str] = ()
+) -> Permissions:
     """The permissions ``role`` needs, on control prefix ``prefix``.
 
     ``users`` names the other users of the same config: a caller of every service publishes
@@ -134,12 +142,18 @@ def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX, *,
                 # would see every request and race the real instances for replies.
                 f"{subjects.endpoint_subject(name, '>')} {name}",
                 control("direct", name, ">"),
-                control("discover"), control("discover", name), control("discover", name, "*"),
+                control("discover"),
+                control("discover", name),
+                control("discover", name, "*"),
                 *_srv_subjects(name),
             ]
         case "registry":
-            pub += [control("events", ">"), control("discover"), control("discover", ">"),
-                    subjects.srv_subject("INFO")]
+            pub += [
+                control("events", ">"),
+                control("discover"),
+                control("discover", ">"),
+                subjects.srv_subject("INFO"),
+            ]
             sub += [control(verb, ">") for verb in ("announce", "hb", "bye")]
             sub.append(f"{control('registry', '>')} {subjects.REGISTRY_QUEUE}")
         case "operator":
@@ -156,14 +170,14 @@ def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX, *,
     for callee in calls:
         pub += [subjects.endpoint_subject(callee, ">"), control("direct", callee, ">")]
         # What a client's view of the callee listens to (natsreg.Client).
-        sub += [control("events", callee), control("hb", callee, "*"),
-                control("bye", callee, "*")]
+        sub += [control("events", callee), control("hb", callee, "*"), control("bye", callee, "*")]
     if ALL_SERVICES in calls:
         if role.kind == "service":
             # Its "*.>" would match its own announce subject too, and a deny that keeps it
             # from speaking for others would keep it from speaking for itself.
-            raise ConfigError(f"service {role.name!r} may not call every service: name the "
-                              "services it calls")
+            raise ConfigError(
+                f"service {role.name!r} may not call every service: name the services it calls"
+            )
         # "*.>" also matches natsreg's control subjects, NATS' reserved ones and other users'
         # inboxes: a caller of every service must still speak for no one and forge no reply.
         # (Replies to requests it received still go out: allow_responses is checked apart.)
@@ -173,17 +187,27 @@ def permissions(role: Role, prefix: str = subjects.DEFAULT_PREFIX, *,
         if role.kind != "operator":
             deny.append(subjects.srv_subject(">"))
         deny += [f"{inbox_prefix(user)}.>" for user in users if user != role.user]
-    return Permissions(publish=tuple(_unique(pub)), subscribe=tuple(_unique(sub)),
-                       allow_responses=role.kind in ("service", "registry"),
-                       inbox=inbox, deny_publish=tuple(_unique(deny)),
-                       max_responses=REGISTRY_MAX_RESPONSES if role.kind == "registry" else 1)
+    return Permissions(
+        publish=tuple(_unique(pub)),
+        subscribe=tuple(_unique(sub)),
+        allow_responses=role.kind in ("service", "registry"),
+        inbox=inbox,
+        deny_publish=tuple(_unique(deny)),
+        max_responses=REGISTRY_MAX_RESPONSES if role.kind == "registry" else 1,
+    )
 
 
 def _srv_subjects(name: str) -> Sequence[str]:
     # $SRV.<verb>, $SRV.<verb>.<name> and $SRV.<verb>.<name>.<id>, as ADR-32 asks.
-    return [s for verb in ("PING", "INFO", "STATS")
-            for s in (subjects.srv_subject(verb), subjects.srv_subject(verb, name),
-                      subjects.srv_subject(verb, name, "*"))]
+    return [
+        s
+        for verb in ("PING", "INFO", "STATS")
+        for s in (
+            subjects.srv_subject(verb),
+            subjects.srv_subject(verb, name),
+            subjects.srv_subject(verb, name, "*"),
+        )
+    ]
 
 
 def _unique(items: Iterable[str]) -> list[str]:

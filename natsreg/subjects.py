@@ -27,9 +27,9 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_PREFIX",
-    "check_prefix",
     "REGISTRY_QUEUE",
     "SYS_DISCONNECT",
+    "check_prefix",
     "control_subject",
     "direct_subject",
     "endpoint_subject",
@@ -75,8 +75,10 @@ def check_prefix(prefix: str) -> str:
     """``prefix`` if it can stand before natsreg's control subjects; ConfigError otherwise.
     Every role that takes a prefix checks it here."""
     if not isinstance(prefix, str) or not is_valid_subject(prefix) or is_reserved(prefix):
-        raise ConfigError(f"prefix {prefix!r} is not a valid subject: use tokens of letters, "
-                          "digits, '-' and '_' separated by dots (e.g. 'natsreg' or 'prod.reg')")
+        raise ConfigError(
+            f"prefix {prefix!r} is not a valid subject: use tokens of letters, "
+            "digits, '-' and '_' separated by dots (e.g. 'natsreg' or 'prod.reg')"
+        )
     return prefix
 
 

@@ -40,8 +40,13 @@ from nats.aio.client import Client as NATS
 from ._server import NatsServer, ServerError, free_port
 
 __all__ = [
-    "NatsCluster", "NatsServer", "ServerError", "free_port",
-    "nats_client", "nats_server", "nats_url",
+    "NatsCluster",
+    "NatsServer",
+    "ServerError",
+    "free_port",
+    "nats_client",
+    "nats_server",
+    "nats_url",
 ]
 
 
@@ -73,13 +78,20 @@ class NatsCluster:
 
     def _start(self, index: int) -> NatsServer:
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self._route_ports)
-        return NatsServer(port=self._client_ports[index], args=(
-            "--cluster_name", self._name,
-            "--cluster", f"nats://127.0.0.1:{self._route_ports[index]}",
-            "--routes", routes,
-            "-n", f"{self._name}-{index}",
-            *(() if self._advertise else ("--no_advertise",)),
-        ))
+        return NatsServer(
+            port=self._client_ports[index],
+            args=(
+                "--cluster_name",
+                self._name,
+                "--cluster",
+                f"nats://127.0.0.1:{self._route_ports[index]}",
+                "--routes",
+                routes,
+                "-n",
+                f"{self._name}-{index}",
+                *(() if self._advertise else ("--no_advertise",)),
+            ),
+        )
 
     def kill(self, index: int) -> None:
         """kill -9 node ``index``: its clients lose their connection with no goodbye."""

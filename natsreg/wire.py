@@ -87,7 +87,10 @@ MAX_CONTROL_BYTES = 64 * 1024
 # What a decoder may raise on hostile input: msgspec's own errors, and RecursionError for a
 # document nested deeper than the C stack allows (a 60 KB unknown field can be).
 MALFORMED: tuple[type[Exception], ...] = (
-    msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    RecursionError,
+)
 
 # The heartbeat intervals an instance may announce. Readers clamp what they hear into this
 # range, so that an announcement cannot make an instance immortal (a huge interval) or cost
@@ -228,11 +231,21 @@ def instance_view(ann: Announce) -> InstanceView:
     announced fields a registry keeps (all but the message's own ``schema`` and ``type``), and
     that the interval it keeps is the clamped one (:func:`heartbeat_interval_s`)."""
     return InstanceView(
-        id=ann.id, name=ann.name, version=ann.version, kind="natsreg", seq=ann.seq,
-        description=ann.description, metadata=ann.metadata, endpoints=ann.endpoints,
-        host=ann.host, pid=ann.pid, started=ann.started,
+        id=ann.id,
+        name=ann.name,
+        version=ann.version,
+        kind="natsreg",
+        seq=ann.seq,
+        description=ann.description,
+        metadata=ann.metadata,
+        endpoints=ann.endpoints,
+        host=ann.host,
+        pid=ann.pid,
+        started=ann.started,
         heartbeat_s=heartbeat_interval_s(ann.heartbeat_s),
-        health=ann.health, load=ann.load, conn=ann.conn,
+        health=ann.health,
+        load=ann.load,
+        conn=ann.conn,
     )
 
 
@@ -240,11 +253,19 @@ def micro_instance_view(info: SrvInfo) -> InstanceView:
     """The view of a plain ADR-32 service built from its ``$SRV.INFO`` reply, whose optional
     fields (``null`` in ADR-32) become the view's empty defaults."""
     return InstanceView(
-        id=info.id, name=info.name, version=info.version, kind="micro",
-        description=info.description or "", metadata=info.metadata or {},
+        id=info.id,
+        name=info.name,
+        version=info.version,
+        kind="micro",
+        description=info.description or "",
+        metadata=info.metadata or {},
         endpoints=[
-            Endpoint(name=e.name, subject=e.subject, queue_group=e.queue_group or "",
-                     metadata=e.metadata or {})
+            Endpoint(
+                name=e.name,
+                subject=e.subject,
+                queue_group=e.queue_group or "",
+                metadata=e.metadata or {},
+            )
             for e in info.endpoints or ()
         ],
     )
@@ -439,8 +460,11 @@ def check_name(name: str, what: str = "name") -> None:
     """Raise :class:`Invalid` unless ``name`` is an ADR-32 name (letters, digits, ``-``,
     ``_``) of at most :data:`MAX_TOKEN_CHARS` characters."""
     if not isinstance(name, str) or len(name) > MAX_TOKEN_CHARS or not NAME_PATTERN.match(name):
-        raise Invalid("invalid_name", f"{what} {str(name)[:40]!r} is not valid: use letters, "
-                      f"digits, '-' and '_' only (ADR-32), at most {MAX_TOKEN_CHARS}")
+        raise Invalid(
+            "invalid_name",
+            f"{what} {str(name)[:40]!r} is not valid: use letters, "
+            f"digits, '-' and '_' only (ADR-32), at most {MAX_TOKEN_CHARS}",
+        )
 
 
 def check_metadata(metadata: Mapping[str, str] | None, what: str = "metadata") -> None:
@@ -448,31 +472,46 @@ def check_metadata(metadata: Mapping[str, str] | None, what: str = "metadata") -
     if not metadata:
         return
     if len(metadata) > MAX_METADATA_KEYS:
-        raise Invalid("invalid_metadata",
-                      f"{what}: at most {MAX_METADATA_KEYS} metadata keys, got {len(metadata)}")
+        raise Invalid(
+            "invalid_metadata",
+            f"{what}: at most {MAX_METADATA_KEYS} metadata keys, got {len(metadata)}",
+        )
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise Invalid("invalid_metadata",
-                          f"{what}: metadata keys and values must be strings ({key!r})")
+            raise Invalid(
+                "invalid_metadata", f"{what}: metadata keys and values must be strings ({key!r})"
+            )
         if not key or len(key) > MAX_METADATA_KEY_CHARS:
-            raise Invalid("invalid_metadata", f"{what}: metadata key {key[:40]!r} must be "
-                          f"1-{MAX_METADATA_KEY_CHARS} characters")
+            raise Invalid(
+                "invalid_metadata",
+                f"{what}: metadata key {key[:40]!r} must be 1-{MAX_METADATA_KEY_CHARS} characters",
+            )
         if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise Invalid("invalid_metadata", f"{what}: metadata value of {key[:40]!r} is over "
-                          f"{MAX_METADATA_VALUE_CHARS} characters")
+            raise Invalid(
+                "invalid_metadata",
+                f"{what}: metadata value of {key[:40]!r} is over "
+                f"{MAX_METADATA_VALUE_CHARS} characters",
+            )
 
 
-def _check_endpoint(name: str, subject: str, queue_group: str | None,
-                    metadata: Mapping[str, str] | None) -> None:
+def _check_endpoint(
+    name: str, subject: str, queue_group: str | None, metadata: Mapping[str, str] | None
+) -> None:
     check_name(name, "endpoint name")
     # A literal subject outside NATS' own spaces: a caller publishes to it as announced.
-    if (len(subject) > MAX_SUBJECT_CHARS or not subjects.is_valid_subject(subject)
-            or subjects.is_reserved(subject)):
-        raise Invalid("invalid_endpoints", f"endpoint {name!r}: {subject[:40]!r} is not a "
-                      "literal subject a caller may publish to")
+    if (
+        len(subject) > MAX_SUBJECT_CHARS
+        or not subjects.is_valid_subject(subject)
+        or subjects.is_reserved(subject)
+    ):
+        raise Invalid(
+            "invalid_endpoints",
+            f"endpoint {name!r}: {subject[:40]!r} is not a literal subject a caller may publish to",
+        )
     if queue_group is not None and not subjects.is_valid_token(queue_group):
-        raise Invalid("invalid_endpoints",
-                      f"endpoint {name!r}: queue group {queue_group[:40]!r} is not valid")
+        raise Invalid(
+            "invalid_endpoints", f"endpoint {name!r}: queue group {queue_group[:40]!r} is not valid"
+        )
     check_metadata(metadata, f"endpoint {name!r}")
 
 
@@ -492,13 +531,15 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo) -> None:
         raise Invalid("invalid_version", f"version {message.version[:40]!r} is not SemVer")
     description = message.description or ""
     if len(description) > MAX_DESCRIPTION_CHARS:
-        raise Invalid("invalid_description",
-                      f"description is over {MAX_DESCRIPTION_CHARS} characters")
+        raise Invalid(
+            "invalid_description", f"description is over {MAX_DESCRIPTION_CHARS} characters"
+        )
     check_metadata(message.metadata)
     endpoints = message.endpoints or ()
     if len(endpoints) > MAX_ENDPOINTS:
-        raise Invalid("invalid_endpoints",
-                      f"at most {MAX_ENDPOINTS} endpoints, got {len(endpoints)}")
+        raise Invalid(
+            "invalid_endpoints", f"at most {MAX_ENDPOINTS} endpoints, got {len(endpoints)}"
+        )
     for e in endpoints:
         # natsreg endpoints always name their queue group; ADR-32 ones may leave it out.
         queue_group = e.queue_group if isinstance(message, Announce) else e.queue_group or None

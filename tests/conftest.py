@@ -39,8 +39,11 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     expression: str = config.option.markexpr
     if "pure" not in expression or "not pure" in expression:
         return None
-    if (collection_path.suffix == ".py" and collection_path.name.startswith("test_")
-            and "mark.pure" not in collection_path.read_text()):
+    if (
+        collection_path.suffix == ".py"
+        and collection_path.name.startswith("test_")
+        and "mark.pure" not in collection_path.read_text()
+    ):
         return True
     return None  # the default rules (--ignore, ...) decide
 

@@ -14,8 +14,9 @@ import anyio
 SERVICE_PROC = Path(__file__).with_name("service_proc.py")
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 5.0,
-                     what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 5.0, what: str = "condition"
+) -> None:
     """Poll ``check`` until it is true; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -30,11 +31,13 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout_s: flo
 
 
 @contextmanager
-def start_service(url: str, name: str, prefix: str, *extra: str
-                  ) -> Iterator[subprocess.Popen[str]]:
+def start_service(url: str, name: str, prefix: str, *extra: str) -> Iterator[subprocess.Popen[str]]:
     """A natsreg service in its own process (see service_proc.py), killed on exit."""
-    with subprocess.Popen([sys.executable, str(SERVICE_PROC), url, name, prefix, *extra],
-                          stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, str(SERVICE_PROC), url, name, prefix, *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             yield proc
         finally:

@@ -20,8 +20,9 @@ import natsreg
 async def main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.url)
     metadata = dict(pair.split("=", 1) for pair in args.meta)
-    async with natsreg.announce(nc, args.name, version=args.version, prefix=args.prefix,
-                                metadata=metadata) as svc:
+    async with natsreg.announce(
+        nc, args.name, version=args.version, prefix=args.prefix, metadata=metadata
+    ) as svc:
 
         @svc.endpoint("echo")
         async def echo(req: natsreg.Request) -> bytes:

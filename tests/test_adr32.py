@@ -20,8 +20,10 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "adr32-schemas"
 def _schema(name: str) -> dict[str, object]:
     path = SCHEMAS / f"{name}_response.json"
     if not path.is_file():
-        pytest.skip(f"the NATS CLI's ADR-32 schemas are not at {SCHEMAS}: nothing to validate "
-                    "against (they come from nats-io/jsm.go schemas/micro/v1)")
+        pytest.skip(
+            f"the NATS CLI's ADR-32 schemas are not at {SCHEMAS}: nothing to validate "
+            "against (they come from nats-io/jsm.go schemas/micro/v1)"
+        )
     return json.loads(path.read_text())
 
 
@@ -44,13 +46,15 @@ async def _gather(nc: NATS, subject: str, wait_s: float = 0.3) -> list[dict[str,
 
 @pytest.mark.parametrize("verb", ["PING", "INFO", "STATS"])
 async def test_srv_replies_validate_against_the_nats_cli_schemas(
-        nc: NATS, prefix: str, unique: str, verb: str) -> None:
+    nc: NATS, prefix: str, unique: str, verb: str
+) -> None:
     import jsonschema
 
     schema = _schema(verb.lower())
     name = f"adr-{unique}"
     # No description and no metadata: the case where nats.micro for Python sends null.
     async with natsreg.announce(nc, name, version="1.0.0-rc.1+build.5", prefix=prefix) as svc:
+
         @svc.endpoint("echo", metadata={"kind": "test"})
         async def echo(req: natsreg.Request) -> bytes:
             return req.data
@@ -71,15 +75,17 @@ async def test_srv_replies_validate_against_the_nats_cli_schemas(
 
 
 async def test_srv_addressed_to_another_name_or_id_gets_no_reply(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     async with natsreg.announce(nc, f"only-{unique}", version="1.0.0", prefix=prefix) as svc:
         assert await _gather(nc, f"$SRV.PING.other-{unique}") == []
         assert await _gather(nc, f"$SRV.PING.only-{unique}.not-the-id") == []
         assert len(await _gather(nc, f"$SRV.PING.only-{unique}.{svc.id}")) == 1
 
 
-async def test_a_plain_nats_micro_service_is_listed_as_such(nc: NATS, prefix: str,
-                                                            unique: str) -> None:
+async def test_a_plain_nats_micro_service_is_listed_as_such(
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"micro-{unique}"
 
     async def add(req: MicroRequest) -> None:
@@ -91,10 +97,14 @@ async def test_a_plain_nats_micro_service_is_listed_as_such(nc: NATS, prefix: st
         async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
             await eventually(
                 lambda: [i.name for i in registry.snapshot().instances] == [name],
-                what="micro service listed")
+                what="micro service listed",
+            )
             (instance,) = registry.snapshot().instances
             assert (instance.kind, instance.version, instance.description) == (
-                "micro", "0.3.0", "plain ADR-32")
+                "micro",
+                "0.3.0",
+                "plain ADR-32",
+            )
             assert [e.subject for e in instance.endpoints] == [f"{name}.add"]
             # Callers reach it like any natsreg endpoint.
             reply = await natsreg.Client(nc).request(f"{name}.add", b"1+2")
@@ -103,12 +113,16 @@ async def test_a_plain_nats_micro_service_is_listed_as_such(nc: NATS, prefix: st
         await micro.stop()
 
 
-async def test_natsreg_instances_are_not_listed_twice_as_micro(nc: NATS, prefix: str,
-                                                               unique: str) -> None:
-    async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.1) as registry, \
-            natsreg.announce(nc, f"once-{unique}", version="1.0.0", prefix=prefix):
+async def test_natsreg_instances_are_not_listed_twice_as_micro(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    async with (
+        natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.1) as registry,
+        natsreg.announce(nc, f"once-{unique}", version="1.0.0", prefix=prefix),
+    ):
         await eventually(lambda: len(registry.snapshot().instances) == 1)
         await eventually(lambda: registry.dropped["malformed"] == 0)
         import anyio
+
         await anyio.sleep(0.5)  # several $SRV polls
         assert [i.kind for i in registry.snapshot().instances] == ["natsreg"]

@@ -54,8 +54,9 @@ class Charges:
 
 
 @asynccontextmanager
-async def charge_service(nc: NATS, name: str, prefix: str, delay_s: float = 0.0
-                         ) -> AsyncIterator[tuple[natsreg.Service, Charges]]:
+async def charge_service(
+    nc: NATS, name: str, prefix: str, delay_s: float = 0.0
+) -> AsyncIterator[tuple[natsreg.Service, Charges]]:
     svc = natsreg.announce(nc, name, version="1.0.0", prefix=prefix)
     charges = Charges(svc, delay_s)
     async with svc:
@@ -63,8 +64,9 @@ async def charge_service(nc: NATS, name: str, prefix: str, delay_s: float = 0.0
         yield svc, charges
 
 
-async def call(nc: NATS, subject: str, rid: str | None, budget_ms: int | None = None,
-               timeout_s: float = 2.0) -> Msg:
+async def call(
+    nc: NATS, subject: str, rid: str | None, budget_ms: int | None = None, timeout_s: float = 2.0
+) -> Msg:
     headers = {}
     if rid is not None:
         headers[REQUEST_ID_HEADER] = rid
@@ -74,20 +76,22 @@ async def call(nc: NATS, subject: str, rid: str | None, budget_ms: int | None = 
 
 
 async def test_six_charges_behind_a_rogue_forging_no_responders_each_run_at_most_once(
-        nc: NATS, nats_url: str, prefix: str, unique: str) -> None:
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
     name = f"pay-{unique}"
     rogue = await nats.connect(nats_url)
     try:
-        async with natsreg.Registry(nc, prefix=prefix), \
-                charge_service(nc, name, prefix, delay_s=0.05) as (svc, charges), \
-                natsreg.Client(nc, prefix=prefix) as client:
+        async with (
+            natsreg.Registry(nc, prefix=prefix),
+            charge_service(nc, name, prefix, delay_s=0.05) as (svc, charges),
+            natsreg.Client(nc, prefix=prefix) as client,
+        ):
 
             async def forge(msg: Msg) -> None:
                 # Faster than the real handler: the caller reads "no responders".
                 await rogue.publish(msg.reply, b"", headers={"Status": "503"})
 
-            await rogue.subscribe(
-                subjects.direct_subject(prefix, name, svc.id, "charge"), cb=forge)
+            await rogue.subscribe(subjects.direct_subject(prefix, name, svc.id, "charge"), cb=forge)
             await rogue.flush()
 
             async def listed() -> bool:
@@ -117,7 +121,8 @@ async def test_six_charges_behind_a_rogue_forging_no_responders_each_run_at_most
 
 
 async def test_the_same_request_id_sent_twice_gets_the_same_reply_and_runs_once(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix) as (_, charges):
         rid = request_id("twice")
         first = await call(nc, f"pay-{unique}.charge", rid)
@@ -128,7 +133,8 @@ async def test_the_same_request_id_sent_twice_gets_the_same_reply_and_runs_once(
 
 
 async def test_a_repeat_of_a_failed_call_gets_the_same_error_and_runs_once(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix) as (_, charges):
         rid = request_id("declined")
         first = await call(nc, f"pay-{unique}.decline", rid)
@@ -141,17 +147,20 @@ async def test_a_repeat_of_a_failed_call_gets_the_same_error_and_runs_once(
 
 
 async def test_the_same_request_id_sent_twice_at_once_to_a_slow_handler_runs_once(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix, delay_s=0.3) as (_, charges):
         rid = request_id("concurrent")
         first, second = await asyncio.gather(
-            call(nc, f"pay-{unique}.charge", rid), call(nc, f"pay-{unique}.charge", rid))
+            call(nc, f"pay-{unique}.charge", rid), call(nc, f"pay-{unique}.charge", rid)
+        )
     assert charges.total == 1
     assert first.data == second.data == b'{"charge":1}'
 
 
 async def test_after_the_remembered_window_the_same_id_runs_again(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix) as (_, charges):
         rid = request_id("window")
         await call(nc, f"pay-{unique}.charge", rid, budget_ms=50)
@@ -163,8 +172,7 @@ async def test_after_the_remembered_window_the_same_id_runs_again(
     assert charges.total == 2
 
 
-async def test_the_same_id_on_two_endpoints_runs_both(
-        nc: NATS, prefix: str, unique: str) -> None:
+async def test_the_same_id_on_two_endpoints_runs_both(nc: NATS, prefix: str, unique: str) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix) as (_, charges):
         rid = request_id("two-endpoints")
         await call(nc, f"pay-{unique}.charge", rid)
@@ -173,7 +181,8 @@ async def test_the_same_id_on_two_endpoints_runs_both(
 
 
 async def test_a_repeat_of_a_call_whose_reply_was_too_large_to_keep_fails_with_409_unrun(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix) as (svc, charges):
         rid = request_id("large")
         first = await call(nc, f"pay-{unique}.receipt", rid)
@@ -188,7 +197,8 @@ async def test_a_repeat_of_a_call_whose_reply_was_too_large_to_keep_fails_with_4
 
 @pytest.mark.parametrize("hostile", ["x" * 65, "two words", "caf\u00e9"])
 async def test_a_hostile_request_id_is_served_as_if_absent(
-        nc: NATS, prefix: str, unique: str, hostile: str) -> None:
+    nc: NATS, prefix: str, unique: str, hostile: str
+) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix) as (svc, charges):
         await call(nc, f"pay-{unique}.charge", hostile)
         await call(nc, f"pay-{unique}.charge", hostile)
@@ -197,8 +207,7 @@ async def test_a_hostile_request_id_is_served_as_if_absent(
         assert svc.at_most_once()["remembered"] == 0
 
 
-async def test_requests_without_an_id_run_every_time(
-        nc: NATS, prefix: str, unique: str) -> None:
+async def test_requests_without_an_id_run_every_time(nc: NATS, prefix: str, unique: str) -> None:
     async with charge_service(nc, f"pay-{unique}", prefix) as (svc, charges):
         for _ in range(3):
             await call(nc, f"pay-{unique}.charge", None)
@@ -207,9 +216,11 @@ async def test_requests_without_an_id_run_every_time(
 
 
 async def test_an_endpoint_declared_idempotent_is_not_remembered_and_a_repeat_runs_again(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     runs = 0
     async with natsreg.announce(nc, f"lookup-{unique}", version="1.0.0", prefix=prefix) as svc:
+
         @svc.endpoint("get", idempotent=True)
         async def get(req: natsreg.Request) -> dict[str, int]:
             nonlocal runs
@@ -222,11 +233,14 @@ async def test_an_endpoint_declared_idempotent_is_not_remembered_and_a_repeat_ru
         second = await call(nc, f"lookup-{unique}.get", rid)
         assert svc.at_most_once()["remembered"] == 0
     assert (msgspec.json.decode(first.data), msgspec.json.decode(second.data)) == (
-        {"run": 1}, {"run": 2})
+        {"run": 1},
+        {"run": 2},
+    )
 
 
 async def test_a_request_whose_reply_subject_is_no_inbox_is_neither_run_nor_answered(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"pay-{unique}"
     reflected: list[Msg] = []
     async with charge_service(nc, name, prefix) as (svc, charges):
@@ -238,7 +252,8 @@ async def test_a_request_whose_reply_subject_is_no_inbox_is_neither_run_nor_answ
         for reply in (f"victim-{unique}.users", f"{prefix}.announce.{name}.x"):
             await nc.publish(f"{name}.charge", b"{}", reply=reply)
             await nc.publish(
-                subjects.direct_subject(prefix, name, svc.id, "charge"), b"{}", reply=reply)
+                subjects.direct_subject(prefix, name, svc.id, "charge"), b"{}", reply=reply
+            )
         await eventually(lambda: svc.dropped["reply_subject"] == 4, what="4 refusals")
         # An inbox reply still works: the service is serving, and refused only those.
         ok = await call(nc, f"{name}.charge", None)
@@ -249,7 +264,8 @@ async def test_a_request_whose_reply_subject_is_no_inbox_is_neither_run_nor_answ
 
 
 async def test_srv_queries_answer_only_inbox_reply_subjects(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"pay-{unique}"
     reflected: list[Msg] = []
     async with charge_service(nc, name, prefix) as (svc, _):
@@ -259,8 +275,7 @@ async def test_srv_queries_answer_only_inbox_reply_subjects(
 
         await nc.subscribe(f"victim-{unique}.users", cb=victim)
         for verb in ("PING", "INFO", "STATS"):
-            await nc.publish(subjects.srv_subject(verb, name), b"",
-                             reply=f"victim-{unique}.users")
+            await nc.publish(subjects.srv_subject(verb, name), b"", reply=f"victim-{unique}.users")
         await eventually(lambda: svc.dropped["reply_subject"] == 3, what="3 refusals")
         info = await nc.request(subjects.srv_subject("INFO", name, svc.id), b"", timeout=2)
         await asyncio.sleep(0.1)

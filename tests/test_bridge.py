@@ -29,8 +29,10 @@ from natsreg.errors import BulkheadFullError, CircuitOpenError
 async def serving(nc: NATS, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """A bridge on a free loopback port, and an HTTP client pointed at it."""
     config = BridgeConfig(**settings)
-    async with bridge.run(nc, config, host="127.0.0.1", port=0) as running, \
-            httpx.AsyncClient(base_url=running.url, timeout=10) as http:
+    async with (
+        bridge.run(nc, config, host="127.0.0.1", port=0) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=10) as http,
+    ):
         yield http
 
 
@@ -40,8 +42,11 @@ def echo_service(nc: NATS, name: str, prefix: str, version: str = "1.0.0") -> na
 
     @svc.endpoint("echo")
     async def echo(req: natsreg.Request) -> dict[str, Any]:
-        return {"headers": req.headers, "body": req.data.decode(errors="replace"),
-                "subject": req.subject}
+        return {
+            "headers": req.headers,
+            "body": req.data.decode(errors="replace"),
+            "subject": req.subject,
+        }
 
     @svc.endpoint("raw")
     async def raw(req: natsreg.Request) -> bytes:
@@ -92,8 +97,11 @@ async def test_a_request_reaches_its_endpoint_with_method_path_query_and_chosen_
 ) -> None:
     name = f"svc-{unique}"
     async with echo_service(nc, name, prefix), serving(nc, prefix=prefix) as http:
-        reply = await http.post(f"/{name}/echo?id=1&x=%20", content=b'{"id": 1}', headers={
-            "x-request-id": "r-1", "content-type": "application/json", "x-private": "no"})
+        reply = await http.post(
+            f"/{name}/echo?id=1&x=%20",
+            content=b'{"id": 1}',
+            headers={"x-request-id": "r-1", "content-type": "application/json", "x-private": "no"},
+        )
     assert reply.status_code == 200
     seen = reply.json()
     assert seen["subject"] == f"{name}.echo"
@@ -139,8 +147,9 @@ async def test_more_path_segments_become_more_subject_tokens(nc: NATS, unique: s
 # -- the status table ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("code", "status"), [(404, 404), (418, 418), (503, 503), (302, 502),
-                                              (99, 502), (600, 502)])
+@pytest.mark.parametrize(
+    ("code", "status"), [(404, 404), (418, 418), (503, 503), (302, 502), (99, 502), (600, 502)]
+)
 async def test_a_service_error_becomes_its_code_when_http_like_else_502(
     nc: NATS, prefix: str, unique: str, code: int, status: int
 ) -> None:
@@ -148,8 +157,12 @@ async def test_a_service_error_becomes_its_code_when_http_like_else_502(
     async with echo_service(nc, name, prefix), serving(nc, prefix=prefix) as http:
         reply = await http.get(f"/{name}/fail?code={code}")
     assert reply.status_code == status
-    assert reply.json() == {"error": "service_error", "message": "refused by the service",
-                            "service": name, "endpoint": "fail"}
+    assert reply.json() == {
+        "error": "service_error",
+        "message": "refused by the service",
+        "service": name,
+        "endpoint": "fail",
+    }
 
 
 async def test_a_crashing_handler_is_a_500_without_a_traceback(
@@ -163,12 +176,9 @@ async def test_a_crashing_handler_is_a_500_without_a_traceback(
     assert "Traceback" not in reply.text and 'File "' not in reply.text
 
 
-async def test_no_instance_is_503_and_a_timeout_is_504(
-    nc: NATS, prefix: str, unique: str
-) -> None:
+async def test_no_instance_is_503_and_a_timeout_is_504(nc: NATS, prefix: str, unique: str) -> None:
     name = f"svc-{unique}"
-    async with echo_service(nc, name, prefix), serving(nc, prefix=prefix,
-                                                       timeout_s=0.3) as http:
+    async with echo_service(nc, name, prefix), serving(nc, prefix=prefix, timeout_s=0.3) as http:
         missing = await http.get(f"/nobody-{unique}/echo")
         started = time.monotonic()
         late = await http.get(f"/{name}/slow?s=2")
@@ -187,8 +197,7 @@ async def test_a_clients_deadline_header_shortens_the_timeout_but_never_extends_
     async with echo_service(nc, name, prefix):
         async with serving(nc, prefix=prefix, timeout_s=10) as http:
             started = time.monotonic()
-            shortened = await http.get(f"/{name}/slow?s=2",
-                                       headers={"x-request-timeout": "0.2"})
+            shortened = await http.get(f"/{name}/slow?s=2", headers={"x-request-timeout": "0.2"})
             shortened_s = time.monotonic() - started
             malformed = await http.get(f"/{name}/echo", headers={"x-request-timeout": "soon"})
             negative = await http.get(f"/{name}/echo", headers={"x-request-timeout": "-1"})
@@ -223,8 +232,10 @@ async def test_a_body_at_the_limit_passes_and_one_byte_over_is_413(
             yield b"x" * 100
         yield b"x" * (size % 100)
 
-    async with echo_service(nc, name, prefix), serving(nc, prefix=prefix,
-                                                       max_body_bytes=1000) as http:
+    async with (
+        echo_service(nc, name, prefix),
+        serving(nc, prefix=prefix, max_body_bytes=1000) as http,
+    ):
         at_limit = await http.post(f"/{name}/raw", content=b"a" * 1000)
         over = await http.post(f"/{name}/raw", content=b"a" * 1001)
         chunked_at_limit = await http.post(f"/{name}/raw", content=chunks(1000))
@@ -244,10 +255,11 @@ async def test_headers_over_the_limit_are_431(nc: NATS, prefix: str, unique: str
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_408(nc: NATS, prefix: str) -> None:
-    async with bridge.run(nc, BridgeConfig(prefix=prefix, body_timeout_s=0.3),
-                          port=0) as running:
-        status, _ = await raw_http(running.url, b"POST /svc/raw HTTP/1.1\r\nHost: localhost\r\n"
-                                                b"Content-Length: 10\r\n\r\nhalf")
+    async with bridge.run(nc, BridgeConfig(prefix=prefix, body_timeout_s=0.3), port=0) as running:
+        status, _ = await raw_http(
+            running.url,
+            b"POST /svc/raw HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nhalf",
+        )
     assert status == 408
 
 
@@ -255,8 +267,10 @@ async def test_requests_in_flight_per_client_are_bounded_with_429(
     nc: NATS, prefix: str, unique: str
 ) -> None:
     name = f"svc-{unique}"
-    async with echo_service(nc, name, prefix), serving(nc, prefix=prefix,
-                                                       max_in_flight_per_client=2) as http:
+    async with (
+        echo_service(nc, name, prefix),
+        serving(nc, prefix=prefix, max_in_flight_per_client=2) as http,
+    ):
         replies = await asyncio.gather(*(http.get(f"/{name}/slow?s=0.5") for _ in range(3)))
         after = await http.get(f"/{name}/echo")
     assert sorted(r.status_code for r in replies) == [200, 200, 429]
@@ -266,15 +280,39 @@ async def test_requests_in_flight_per_client_are_bounded_with_429(
 # -- hostile input goes nowhere --------------------------------------------------------------
 
 
-
 HOSTILE_PATHS = [
-    "/svc/*", "/svc/%2A", "/svc/>", "/svc/%3E", "/svc/echo/*", "/svc/echo/%3E",
-    "/svc//echo", "/svc/echo/", "//svc/echo", "/svc/a%20b", "/svc/a%09b", "/svc/a%0D%0Ab",
-    "/svc/a%0Ab", "/svc/a%00b", "/svc/a%7Fb", "/svc/a%C2%85b", "/svc/a%E2%80%A8b",
-    "/svc/a.b", "/svc/..", "/svc/a%2Eb", "/%2E%2E/svc",
-    "/$SYS/REQ/SERVER/PING", "/%24SYS/REQ/SERVER/PING", "/$JS/API/INFO", "/%24JS/API/INFO",
-    "/$SRV/PING", "/$SRV/INFO/svc", "/$KV/bucket/key", "/_INBOX/abc/def",
-    "/natsreg/registry/list", "/natsreg/announce/svc/id", "/natsreg/direct/id/echo",
+    "/svc/*",
+    "/svc/%2A",
+    "/svc/>",
+    "/svc/%3E",
+    "/svc/echo/*",
+    "/svc/echo/%3E",
+    "/svc//echo",
+    "/svc/echo/",
+    "//svc/echo",
+    "/svc/a%20b",
+    "/svc/a%09b",
+    "/svc/a%0D%0Ab",
+    "/svc/a%0Ab",
+    "/svc/a%00b",
+    "/svc/a%7Fb",
+    "/svc/a%C2%85b",
+    "/svc/a%E2%80%A8b",
+    "/svc/a.b",
+    "/svc/..",
+    "/svc/a%2Eb",
+    "/%2E%2E/svc",
+    "/$SYS/REQ/SERVER/PING",
+    "/%24SYS/REQ/SERVER/PING",
+    "/$JS/API/INFO",
+    "/%24JS/API/INFO",
+    "/$SRV/PING",
+    "/$SRV/INFO/svc",
+    "/$KV/bucket/key",
+    "/_INBOX/abc/def",
+    "/natsreg/registry/list",
+    "/natsreg/announce/svc/id",
+    "/natsreg/direct/id/echo",
     "/svc/" + "x" * 600,
 ]
 HOSTILE_HEADERS = [
@@ -287,30 +325,34 @@ HOSTILE_HEADERS = [
 
 
 async def test_hostile_paths_and_headers_are_400_and_never_reach_nats(
-    quiet_nats: tuple[NATS, list[str]]
+    quiet_nats: tuple[NATS, list[str]],
 ) -> None:
     nc, seen = quiet_nats
     async with bridge.run(nc, BridgeConfig(), port=0) as running:
         for path in HOSTILE_PATHS:
             status, body = await raw_http(
-                running.url, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+                running.url, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+            )
             assert status == 400, (path, body)
         for header in HOSTILE_HEADERS:
             status, body = await raw_http(
-                running.url, b"GET /svc/echo HTTP/1.1\r\nHost: localhost\r\n" + header + b"\r\n")
+                running.url, b"GET /svc/echo HTTP/1.1\r\nHost: localhost\r\n" + header + b"\r\n"
+            )
             assert status == 400, (header, body)
         await nc.flush()
         await asyncio.sleep(0.1)
         assert seen == []
         # The spy works: a sound request through the same bridge is seen at once.
-        status, _ = await raw_http(running.url, b"GET /svc/echo HTTP/1.1\r\nHost: localhost\r\n"
-                                                b"X-Request-Timeout: 1\r\n\r\n")
+        status, _ = await raw_http(
+            running.url,
+            b"GET /svc/echo HTTP/1.1\r\nHost: localhost\r\nX-Request-Timeout: 1\r\n\r\n",
+        )
     assert status == 504
     assert "svc.echo" in seen
 
 
 async def test_cr_lf_or_nul_in_a_forwarded_header_is_refused_by_the_app_itself(
-    quiet_nats: tuple[NATS, list[str]]
+    quiet_nats: tuple[NATS, list[str]],
 ) -> None:
     # HTTP parsers refuse most of these first; the bridge must not depend on it when mounted
     # behind a more lenient server, so its ASGI app is called directly here.
@@ -325,9 +367,16 @@ async def test_cr_lf_or_nul_in_a_forwarded_header_is_refused_by_the_app_itself(
         async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "method": "GET", "path": "/svc/echo", "raw_path": b"/svc/echo",
-                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-                 "headers": [(b"host", b"x"), (b"x-request-id", value)]}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/svc/echo",
+            "raw_path": b"/svc/echo",
+            "query_string": b"",
+            "root_path": "",
+            "client": ("127.0.0.1", 1),
+            "headers": [(b"host", b"x"), (b"x-request-id", value)],
+        }
         await app(scope, receive, send)
         assert sent[0]["status"] == 400
     await nc.flush()
@@ -339,27 +388,37 @@ async def test_hop_by_hop_headers_and_those_named_in_connection_are_not_forwarde
     nc: NATS, prefix: str, unique: str
 ) -> None:
     name = f"svc-{unique}"
-    async with echo_service(nc, name, prefix), \
-            bridge.run(nc, BridgeConfig(prefix=prefix), port=0) as running:
-        status, body = await raw_http(running.url, (
-            f"GET /{name}/echo HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive, x-request-id"
-            "\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\n"
-            "X-Request-Id: r-2\r\nAccept: text/plain\r\n\r\n").encode())
+    async with (
+        echo_service(nc, name, prefix),
+        bridge.run(nc, BridgeConfig(prefix=prefix), port=0) as running,
+    ):
+        status, body = await raw_http(
+            running.url,
+            (
+                f"GET /{name}/echo HTTP/1.1\r\nHost: localhost\r\n"
+                "Connection: keep-alive, x-request-id"
+                "\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\n"
+                "X-Request-Id: r-2\r\nAccept: text/plain\r\n\r\n"
+            ).encode(),
+        )
     assert status == 200
     forwarded = {k.lower() for k in httpx.Response(200, content=body).json()["headers"]}
     assert "accept" in forwarded
-    assert not forwarded & {"connection", "keep-alive", "te", "proxy-authorization",
-                            "x-request-id", "host"}
+    assert not forwarded & {
+        "connection",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-request-id",
+        "host",
+    }
     with pytest.raises(ConfigError):
         BridgeConfig(forward_headers=("keep-alive",))
 
 
-async def test_an_allow_list_hides_every_other_service(
-    nc: NATS, prefix: str, unique: str
-) -> None:
+async def test_an_allow_list_hides_every_other_service(nc: NATS, prefix: str, unique: str) -> None:
     name = f"svc-{unique}"
-    async with echo_service(nc, name, prefix), serving(nc, prefix=prefix,
-                                                       allow={name}) as http:
+    async with echo_service(nc, name, prefix), serving(nc, prefix=prefix, allow={name}) as http:
         allowed = await http.get(f"/{name}/which")
         hidden = await http.get(f"/other-{unique}/which")
     assert allowed.status_code == 200
@@ -388,9 +447,11 @@ async def test_a_versioned_route_reaches_only_matching_instances(
         Route(path="/api/future", subject=f"{name}.which", version=">=2"),
         Route(path="/api/any", subject=f"{name}.which"),
     )
-    async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0), \
-            echo_service(nc, name, prefix, version="1.1.0"), \
-            echo_service(nc, name, prefix, version="1.3.0"):
+    async with (
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0),
+        echo_service(nc, name, prefix, version="1.1.0"),
+        echo_service(nc, name, prefix, version="1.3.0"),
+    ):
         await wait_for_instances(nc, prefix, name, 2)
         async with serving(nc, prefix=prefix, routes=routes) as http:
             new = [(await http.get("/api/which")).text for _ in range(8)]
@@ -411,8 +472,10 @@ async def test_the_registry_view_and_the_bridges_health_are_served(
     nc: NATS, prefix: str, unique: str
 ) -> None:
     name = f"svc-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0), \
-            echo_service(nc, name, prefix):
+    async with (
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0),
+        echo_service(nc, name, prefix),
+    ):
         await wait_for_instances(nc, prefix, name, 1)
         async with serving(nc, prefix=prefix) as http:
             services = await http.get("/_natsreg/services")
@@ -434,12 +497,17 @@ async def test_auth_refuses_missing_or_wrong_credentials_and_admits_the_right_on
     keys.write_text("# one key a line\nk3y-alpha\n")
     routes = (
         Route(path="/open", subject=f"{name}.which", auth=Auth()),
-        Route(path="/keyed", subject=f"{name}.which",
-              auth=Auth(scheme="api-key", tokens_file=str(keys), header="X-Api-Key")),
+        Route(
+            path="/keyed",
+            subject=f"{name}.which",
+            auth=Auth(scheme="api-key", tokens_file=str(keys), header="X-Api-Key"),
+        ),
     )
     default = Auth(scheme="bearer", tokens_env="TEST_BRIDGE_TOKENS")
-    async with echo_service(nc, name, prefix), serving(nc, prefix=prefix, auth=default,
-                                                       routes=routes) as http:
+    async with (
+        echo_service(nc, name, prefix),
+        serving(nc, prefix=prefix, auth=default, routes=routes) as http,
+    ):
         missing = await http.get(f"/{name}/which")
         wrong = await http.get(f"/{name}/which", headers={"authorization": "Bearer t0k3n"})
         right = await http.get(f"/{name}/which", headers={"authorization": "Bearer t0k3n-two"})
@@ -477,8 +545,9 @@ async def test_cors_answers_preflights_for_allowed_origins_only(
     preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
     async with echo_service(nc, name, prefix), serving(nc, prefix=prefix, cors=cors) as http:
         allowed = await http.options(f"/{name}/echo", headers=preflight)
-        refused = await http.options(f"/{name}/echo",
-                                     headers={**preflight, "origin": "https://evil.example"})
+        refused = await http.options(
+            f"/{name}/echo", headers={**preflight, "origin": "https://evil.example"}
+        )
         simple = await http.get(f"/{name}/which", headers={"origin": "https://app.example"})
     assert allowed.status_code == 204
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
@@ -529,20 +598,23 @@ auth = { scheme = "none" }
     assert invoices.auth is not None and not invoices.auth.enabled
 
 
-@pytest.mark.parametrize("text", [
-    'defualt_routes = false',
-    '[[routes]]\npath = "/x"\nsubject = "a.b"\nverison = "^1"',
-    '[[routes]]\npath = "/x"\nsubject = "$SYS.b"',
-    '[[routes]]\npath = "/x"\nsubject = "a.*"',
-    '[[routes]]\npath = "/x"\nsubject = "natsreg.registry.list"',
-    '[[routes]]\npath = "/x"\nsubject = "a.b.c"\nversion = "^1"',
-    '[[routes]]\npath = "/x"\nsubject = "a.b"\nversion = "one"',
-    '[[routes]]\npath = "x"\nsubject = "a.b"',
-    '[[routes]]\npath = "/x"\nsubject = "a.b"\nmethods = ["FETCH"]',
-    '[[routes]]\npath = "/x"\nsubject = "a.b"\n[[routes]]\npath = "/x/"\nsubject = "a.c"',
-    '[auth]\nscheme = "bearer"',
-    "not toml at all [",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "defualt_routes = false",
+        '[[routes]]\npath = "/x"\nsubject = "a.b"\nverison = "^1"',
+        '[[routes]]\npath = "/x"\nsubject = "$SYS.b"',
+        '[[routes]]\npath = "/x"\nsubject = "a.*"',
+        '[[routes]]\npath = "/x"\nsubject = "natsreg.registry.list"',
+        '[[routes]]\npath = "/x"\nsubject = "a.b.c"\nversion = "^1"',
+        '[[routes]]\npath = "/x"\nsubject = "a.b"\nversion = "one"',
+        '[[routes]]\npath = "x"\nsubject = "a.b"',
+        '[[routes]]\npath = "/x"\nsubject = "a.b"\nmethods = ["FETCH"]',
+        '[[routes]]\npath = "/x"\nsubject = "a.b"\n[[routes]]\npath = "/x/"\nsubject = "a.c"',
+        '[auth]\nscheme = "bearer"',
+        "not toml at all [",
+    ],
+)
 def test_a_routes_file_with_a_mistake_is_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "routes.toml"
     path.write_text(text)
@@ -550,18 +622,26 @@ def test_a_routes_file_with_a_mistake_is_refused(tmp_path: Path, text: str) -> N
         BridgeConfig.from_toml(path)
 
 
-@pytest.mark.parametrize("settings", [
-    {"timeout_s": 0}, {"max_body_bytes": -1}, {"max_header_bytes": 10},
-    {"max_in_flight_per_client": 0}, {"prefix": "a.*"}, {"allow": "svc"},
-    {"timeout_header": "bad header"}, {"body_timeout_s": float("nan")},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"timeout_s": 0},
+        {"max_body_bytes": -1},
+        {"max_header_bytes": 10},
+        {"max_in_flight_per_client": 0},
+        {"prefix": "a.*"},
+        {"allow": "svc"},
+        {"timeout_header": "bad header"},
+        {"body_timeout_s": float("nan")},
+    ],
+)
 def test_bad_settings_are_refused_at_construction(settings: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         BridgeConfig(**settings)
 
 
 async def test_mounted_under_a_root_path_the_bridge_routes_what_follows_it(
-    quiet_nats: tuple[NATS, list[str]]
+    quiet_nats: tuple[NATS, list[str]],
 ) -> None:
     nc, seen = quiet_nats
     app = bridge.create_app(nc, BridgeConfig(timeout_s=1.0))
@@ -574,24 +654,39 @@ async def test_mounted_under_a_root_path_the_bridge_routes_what_follows_it(
         sent.append(message)
 
     # Starlette's Mount keeps the full path and sets root_path to the mount point.
-    await app({"type": "http", "method": "GET", "path": "/gateway/svc/echo",
-               "raw_path": b"/gateway/svc/echo", "root_path": "/gateway", "query_string": b"",
-               "client": ("127.0.0.1", 1), "headers": []}, receive, send)
+    await app(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/gateway/svc/echo",
+            "raw_path": b"/gateway/svc/echo",
+            "root_path": "/gateway",
+            "query_string": b"",
+            "client": ("127.0.0.1", 1),
+            "headers": [],
+        },
+        receive,
+        send,
+    )
     assert sent[0]["status"] == 504
     assert "svc.echo" in seen
 
 
 def test_status_for_is_the_one_table() -> None:
     table: list[tuple[Exception, int]] = [
-        (natsreg.NoInstanceError("x"), 503), (natsreg.RequestTimeoutError("x"), 504),
-        (ServiceError("x", code=429), 429), (ServiceError("x", code=200), 502),
-        (natsreg.NotConnectedError("x"), 503), (natsreg.RequestError("x"), 502),
-        (CircuitOpenError("x", retry_at=0.0, retry_in_s=1.0), 503), (BulkheadFullError("x"), 503),
-        (ConfigError("x"), 400), (RuntimeError("x"), 500),
+        (natsreg.NoInstanceError("x"), 503),
+        (natsreg.RequestTimeoutError("x"), 504),
+        (ServiceError("x", code=429), 429),
+        (ServiceError("x", code=200), 502),
+        (natsreg.NotConnectedError("x"), 503),
+        (natsreg.RequestError("x"), 502),
+        (CircuitOpenError("x", retry_at=0.0, retry_in_s=1.0), 503),
+        (BulkheadFullError("x"), 503),
+        (ConfigError("x"), 400),
+        (RuntimeError("x"), 500),
     ]
     for error, status in table:
         assert bridge.status_for(error)[0] == status, error
-
 
 
 def test_the_route_table_itself_refuses_every_hostile_path() -> None:

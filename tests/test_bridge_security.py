@@ -28,7 +28,6 @@ from tests.test_cli import assert_one_line_error, free_port, natsreg_cli
 # -- helpers ---------------------------------------------------------------------------------
 
 
-
 async def published(nc: NATS, seen: list[str]) -> list[str]:
     """What the spy saw, once everything the bridge sent so far has gone through the server."""
     await nc.flush()
@@ -101,8 +100,9 @@ async def test_a_connection_that_sends_no_request_head_in_time_is_closed(
                     return True
             return await closed_by_peer_within(dripping[0], 0.1)
 
-        results = await asyncio.gather(closed_by_peer_within(silent[0], 4.0),
-                                       closed_by_peer_within(partial[0], 4.0), drip())
+        results = await asyncio.gather(
+            closed_by_peer_within(silent[0], 4.0), closed_by_peer_within(partial[0], 4.0), drip()
+        )
         elapsed_s = time.monotonic() - started
         for _, writer in (silent, partial, dripping):
             writer.close()
@@ -132,7 +132,7 @@ async def test_a_keep_alive_connection_gets_the_timeout_afresh_for_each_head_and
                     statuses.append(int((await reader.readline()).split()[1]))
                     while (await reader.readline()) not in (b"\r\n", b""):
                         pass
-                    await reader.readexactly(2)   # the body, b"{}"
+                    await reader.readexactly(2)  # the body, b"{}"
             # After requests served on it, a slow head on the same connection is closed.
             writer.write(f"GET /{name}/echo HTTP/1.1\r\nHost: localhost\r\n".encode())
             closed = await closed_by_peer_within(reader, 4.0)
@@ -171,13 +171,20 @@ def _limit_files() -> None:
 @contextmanager
 def bridge_process(how: str, url: str, prefix: str) -> Iterator[str]:
     """The bridge in a process of its own whose file limit is 1024; yields its URL."""
-    argv = ["-c", BRIDGE_PROC, url, prefix] if how == "asyncio" else \
-        ["-m", "natsreg", "bridge", "--server", url, "--prefix", prefix, "--port", "0"]
+    argv = (
+        ["-c", BRIDGE_PROC, url, prefix]
+        if how == "asyncio"
+        else ["-m", "natsreg", "bridge", "--server", url, "--prefix", prefix, "--port", "0"]
+    )
     # The CLI says where it listens on stderr, the script on stdout: both go to one pipe.
-    with subprocess.Popen([sys.executable, *argv], text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, preexec_fn=_limit_files,  # noqa: PLW1509
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-                          ) as proc:
+    with subprocess.Popen(
+        [sys.executable, *argv],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_limit_files,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    ) as proc:
         try:
             assert proc.stdout is not None
             deadline = time.monotonic() + 15
@@ -193,8 +200,7 @@ def bridge_process(how: str, url: str, prefix: str) -> Iterator[str]:
             proc.kill()
 
 
-async def open_slow_heads(url: str, sources: list[str], count: int
-                          ) -> list[asyncio.StreamWriter]:
+async def open_slow_heads(url: str, sources: list[str], count: int) -> list[asyncio.StreamWriter]:
     """``count`` connections spread over the source addresses, each with half a request head."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     writers: list[asyncio.StreamWriter] = []
@@ -203,22 +209,26 @@ async def open_slow_heads(url: str, sources: list[str], count: int
         try:
             _, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
         except OSError:
-            return   # refused or reset at once: the cap at work
+            return  # refused or reset at once: the cap at work
         writers.append(writer)
         writer.write(b"GET /svc/echo HTTP/1.1\r\nHost: localhost\r\n")
 
     async with asyncio.timeout(30):
         for start in range(0, count, 100):
-            await asyncio.gather(*(one(sources[i % len(sources)])
-                                   for i in range(start, min(count, start + 100))))
+            await asyncio.gather(
+                *(one(sources[i % len(sources)]) for i in range(start, min(count, start + 100)))
+            )
     return writers
 
 
 @pytest.mark.parametrize("how", ["cli", "asyncio"])
-@pytest.mark.parametrize("sources", [
-    pytest.param(["127.0.0.2"], id="from one address"),
-    pytest.param([f"127.0.1.{i}" for i in range(1, 31)], id="from 30 addresses"),
-])
+@pytest.mark.parametrize(
+    "sources",
+    [
+        pytest.param(["127.0.0.2"], id="from one address"),
+        pytest.param([f"127.0.1.{i}" for i in range(1, 31)], id="from 30 addresses"),
+    ],
+)
 async def test_a_new_client_gets_200_while_1500_slow_connections_are_open_at_a_file_limit_of_1024(
     nc: NATS, nats_url: str, prefix: str, unique: str, sources: list[str], how: str
 ) -> None:
@@ -241,19 +251,34 @@ async def test_a_new_client_gets_200_while_1500_slow_connections_are_open_at_a_f
 
 
 async def test_a_foreign_host_name_gets_421_and_nothing_reaches_nats(
-    quiet_nats: tuple[NATS, list[str]]
+    quiet_nats: tuple[NATS, list[str]],
 ) -> None:
     nc, seen = quiet_nats
     async with bridge.run(nc, BridgeConfig(timeout_s=0.5), port=0) as running:
         port = running.port
-        refused = [await raw_http(running.url, f"POST /svc/echo HTTP/1.1\r\nHost: {host}\r\n"
-                                               "Content-Length: 2\r\n\r\n{}".encode())
-                   for host in ("evil.example", f"evil.example:{port}", "127.0.0.2",
-                                "localhost.evil.example", "[::2]:80")]
+        refused = [
+            await raw_http(
+                running.url,
+                f"POST /svc/echo HTTP/1.1\r\nHost: {host}\r\n"
+                "Content-Length: 2\r\n\r\n{}".encode(),
+            )
+            for host in (
+                "evil.example",
+                f"evil.example:{port}",
+                "127.0.0.2",
+                "localhost.evil.example",
+                "[::2]:80",
+            )
+        ]
         before = await published(nc, seen)
-        served = [await raw_http(running.url, f"POST /svc/echo HTTP/1.1\r\nHost: {host}\r\n"
-                                              "Content-Length: 2\r\n\r\n{}".encode())
-                  for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "LOCALHOST")]
+        served = [
+            await raw_http(
+                running.url,
+                f"POST /svc/echo HTTP/1.1\r\nHost: {host}\r\n"
+                "Content-Length: 2\r\n\r\n{}".encode(),
+            )
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "LOCALHOST")
+        ]
         after = await published(nc, seen)
     assert refused == [421] * 5
     assert before == []
@@ -269,20 +294,21 @@ async def test_allowed_hosts_serves_the_names_listed_or_any_with_a_star(
     async with echo_service(nc, name, prefix):
         config = BridgeConfig(prefix=prefix, allowed_hosts=("api.example",))
         async with bridge.run(nc, config, port=0) as running:
-            listed = await raw_http(running.url, f"GET /{name}/echo HTTP/1.1\r\n"
-                                                 "Host: API.example:8443\r\n\r\n".encode())
-            loopback = await raw_http(running.url, f"GET /{name}/echo HTTP/1.1\r\n"
-                                                   "Host: localhost\r\n\r\n".encode())
+            listed = await raw_http(
+                running.url, f"GET /{name}/echo HTTP/1.1\r\nHost: API.example:8443\r\n\r\n".encode()
+            )
+            loopback = await raw_http(
+                running.url, f"GET /{name}/echo HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+            )
         config = BridgeConfig(prefix=prefix, allowed_hosts=("*",))
         async with bridge.run(nc, config, port=0) as running:
-            anything = await raw_http(running.url, f"GET /{name}/echo HTTP/1.1\r\n"
-                                                   "Host: evil.example\r\n\r\n".encode())
+            anything = await raw_http(
+                running.url, f"GET /{name}/echo HTTP/1.1\r\nHost: evil.example\r\n\r\n".encode()
+            )
     assert (listed, loopback, anything) == (200, 421, 200)
 
 
-def test_allowed_hosts_come_from_the_routes_file_and_the_command_line_wins(
-    tmp_path: Path
-) -> None:
+def test_allowed_hosts_come_from_the_routes_file_and_the_command_line_wins(tmp_path: Path) -> None:
     path = tmp_path / "routes.toml"
     path.write_text('allowed_hosts = ["api.example", "::1"]\n')
     assert BridgeConfig.from_toml(path).allowed_hosts == ("api.example", "[::1]")
@@ -290,9 +316,17 @@ def test_allowed_hosts_come_from_the_routes_file_and_the_command_line_wins(
     assert BridgeConfig().allowed_hosts == ("localhost", "127.0.0.1", "[::1]")
 
 
-@pytest.mark.parametrize("hosts", [
-    ("localhost:8080",), ("evil example",), ("[::zz]",), ("",), "localhost", ("a/b",),
-])
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ("localhost:8080",),
+        ("evil example",),
+        ("[::zz]",),
+        ("",),
+        "localhost",
+        ("a/b",),
+    ],
+)
 def test_an_allowed_host_that_is_not_a_host_name_is_refused(hosts: Any) -> None:
     with pytest.raises(ConfigError):
         BridgeConfig(allowed_hosts=hosts)
@@ -302,45 +336,65 @@ def test_an_allowed_host_that_is_not_a_host_name_is_refused(hosts: Any) -> None:
 
 
 async def test_a_cross_site_text_plain_post_is_refused_before_nats(
-    quiet_nats: tuple[NATS, list[str]]
+    quiet_nats: tuple[NATS, list[str]],
 ) -> None:
     nc, seen = quiet_nats
-    async with bridge.run(nc, BridgeConfig(timeout_s=0.5), port=0) as running, \
-            httpx.AsyncClient(base_url=running.url, timeout=5) as http:
+    async with (
+        bridge.run(nc, BridgeConfig(timeout_s=0.5), port=0) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=5) as http,
+    ):
         # What a page on another site (or a rebound name) makes a browser send, no preflight.
         form = {"content-type": "text/plain"}
-        cross_origin = await http.post("/svc/echo", content=b'{"amount": 100}',
-                                       headers={**form, "origin": "http://evil.example"})
-        null_origin = await http.post("/svc/echo", content=b"{}",
-                                      headers={**form, "origin": "null"})
-        other_port = await http.post("/svc/echo", content=b"{}", headers={
-            **form, "origin": f"http://127.0.0.1:{running.port + 1}"})
+        cross_origin = await http.post(
+            "/svc/echo",
+            content=b'{"amount": 100}',
+            headers={**form, "origin": "http://evil.example"},
+        )
+        null_origin = await http.post(
+            "/svc/echo", content=b"{}", headers={**form, "origin": "null"}
+        )
+        other_port = await http.post(
+            "/svc/echo",
+            content=b"{}",
+            headers={**form, "origin": f"http://127.0.0.1:{running.port + 1}"},
+        )
         no_cors_get = await http.get("/svc/echo", headers={"sec-fetch-site": "cross-site"})
         before = await published(nc, seen)
-        same_origin = await http.post("/svc/echo", content=b"{}", headers={
-            **form, "origin": f"http://127.0.0.1:{running.port}",
-            "sec-fetch-site": "same-origin"})
+        same_origin = await http.post(
+            "/svc/echo",
+            content=b"{}",
+            headers={
+                **form,
+                "origin": f"http://127.0.0.1:{running.port}",
+                "sec-fetch-site": "same-origin",
+            },
+        )
         after = await published(nc, seen)
-    assert [r.status_code for r in (cross_origin, null_origin, other_port, no_cors_get)] == \
-        [403] * 4
+    assert [r.status_code for r in (cross_origin, null_origin, other_port, no_cors_get)] == [
+        403
+    ] * 4
     assert cross_origin.json()["error"] == "cross_site"
     assert before == []
     assert same_origin.status_code in (503, 504)
     assert "svc.echo" in after
 
 
-async def test_cors_lets_the_origins_it_allows_through(
-    nc: NATS, prefix: str, unique: str
-) -> None:
+async def test_cors_lets_the_origins_it_allows_through(nc: NATS, prefix: str, unique: str) -> None:
     name = f"svc-{unique}"
     cors = Cors(allow_origins=("https://app.example",))
-    async with echo_service(nc, name, prefix), \
-            bridge.run(nc, BridgeConfig(prefix=prefix, cors=cors), port=0) as running, \
-            httpx.AsyncClient(base_url=running.url, timeout=5) as http:
-        allowed = await http.post(f"/{name}/echo", content=b"{}", headers={
-            "origin": "https://app.example", "sec-fetch-site": "cross-site"})
-        other = await http.post(f"/{name}/echo", content=b"{}",
-                                headers={"origin": "https://evil.example"})
+    async with (
+        echo_service(nc, name, prefix),
+        bridge.run(nc, BridgeConfig(prefix=prefix, cors=cors), port=0) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=5) as http,
+    ):
+        allowed = await http.post(
+            f"/{name}/echo",
+            content=b"{}",
+            headers={"origin": "https://app.example", "sec-fetch-site": "cross-site"},
+        )
+        other = await http.post(
+            f"/{name}/echo", content=b"{}", headers={"origin": "https://evil.example"}
+        )
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert other.status_code == 403
@@ -350,7 +404,7 @@ async def test_cors_lets_the_origins_it_allows_through(
 
 
 def test_a_public_address_without_auth_is_refused_unless_opened_on_purpose(
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TEST_PUBLIC_TOKENS", "s3cret")
     open_config = BridgeConfig()
@@ -360,8 +414,9 @@ def test_a_public_address_without_auth_is_refused_unless_opened_on_purpose(
         with pytest.raises(ConfigError, match="--insecure-public"):
             open_config.check_listen(host)
     BridgeConfig(insecure_public=True).check_listen("0.0.0.0")
-    BridgeConfig(auth=Auth(scheme="bearer", tokens_env="TEST_PUBLIC_TOKENS")
-                 ).check_listen("0.0.0.0")
+    BridgeConfig(auth=Auth(scheme="bearer", tokens_env="TEST_PUBLIC_TOKENS")).check_listen(
+        "0.0.0.0"
+    )
 
 
 async def test_bridge_run_refuses_a_public_address_without_auth(nc: NATS) -> None:
@@ -371,12 +426,18 @@ async def test_bridge_run_refuses_a_public_address_without_auth(nc: NATS) -> Non
 
 
 def test_the_cli_refuses_a_public_bridge_in_one_line_before_starting_anything(
-    cli_env: dict[str, str]
+    cli_env: dict[str, str],
 ) -> None:
     port = free_port()
     served = natsreg_cli(cli_env, "bridge", "--host", "0.0.0.0", "--port", "0")
-    up = natsreg_cli({**cli_env, "NATS_URL": f"nats://127.0.0.1:{port}"}, "up",
-                     "--server", f"nats://127.0.0.1:{port}", "--host", "0.0.0.0")
+    up = natsreg_cli(
+        {**cli_env, "NATS_URL": f"nats://127.0.0.1:{port}"},
+        "up",
+        "--server",
+        f"nats://127.0.0.1:{port}",
+        "--host",
+        "0.0.0.0",
+    )
     assert_one_line_error(served, "--insecure-public", "[auth]")
     assert_one_line_error(up, "--insecure-public")
     assert not is_listening("127.0.0.1", port)
@@ -385,15 +446,35 @@ def test_the_cli_refuses_a_public_bridge_in_one_line_before_starting_anything(
 def test_the_cli_passes_allowed_hosts_and_limits_to_the_bridge(tmp_path: Path) -> None:
     from natsreg import cli
 
-    args = cli._parser().parse_args([
-        "bridge", "--host", "0.0.0.0", "--insecure-public", "--allowed-host", "api.example",
-        "--allowed-host", "*", "--header-timeout", "3", "--max-connections", "50",
-        "--max-connections-per-client", "5", "--body-timeout", "4"])
+    args = cli._parser().parse_args(
+        [
+            "bridge",
+            "--host",
+            "0.0.0.0",
+            "--insecure-public",
+            "--allowed-host",
+            "api.example",
+            "--allowed-host",
+            "*",
+            "--header-timeout",
+            "3",
+            "--max-connections",
+            "50",
+            "--max-connections-per-client",
+            "5",
+            "--body-timeout",
+            "4",
+        ]
+    )
     config = cli._bridge_config(args)
     assert config.allowed_hosts == ("api.example", "*")
     assert config.insecure_public
-    assert (config.header_timeout_s, config.max_connections,
-            config.max_connections_per_client, config.body_timeout_s) == (3.0, 50, 5, 4.0)
+    assert (
+        config.header_timeout_s,
+        config.max_connections,
+        config.max_connections_per_client,
+        config.body_timeout_s,
+    ) == (3.0, 50, 5, 4.0)
 
 
 # -- configuration that would open more than it says -----------------------------------------
@@ -406,7 +487,7 @@ def test_cors_refuses_credentials_for_any_origin() -> None:
 
 
 def test_auth_refuses_tokens_without_a_scheme_and_unknown_schemes(
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TEST_SCHEME_TOKENS", "abc")
     with pytest.raises(ConfigError, match="scheme is 'none'"):
@@ -420,10 +501,15 @@ def test_a_route_under_the_bridges_own_paths_is_refused() -> None:
         Route(path="/_natsreg/services", subject="svc.echo")
 
 
-@pytest.mark.parametrize("settings", [
-    {"header_timeout_s": 0}, {"max_connections": 0}, {"max_connections_per_client": 0},
-    {"header_timeout_s": float("inf")},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"header_timeout_s": 0},
+        {"max_connections": 0},
+        {"max_connections_per_client": 0},
+        {"header_timeout_s": float("inf")},
+    ],
+)
 def test_bad_connection_limits_are_refused(settings: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         BridgeConfig(**settings)

@@ -23,22 +23,35 @@ from natsreg._server import is_listening
 from tests.helpers import SERVICE_PROC, eventually
 
 
-def natsreg_cli(env: dict[str, str], *args: str, input: str | None = None
-                ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "natsreg", *args], env=env, input=input,
-                          capture_output=True, text=True, timeout=30)
+def natsreg_cli(
+    env: dict[str, str], *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "natsreg", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-async def run_cli(env: dict[str, str], *args: str, input: str | None = None
-                  ) -> subprocess.CompletedProcess[str]:
+async def run_cli(
+    env: dict[str, str], *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     # In a thread: the service and registry under test share this test's event loop.
     return await anyio.to_thread.run_sync(lambda: natsreg_cli(env, *args, input=input))
 
 
 @contextmanager
 def running(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
-    with subprocess.Popen([sys.executable, "-m", "natsreg", *args], env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "natsreg", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         try:
             yield proc
         finally:
@@ -61,18 +74,26 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str)
 
 
 async def test_ls_info_and_request_show_a_running_service(
-        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
     name = f"users-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix) as registry, \
-            natsreg.announce(nc, name, version="1.2.0", prefix=prefix, description="Users",
-                             metadata={"zone": "a"}) as svc:
+    async with (
+        natsreg.Registry(nc, prefix=prefix) as registry,
+        natsreg.announce(
+            nc, name, version="1.2.0", prefix=prefix, description="Users", metadata={"zone": "a"}
+        ) as svc,
+    ):
+
         @svc.endpoint("users")
         async def users(req: natsreg.Request) -> dict[str, object]:
             return {"id": req.json()["id"], "name": "alice"}
 
         await svc.ready()
-        await eventually(lambda: bool(registry.snapshot().instances
-                                      and registry.snapshot().instances[0].endpoints))
+        await eventually(
+            lambda: bool(
+                registry.snapshot().instances and registry.snapshot().instances[0].endpoints
+            )
+        )
 
         listed = await run_cli(cli_env, "ls", "--json", "--prefix", prefix)
         assert listed.returncode == 0, listed.stderr
@@ -90,38 +111,44 @@ async def test_ls_info_and_request_show_a_running_service(
         assert info.returncode == 0, info.stderr
         for text in (svc.id, f"{name}.users", "zone=a", "Users"):
             assert text in info.stdout
-        info_json = json.loads((await run_cli(cli_env, "info", name, "--json", "--prefix",
-                                              prefix)).stdout)
+        info_json = json.loads(
+            (await run_cli(cli_env, "info", name, "--json", "--prefix", prefix)).stdout
+        )
         assert info_json["stats"][0]["endpoints"][0]["num_requests"] == 1
 
 
 async def test_request_reads_the_payload_from_stdin_and_sends_headers(
-        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
     async with natsreg.announce(nc, f"h-{unique}", version="1.0.0", prefix=prefix) as svc:
+
         @svc.endpoint("echo")
         async def echo(req: natsreg.Request) -> dict[str, object]:
             return {"body": req.json(), "who": req.headers.get("Who")}
 
         await svc.ready()
-        result = await run_cli(cli_env, "request", f"h-{unique}.echo", "-", "-H", "Who: me",
-                               input='{"a": [1, 2]}')
+        result = await run_cli(
+            cli_env, "request", f"h-{unique}.echo", "-", "-H", "Who: me", input='{"a": [1, 2]}'
+        )
         assert json.loads(result.stdout) == {"body": {"a": [1, 2]}, "who": "me"}
 
 
 async def test_request_failures_are_one_clear_line_and_exit_1(
-        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
     async with natsreg.announce(nc, f"f-{unique}", version="1.0.0", prefix=prefix) as svc:
+
         @svc.endpoint("missing")
         async def missing(req: natsreg.Request) -> None:
             raise natsreg.ServiceError("no user 9", code=404)
 
         await svc.ready()
-        assert_one_line_error(await run_cli(cli_env, "request", f"f-{unique}.missing"),
-                              "404", "no user 9")
+        assert_one_line_error(
+            await run_cli(cli_env, "request", f"f-{unique}.missing"), "404", "no user 9"
+        )
     assert_one_line_error(await run_cli(cli_env, "request", "a.*", "{}"), "not a subject")
     assert_one_line_error(await run_cli(cli_env, "request", "a.b", "{bad"), "not valid JSON")
-    assert_one_line_error(await run_cli(cli_env, "request", f"nobody-{unique}.x"),
-                          "no instance")
+    assert_one_line_error(await run_cli(cli_env, "request", f"nobody-{unique}.x"), "no instance")
     assert_one_line_error(await run_cli(cli_env, "request", "a.b", "-H", "no colon"), "header")
     assert_one_line_error(await run_cli(cli_env, "ls", "--prefix", prefix), "natsreg registry")
     unreachable = {**cli_env, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
@@ -129,7 +156,8 @@ async def test_request_failures_are_one_clear_line_and_exit_1(
 
 
 async def test_watch_streams_changes_as_json_lines(
-        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
     name = f"w-{unique}"
     async with natsreg.Registry(nc, prefix=prefix):
         with running(cli_env, "watch", "--json", "--prefix", prefix) as watcher:
@@ -141,8 +169,7 @@ async def test_watch_streams_changes_as_json_lines(
             watcher.send_signal(signal.SIGINT)
             assert watcher.wait(5) == 0
     events = [json.loads(line) for line in (first, second)]
-    assert [(e["kind"], e["instance"]["id"]) for e in events] == [("up", svc.id),
-                                                                  ("down", svc.id)]
+    assert [(e["kind"], e["instance"]["id"]) for e in events] == [("up", svc.id), ("down", svc.id)]
 
 
 def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
@@ -150,8 +177,9 @@ def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
     url = f"nats://127.0.0.1:{port}"
     env = {**os.environ, "NATS_URL": url}
     bridge_port = free_port()
-    with running(env, "up", "--port", str(bridge_port),
-                 "--with", f"{SERVICE_PROC} {url} up-svc natsreg") as up:
+    with running(
+        env, "up", "--port", str(bridge_port), "--with", f"{SERVICE_PROC} {url} up-svc natsreg"
+    ) as up:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             result = natsreg_cli(env, "ls", "--json")
@@ -178,10 +206,13 @@ def test_ctrl_c_stops_up_in_order_the_service_drains_before_the_server_goes() ->
     env = {**os.environ, "NATS_URL": url}
     example = Path(__file__).parents[1] / "examples" / "user_service.py"
     with subprocess.Popen(
-            [sys.executable, "-m", "natsreg", "up", "--port", str(free_port()),
-             "--with", str(example)],
-            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True) as up:
+        [sys.executable, "-m", "natsreg", "up", "--port", str(free_port()), "--with", str(example)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as up:
         try:
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
@@ -199,9 +230,11 @@ def test_ctrl_c_stops_up_in_order_the_service_drains_before_the_server_goes() ->
 
 
 async def test_bridge_serves_http_requests_to_services(
-        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
     port = free_port()
     async with natsreg.announce(nc, f"web-{unique}", version="1.0.0", prefix=prefix) as svc:
+
         @svc.endpoint("hello")
         async def hello(req: natsreg.Request) -> dict[str, str]:
             return {"hello": req.json()["name"]}
@@ -209,6 +242,7 @@ async def test_bridge_serves_http_requests_to_services(
         await svc.ready()
         with running(cli_env, "bridge", "--port", str(port), "--prefix", prefix) as bridge:
             async with httpx.AsyncClient() as http:
+
                 async def up() -> bool:
                     try:
                         await http.get(f"http://127.0.0.1:{port}/_natsreg/health")
@@ -217,8 +251,9 @@ async def test_bridge_serves_http_requests_to_services(
                         return False
 
                 await eventually(up, timeout_s=15, what="bridge listening")
-                reply = await http.post(f"http://127.0.0.1:{port}/web-{unique}/hello",
-                                        json={"name": "ada"})
+                reply = await http.post(
+                    f"http://127.0.0.1:{port}/web-{unique}/hello", json={"name": "ada"}
+                )
                 assert (reply.status_code, reply.json()) == (200, {"hello": "ada"})
                 missing = await http.post(f"http://127.0.0.1:{port}/nobody-{unique}/x")
                 assert missing.status_code == 503
@@ -237,7 +272,8 @@ def test_a_bridge_that_cannot_listen_says_so_in_one_line(cli_env: dict[str, str]
 
 
 async def test_registry_with_system_server_removes_a_killed_instance_at_once(
-        prefix: str, unique: str) -> None:
+    prefix: str, unique: str
+) -> None:
     from natsreg.testing import NatsServer
     from tests.helpers import read_id, start_service
     from tests.test_system_events import CONFIG
@@ -246,14 +282,15 @@ async def test_registry_with_system_server_removes_a_killed_instance_at_once(
         app_url = server.url.replace("nats://", "nats://app:app@")
         sys_url = server.url.replace("nats://", "nats://sys:sys@")
         env = {**os.environ, "NATS_URL": app_url}
-        with running(env, "registry", "--prefix", prefix, "--system-server", sys_url), \
-                start_service(app_url, f"sys-{unique}", prefix) as proc:
+        with (
+            running(env, "registry", "--prefix", prefix, "--system-server", sys_url),
+            start_service(app_url, f"sys-{unique}", prefix) as proc,
+        ):
             read_id(proc)
 
             async def listed() -> int:
                 result = await run_cli(env, "ls", "--json", "--prefix", prefix)
-                return len(json.loads(result.stdout)["instances"]) if result.returncode == 0 \
-                    else -1
+                return len(json.loads(result.stdout)["instances"]) if result.returncode == 0 else -1
 
             await eventually(lambda: _is(listed(), 1), timeout_s=15)
             proc.kill()
@@ -268,23 +305,30 @@ async def _is(value: object, expected: int) -> bool:
     return await value == expected  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("options", "words"), [
-    (["--tls-ca", "{missing}"], ["--tls-ca", "No such file"]),
-    (["--tls-ca", "{tmp}"], ["--tls-ca", "Is a directory"]),
-    (["--tls-ca", "{garbage}"], ["--tls-ca", "no usable CA certificate"]),
-    (["--tls-cert", "{missing}"], ["--tls-cert", "No such file"]),
-    (["--tls-cert", "{garbage}"], ["--tls-cert", "not a PEM certificate"]),
-    (["--tls-cert", "{garbage}", "--tls-key", "{missing}"], ["--tls-key", "No such file"]),
-    (["--tls-key", "{garbage}"], ["--tls-key needs --tls-cert"]),
-    (["--creds", "{missing}"], ["--creds", "No such file"]),
-])
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--tls-ca", "{missing}"], ["--tls-ca", "No such file"]),
+        (["--tls-ca", "{tmp}"], ["--tls-ca", "Is a directory"]),
+        (["--tls-ca", "{garbage}"], ["--tls-ca", "no usable CA certificate"]),
+        (["--tls-cert", "{missing}"], ["--tls-cert", "No such file"]),
+        (["--tls-cert", "{garbage}"], ["--tls-cert", "not a PEM certificate"]),
+        (["--tls-cert", "{garbage}", "--tls-key", "{missing}"], ["--tls-key", "No such file"]),
+        (["--tls-key", "{garbage}"], ["--tls-key needs --tls-cert"]),
+        (["--creds", "{missing}"], ["--creds", "No such file"]),
+    ],
+)
 def test_a_tls_or_creds_file_that_cannot_be_used_is_one_line_and_exit_1(
-        tmp_path: Path, options: list[str], words: list[str]) -> None:
+    tmp_path: Path, options: list[str], words: list[str]
+) -> None:
     # Checked before connecting: nothing needs to listen at --server.
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
-    paths = {"missing": str(tmp_path / "missing.pem"), "tmp": str(tmp_path),
-             "garbage": str(garbage)}
+    paths = {
+        "missing": str(tmp_path / "missing.pem"),
+        "tmp": str(tmp_path),
+        "garbage": str(garbage),
+    }
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
     result = natsreg_cli(env, "ls", *(option.format(**paths) for option in options))
     assert_one_line_error(result, *words)
@@ -296,10 +340,16 @@ def test_docs_name_every_flag_of_every_command_and_no_other() -> None:
 
     from natsreg.cli import _parser
 
-    commands = next(action for action in _parser()._actions
-                    if isinstance(action, argparse._SubParsersAction)).choices
-    flags = {option for command in commands.values() for action in command._actions
-             for option in action.option_strings if option.startswith("--")}
+    commands = next(
+        action for action in _parser()._actions if isinstance(action, argparse._SubParsersAction)
+    ).choices
+    flags = {
+        option
+        for command in commands.values()
+        for action in command._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
     docs = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", docs))
     assert named <= flags, f"docs/operations.md names flags that do not exist: {named - flags}"

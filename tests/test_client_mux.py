@@ -25,7 +25,8 @@ async def connect_collecting_errors(url: str, errors: list[Exception]) -> NATS:
 
 
 async def test_the_inbox_is_subscribed_on_the_first_request_not_before(
-        nc: NATS, unique: str) -> None:
+    nc: NATS, unique: str
+) -> None:
     client = natsreg.Client(nc)
     assert client._transport.mux._sub is None
     await nc.subscribe(f"mux-{unique}.echo", cb=echo)
@@ -40,13 +41,15 @@ async def test_concurrent_requests_each_get_their_own_reply(nc: NATS, unique: st
     await nc.subscribe(f"mux-{unique}.echo", cb=echo)
     client = natsreg.Client(nc)
     replies = await asyncio.gather(
-        *(client.request(f"mux-{unique}.echo", str(i).encode()) for i in range(300)))
+        *(client.request(f"mux-{unique}.echo", str(i).encode()) for i in range(300))
+    )
     assert [r.data for r in replies] == [str(i).encode() for i in range(300)]
     assert client._transport.mux._waiting == {}
 
 
 async def test_a_request_nobody_serves_is_a_no_instance_error_at_once(
-        nc: NATS, unique: str) -> None:
+    nc: NATS, unique: str
+) -> None:
     client = natsreg.Client(nc)
     started = time.monotonic()
     with pytest.raises(natsreg.NoInstanceError) as caught:
@@ -57,7 +60,8 @@ async def test_a_request_nobody_serves_is_a_no_instance_error_at_once(
 
 
 async def test_a_timeout_is_the_same_error_as_before_and_a_late_reply_is_dropped(
-        nats_url: str, unique: str) -> None:
+    nats_url: str, unique: str
+) -> None:
     errors: list[Exception] = []
     nc = await connect_collecting_errors(nats_url, errors)
     try:
@@ -123,7 +127,8 @@ async def test_requests_work_again_after_a_reconnect(nats_url: str, unique: str)
 
 
 async def test_aclose_lets_calls_in_flight_finish_then_ends_the_inbox(
-        nc: NATS, unique: str) -> None:
+    nc: NATS, unique: str
+) -> None:
     async def slowish(msg: Msg) -> None:
         await asyncio.sleep(0.1)
         await msg.respond(msg.data)
@@ -141,8 +146,7 @@ async def test_aclose_lets_calls_in_flight_finish_then_ends_the_inbox(
     assert client._transport.mux._sub is None
 
 
-async def test_a_closed_connection_is_a_not_connected_error(nats_url: str,
-                                                            unique: str) -> None:
+async def test_a_closed_connection_is_a_not_connected_error(nats_url: str, unique: str) -> None:
     nc = await nats.connect(nats_url)
     await nc.subscribe(f"mux-{unique}.echo", cb=echo)
     client = natsreg.Client(nc)
@@ -154,7 +158,8 @@ async def test_a_closed_connection_is_a_not_connected_error(nats_url: str,
 
 
 async def test_every_request_still_carries_its_budget_and_the_callers_headers(
-        nc: NATS, unique: str) -> None:
+    nc: NATS, unique: str
+) -> None:
     seen: list[dict[str, str]] = []
 
     async def record(msg: Msg) -> None:
@@ -173,7 +178,8 @@ async def test_every_request_still_carries_its_budget_and_the_callers_headers(
 
 
 async def test_requests_with_different_timeouts_each_expire_at_their_own(
-        nc: NATS, unique: str) -> None:
+    nc: NATS, unique: str
+) -> None:
     async def silent(msg: Msg) -> None:
         pass
 

@@ -25,7 +25,8 @@ async def echo(msg: Msg) -> None:
 
 
 async def test_a_short_budget_is_not_spent_waiting_for_the_registry(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"short-{unique}"
     # A registry node that hears the question and never answers, and a plain responder.
     await nc.subscribe(subjects.control_subject(prefix, "registry", "service", name), cb=ignore)
@@ -39,10 +40,14 @@ async def test_a_short_budget_is_not_spent_waiting_for_the_registry(
 
 
 async def test_the_view_wait_still_waits_for_a_registry_that_answers_in_time(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"view-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix), \
-            natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+    async with (
+        natsreg.Registry(nc, prefix=prefix),
+        natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc,
+    ):
+
         @svc.endpoint("echo")
         async def echo_endpoint(req: natsreg.Request) -> bytes:
             return req.data
@@ -83,16 +88,23 @@ SHUTDOWN = textwrap.dedent("""
 
 
 async def test_closing_the_connection_while_the_view_bootstraps_leaks_no_exception(
-        nats_url: str, prefix: str, unique: str, tmp_path: Path) -> None:
+    nats_url: str, prefix: str, unique: str, tmp_path: Path
+) -> None:
     # asyncio.run() in a process of its own: what it logs at shutdown is the point.
     proc = await asyncio.to_thread(
-        subprocess.run, [PYTHON, "-c", SHUTDOWN, nats_url, prefix, f"closing-{unique}"],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        subprocess.run,
+        [PYTHON, "-c", SHUTDOWN, nats_url, prefix, f"closing-{unique}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi\n", "")
 
 
 async def test_aclose_during_the_first_call_sends_it_on_the_queue_group(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"aclose-{unique}"
     await nc.subscribe(subjects.control_subject(prefix, "registry", "service", name), cb=ignore)
     await nc.subscribe(f"{name}.echo", cb=echo)

@@ -25,8 +25,9 @@ def cluster() -> Iterator[NatsCluster]:
 
 
 async def connect(servers: str | list[str], **options: object) -> NATS:
-    return await nats.connect(servers, reconnect_time_wait=0.2, max_reconnect_attempts=-1,
-                              **options)  # type: ignore[arg-type]
+    return await nats.connect(
+        servers, reconnect_time_wait=0.2, max_reconnect_attempts=-1, **options
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ async def wait_for_routes(a: NATS, b: NATS, subject: str) -> None:
     sub = await b.subscribe(subject)
     await b.flush()
     try:
+
         async def heard() -> bool:
             await a.publish(subject, b"?")
             try:
@@ -56,13 +58,17 @@ async def wait_for_routes(a: NATS, b: NATS, subject: str) -> None:
 
 
 async def test_services_callers_and_registry_on_different_nodes_work_together(
-        cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str) -> None:
+    cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str
+) -> None:
     service_nc, registry_nc, caller_nc = [await connect(url) for url in cluster.urls]
     on_node += [service_nc, registry_nc, caller_nc]
     await wait_for_routes(service_nc, caller_nc, f"routes.{unique}")
     name = f"spread-{unique}"
-    async with natsreg.Registry(registry_nc, prefix=prefix), \
-            natsreg.announce(service_nc, name, version="1.0.0", prefix=prefix) as svc:
+    async with (
+        natsreg.Registry(registry_nc, prefix=prefix),
+        natsreg.announce(service_nc, name, version="1.0.0", prefix=prefix) as svc,
+    ):
+
         @svc.endpoint("echo")
         async def echo(req: natsreg.Request) -> bytes:
             return req.data
@@ -85,7 +91,8 @@ async def _answers(client: natsreg.Client, subject: str) -> bool:
 
 
 async def test_a_registry_whose_nats_node_dies_loses_no_instance(
-        cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str) -> None:
+    cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str
+) -> None:
     # Services stay on node 0; the registry's node 1 dies for longer than the expiry.
     service_nc = await connect(cluster.urls[0])
     registry_nc = await connect(cluster.urls[1])
@@ -99,10 +106,12 @@ async def test_a_registry_whose_nats_node_dies_loses_no_instance(
             if event.kind == "down":
                 downs.append(event)
 
-    async with natsreg.Registry(registry_nc, prefix=prefix) as registry, \
-            natsreg.announce(service_nc, f"a-{unique}", version="1.0.0", prefix=prefix), \
-            natsreg.announce(service_nc, f"b-{unique}", version="1.0.0", prefix=prefix), \
-            anyio.create_task_group() as tg:
+    async with (
+        natsreg.Registry(registry_nc, prefix=prefix) as registry,
+        natsreg.announce(service_nc, f"a-{unique}", version="1.0.0", prefix=prefix),
+        natsreg.announce(service_nc, f"b-{unique}", version="1.0.0", prefix=prefix),
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(watch)
         await eventually(lambda: len(registry.snapshot().instances) == 2)
         cluster.kill(1)
@@ -117,7 +126,8 @@ async def test_a_registry_whose_nats_node_dies_loses_no_instance(
 
 
 async def test_services_on_a_dead_nats_node_reconnect_elsewhere_and_stay_listed(
-        cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str) -> None:
+    cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str
+) -> None:
     # The service's node dies; its connection (with every node in its server list) moves to
     # another node fast enough that no registry view loses it.
     service_nc = await connect(cluster.urls, dont_randomize=True)
@@ -125,21 +135,26 @@ async def test_services_on_a_dead_nats_node_reconnect_elsewhere_and_stay_listed(
     on_node += [service_nc, registry_nc]
     await wait_for_routes(service_nc, registry_nc, f"routes.{unique}")
     name = f"moved-{unique}"
-    async with natsreg.Registry(registry_nc, prefix=prefix) as registry, \
-            natsreg.announce(service_nc, name, version="1.0.0", prefix=prefix) as svc:
+    async with (
+        natsreg.Registry(registry_nc, prefix=prefix) as registry,
+        natsreg.announce(service_nc, name, version="1.0.0", prefix=prefix) as svc,
+    ):
+
         @svc.endpoint("echo")
         async def echo(req: natsreg.Request) -> bytes:
             return req.data
 
         await svc.ready()
         # Listed with its endpoint: the announcement that added it is a change of its own.
-        await eventually(lambda: [len(i.endpoints) for i in registry.snapshot().instances]
-                         == [1])
+        await eventually(lambda: [len(i.endpoints) for i in registry.snapshot().instances] == [1])
         events_before = registry.revision
         cluster.kill(0)
         client = natsreg.Client(registry_nc, prefix=prefix)
-        await eventually(lambda: _answers(client, f"{name}.echo"), timeout_s=10,
-                         what="requests served again after the node died")
+        await eventually(
+            lambda: _answers(client, f"{name}.echo"),
+            timeout_s=10,
+            what="requests served again after the node died",
+        )
         await anyio.sleep(3.0)
         assert [i.id for i in registry.snapshot().instances] == [svc.id]
         assert registry.revision == events_before, "the instance went down and up"
@@ -147,21 +162,32 @@ async def test_services_on_a_dead_nats_node_reconnect_elsewhere_and_stay_listed(
 
 
 async def test_all_registry_nodes_restarted_at_once_lose_nothing(
-        cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str) -> None:
+    cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str
+) -> None:
     service_nc, first_nc, second_nc = [await connect(url) for url in cluster.urls]
     on_node += [service_nc, first_nc, second_nc]
     await wait_for_routes(service_nc, second_nc, f"routes.{unique}")
     names = [f"keep{n}-{unique}" for n in range(5)]
     async with contextlib.AsyncExitStack() as services:
-        ids = {(await services.enter_async_context(
-            natsreg.announce(service_nc, name, version="1.0.0", prefix=prefix))).id
-            for name in names}
+        ids = {
+            (
+                await services.enter_async_context(
+                    natsreg.announce(service_nc, name, version="1.0.0", prefix=prefix)
+                )
+            ).id
+            for name in names
+        }
         for _ in range(2):  # the nodes' first lives, then both restarted empty at once
-            async with natsreg.Registry(first_nc, prefix=prefix) as first, \
-                    natsreg.Registry(second_nc, prefix=prefix) as second:
+            async with (
+                natsreg.Registry(first_nc, prefix=prefix) as first,
+                natsreg.Registry(second_nc, prefix=prefix) as second,
+            ):
                 started = anyio.current_time()
                 for node in (first, second):
-                    await eventually(lambda n=node: {i.id for i in n.snapshot().instances}
-                                     == ids, timeout_s=3, what="full view")
+                    await eventually(
+                        lambda n=node: {i.id for i in n.snapshot().instances} == ids,
+                        timeout_s=3,
+                        what="full view",
+                    )
                 # Within one re-announce round (0.5 s jitter) and a round trip.
                 assert anyio.current_time() - started < 1.5

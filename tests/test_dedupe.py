@@ -25,9 +25,16 @@ def refusal(answer: _dedupe.Reply | None) -> dict[str, str]:
     return headers
 
 
-def finish(memory: Memory, key: tuple[str, str], data: bytes = b'{"ok":true}',
-           headers: dict[str, str] | None = None, *, now: float = 0.0,
-           until: float = 10.0, remember: bool = True) -> list[str]:
+def finish(
+    memory: Memory,
+    key: tuple[str, str],
+    data: bytes = b'{"ok":true}',
+    headers: dict[str, str] | None = None,
+    *,
+    now: float = 0.0,
+    until: float = 10.0,
+    remember: bool = True,
+) -> list[str]:
     return memory.finish(key, data, headers, remember=remember, expires_at=until, now=now)
 
 
@@ -159,14 +166,26 @@ def test_repeats_beyond_the_waiter_bound_are_refused_with_409_and_never_run() ->
     assert finish(memory, KEY, now=0.1) == ["_INBOX.b", "_INBOX.c"]
 
 
-@pytest.mark.parametrize("value", ["yCCXlP4iJIayd9YTziyAil",
-                                   "2f0c9e4e-6d1a-4c37-9a52-0b7e1f3c2a10", "a", "x" * 64])
+@pytest.mark.parametrize(
+    "value", ["yCCXlP4iJIayd9YTziyAil", "2f0c9e4e-6d1a-4c37-9a52-0b7e1f3c2a10", "a", "x" * 64]
+)
 def test_a_short_printable_token_is_a_request_id(value: str) -> None:
     assert is_valid_id(value)
 
 
-@pytest.mark.parametrize("value", ["", "x" * 65, "has space", "crlf\r\nX-Forged: 1",
-                                   "tab\there", "caf\u00e9", "nul\x00", "del\x7f"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "x" * 65,
+        "has space",
+        "crlf\r\nX-Forged: 1",
+        "tab\there",
+        "caf\u00e9",
+        "nul\x00",
+        "del\x7f",
+    ],
+)
 def test_a_hostile_request_id_is_refused(value: str) -> None:
     assert not is_valid_id(value)
 

@@ -18,9 +18,9 @@ from nats.errors import NoRespondersError
 
 import natsreg
 from natsreg._jwt import JwtSetup, render_jwt
-from natsreg.testing import NatsServer
 from natsreg.errors import ConfigError
 from natsreg.permissions import Role, inbox_prefix
+from natsreg.testing import NatsServer
 from tests.helpers import eventually
 from tests.test_cli import run_cli, running
 
@@ -39,9 +39,13 @@ class Bus:
         async def on_error(error: Exception) -> None:
             errors.append(str(error))
 
-        nc = await nats.connect(self.server.url, user_credentials=str(self.setup.creds[user]),
-                                inbox_prefix=inbox_prefix(user), error_cb=on_error,
-                                allow_reconnect=False)
+        nc = await nats.connect(
+            self.server.url,
+            user_credentials=str(self.setup.creds[user]),
+            inbox_prefix=inbox_prefix(user),
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
         return Connection(nc, errors)
 
 
@@ -56,8 +60,10 @@ class Connection:
 
         def seen() -> bool:
             # nats-py lower-cases the server's -ERR text.
-            return any("permissions violation" in e.lower() and what.lower() in e.lower()
-                       for e in self.errors)
+            return any(
+                "permissions violation" in e.lower() and what.lower() in e.lower()
+                for e in self.errors
+            )
 
         await eventually(seen, timeout_s=5, what=f"a permissions violation for {what}")
         return True
@@ -94,7 +100,8 @@ async def open_(bus: Bus, conns: list[Connection], user: str) -> Connection:
 
 
 async def test_a_service_announces_as_its_own_name_and_is_refused_as_another(
-        bus: Bus, conns: list[Connection]) -> None:
+    bus: Bus, conns: list[Connection]
+) -> None:
     registry = await open_(bus, conns, "registry")
     heard: list[str] = []
 
@@ -114,7 +121,8 @@ async def test_a_service_announces_as_its_own_name_and_is_refused_as_another(
 
 
 async def test_a_service_may_not_read_every_direct_subject_nor_serve_outside_its_group(
-        bus: Bus, conns: list[Connection]) -> None:
+    bus: Bus, conns: list[Connection]
+) -> None:
     billing = await open_(bus, conns, "billing")
     await billing.nc.subscribe(f"{bus.prefix}.direct.>")
     assert await billing.refused(f"{bus.prefix}.direct.>")
@@ -123,7 +131,8 @@ async def test_a_service_may_not_read_every_direct_subject_nor_serve_outside_its
 
 
 async def test_a_caller_calls_a_service_and_may_not_publish_events_or_announce(
-        bus: Bus, conns: list[Connection]) -> None:
+    bus: Bus, conns: list[Connection]
+) -> None:
     billing = await open_(bus, conns, "billing")
 
     async def charge(msg: nats.aio.msg.Msg) -> None:
@@ -145,7 +154,8 @@ async def test_a_caller_calls_a_service_and_may_not_publish_events_or_announce(
 
 
 async def test_a_user_reads_replies_only_in_its_own_inbox(
-        bus: Bus, conns: list[Connection]) -> None:
+    bus: Bus, conns: list[Connection]
+) -> None:
     web = await open_(bus, conns, "web")
     await web.nc.subscribe(f"{inbox_prefix('ops')}.>")
     assert await web.refused(f"{inbox_prefix('ops')}.>")
@@ -155,7 +165,8 @@ async def test_a_user_reads_replies_only_in_its_own_inbox(
 
 
 async def test_callers_of_every_service_still_speak_for_no_one(
-        bus: Bus, conns: list[Connection]) -> None:
+    bus: Bus, conns: list[Connection]
+) -> None:
     for user in ("bridge", "ops"):
         conn = await open_(bus, conns, user)
         with pytest.raises(NoRespondersError):
@@ -166,7 +177,8 @@ async def test_callers_of_every_service_still_speak_for_no_one(
 
 
 async def test_callers_get_their_permissions_from_templates_and_services_from_their_jwt(
-        bus: Bus) -> None:
+    bus: Bus,
+) -> None:
     # Queue-group rules cannot be templated (nats-server drops them from a templated list).
     assert bus.setup.templated == {"web", "bridge", "ops"}
     account = _claims(bus.setup.config.read_text().split(f"{bus.setup.account}: ")[1].split()[0])
@@ -184,18 +196,25 @@ def test_creds_files_are_secret_and_in_the_format_nats_tools_read(bus: Bus) -> N
         assert lines[0] == "-----BEGIN NATS USER JWT-----"
         assert lines[2] == "------END NATS USER JWT------"
         seed = lines.index("-----BEGIN USER NKEY SEED-----")
-        assert lines[seed + 1].startswith("SU") and lines[seed + 2] == "------END USER NKEY SEED------"
+        assert (
+            lines[seed + 1].startswith("SU") and lines[seed + 2] == "------END USER NKEY SEED------"
+        )
 
 
 async def test_natsreg_runs_with_creds_registry_service_and_the_cli_lists_it(
-        bus: Bus, conns: list[Connection]) -> None:
+    bus: Bus, conns: list[Connection]
+) -> None:
     env = {**os.environ, "NATS_URL": bus.server.url, "PYTHONUNBUFFERED": "1"}
-    registry_env = {**env, "NATS_CREDS": str(bus.setup.creds["registry"]),
-                    "NATS_INBOX_PREFIX": inbox_prefix("registry")}
+    registry_env = {
+        **env,
+        "NATS_CREDS": str(bus.setup.creds["registry"]),
+        "NATS_INBOX_PREFIX": inbox_prefix("registry"),
+    }
     billing = await open_(bus, conns, "billing")
     with running(registry_env, "registry", "--prefix", bus.prefix):
-        async with natsreg.announce(billing.nc, bus.billing, version="1.0.0",
-                                    prefix=bus.prefix) as svc:
+        async with natsreg.announce(
+            billing.nc, bus.billing, version="1.0.0", prefix=bus.prefix
+        ) as svc:
 
             @svc.endpoint("charge")
             async def charge(req: natsreg.Request) -> bytes:
@@ -204,11 +223,20 @@ async def test_natsreg_runs_with_creds_registry_service_and_the_cli_lists_it(
             await svc.ready()
 
             async def listed() -> bool:
-                result = await run_cli(env, "ls", "--json", "--prefix", bus.prefix,
-                                       "--creds", str(bus.setup.creds["ops"]),
-                                       "--inbox-prefix", inbox_prefix("ops"))
+                result = await run_cli(
+                    env,
+                    "ls",
+                    "--json",
+                    "--prefix",
+                    bus.prefix,
+                    "--creds",
+                    str(bus.setup.creds["ops"]),
+                    "--inbox-prefix",
+                    inbox_prefix("ops"),
+                )
                 return result.returncode == 0 and [
-                    i["name"] for i in json.loads(result.stdout)["instances"]] == [bus.billing]
+                    i["name"] for i in json.loads(result.stdout)["instances"]
+                ] == [bus.billing]
 
             await eventually(listed, timeout_s=20, what="billing listed by natsreg ls --creds")
             assert not [e for e in billing.errors if "permissions violation" in e]
@@ -223,9 +251,9 @@ def _claims(token: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
-
 async def test_the_system_user_hears_when_a_natsreg_user_disconnects(
-        bus: Bus, conns: list[Connection]) -> None:
+    bus: Bus, conns: list[Connection]
+) -> None:
     # What a registry's --system-creds is for: removing a killed instance at once.
     system = await nats.connect(bus.server.url, user_credentials=str(bus.setup.system_creds))
     try:
@@ -245,19 +273,26 @@ async def test_the_system_user_hears_when_a_natsreg_user_disconnects(
 
 
 async def test_a_caller_of_many_services_connects_and_calls_them(
-        tmp_path: Path, prefix: str, unique: str) -> None:
+    tmp_path: Path, prefix: str, unique: str
+) -> None:
     # 1,400 services: past nats-server's template expansion cap, and a user JWT far longer
     # than its default 4 KB CONNECT line.
     services = [f"s{i}-{unique}" for i in range(1400)]
-    setup = render_jwt([Role(kind="service", user="last", name=services[-1]),
-                        Role(kind="caller", user="web", calls=tuple(services))],
-                       prefix, tmp_path)
+    setup = render_jwt(
+        [
+            Role(kind="service", user="last", name=services[-1]),
+            Role(kind="caller", user="web", calls=tuple(services)),
+        ],
+        prefix,
+        tmp_path,
+    )
     assert setup.templated == frozenset()
     with NatsServer(args=("-c", str(setup.config))) as server:
         bus = Bus(server, setup, prefix, services[-1], services[0])
         served = await bus.connect("last")
         web = await bus.connect("web")
         try:
+
             async def pong(msg: nats.aio.msg.Msg) -> None:
                 await msg.respond(b"pong")
 
@@ -281,9 +316,14 @@ async def test_a_caller_of_many_services_connects_and_calls_them(
 
 def test_a_caller_of_a_capitalised_service_carries_its_own_permissions(tmp_path: Path) -> None:
     # NATS tools lower-case tags, so "{{tag(calls)}}" cannot be trusted to keep "Billing".
-    setup = render_jwt([Role(kind="caller", user="web", calls=("Billing",)),
-                        Role(kind="caller", user="app", calls=("billing",))],
-                       "natsreg", tmp_path)
+    setup = render_jwt(
+        [
+            Role(kind="caller", user="web", calls=("Billing",)),
+            Role(kind="caller", user="app", calls=("billing",)),
+        ],
+        "natsreg",
+        tmp_path,
+    )
     assert setup.templated == {"app"}
     web = _claims(_creds_jwt(setup.creds["web"]))
     assert "Billing.>" in web["nats"]["pub"]["allow"]

@@ -21,14 +21,18 @@ def hub_and_leaf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     hub_conf.write_text(f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}\n")
     leaf_conf = folder / "leaf.conf"
     leaf_conf.write_text(
-        f'leafnodes {{ remotes = [ {{ url: "nats-leaf://127.0.0.1:{leaf_port}" }} ] }}\n')
-    with NatsServer(args=("-c", str(hub_conf))) as hub, \
-            NatsServer(args=("-c", str(leaf_conf))) as leaf:
+        f'leafnodes {{ remotes = [ {{ url: "nats-leaf://127.0.0.1:{leaf_port}" }} ] }}\n'
+    )
+    with (
+        NatsServer(args=("-c", str(hub_conf))) as hub,
+        NatsServer(args=("-c", str(leaf_conf))) as leaf,
+    ):
         yield hub.url, leaf.url
 
 
 async def test_a_service_behind_a_leaf_node_is_listed_and_called_from_the_hub(
-        hub_and_leaf: tuple[str, str], prefix: str, unique: str) -> None:
+    hub_and_leaf: tuple[str, str], prefix: str, unique: str
+) -> None:
     hub_url, leaf_url = hub_and_leaf
     hub = await nats.connect(hub_url)
     leaf = await nats.connect(leaf_url)
@@ -36,6 +40,7 @@ async def test_a_service_behind_a_leaf_node_is_listed_and_called_from_the_hub(
     try:
         async with natsreg.Registry(hub, prefix=prefix) as registry:
             async with natsreg.announce(leaf, name, version="1.0.0", prefix=prefix) as svc:
+
                 @svc.endpoint("echo")
                 async def echo(req: natsreg.Request) -> bytes:
                     return req.data
@@ -43,8 +48,11 @@ async def test_a_service_behind_a_leaf_node_is_listed_and_called_from_the_hub(
                 await svc.ready()
                 # The leaf connection comes up asynchronously: the re-announce on heartbeat
                 # (or the registry's ask) makes the instance known once it is.
-                await eventually(lambda: [i.id for i in registry.snapshot().instances]
-                                 == [svc.id], timeout_s=10, what="leaf service listed")
+                await eventually(
+                    lambda: [i.id for i in registry.snapshot().instances] == [svc.id],
+                    timeout_s=10,
+                    what="leaf service listed",
+                )
                 client = natsreg.Client(hub, prefix=prefix)
 
                 async def answered() -> bool:
@@ -55,8 +63,11 @@ async def test_a_service_behind_a_leaf_node_is_listed_and_called_from_the_hub(
                         return False
 
                 await eventually(answered, timeout_s=10, what="request across the leaf")
-            await eventually(lambda: registry.snapshot().instances == [], timeout_s=2,
-                             what="goodbye across the leaf")
+            await eventually(
+                lambda: registry.snapshot().instances == [],
+                timeout_s=2,
+                what="goodbye across the leaf",
+            )
     finally:
         await hub.close()
         await leaf.close()

@@ -22,9 +22,25 @@ FLEET = Path(__file__).resolve().parents[1] / "bench" / "fleet.py"
 def fleet(url: str, prefix: str, instances: int, tag: str) -> Iterator[subprocess.Popen[str]]:
     """Virtual instances in one process (heartbeat every 0.2 s to keep the test short)."""
     with subprocess.Popen(
-            [sys.executable, str(FLEET), "--url", url, "--prefix", prefix, "--instances",
-             str(instances), "--tag", tag, "--heartbeat", "0.2", "--ramp", "0.1"],
-            stdout=subprocess.PIPE, text=True) as proc:
+        [
+            sys.executable,
+            str(FLEET),
+            "--url",
+            url,
+            "--prefix",
+            prefix,
+            "--instances",
+            str(instances),
+            "--tag",
+            tag,
+            "--heartbeat",
+            "0.2",
+            "--ramp",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
             yield proc
@@ -38,15 +54,16 @@ async def stats(nc: NATS, prefix: str) -> wire.NodeStats:
 
 
 async def test_a_fifth_of_the_fleet_killed_at_once_is_expired_flagged_and_cleared(
-        nc: NATS, nats_url: str, prefix: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, nats_url: str, prefix: str, cli_env: dict[str, str]
+) -> None:
     async with natsreg.Registry(nc, prefix=prefix):
         with fleet(nats_url, prefix, 40, "stay"), fleet(nats_url, prefix, 10, "gone") as gone:
+
             async def count_is(n: int) -> bool:
                 return (await stats(nc, prefix)).instances == n
 
             async def all_heard_twice() -> bool:
-                reply = await nc.request(
-                    subjects.control_subject(prefix, "registry", "list"), b"")
+                reply = await nc.request(subjects.control_subject(prefix, "registry", "list"), b"")
                 listed = wire.decode_snapshot(reply.data).instances
                 return len(listed) == 50 and all(i.seq >= 2 for i in listed)
 
@@ -64,6 +81,7 @@ async def test_a_fifth_of_the_fleet_killed_at_once_is_expired_flagged_and_cleare
 
             # Restarted (new processes, new instance ids): the flag clears by itself.
             with fleet(nats_url, prefix, 10, "back"):
+
                 async def cleared() -> bool:
                     current = await stats(nc, prefix)
                     return current.instances == 50 and current.mass_expiry is None

@@ -58,8 +58,10 @@ class Login:
     async def refused(self, subject: str) -> None:
         """Wait for NATS to report that it refused ``subject`` to this user."""
         await self.nc.flush()
-        await eventually(lambda: any(f'"{subject.lower()}"' in v for v in self.violations),
-                         what=f"a permissions violation on {subject}")
+        await eventually(
+            lambda: any(f'"{subject.lower()}"' in v for v in self.violations),
+            what=f"a permissions violation on {subject}",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +84,13 @@ async def login(secured: Secured, user: str) -> Login:
     async def on_error(exc: Exception) -> None:
         result.violations.append(str(exc))
 
-    result.nc = await nats.connect(secured.server.url, user=user, password=secret.password,
-                                   inbox_prefix=secret.inbox, error_cb=on_error)
+    result.nc = await nats.connect(
+        secured.server.url,
+        user=user,
+        password=secret.password,
+        inbox_prefix=secret.inbox,
+        error_cb=on_error,
+    )
     return result
 
 
@@ -101,16 +108,23 @@ async def running(secured: Secured) -> AsyncIterator[System]:
     reg, users = await login(secured, "reg"), await login(secured, "user-service")
     served: list[str] = []
     try:
-        async with natsreg.Registry(reg.nc, prefix=PREFIX) as registry, natsreg.announce(
-                users.nc, "user-service", version="1.0.0", prefix=PREFIX) as svc:
+        async with (
+            natsreg.Registry(reg.nc, prefix=PREFIX) as registry,
+            natsreg.announce(users.nc, "user-service", version="1.0.0", prefix=PREFIX) as svc,
+        ):
+
             @svc.endpoint("users")
             async def handle(req: natsreg.Request) -> dict[str, str]:
                 served.append(svc.id)
                 return {"id": svc.id}
 
             await svc.ready()
-            await eventually(lambda: any(i.id == svc.id for i in registry.snapshot(
-                name="user-service").instances), what="user-service listed")
+            await eventually(
+                lambda: any(
+                    i.id == svc.id for i in registry.snapshot(name="user-service").instances
+                ),
+                what="user-service listed",
+            )
             yield System(svc, served, registry)
             assert not reg.violations + users.violations, "the real roles were refused"
     finally:
@@ -123,8 +137,10 @@ async def all_calls_reach(secured: Secured, system: System, user: str = "shop") 
     caller = await login(secured, user)
     try:
         client = natsreg.Client(caller.nc, prefix=PREFIX)
-        answers = [(await client.request("user-service.users", {}, timeout_s=2.0)).json()["id"]
-                   for _ in range(CALLS)]
+        answers = [
+            (await client.request("user-service.users", {}, timeout_s=2.0)).json()["id"]
+            for _ in range(CALLS)
+        ]
         assert answers == [system.svc.id] * CALLS
         await client.aclose()
         assert not caller.violations
@@ -138,17 +154,26 @@ def listed_ids(system: System) -> list[str]:
 
 def rogue_announce(instance_id: str) -> bytes:
     # The hijack: one announcement with a higher version and a heartbeat that never comes due.
-    return wire.encode(wire.Announce(
-        id=instance_id, name="user-service", seq=1, version="9.9.9", heartbeat_s=3600.0,
-        endpoints=[wire.Endpoint(name="users", subject="user-service.users",
-                                 queue_group="user-service")]))
+    return wire.encode(
+        wire.Announce(
+            id=instance_id,
+            name="user-service",
+            seq=1,
+            version="9.9.9",
+            heartbeat_s=3600.0,
+            endpoints=[
+                wire.Endpoint(
+                    name="users", subject="user-service.users", queue_group="user-service"
+                )
+            ],
+        )
+    )
 
 
 # -- attacks, refused by NATS ------------------------------------------------------------------
 
 
-async def test_another_service_cannot_announce_on_a_user_service_subject(
-        secured: Secured) -> None:
+async def test_another_service_cannot_announce_on_a_user_service_subject(secured: Secured) -> None:
     async with running(secured) as system:
         billing = await login(secured, "billing")
         try:
@@ -157,10 +182,14 @@ async def test_another_service_cannot_announce_on_a_user_service_subject(
             await billing.refused(subject)
             # Its own announcement goes through: once the registry lists it, the forged one
             # (sent before it on the same connection) would have been seen too.
-            await billing.nc.publish(f"{PREFIX}.announce.billing.canary", wire.encode(wire.Announce(
-                id="canary", name="billing", seq=1, version="1.0.0")))
-            await eventually(lambda: bool(system.registry.snapshot(name="billing").instances),
-                             what="billing's own announcement listed")
+            await billing.nc.publish(
+                f"{PREFIX}.announce.billing.canary",
+                wire.encode(wire.Announce(id="canary", name="billing", seq=1, version="1.0.0")),
+            )
+            await eventually(
+                lambda: bool(system.registry.snapshot(name="billing").instances),
+                what="billing's own announcement listed",
+            )
             assert listed_ids(system) == [system.svc.id]
             await all_calls_reach(secured, system)
         finally:
@@ -168,16 +197,23 @@ async def test_another_service_cannot_announce_on_a_user_service_subject(
 
 
 async def test_another_services_body_on_its_own_subject_is_dropped_by_the_registry(
-        secured: Secured) -> None:
+    secured: Secured,
+) -> None:
     async with running(secured) as system:
         # NATS lets billing publish here: only natsreg's subject/body check can drop it.
         billing = await login(secured, "billing")
         try:
             await billing.nc.publish(f"{PREFIX}.announce.billing.rogue", rogue_announce("rogue"))
-            await billing.nc.publish(f"{PREFIX}.announce.billing.canary", wire.encode(wire.Announce(
-                id="canary", name="billing", seq=1, version="1.0.0")))
-            await eventually(lambda: any(i.id == "canary" for i in system.registry.snapshot(
-                name="billing").instances), what="billing's own announcement listed")
+            await billing.nc.publish(
+                f"{PREFIX}.announce.billing.canary",
+                wire.encode(wire.Announce(id="canary", name="billing", seq=1, version="1.0.0")),
+            )
+            await eventually(
+                lambda: any(
+                    i.id == "canary" for i in system.registry.snapshot(name="billing").instances
+                ),
+                what="billing's own announcement listed",
+            )
             assert listed_ids(system) == [system.svc.id]
             assert system.registry.dropped["subject_mismatch"] == 1
             assert not billing.violations
@@ -187,7 +223,8 @@ async def test_another_services_body_on_its_own_subject_is_dropped_by_the_regist
 
 
 async def test_a_goodbye_for_user_services_id_on_another_services_subject_removes_nothing(
-        secured: Secured) -> None:
+    secured: Secured,
+) -> None:
     # The erase, as billing: its own subject, the real instance's id. NATS allows it;
     # the registry keeps each id with the service it came up with.
     async with running(secured) as system:
@@ -195,12 +232,15 @@ async def test_a_goodbye_for_user_services_id_on_another_services_subject_remove
         real = system.svc.id
         try:
             for verb, message in (
-                    ("hb", wire.Heartbeat(id=real, name="billing", seq=2**63 - 1)),
-                    ("bye", wire.Goodbye(id=real, name="billing", seq=2**63 - 1))):
+                ("hb", wire.Heartbeat(id=real, name="billing", seq=2**63 - 1)),
+                ("bye", wire.Goodbye(id=real, name="billing", seq=2**63 - 1)),
+            ):
                 await billing.nc.publish(f"{PREFIX}.{verb}.billing.{real}", wire.encode(message))
             await billing.nc.flush()
-            await eventually(lambda: system.registry.dropped["subject_mismatch"] >= 2,
-                             what="both forgeries dropped")
+            await eventually(
+                lambda: system.registry.dropped["subject_mismatch"] >= 2,
+                what="both forgeries dropped",
+            )
             assert listed_ids(system) == [real]
             assert not billing.violations
             await all_calls_reach(secured, system)
@@ -208,8 +248,7 @@ async def test_a_goodbye_for_user_services_id_on_another_services_subject_remove
             await billing.nc.close()
 
 
-async def test_another_service_cannot_listen_to_user_service_requests(
-        secured: Secured) -> None:
+async def test_another_service_cannot_listen_to_user_service_requests(secured: Secured) -> None:
     async with running(secured) as system:
         billing = await login(secured, "billing")
         seen: list[str] = []
@@ -218,8 +257,11 @@ async def test_another_service_cannot_listen_to_user_service_requests(
             seen.append(msg.subject)
 
         try:
-            for subject, queue in ((f"{PREFIX}.direct.>", ""), ("user-service.>", ""),
-                                   ("user-service.>", "user-service")):
+            for subject, queue in (
+                (f"{PREFIX}.direct.>", ""),
+                ("user-service.>", ""),
+                ("user-service.>", "user-service"),
+            ):
                 await billing.nc.subscribe(subject, queue=queue, cb=spy)
                 await billing.refused(subject)
             await all_calls_reach(secured, system)
@@ -229,19 +271,25 @@ async def test_another_service_cannot_listen_to_user_service_requests(
 
 
 async def test_another_service_cannot_heartbeat_or_say_goodbye_for_user_service(
-        secured: Secured) -> None:
+    secured: Secured,
+) -> None:
     async with running(secured) as system:
         billing = await login(secured, "billing")
         real = system.svc.id
         try:
             hb = f"{PREFIX}.hb.user-service.{real}"
             # The erase: one heartbeat with the largest sequence number.
-            await billing.nc.publish(hb, wire.encode(wire.Heartbeat(
-                id=real, name="user-service", seq=2**63 - 1, health="critical")))
+            await billing.nc.publish(
+                hb,
+                wire.encode(
+                    wire.Heartbeat(id=real, name="user-service", seq=2**63 - 1, health="critical")
+                ),
+            )
             await billing.refused(hb)
             bye = f"{PREFIX}.bye.user-service.{real}"
-            await billing.nc.publish(bye, wire.encode(wire.Goodbye(
-                id=real, name="user-service", seq=2**63 - 1)))
+            await billing.nc.publish(
+                bye, wire.encode(wire.Goodbye(id=real, name="user-service", seq=2**63 - 1))
+            )
             await billing.refused(bye)
             assert listed_ids(system) == [real]
             await all_calls_reach(secured, system)
@@ -249,8 +297,7 @@ async def test_another_service_cannot_heartbeat_or_say_goodbye_for_user_service(
             await billing.nc.close()
 
 
-async def test_a_caller_cannot_publish_events_discover_or_announcements(
-        secured: Secured) -> None:
+async def test_a_caller_cannot_publish_events_discover_or_announcements(secured: Secured) -> None:
     async with running(secured) as system:
         watcher = await login(secured, "ops")
         events: list[bytes] = []
@@ -260,17 +307,24 @@ async def test_a_caller_cannot_publish_events_discover_or_announcements(
 
         await watcher.nc.subscribe(f"{PREFIX}.events.>", cb=on_event)
         await watcher.nc.flush()
-        forged = wire.encode(wire.Event(kind="down", revision=10**6, node="rogue",
-                                        instance=system.registry.snapshot().instances[0]))
+        forged = wire.encode(
+            wire.Event(
+                kind="down",
+                revision=10**6,
+                node="rogue",
+                instance=system.registry.snapshot().instances[0],
+            )
+        )
         try:
             for user in ("shop", "web", "ops"):
                 caller = await login(secured, user)
                 try:
-                    for subject, data in ((f"{PREFIX}.events.user-service", forged),
-                                          (f"{PREFIX}.discover", b""),
-                                          (f"{PREFIX}.discover.user-service", b""),
-                                          (f"{PREFIX}.announce.user-service.rogue",
-                                           rogue_announce("rogue"))):
+                    for subject, data in (
+                        (f"{PREFIX}.events.user-service", forged),
+                        (f"{PREFIX}.discover", b""),
+                        (f"{PREFIX}.discover.user-service", b""),
+                        (f"{PREFIX}.announce.user-service.rogue", rogue_announce("rogue")),
+                    ):
                         await caller.nc.publish(subject, data)
                         await caller.refused(subject)
                 finally:
@@ -283,7 +337,8 @@ async def test_a_caller_cannot_publish_events_discover_or_announcements(
 
 
 async def test_a_caller_cannot_plainly_subscribe_to_an_endpoint_or_a_direct_subject(
-        secured: Secured) -> None:
+    secured: Secured,
+) -> None:
     async with running(secured) as system:
         seen: list[str] = []
 
@@ -293,10 +348,12 @@ async def test_a_caller_cannot_plainly_subscribe_to_an_endpoint_or_a_direct_subj
         for user in ("shop", "web"):
             caller = await login(secured, user)
             try:
-                for subject, queue in (("user-service.users", ""),
-                                       ("user-service.users", "user-service"),
-                                       (f"{PREFIX}.direct.user-service.>", ""),
-                                       (f"{PREFIX}.registry.>", "natsreg-registry")):
+                for subject, queue in (
+                    ("user-service.users", ""),
+                    ("user-service.users", "user-service"),
+                    (f"{PREFIX}.direct.user-service.>", ""),
+                    (f"{PREFIX}.registry.>", "natsreg-registry"),
+                ):
                     await caller.nc.subscribe(subject, queue=queue, cb=spy)
                     await caller.refused(subject)
                 await all_calls_reach(secured, system)
@@ -306,7 +363,8 @@ async def test_a_caller_cannot_plainly_subscribe_to_an_endpoint_or_a_direct_subj
 
 
 async def test_an_instance_serves_its_own_endpoints_only_in_its_queue_group(
-        secured: Secured) -> None:
+    secured: Secured,
+) -> None:
     # A plain subscriber would see every request and race the real instances for replies.
     own = await login(secured, "user-service")
     try:
@@ -332,8 +390,12 @@ async def test_no_user_can_publish_into_another_users_inbox(secured: Secured) ->
             await victim.nc.subscribe(f"{secured.users[user].inbox}.>", cb=on_reply)
             await victim.nc.flush()
         # A bridge publishes on "*.>", which also matches inboxes: each is denied by name.
-        for sender, subject in ((web, "_INBOX_shop.forged"), (shop, "_INBOX_web.forged"),
-                                (web, "_INBOX.forged"), (shop, "_INBOX_reg.forged")):
+        for sender, subject in (
+            (web, "_INBOX_shop.forged"),
+            (shop, "_INBOX_web.forged"),
+            (web, "_INBOX.forged"),
+            (shop, "_INBOX_reg.forged"),
+        ):
             await sender.nc.publish(subject, b'{"id": "rogue"}')
             await sender.refused(subject)
         await shop.nc.flush()
@@ -348,29 +410,40 @@ async def test_no_user_can_publish_into_another_users_inbox(secured: Secured) ->
 
 
 async def test_registry_services_and_callers_work_under_the_generated_permissions(
-        secured: Secured) -> None:
+    secured: Secured,
+) -> None:
     async with running(secured) as system:
         billing = await login(secured, "billing")
         try:
             # Several billing instances: the registry's listing no longer fits in one 4 KB
             # message and goes out in chunks, each a response NATS must let through.
-            async with natsreg.announce(billing.nc, "billing", version="2.0.0", prefix=PREFIX,
-                                        description="x" * 400) as b1, \
-                    natsreg.announce(billing.nc, "billing", version="2.0.0", prefix=PREFIX,
-                                     description="x" * 400) as b2, \
-                    natsreg.announce(billing.nc, "billing", version="2.0.0", prefix=PREFIX,
-                                     description="x" * 400) as b3, \
-                    natsreg.announce(billing.nc, "billing", version="2.0.0", prefix=PREFIX,
-                                     description="x" * 400) as b4, \
-                    natsreg.announce(billing.nc, "billing", version="2.0.0", prefix=PREFIX,
-                                     description="x" * 400) as b5, \
-                    natsreg.announce(billing.nc, "billing", version="2.0.0", prefix=PREFIX,
-                                     description="x" * 400) as b6:
+            async with (
+                natsreg.announce(
+                    billing.nc, "billing", version="2.0.0", prefix=PREFIX, description="x" * 400
+                ) as b1,
+                natsreg.announce(
+                    billing.nc, "billing", version="2.0.0", prefix=PREFIX, description="x" * 400
+                ) as b2,
+                natsreg.announce(
+                    billing.nc, "billing", version="2.0.0", prefix=PREFIX, description="x" * 400
+                ) as b3,
+                natsreg.announce(
+                    billing.nc, "billing", version="2.0.0", prefix=PREFIX, description="x" * 400
+                ) as b4,
+                natsreg.announce(
+                    billing.nc, "billing", version="2.0.0", prefix=PREFIX, description="x" * 400
+                ) as b5,
+                natsreg.announce(
+                    billing.nc, "billing", version="2.0.0", prefix=PREFIX, description="x" * 400
+                ) as b6,
+            ):
                 fleet = [b1, b2, b3, b4, b5, b6]
                 for b in fleet:
+
                     @b.endpoint("charge")
                     async def charge(req: natsreg.Request, b: natsreg.Service = b) -> str:
                         return b.id
+
                     await b.ready()
                 expected = sorted([system.svc.id, *(b.id for b in fleet)])
                 for user in ("shop", "web", "ops"):
@@ -398,8 +471,7 @@ async def test_registry_services_and_callers_work_under_the_generated_permission
             await billing.nc.close()
 
 
-async def test_the_cli_connects_with_a_generated_users_env_file(
-        secured: Secured) -> None:
+async def test_the_cli_connects_with_a_generated_users_env_file(secured: Secured) -> None:
     async with running(secured) as system:
         env = {**os.environ, "NATS_URL": secured.server.url}
         for line in (secured.folder / "ops.env").read_text().splitlines():
@@ -417,15 +489,30 @@ async def test_the_cli_connects_with_a_generated_users_env_file(
         assert lost.returncode == 1
         # Flags work as well as the environment.
         secret = secured.users["shop"]
-        flags = await _acli({**os.environ, "NATS_URL": secured.server.url}, "request",
-                     "user-service.users", "{}", "--user", "shop", "--password", secret.password,
-                     "--inbox-prefix", secret.inbox)
+        flags = await _acli(
+            {**os.environ, "NATS_URL": secured.server.url},
+            "request",
+            "user-service.users",
+            "{}",
+            "--user",
+            "shop",
+            "--password",
+            secret.password,
+            "--inbox-prefix",
+            secret.inbox,
+        )
         assert (flags.returncode, json.loads(flags.stdout or "null")) == (0, {"id": system.svc.id})
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "natsreg", *args], env=env,
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "natsreg", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 async def _acli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -439,32 +526,42 @@ async def _acli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 def server_answer(port: int, connect: dict[str, str]) -> str:
     """What nats-server answers a client that connects with ``connect``'s credentials: PONG,
     or an error line. (Raw protocol: nats-py leaks its socket when it is refused.)"""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
-            sock.makefile("rwb") as stream:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        sock.makefile("rwb") as stream,
+    ):
         assert stream.readline().startswith(b"INFO ")
-        stream.write(b"CONNECT " + json.dumps({"verbose": False, **connect}).encode()
-                     + b"\r\nPING\r\n")
+        stream.write(
+            b"CONNECT " + json.dumps({"verbose": False, **connect}).encode() + b"\r\nPING\r\n"
+        )
         stream.flush()
         return stream.readline().decode()
 
 
 @contextmanager
-def natsreg_up(env: dict[str, str], *args: str, child: Path, url_only: bool = True
-               ) -> Iterator[subprocess.Popen[str]]:
+def natsreg_up(
+    env: dict[str, str], *args: str, child: Path, url_only: bool = True
+) -> Iterator[subprocess.Popen[str]]:
     """``natsreg up ARGS --with CHILD``, stopped on exit; returns once the child is connected
     (reading only NATS_URL, as the examples do, or also NATS_USER and NATS_PASSWORD)."""
-    credentials = "" if url_only else (
-        ", user=os.environ['NATS_USER'], password=os.environ['NATS_PASSWORD']")
+    credentials = (
+        "" if url_only else (", user=os.environ['NATS_USER'], password=os.environ['NATS_PASSWORD']")
+    )
     child.write_text(
         "import asyncio, os, nats\n"
         "async def main():\n"
         f"    nc = await nats.connect(os.environ['NATS_URL']{credentials})\n"
         "    print('child connected', flush=True)\n"
         "    await asyncio.sleep(60)\n"
-        "asyncio.run(main())\n")
-    with subprocess.Popen([sys.executable, "-m", "natsreg", "up", "--no-bridge", *args,
-                           "--with", str(child)], env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as up:
+        "asyncio.run(main())\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "natsreg", "up", "--no-bridge", *args, "--with", str(child)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as up:
         try:
             assert up.stdout is not None
             line = up.stdout.readline().strip()
@@ -491,14 +588,16 @@ async def test_up_with_a_token_starts_a_nats_server_that_requires_it(tmp_path: P
 
 
 async def test_up_with_a_user_and_password_starts_a_nats_server_that_requires_them(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
     env = {**os.environ, "NATS_URL": url}
     password = "p@ss:w/rd%"
     # Not URL-safe: the child gets it in NATS_PASSWORD only.
-    with natsreg_up(env, "--user", "me", "--password", password, child=tmp_path / "child.py",
-                    url_only=False):
+    with natsreg_up(
+        env, "--user", "me", "--password", password, child=tmp_path / "child.py", url_only=False
+    ):
         assert "Authorization Violation" in server_answer(port, {})
         assert "Authorization Violation" in server_answer(port, {"user": "me", "pass": "wrong"})
         assert server_answer(port, {"user": "me", "pass": password}).startswith("PONG")
@@ -537,8 +636,9 @@ def test_a_service_that_calls_every_service_is_refused() -> None:
 
 def test_one_user_with_two_roles_is_refused() -> None:
     with pytest.raises(ConfigError, match="two roles"):
-        _authconfig.render_static([Role(kind="registry", user="x"),
-                                   Role(kind="caller", user="x", calls=("a",))], PREFIX)
+        _authconfig.render_static(
+            [Role(kind="registry", user="x"), Role(kind="caller", user="x", calls=("a",))], PREFIX
+        )
 
 
 def test_generated_secrets_are_private_and_never_overwritten(tmp_path: Path) -> None:
@@ -554,25 +654,63 @@ def test_generated_secrets_are_private_and_never_overwritten(tmp_path: Path) -> 
 
 
 def test_the_auth_command_prints_a_config_nats_server_accepts(tmp_path: Path) -> None:
-    result = _cli(dict(os.environ), "auth", "--registry", "reg", "--bridge", "web",
-                  "--operator", "ops", "--service", "user-service", "--service",
-                  "billing:user-service", "--caller", "shop:user-service,billing")
+    result = _cli(
+        dict(os.environ),
+        "auth",
+        "--registry",
+        "reg",
+        "--bridge",
+        "web",
+        "--operator",
+        "ops",
+        "--service",
+        "user-service",
+        "--service",
+        "billing:user-service",
+        "--caller",
+        "shop:user-service,billing",
+    )
     assert result.returncode == 0, result.stderr
     config = tmp_path / "auth.conf"
     config.write_text(result.stdout)
-    check = subprocess.run([server_binary(), "-c", str(config), "-t"], capture_output=True,
-                           text=True, timeout=30, check=False)
+    check = subprocess.run(
+        [server_binary(), "-c", str(config), "-t"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert result.stdout.count("NATS_PASSWORD=") == 6
 
 
 def test_the_auth_command_writes_jwt_accounts_nats_server_accepts(tmp_path: Path) -> None:
-    result = _cli(dict(os.environ), "auth", "--format", "jwt", "--registry", "reg",
-                  "--service", "user-service", "--caller", "shop:user-service",
-                  "--out", str(tmp_path))
+    result = _cli(
+        dict(os.environ),
+        "auth",
+        "--format",
+        "jwt",
+        "--registry",
+        "reg",
+        "--service",
+        "user-service",
+        "--caller",
+        "shop:user-service",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.glob("*.creds")} == {
-        "reg.creds", "user-service.creds", "shop.creds", "sys.creds"}
-    check = subprocess.run([server_binary(), "-c", str(tmp_path / "nats-jwt.conf"), "-t"],
-                           capture_output=True, text=True, timeout=30, check=False)
+        "reg.creds",
+        "user-service.creds",
+        "shop.creds",
+        "sys.creds",
+    }
+    check = subprocess.run(
+        [server_binary(), "-c", str(tmp_path / "nats-jwt.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr

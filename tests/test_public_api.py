@@ -15,8 +15,10 @@ import natsreg
 pytestmark = pytest.mark.pure
 
 PUBLIC_MODULES = sorted(
-    m.name for m in pkgutil.iter_modules(natsreg.__path__, "natsreg.")
-    if not m.name.rsplit(".", 1)[1].startswith("_"))
+    m.name
+    for m in pkgutil.iter_modules(natsreg.__path__, "natsreg.")
+    if not m.name.rsplit(".", 1)[1].startswith("_")
+)
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -26,13 +28,15 @@ def test_all_lists_every_public_name_the_module_defines(name: str) -> None:
     for exported in module.__all__:
         assert hasattr(module, exported), f"{name}.__all__ names missing {exported!r}"
     defined = {
-        attr for attr, value in vars(module).items()
+        attr
+        for attr, value in vars(module).items()
         if not attr.startswith("_")
         and (inspect.isclass(value) or inspect.isfunction(value))
         and getattr(value, "__module__", None) == name
     }
-    assert defined <= set(module.__all__), f"{name} defines but does not export: " \
-        f"{sorted(defined - set(module.__all__))}"
+    assert defined <= set(module.__all__), (
+        f"{name} defines but does not export: {sorted(defined - set(module.__all__))}"
+    )
 
 
 def test_the_package_exports_its_dozen_names() -> None:

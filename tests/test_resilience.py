@@ -33,16 +33,28 @@ class Load:
         return Counter(i for t, i in self.answers if t >= since)
 
 
-async def steady_load(client: natsreg.Client, subject: str, load: Load, *, stop: asyncio.Event,
-                      concurrency: int = 4, max_requests: int = 5000, max_s: float = 15.0,
-                      pause_s: float = 0.005, **kwargs: object) -> None:
+async def steady_load(
+    client: natsreg.Client,
+    subject: str,
+    load: Load,
+    *,
+    stop: asyncio.Event,
+    concurrency: int = 4,
+    max_requests: int = 5000,
+    max_s: float = 15.0,
+    pause_s: float = 0.005,
+    **kwargs: object,
+) -> None:
     """``concurrency`` callers, each pausing ``pause_s`` between requests, until ``stop`` is
     set or the count or time runs out."""
     deadline = time.monotonic() + max_s
 
     async def caller() -> None:
-        while (not stop.is_set() and time.monotonic() < deadline
-               and len(load.answers) + len(load.errors) < max_requests):
+        while (
+            not stop.is_set()
+            and time.monotonic() < deadline
+            and len(load.answers) + len(load.errors) < max_requests
+        ):
             started = time.monotonic()
             try:
                 reply = await client.request(subject, timeout_s=TIMEOUT_S, **kwargs)  # type: ignore[arg-type]
@@ -57,12 +69,14 @@ async def steady_load(client: natsreg.Client, subject: str, load: Load, *, stop:
 
 
 @contextmanager
-def services(url: str, name: str, prefix: str, count: int, *extra: str
-             ) -> Iterator[list[tuple[subprocess.Popen[str], str]]]:
+def services(
+    url: str, name: str, prefix: str, count: int, *extra: str
+) -> Iterator[list[tuple[subprocess.Popen[str], str]]]:
     """``count`` service processes; each is continued and killed on exit, whatever its state."""
     with ExitStack() as stack:
-        procs = [stack.enter_context(start_service(url, name, prefix, *extra))
-                 for _ in range(count)]
+        procs = [
+            stack.enter_context(start_service(url, name, prefix, *extra)) for _ in range(count)
+        ]
         for proc in procs:
             stack.callback(_continue, proc)
         yield [(proc, read_id(proc)) for proc in procs]
@@ -75,6 +89,7 @@ def _continue(proc: subprocess.Popen[str]) -> None:
 
 async def in_view(client: natsreg.Client, service: str, ids: set[str]) -> None:
     """Wait until the client's own view of ``service`` holds exactly ``ids``."""
+
     async def ready() -> bool:
         return {i.id for i in await client.view(service)} == ids
 
@@ -82,15 +97,16 @@ async def in_view(client: natsreg.Client, service: str, ids: set[str]) -> None:
 
 
 async def test_kill_9_of_one_of_three_instances_loses_no_request_on_an_idempotent_endpoint(
-        nc: NATS, nats_url: str, prefix: str, unique: str) -> None:
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
     name = f"k9-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix), \
-            natsreg.Client(nc, prefix=prefix) as client:
+    async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
         with services(nats_url, name, prefix, 3, "--idempotent", "--delay-ms", "20") as procs:
             await in_view(client, name, {i for _, i in procs})
             load, stop = Load(), asyncio.Event()
             runner = asyncio.ensure_future(
-                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8))
+                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8)
+            )
             await asyncio.sleep(0.5)
             victim, victim_id = procs[0]
             victim.send_signal(signal.SIGKILL)
@@ -106,15 +122,16 @@ async def test_kill_9_of_one_of_three_instances_loses_no_request_on_an_idempoten
 
 
 async def test_a_frozen_instance_costs_no_request_and_gets_no_traffic_once_it_missed_its_beats(
-        nc: NATS, nats_url: str, prefix: str, unique: str) -> None:
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
     name = f"stop-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix), \
-            natsreg.Client(nc, prefix=prefix) as client:
+    async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
         with services(nats_url, name, prefix, 3, "--idempotent") as procs:
             await in_view(client, name, {i for _, i in procs})
             load, stop = Load(), asyncio.Event()
             runner = asyncio.ensure_future(
-                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8))
+                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8)
+            )
             await asyncio.sleep(0.5)
             frozen, frozen_id = procs[0]
             figures = client.stats()["instances"][frozen_id]
@@ -138,24 +155,28 @@ async def test_a_frozen_instance_costs_no_request_and_gets_no_traffic_once_it_mi
 
 
 async def test_a_rolling_restart_with_sigterm_loses_no_request(
-        nc: NATS, nats_url: str, prefix: str, unique: str) -> None:
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
     name = f"roll-{unique}"
     with ExitStack() as stack:
-        async with natsreg.Registry(nc, prefix=prefix), \
-                natsreg.Client(nc, prefix=prefix) as client:
+        async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
             # Not declared idempotent: only "no responders" and drained replies can save it.
-            procs = [stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "20"))
-                     for _ in range(3)]
+            procs = [
+                stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "20"))
+                for _ in range(3)
+            ]
             ids = [read_id(p) for p in procs]
             await in_view(client, name, set(ids))
             load, stop = Load(), asyncio.Event()
             runner = asyncio.ensure_future(
-                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8))
+                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8)
+            )
             await asyncio.sleep(0.3)
             for n in range(3):
                 old = procs[n]
-                procs[n] = stack.enter_context(start_service(nats_url, name, prefix,
-                                                             "--delay-ms", "20"))
+                procs[n] = stack.enter_context(
+                    start_service(nats_url, name, prefix, "--delay-ms", "20")
+                )
                 ids[n] = read_id(procs[n])
                 old.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(old.wait, 5) == 0
@@ -169,21 +190,31 @@ async def test_a_rolling_restart_with_sigterm_loses_no_request(
 
 
 async def test_least_in_flight_routes_around_an_instance_five_times_slower(
-        nc: NATS, nats_url: str, prefix: str, unique: str) -> None:
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
     name = f"slow-{unique}"
     with ExitStack() as stack:
-        async with natsreg.Registry(nc, prefix=prefix), \
-                natsreg.Client(nc, prefix=prefix) as client:
-            fast = [stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "4"))
-                    for _ in range(2)]
+        async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
+            fast = [
+                stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "4"))
+                for _ in range(2)
+            ]
             slow = stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "20"))
             ids = [read_id(p) for p in fast]
             slow_id = read_id(slow)
             await in_view(client, name, {*ids, slow_id})
             loads = {strategy: Load() for strategy in ("queue", "least_in_flight", "auto")}
             for strategy, load in loads.items():
-                await steady_load(client, f"{name}.work", load, stop=asyncio.Event(),
-                                  concurrency=4, max_requests=400, pause_s=0, strategy=strategy)
+                await steady_load(
+                    client,
+                    f"{name}.work",
+                    load,
+                    stop=asyncio.Event(),
+                    concurrency=4,
+                    max_requests=400,
+                    pause_s=0,
+                    strategy=strategy,
+                )
     share = {}
     for strategy, load in loads.items():
         assert load.errors == []
@@ -196,20 +227,23 @@ async def test_least_in_flight_routes_around_an_instance_five_times_slower(
 
 
 async def test_a_version_constraint_or_selector_never_reaches_a_non_matching_instance(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"ver-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix), \
-            natsreg.Client(nc, prefix=prefix) as client:
+    async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
         instances = {}
-        async with _versioned(nc, name, prefix, "1.0.0", "a", instances), \
-                _versioned(nc, name, prefix, "1.3.0", "b", instances), \
-                _versioned(nc, name, prefix, "2.0.0", "a", instances):
+        async with (
+            _versioned(nc, name, prefix, "1.0.0", "a", instances),
+            _versioned(nc, name, prefix, "1.3.0", "b", instances),
+            _versioned(nc, name, prefix, "2.0.0", "a", instances),
+        ):
             await in_view(client, name, set(instances))
 
             async def answered(subject: str, **kwargs: object) -> set[str]:
-                replies = [await client.request(subject, strategy="round_robin",
-                                                **kwargs)  # type: ignore[arg-type]
-                           for _ in range(12)]
+                replies = [
+                    await client.request(subject, strategy="round_robin", **kwargs)  # type: ignore[arg-type]
+                    for _ in range(12)
+                ]
                 return {instances[r.text()] for r in replies}
 
             assert await answered(f"{name}@^1.2.who") == {"1.3.0/b"}
@@ -220,8 +254,9 @@ async def test_a_version_constraint_or_selector_never_reaches_a_non_matching_ins
                 await client.request(f"{name}@^3.who")
 
 
-def _versioned(nc: NATS, name: str, prefix: str, version: str, zone: str,
-               instances: dict[str, str]) -> natsreg.Service:
+def _versioned(
+    nc: NATS, name: str, prefix: str, version: str, zone: str, instances: dict[str, str]
+) -> natsreg.Service:
     svc = natsreg.announce(nc, name, version=version, prefix=prefix, metadata={"zone": zone})
     instances[svc.id] = f"{version}/{zone}"
 
@@ -233,14 +268,18 @@ def _versioned(nc: NATS, name: str, prefix: str, version: str, zone: str,
 
 
 async def test_a_breaker_opens_fails_fast_half_opens_and_closes(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"brk-{unique}"
     failing = True
     calls = 0
     config = natsreg.BreakerConfig(min_requests=4, failure_rate=0.5, open_s=0.4)
-    async with natsreg.Registry(nc, prefix=prefix), \
-            natsreg.Client(nc, prefix=prefix, breaker=config) as client, \
-            natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+    async with (
+        natsreg.Registry(nc, prefix=prefix),
+        natsreg.Client(nc, prefix=prefix, breaker=config) as client,
+        natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc,
+    ):
+
         @svc.endpoint("flaky")
         async def flaky(req: natsreg.Request) -> str:
             nonlocal calls
@@ -271,12 +310,12 @@ async def test_a_breaker_opens_fails_fast_half_opens_and_closes(
 
 
 async def test_a_nested_call_inherits_the_deadline_and_late_work_is_not_started(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"dl-{unique}"
     seen: dict[str, float] = {}
     started: list[str] = []
-    async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix,
-                                max_in_flight=1) as svc:
+    async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix, max_in_flight=1) as svc:
         client = natsreg.Client(nc, prefix=prefix)
 
         @svc.endpoint("outer")
@@ -314,14 +353,19 @@ async def test_a_nested_call_inherits_the_deadline_and_late_work_is_not_started(
 
 
 async def test_a_full_service_refuses_at_once_and_the_client_retries_elsewhere(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"ovl-{unique}"
     gate = asyncio.Event()
-    async with natsreg.Registry(nc, prefix=prefix), \
-            natsreg.Client(nc, prefix=prefix) as client, \
-            natsreg.announce(nc, name, version="1.0.0", prefix=prefix, max_in_flight=1,
-                             max_queued=0) as busy, \
-            natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as free:
+    async with (
+        natsreg.Registry(nc, prefix=prefix),
+        natsreg.Client(nc, prefix=prefix) as client,
+        natsreg.announce(
+            nc, name, version="1.0.0", prefix=prefix, max_in_flight=1, max_queued=0
+        ) as busy,
+        natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as free,
+    ):
+
         @busy.endpoint("op")
         async def busy_op(req: natsreg.Request) -> str:
             await gate.wait()
@@ -338,8 +382,7 @@ async def test_a_full_service_refuses_at_once_and_the_client_retries_elsewhere(
         held = asyncio.ensure_future(nc.request(direct, b"", timeout=2))
         await asyncio.sleep(0.05)
         with pytest.raises(natsreg.OverloadedError) as caught:
-            await client.request(direct, b"", timeout_s=1.0,
-                                 retry=natsreg.RetryPolicy(attempts=1))
+            await client.request(direct, b"", timeout_s=1.0, retry=natsreg.RetryPolicy(attempts=1))
         assert caught.value.retryable and caught.value.code == 503
         replies = {(await client.request(f"{name}.op")).text() for _ in range(20)}
         assert replies == {free.id}
@@ -348,10 +391,12 @@ async def test_a_full_service_refuses_at_once_and_the_client_retries_elsewhere(
 
 
 async def test_the_client_bulkhead_refuses_calls_beyond_its_cap_or_runs_the_fallback(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"bh-{unique}"
     gate = asyncio.Event()
     async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+
         @svc.endpoint("op")
         async def op(req: natsreg.Request) -> str:
             await gate.wait()
@@ -371,23 +416,29 @@ async def test_the_client_bulkhead_refuses_calls_beyond_its_cap_or_runs_the_fall
 
 
 async def test_the_cli_takes_a_version_constraint_a_selector_and_shows_breakers(
-        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
     name = f"cli-{unique}"
     instances: dict[str, str] = {}
-    async with natsreg.Registry(nc, prefix=prefix), \
-            _versioned(nc, name, prefix, "1.0.0", "a", instances), \
-            _versioned(nc, name, prefix, "1.3.0", "a", instances), \
-            _versioned(nc, name, prefix, "1.4.0", "b", instances):
+    async with (
+        natsreg.Registry(nc, prefix=prefix),
+        _versioned(nc, name, prefix, "1.0.0", "a", instances),
+        _versioned(nc, name, prefix, "1.3.0", "a", instances),
+        _versioned(nc, name, prefix, "1.4.0", "b", instances),
+    ):
         client = natsreg.Client(nc, prefix=prefix)
         await in_view(client, name, set(instances))
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "natsreg", "request", "--prefix",
-                                   prefix, *args], env=cli_env, capture_output=True,
-                                  text=True, timeout=30)
+            return subprocess.run(
+                [sys.executable, "-m", "natsreg", "request", "--prefix", prefix, *args],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
 
-        result = await asyncio.to_thread(cli, f"{name}@^1.2.who", "--select", "zone=a",
-                                         "--stats")
+        result = await asyncio.to_thread(cli, f"{name}@^1.2.who", "--select", "zone=a", "--stats")
         assert result.returncode == 0, result.stderr
         assert instances[result.stdout.strip()] == "1.3.0/a"
         assert '"state": "closed"' in result.stderr

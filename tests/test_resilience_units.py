@@ -127,8 +127,7 @@ def test_least_in_flight_breaks_ties_by_latency() -> None:
         stats[i].observe(ms / 1000)
     picks = Counter(balancer.pick("least_in_flight", INSTANCES, stats).id for _ in range(300))
     assert picks["c"] <= 10  # the odd probe keeps its figure fresh
-    picks = Counter(balancer.pick("least_in_flight", INSTANCES[:2], stats).id
-                    for _ in range(300))
+    picks = Counter(balancer.pick("least_in_flight", INSTANCES[:2], stats).id for _ in range(300))
     assert picks["a"] > 100 and picks["b"] > 100  # similar ones share
 
 
@@ -142,8 +141,7 @@ def test_latency_aware_prefers_the_fast_instance_unless_it_is_much_busier() -> N
     assert {balancer.pick("latency", INSTANCES[:2], stats).id for _ in range(50)} == {"b"}
 
 
-def test_sticky_keeps_a_key_on_one_instance_and_moves_only_the_keys_of_one_that_leaves(
-) -> None:
+def test_sticky_keeps_a_key_on_one_instance_and_moves_only_the_keys_of_one_that_leaves() -> None:
     balancer = Balancer()
     keys = [f"user-{n}" for n in range(300)]
     before = {k: balancer.pick("sticky", INSTANCES, {}, key=k).id for k in keys}
@@ -164,11 +162,13 @@ def test_an_unknown_strategy_or_a_sticky_call_without_key_is_refused() -> None:
 # -- the client's catalog --------------------------------------------------------------------
 
 
-def view(seq: int, instance_id: str = "i1", age_s: float = 0.0, **fields: object
-         ) -> wire.InstanceView:
+def view(
+    seq: int, instance_id: str = "i1", age_s: float = 0.0, **fields: object
+) -> wire.InstanceView:
     fields.setdefault("version", "1.0.0")
-    return wire.InstanceView(id=instance_id, name="svc", seq=seq,
-                             heartbeat_s=1.0, age_s=age_s, **fields)  # type: ignore[arg-type]
+    return wire.InstanceView(
+        id=instance_id, name="svc", seq=seq, heartbeat_s=1.0, age_s=age_s, **fields
+    )  # type: ignore[arg-type]
 
 
 def snapshot(*views: wire.InstanceView) -> wire.Snapshot:
@@ -211,8 +211,7 @@ def test_heartbeats_heard_directly_keep_an_instance_alive() -> None:
     assert (instance.seq, instance.health) == (9, "warning")
 
 
-def test_a_goodbye_or_down_event_removes_an_instance_and_late_messages_do_not_revive_it(
-) -> None:
+def test_a_goodbye_or_down_event_removes_an_instance_and_late_messages_do_not_revive_it() -> None:
     catalog = Catalog(clock=Clock())
     catalog.track("svc")
     catalog.apply_snapshot(snapshot(view(3), view(3, "i2")))
@@ -254,7 +253,7 @@ def test_backoff_grows_exponentially_with_full_jitter_up_to_its_cap() -> None:
     rng = random.Random(4)
     for retry, cap in ((1, 0.01), (2, 0.02), (3, 0.04), (4, 0.05), (9, 0.05)):
         delays = [policy.backoff(retry, rng) for _ in range(200)]
-        assert 0 <= min(delays) and max(delays) <= cap and max(delays) > cap * 0.8
+        assert min(delays) >= 0 and max(delays) <= cap and max(delays) > cap * 0.8
 
 
 def test_an_attempt_leaves_room_for_a_retry_only_when_a_timeout_would_be_retried() -> None:
@@ -270,7 +269,10 @@ def test_an_attempt_leaves_room_for_a_retry_only_when_a_timeout_would_be_retried
 def test_a_target_names_a_service_a_version_constraint_and_an_endpoint() -> None:
     target = parse_target("user-service@^1.2.users")
     assert (target.subject, target.service, target.endpoint) == (
-        "user-service.users", "user-service", "users")
+        "user-service.users",
+        "user-service",
+        "users",
+    )
     assert target.constraint is not None and target.constraint.matches("1.4.0")
     assert not target.constraint.matches("2.0.0")
     assert parse_target("user-service.users").constraint is None
@@ -303,9 +305,16 @@ def test_the_catalogs_tombstones_stay_bounded_when_instances_expire() -> None:
     catalog = Catalog(clock=clock)
     catalog.track("svc")
     for batch in range(3):
-        catalog.apply_snapshot(snapshot(*(
-            wire.InstanceView(id=f"b{batch}-{n}", name="svc", version="1.0.0", seq=1,
-                              heartbeat_s=1.0) for n in range(_MAX_TOMBSTONES))))
+        catalog.apply_snapshot(
+            snapshot(
+                *(
+                    wire.InstanceView(
+                        id=f"b{batch}-{n}", name="svc", version="1.0.0", seq=1, heartbeat_s=1.0
+                    )
+                    for n in range(_MAX_TOMBSTONES)
+                )
+            )
+        )
         clock.now += 10
         assert catalog.instances("svc") == []  # all expired, each leaving a tombstone
     assert len(catalog._tombstones) <= _MAX_TOMBSTONES
@@ -314,10 +323,17 @@ def test_the_catalogs_tombstones_stay_bounded_when_instances_expire() -> None:
 # -- the catalog under forged or lost messages -------------------------------------------------
 
 
-def chained(kind: str, v: wire.InstanceView, revision: int, prev: int, reason: str = "",
-            node: str = "n") -> wire.Event:
-    return wire.Event(node=node, revision=revision, prev_revision=prev, kind=kind,  # type: ignore[arg-type]
-                      instance=v, reason=reason)
+def chained(
+    kind: str, v: wire.InstanceView, revision: int, prev: int, reason: str = "", node: str = "n"
+) -> wire.Event:
+    return wire.Event(
+        node=node,
+        revision=revision,
+        prev_revision=prev,
+        kind=kind,  # type: ignore[arg-type]
+        instance=v,
+        reason=reason,
+    )
 
 
 def tracked(clock: Clock | None = None, lost: list[str] | None = None) -> Catalog:
@@ -338,8 +354,12 @@ def test_the_catalog_drops_messages_whose_body_disagrees_with_their_subject() ->
     assert catalog.hear("hb", ["svc", "i1"], b"{" * 10) == "dropped"
     assert catalog.hear("hb", ["svc", "i1"], b" " * (wire.MAX_CONTROL_BYTES + 1)) == "dropped"
     assert [i.id for i in catalog.instances("svc")] == ["i1", "i2"]
-    assert catalog.dropped == {"subject_mismatch": 3, "wrong_kind": 1, "malformed": 1,
-                               "oversized": 1}
+    assert catalog.dropped == {
+        "subject_mismatch": 3,
+        "wrong_kind": 1,
+        "malformed": 1,
+        "oversized": 1,
+    }
     assert catalog.hear("bye", ["svc", "i1"], bye) == "taken"
     assert [i.id for i in catalog.instances("svc")] == ["i2"]
 
@@ -357,8 +377,9 @@ def test_an_event_out_of_its_nodes_chain_or_from_an_unknown_node_asks_for_a_reco
     assert catalog.apply_event(chained("up", view(1, "i3"), 14, 13)) == "reconcile"
 
 
-def test_a_heartbeat_from_an_instance_the_view_lost_asks_for_a_reconcile_unless_it_said_goodbye(
-) -> None:
+def test_a_heartbeat_from_an_instance_the_view_lost_asks_for_a_reconcile_unless_it_said_bye() -> (
+    None
+):
     catalog = tracked()
     catalog.apply_event(chained("down", view(10**9), 10, 0, "goodbye"))  # forged, say
     catalog.apply_goodbye(wire.Goodbye(id="i2", name="svc", seq=2))

@@ -34,8 +34,11 @@ pytestmark = pytest.mark.pure
         ("1.2", ["1.2.0", "1.2.5"], ["1.3.0"]),
         ("*", ["0.0.1", "9.9.9"], ["1.0.0-beta"]),
         ("1.x || >=3.1", ["1.4.0", "3.1.0", "4.0.0"], ["2.5.0", "3.0.9"]),
-        ("^1.3.0-beta.2", ["1.3.0-beta.2", "1.3.0-beta.10", "1.3.0", "1.4.0"],
-         ["1.3.0-beta.1", "1.4.0-beta.3", "2.0.0"]),
+        (
+            "^1.3.0-beta.2",
+            ["1.3.0-beta.2", "1.3.0-beta.10", "1.3.0", "1.4.0"],
+            ["1.3.0-beta.1", "1.4.0-beta.3", "2.0.0"],
+        ),
     ],
 )
 def test_a_constraint_matches_what_npm_says_it_does(
@@ -49,8 +52,18 @@ def test_a_constraint_matches_what_npm_says_it_does(
 
 
 def test_versions_order_by_semver_precedence() -> None:
-    ordered = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta",
-               "1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.10.0"]
+    ordered = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+        "1.0.1",
+        "1.10.0",
+    ]
     versions = [parse_version(v) for v in ordered]
     shuffled = versions[5:] + versions[:5]
     assert sorted(shuffled, key=lambda v: v.key()) == versions

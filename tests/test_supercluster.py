@@ -22,8 +22,9 @@ def east_and_west(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     servers = []
     for name, port in ports.items():
         conf = folder / f"{name}.conf"
-        conf.write_text(f'gateway {{ name: "{name}", listen: "127.0.0.1:{port}", '
-                        f"gateways: [{gateways}] }}\n")
+        conf.write_text(
+            f'gateway {{ name: "{name}", listen: "127.0.0.1:{port}", gateways: [{gateways}] }}\n'
+        )
         servers.append(NatsServer(args=("-c", str(conf))))
     try:
         yield servers[0].url, servers[1].url
@@ -33,17 +34,23 @@ def east_and_west(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 
 
 async def test_each_cluster_serves_its_own_callers_and_sees_every_instance(
-        east_and_west: tuple[str, str], prefix: str, unique: str) -> None:
+    east_and_west: tuple[str, str], prefix: str, unique: str
+) -> None:
     east, west = [await nats.connect(url) for url in east_and_west]
     name = f"geo-{unique}"
     served: Counter[str] = Counter()
     try:
-        async with natsreg.Registry(east, prefix=prefix) as registry, \
-                natsreg.announce(east, name, version="1.0.0", prefix=prefix,
-                                 metadata={"cluster": "east"}) as in_east, \
-                natsreg.announce(west, name, version="1.0.0", prefix=prefix,
-                                 metadata={"cluster": "west"}) as in_west:
+        async with (
+            natsreg.Registry(east, prefix=prefix) as registry,
+            natsreg.announce(
+                east, name, version="1.0.0", prefix=prefix, metadata={"cluster": "east"}
+            ) as in_east,
+            natsreg.announce(
+                west, name, version="1.0.0", prefix=prefix, metadata={"cluster": "west"}
+            ) as in_west,
+        ):
             for svc, where in ((in_east, "east"), (in_west, "west")):
+
                 @svc.endpoint("where")
                 async def where_am_i(req: natsreg.Request, where: str = where) -> str:
                     served[where] += 1
@@ -51,8 +58,11 @@ async def test_each_cluster_serves_its_own_callers_and_sees_every_instance(
 
                 await svc.ready()
             # The east registry node sees the west instance too (announcements cross).
-            await eventually(lambda: len(registry.snapshot().instances) == 2, timeout_s=10,
-                             what="both clusters' instances listed")
+            await eventually(
+                lambda: len(registry.snapshot().instances) == 2,
+                timeout_s=10,
+                what="both clusters' instances listed",
+            )
             # A plain request from the west stays in the west while it has a member: the
             # queue group prefers the local cluster across gateways.
             west_caller = natsreg.Client(west, prefix=prefix, strategy="queue")

@@ -36,16 +36,15 @@ async def app_and_system(accounts_server: NatsServer) -> AsyncIterator[tuple[NAT
 
 
 async def test_a_killed_process_is_removed_as_soon_as_its_connection_closes(
-        accounts_server: NatsServer, app_and_system: tuple[NATS, NATS], prefix: str,
-        unique: str) -> None:
+    accounts_server: NatsServer, app_and_system: tuple[NATS, NATS], prefix: str, unique: str
+) -> None:
     app, system = app_and_system
     url = accounts_server.url.replace("nats://", "nats://app:app@")
     downs: list[str] = []
     async with natsreg.Registry(app, prefix=prefix, system_nc=system) as registry:
         with start_service(url, f"crash-{unique}", prefix) as proc:
             instance_id = read_id(proc)
-            await eventually(lambda: [i.id for i in registry.snapshot().instances]
-                             == [instance_id])
+            await eventually(lambda: [i.id for i in registry.snapshot().instances] == [instance_id])
             events = await app.subscribe(f"{prefix}.events.>")
             proc.send_signal(signal.SIGKILL)
             killed = time.monotonic()
@@ -59,11 +58,13 @@ async def test_a_killed_process_is_removed_as_soon_as_its_connection_closes(
 
 
 async def test_another_clients_disconnect_removes_nothing(
-        app_and_system: tuple[NATS, NATS], accounts_server: NatsServer, prefix: str,
-        unique: str) -> None:
+    app_and_system: tuple[NATS, NATS], accounts_server: NatsServer, prefix: str, unique: str
+) -> None:
     app, system = app_and_system
-    async with natsreg.Registry(app, prefix=prefix, system_nc=system) as registry, \
-            natsreg.announce(app, f"stay-{unique}", version="1.0.0", prefix=prefix):
+    async with (
+        natsreg.Registry(app, prefix=prefix, system_nc=system) as registry,
+        natsreg.announce(app, f"stay-{unique}", version="1.0.0", prefix=prefix),
+    ):
         await eventually(lambda: len(registry.snapshot().instances) == 1)
         advisories = await system.subscribe(natsreg.subjects.SYS_DISCONNECT)
         other = await nats.connect(accounts_server.url, user="app", password="app")

@@ -23,12 +23,12 @@ DEEP = b"[" * 30_000 + b"]" * 30_000  # 60 KB, deeper than any C stack
 
 
 def _ann(name: str, instance_id: str, seq: int = 1, **fields: object) -> wire.Announce:
-    return wire.Announce(id=instance_id, name=name, version="1.0.0", seq=seq,
-                         **fields)  # type: ignore[arg-type]
+    return wire.Announce(id=instance_id, name=name, version="1.0.0", seq=seq, **fields)  # type: ignore[arg-type]
 
 
-async def _send(nc: NATS, prefix: str, verb: str, name: str, instance_id: str,
-                body: msgspec.Struct | bytes) -> None:
+async def _send(
+    nc: NATS, prefix: str, verb: str, name: str, instance_id: str, body: msgspec.Struct | bytes
+) -> None:
     data = body if isinstance(body, bytes) else wire.encode(body)
     await nc.publish(subjects.control_subject(prefix, verb, name, instance_id), data)
 
@@ -39,7 +39,8 @@ async def _settle(nc: NATS) -> None:
 
 
 async def test_a_body_that_speaks_for_another_service_or_instance_is_not_listed(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     victim, other = f"user-service-{unique}", f"other-svc-{unique}"
     async with natsreg.Registry(nc, prefix=prefix) as registry:
         await _send(nc, prefix, "announce", other, "X", _ann(victim, "X"))
@@ -53,7 +54,8 @@ async def test_a_body_that_speaks_for_another_service_or_instance_is_not_listed(
 
 
 async def test_announcements_beyond_the_limits_are_dropped_and_counted_by_reason(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"big-{unique}"
     endpoint = wire.Endpoint(name="e", subject=f"{name}.e", queue_group=name)
     forged = {
@@ -61,7 +63,9 @@ async def test_announcements_beyond_the_limits_are_dropped_and_counted_by_reason
         "b": _ann(name, "b", description="x" * 5000),
         "c": _ann(name, "c", endpoints=[endpoint] * (wire.MAX_ENDPOINTS + 1)),
         "d": msgspec.structs.replace(_ann(name, "d"), version="latest"),
-        "e": _ann(name, "e", endpoints=[wire.Endpoint(name="e", subject="svc.*", queue_group=name)]),
+        "e": _ann(
+            name, "e", endpoints=[wire.Endpoint(name="e", subject="svc.*", queue_group=name)]
+        ),
         "f": _ann(name, "f", metadata={"k": "v" * 513}),
     }
     async with natsreg.Registry(nc, prefix=prefix) as registry:
@@ -73,22 +77,36 @@ async def test_announcements_beyond_the_limits_are_dropped_and_counted_by_reason
         (instance,) = registry.snapshot().instances
         assert (instance.id, instance.heartbeat_s) == ("slow", wire.MAX_HEARTBEAT_S)
         dropped = registry.stats().dropped
-        assert (dropped["invalid_metadata"], dropped["invalid_description"],
-                dropped["invalid_endpoints"], dropped["invalid_version"]) == (2, 1, 2, 1)
+        assert (
+            dropped["invalid_metadata"],
+            dropped["invalid_description"],
+            dropped["invalid_endpoints"],
+            dropped["invalid_version"],
+        ) == (2, 1, 2, 1)
 
 
 async def test_one_heartbeat_with_an_absurd_sequence_neither_erases_nor_hijacks_an_instance(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"seq-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix) as registry, natsreg.announce(
-            nc, name, version="1.0.0", prefix=prefix, heartbeat_s=0.1) as svc:
+    async with (
+        natsreg.Registry(nc, prefix=prefix) as registry,
+        natsreg.announce(nc, name, version="1.0.0", prefix=prefix, heartbeat_s=0.1) as svc,
+    ):
         await svc.ready()
         await eventually(lambda: svc.id in {i.id for i in registry.snapshot().instances})
         for seq in (2**63 - 1, 10**6):
-            await _send(nc, prefix, "hb", name, svc.id, wire.Heartbeat(
-                id=svc.id, name=name, seq=seq, health="critical"))
-        await _send(nc, prefix, "bye", name, svc.id,
-                    wire.Goodbye(id=svc.id, name=name, seq=2**63 - 1))
+            await _send(
+                nc,
+                prefix,
+                "hb",
+                name,
+                svc.id,
+                wire.Heartbeat(id=svc.id, name=name, seq=seq, health="critical"),
+            )
+        await _send(
+            nc, prefix, "bye", name, svc.id, wire.Goodbye(id=svc.id, name=name, seq=2**63 - 1)
+        )
         await anyio.sleep(1.0)  # ten heartbeats: the forged numbers would have shut them out
         (instance,) = registry.snapshot().instances
         assert (instance.id, instance.health) == (svc.id, "passing")
@@ -97,11 +115,11 @@ async def test_one_heartbeat_with_an_absurd_sequence_neither_erases_nor_hijacks_
 
 
 async def test_a_node_holds_no_more_instances_than_its_caps_and_says_so_once(
-        nc: NATS, prefix: str, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    nc: NATS, prefix: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     a, b = f"a-{unique}", f"b-{unique}"
     caplog.set_level(logging.WARNING, logger="natsreg.registry")
-    async with natsreg.Registry(nc, prefix=prefix, max_per_service=5,
-                                max_instances=8) as registry:
+    async with natsreg.Registry(nc, prefix=prefix, max_per_service=5, max_instances=8) as registry:
         for n in range(10):
             await _send(nc, prefix, "announce", a, f"a{n}", _ann(a, f"a{n}", heartbeat_s=60))
         for n in range(5):
@@ -115,25 +133,33 @@ async def test_a_node_holds_no_more_instances_than_its_caps_and_says_so_once(
 
 
 async def test_fake_announcements_that_never_heartbeat_expire_without_a_mass_expiry_alarm(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"fake-{unique}"
-    async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0) as registry, \
-            natsreg.announce(nc, f"real-{unique}", version="1.0.0", prefix=prefix,
-                             heartbeat_s=0.1) as svc:
+    async with (
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0) as registry,
+        natsreg.announce(
+            nc, f"real-{unique}", version="1.0.0", prefix=prefix, heartbeat_s=0.1
+        ) as svc,
+    ):
         await svc.ready()
         await anyio.sleep(0.6)  # out of warm-up, and the real one heartbeating
         for n in range(3000):
-            await _send(nc, prefix, "announce", name, f"f{n}",
-                        _ann(name, f"f{n}", heartbeat_s=0.05))
+            await _send(
+                nc, prefix, "announce", name, f"f{n}", _ann(name, f"f{n}", heartbeat_s=0.05)
+            )
         await nc.flush()
-        await eventually(lambda: [i.id for i in registry.snapshot().instances] == [svc.id],
-                         what="the fakes expired")
+        await eventually(
+            lambda: [i.id for i in registry.snapshot().instances] == [svc.id],
+            what="the fakes expired",
+        )
         await anyio.sleep(0.3)
         assert registry.stats().mass_expiry is None
 
 
 async def test_a_discover_flood_makes_a_service_re_announce_only_about_once_a_second(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"disc-{unique}"
     announces: list[float] = []
 
@@ -147,8 +173,9 @@ async def test_a_discover_flood_makes_a_service_re_announce_only_about_once_a_se
         announces.clear()
         flood = wire.encode(wire.Discover())
         for n in range(50_000):
-            subject = subjects.control_subject(prefix, "discover", *(
-                (name, svc.id) if n % 2 else ()))
+            subject = subjects.control_subject(
+                prefix, "discover", *((name, svc.id) if n % 2 else ())
+            )
             await nc.publish(subject, flood)
             if n % 5000 == 0:
                 await nc.flush()
@@ -159,10 +186,16 @@ async def test_a_discover_flood_makes_a_service_re_announce_only_about_once_a_se
 
 
 async def test_a_deeply_nested_control_message_is_counted_as_malformed(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     name = f"deep-{unique}"
-    deep = (b'{"type":"announce","id":"x","name":"' + name.encode()
-            + b'","seq":1,"version":"1.0.0","junk":' + DEEP + b"}")
+    deep = (
+        b'{"type":"announce","id":"x","name":"'
+        + name.encode()
+        + b'","seq":1,"version":"1.0.0","junk":'
+        + DEEP
+        + b"}"
+    )
     async with natsreg.Registry(nc, prefix=prefix) as registry:
         await _send(nc, prefix, "announce", name, "x", deep)
         await _send(nc, prefix, "announce", name, "y", _ann(name, "y"))
@@ -171,12 +204,19 @@ async def test_a_deeply_nested_control_message_is_counted_as_malformed(
 
 
 def _event(prefix: str, name: str, instance_id: str, revision: int) -> bytes:
-    return wire.encode(wire.Event(node="forger", revision=revision, kind="up", instance=(
-        wire.InstanceView(id=instance_id, name=name, version="9.9.9", seq=revision))))
+    return wire.encode(
+        wire.Event(
+            node="forger",
+            revision=revision,
+            kind="up",
+            instance=(wire.InstanceView(id=instance_id, name=name, version="9.9.9", seq=revision)),
+        )
+    )
 
 
 async def test_watch_skips_events_whose_subject_names_another_service(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     victim, rogue = f"victim-{unique}", f"rogue-{unique}"
     client = natsreg.Client(nc, prefix=prefix)
     seen: list[str] = []
@@ -197,12 +237,17 @@ async def test_watch_skips_events_whose_subject_names_another_service(
 
 
 async def test_natsreg_watch_survives_a_deeply_nested_event(
-        nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]) -> None:
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
     name = f"w-{unique}"
     events = subjects.control_subject(prefix, "events", name)
     deep = b'{"node":"x","revision":1,"kind":"up","instance":{"junk":' + DEEP + b"}}"
-    with subprocess.Popen([sys.executable, "-m", "natsreg", "watch", "--prefix", prefix,
-                           "--json"], stdout=subprocess.PIPE, env=cli_env, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "natsreg", "watch", "--prefix", prefix, "--json"],
+        stdout=subprocess.PIPE,
+        env=cli_env,
+        text=True,
+    ) as proc:
         assert proc.stdout is not None
         lines: list[str] = []
 
@@ -224,8 +269,10 @@ async def test_natsreg_watch_survives_a_deeply_nested_event(
                 await nc.publish(events, deep)
                 await nc.publish(events, _event(prefix, name, "after", 1000))
                 await nc.flush()
-                await eventually(lambda: any('"after"' in line for line in lines),
-                                 what="an event after the deep one printed")
+                await eventually(
+                    lambda: any('"after"' in line for line in lines),
+                    what="an event after the deep one printed",
+                )
                 assert proc.poll() is None, "natsreg watch died"
                 proc.terminate()
         finally:
@@ -235,7 +282,8 @@ async def test_natsreg_watch_survives_a_deeply_nested_event(
 
 
 async def test_registry_answers_go_only_to_inboxes_never_to_a_named_subject(
-        nc: NATS, prefix: str, unique: str) -> None:
+    nc: NATS, prefix: str, unique: str
+) -> None:
     target = f"user-service-{unique}.users"
     reached: list[Msg] = []
 
@@ -246,8 +294,9 @@ async def test_registry_answers_go_only_to_inboxes_never_to_a_named_subject(
     async with natsreg.Registry(nc, prefix=prefix) as registry:
         await _send(nc, prefix, "announce", "svc", "i1", _ann("svc", "i1"))
         for _ in range(20):
-            await nc.publish(subjects.control_subject(prefix, "registry", "list"), b"",
-                             reply=target)
+            await nc.publish(
+                subjects.control_subject(prefix, "registry", "list"), b"", reply=target
+            )
         await _settle(nc)
         assert reached == []
         assert registry.stats().dropped["reply_subject"] == 20
@@ -256,8 +305,7 @@ async def test_registry_answers_go_only_to_inboxes_never_to_a_named_subject(
     await sub.unsubscribe()
 
 
-async def test_a_query_whose_budget_ran_out_in_the_queue_is_dropped(
-        nc: NATS, prefix: str) -> None:
+async def test_a_query_whose_budget_ran_out_in_the_queue_is_dropped(nc: NATS, prefix: str) -> None:
     async with natsreg.Registry(nc, prefix=prefix) as registry:
         inbox = nc.new_inbox()
         answers: list[Msg] = []
@@ -267,16 +315,19 @@ async def test_a_query_whose_budget_ran_out_in_the_queue_is_dropped(
 
         sub = await nc.subscribe(inbox, cb=land)
         for _ in range(5):
-            await nc.publish(subjects.control_subject(prefix, "registry", "list"), b"",
-                             reply=inbox, headers={BUDGET_HEADER: "0"})
+            await nc.publish(
+                subjects.control_subject(prefix, "registry", "list"),
+                b"",
+                reply=inbox,
+                headers={BUDGET_HEADER: "0"},
+            )
         await _settle(nc)
         assert answers == []
         assert registry.stats().dropped["query_expired"] == 5
         await sub.unsubscribe()
 
 
-async def test_a_flood_of_list_queries_is_encoded_once_per_revision(
-        nc: NATS, prefix: str) -> None:
+async def test_a_flood_of_list_queries_is_encoded_once_per_revision(nc: NATS, prefix: str) -> None:
     async with natsreg.Registry(nc, prefix=prefix) as registry:
         for n in range(50):
             await _send(nc, prefix, "announce", "svc", f"i{n}", _ann("svc", f"i{n}"))
@@ -289,11 +340,20 @@ async def test_a_flood_of_list_queries_is_encoded_once_per_revision(
 
 
 async def test_a_plain_adr32_info_reply_beyond_the_limits_is_dropped_and_counted(
-        nc: NATS, prefix: str, unique: str) -> None:
-    good = wire.SrvInfo(name=f"go-{unique}", id=f"good{unique}", version="1.0.0", endpoints=[
-        wire.SrvEndpointInfo(name="add", subject=f"go-{unique}.add", queue_group="q")])
-    bad = wire.SrvInfo(name=f"go-{unique}", id=f"bad{unique}", version="1.0.0",
-                       metadata={f"k{n}": "v" for n in range(1000)})
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    good = wire.SrvInfo(
+        name=f"go-{unique}",
+        id=f"good{unique}",
+        version="1.0.0",
+        endpoints=[wire.SrvEndpointInfo(name="add", subject=f"go-{unique}.add", queue_group="q")],
+    )
+    bad = wire.SrvInfo(
+        name=f"go-{unique}",
+        id=f"bad{unique}",
+        version="1.0.0",
+        metadata={f"k{n}": "v" for n in range(1000)},
+    )
 
     async def answer(msg: Msg) -> None:
         await nc.publish(msg.reply, wire.encode(good))
@@ -302,6 +362,7 @@ async def test_a_plain_adr32_info_reply_beyond_the_limits_is_dropped_and_counted
     sub = await nc.subscribe(subjects.srv_subject("INFO"), cb=answer)
     async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.3) as registry:
         await eventually(lambda: registry.stats().dropped.get("invalid_metadata", 0) >= 1)
-        assert [i.id for i in registry.snapshot().instances if i.kind == "micro"
-                and i.name == good.name] == [good.id]
+        assert [
+            i.id for i in registry.snapshot().instances if i.kind == "micro" and i.name == good.name
+        ] == [good.id]
     await sub.unsubscribe()

@@ -19,8 +19,7 @@ class Clock:
 
 
 def announce(seq: int, **fields: object) -> wire.Announce:
-    return wire.Announce(id="i1", name="svc", version="1.0.0", seq=seq, heartbeat_s=1.0,
-                         **fields)  # type: ignore[arg-type]
+    return wire.Announce(id="i1", name="svc", version="1.0.0", seq=seq, heartbeat_s=1.0, **fields)  # type: ignore[arg-type]
 
 
 def beat(seq: int, health: wire.Health = "passing") -> wire.Heartbeat:
@@ -131,12 +130,20 @@ def test_tombstones_are_forgotten_after_their_time() -> None:
 def test_a_plain_adr32_service_is_listed_as_micro_and_expires_without_polls() -> None:
     clock = Clock()
     view = View(micro_ttl_s=15, clock=clock)
-    info = wire.SrvInfo(name="go-svc", id="m1", version="0.1.0", description=None,
-                        endpoints=[wire.SrvEndpointInfo(name="add", subject="math.add")])
+    info = wire.SrvInfo(
+        name="go-svc",
+        id="m1",
+        version="0.1.0",
+        description=None,
+        endpoints=[wire.SrvEndpointInfo(name="add", subject="math.add")],
+    )
     assert [c.kind for c in view.apply_micro(info).changes] == ["up"]
     (instance,) = view.instances()
     assert (instance.kind, instance.description, instance.endpoints[0].subject) == (
-        "micro", "", "math.add")
+        "micro",
+        "",
+        "math.add",
+    )
     clock.now += 16
     assert [c.reason for c in view.expire()] == ["expired"]
 
@@ -146,8 +153,7 @@ def test_a_closed_connection_removes_the_instances_on_it() -> None:
     view.apply(announce(1, conn="S1/7"))
     view.apply(wire.Announce(id="i2", name="svc", version="1.0.0", seq=1, conn="S1/8"))
     changes = view.disconnected("S1/7")
-    assert [(c.kind, c.reason, c.instance.id) for c in changes] == [
-        ("down", "disconnected", "i1")]
+    assert [(c.kind, c.reason, c.instance.id) for c in changes] == [("down", "disconnected", "i1")]
     assert [i.id for i in view.instances()] == ["i2"]
     assert view.apply(beat(1)).stale, "a late heartbeat revived it"
 
@@ -214,14 +220,22 @@ def test_services_are_summed_per_name_and_version() -> None:
     clock = Clock()
     view = View(clock=clock)
     endpoint = wire.Endpoint(name="get", subject="svc.get", queue_group="svc")
-    for n, (version, health) in enumerate([("1.0.0", "passing"), ("1.0.0", "critical"),
-                                           ("2.0.0", "passing")]):
-        view.apply(wire.Announce(id=f"i{n}", name="svc", version=version, seq=1,
-                                 health=health, endpoints=[endpoint]))  # type: ignore[arg-type]
+    for n, (version, health) in enumerate(
+        [("1.0.0", "passing"), ("1.0.0", "critical"), ("2.0.0", "passing")]
+    ):
+        view.apply(
+            wire.Announce(
+                id=f"i{n}", name="svc", version=version, seq=1, health=health, endpoints=[endpoint]
+            )
+        )  # type: ignore[arg-type]
         clock.now += 1
     one, two = view.summaries()
     assert (one.version, one.instances, one.health, one.endpoints) == (
-        "1.0.0", 2, {"passing": 1, "critical": 1}, ["get"])
+        "1.0.0",
+        2,
+        {"passing": 1, "critical": 1},
+        ["get"],
+    )
     assert (two.version, two.instances, two.last_heard_s) == ("2.0.0", 1, 1.0)
 
 
@@ -281,10 +295,12 @@ def test_a_huge_announced_interval_is_clamped_where_the_view_stores_and_uses_it(
 
 def test_instances_beyond_the_caps_are_refused_as_capacity() -> None:
     view = View(clock=Clock(), max_per_service=3, max_instances=5)
-    outcomes = [view.apply(wire.Announce(id=f"a{n}", name="a", version="1.0.0", seq=1))
-                for n in range(4)]
-    outcomes += [view.apply(wire.Announce(id=f"b{n}", name="b", version="1.0.0", seq=1))
-                 for n in range(3)]
+    outcomes = [
+        view.apply(wire.Announce(id=f"a{n}", name="a", version="1.0.0", seq=1)) for n in range(4)
+    ]
+    outcomes += [
+        view.apply(wire.Announce(id=f"b{n}", name="b", version="1.0.0", seq=1)) for n in range(3)
+    ]
     assert [o.dropped for o in outcomes] == ["", "", "", "capacity", "", "", "capacity"]
     assert (len(view), view.service_count()) == (5, 2)
     # A known instance re-announcing is no new instance: never refused.
@@ -294,9 +310,11 @@ def test_instances_beyond_the_caps_are_refused_as_capacity() -> None:
 def test_a_message_for_a_known_id_under_another_service_name_is_a_mismatch() -> None:
     view = View(clock=Clock())
     view.apply(announce(1))
-    for forged in (wire.Goodbye(id="i1", name="other", seq=2),
-                   wire.Heartbeat(id="i1", name="other", seq=2),
-                   wire.Announce(id="i1", name="other", version="1.0.0", seq=2)):
+    for forged in (
+        wire.Goodbye(id="i1", name="other", seq=2),
+        wire.Heartbeat(id="i1", name="other", seq=2),
+        wire.Announce(id="i1", name="other", version="1.0.0", seq=2),
+    ):
         assert view.apply(forged).dropped == "subject_mismatch"
     assert [i.name for i in view.instances()] == ["svc"]
 
@@ -327,10 +345,21 @@ def test_goodbyes_and_heartbeats_for_made_up_ids_hold_bounded_memory() -> None:
 def test_the_view_of_an_announcement_keeps_every_field_the_two_share() -> None:
     # A field added to Announce and InstanceView must also be copied by wire.instance_view.
     ann = wire.Announce(
-        id="i1", name="svc", version="1.2.3", seq=7, description="d", metadata={"k": "v"},
-        endpoints=[wire.Endpoint(name="e", subject="svc.e", queue_group="q")], host="h",
-        pid=42, started="2026-01-01T00:00:00Z", heartbeat_s=2.0, health="warning",
-        load=wire.Load(in_flight=1, served=2, errors=3), conn="S/1")
+        id="i1",
+        name="svc",
+        version="1.2.3",
+        seq=7,
+        description="d",
+        metadata={"k": "v"},
+        endpoints=[wire.Endpoint(name="e", subject="svc.e", queue_group="q")],
+        host="h",
+        pid=42,
+        started="2026-01-01T00:00:00Z",
+        heartbeat_s=2.0,
+        health="warning",
+        load=wire.Load(in_flight=1, served=2, errors=3),
+        conn="S/1",
+    )
     view = wire.instance_view(ann)
     shared = set(wire.Announce.__struct_fields__) & set(wire.InstanceView.__struct_fields__)
     assert shared - {"schema"} == set(wire.InstanceView.__struct_fields__) - {"kind", "age_s"}
@@ -353,6 +382,6 @@ def test_the_protocol_docs_name_every_reason_an_instance_goes_down() -> None:
     reasons |= {c.reason for c in view.expire()}
     assert reasons == {"disconnected", "goodbye", "expired"}
     docs = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-    event = docs[docs.index("- `Event` is"):docs.index("## Identity")]
+    event = docs[docs.index("- `Event` is") : docs.index("## Identity")]
     for reason in reasons:
         assert f"`{reason}`" in event, f"docs/protocol.md's Event omits down reason {reason!r}"

@@ -15,8 +15,16 @@ from typing import Literal
 
 from ..errors import ConfigError
 
-__all__ = ["HTTP_TOKEN", "NO_AUTH", "Auth", "Cors", "CorsHeaders", "Origins", "challenge",
-           "credential"]
+__all__ = [
+    "HTTP_TOKEN",
+    "NO_AUTH",
+    "Auth",
+    "Cors",
+    "CorsHeaders",
+    "Origins",
+    "challenge",
+    "credential",
+]
 
 # Distinct Host values whose verdict is remembered; any more are checked each time.
 _HOST_CACHE_SIZE = 256
@@ -64,8 +72,10 @@ class Auth:
         if self.scheme == "none" and (self.tokens_env or self.tokens_file):
             raise ConfigError("auth: tokens given but scheme is 'none'")
         if self.scheme != "none" and not tokens:
-            raise ConfigError(f"auth scheme {self.scheme!r} has no token: set tokens_env or "
-                              "tokens_file (there is no default secret)")
+            raise ConfigError(
+                f"auth scheme {self.scheme!r} has no token: set tokens_env or "
+                "tokens_file (there is no default secret)"
+            )
         if any(not t.isprintable() or " " in t for t in tokens):
             raise ConfigError("auth: a token may hold no whitespace or control character")
         object.__setattr__(self, "digests", frozenset(_digest(t.encode()) for t in tokens))
@@ -113,7 +123,6 @@ class Cors:
             raise ConfigError("cors.max_age_s must be >= 0")
 
 
-
 def credential(auth: Auth, headers: dict[bytes, bytes]) -> bytes | None:
     """The token or key that ``headers`` (credential headers only) present to ``auth``."""
     value = headers.get(b"authorization" if auth.scheme == "bearer" else auth.header.encode())
@@ -141,9 +150,11 @@ class CorsHeaders:
         common = [(b"vary", b"origin")]
         if cors.allow_credentials:
             common.append((b"access-control-allow-credentials", b"true"))
-        self.simple = common + ([(b"access-control-expose-headers",
-                                  ", ".join(cors.expose_headers).encode())]
-                                if cors.expose_headers else [])
+        self.simple = common + (
+            [(b"access-control-expose-headers", ", ".join(cors.expose_headers).encode())]
+            if cors.expose_headers
+            else []
+        )
         self.preflight_headers = [
             *common,
             (b"access-control-allow-methods", ", ".join(cors.allow_methods).encode()),
@@ -187,7 +198,7 @@ class Origins:
         if verdict is None:
             name = host.lower()
             if name.startswith(b"["):
-                name = name[:name.find(b"]") + 1]
+                name = name[: name.find(b"]") + 1]
             else:
                 name = name.partition(b":")[0].rstrip(b".")
             verdict = name in self._hosts
@@ -195,8 +206,9 @@ class Origins:
                 self._verdicts[host] = verdict
         return verdict
 
-    def cross_site(self, origin: bytes | None, host: bytes | None,
-                   fetch_site: bytes | None) -> bool:
+    def cross_site(
+        self, origin: bytes | None, host: bytes | None, fetch_site: bytes | None
+    ) -> bool:
         """Whether a browser sent this from another site that CORS does not allow.
 
         A browser that names an ``Origin`` is refused unless CORS allows it or it is this

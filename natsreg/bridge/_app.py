@@ -37,8 +37,7 @@ from ._access import CorsHeaders, Origins, challenge, credential
 from ._config import BridgeConfig
 from ._routes import Refusal, Target
 
-__all__ = ["METHOD_HEADER", "PATH_HEADER", "QUERY_HEADER", "Bridge", "create_app",
-           "status_for"]
+__all__ = ["METHOD_HEADER", "PATH_HEADER", "QUERY_HEADER", "Bridge", "create_app", "status_for"]
 
 log = logging.getLogger("natsreg.bridge")
 
@@ -96,10 +95,10 @@ _EMPTY_REFUSALS = {
     429: Refusal(429, "too_many_requests", "too many requests in flight from this client"),
     431: Refusal(431, "headers_too_large", "the request path, query and headers are too large"),
 }
-_MISDIRECTED = Refusal(421, "misdirected_request",
-                       "this bridge does not serve the host named in the Host header")
-_CROSS_SITE = Refusal(403, "cross_site", "a cross-site request that the CORS settings do not "
-                                         "allow")
+_MISDIRECTED = Refusal(
+    421, "misdirected_request", "this bridge does not serve the host named in the Host header"
+)
+_CROSS_SITE = Refusal(403, "cross_site", "a cross-site request that the CORS settings do not allow")
 
 
 class _Disconnected(Exception):
@@ -122,9 +121,22 @@ class _Refused(Exception):
 class _Head:
     """What the bridge reads from a request head, in one pass (:meth:`Bridge._read_head`)."""
 
-    __slots__ = ("broken", "connection", "content_length", "credentials", "fetch_site",
-                 "forwarded", "host", "method", "origin", "path", "query", "raw_path", "size",
-                 "timeout")
+    __slots__ = (
+        "broken",
+        "connection",
+        "content_length",
+        "credentials",
+        "fetch_site",
+        "forwarded",
+        "host",
+        "method",
+        "origin",
+        "path",
+        "query",
+        "raw_path",
+        "size",
+        "timeout",
+    )
 
     def __init__(self) -> None:
         self.path = ""
@@ -172,7 +184,9 @@ class Bridge:
         auths = [config.auth, *(r.auth for r in config.routes if r.auth is not None)]
         self._credential_headers = frozenset(
             b"authorization" if a.scheme == "bearer" else a.header.encode()
-            for a in auths if a.enabled)
+            for a in auths
+            if a.enabled
+        )
         self._content_types: dict[str, bytes] = {}
         self._default_content_type = config.default_content_type.encode("latin-1")
         self._cors = CorsHeaders(config.cors) if config.cors else None
@@ -207,12 +221,20 @@ class Bridge:
         cors = self._cors.for_origin(origin) if self._cors is not None and origin else ()
         try:
             self._screen(head, cors)
-            if self._cors is not None and head.method == "OPTIONS" and origin is not None \
-                    and any(name == b"access-control-request-method"
-                            for name, _ in scope["headers"]):
+            if (
+                self._cors is not None
+                and head.method == "OPTIONS"
+                and origin is not None
+                and any(name == b"access-control-request-method" for name, _ in scope["headers"])
+            ):
                 # A refused origin gets no CORS header: the browser then blocks the request.
-                await send({"type": "http.response.start", "status": 204,
-                            "headers": self._cors.preflight(origin)})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 204,
+                        "headers": self._cors.preflight(origin),
+                    }
+                )
                 await send({"type": "http.response.body", "body": b""})
                 return
             if head.path.startswith("/_natsreg/"):
@@ -235,7 +257,7 @@ class Bridge:
         path: str = scope["path"]
         root = scope.get("root_path")
         if root and path.startswith(root):
-            path = path[len(root):]
+            path = path[len(root) :]
         head.path = path
         head.method = scope["method"]
         head.query = query = scope["query_string"]
@@ -276,8 +298,11 @@ class Bridge:
         if head.size > self.config.max_header_bytes:
             raise _Refused(_EMPTY_REFUSALS[431], cors)
         raw_path = head.raw_path
-        if head.broken or _HEADER_BREAK.search(head.query) or (
-                raw_path and _HEADER_BREAK.search(raw_path)):
+        if (
+            head.broken
+            or _HEADER_BREAK.search(head.query)
+            or (raw_path and _HEADER_BREAK.search(raw_path))
+        ):
             raise _Refused(_HEADER_INJECTION, cors)
         # A request without Host cannot come from a browser, the client these two checks
         # are for (DNS rebinding, cross-site requests); HTTP/1.0 tools may omit it.
@@ -285,7 +310,8 @@ class Bridge:
         if host is not None and not self._origins.host_allowed(host):
             raise _Refused(_MISDIRECTED)
         if (head.origin is not None or head.fetch_site is not None) and self._origins.cross_site(
-                head.origin, host, head.fetch_site):
+            head.origin, host, head.fetch_site
+        ):
             raise _Refused(_CROSS_SITE)
 
     def _authorize(self, head: _Head, cors: _Headers) -> tuple[Target, float]:
@@ -298,19 +324,35 @@ class Bridge:
         method = head.method
         if route is not None and route.methods and method not in route.methods:
             allow = ", ".join(sorted(route.methods)).encode()
-            raise _Refused(Refusal(405, "method_not_allowed", f"{method} is not allowed here",
-                                   target.service, target.endpoint), (*cors, (b"allow", allow)))
+            raise _Refused(
+                Refusal(
+                    405,
+                    "method_not_allowed",
+                    f"{method} is not allowed here",
+                    target.service,
+                    target.endpoint,
+                ),
+                (*cors, (b"allow", allow)),
+            )
         auth = route.auth if route is not None and route.auth is not None else self.config.auth
         if auth.enabled and not auth.accepts(credential(auth, head.credentials)):
             raise _Refused(_unauthorized(target), (*cors, challenge(auth)))
-        timeout_s = route.timeout_s if route is not None and route.timeout_s else \
-            self.config.timeout_s
+        timeout_s = (
+            route.timeout_s if route is not None and route.timeout_s else self.config.timeout_s
+        )
         if head.timeout is not None:
             asked = _seconds(head.timeout)
             if asked is None:
-                raise _Refused(Refusal(
-                    400, "bad_request", f"{self.config.timeout_header} must be a number of "
-                    "seconds > 0", target.service, target.endpoint), cors)
+                raise _Refused(
+                    Refusal(
+                        400,
+                        "bad_request",
+                        f"{self.config.timeout_header} must be a number of seconds > 0",
+                        target.service,
+                        target.endpoint,
+                    ),
+                    cors,
+                )
             timeout_s = min(asked, timeout_s)
         return target, timeout_s
 
@@ -320,8 +362,7 @@ class Bridge:
         if content_length is None:
             body: bytes = (await receive()).get("body", b"")
             return body
-        if content_length != b"chunked" and _too_long(content_length,
-                                                       self.config.max_body_bytes):
+        if content_length != b"chunked" and _too_long(content_length, self.config.max_body_bytes):
             raise _Refused(_EMPTY_REFUSALS[413], cors)
         try:
             read = await self._read_body(receive)
@@ -331,8 +372,9 @@ class Bridge:
             raise _Refused(_EMPTY_REFUSALS[413], cors)
         return read
 
-    async def _forward(self, head: _Head, target: Target, timeout_s: float, body: bytes,
-                       cors: _Headers) -> tuple[bytes, bytes]:
+    async def _forward(
+        self, head: _Head, target: Target, timeout_s: float, body: bytes, cors: _Headers
+    ) -> tuple[bytes, bytes]:
         """Step 4: the request to NATS; the reply's body and content type, or the failure
         mapped to its status."""
         forwarded = head.forwarded
@@ -349,8 +391,9 @@ class Bridge:
         try:
             # On a versioned route, target.call reads 'service@constraint.endpoint': the
             # client then picks a matching instance from its registry view.
-            reply = await self._client.request(target.call, body, timeout_s=timeout_s,
-                                               headers=forwarded)
+            reply = await self._client.request(
+                target.call, body, timeout_s=timeout_s, headers=forwarded
+            )
         except Exception as exc:
             raise _failure(exc, target, cors) from None
         return reply.data, self._content_type(reply.headers)
@@ -388,17 +431,30 @@ class Bridge:
                 self._content_types[value] = cached
         return cached
 
-    async def _own(self, path: str, method: str, credentials: dict[bytes, bytes], send: Send,
-                   cors: Iterable[tuple[bytes, bytes]]) -> None:
+    async def _own(
+        self,
+        path: str,
+        method: str,
+        credentials: dict[bytes, bytes],
+        send: Send,
+        cors: Iterable[tuple[bytes, bytes]],
+    ) -> None:
         if method not in ("GET", "HEAD"):
-            await self._refuse(send, Refusal(405, "method_not_allowed", "use GET"),
-                               (*cors, (b"allow", b"GET, HEAD")))
+            await self._refuse(
+                send,
+                Refusal(405, "method_not_allowed", "use GET"),
+                (*cors, (b"allow", b"GET, HEAD")),
+            )
             return
         if path == "/_natsreg/health":
             connected = self._nc.is_connected
-            body = _encode({"status": "ok" if connected else "unavailable",
-                            "nats": "connected" if connected else "disconnected",
-                            "in_flight": sum(self._in_flight.values())})
+            body = _encode(
+                {
+                    "status": "ok" if connected else "unavailable",
+                    "nats": "connected" if connected else "disconnected",
+                    "in_flight": sum(self._in_flight.values()),
+                }
+            )
             await _respond(send, 200 if connected else 503, _JSON, body, cors)
         elif path == "/_natsreg/services" and self.config.expose_registry:
             auth = self.config.auth
@@ -426,10 +482,12 @@ class Bridge:
         self._registry_view = (time.monotonic(), body)
         return body
 
-    async def _refuse(self, send: Send, refusal: Refusal,
-                      extra: Iterable[tuple[bytes, bytes]]) -> None:
-        body = _encode(_ErrorBody(refusal.error, refusal.message[:1024], refusal.service,
-                                  refusal.endpoint))
+    async def _refuse(
+        self, send: Send, refusal: Refusal, extra: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        body = _encode(
+            _ErrorBody(refusal.error, refusal.message[:1024], refusal.service, refusal.endpoint)
+        )
         await _respond(send, refusal.status, _JSON, body, extra)
 
 
@@ -438,10 +496,20 @@ def create_app(nc: NATS, config: BridgeConfig | None = None) -> Bridge:
     return Bridge(nc, config or BridgeConfig())
 
 
-async def _respond(send: Send, status: int, content_type: bytes, body: bytes,
-                   extra: Iterable[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
+async def _respond(
+    send: Send, status: int, content_type: bytes, body: bytes, extra: Iterable[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -477,8 +545,13 @@ def _failure(exc: Exception, target: Target, cors: _Headers) -> _Refused:
 
 
 def _unauthorized(target: Target | None) -> Refusal:
-    return Refusal(401, "unauthorized", "missing or invalid credentials",
-                   target.service if target else "", target.endpoint if target else "")
+    return Refusal(
+        401,
+        "unauthorized",
+        "missing or invalid credentials",
+        target.service if target else "",
+        target.endpoint if target else "",
+    )
 
 
 def _seconds(value: bytes) -> float | None:

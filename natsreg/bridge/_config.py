@@ -20,10 +20,29 @@ from ._routes import Route, RouteTable
 __all__ = ["LOOPBACK_HOSTS", "BridgeConfig", "is_loopback"]
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded by a proxy.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
-_DEFAULT_FORWARD = ("content-type", "accept", "accept-language", "user-agent", "x-request-id",
-                    "traceparent", "tracestate", "idempotency-key")
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_DEFAULT_FORWARD = (
+    "content-type",
+    "accept",
+    "accept-language",
+    "user-agent",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "idempotency-key",
+)
 #: The ``Host`` names served by default: this machine's own, so that a page whose name
 #: resolves to 127.0.0.1 (DNS rebinding) cannot reach the services through a browser.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -94,7 +113,8 @@ class BridgeConfig:
         object.__setattr__(self, "routes", tuple(self.routes))
         if self.allow is not None:
             if isinstance(self.allow, str) or not all(
-                    isinstance(s, str) and wire.NAME_PATTERN.match(s) for s in self.allow):
+                isinstance(s, str) and wire.NAME_PATTERN.match(s) for s in self.allow
+            ):
                 raise ConfigError("allow must be a list of service names")
             object.__setattr__(self, "allow", frozenset(self.allow))
         if not isinstance(self.auth, Auth):
@@ -106,9 +126,13 @@ class BridgeConfig:
                 raise ConfigError(f"{name} must be in (0, 3600] seconds, got {value!r}")
         if not 0 <= self.drain_timeout_s <= 3600:
             raise ConfigError(f"drain_timeout_s must be in [0, 3600], got {self.drain_timeout_s}")
-        for name, low in (("max_body_bytes", 0), ("max_header_bytes", 256),
-                          ("max_in_flight_per_client", 1), ("max_connections", 1),
-                          ("max_connections_per_client", 1)):
+        for name, low in (
+            ("max_body_bytes", 0),
+            ("max_header_bytes", 256),
+            ("max_in_flight_per_client", 1),
+            ("max_connections", 1),
+            ("max_connections_per_client", 1),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -124,9 +148,16 @@ class BridgeConfig:
         object.__setattr__(self, "allowed_hosts", _host_names(self.allowed_hosts))
         # Built once, here: building it checks routes against each other and the allow-list,
         # and every bridge on this config shares it (and its per-path cache).
-        object.__setattr__(self, "_table", RouteTable(
-            self.routes, default_routes=self.default_routes, allow=self.allow,
-            control_prefix=self.prefix))
+        object.__setattr__(
+            self,
+            "_table",
+            RouteTable(
+                self.routes,
+                default_routes=self.default_routes,
+                allow=self.allow,
+                control_prefix=self.prefix,
+            ),
+        )
 
     def check_listen(self, host: str) -> None:
         """Refuse to listen on ``host`` if it reaches beyond this machine with no auth.
@@ -141,7 +172,8 @@ class BridgeConfig:
             f"refusing to serve the HTTP bridge on {host or '*'!r} without auth, where anyone "
             "who reaches it could call every service: set [auth] in the routes file, listen "
             "on 127.0.0.1, or pass --insecure-public (insecure_public=True) if what stands in "
-            "front checks callers")
+            "front checks callers"
+        )
 
     def route_table(self) -> RouteTable:
         """The resolver built from ``routes``, ``default_routes``, ``allow`` and ``prefix``."""
@@ -162,8 +194,9 @@ class BridgeConfig:
 
 
 def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
-    _only(doc, {"default_routes", "allow", "allowed_hosts", "auth", "cors", "routes"},
-          "routes file")
+    _only(
+        doc, {"default_routes", "allow", "allowed_hosts", "auth", "cors", "routes"}, "routes file"
+    )
     out: dict[str, Any] = {}
     if "allowed_hosts" in doc:
         out["allowed_hosts"] = tuple(_typed(doc["allowed_hosts"], list, "allowed_hosts"))
@@ -176,23 +209,30 @@ def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
     if "cors" in doc:
         cors = _typed(doc["cors"], dict, "cors")
         _only(cors, {f.name for f in fields(Cors)}, "cors")
-        settings: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in cors.items()}
+        settings: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in cors.items()
+        }
         out["cors"] = Cors(**settings)
     routes = []
     for i, row in enumerate(_typed(doc.get("routes", []), list, "routes")):
         what = f"routes[{i}]"
-        _only(_typed(row, dict, what),
-              {"path", "subject", "methods", "version", "auth", "timeout_s"}, what)
+        _only(
+            _typed(row, dict, what),
+            {"path", "subject", "methods", "version", "auth", "timeout_s"},
+            what,
+        )
         if "path" not in row or "subject" not in row:
             raise ConfigError(f"{what} needs 'path' and 'subject'")
-        routes.append(Route(
-            path=row["path"], subject=row["subject"],
-            methods=frozenset(_typed(row.get("methods", []), list, f"{what}.methods")),
-            version=row.get("version"),
-            auth=_auth(row["auth"], f"{what}.auth") if "auth" in row else None,
-            timeout_s=row.get("timeout_s"),
-        ))
+        routes.append(
+            Route(
+                path=row["path"],
+                subject=row["subject"],
+                methods=frozenset(_typed(row.get("methods", []), list, f"{what}.methods")),
+                version=row.get("version"),
+                auth=_auth(row["auth"], f"{what}.auth") if "auth" in row else None,
+                timeout_s=row.get("timeout_s"),
+            )
+        )
     out["routes"] = tuple(routes)
     return out
 
@@ -204,10 +244,11 @@ def _host_names(hosts: Iterable[str]) -> tuple[str, ...]:
     for host in hosts:
         name = host.strip().lower().rstrip(".")
         if ":" in name and not name.startswith("["):
-            name = f"[{name}]"   # a bare IPv6 literal, as Host writes it
+            name = f"[{name}]"  # a bare IPv6 literal, as Host writes it
         if name != "*" and not (_HOST_NAME.match(name) and _ip6_ok(name)):
-            raise ConfigError(f"allowed_hosts: {host!r} is not a host name (give no port; "
-                              "'*' allows any)")
+            raise ConfigError(
+                f"allowed_hosts: {host!r} is not a host name (give no port; '*' allows any)"
+            )
         names.append(name)
     return tuple(names)
 

@@ -57,8 +57,10 @@ class Route:
             raise ConfigError("route paths under /_natsreg/ are the bridge's own")
         object.__setattr__(self, "tokens", tokens)
         if not subjects.is_valid_subject(self.subject) or subjects.is_reserved(self.subject):
-            raise ConfigError(f"route {self.path!r}: {self.subject!r} is not a subject a route "
-                              "may reach (literal tokens, no '$' or '_INBOX' subjects)")
+            raise ConfigError(
+                f"route {self.path!r}: {self.subject!r} is not a subject a route "
+                "may reach (literal tokens, no '$' or '_INBOX' subjects)"
+            )
         methods = frozenset(m.upper() for m in self.methods)
         if unknown := methods - _HTTP_METHODS:
             raise ConfigError(f"route {self.path!r}: unknown methods {sorted(unknown)}")
@@ -68,8 +70,10 @@ class Route:
             constraint = parse_constraint(self.version)
             parts = self.subject.split(".")
             if len(parts) != 2 or not all(wire.NAME_PATTERN.match(p) for p in parts):
-                raise ConfigError(f"route {self.path!r}: a versioned route's subject must be "
-                                  "'<service>.<endpoint>'")
+                raise ConfigError(
+                    f"route {self.path!r}: a versioned route's subject must be "
+                    "'<service>.<endpoint>'"
+                )
         object.__setattr__(self, "constraint", constraint)
         if self.timeout_s is not None and not 0 < self.timeout_s <= 3600:
             raise ConfigError(f"route {self.path!r}: timeout_s must be in (0, 3600]")
@@ -111,9 +115,12 @@ def _valid_path_token(token: str) -> bool:
     return subjects.is_valid_token(token) and token.isprintable()
 
 
-_BAD_PATH = Refusal(400, "bad_request",
-                    "the path holds a segment that cannot be a subject token (empty, '.', '*', "
-                    "'>', whitespace or control characters)")
+_BAD_PATH = Refusal(
+    400,
+    "bad_request",
+    "the path holds a segment that cannot be a subject token (empty, '.', '*', "
+    "'>', whitespace or control characters)",
+)
 _LONG_PATH = Refusal(400, "bad_request", f"the path is longer than {MAX_SUBJECT_CHARS} characters")
 _FORBIDDEN_SUBJECT = Refusal(400, "bad_request", "the path names a reserved subject")
 _NO_ROUTE = Refusal(404, "not_found", "no route matches the path")
@@ -141,8 +148,10 @@ class RouteTable:
                 raise ConfigError(f"two routes share the path {route.path!r}")
             seen.add(route.tokens)
             if allow is not None and route.service not in allow:
-                raise ConfigError(f"route {route.path!r} reaches {route.service!r}, "
-                                  "which the allow-list leaves out")
+                raise ConfigError(
+                    f"route {route.path!r} reaches {route.service!r}, "
+                    "which the allow-list leaves out"
+                )
             if _under(route.subject, control_prefix):
                 raise ConfigError(f"route {route.path!r} reaches natsreg's control subjects")
         self.default_routes = default_routes
@@ -179,8 +188,13 @@ class RouteTable:
         if subjects.is_reserved(subject) or _under(subject, self.control_prefix):
             return _FORBIDDEN_SUBJECT
         if not wire.NAME_PATTERN.match(service) or not wire.NAME_PATTERN.match(endpoint):
-            return Refusal(400, "bad_request", "service and endpoint names hold letters, digits, "
-                           "'-' and '_' only", service, endpoint)
+            return Refusal(
+                400,
+                "bad_request",
+                "service and endpoint names hold letters, digits, '-' and '_' only",
+                service,
+                endpoint,
+            )
         if self.allow is not None and service not in self.allow:
             return _NO_ROUTE
         return Target(subject, service, endpoint, None, subject)
@@ -188,8 +202,9 @@ class RouteTable:
     def _via_route(self, route: Route, rest: list[str]) -> Target | Refusal:
         service, _, endpoint = route.subject.partition(".")
         if rest and route.constraint is not None:
-            return Refusal(404, "not_found", "a versioned route has no sub-paths",
-                           service, endpoint)
+            return Refusal(
+                404, "not_found", "a versioned route has no sub-paths", service, endpoint
+            )
         subject = ".".join((route.subject, *rest))
         if len(subject) > MAX_SUBJECT_CHARS:
             return _LONG_PATH

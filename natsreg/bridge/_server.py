@@ -55,8 +55,9 @@ class RunningBridge:
 
 
 @asynccontextmanager
-async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.0.0.1",
-              port: int = 8080) -> AsyncIterator[RunningBridge]:
+async def run(
+    nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.0.0.1", port: int = 8080
+) -> AsyncIterator[RunningBridge]:
     """Serve the bridge over HTTP on ``host:port`` (``port=0``: any free port) for the block.
 
     The HTTP server is uvicorn with httptools, chosen by measurement (bench/RESULTS.md); run
@@ -66,26 +67,42 @@ async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.
     config = config or BridgeConfig()
     config.check_listen(host)
     if not is_loopback(host) and config.allowed_hosts == LOOPBACK_HOSTS:
-        log.warning("bridge: listening on %s, but only Host names %s are served (421 for "
-                    "others): add the names clients use with --allowed-host (allowed_hosts)",
-                    host or "*", ", ".join(LOOPBACK_HOSTS))
+        log.warning(
+            "bridge: listening on %s, but only Host names %s are served (421 for "
+            "others): add the names clients use with --allowed-host (allowed_hosts)",
+            host or "*",
+            ", ".join(LOOPBACK_HOSTS),
+        )
     app = create_app(nc, config)
-    gate = _Gate(_connection_cap(config.max_connections), config.max_connections_per_client,
-                 config.header_timeout_s)
+    gate = _Gate(
+        _connection_cap(config.max_connections),
+        config.max_connections_per_client,
+        config.header_timeout_s,
+    )
     sock = _bind(host, port)
     # uvicorn calls what it is given as the protocol class; a partial carries this server's
     # gate to every connection, which a class attribute would share between servers.
     protocol: Any = functools.partial(_Protocol, gate=gate)
-    server = uvicorn.Server(uvicorn.Config(
-        app, interface="asgi3", http=protocol, lifespan="off",
-        loop="none", ws="none", backlog=_LISTEN_BACKLOG,
-        log_config=None, access_log=False, proxy_headers=False, server_header=False,
-        # Annotated int, but uvicorn hands it to asyncio.wait_for, which takes float seconds.
-        timeout_graceful_shutdown=cast(int, config.drain_timeout_s),
-        # A client that keeps a connection idle this long is dropped; generous enough for
-        # pooled clients, short enough that idle sockets do not pile up.
-        timeout_keep_alive=30,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            interface="asgi3",
+            http=protocol,
+            lifespan="off",
+            loop="none",
+            ws="none",
+            backlog=_LISTEN_BACKLOG,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            # Annotated int, but uvicorn hands it to asyncio.wait_for, which takes float seconds.
+            timeout_graceful_shutdown=cast(int, config.drain_timeout_s),
+            # A client that keeps a connection idle this long is dropped; generous enough for
+            # pooled clients, short enough that idle sockets do not pile up.
+            timeout_keep_alive=30,
+        )
+    )
     server.config.load()
     server.lifespan = server.config.lifespan_class(server.config)
     try:
@@ -104,8 +121,14 @@ async def run(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.
             await server.shutdown(sockets=[sock])
 
 
-async def serve(nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.0.0.1",
-                port: int = 8080, ready: Callable[[RunningBridge], None] | None = None) -> None:
+async def serve(
+    nc: NATS,
+    config: BridgeConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    ready: Callable[[RunningBridge], None] | None = None,
+) -> None:
     """Serve the bridge until SIGINT or SIGTERM (or cancellation), then drain and return.
 
     ``ready`` is called once the port is open, with where the bridge listens.
@@ -249,7 +272,7 @@ class _Protocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._peer is None:
-            return   # refused in connection_made: uvicorn never saw it
+            return  # refused in connection_made: uvicorn never saw it
         self.gate.leave(self._peer)
         self._peer = None
         if self._head_timer is not None:

@@ -86,11 +86,22 @@ class Client(anyio.AsyncContextManagerMixin):
         self._clock = clock
         self._transport = Transport(nc)
         self._registry = RegistryApi(nc, prefix=prefix, transport=self._transport)
-        self._views = Views(nc, prefix, fetch=functools.partial(self.instances, timeout_s=2.0),
-                            transport=self._transport, missed_heartbeats=missed_heartbeats,
-                            view_wait_s=view_wait_s, clock=clock)
-        self._router = Router(self._views, self._transport, breaker=breaker or BreakerConfig(),
-                              max_in_flight=max_in_flight, clock=clock)
+        self._views = Views(
+            nc,
+            prefix,
+            fetch=functools.partial(self.instances, timeout_s=2.0),
+            transport=self._transport,
+            missed_heartbeats=missed_heartbeats,
+            view_wait_s=view_wait_s,
+            clock=clock,
+        )
+        self._router = Router(
+            self._views,
+            self._transport,
+            breaker=breaker or BreakerConfig(),
+            max_in_flight=max_in_flight,
+            clock=clock,
+        )
 
     @property
     def breaker(self) -> BreakerConfig:
@@ -167,15 +178,24 @@ class Client(anyio.AsyncContextManagerMixin):
             if deadline <= now:
                 raise RequestTimeoutError(
                     f"the deadline of the request being handled has passed; {subject!r} "
-                    "was not sent", subject=target.subject)
+                    "was not sent",
+                    subject=target.subject,
+                )
         policy = retry or self.retry
         if policy.budget_s is not None:
             deadline = min(deadline, now + policy.budget_s)
         try:
             return await self._router.call(
-                target, to_bytes(payload), headers, deadline, policy,
-                strategy or self.strategy, key,
-                tuple(sorted(select.items())) if select else (), idempotent)
+                target,
+                to_bytes(payload),
+                headers,
+                deadline,
+                policy,
+                strategy or self.strategy,
+                key,
+                tuple(sorted(select.items())) if select else (),
+                idempotent,
+            )
         except (CircuitOpenError, BulkheadFullError) as exc:
             if fallback is None:
                 raise

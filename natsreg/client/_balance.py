@@ -63,8 +63,16 @@ _C = TypeVar("_C", bound=_Candidate)
 class InstanceStats:
     """What this client knows of one instance from its own calls."""
 
-    __slots__ = ("avoid_s", "avoid_seq", "avoid_until", "calls", "ewma_s", "failures",
-                 "in_flight", "probed_at")
+    __slots__ = (
+        "avoid_s",
+        "avoid_seq",
+        "avoid_until",
+        "calls",
+        "ewma_s",
+        "failures",
+        "in_flight",
+        "probed_at",
+    )
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -120,8 +128,9 @@ class Strategy:
         self._rng = rng
         self._clock = clock
 
-    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
-             key: str | None, group: str) -> _C:
+    def pick(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
+    ) -> _C:
         """One of ``candidates`` (at least two, in a stable order)."""
         raise NotImplementedError
 
@@ -151,8 +160,9 @@ class RoundRobin(Strategy):
         super().__init__(rng, clock)
         self._positions: dict[str, int] = {}
 
-    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
-             key: str | None, group: str) -> _C:
+    def pick(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
+    ) -> _C:
         position = self._positions.get(group, -1) + 1
         self._positions[group] = position
         if len(self._positions) > 4096:
@@ -164,8 +174,9 @@ class RoundRobin(Strategy):
 class Random(Strategy):
     name = "random"
 
-    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
-             key: str | None, group: str) -> _C:
+    def pick(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
+    ) -> _C:
         return candidates[self._rng.randrange(len(candidates))]
 
 
@@ -173,8 +184,9 @@ class Random(Strategy):
 class LeastInFlight(Strategy):
     name = "least_in_flight"
 
-    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
-             key: str | None, group: str) -> _C:
+    def pick(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
+    ) -> _C:
         a, b = self._two(candidates)
         sa, sb = stats.get(a.id, _EMPTY), stats.get(b.id, _EMPTY)
         if sa.in_flight != sb.in_flight:
@@ -194,8 +206,9 @@ class LeastInFlight(Strategy):
 class Latency(Strategy):
     name = "latency"
 
-    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
-             key: str | None, group: str) -> _C:
+    def pick(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
+    ) -> _C:
         a, b = self._two(candidates)
         return a if _cost(a, stats, candidates) <= _cost(b, stats, candidates) else b
 
@@ -204,22 +217,26 @@ class Latency(Strategy):
 class Auto(Latency):
     name = "auto"
 
-    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
-             key: str | None, group: str) -> _C:
+    def pick(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
+    ) -> _C:
         candidates = self._without_outliers(candidates, stats)
         if len(candidates) == 1:
             return candidates[0]
         return super().pick(candidates, stats, key, group)
 
-    def _without_outliers(self, candidates: Sequence[_C],
-                          stats: dict[str, InstanceStats]) -> Sequence[_C]:
+    def _without_outliers(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats]
+    ) -> Sequence[_C]:
         # Handlers mostly run concurrently, so a busy fast instance is rarely slower than an
         # idle slow one: weighing in-flight counts alone still sends the slow one a share,
         # and that share is the tail. An instance whose latency EWMA is over OUTLIER_RATIO
         # times the fastest one's gets no calls (but the odd probe) until it recovers or the
         # others slow down to its pace.
-        fastest = min((s.ewma_s for c in candidates
-                       if (s := stats.get(c.id)) is not None and s.ewma_s > 0), default=0.0)
+        fastest = min(
+            (s.ewma_s for c in candidates if (s := stats.get(c.id)) is not None and s.ewma_s > 0),
+            default=0.0,
+        )
         if fastest == 0.0:
             return candidates
         limit = fastest * OUTLIER_RATIO
@@ -240,8 +257,9 @@ class Auto(Latency):
 class Sticky(Strategy):
     name = "sticky"
 
-    def pick(self, candidates: Sequence[_C], stats: dict[str, InstanceStats],
-             key: str | None, group: str) -> _C:
+    def pick(
+        self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
+    ) -> _C:
         if key is None:
             raise ConfigError("strategy 'sticky' needs key=...")
         return max(candidates, key=lambda c: _rendezvous(key, c.id))
@@ -260,14 +278,21 @@ def check_strategy(strategy: str) -> str:
 class Balancer:
     """Picks an instance per call, by the strategy named; holds one of each strategy."""
 
-    def __init__(self, rng: _random.Random | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rng: _random.Random | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         rng = rng or _random.Random()
         self._strategies = {name: cls(rng, clock) for name, cls in PICKERS.items()}
 
-    def pick(self, strategy: str, candidates: Sequence[_C],
-             stats: dict[str, InstanceStats], *, key: str | None = None,
-             group: str = "") -> _C:
+    def pick(
+        self,
+        strategy: str,
+        candidates: Sequence[_C],
+        stats: dict[str, InstanceStats],
+        *,
+        key: str | None = None,
+        group: str = "",
+    ) -> _C:
         """One of ``candidates`` (non-empty, in a stable order) by ``strategy``.
 
         ``group`` names the round-robin sequence (one per service and endpoint).
@@ -280,8 +305,9 @@ class Balancer:
         return chosen.pick(candidates, stats, key, group)
 
 
-def _cost(c: _Candidate, stats: dict[str, InstanceStats],
-          candidates: Sequence[_Candidate]) -> float:
+def _cost(
+    c: _Candidate, stats: dict[str, InstanceStats], candidates: Sequence[_Candidate]
+) -> float:
     s = stats.get(c.id, _EMPTY)
     ewma = s.ewma_s
     if ewma == 0.0:

@@ -53,11 +53,20 @@ class BreakerConfig:
 class Breaker:
     """One circuit breaker. Call :meth:`allow` before a call and :meth:`record` after it."""
 
-    __slots__ = ("_bucket_s", "_clock", "_counts", "_epoch", "_trials", "config", "retry_at",
-                 "state")
+    __slots__ = (
+        "_bucket_s",
+        "_clock",
+        "_counts",
+        "_epoch",
+        "_trials",
+        "config",
+        "retry_at",
+        "state",
+    )
 
-    def __init__(self, config: BreakerConfig | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: BreakerConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config or BreakerConfig()
         self._clock = clock
         self._bucket_s = self.config.window_s / self.config.buckets

@@ -68,9 +68,13 @@ class _Entry:
 class Catalog:
     """Instances per service name, as this client last heard of them."""
 
-    def __init__(self, *, missed_heartbeats: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        missed_heartbeats: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.missed_heartbeats = missed_heartbeats
         self._clock = clock
         #: Called with an instance's id when it leaves the view for any reason but a
@@ -186,8 +190,13 @@ class Catalog:
         instance = event.instance
         if event.kind == "down":
             goodbye = event.reason == "goodbye"
-            self._remove(service, instance.id, instance.seq,
-                         gone="goodbye" if goodbye else "down", lost=not goodbye)
+            self._remove(
+                service,
+                instance.id,
+                instance.seq,
+                gone="goodbye" if goodbye else "down",
+                lost=not goodbye,
+            )
             return "reconcile" if gap else "taken"
         held = instance.id in self._services[service]
         self._upsert(instance)
@@ -288,8 +297,7 @@ class Catalog:
         self._next_expiry = min(self._next_expiry, expires_at)
         self.revision += 1
 
-    def _remove(self, service: str, instance_id: str, seq: int, *, gone: _Gone,
-                lost: bool) -> None:
+    def _remove(self, service: str, instance_id: str, seq: int, *, gone: _Gone, lost: bool) -> None:
         self._bury(instance_id, seq, gone)
         entries = self._services.get(service)
         if entries is not None and entries.pop(instance_id, None) is not None:

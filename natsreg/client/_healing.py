@@ -44,10 +44,14 @@ class Reconciler:
     """Fetches a snapshot of a service with ``fetch(service)`` and hands it to
     ``apply(service, snapshot)`` when asked, rate-limited per service."""
 
-    def __init__(self, fetch: Callable[[str], Awaitable[wire.Snapshot]],
-                 apply: Callable[[str, wire.Snapshot], None], *,
-                 interval_s: float = RECONCILE_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[str], Awaitable[wire.Snapshot]],
+        apply: Callable[[str, wire.Snapshot], None],
+        *,
+        interval_s: float = RECONCILE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self._apply = apply
         self.interval_s = interval_s
@@ -128,8 +132,13 @@ class ExpiryWatch:
     while there is something in flight to end.
     """
 
-    def __init__(self, catalog: Catalog, busy: Callable[[], bool], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        busy: Callable[[], bool],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._catalog = catalog
         self._busy = busy
         self._clock = clock
@@ -144,7 +153,8 @@ class ExpiryWatch:
         if when != math.inf:
             # A millisecond late rather than early: the catalog expires strictly after.
             self._timer = asyncio.get_running_loop().call_later(
-                max(when - self._clock(), 0.0) + 0.001, self._tick)
+                max(when - self._clock(), 0.0) + 0.001, self._tick
+            )
 
     def close(self) -> None:
         """Stop for good."""

@@ -85,8 +85,14 @@ class ReplyMux:
         #: Set by aclose(): the client sends with nc.request from then on.
         self.closed = False
 
-    async def request(self, subject: str, payload: bytes, timeout_s: float,
-                      headers: dict[str, str] | None, group: str | None = None) -> Msg:
+    async def request(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout_s: float,
+        headers: dict[str, str] | None,
+        group: str | None = None,
+    ) -> Msg:
         """What ``nc.request(subject, payload, timeout=timeout_s, headers=headers)`` does.
 
         With ``group`` (an instance id), :meth:`abandon` of that group ends the wait at once
@@ -173,8 +179,7 @@ class ReplyMux:
                 return
             if self._sub is None:
                 inbox = self._nc.new_inbox()
-                self._sub = await self._nc.subscribe(
-                    inbox + ".*", future=_Dispatch(self._deliver))  # type: ignore[arg-type]
+                self._sub = await self._nc.subscribe(inbox + ".*", future=_Dispatch(self._deliver))  # type: ignore[arg-type]
                 self._prefix = inbox + "."
 
     def _deliver(self, msg: Msg) -> None:

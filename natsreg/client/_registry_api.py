@@ -23,8 +23,9 @@ class RegistryApi:
     """Asks the registry nodes on ``prefix`` over ``nc``. ``transport`` is the client's when
     a client asks; by default plain ``nc.request``."""
 
-    def __init__(self, nc: NATS, *, prefix: str = subjects.DEFAULT_PREFIX,
-                 transport: Transport | None = None) -> None:
+    def __init__(
+        self, nc: NATS, *, prefix: str = subjects.DEFAULT_PREFIX, transport: Transport | None = None
+    ) -> None:
         subjects.check_prefix(prefix)
         self.prefix = prefix
         self._nc = nc
@@ -63,13 +64,16 @@ class RegistryApi:
         try:
             return wire.decode_service_list(reply.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise RequestError(f"registry sent an unreadable answer: {exc}",
-                               subject=subject) from exc
+            raise RequestError(
+                f"registry sent an unreadable answer: {exc}", subject=subject
+            ) from exc
 
     def _no_registry(self, subject: str) -> NoInstanceError:
         return NoInstanceError(
             f"no registry node answers on prefix {self.prefix!r}: start one with "
-            "'natsreg registry' (or 'natsreg up')", subject=subject)
+            "'natsreg registry' (or 'natsreg up')",
+            subject=subject,
+        )
 
     async def _ask_registry(self, subject: str, timeout_s: float) -> wire.Snapshot:
         # A large view comes as several chunks, each under the server's max_payload, the last
@@ -99,8 +103,9 @@ class RegistryApi:
                 try:
                     chunk = wire.decode_snapshot(msg.data)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise RequestError(f"registry sent an unreadable answer: {exc}",
-                                       subject=subject) from exc
+                    raise RequestError(
+                        f"registry sent an unreadable answer: {exc}", subject=subject
+                    ) from exc
                 instances.extend(chunk.instances)
                 if not chunk.more:
                     chunk.instances = instances
@@ -131,7 +136,8 @@ class RegistryApi:
                 except wire.MALFORMED:
                     continue
                 if msg.subject != subjects.control_subject(
-                        self.prefix, "events", event.instance.name):
+                    self.prefix, "events", event.instance.name
+                ):
                     continue
                 key = (event.instance.id, event.instance.seq, event.kind)
                 if key in seen:

@@ -50,8 +50,15 @@ class _Matches(NamedTuple):
 class Router:
     """Routes and sends the calls of one client (see :meth:`natsreg.Client.request`)."""
 
-    def __init__(self, views: Views, transport: Transport, *, breaker: BreakerConfig,
-                 max_in_flight: int | None, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        views: Views,
+        transport: Transport,
+        *,
+        breaker: BreakerConfig,
+        max_in_flight: int | None,
+        clock: Callable[[], float],
+    ) -> None:
         self.prefix = views.prefix
         self.breaker = breaker
         self.max_in_flight = max_in_flight
@@ -76,8 +83,12 @@ class Router:
         return {
             "in_flight": dict(self._service_in_flight),
             "instances": {
-                i: {"in_flight": s.in_flight, "ewma_ms": round(s.ewma_s * 1000, 3),
-                    "calls": s.calls, "failures": s.failures}
+                i: {
+                    "in_flight": s.in_flight,
+                    "ewma_ms": round(s.ewma_s * 1000, 3),
+                    "calls": s.calls,
+                    "failures": s.failures,
+                }
                 for i, s in self._stats.items()
             },
             "breakers": {f"{a}/{b}": br.snapshot() for (a, b), br in self._breakers.items()},
@@ -86,9 +97,18 @@ class Router:
             "reconciled": dict(self._views.reconciler.applied),
         }
 
-    async def call(self, target: Target, data: bytes, headers: Mapping[str, str] | None,
-                   deadline: float, policy: RetryPolicy, strategy: str, key: str | None,
-                   select: Select, idempotent: bool | None) -> Reply:
+    async def call(
+        self,
+        target: Target,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        deadline: float,
+        policy: RetryPolicy,
+        strategy: str,
+        key: str | None,
+        select: Select,
+        idempotent: bool | None,
+    ) -> Reply:
         """One call: its attempts, each routed, sent and recorded, until one succeeds, the
         error is not worth retrying, or the attempts or the budget run out."""
         bulkhead = target.service or target.subject
@@ -96,7 +116,9 @@ class Router:
         if self.max_in_flight is not None and in_flight >= self.max_in_flight:
             raise BulkheadFullError(
                 f"{in_flight} calls to {bulkhead!r} are already in flight from this client "
-                f"(max_in_flight={self.max_in_flight}); not sent", subject=target.subject)
+                f"(max_in_flight={self.max_in_flight}); not sent",
+                subject=target.subject,
+            )
         self._service_in_flight[bulkhead] = in_flight + 1
         request_id = headers.get(REQUEST_ID_HEADER) if headers else None
         if not request_id:
@@ -109,8 +131,7 @@ class Router:
         try:
             while True:
                 attempt += 1
-                route = await self._pick(target, strategy, key, select, tried, fallback,
-                                         deadline)
+                route = await self._pick(target, strategy, key, select, tried, fallback, deadline)
                 retry_timeouts = route.idempotent if idempotent is None else idempotent
                 started = self._clock()
                 remaining = deadline - started
@@ -118,16 +139,22 @@ class Router:
                     route.breaker.release()
                     raise RequestTimeoutError(
                         f"no reply on {target.subject!r} within the call's budget",
-                        subject=target.subject)
+                        subject=target.subject,
+                    )
                 attempt_s = policy.attempt_timeout(remaining, attempt, retry_timeouts)
                 sent = _headers(headers, attempt_s, None if retry_timeouts else request_id)
                 try:
                     return await self._send(route, data, sent, attempt_s, started, tried)
                 except RequestError as exc:
-                    unserved = unserved and route.instance is not None and isinstance(
-                        exc, NoInstanceError)
-                    if (unserved and attempt >= policy.attempts and target.constraint is None
-                            and not select):
+                    unserved = (
+                        unserved and route.instance is not None and isinstance(exc, NoInstanceError)
+                    )
+                    if (
+                        unserved
+                        and attempt >= policy.attempts
+                        and target.constraint is None
+                        and not select
+                    ):
                         # Nobody subscribed on any direct subject tried (instances that
                         # announce but never serve): nothing ran, and the queue group
                         # reaches whoever truly serves.
@@ -142,12 +169,19 @@ class Router:
         finally:
             self._service_in_flight[bulkhead] -= 1
 
-    async def _pick(self, target: Target, strategy: str, key: str | None, select: Select,
-                    tried: list[str], fallback: bool, deadline: float) -> _Route:
+    async def _pick(
+        self,
+        target: Target,
+        strategy: str,
+        key: str | None,
+        select: Select,
+        tried: list[str],
+        fallback: bool,
+        deadline: float,
+    ) -> _Route:
         # Where the next attempt goes; waits for the service's view only on its first call.
         if fallback:
-            return self._queue_route(
-                target.subject, self._matching(target, select).all_idempotent)
+            return self._queue_route(target.subject, self._matching(target, select).all_idempotent)
         route = self._route(target, strategy, key, select, tried, False)
         if route is None:
             assert target.service is not None
@@ -156,8 +190,15 @@ class Router:
             assert route is not None
         return route
 
-    async def _send(self, route: _Route, data: bytes, sent: dict[str, str], attempt_s: float,
-                    started: float, tried: list[str]) -> Reply:
+    async def _send(
+        self,
+        route: _Route,
+        data: bytes,
+        sent: dict[str, str],
+        attempt_s: float,
+        started: float,
+        tried: list[str],
+    ) -> Reply:
         # One attempt on ``route``, and what it says of the target: its breaker and figures.
         instance = route.instance
         stats = None
@@ -169,8 +210,9 @@ class Router:
             tried.append(instance.id)
             self._views.expiry.arm()
         try:
-            reply = await self._transport.request(route.subject, data, attempt_s, sent,
-                                                  None if instance is None else instance.id)
+            reply = await self._transport.request(
+                route.subject, data, attempt_s, sent, None if instance is None else instance.id
+            )
         except RequestError as exc:
             self._failed(route, stats, exc)
             raise
@@ -208,9 +250,15 @@ class Router:
                 # It may have gone without the view hearing of it (a lost event).
                 self._views.heal(route.instance.name)
 
-    def _route(self, target: Target, strategy: str, key: str | None,
-               select: Select, tried: list[str], settled: bool
-               ) -> _Route | None:
+    def _route(
+        self,
+        target: Target,
+        strategy: str,
+        key: str | None,
+        select: Select,
+        tried: list[str],
+        settled: bool,
+    ) -> _Route | None:
         # Decided without awaiting in the common cases: a view in place, or none to be had
         # yet. None when the service's view is still to be fetched (Views.wait); with
         # ``settled`` the view is taken as it is.
@@ -225,14 +273,16 @@ class Router:
                 raise NoInstanceError(
                     f"{target.subject!r}: version constraints and selectors need a registry "
                     f"node on prefix {self.prefix!r} ('natsreg registry')",
-                    subject=target.subject)
+                    subject=target.subject,
+                )
             return self._queue_route(target.subject, False)
         matches = self._matching(target, select)
         if not matches.instances:
             if narrowed:
                 raise NoInstanceError(
-                    f"no instance of {target.service!r} matches "
-                    f"{describe(target, select)}", subject=target.subject)
+                    f"no instance of {target.service!r} matches {describe(target, select)}",
+                    subject=target.subject,
+                )
             # The registry may not know the instance yet, or it is a plain ADR-32 service
             # (no direct subject): NATS' queue group still knows who serves.
             return self._queue_route(target.subject, matches.all_idempotent)
@@ -242,12 +292,16 @@ class Router:
         breaker = self._breaker("queue", subject)
         if not breaker.allow():
             raise CircuitOpenError(
-                f"the circuit breaker of {subject!r} is open", retry_at=breaker.retry_at,
-                retry_in_s=max(0.0, breaker.retry_at - self._clock()), subject=subject)
+                f"the circuit breaker of {subject!r} is open",
+                retry_at=breaker.retry_at,
+                retry_in_s=max(0.0, breaker.retry_at - self._clock()),
+                subject=subject,
+            )
         return _Route(subject, None, breaker, idempotent)
 
-    def _instance_route(self, target: Target, strategy: str, key: str | None,
-                        found: _Matches, tried: list[str]) -> _Route:
+    def _instance_route(
+        self, target: Target, strategy: str, key: str | None, found: _Matches, tried: list[str]
+    ) -> _Route:
         endpoint = target.endpoint or ""
         matches = found.instances
         usable = [m for m in matches if self._breaker(m.id, endpoint).available()]
@@ -255,8 +309,11 @@ class Router:
             retry_at = min(self._breaker(m.id, endpoint).retry_at for m in matches)
             raise CircuitOpenError(
                 f"the circuit breakers of all {len(matches)} matching instances of "
-                f"{target.service!r} are open for {endpoint!r}", retry_at=retry_at,
-                retry_in_s=max(0.0, retry_at - self._clock()), subject=target.subject)
+                f"{target.service!r} are open for {endpoint!r}",
+                retry_at=retry_at,
+                retry_in_s=max(0.0, retry_at - self._clock()),
+                subject=target.subject,
+            )
         if strategy == "sticky":
             # The key's instance, unless its breaker is open: moving keys away on every
             # doubt would defeat the point of stickiness.
@@ -267,14 +324,23 @@ class Router:
             fresh = [m for m in usable if m.id not in tried] or usable
             now = self._clock()
             candidates = [m for m in fresh if self._sound(m, now)] or fresh
-        chosen = self._balancer.pick("auto" if strategy == "queue" else strategy,
-                                     candidates, self._stats, key=key, group=target.subject)
+        chosen = self._balancer.pick(
+            "auto" if strategy == "queue" else strategy,
+            candidates,
+            self._stats,
+            key=key,
+            group=target.subject,
+        )
         breaker = self._breaker(chosen.id, endpoint)
         breaker.allow()
         # Idempotence is what the instance that runs the call declares: another instance (a
         # fake one, say) saying so must not make this one's timeouts retried.
-        return _Route(subjects.direct_subject(self.prefix, chosen.name, chosen.id, endpoint),
-                      chosen, breaker, chosen.id in found.idempotent_ids)
+        return _Route(
+            subjects.direct_subject(self.prefix, chosen.name, chosen.id, endpoint),
+            chosen,
+            breaker,
+            chosen.id in found.idempotent_ids,
+        )
 
     def _sound(self, instance: wire.InstanceView, now: float) -> bool:
         if instance.health == "critical":
@@ -301,7 +367,8 @@ class Router:
                 # A plain subject names the endpoint served there; the constraint form
                 # names the endpoint itself.
                 if e.name == target.endpoint and (
-                        target.constraint is not None or e.subject == target.subject):
+                    target.constraint is not None or e.subject == target.subject
+                ):
                     serving += 1
                     if e.idempotent:
                         idempotent_ids.append(i.id)
@@ -310,8 +377,9 @@ class Router:
                     break
         if len(self._matches) > 4096:
             self._matches.clear()
-        found = _Matches(matches, frozenset(idempotent_ids),
-                         serving > 0 and len(idempotent_ids) == serving)
+        found = _Matches(
+            matches, frozenset(idempotent_ids), serving > 0 and len(idempotent_ids) == serving
+        )
         self._matches[cache_key] = (self._catalog.revision, found)
         return found
 
@@ -327,8 +395,9 @@ class Router:
         return breaker
 
 
-def _headers(headers: Mapping[str, str] | None, attempt_s: float,
-             request_id: str | None) -> dict[str, str]:
+def _headers(
+    headers: Mapping[str, str] | None, attempt_s: float, request_id: str | None
+) -> dict[str, str]:
     # What one attempt sends: the caller's headers, its budget, and the call's id unless the
     # endpoint is idempotent: running it twice does no harm, and the service keeps no memory
     # of such calls, so the id (about 14k instructions a request for nats-py to parse on the
@@ -336,5 +405,8 @@ def _headers(headers: Mapping[str, str] | None, attempt_s: float,
     budget = str(int(attempt_s * 1000))
     if request_id is None:
         return {**headers, BUDGET_HEADER: budget} if headers else {BUDGET_HEADER: budget}
-    return ({**headers, BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id} if headers
-            else {BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id})
+    return (
+        {**headers, BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id}
+        if headers
+        else {BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id}
+    )

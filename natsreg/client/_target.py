@@ -29,10 +29,13 @@ def parse_target(text: str) -> Target:
     if "@" in text:
         service, _, rest = text.partition("@")
         constraint, _, endpoint = rest.rpartition(".")
-        if not (subjects.is_valid_token(service) and subjects.is_valid_token(endpoint)
-                and constraint):
-            raise ConfigError(f"{text!r} is not '<service>@<version constraint>.<endpoint>' "
-                              "(e.g. 'user-service@^1.2.users')")
+        if not (
+            subjects.is_valid_token(service) and subjects.is_valid_token(endpoint) and constraint
+        ):
+            raise ConfigError(
+                f"{text!r} is not '<service>@<version constraint>.<endpoint>' "
+                "(e.g. 'user-service@^1.2.users')"
+            )
         subject = _checked_subject(subjects.endpoint_subject(service, endpoint))
         return Target(subject, service, endpoint, parse_constraint(constraint))
     subject = _checked_subject(text)

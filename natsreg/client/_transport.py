@@ -32,7 +32,11 @@ class Transport:
             self.mux.closed = True
 
     async def request(
-        self, subject: str, data: bytes, timeout_s: float, headers: dict[str, str] | None,
+        self,
+        subject: str,
+        data: bytes,
+        timeout_s: float,
+        headers: dict[str, str] | None,
         instance_id: str | None = None,
     ) -> Reply:
         """One request and its reply, or the natsreg error it amounts to. With
@@ -47,7 +51,9 @@ class Transport:
         except Abandoned:
             raise OutcomeUnknownError(
                 f"the instance serving {subject!r} went down before it answered: the call "
-                "may or may not have run", subject=subject) from None
+                "may or may not have run",
+                subject=subject,
+            ) from None
         except Exception as exc:
             raise errors.from_nats(exc, subject, timeout_s) from exc
         if msg.headers:

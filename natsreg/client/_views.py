@@ -45,17 +45,25 @@ class Views:
     """The views of one client: ``catalog`` holds their instances; ``fetch`` asks the
     registry for a service's snapshot; ``transport`` is told when an instance dies."""
 
-    def __init__(self, nc: NATS, prefix: str, *,
-                 fetch: Callable[[str], Awaitable[wire.Snapshot]], transport: Transport,
-                 missed_heartbeats: float, view_wait_s: float,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        prefix: str,
+        *,
+        fetch: Callable[[str], Awaitable[wire.Snapshot]],
+        transport: Transport,
+        missed_heartbeats: float,
+        view_wait_s: float,
+        clock: Callable[[], float],
+    ) -> None:
         self.prefix = prefix
         self.view_wait_s = view_wait_s
         self._nc = nc
         self._clock = clock
         self._fetch = fetch
-        self.catalog = Catalog(missed_heartbeats=missed_heartbeats, clock=clock,
-                               on_lost=transport.abandon)
+        self.catalog = Catalog(
+            missed_heartbeats=missed_heartbeats, clock=clock, on_lost=transport.abandon
+        )
         self.reconciler = Reconciler(fetch, self._reconciled, clock=clock)
         self.expiry = ExpiryWatch(self.catalog, transport.busy, clock=clock)
         self._trackers: dict[str, _Tracker] = {}
@@ -67,9 +75,11 @@ class Views:
         tracker = self._trackers.get(service)
         if tracker is not None and tracker.available:
             return True
-        if settled or (
-                tracker is None and (self._closed or len(self._trackers) >= MAX_VIEWED_SERVICES)
-        ) or (tracker is not None and tracker.task is None and self._clock() < tracker.retry_at):
+        if (
+            settled
+            or (tracker is None and (self._closed or len(self._trackers) >= MAX_VIEWED_SERVICES))
+            or (tracker is not None and tracker.task is None and self._clock() < tracker.retry_at)
+        ):
             return False
         return None
 
@@ -87,8 +97,7 @@ class Views:
         if tracker.task is None:
             if self._clock() < tracker.retry_at:
                 return
-            tracker.task = asyncio.get_running_loop().create_task(
-                self._bootstrap(service, tracker))
+            tracker.task = asyncio.get_running_loop().create_task(self._bootstrap(service, tracker))
         task = tracker.task
         wait_s = min(self.view_wait_s, (deadline - self._clock()) * VIEW_WAIT_SHARE)
         if wait_s > 0:
@@ -135,10 +144,16 @@ class Views:
         try:
             if not tracker.subs:
                 on_message = functools.partial(self._on_view_message, tracker)
-                for verb, tokens in (("events", (service,)), ("hb", (service, "*")),
-                                     ("bye", (service, "*"))):
-                    tracker.subs.append(await self._nc.subscribe(
-                        subjects.control_subject(self.prefix, verb, *tokens), cb=on_message))
+                for verb, tokens in (
+                    ("events", (service,)),
+                    ("hb", (service, "*")),
+                    ("bye", (service, "*")),
+                ):
+                    tracker.subs.append(
+                        await self._nc.subscribe(
+                            subjects.control_subject(self.prefix, verb, *tokens), cb=on_message
+                        )
+                    )
             # Subscribed first, then asked: no change between the two can be missed.
             self.catalog.apply_snapshot(await self._fetch(service), service)
             tracker.available = True
@@ -157,7 +172,7 @@ class Views:
     async def _on_view_message(self, tracker: _Tracker, msg: Msg) -> None:
         # Subscribed to <prefix>.events.<name>, <prefix>.hb.<name>.* and <prefix>.bye.<name>.*:
         # what follows the prefix is the verb and the identity the message must match.
-        verb, *tokens = msg.subject[len(self.prefix) + 1:].split(".")
+        verb, *tokens = msg.subject[len(self.prefix) + 1 :].split(".")
         heard = self.catalog.hear(verb, tokens, msg.data)
         if heard == "dropped":
             return

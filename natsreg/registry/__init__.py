@@ -38,7 +38,10 @@ log = logging.getLogger("natsreg.registry")
 
 # The control verbs an instance publishes, and the message each must carry.
 _VERBS: dict[str, type[wire.ControlMessage]] = {
-    "announce": wire.Announce, "hb": wire.Heartbeat, "bye": wire.Goodbye}
+    "announce": wire.Announce,
+    "hb": wire.Heartbeat,
+    "bye": wire.Goodbye,
+}
 #: A refused announcement is logged at most once per this interval (the count is in stats).
 CAPACITY_LOG_S = 60.0
 
@@ -84,9 +87,13 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._system_nc = system_nc
         self._clock = clock
         # Micro services are polled: three missed polls and they are gone.
-        self._view = View(missed_heartbeats=missed_heartbeats, micro_ttl_s=3 * micro_poll_s,
-                          max_per_service=max_per_service, max_instances=max_instances,
-                          clock=clock)
+        self._view = View(
+            missed_heartbeats=missed_heartbeats,
+            micro_ttl_s=3 * micro_poll_s,
+            max_per_service=max_per_service,
+            max_instances=max_instances,
+            clock=clock,
+        )
         # Seeded from wall time so that a restarted node never reuses a revision.
         self._revision = time.time_ns() // 1000
         self._warm_until = 0.0
@@ -116,37 +123,52 @@ class Registry(anyio.AsyncContextManagerMixin):
     def stats(self) -> wire.NodeStats:
         """The node's own figures: sizes, drops, warm-up."""
         return wire.NodeStats(
-            node=self.node_id, revision=self._revision, warming_up=self.warming_up,
-            uptime_s=round(self._clock() - self._started, 3), instances=len(self._view),
-            services=self._view.service_count(), dropped=dict(self.dropped),
-            mass_expiry=self._mass_expiry(), max_per_service=self._view.max_per_service,
-            max_instances=self._view.max_instances)
+            node=self.node_id,
+            revision=self._revision,
+            warming_up=self.warming_up,
+            uptime_s=round(self._clock() - self._started, 3),
+            instances=len(self._view),
+            services=self._view.service_count(),
+            dropped=dict(self.dropped),
+            mass_expiry=self._mass_expiry(),
+            max_per_service=self._view.max_per_service,
+            max_instances=self._view.max_instances,
+        )
 
     def service_list(self) -> wire.ServiceList:
         """Every service at every version, summed over its instances."""
         return wire.ServiceList(
-            node=self.node_id, revision=self._revision, warming_up=self.warming_up,
-            services=self._view.summaries(), mass_expiry=self._mass_expiry())
+            node=self.node_id,
+            revision=self._revision,
+            warming_up=self.warming_up,
+            services=self._view.summaries(),
+            mass_expiry=self._mass_expiry(),
+        )
 
     def answer_version(self) -> tuple[object, ...]:
         """What an answer depends on besides the question: equal tuples, equal answers
         (but for ``age_s``)."""
         alert = self._view.mass_alert
-        return (self._revision, self.warming_up,
-                None if alert is None else (alert.since, alert.lost, alert.before))
+        return (
+            self._revision,
+            self.warming_up,
+            None if alert is None else (alert.since, alert.lost, alert.before),
+        )
 
     def _mass_expiry(self) -> wire.MassExpiry | None:
         alert = self._view.mass_alert
         if alert is None:
             return None
-        return wire.MassExpiry(lost=alert.lost, before=alert.before,
-                               since_s=round(self._clock() - alert.since, 3))
+        return wire.MassExpiry(
+            lost=alert.lost, before=alert.before, since_s=round(self._clock() - alert.since, 3)
+        )
 
-    def snapshot(self, *, name: str | None = None, instance_id: str | None = None
-                 ) -> wire.Snapshot:
+    def snapshot(self, *, name: str | None = None, instance_id: str | None = None) -> wire.Snapshot:
         """The node's current view (optionally one service or one instance)."""
         return wire.Snapshot(
-            node=self.node_id, revision=self._revision, warming_up=self.warming_up,
+            node=self.node_id,
+            revision=self._revision,
+            warming_up=self.warming_up,
             instances=self._view.instances(name=name, instance_id=instance_id),
             mass_expiry=self._mass_expiry(),
         )
@@ -159,14 +181,22 @@ class Registry(anyio.AsyncContextManagerMixin):
         queries = self._queries = Queries(self._nc, self, self.dropped, clock=self._clock)
         try:
             for verb in ("announce", "hb", "bye"):
-                subs.append(await self._nc.subscribe(
-                    subjects.control_subject(self.prefix, verb, ">"), cb=self._on_control))
-            subs.append(await self._nc.subscribe(
-                subjects.control_subject(self.prefix, "registry", ">"),
-                queue=subjects.REGISTRY_QUEUE, cb=queries.on_query))
+                subs.append(
+                    await self._nc.subscribe(
+                        subjects.control_subject(self.prefix, verb, ">"), cb=self._on_control
+                    )
+                )
+            subs.append(
+                await self._nc.subscribe(
+                    subjects.control_subject(self.prefix, "registry", ">"),
+                    queue=subjects.REGISTRY_QUEUE,
+                    cb=queries.on_query,
+                )
+            )
             if self._system_nc is not None:
-                subs.append(await self._system_nc.subscribe(
-                    subjects.SYS_DISCONNECT, cb=self._on_disconnect))
+                subs.append(
+                    await self._system_nc.subscribe(subjects.SYS_DISCONNECT, cb=self._on_disconnect)
+                )
                 await self._system_nc.flush()
             await self._nc.flush()
             # Subscribed first, then ask: no answer to our own question can be missed.
@@ -196,9 +226,13 @@ class Registry(anyio.AsyncContextManagerMixin):
             return
         # <prefix>.<verb>.<name>.<id>, naming exactly whom the body speaks for: with NATS
         # permissions per service, that is who may publish it.
-        tokens = msg.subject[len(self.prefix) + 1:].split(".")
-        if (len(tokens) != 3 or _VERBS.get(tokens[0]) is not type(message)
-                or tokens[1] != message.name or tokens[2] != message.id):
+        tokens = msg.subject[len(self.prefix) + 1 :].split(".")
+        if (
+            len(tokens) != 3
+            or _VERBS.get(tokens[0]) is not type(message)
+            or tokens[1] != message.name
+            or tokens[2] != message.id
+        ):
             self.dropped["subject_mismatch"] += 1
             return
         try:
@@ -212,7 +246,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         if outcome.ask_info:
             await self._nc.publish(
                 subjects.control_subject(self.prefix, "discover", message.name, message.id),
-                wire.encode(wire.Discover()))
+                wire.encode(wire.Discover()),
+            )
         await self._publish(outcome.changes)
 
     async def _ask_everyone(self) -> None:
@@ -221,7 +256,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._warm_until = self._clock() + self.discover_jitter_s + 0.5
         await self._nc.publish(
             subjects.control_subject(self.prefix, "discover"),
-            wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)))
+            wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)),
+        )
 
     async def _on_disconnect(self, msg: Msg) -> None:
         # A crashed process' socket closes at once, so the server's advisory beats the
@@ -255,8 +291,9 @@ class Registry(anyio.AsyncContextManagerMixin):
             await anyio.sleep(self.micro_poll_s)
 
     async def _poll_micro(self) -> None:
-        replies = await gather(self._nc, subjects.srv_subject("INFO"),
-                               min(0.5, self.micro_poll_s / 2))
+        replies = await gather(
+            self._nc, subjects.srv_subject("INFO"), min(0.5, self.micro_poll_s / 2)
+        )
         changes: list[Change] = []
         for data in replies:
             if len(data) > wire.MAX_CONTROL_BYTES:
@@ -289,8 +326,13 @@ class Registry(anyio.AsyncContextManagerMixin):
             log.warning(
                 "instance cap reached: refused a new instance of %r (%d held in all, at most "
                 "%d per service and %d in all; %d refused since start). Raise "
-                "--max-instances, or find who announces so many", name[:64], len(self._view),
-                self._view.max_per_service, self._view.max_instances, self.dropped["capacity"])
+                "--max-instances, or find who announces so many",
+                name[:64],
+                len(self._view),
+                self._view.max_per_service,
+                self._view.max_instances,
+                self.dropped["capacity"],
+            )
 
     # -- output ------------------------------------------------------------------------------
 
@@ -299,8 +341,11 @@ class Registry(anyio.AsyncContextManagerMixin):
             self._revision += 1
             name = change.instance.name
             event = wire.Event(
-                node=self.node_id, revision=self._revision, kind=change.kind,
-                reason=change.reason, instance=change.instance,
+                node=self.node_id,
+                revision=self._revision,
+                kind=change.kind,
+                reason=change.reason,
+                instance=change.instance,
                 prev_revision=self._last_event.get(name, 0),
             )
             self._last_event[name] = self._revision

@@ -54,8 +54,14 @@ class Queries:
     """The query side of ``registry``: :meth:`on_query` enqueues, :meth:`serve` answers;
     :meth:`close` when done."""
 
-    def __init__(self, nc: NATS, registry: Registry, dropped: Counter[str], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        registry: Registry,
+        dropped: Counter[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._nc = nc
         self._registry = registry
         self._dropped = dropped
@@ -104,16 +110,17 @@ class Queries:
             else:
                 await self._serve_one(*self._large.popleft(), interleave=True)
 
-    async def _serve_one(self, expires_at: float, msg: Msg, *, interleave: bool = False
-                         ) -> None:
+    async def _serve_one(self, expires_at: float, msg: Msg, *, interleave: bool = False) -> None:
         if self._clock() >= expires_at:
             self._dropped["query_expired"] += 1
             return
         chunks = self._answer(msg.subject)
         if chunks is None:
-            await self._publish(msg, b"", {
-                ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}",
-                CODE_HEADER: "400"})
+            await self._publish(
+                msg,
+                b"",
+                {ERROR_HEADER: f"unknown registry query {msg.subject[:200]!r}", CODE_HEADER: "400"},
+            )
             return
         for n, chunk in enumerate(chunks):
             if n and interleave:
@@ -125,8 +132,7 @@ class Queries:
             if not await self._publish(msg, chunk):
                 return
 
-    async def _publish(self, msg: Msg, data: bytes,
-                       headers: dict[str, str] | None = None) -> bool:
+    async def _publish(self, msg: Msg, data: bytes, headers: dict[str, str] | None = None) -> bool:
         try:
             await self._nc.publish(msg.reply, data, headers=headers)
         except nats.errors.Error as exc:
@@ -141,7 +147,7 @@ class Queries:
         cached); None for a question the node does not know."""
         registry = self._registry
         # <prefix>.registry.<verb>[.<argument>]
-        tokens = tuple(subject[len(registry.prefix) + 1:].split("."))
+        tokens = tuple(subject[len(registry.prefix) + 1 :].split("."))
         match tokens:
             case ("registry", "stats"):
                 return [wire.encode(registry.stats())]  # small, and counters move: not cached
@@ -158,8 +164,9 @@ class Queries:
             return cached[1]
         return self._encode_and_keep(key, tokens, now)
 
-    def _encode_and_keep(self, key: tuple[object, ...], tokens: _Key, now: float
-                         ) -> Iterator[bytes]:
+    def _encode_and_keep(
+        self, key: tuple[object, ...], tokens: _Key, now: float
+    ) -> Iterator[bytes]:
         self.encoded += 1
         chunks = []
         for chunk in self._encode(tokens):
@@ -202,7 +209,7 @@ def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
     instances = snapshot.instances
     size, start = 512, 0
     while True:
-        part = instances[start:start + size]
+        part = instances[start : start + size]
         more = start + size < len(instances)
         payload = wire.encode(msgspec.structs.replace(snapshot, instances=part, more=more))
         if len(payload) > max_bytes and size > 1:

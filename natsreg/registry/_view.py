@@ -254,8 +254,11 @@ class View:
             summary = groups.get(key)
             if summary is None:
                 summary = groups[key] = wire.ServiceSummary(
-                    name=view.name, version=view.version, kind=view.kind,
-                    last_heard_s=now - entry.last_seen)
+                    name=view.name,
+                    version=view.version,
+                    kind=view.kind,
+                    last_heard_s=now - entry.last_seen,
+                )
                 endpoints[key] = set()
             summary.instances += 1
             summary.health[view.health] = summary.health.get(view.health, 0) + 1
@@ -269,9 +272,9 @@ class View:
     def service_count(self) -> int:
         return len(self._per_service)
 
-
-    def instances(self, *, name: str | None = None, instance_id: str | None = None
-                  ) -> list[wire.InstanceView]:
+    def instances(
+        self, *, name: str | None = None, instance_id: str | None = None
+    ) -> list[wire.InstanceView]:
         """Copies of the matching instances, each with ``age_s`` filled in."""
         now = self._clock()
         if instance_id is not None:
@@ -279,9 +282,7 @@ class View:
             entries = [entry] if entry is not None else []
         else:
             entries = [e for e in self._entries.values() if name is None or e.view.name == name]
-        return [
-            msgspec.structs.replace(e.view, age_s=round(now - e.last_seen, 3)) for e in entries
-        ]
+        return [msgspec.structs.replace(e.view, age_s=round(now - e.last_seen, 3)) for e in entries]
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -375,8 +376,10 @@ class View:
         return Outcome([Change("down", entry.view, "goodbye")])
 
     def _room_for(self, name: str) -> bool:
-        return (len(self._entries) < self.max_instances
-                and self._per_service[name] < self.max_per_service)
+        return (
+            len(self._entries) < self.max_instances
+            and self._per_service[name] < self.max_per_service
+        )
 
     def _prove(self, entry: _Entry) -> None:
         if not entry.proven:
@@ -398,8 +401,9 @@ class View:
             if not on_conn:
                 del self._by_conn[view.conn]
 
-    def _add(self, view: wire.InstanceView, now: float, expires_at: float,
-             *, proven: bool = False) -> None:
+    def _add(
+        self, view: wire.InstanceView, now: float, expires_at: float, *, proven: bool = False
+    ) -> None:
         entry = _Entry(view, now, 0.0)
         self._entries[view.id] = entry
         self._per_service[view.name] += 1
@@ -413,9 +417,16 @@ class View:
 
     def _bury(self, entry: _Entry, now: float, *, said_goodbye: bool) -> None:
         view = entry.view
-        self._bury_id(view.id, _Tombstone(view.seq, now + self.tombstone_s, said_goodbye,
-                                          entry.last_seen, view.heartbeat_s or
-                                          wire.MAX_HEARTBEAT_S))
+        self._bury_id(
+            view.id,
+            _Tombstone(
+                view.seq,
+                now + self.tombstone_s,
+                said_goodbye,
+                entry.last_seen,
+                view.heartbeat_s or wire.MAX_HEARTBEAT_S,
+            ),
+        )
 
     def _bury_id(self, instance_id: str, tomb: _Tombstone) -> None:
         self._tombstones.pop(instance_id, None)  # re-inserted last: the order stays by time
@@ -449,4 +460,8 @@ def _drop_oldest(items: MutableMapping[str, _T], ended: Callable[[_T], bool]) ->
 
 def _describes_differently(a: wire.InstanceView, b: wire.InstanceView) -> bool:
     return (a.version, a.description, a.metadata, a.endpoints) != (
-        b.version, b.description, b.metadata, b.endpoints)
+        b.version,
+        b.description,
+        b.metadata,
+        b.endpoints,
+    )

@@ -161,8 +161,7 @@ class Service(anyio.AsyncContextManagerMixin):
                 self._ready.set()
 
 
-def announce(nc: NATS, name: str, *, version: str, **settings: Unpack[ServiceSettings]
-             ) -> Service:
+def announce(nc: NATS, name: str, *, version: str, **settings: Unpack[ServiceSettings]) -> Service:
     """A service instance on ``nc``, to be entered with ``async with``.
 
     Entering announces it; leaving stops heartbeats, drains in-flight requests and says

@@ -69,8 +69,10 @@ class ServiceConfig:
 
     def _check_numbers(self) -> None:
         if not wire.MIN_HEARTBEAT_S <= self.heartbeat_s <= wire.MAX_HEARTBEAT_S:
-            raise ConfigError(f"heartbeat_s must be between {wire.MIN_HEARTBEAT_S} and "
-                              f"{wire.MAX_HEARTBEAT_S}, got {self.heartbeat_s}")
+            raise ConfigError(
+                f"heartbeat_s must be between {wire.MIN_HEARTBEAT_S} and "
+                f"{wire.MAX_HEARTBEAT_S}, got {self.heartbeat_s}"
+            )
         if self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.max_queued < 0:

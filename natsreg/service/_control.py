@@ -30,8 +30,9 @@ __all__ = ["Control"]
 class Control:
     """What an instance tells registries and monitors about itself, and when."""
 
-    def __init__(self, nc: NATS, config: ServiceConfig, instance_id: str,
-                 endpoints: Endpoints) -> None:
+    def __init__(
+        self, nc: NATS, config: ServiceConfig, instance_id: str, endpoints: Endpoints
+    ) -> None:
         self._nc = nc
         self._config = config
         self._id = instance_id
@@ -67,11 +68,19 @@ class Control:
     def _announcement(self) -> wire.Announce:
         c = self._config
         return wire.Announce(
-            id=self._id, name=c.name, version=c.version, seq=self._next_seq(),
-            description=c.description, metadata=dict(c.metadata),
+            id=self._id,
+            name=c.name,
+            version=c.version,
+            seq=self._next_seq(),
+            description=c.description,
+            metadata=dict(c.metadata),
             endpoints=[e.info() for e in self._endpoints.table.values()],
-            host=self._host, pid=os.getpid(), started=self._started,
-            heartbeat_s=c.heartbeat_s, health=self.health, load=self._endpoints.load(),
+            host=self._host,
+            pid=os.getpid(),
+            started=self._started,
+            heartbeat_s=c.heartbeat_s,
+            health=self.health,
+            load=self._endpoints.load(),
             conn=self._announced_conn,
         )
 
@@ -122,8 +131,11 @@ class Control:
                 await quietly(self.publish_announce(), "re-announce")
                 continue
             beat = wire.Heartbeat(
-                id=self._id, name=self._config.name, seq=self._next_seq(),
-                health=self.health, load=self._endpoints.load(),
+                id=self._id,
+                name=self._config.name,
+                seq=self._next_seq(),
+                health=self.health,
+                load=self._endpoints.load(),
             )
             await quietly(self._publish("hb", beat), "heartbeat")
 
@@ -150,12 +162,17 @@ class Control:
         dropped = self._endpoints.dropped
         subs = []
         for tokens in ((), (name,), (name, self._id)):
-            for verb, reply in (("PING", self._ping), ("INFO", self._info),
-                                ("STATS", self._stats)):
-                subs.append(await self._nc.subscribe(
-                    subjects.srv_subject(verb, *tokens), cb=_replier(self._nc, reply, dropped)))
-            subs.append(await self._nc.subscribe(
-                subjects.control_subject(prefix, "discover", *tokens), cb=self._on_discover))
+            for verb, reply in (("PING", self._ping), ("INFO", self._info), ("STATS", self._stats)):
+                subs.append(
+                    await self._nc.subscribe(
+                        subjects.srv_subject(verb, *tokens), cb=_replier(self._nc, reply, dropped)
+                    )
+                )
+            subs.append(
+                await self._nc.subscribe(
+                    subjects.control_subject(prefix, "discover", *tokens), cb=self._on_discover
+                )
+            )
         return subs
 
     async def _on_discover(self, msg: Msg) -> None:
@@ -188,13 +205,17 @@ class Control:
 
     def _ping(self) -> msgspec.Struct:
         c = self._config
-        return wire.SrvPing(name=c.name, id=self._id, version=c.version,
-                            metadata=self._srv_metadata())
+        return wire.SrvPing(
+            name=c.name, id=self._id, version=c.version, metadata=self._srv_metadata()
+        )
 
     def _info(self) -> msgspec.Struct:
         c = self._config
         return wire.SrvInfo(
-            name=c.name, id=self._id, version=c.version, description=c.description,
+            name=c.name,
+            id=self._id,
+            version=c.version,
+            description=c.description,
             metadata=self._srv_metadata(),
             endpoints=[e.srv_info() for e in self._endpoints.table.values()],
         )
@@ -202,14 +223,18 @@ class Control:
     def _stats(self) -> msgspec.Struct:
         c = self._config
         return wire.SrvStats(
-            name=c.name, id=self._id, version=c.version, metadata=self._srv_metadata(),
+            name=c.name,
+            id=self._id,
+            version=c.version,
+            metadata=self._srv_metadata(),
             started=self._started,
             endpoints=[e.stats() for e in self._endpoints.table.values()],
         )
 
 
-def _replier(nc: NATS, build: Callable[[], msgspec.Struct], dropped: dict[str, int]
-             ) -> Callable[[Msg], Awaitable[None]]:
+def _replier(
+    nc: NATS, build: Callable[[], msgspec.Struct], dropped: dict[str, int]
+) -> Callable[[Msg], Awaitable[None]]:
     async def reply(msg: Msg) -> None:
         if not msg.reply:
             return

@@ -100,14 +100,17 @@ def _already_ran(request_id: str, size: int) -> Reply:
     error = ServiceError(
         f"request {request_id} already ran on this instance; its reply ({size} bytes) was "
         "too large to keep, so it cannot be sent again, and the call is not run again",
-        code=409)
+        code=409,
+    )
     return b"", error_headers(error)
 
 
 def _already_running(request_id: str) -> Reply:
     error = ServiceError(
         f"request {request_id} is already running on this instance and has "
-        f"{MAX_WAITERS} repeats waiting; not run again", code=409)
+        f"{MAX_WAITERS} repeats waiting; not run again",
+        code=409,
+    )
     return b"", error_headers(error)
 
 
@@ -118,8 +121,14 @@ class Memory:
     when its handler is done; :meth:`abandon` when it refused the request without running it.
     """
 
-    def __init__(self, *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
-                 max_reply_bytes: int = MAX_REPLY_BYTES, max_waiters: int = MAX_WAITERS) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+        max_waiters: int = MAX_WAITERS,
+    ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_reply_bytes = min(max_reply_bytes, max_bytes)
@@ -174,8 +183,16 @@ class Memory:
         """The call was refused before it ran (overload): nothing to remember."""
         self._running.pop(key, None)
 
-    def finish(self, key: tuple[str, str], data: bytes, headers: dict[str, str] | None,
-               *, remember: bool, expires_at: float, now: float) -> list[str]:
+    def finish(
+        self,
+        key: tuple[str, str],
+        data: bytes,
+        headers: dict[str, str] | None,
+        *,
+        remember: bool,
+        expires_at: float,
+        now: float,
+    ) -> list[str]:
         """The run of ``key`` ended with ``(data, headers)``; returns the reply subjects of
         the repeats that waited for it. ``remember`` is False when the reply says a repeat is
         safe (nothing ran, or the service marked the error retryable): the id is forgotten.
@@ -208,10 +225,15 @@ class Memory:
     def stats(self) -> dict[str, int]:
         """Figures for operators: sizes now, and the counters since start."""
         return {
-            "running": len(self._running), "remembered": len(self._done),
-            "bytes": self._bytes, "replayed": self.replayed, "joined": self.joined,
-            "not_kept": self.not_kept, "dropped_replies": self.dropped_replies,
-            "evicted": self.evicted, "refused": self.refused,
+            "running": len(self._running),
+            "remembered": len(self._done),
+            "bytes": self._bytes,
+            "replayed": self.replayed,
+            "joined": self.joined,
+            "not_kept": self.not_kept,
+            "dropped_replies": self.dropped_replies,
+            "evicted": self.evicted,
+            "refused": self.refused,
         }
 
     def _sweep(self, now: float) -> None:

@@ -47,19 +47,30 @@ class Endpoint:
 
     def info(self) -> wire.Endpoint:
         return wire.Endpoint(
-            name=self.name, subject=self.subject, queue_group=self.queue_group,
-            metadata=self.metadata, idempotent=self.idempotent,
+            name=self.name,
+            subject=self.subject,
+            queue_group=self.queue_group,
+            metadata=self.metadata,
+            idempotent=self.idempotent,
         )
 
     def srv_info(self) -> wire.SrvEndpointInfo:
-        return wire.SrvEndpointInfo(name=self.name, subject=self.subject,
-                                    queue_group=self.queue_group, metadata=self.metadata)
+        return wire.SrvEndpointInfo(
+            name=self.name,
+            subject=self.subject,
+            queue_group=self.queue_group,
+            metadata=self.metadata,
+        )
 
     def stats(self) -> wire.SrvEndpointStats:
         served = self.num_requests
         return wire.SrvEndpointStats(
-            name=self.name, subject=self.subject, queue_group=self.queue_group,
-            num_requests=served, num_errors=self.num_errors, last_error=self.last_error,
+            name=self.name,
+            subject=self.subject,
+            queue_group=self.queue_group,
+            num_requests=served,
+            num_errors=self.num_errors,
+            last_error=self.last_error,
             processing_time=self.processing_ns,
             average_processing_time=self.processing_ns // served if served else 0,
         )
@@ -89,8 +100,12 @@ class Endpoints:
         self._handlers: set[asyncio.Task[None]] = set()
 
     def declare(
-        self, name: str, subject: str | None, queue_group: str | None,
-        metadata: Mapping[str, str] | None, idempotent: bool,
+        self,
+        name: str,
+        subject: str | None,
+        queue_group: str | None,
+        metadata: Mapping[str, str] | None,
+        idempotent: bool,
     ) -> Endpoint:
         """A checked endpoint, not in the table yet (its handler comes with the decorator)."""
         check_name(name, "endpoint name")
@@ -103,7 +118,10 @@ class Endpoints:
         if not subjects.is_valid_token(queue_group):
             raise ConfigError(f"endpoint {name!r}: queue group {queue_group!r} is not valid")
         return Endpoint(
-            name=name, subject=subject, queue_group=queue_group, handler=_unset_handler,
+            name=name,
+            subject=subject,
+            queue_group=queue_group,
+            handler=_unset_handler,
             metadata=check_metadata(metadata or {}, f"endpoint {name!r}"),
             idempotent=idempotent,
         )
@@ -136,8 +154,12 @@ class Endpoints:
         with anyio.move_on_after(timeout_s) as scope:
             await self._idle.wait()
         if scope.cancelled_caught:
-            log.warning("%s: %d handlers still running after %.1f s; cancelling them",
-                        self._config.name, self.in_flight, timeout_s)
+            log.warning(
+                "%s: %d handlers still running after %.1f s; cancelling them",
+                self._config.name,
+                self.in_flight,
+                timeout_s,
+            )
             self._queue.clear()
             for task in self._handlers:
                 task.cancel()
@@ -175,8 +197,9 @@ class Endpoints:
                     known = self.calls.begin(key, reply, time.monotonic())
                     if known is not None:
                         if known is not _dedupe.JOINED and reply:
-                            await quietly(self._nc.publish(
-                                reply, known[0], headers=known[1]), "reply")
+                            await quietly(
+                                self._nc.publish(reply, known[0], headers=known[1]), "reply"
+                            )
                         return
                 else:
                     self.dropped["request_id"] += 1
@@ -193,11 +216,11 @@ class Endpoints:
             self.calls.abandon(key)
         self._count_error(endpoint, "503: overloaded")
         if msg.reply:
-            await quietly(self._nc.publish(
-                msg.reply, b"", headers=error_headers(OverloadedError())), "reply")
+            await quietly(
+                self._nc.publish(msg.reply, b"", headers=error_headers(OverloadedError())), "reply"
+            )
 
-    def _start(self, endpoint: Endpoint, msg: Msg, received: float | None,
-               key: Key | None) -> None:
+    def _start(self, endpoint: Endpoint, msg: Msg, received: float | None, key: Key | None) -> None:
         self.in_flight += 1
         if self.in_flight == 1:
             self._idle.clear()
@@ -208,8 +231,9 @@ class Endpoints:
         if not task.done():
             self._handlers.add(task)
 
-    async def _handle(self, endpoint: Endpoint, msg: Msg, received: float | None,
-                      key: Key | None) -> None:
+    async def _handle(
+        self, endpoint: Endpoint, msg: Msg, received: float | None, key: Key | None
+    ) -> None:
         try:
             await self._serve_one(endpoint, msg, received, key)
         finally:
@@ -217,8 +241,9 @@ class Endpoints:
             if task is not None:
                 self._handlers.discard(task)
 
-    async def _serve_one(self, endpoint: Endpoint, msg: Msg, received: float | None,
-                         key: Key | None) -> None:
+    async def _serve_one(
+        self, endpoint: Endpoint, msg: Msg, received: float | None, key: Key | None
+    ) -> None:
         started = time.perf_counter_ns()
         headers: dict[str, str] | None = None
         deadline = None
@@ -232,8 +257,7 @@ class Endpoints:
                 if deadline <= time.monotonic():
                     # The caller has given up: its work is not started.
                     remember = False
-                    raise ServiceError("deadline exceeded before the handler started",
-                                       code=504)
+                    raise ServiceError("deadline exceeded before the handler started", code=504)
                 _deadline.current.set(deadline)
             data = to_bytes(await endpoint.handler(request))
         except ServiceError as exc:
@@ -253,8 +277,13 @@ class Endpoints:
         if key is not None:
             now = time.monotonic()
             for waiter in self.calls.finish(
-                    key, data, headers, remember=remember,
-                    expires_at=_dedupe.remember_until(deadline, now), now=now):
+                key,
+                data,
+                headers,
+                remember=remember,
+                expires_at=_dedupe.remember_until(deadline, now),
+                now=now,
+            ):
                 await quietly(self._nc.publish(waiter, data, headers=headers), "reply")
         if msg.reply:
             await quietly(self._nc.publish(msg.reply, data, headers=headers), "reply")
@@ -276,11 +305,13 @@ class Endpoints:
 
 
 if sys.version_info >= (3, 12):
+
     def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # Eager: the handler runs at once, in its own task, until it first waits; a handler
         # that never waits costs no trip through the event loop (Python 3.12+).
         return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
 else:
+
     def _new_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(coro)
 
