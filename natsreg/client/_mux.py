@@ -26,9 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-# nats-py's own check for a "no responders" status (nats.aio.client.Client.request).
-_STATUS = "Status"
-_NO_RESPONDERS = "503"
+from ..errors import NO_RESPONDERS_STATUS, STATUS_HEADER
 
 
 class Abandoned(Exception):
@@ -130,7 +128,7 @@ class ReplyMux:
             raise nats.errors.TimeoutError
         if msg is _ABANDONED:
             raise Abandoned
-        if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+        if msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
             raise nats.errors.NoRespondersError
         return msg
 

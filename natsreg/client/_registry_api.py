@@ -15,7 +15,13 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from .. import errors, subjects, wire
-from ..errors import ConfigError, NoInstanceError, RequestError
+from ..errors import (
+    NO_RESPONDERS_STATUS,
+    STATUS_HEADER,
+    ConfigError,
+    NoInstanceError,
+    RequestError,
+)
 from ._transport import Transport
 
 
@@ -95,7 +101,7 @@ class RegistryApi:
                     msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
                 except nats.errors.Error as exc:  # a timeout, or the connection closed
                     raise errors.from_nats(exc, subject, timeout_s) from exc
-                if msg.headers and msg.headers.get("Status") == "503":
+                if msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
                     raise self._no_registry(subject)
                 error = errors.from_reply_headers(msg.headers, subject)
                 if error is not None:
