@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -58,7 +58,26 @@ class _CliError(Exception):
 # -- arguments ---------------------------------------------------------------------------------
 
 
+# What add_subparsers returns; named once for the builders below.
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def _parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="natsreg", description="Service discovery and RPC for microservices on NATS."
+    )
+    parser.add_argument("--version", action="version", version=f"natsreg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_up, _add_registry, _add_bridge, _add_lookups, _add_request, _add_watch):
+        add(commands, common)
+    _add_auth(commands)
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command that connects to NATS takes."""
+    common = argparse.ArgumentParser(add_help=False)
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("connection")
     conn.add_argument(
@@ -88,13 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     conn.add_argument("--tls-cert", help="client certificate file")
     conn.add_argument("--tls-key", help="client key file")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    return common
 
-    parser = argparse.ArgumentParser(
-        prog="natsreg", description="Service discovery and RPC for microservices on NATS."
-    )
-    parser.add_argument("--version", action="version", version=f"natsreg {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def _add_up(commands: _Commands, common: argparse.ArgumentParser) -> None:
     up = commands.add_parser(
         "up",
         parents=[common],
@@ -115,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     _registry_options(up)
     _bridge_options(up)
 
+
+def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
     registry = commands.add_parser("registry", parents=[common], help="run a registry node")
     _registry_options(registry)
     registry.add_argument(
@@ -128,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         "--system-creds", metavar="FILE", help="credentials file for --system-server"
     )
 
+
+def _add_bridge(commands: _Commands, common: argparse.ArgumentParser) -> None:
     bridge = commands.add_parser(
         "bridge",
         parents=[common],
@@ -137,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _bridge_options(bridge)
 
+
+def _add_lookups(commands: _Commands, common: argparse.ArgumentParser) -> None:
     ls = commands.add_parser("ls", parents=[common], help="list services and their instances")
     ls.add_argument("--json", action="store_true", help="print the registry's answer as JSON")
 
@@ -146,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("service")
     info.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_request(commands: _Commands, common: argparse.ArgumentParser) -> None:
     request = commands.add_parser(
         "request",
         parents=[common],
@@ -189,10 +213,14 @@ def _parser() -> argparse.ArgumentParser:
         help="print the client's stats (instances, breakers) to stderr",
     )
 
+
+def _add_watch(commands: _Commands, common: argparse.ArgumentParser) -> None:
     watch = commands.add_parser("watch", parents=[common], help="stream registry changes")
     watch.add_argument("service", nargs="?", help="only this service")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
 
+
+def _add_auth(commands: _Commands) -> None:
     auth = commands.add_parser(
         "auth",
         help="generate nats-server users and permissions for natsreg roles",
@@ -255,7 +283,6 @@ def _parser() -> argparse.ArgumentParser:
         "without it, print everything",
     )
     auth.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    return parser
 
 
 def _bridge_options(parser: argparse.ArgumentParser) -> None:
