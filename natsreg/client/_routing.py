@@ -131,7 +131,15 @@ class Router:
         try:
             while True:
                 attempt += 1
-                route = await self._pick(target, strategy, key, select, tried, fallback, deadline)
+                # Decided without a coroutine in the common case (a view in place, or none to
+                # be had): this runs on every call.
+                route = (
+                    None if fallback else self._route(target, strategy, key, select, tried, False)
+                )
+                if route is None:
+                    route = await self._pick(
+                        target, strategy, key, select, tried, fallback, deadline
+                    )
                 retry_timeouts = route.idempotent if idempotent is None else idempotent
                 started = self._clock()
                 remaining = deadline - started
@@ -179,15 +187,14 @@ class Router:
         fallback: bool,
         deadline: float,
     ) -> _Route:
-        # Where the next attempt goes; waits for the service's view only on its first call.
+        # Where the next attempt goes when the fast path in call() could not say: the queue
+        # group as the last resort, or after waiting for the service's view (its first call).
         if fallback:
             return self._queue_route(target.subject, self._matching(target, select).all_idempotent)
-        route = self._route(target, strategy, key, select, tried, False)
-        if route is None:
-            assert target.service is not None
-            await self._views.wait(target.service, deadline)
-            route = self._route(target, strategy, key, select, tried, True)
-            assert route is not None
+        assert target.service is not None
+        await self._views.wait(target.service, deadline)
+        route = self._route(target, strategy, key, select, tried, True)
+        assert route is not None
         return route
 
     async def _send(
