@@ -195,11 +195,14 @@ async def test_least_in_flight_routes_around_an_instance_five_times_slower(
     name = f"slow-{unique}"
     with ExitStack() as stack:
         async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
+            # 10 ms against 50 ms: long enough that a busy machine's scheduling delays (a few
+            # ms each way) do not blur the 5x between them (with 4 against 20 ms, the measured
+            # ratio fell under auto's 3x outlier bound about one run in ten).
             fast = [
-                stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "4"))
+                stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "10"))
                 for _ in range(2)
             ]
-            slow = stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "20"))
+            slow = stack.enter_context(start_service(nats_url, name, prefix, "--delay-ms", "50"))
             ids = [read_id(p) for p in fast]
             slow_id = read_id(slow)
             await in_view(client, name, {*ids, slow_id})
