@@ -23,6 +23,7 @@ import natsreg
 from natsreg import ConfigError, bridge
 from natsreg._server import is_listening
 from natsreg.bridge import Auth, BridgeConfig, Cors, Route
+from tests.test_bridge import raw_http as raw_response
 from tests.test_cli import assert_one_line_error, free_port, natsreg_cli
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -47,16 +48,8 @@ def echo_service(nc: NATS, name: str, prefix: str) -> natsreg.Service:
 
 async def raw_http(url: str, request: bytes) -> int:
     """Send bytes as they are and read the status of one response."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    async with asyncio.timeout(5):
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(request)
-            await writer.drain()
-            status_line = await reader.readline()
-        finally:
-            writer.close()
-    return int(status_line.split()[1])
+    status, _ = await raw_response(url, request)
+    return status
 
 
 async def closed_by_peer_within(reader: asyncio.StreamReader, timeout_s: float) -> bool:

@@ -172,6 +172,18 @@ async def test_watch_streams_changes_as_json_lines(
     assert [(e["kind"], e["instance"]["id"]) for e in events] == [("up", svc.id), ("down", svc.id)]
 
 
+def listed_names(env: dict[str, str], timeout_s: float = 15.0) -> list[str]:
+    """The services ``natsreg ls`` lists once it lists any, waiting up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = natsreg_cli(env, "ls", "--json")
+        if result.returncode == 0 and (instances := json.loads(result.stdout)["instances"]):
+            return [i["name"] for i in instances]
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.1)
+
+
 def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
@@ -180,13 +192,7 @@ def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
     with running(
         env, "up", "--port", str(bridge_port), "--with", f"{SERVICE_PROC} {url} up-svc natsreg"
     ) as up:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            result = natsreg_cli(env, "ls", "--json")
-            if result.returncode == 0 and json.loads(result.stdout)["instances"]:
-                break
-            time.sleep(0.1)
-        assert [i["name"] for i in json.loads(result.stdout)["instances"]] == ["up-svc"]
+        assert listed_names(env) == ["up-svc"]
         reply = natsreg_cli(env, "request", "up-svc.echo", '{"ok": true}')
         assert json.loads(reply.stdout) == {"ok": True}
         # The HTTP bridge is served too.
@@ -214,12 +220,7 @@ def test_ctrl_c_stops_up_in_order_the_service_drains_before_the_server_goes() ->
         start_new_session=True,
     ) as up:
         try:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                result = natsreg_cli(env, "ls", "--json")
-                if result.returncode == 0 and json.loads(result.stdout)["instances"]:
-                    break
-                time.sleep(0.1)
+            assert listed_names(env) == ["user-service"]
             os.killpg(up.pid, signal.SIGINT)
             _, stderr = up.communicate(timeout=20)
         finally:
