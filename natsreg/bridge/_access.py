@@ -61,7 +61,7 @@ class Auth:
             value = os.environ.get(self.tokens_env)
             if value is None:
                 raise ConfigError(f"auth: environment variable {self.tokens_env!r} is not set")
-            tokens += re.split(r"[,\n]", value)
+            tokens = re.split(r"[,\n]", value)
         if self.tokens_file is not None:
             try:
                 text = Path(self.tokens_file).read_text()
@@ -194,16 +194,16 @@ class Origins:
         """Whether the ``Host`` header names a host served (any port)."""
         if self._any_host:
             return True
-        verdict = self._verdicts.get(host)
+        # The remembered verdicts only save time: a verdict is the same computed or remembered.
+        verdict = self._verdicts.get(host)  # pragma: no mutate (equivalent: a cache lookup)
         if verdict is None:
-            name = host.lower()
-            if name.startswith(b"["):
-                name = name[: name.find(b"]") + 1]
+            if host.startswith(b"["):
+                name = host[: host.find(b"]") + 1]
             else:
-                name = name.partition(b":")[0].rstrip(b".")
-            verdict = name in self._hosts
-            if len(self._verdicts) < _HOST_CACHE_SIZE:
-                self._verdicts[host] = verdict
+                name = host.partition(b":")[0].rstrip(b".")
+            verdict = name.lower() in self._hosts
+            if len(self._verdicts) < _HOST_CACHE_SIZE:  # pragma: no mutate (equivalent: cache)
+                self._verdicts[host] = verdict  # pragma: no mutate (equivalent: cache)
         return verdict
 
     def cross_site(
