@@ -50,7 +50,7 @@ def origins(*hosts: str, cors: Cors | None = None) -> Origins:
 # -- auth: configuration ---------------------------------------------------------------------
 
 
-def test_no_auth_is_the_default_and_lets_anyone_in() -> None:
+def test_no_auth_is_the_default_and_checks_no_credential() -> None:
     assert not Auth().enabled
     assert not NO_AUTH.enabled
     assert Auth().scheme == "none"
