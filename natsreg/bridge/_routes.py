@@ -50,8 +50,8 @@ class Route:
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path.startswith("/"):
             raise ConfigError(f"route path {self.path!r} must start with '/'")
-        tokens = tuple(self.path.strip("/").split("/")) if self.path.strip("/") else ()
-        if not tokens or any(not t or not t.isprintable() or " " in t for t in tokens):
+        tokens = tuple(self.path.strip("/").split("/"))  # "/" gives one empty segment
+        if any(not t or not t.isprintable() or " " in t for t in tokens):
             raise ConfigError(f"route path {self.path!r} needs non-empty, printable segments")
         if tokens[0] == "_natsreg":
             raise ConfigError("route paths under /_natsreg/ are the bridge's own")
@@ -141,7 +141,7 @@ class RouteTable:
         allow: frozenset[str] | None = None,
         control_prefix: str = subjects.DEFAULT_PREFIX,
     ) -> None:
-        self.routes = tuple(sorted(routes, key=lambda r: len(r.tokens), reverse=True))
+        self.routes = tuple(routes)
         seen: set[tuple[str, ...]] = set()
         for route in self.routes:
             if route.tokens in seen:
@@ -159,7 +159,9 @@ class RouteTable:
         self.control_prefix = control_prefix
         self._by_tokens = {r.tokens: r for r in self.routes}
         self._depths = sorted({len(r.tokens) for r in self.routes}, reverse=True)
-        self._resolve_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(self._resolve)
+        # Equivalent mutants only: the cache's size bounds its memory, not its answers.
+        cache = functools.lru_cache(maxsize=_CACHE_SIZE)  # pragma: no mutate (equivalent)
+        self._resolve_cached = cache(self._resolve)
 
     def resolve(self, path: str) -> Target | Refusal:
         """Where ``path`` (URL-decoded, as ASGI gives it) goes, or why it goes nowhere."""
