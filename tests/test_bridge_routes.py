@@ -22,6 +22,9 @@ BAD_PATH = Refusal(
     "",
 )
 LONG_PATH = Refusal(400, "bad_request", "the path is longer than 512 characters", "", "")
+LONG_SUBJECT = Refusal(
+    400, "bad_request", "the path maps to a subject longer than 512 characters", "", ""
+)
 FORBIDDEN = Refusal(400, "bad_request", "the path names a reserved subject", "", "")
 NO_ROUTE = Refusal(404, "not_found", "no route matches the path", "", "")
 
@@ -203,7 +206,7 @@ def test_a_short_path_whose_subject_grows_too_long_under_a_route_is_refused() ->
     too_long = "/x/" + "b" * 12
     subject = route.subject + "." + "b" * 11
     assert table.resolve(fits) == Target(subject, "svc", "a" * 496, route, subject)
-    assert table.resolve(too_long) == LONG_PATH
+    assert table.resolve(too_long) == LONG_SUBJECT
 
 
 # -- configured routes -----------------------------------------------------------------------
@@ -311,9 +314,29 @@ def test_a_route_path_must_start_with_a_slash(path: object) -> None:
         Route(path=path, subject="a.b")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("path", ["/", "//", "/a//b", "/a b", "/a\tb", "/a\x00b", "/a\u200bb"])
-def test_a_route_path_with_an_empty_or_unprintable_segment_is_refused(path: str) -> None:
-    message = f"route path {path!r} needs non-empty, printable segments"
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "//",
+        "//x",
+        "/x//",
+        "/a//b",
+        "/a b",
+        "/a\tb",
+        "/a\x00b",
+        "/a\u200bb",
+        "/a.b",
+        "/a/*",
+        "/>",
+    ],
+)
+def test_a_route_path_no_request_path_could_reach_is_refused(path: str) -> None:
+    # Request paths with an empty, unprintable, dotted or wildcard segment are refused before
+    # routing, so a route spelled that way would be a dead row of the table.
+    message = (
+        f"route path {path!r} needs non-empty, printable segments without '.', '*', '>' or spaces"
+    )
     with pytest.raises(ConfigError, match=exactly(message)):
         Route(path=path, subject="a.b")
 
@@ -391,3 +414,11 @@ def test_a_route_beside_the_control_subjects_is_accepted(prefix: str, subject: s
     route = Route(path="/x", subject=subject)
     target = RouteTable([route], control_prefix=prefix).resolve("/x")
     assert isinstance(target, Target) and target.subject == subject
+
+
+def test_a_route_whose_own_subject_is_too_long_is_refused_at_config_time() -> None:
+    Route(path="/x", subject="a." + "b" * (MAX_SUBJECT_CHARS - 2))
+    too_long = "a." + "b" * (MAX_SUBJECT_CHARS - 1)
+    message = f"route '/x': the subject is longer than {MAX_SUBJECT_CHARS} characters"
+    with pytest.raises(ConfigError, match=exactly(message)):
+        Route(path="/x", subject=too_long)

@@ -50,9 +50,15 @@ class Route:
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path.startswith("/"):
             raise ConfigError(f"route path {self.path!r} must start with '/'")
-        tokens = tuple(self.path.strip("/").split("/"))  # "/" gives one empty segment
-        if any(not t or not t.isprintable() or " " in t for t in tokens):
-            raise ConfigError(f"route path {self.path!r} needs non-empty, printable segments")
+        # One trailing slash is allowed ("/api/users/"); "/" gives one empty segment.
+        tokens = tuple(self.path[1:].removesuffix("/").split("/"))
+        # A request path with such a segment is refused before routing, so the route could
+        # never be reached.
+        if not all(map(_valid_path_token, tokens)):
+            raise ConfigError(
+                f"route path {self.path!r} needs non-empty, printable segments "
+                "without '.', '*', '>' or spaces"
+            )
         if tokens[0] == "_natsreg":
             raise ConfigError("route paths under /_natsreg/ are the bridge's own")
         object.__setattr__(self, "tokens", tokens)
@@ -60,6 +66,10 @@ class Route:
             raise ConfigError(
                 f"route {self.path!r}: {self.subject!r} is not a subject a route "
                 "may reach (literal tokens, no '$' or '_INBOX' subjects)"
+            )
+        if len(self.subject) > MAX_SUBJECT_CHARS:
+            raise ConfigError(
+                f"route {self.path!r}: the subject is longer than {MAX_SUBJECT_CHARS} characters"
             )
         methods = frozenset(m.upper() for m in self.methods)
         if unknown := methods - _HTTP_METHODS:
@@ -122,6 +132,9 @@ _BAD_PATH = Refusal(
     "'>', whitespace or control characters)",
 )
 _LONG_PATH = Refusal(400, "bad_request", f"the path is longer than {MAX_SUBJECT_CHARS} characters")
+_LONG_SUBJECT = Refusal(
+    400, "bad_request", f"the path maps to a subject longer than {MAX_SUBJECT_CHARS} characters"
+)
 _FORBIDDEN_SUBJECT = Refusal(400, "bad_request", "the path names a reserved subject")
 _NO_ROUTE = Refusal(404, "not_found", "no route matches the path")
 
@@ -209,7 +222,7 @@ class RouteTable:
             )
         subject = ".".join((route.subject, *rest))
         if len(subject) > MAX_SUBJECT_CHARS:
-            return _LONG_PATH
+            return _LONG_SUBJECT
         call = subject if route.version is None else f"{service}@{route.version}.{endpoint}"
         return Target(subject, service, endpoint, route, call)
 
