@@ -198,7 +198,7 @@ class View:
             entry = self._entries.get(instance_id)
             if entry is not None:
                 self._remove(entry)
-                self._bury(entry, now, said_goodbye=False)
+                self._bury(entry, now)
                 changes.append(Change("down", entry.view, "disconnected"))
         return changes
 
@@ -214,7 +214,7 @@ class View:
                 continue  # gone already, or heard from since this deadline was set
             proven_lost += entry.proven
             self._remove(entry)
-            self._bury(entry, now, said_goodbye=False)
+            self._bury(entry, now)
             changes.append(Change("down", entry.view, "expired"))
         _drop_oldest(self._tombstones, lambda t: t.until <= now)
         _drop_oldest(self._asked, lambda asked_at: asked_at + self.ask_interval_s <= now)
@@ -260,9 +260,10 @@ class View:
                     last_heard_s=now - entry.last_seen,
                 )
                 endpoints[key] = set()
+            else:
+                summary.last_heard_s = min(summary.last_heard_s, now - entry.last_seen)
             summary.instances += 1
             summary.health[view.health] = summary.health.get(view.health, 0) + 1
-            summary.last_heard_s = min(summary.last_heard_s, now - entry.last_seen)
             endpoints[key].update(e.name for e in view.endpoints)
         for key, summary in groups.items():
             summary.endpoints = sorted(endpoints[key])
@@ -368,7 +369,8 @@ class View:
             return refused
         entry = self._entries.get(bye.id)
         if entry is None:
-            self._bury_id(bye.id, _Tombstone(bye.seq, now + self.tombstone_s, True, now))
+            # A goodbye is final until the tombstone ends: no sequence bound applies after it.
+            self._bury_id(bye.id, _Tombstone(bye.seq, now + self.tombstone_s, said_goodbye=True))
             return _NOTHING
         self._remove(entry)
         entry.view.seq = bye.seq
@@ -404,18 +406,18 @@ class View:
     def _add(
         self, view: wire.InstanceView, now: float, expires_at: float, *, proven: bool = False
     ) -> None:
-        entry = _Entry(view, now, 0.0)
+        entry = _Entry(view, now, expires_at)
         self._entries[view.id] = entry
         self._per_service[view.name] += 1
         if proven:
             self._prove(entry)
-        self._set_deadline(entry, expires_at)
+        heapq.heappush(self._deadlines, (expires_at, view.id))
 
     def _set_deadline(self, entry: _Entry, expires_at: float) -> None:
         entry.expires_at = expires_at
         heapq.heappush(self._deadlines, (expires_at, entry.view.id))
 
-    def _bury(self, entry: _Entry, now: float, *, said_goodbye: bool) -> None:
+    def _bury(self, entry: _Entry, now: float, *, said_goodbye: bool = False) -> None:
         view = entry.view
         self._bury_id(
             view.id,
