@@ -27,6 +27,7 @@ snapshot came from, a new instance, or a heartbeat from an instance the view doe
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -52,11 +53,13 @@ MAX_EVENT_BYTES = wire.MAX_CONTROL_BYTES + 1024
 #: reconciled with a registry snapshot.
 Heard = Literal["dropped", "taken", "reconcile"]
 
-# How an instance left the view, which says what may bring it back:
-# - heard on its own bye subject: never (only that service's credentials may publish there);
-# - a registry event said goodbye: a reconcile only (the event may have been forged);
-# - any other down event, a reconcile without it, or local expiry: a newer sequence number.
-_Gone = Literal["bye", "goodbye", "down", "expired"]
+# The goodbye an instance left the view on, which says what may bring it back:
+# - "bye", heard on its own bye subject: never (only that service's credentials may publish
+#   there);
+# - "goodbye", said by a registry event: a reconcile only (the event may have been forged).
+# It left on none (None: another down event, a reconcile without it, or local expiry): a
+# newer sequence number brings it back. Only an instance that left on none was lost.
+_Goodbye = Literal["bye", "goodbye"]
 
 
 @dataclass(slots=True)
@@ -82,8 +85,8 @@ class Catalog:
         #: will get no answer.
         self.on_lost = on_lost
         self._services: dict[str, dict[str, _Entry]] = {}
-        # id -> (last seq, how it left): keeps late messages from reviving an instance.
-        self._tombstones: OrderedDict[str, tuple[int, _Gone]] = OrderedDict()
+        # id -> (last seq, the goodbye it left on): keeps late messages from reviving it.
+        self._tombstones: OrderedDict[str, tuple[int, _Goodbye | None]] = OrderedDict()
         # service -> node -> revision of the last event taken from it (None: none since the
         # node's snapshot). Only nodes a snapshot came from are here.
         self._chains: dict[str, OrderedDict[str, int | None]] = {}
@@ -93,7 +96,7 @@ class Catalog:
         #: Rises on every change of membership, health, version or metadata: callers cache
         #: their candidate lists against it.
         self.revision = 0
-        self._next_expiry = float("inf")
+        self._next_expiry = math.inf
 
     # -- input -------------------------------------------------------------------------------
 
@@ -158,8 +161,7 @@ class Catalog:
         self._believe(service, snapshot.node)
         listed = {v.id: v for v in snapshot.instances if v.name == service}
         for instance_id in [i for i in entries if i not in listed]:
-            self._bury(instance_id, entries.pop(instance_id).view.seq, "down")
-            self.revision += 1
+            self._bury(instance_id, entries.pop(instance_id).view.seq, None)
         for view in listed.values():
             tomb = self._tombstones.get(view.id)
             if tomb is not None and tomb[1] == "bye":
@@ -189,14 +191,8 @@ class Catalog:
         gap = last is not None and event.prev_revision != last
         instance = event.instance
         if event.kind == "down":
-            goodbye = event.reason == "goodbye"
-            self._remove(
-                service,
-                instance.id,
-                instance.seq,
-                gone="goodbye" if goodbye else "down",
-                lost=not goodbye,
-            )
+            goodbye: _Goodbye | None = "goodbye" if event.reason == "goodbye" else None
+            self._remove(service, instance.id, instance.seq, goodbye)
             return "reconcile" if gap else "taken"
         held = instance.id in self._services[service]
         self._upsert(instance)
@@ -227,7 +223,7 @@ class Catalog:
     def apply_goodbye(self, bye: wire.Goodbye) -> None:
         """A goodbye heard directly: the instance is gone now (its calls in flight still
         end: a stopping instance drains)."""
-        self._remove(bye.name, bye.id, bye.seq, gone="bye", lost=False)
+        self._remove(bye.name, bye.id, bye.seq, "bye")
 
     # -- output ------------------------------------------------------------------------------
 
@@ -271,7 +267,7 @@ class Catalog:
     def _expiry(self, view: wire.InstanceView, heard_at: float) -> float:
         # Every natsreg instance expires, whatever interval it announced: the rule clamps it.
         if view.kind != "natsreg":
-            return float("inf")
+            return math.inf
         return heard_at + wire.silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
 
     def _upsert(self, view: wire.InstanceView) -> None:
@@ -279,7 +275,7 @@ class Catalog:
         if entries is None:
             return  # not a service this client calls
         tomb = self._tombstones.get(view.id)
-        if tomb is not None and (tomb[1] in ("bye", "goodbye") or view.seq <= tomb[0]):
+        if tomb is not None and (tomb[1] is not None or view.seq <= tomb[0]):
             return
         old = entries.get(view.id)
         if old is not None and view.seq <= old.view.seq and view.seq != 0:
@@ -297,17 +293,17 @@ class Catalog:
         self._next_expiry = min(self._next_expiry, expires_at)
         self.revision += 1
 
-    def _remove(self, service: str, instance_id: str, seq: int, *, gone: _Gone, lost: bool) -> None:
-        self._bury(instance_id, seq, gone)
+    def _remove(self, service: str, instance_id: str, seq: int, goodbye: _Goodbye | None) -> None:
+        self._bury(instance_id, seq, goodbye)
         entries = self._services.get(service)
         if entries is not None and entries.pop(instance_id, None) is not None:
             self.revision += 1
-            if lost and self.on_lost is not None:
+            if goodbye is None and self.on_lost is not None:
                 self.on_lost(instance_id)
 
-    def _bury(self, instance_id: str, seq: int, gone: _Gone) -> None:
+    def _bury(self, instance_id: str, seq: int, goodbye: _Goodbye | None) -> None:
         # The oldest tombstones go first: bounded, whatever the churn.
-        self._tombstones[instance_id] = (seq, gone)
+        self._tombstones[instance_id] = (seq, goodbye)
         self._tombstones.move_to_end(instance_id)
         if len(self._tombstones) > _MAX_TOMBSTONES:
             self._tombstones.popitem(last=False)
@@ -316,10 +312,10 @@ class Catalog:
         now = self._clock()
         if now < self._next_expiry:
             return
-        next_expiry = float("inf")
+        next_expiry = math.inf
         for entries in self._services.values():
             for instance_id in [i for i, e in entries.items() if e.expires_at <= now]:
-                self._bury(instance_id, entries.pop(instance_id).view.seq, "expired")
+                self._bury(instance_id, entries.pop(instance_id).view.seq, None)
                 self.revision += 1
                 if self.on_lost is not None:
                     self.on_lost(instance_id)
