@@ -474,3 +474,19 @@ def test_instances_beyond_the_cap_per_service_are_ignored_and_known_ones_still_c
     assert [i.id for i in catalog.instances("svc")] == ids[:-1]
     catalog.apply_event(node.event("changed", view(ids[0], seq=2, version="2.0.0")))
     assert catalog.instances("svc")[0].version == "2.0.0"
+
+
+def test_instances_that_come_back_leave_no_tombstone_to_push_out_a_goodbye() -> None:
+    clock, node = Clock(), Node()
+    catalog = catalog_of(node=node, clock=clock)
+    catalog.apply_goodbye(wire.Goodbye(id="g", name="svc", seq=1))
+    # 4095 instances expire, then come back: the goodbye was the 4096th thing remembered.
+    ids = [f"r{n}" for n in range(4095)]
+    catalog.apply_snapshot(node.snapshot(*(view(i) for i in ids)), "svc")
+    clock.now += SILENCE_S
+    assert listed(catalog) == []
+    for i in ids:
+        catalog.apply_event(node.event("up", view(i, seq=2)))
+    catalog.apply_goodbye(wire.Goodbye(id="h", name="svc", seq=1))
+    catalog.apply_event(node.event("up", view("g", seq=2)))
+    assert len(listed(catalog)) == 4095 and ("g", 2) not in listed(catalog)

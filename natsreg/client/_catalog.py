@@ -95,7 +95,7 @@ class Catalog:
         self.dropped: Counter[str] = Counter()
         #: Rises on every change of membership, health, version or metadata: callers cache
         #: their candidate lists against it.
-        self.revision = 0
+        self.revision = 0  # pragma: no mutate (equivalent: callers compare revisions, never values)
         self._next_expiry = math.inf
 
     # -- input -------------------------------------------------------------------------------
