@@ -21,13 +21,14 @@ Strategies (``strategy=`` of :meth:`natsreg.Client.request`):
 - ``sticky``: rendezvous hashing of ``key`` over the candidates: the same key goes to the
   same instance while it is there, and only the keys of an instance that leaves move.
 
-Each strategy that chooses is one :class:`Strategy` subclass registered in :data:`PICKERS`
-by its name: a new strategy is one class.
+Each strategy that chooses is one :class:`Strategy` subclass, listed in :data:`PICKERS`
+by its name: a new strategy is one class and its entry there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random as _random
 import time
 from collections.abc import Callable, Sequence
@@ -77,17 +78,17 @@ class InstanceStats:
     def __init__(self) -> None:
         self.in_flight = 0
         #: After a call got no answer, the instance's sequence number then: it is avoided
-        #: until a newer heartbeat shows it alive.
-        self.avoid_seq = -1
+        #: until a newer heartbeat shows it alive. Below every sequence until then.
+        self.avoid_seq: float = -math.inf
         #: After "no responders" on its direct subject: avoided until this time (monotonic),
         #: its heartbeats notwithstanding, for a time that doubles while it stays unserved.
-        self.avoid_until = float("-inf")
+        self.avoid_until = -math.inf
         self.avoid_s = 0.0
         #: 0.0 until the first reply: an instance never called counts as fast, so it is tried.
         self.ewma_s = 0.0
         self.calls = 0
         self.failures = 0
-        self.probed_at = float("-inf")
+        self.probed_at = -math.inf
 
     def unserved(self, now: float) -> None:
         """Nobody serves its direct subject: avoid it for ``AVOID_FIRST_S``, doubling on each
@@ -104,7 +105,7 @@ class InstanceStats:
     def observe(self, latency_s: float) -> None:
         """Fold one reply's latency into the EWMA; an answer ends any avoidance."""
         self.avoid_s = 0.0
-        self.avoid_until = float("-inf")
+        self.avoid_until = -math.inf
         if self.ewma_s == 0.0:
             self.ewma_s = latency_s
         else:
@@ -112,6 +113,9 @@ class InstanceStats:
 
 
 _EMPTY = InstanceStats()
+#: The latency assumed of every candidate while none has a figure yet: any positive one will
+#: do, so that calls in flight still count (a zero would make them all cost nothing).
+_NO_FIGURE_S = 1.0
 
 
 class Strategy:
@@ -143,21 +147,11 @@ class Strategy:
         return candidates[i], candidates[j]
 
 
-#: The strategies that choose an instance, by name (``queue`` chooses none: NATS does).
-PICKERS: dict[str, type[Strategy]] = {}
-
-
-def _register(cls: type[Strategy]) -> type[Strategy]:
-    PICKERS[cls.name] = cls
-    return cls
-
-
-@_register
 class RoundRobin(Strategy):
     name = "round_robin"
 
     def __init__(self, rng: _random.Random, clock: Callable[[], float]) -> None:
-        super().__init__(rng, clock)
+        super().__init__(rng, clock)  # pragma: no mutate (equivalent: it uses neither)
         self._positions: dict[str, int] = {}
 
     def pick(
@@ -170,7 +164,6 @@ class RoundRobin(Strategy):
         return candidates[position % len(candidates)]
 
 
-@_register
 class Random(Strategy):
     name = "random"
 
@@ -180,7 +173,6 @@ class Random(Strategy):
         return candidates[self._rng.randrange(len(candidates))]
 
 
-@_register
 class LeastInFlight(Strategy):
     name = "least_in_flight"
 
@@ -189,31 +181,37 @@ class LeastInFlight(Strategy):
     ) -> _C:
         a, b = self._two(candidates)
         sa, sb = stats.get(a.id, _EMPTY), stats.get(b.id, _EMPTY)
-        if sa.in_flight != sb.in_flight:
-            return a if sa.in_flight < sb.in_flight else b
-        # A tie (always, for a caller with one call at a time) goes to the clearly faster
-        # one; between similar ones it stays random, so that they share the load and
-        # each keeps its latency figure fresh. Now and then the slower one is tried
-        # anyway, so that one slow spell does not starve an instance for good.
-        if sa.ewma_s > TIE_RATIO * sb.ewma_s and self._rng.random() >= PROBE_SHARE:
-            return b
-        if sb.ewma_s > TIE_RATIO * sa.ewma_s and self._rng.random() >= PROBE_SHARE:
+        if sa.in_flight < sb.in_flight:
             return a
-        return a
+        if sb.in_flight < sa.in_flight:
+            return b
+        # A tie (always, for a caller with one call at a time) goes to the clearly faster
+        # one; between similar ones it stays random (the pair is drawn in random order), so
+        # that they share the load and each keeps its latency figure fresh. Now and then the
+        # slower one is tried anyway, so that one slow spell does not starve an instance for
+        # good.
+        if sa.ewma_s > TIE_RATIO * sb.ewma_s:
+            faster, slower = b, a
+        elif sb.ewma_s > TIE_RATIO * sa.ewma_s:
+            faster, slower = a, b
+        else:
+            return a
+        return slower if self._rng.random() < PROBE_SHARE else faster
 
 
-@_register
 class Latency(Strategy):
     name = "latency"
 
     def pick(
         self, candidates: Sequence[_C], stats: dict[str, InstanceStats], key: str | None, group: str
     ) -> _C:
-        a, b = self._two(candidates)
-        return a if _cost(a, stats, candidates) <= _cost(b, stats, candidates) else b
+        return self._cheaper_of_two(candidates, stats)
+
+    def _cheaper_of_two(self, candidates: Sequence[_C], stats: dict[str, InstanceStats]) -> _C:
+        # On a tie the first drawn wins: the pair is drawn in random order.
+        return min(self._two(candidates), key=lambda c: _cost(c, stats, candidates))
 
 
-@_register
 class Auto(Latency):
     name = "auto"
 
@@ -223,7 +221,7 @@ class Auto(Latency):
         candidates = self._without_outliers(candidates, stats)
         if len(candidates) == 1:
             return candidates[0]
-        return super().pick(candidates, stats, key, group)
+        return self._cheaper_of_two(candidates, stats)
 
     def _without_outliers(
         self, candidates: Sequence[_C], stats: dict[str, InstanceStats]
@@ -233,13 +231,10 @@ class Auto(Latency):
         # and that share is the tail. An instance whose latency EWMA is over OUTLIER_RATIO
         # times the fastest one's gets no calls (but the odd probe) until it recovers or the
         # others slow down to its pace.
-        fastest = min(
-            (s.ewma_s for c in candidates if (s := stats.get(c.id)) is not None and s.ewma_s > 0),
-            default=0.0,
-        )
-        if fastest == 0.0:
+        measured = _measured(candidates, stats)
+        if not measured:
             return candidates
-        limit = fastest * OUTLIER_RATIO
+        limit = min(measured) * OUTLIER_RATIO
         kept = []
         now = self._clock()
         for c in candidates:
@@ -253,7 +248,6 @@ class Auto(Latency):
         return kept
 
 
-@_register
 class Sticky(Strategy):
     name = "sticky"
 
@@ -264,6 +258,11 @@ class Sticky(Strategy):
             raise ConfigError("strategy 'sticky' needs key=...")
         return max(candidates, key=lambda c: _rendezvous(key, c.id))
 
+
+#: The strategies that choose an instance, by name (``queue`` chooses none: NATS does).
+PICKERS: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (RoundRobin, Random, LeastInFlight, Latency, Auto, Sticky)
+}
 
 STRATEGIES: tuple[str, ...] = ("auto", "queue", *(n for n in PICKERS if n != "auto"))
 
@@ -291,7 +290,7 @@ class Balancer:
         stats: dict[str, InstanceStats],
         *,
         key: str | None = None,
-        group: str = "",
+        group: str = "",  # pragma: no mutate (equivalent: only names the default sequence)
     ) -> _C:
         """One of ``candidates`` (non-empty, in a stable order) by ``strategy``.
 
@@ -313,9 +312,13 @@ def _cost(
     if ewma == 0.0:
         # Never measured: assume it is as fast as the fastest known one, so it gets tried
         # without being flooded.
-        known = [stats[o.id].ewma_s for o in candidates if o.id in stats and stats[o.id].ewma_s]
-        ewma = min(known) if known else 0.0
+        ewma = min(_measured(candidates, stats), default=_NO_FIGURE_S)
     return ewma * (s.in_flight + 1)
+
+
+def _measured(candidates: Sequence[_Candidate], stats: dict[str, InstanceStats]) -> list[float]:
+    """The latency EWMAs of the candidates this client has had a reply from."""
+    return [f for c in candidates if (f := stats.get(c.id, _EMPTY).ewma_s) > 0]
 
 
 def _rendezvous(key: str, instance_id: str) -> bytes:
