@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Literal, assert_never
 
 from . import wire
 from .errors import ConfigError
@@ -36,11 +37,12 @@ class Version:
     prerelease: tuple[int | str, ...] = ()
     build: str = ""
 
-    def key(self) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+    def key(self) -> tuple[int, int, int, bool, tuple[tuple[bool, int | str], ...]]:
         """A sort key in SemVer precedence: a release sorts after its pre-releases."""
-        # Numeric identifiers sort before alphanumeric ones (SemVer §11.4.3).
-        pre = tuple((0, p) if isinstance(p, int) else (1, p) for p in self.prerelease)
-        return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
+        # False sorts before True: a pre-release before its release, and numeric identifiers
+        # before alphanumeric ones (SemVer §11.4.3).
+        pre = tuple((isinstance(p, str), p) for p in self.prerelease)
+        return (self.major, self.minor, self.patch, not self.prerelease, pre)
 
     def __lt__(self, other: Version) -> bool:
         return self.key() < other.key()
@@ -85,7 +87,7 @@ _LOOSE_OPERATOR = re.compile(r"(\^|~|>=|<=|>|<|=)\s+")
 
 @dataclass(frozen=True, slots=True)
 class _Bound:
-    op: str  # one of >=, >, <, <=
+    op: Literal[">=", ">", "<", "<="]
     version: Version
 
     def holds(self, v: Version) -> bool:
@@ -96,17 +98,19 @@ class _Bound:
                 return v > self.version
             case "<":
                 return v < self.version
-            case _:
+            case "<=":
                 return v <= self.version
-
-
-_LOWEST = Version(0, 0, 0, (0,))
+            case _:
+                assert_never(self.op)
 
 
 def _zero_pre(major: int, minor: int, patch: int) -> Version:
     # The lowest version of a release line, pre-releases included: '<2.0.0-0' keeps 2.0.0-beta
     # out of '<2', the way npm writes its upper bounds.
     return Version(major, minor, patch, (0,))
+
+
+_LOWEST = _zero_pre(0, 0, 0)
 
 
 def _comparator(text: str) -> tuple[_Bound, ...]:
@@ -116,7 +120,8 @@ def _comparator(text: str) -> tuple[_Bound, ...]:
         raise ConfigError(f"{text!r} is not a version constraint")
     op = m["op"] or "="
     parts = [
-        None if p is None or p in "xX*" else int(p) for p in (m["major"], m["minor"], m["patch"])
+        int(p) if p is not None and p.isdigit() else None
+        for p in (m["major"], m["minor"], m["patch"])
     ]
     # A wildcard makes every later part a wildcard: '1.x.3' is '1.x'.
     for i, part in enumerate(parts):
@@ -128,48 +133,35 @@ def _comparator(text: str) -> tuple[_Bound, ...]:
     if pre and patch is None:
         raise ConfigError(f"{text!r}: a pre-release needs a full version")
     if major is None:
-        return () if op in ("=", ">=", "<=", "^", "~") else (_Bound("<", _LOWEST),)
+        # '*' is every version, so '<*' and '>*' are none.
+        return (_Bound("<", _LOWEST),) if op in ("<", ">") else ()
     full = Version(major, minor or 0, patch or 0, pre)
-
-    def upper(level: str) -> Version:
-        if level == "major":
-            return _zero_pre(major + 1, 0, 0)
-        return _zero_pre(major, (minor or 0) + 1, 0)
+    next_major = _zero_pre(major + 1, 0, 0)
+    next_minor = next_major if minor is None else _zero_pre(major, minor + 1, 0)
+    # Where the versions a partial '1' or '1.2' stands for end; None for a full version.
+    past = None if patch is not None else next_minor
 
     match op:
         case "=":
-            if minor is None:
-                return (_Bound(">=", full), _Bound("<", upper("major")))
-            if patch is None:
-                return (_Bound(">=", full), _Bound("<", upper("minor")))
-            return (_Bound(">=", full), _Bound("<=", full))
+            return (_Bound(">=", full), _Bound("<=", full) if past is None else _Bound("<", past))
         case "^":
             # The left-most non-zero part may not change: ^1.2 → <2, ^0.2 → <0.3, ^0.0.3 → <0.0.4.
             if major > 0 or minor is None:
-                return (_Bound(">=", full), _Bound("<", upper("major")))
+                return (_Bound(">=", full), _Bound("<", next_major))
             if minor > 0 or patch is None:
-                return (_Bound(">=", full), _Bound("<", upper("minor")))
+                return (_Bound(">=", full), _Bound("<", next_minor))
             return (_Bound(">=", full), _Bound("<", _zero_pre(0, 0, patch + 1)))
         case "~":
-            if minor is None:
-                return (_Bound(">=", full), _Bound("<", upper("major")))
-            return (_Bound(">=", full), _Bound("<", upper("minor")))
+            return (_Bound(">=", full), _Bound("<", next_minor))
         case ">=":
             return (_Bound(">=", full),)
         case "<":
-            return (_Bound("<", full if pre or patch is not None else _zero_pre(*_triple(full))),)
+            # '<1.2' is below every 1.2.0, its pre-releases too; '<1.2.3-rc.1' is exact.
+            return (_Bound("<", full if patch is not None else _zero_pre(*_triple(full))),)
         case ">":
-            if minor is None:
-                return (_Bound(">=", upper("major")),)
-            if patch is None:
-                return (_Bound(">=", upper("minor")),)
-            return (_Bound(">", full),)
+            return (_Bound(">", full) if past is None else _Bound(">=", past),)
         case _:  # "<="
-            if minor is None:
-                return (_Bound("<", upper("major")),)
-            if patch is None:
-                return (_Bound("<", upper("minor")),)
-            return (_Bound("<=", full),)
+            return (_Bound("<=", full) if past is None else _Bound("<", past),)
 
 
 def _triple(v: Version) -> tuple[int, int, int]:
