@@ -15,11 +15,15 @@ def test_a_literal_subject_is_a_prefix(prefix: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "prefix", ["", "a..b", "a.", "a.*", "a.>", "a b", "a\r\nb", "$SYS", "_INBOX.x"]
+    "prefix", ["", "a..b", "a.", "a.*", "a.>", "a b", "a\r\nb", "$SYS", "_INBOX.x", None, 42]
 )
 def test_a_prefix_that_is_no_literal_subject_or_belongs_to_nats_is_refused(prefix: str) -> None:
-    with pytest.raises(ConfigError, match="prefix"):
+    with pytest.raises(ConfigError) as refused:
         subjects.check_prefix(prefix)
+    assert str(refused.value) == (
+        f"prefix {prefix!r} is not a valid subject: use tokens of letters, digits, '-' and '_' "
+        "separated by dots (e.g. 'natsreg' or 'prod.reg')"
+    )
 
 
 @pytest.mark.parametrize(
@@ -43,3 +47,69 @@ def test_a_prefix_that_is_no_literal_subject_or_belongs_to_nats_is_refused(prefi
 )
 def test_only_an_inbox_may_stand_as_a_reply_subject(subject: str, is_inbox: bool) -> None:
     assert subjects.is_reply_subject(subject) is is_inbox
+
+
+@pytest.mark.parametrize(
+    ("built", "subject"),
+    [
+        (subjects.control_subject("natsreg", "announce", "svc", "i1"), "natsreg.announce.svc.i1"),
+        (subjects.control_subject("natsreg", "hb", "svc", "i1"), "natsreg.hb.svc.i1"),
+        (subjects.control_subject("prod.reg", "bye", "svc", "i1"), "prod.reg.bye.svc.i1"),
+        (subjects.control_subject("natsreg", "discover"), "natsreg.discover"),
+        (subjects.control_subject("natsreg", "discover", "svc"), "natsreg.discover.svc"),
+        (subjects.control_subject("natsreg", "events", "svc"), "natsreg.events.svc"),
+        (subjects.control_subject("natsreg", "registry", "list"), "natsreg.registry.list"),
+    ],
+)
+def test_a_control_subject_is_the_prefix_the_verb_then_each_token(built: str, subject: str) -> None:
+    assert built == subject
+
+
+@pytest.mark.parametrize(
+    ("prefix", "subject"),
+    [("natsreg", "natsreg.direct.users.i1.get"), ("prod.reg", "prod.reg.direct.users.i1.get")],
+)
+def test_a_direct_subject_is_the_prefix_direct_then_service_instance_and_endpoint(
+    prefix: str, subject: str
+) -> None:
+    assert subjects.direct_subject(prefix, "users", "i1", "get") == subject
+
+
+@pytest.mark.parametrize(
+    ("built", "subject"),
+    [
+        (subjects.srv_subject("PING"), "$SRV.PING"),
+        (subjects.srv_subject("INFO", "users"), "$SRV.INFO.users"),
+        (subjects.srv_subject("STATS", "users", "i1"), "$SRV.STATS.users.i1"),
+    ],
+)
+def test_an_srv_subject_is_srv_the_verb_then_the_service_and_instance_given(
+    built: str, subject: str
+) -> None:
+    assert built == subject
+
+
+def test_an_endpoint_subject_is_the_service_then_the_endpoint() -> None:
+    assert subjects.endpoint_subject("users", "get") == "users.get"
+
+
+@pytest.mark.parametrize("token", ["users", "user-service", "a_b", "yCCXlP4iJIayd9YTziyAil", "$x"])
+def test_a_token_of_letters_digits_and_punctuation_is_valid(token: str) -> None:
+    assert subjects.is_valid_token(token)
+
+
+@pytest.mark.parametrize(
+    "token", ["", "a.b", "*", "a*", ">", "a b", "a\tb", "a\r\nb", "a\x00", "a\x1f", "a\x7f"]
+)
+def test_a_token_with_a_separator_wildcard_whitespace_or_control_character_is_refused(
+    token: str,
+) -> None:
+    assert not subjects.is_valid_token(token)
+
+
+@pytest.mark.parametrize(
+    ("subject", "reserved"),
+    [("$SYS.x", True), ("$SRV.PING", True), ("_INBOX.a", True), ("svc.x", False), ("x$", False)],
+)
+def test_subjects_of_nats_itself_and_inboxes_are_reserved(subject: str, reserved: bool) -> None:
+    assert subjects.is_reserved(subject) is reserved
