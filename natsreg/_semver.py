@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Literal, assert_never
+from typing import Literal
 
 from . import wire
 from .errors import ConfigError
@@ -100,8 +100,6 @@ class _Bound:
                 return v < self.version
             case "<=":
                 return v <= self.version
-            case _:
-                assert_never(self.op)
 
 
 def _zero_pre(major: int, minor: int, patch: int) -> Version:
