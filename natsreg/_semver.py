@@ -109,6 +109,8 @@ def _zero_pre(major: int, minor: int, patch: int) -> Version:
 
 
 _LOWEST = _zero_pre(0, 0, 0)
+# What '<*' and '>*' stand for: '*' is every version, so they are none.
+_NOTHING = (_Bound("<", _LOWEST),)
 
 
 def _comparator(text: str) -> tuple[_Bound, ...]:
@@ -131,8 +133,7 @@ def _comparator(text: str) -> tuple[_Bound, ...]:
     if pre and patch is None:
         raise ConfigError(f"{text!r}: a pre-release needs a full version")
     if major is None:
-        # '*' is every version, so '<*' and '>*' are none.
-        return (_Bound("<", _LOWEST),) if op in ("<", ">") else ()
+        return _NOTHING if op in ("<", ">") else ()
     full = Version(major, minor or 0, patch or 0, pre)
     next_major = _zero_pre(major + 1, 0, 0)
     next_minor = next_major if minor is None else _zero_pre(major, minor + 1, 0)
