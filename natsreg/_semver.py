@@ -158,7 +158,8 @@ def _comparator(text: str) -> tuple[_Bound, ...]:
             # '<1.2' is below every 1.2.0, its pre-releases too; '<1.2.3-rc.1' is exact.
             return (_Bound("<", full if patch is not None else _zero_pre(*_triple(full))),)
         case ">":
-            return (_Bound(">", full) if past is None else _Bound(">=", past),)
+            # npm: '>1.2' is '>=1.3.0', the release itself, so it admits no 1.3.0 pre-release.
+            return (_Bound(">", full) if past is None else _Bound(">=", Version(*_triple(past))),)
         case _:  # "<="
             return (_Bound("<=", full) if past is None else _Bound("<", past),)
 

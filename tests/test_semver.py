@@ -208,3 +208,15 @@ def test_a_malformed_constraint_is_refused_with_what_is_wrong(text: str, message
 def test_a_malformed_version_is_refused() -> None:
     with pytest.raises(ConfigError, match=re.escape("'1.2' is not a SemVer version")):
         parse_version("1.2")
+
+
+@pytest.mark.parametrize(
+    ("constraint", "version"),
+    [(">1.2 <=1.3.0-rc.1", "1.3.0-rc.1"), (">1 <=2.0.0-rc.1", "2.0.0-rc.1")],
+)
+def test_greater_than_a_partial_version_starts_at_the_next_release_not_its_pre_releases(
+    constraint: str, version: str
+) -> None:
+    # npm reads '>1.2' as '>=1.3.0': even a comparator naming 1.3.0-rc.1 cannot let it in.
+    assert not parse_constraint(constraint).matches(version)
+    assert parse_constraint(constraint.split()[0]).matches(version.split("-")[0])
