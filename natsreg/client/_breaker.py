@@ -72,10 +72,10 @@ class Breaker:
         self._bucket_s = self.config.window_s / self.config.buckets
         # One [calls, failures] pair per bucket; _epoch is the index of the newest bucket.
         self._counts = [[0, 0] for _ in range(self.config.buckets)]
-        self._epoch = int(clock() // self._bucket_s)
+        self._epoch = self._epoch_now()
         self.state: BreakerState = "closed"
-        self.retry_at = 0.0
-        self._trials = 0
+        self.retry_at = 0.0  # pragma: no mutate (equivalent: read only once open, _open sets it)
+        self._trials = 0  # pragma: no mutate (equivalent: read only half-open, allow resets it)
 
     def allow(self) -> bool:
         """Whether a call may go now. While half-open this takes one of the trial slots."""
@@ -123,8 +123,8 @@ class Breaker:
     def release(self) -> None:
         """A call :meth:`allow` let through ended with no verdict on the target (the
         connection closed, say): give its trial slot back."""
-        if self.state == "half_open" and self._trials > 0:
-            self._trials -= 1
+        if self.state == "half_open":
+            self._trials = max(0, self._trials - 1)
 
     def totals(self) -> tuple[int, int]:
         """Calls and failures counted in the current window."""
@@ -142,11 +142,9 @@ class Breaker:
     def _open(self) -> None:
         self.state = "open"
         self.retry_at = self._clock() + self.config.open_s
-        self._trials = 0
 
     def _close(self) -> None:
         self.state = "closed"
-        self._trials = 0
         # A fresh window: the failures that opened the breaker must not reopen it at once.
         for c in self._counts:
             c[0] = c[1] = 0
@@ -155,8 +153,11 @@ class Breaker:
         self._advance()
         return self._counts[self._epoch % self.config.buckets]
 
+    def _epoch_now(self) -> int:
+        return int(self._clock() // self._bucket_s)
+
     def _advance(self) -> None:
-        epoch = int(self._clock() // self._bucket_s)
+        epoch = self._epoch_now()
         if epoch == self._epoch:
             return
         # Clear the buckets that fell out of the window since the last call (all of them
