@@ -67,7 +67,7 @@ COUNTS = "min_requests, half_open_calls and buckets must be >= 1"
     ],
 )
 def test_breaker_config_accepts_the_edges_of_every_range(config: dict[str, Any]) -> None:
-    assert BreakerConfig(**config) == BreakerConfig(**{**vars(BreakerConfig()), **config})
+    assert vars(BreakerConfig(**config)).items() >= config.items()
 
 
 @pytest.mark.parametrize(
