@@ -1,6 +1,6 @@
 """An example caller: asks user-service for two users, one of which does not exist.
 
-python examples/caller.py        # with `natsreg up --with examples/user_service.py` running
+python examples/caller.py        # with `natsreg up --with examples.user_service:svc` running
 """
 
 import asyncio

@@ -1,16 +1,16 @@
-"""An example natsreg service: a tiny user directory.
+"""An example natsreg service: a tiny user directory, declared as an app object.
 
-Run it with a NATS server reachable at $NATS_URL (default nats://127.0.0.1:4222):
+Serve it with a NATS server reachable at $NATS_URL (default nats://127.0.0.1:4222), from the
+folder that holds examples/:
 
-    natsreg up --with examples/user_service.py      # NATS, a registry node and this service
+    natsreg up --with examples.user_service:svc     # NATS, a registry node and this service
+    natsreg run examples.user_service:svc           # only this service, on a running NATS
     natsreg request user-service.users '{"id": 1}'  # from another terminal
 """
 
-import asyncio
-import os
+import time
 
 import msgspec
-import nats
 
 import natsreg
 
@@ -26,40 +26,45 @@ class User(msgspec.Struct):
     name: str
 
 
-USERS = {1: User(1, "alice"), 2: User(2, "bob")}
+# The declaration: nothing connects or runs at import time. `natsreg run` imports this
+# module, connects, announces the instance to every registry node, serves until Ctrl-C or
+# SIGTERM, then stops taking requests, finishes those in flight and says goodbye.
+svc = natsreg.Service(
+    "user-service",
+    version="1.2.0",
+    description="Users by id",
+    metadata={"zone": "a"},
+)
 
 
-async def main() -> None:
-    # The connection is yours: natsreg never dials on its own.
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
-
-    # Entering the block announces the instance to every registry node and starts
-    # heartbeats; leaving it stops taking requests, finishes those in flight and says goodbye.
-    async with natsreg.announce(
-        nc,
-        "user-service",
-        version="1.2.0",
-        description="Users by id",
-        metadata={"zone": "a"},
-    ) as svc:
-        # Served on the subject "user-service.users", in the queue group "user-service":
-        # start this program twice and NATS spreads the requests over both.
-        @svc.endpoint("users")
-        async def users(req: natsreg.Request) -> User:
-            # decode() validates the JSON payload into the Struct: a bad request fails here
-            # with a clear message, which the caller receives as an error reply.
-            query = req.decode(UserQuery)
-            user = USERS.get(query.id)
-            if user is None:
-                # A ServiceError reaches the caller with its code (ADR-32 error headers).
-                raise natsreg.ServiceError(f"no user {query.id}", code=404)
-            return user
-
-        # Returns on Ctrl-C or SIGTERM; leaving the block then drains gracefully.
-        await svc.serve_forever()
-
-    await nc.close()
+# Runs in each process before it announces: open what the handlers share (a database pool,
+# say) and keep it in ctx.state, which handlers read as req.state.
+@svc.on_start
+async def open_directory(ctx: natsreg.service.Context) -> None:
+    ctx.state.users = {1: User(1, "alice"), 2: User(2, "bob")}
 
 
-if __name__ == "__main__":
-    asyncio.run(main())
+# Runs around every handler, in the order declared: here, a log line per slow request.
+@svc.middleware
+async def log_slow(req: natsreg.Request, call_next: natsreg.service.Handler) -> object:
+    started = time.perf_counter()
+    try:
+        return await call_next(req)
+    finally:
+        if (elapsed := time.perf_counter() - started) > 0.1:
+            print(f"{req.subject} took {elapsed * 1000:.0f} ms")
+
+
+# Served on the subject "user-service.users", in the queue group "user-service": run two
+# instances and NATS spreads the requests over both. A read is safe to run twice, so it is
+# declared idempotent: a caller may retry it on another instance after a timeout.
+@svc.endpoint("users", idempotent=True)
+async def users(req: natsreg.Request) -> User:
+    # decode() validates the JSON payload into the Struct: a bad request fails here with a
+    # clear message, which the caller receives as an error reply.
+    query = req.decode(UserQuery)
+    user = req.state.users.get(query.id)
+    if user is None:
+        # A ServiceError reaches the caller with its code (ADR-32 error headers).
+        raise natsreg.ServiceError(f"no user {query.id}", code=404)
+    return user

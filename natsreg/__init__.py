@@ -15,7 +15,7 @@ from .errors import (
     ServiceError,
 )
 from .registry import Registry
-from .service import Request, Service, announce
+from .service import Instance, Request, Service, announce
 
 __all__ = [
     "BreakerConfig",
@@ -23,6 +23,7 @@ __all__ = [
     "CircuitOpenError",
     "Client",
     "ConfigError",
+    "Instance",
     "NatsregError",
     "NoInstanceError",
     "NotConnectedError",

@@ -7,6 +7,7 @@ expects ends in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import logging
 import os
@@ -69,7 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"natsreg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_up, _add_registry, _add_bridge, _add_lookups, _add_request, _add_watch):
+    for add in (
+        _add_up,
+        _add_run,
+        _add_registry,
+        _add_bridge,
+        _add_lookups,
+        _add_request,
+        _add_watch,
+    ):
         add(commands, common)
     _add_auth(commands)
     return parser
@@ -125,11 +134,23 @@ def _add_up(commands: _Commands, common: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="CMD",
-        help="also run CMD (a .py file runs with this Python) with NATS_URL set; repeatable",
+        help="also run CMD with NATS_URL set: MODULE:ATTR runs 'natsreg run MODULE:ATTR', "
+        "a .py file runs with this Python; repeatable",
     )
     up.add_argument("--no-bridge", action="store_true", help="do not serve the HTTP bridge")
     _registry_options(up)
     _bridge_options(up)
+
+
+def _add_run(commands: _Commands, common: argparse.ArgumentParser) -> None:
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="serve a natsreg.Service: natsreg run MODULE:ATTR",
+        description="Import MODULE from the current folder, announce the natsreg.Service "
+        "named ATTR and serve it until SIGINT or SIGTERM, then drain and say goodbye.",
+    )
+    run.add_argument("target", metavar="MODULE:ATTR", help="e.g. user_service:svc")
 
 
 def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -583,6 +604,39 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
     return await _with_connection(args, run, long_lived=True)
 
 
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from ._load import load_service
+    from ._supervisor import tell_ready, worker_number
+    from .service import announce
+
+    service = load_service(args.target)
+    overrides: dict[str, Any] = {}
+    if args.prefix != subjects.DEFAULT_PREFIX:
+        overrides["prefix"] = args.prefix
+    worker = worker_number()
+    if worker is not None:
+        # Which worker an instance is, for 'natsreg info' and for selectors.
+        overrides["metadata"] = {**service.config.metadata, "worker": worker}
+    on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    loop = "uvloop" if on_uvloop else "asyncio (install uvloop for speed)"
+
+    async def run(nc: NATS) -> int:
+        async with announce(nc, service, **overrides) as instance:
+            await instance.ready()
+            c = instance.config
+            _say(
+                f"{c.name} {c.version} serving as {instance.id}"
+                f"{f' (worker {worker})' if worker else ''} on {args.server}, {loop}; "
+                "Ctrl-C stops it"
+            )
+            tell_ready()
+            await _until_signal()
+        _say(f"{service.name}: drained and said goodbye")
+        return 0
+
+    return await _with_connection(args, run, long_lived=True)
+
+
 async def _cmd_up(args: argparse.Namespace) -> int:
     bridge_config = None if args.no_bridge else _bridge_config(args)
     url = urlsplit(args.server)
@@ -655,7 +709,7 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
     # --with programs get natsreg up's credentials in the variables natsreg's CLI reads, and
     # in NATS_URL for programs that read only it (as the examples do) when they can stand in
     # a URL as they are: nats-py does not %-decode a URL's user and password.
-    env = {**os.environ, "NATS_URL": args.server}
+    env = {**os.environ, "NATS_URL": args.server, "NATSREG_PREFIX": args.prefix}
     secrets = {"NATS_TOKEN": args.token, "NATS_USER": args.user, "NATS_PASSWORD": args.password}
     env.update({key: value for key, value in secrets.items() if value})
     if args.token:
@@ -674,9 +728,13 @@ def _start_programs(
     programs: Sequence[str], env: dict[str, str], stack: AsyncExitStack
 ) -> list[subprocess.Popen[bytes]]:
     children = []
+    from ._load import is_target
+
     for program in programs:
         argv = shlex.split(program)
-        if argv and argv[0].endswith(".py"):
+        if is_target(program):
+            argv = [sys.executable, "-m", "natsreg", "run", program]
+        elif argv and argv[0].endswith(".py"):
             argv.insert(0, sys.executable)
         try:
             child = subprocess.Popen(argv, env=env)
@@ -1077,6 +1135,7 @@ def _print_event(event: wire.Event) -> None:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "up": _cmd_up,
+    "run": _cmd_run,
     "registry": _cmd_registry,
     "bridge": _cmd_bridge,
     "ls": _cmd_ls,
@@ -1094,8 +1153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        # The commands that serve HTTP run on uvloop, which the bridge's figures assume.
-        use_uvloop = args.command in ("bridge", "up") and bool(importlib.util.find_spec("uvloop"))
+        # The commands that serve run on uvloop where it is installed: the bridge's figures
+        # assume it, and a service answers faster on it (bench/RESULTS.md).
+        use_uvloop = args.command in ("bridge", "up", "run") and bool(
+            importlib.util.find_spec("uvloop")
+        )
         return anyio.run(_COMMANDS[args.command], args, backend_options={"use_uvloop": use_uvloop})
     except _CliError as exc:
         print(f"natsreg: {exc}", file=sys.stderr)

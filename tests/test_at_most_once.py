@@ -31,7 +31,7 @@ def request_id(label: str) -> str:
 class Charges:
     """A service whose endpoints are not idempotent; counts each run by request id."""
 
-    def __init__(self, svc: natsreg.Service, delay_s: float = 0.0) -> None:
+    def __init__(self, svc: natsreg.Instance, delay_s: float = 0.0) -> None:
         self.runs: Counter[str] = Counter()
         self.total = 0
 
@@ -56,7 +56,7 @@ class Charges:
 @asynccontextmanager
 async def charge_service(
     nc: NATS, name: str, prefix: str, delay_s: float = 0.0
-) -> AsyncIterator[tuple[natsreg.Service, Charges]]:
+) -> AsyncIterator[tuple[natsreg.Instance, Charges]]:
     svc = natsreg.announce(nc, name, version="1.0.0", prefix=prefix)
     charges = Charges(svc, delay_s)
     async with svc:

@@ -36,7 +36,7 @@ async def serving(nc: NATS, **settings: Any) -> AsyncIterator[httpx.AsyncClient]
         yield http
 
 
-def echo_service(nc: NATS, name: str, prefix: str, version: str = "1.0.0") -> natsreg.Service:
+def echo_service(nc: NATS, name: str, prefix: str, version: str = "1.0.0") -> natsreg.Instance:
     """A service whose endpoints show what reached them, and fail or stall on demand."""
     svc = natsreg.announce(nc, name, version=version, prefix=prefix)
 

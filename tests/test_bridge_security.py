@@ -36,7 +36,7 @@ async def published(nc: NATS, seen: list[str]) -> list[str]:
     return list(seen)
 
 
-def echo_service(nc: NATS, name: str, prefix: str) -> natsreg.Service:
+def echo_service(nc: NATS, name: str, prefix: str) -> natsreg.Instance:
     svc = natsreg.announce(nc, name, version="1.0.0", prefix=prefix)
 
     @svc.endpoint("echo")

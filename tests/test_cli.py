@@ -210,9 +210,13 @@ def test_ctrl_c_stops_up_in_order_the_service_drains_before_the_server_goes() ->
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
     env = {**os.environ, "NATS_URL": url}
-    example = Path(__file__).parents[1] / "examples" / "user_service.py"
+    root = Path(__file__).parents[1]
     with subprocess.Popen(
-        [sys.executable, "-m", "natsreg", "up", "--port", str(free_port()), "--with", str(example)],
+        [
+            *(sys.executable, "-m", "natsreg", "up", "--port", str(free_port())),
+            *("--with", "examples.user_service:svc"),
+        ],
+        cwd=root,
         env=env,
         text=True,
         stdout=subprocess.PIPE,

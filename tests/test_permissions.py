@@ -96,7 +96,7 @@ async def login(secured: Secured, user: str) -> Login:
 
 @dataclass
 class System:
-    svc: natsreg.Service
+    svc: natsreg.Instance
     served: list[str]
     registry: natsreg.Registry
 
@@ -441,7 +441,7 @@ async def test_registry_services_and_callers_work_under_the_generated_permission
                 for b in fleet:
 
                     @b.endpoint("charge")
-                    async def charge(req: natsreg.Request, b: natsreg.Service = b) -> str:
+                    async def charge(req: natsreg.Request, b: natsreg.Instance = b) -> str:
                         return b.id
 
                     await b.ready()

@@ -259,7 +259,7 @@ async def test_a_version_constraint_or_selector_never_reaches_a_non_matching_ins
 
 def _versioned(
     nc: NATS, name: str, prefix: str, version: str, zone: str, instances: dict[str, str]
-) -> natsreg.Service:
+) -> natsreg.Instance:
     svc = natsreg.announce(nc, name, version=version, prefix=prefix, metadata={"zone": zone})
     instances[svc.id] = f"{version}/{zone}"
 

@@ -56,7 +56,7 @@ def control(prefix: str, verb: str, *tokens: str) -> str:
     return subjects.control_subject(prefix, verb, *tokens)
 
 
-async def serve_who(svc: natsreg.Service) -> None:
+async def serve_who(svc: natsreg.Instance) -> None:
     @svc.endpoint("who")
     async def who(req: natsreg.Request) -> bytes:
         return svc.id.encode()

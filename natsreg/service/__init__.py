@@ -6,8 +6,12 @@
             return {"id": 1}
         await svc.serve_forever()
 
-The parts: ``_config`` (ServiceConfig), ``_request`` (Request), ``_endpoints`` (the request
-path), ``_control`` (announce, heartbeat, discover, goodbye, $SRV), ``_dedupe`` (at most once).
+or, declared at import time and served by ``natsreg run module:svc`` (or by
+``natsreg.announce(nc, svc)``): ``svc = natsreg.Service("user-service", version="1.2.0")``.
+
+The parts: ``_app`` (Service, the declaration), ``_config`` (ServiceConfig), ``_request``
+(Request), ``_endpoints`` (the request path), ``_control`` (announce, heartbeat, discover,
+goodbye, $SRV), ``_dedupe`` (at most once).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import signal
+import types
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Unpack
+from typing import Unpack, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,30 +33,51 @@ from nats.nuid import NUID
 from .. import wire
 from .._tasks import background
 from ..errors import ConfigError
+from ._app import Context, Hook, Middleware, Service, config_of, wrap
 from ._config import HealthCheck, ServiceConfig, ServiceSettings
 from ._control import Control
 from ._endpoints import Endpoint, Endpoints
 from ._log import log, quietly
 from ._request import Handler, Request
 
-__all__ = ["Handler", "HealthCheck", "Request", "Service", "ServiceConfig", "announce"]
+__all__ = [
+    "Context",
+    "Handler",
+    "HealthCheck",
+    "Hook",
+    "Instance",
+    "Middleware",
+    "Request",
+    "Service",
+    "ServiceConfig",
+    "announce",
+]
 
 
-class Service(anyio.AsyncContextManagerMixin):
+class Instance(anyio.AsyncContextManagerMixin):
     """One running instance of a service. Build it with :func:`announce`."""
 
-    def __init__(self, nc: NATS, config: ServiceConfig) -> None:
+    def __init__(self, nc: NATS, config: ServiceConfig, *, declared: Service | None = None) -> None:
         self.config = config
         #: Unique for this process' lifetime: a restart is a new instance.
         self.id: str = NUID().next().decode()
+        #: This process' own namespace for resources (``ctx.state`` in hooks, ``req.state``).
+        self.state = types.SimpleNamespace()
         self._nc = nc
-        self._endpoints = Endpoints(nc, config, self.id)
+        self._middleware: tuple[Middleware, ...] = ()
+        self._hooks: tuple[tuple[Hook, ...], tuple[Hook, ...]] = ((), ())
+        self._endpoints = Endpoints(nc, config, self.id, self.state)
         self._control = Control(nc, config, self.id, self._endpoints)
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
         self._pending = 0
         self._ready = asyncio.Event()
         self._ready.set()
         self._tg: TaskGroup | None = None
+        if declared is not None:
+            self._middleware = declared.middleware_chain
+            self._hooks = (declared.start_hooks, declared.stop_hooks)
+            for name, handler, options in declared.declared_endpoints():
+                self.endpoint(name, **options)(handler)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -76,7 +102,7 @@ class Service(anyio.AsyncContextManagerMixin):
         def register(handler: Handler) -> Handler:
             if not inspect.iscoroutinefunction(handler):
                 raise ConfigError(f"endpoint {name!r}: the handler must be an async function")
-            endpoint.handler = handler
+            endpoint.handler = wrap(handler, self._middleware)
             self._endpoints.table[name] = endpoint
             if self._tg is not None:
                 self._pending += 1
@@ -121,7 +147,22 @@ class Service(anyio.AsyncContextManagerMixin):
     # -- lifetime ----------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def __asynccontextmanager__(self) -> AsyncGenerator[Service]:
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Instance]:
+        context = Context(self._nc, self, self.state)
+        # Before anything is announced: no request reaches a handler whose resources are
+        # not open yet.
+        for hook in self._hooks[0]:
+            await hook(context)
+        try:
+            async with self._serving():
+                yield self
+        finally:
+            with anyio.CancelScope(shield=True):
+                for hook in reversed(self._hooks[1]):
+                    await hook(context)
+
+    @asynccontextmanager
+    async def _serving(self) -> AsyncGenerator[None]:
         control: list[Subscription] = []
         try:
             control = await self._control.subscribe()
@@ -130,7 +171,7 @@ class Service(anyio.AsyncContextManagerMixin):
             await self._control.publish_announce()
             async with background() as self._tg:
                 self._control.start(self._tg)
-                yield self
+                yield
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop(control)
@@ -161,15 +202,36 @@ class Service(anyio.AsyncContextManagerMixin):
                 self._ready.set()
 
 
-def announce(nc: NATS, name: str, *, version: str, **settings: Unpack[ServiceSettings]) -> Service:
+@overload
+def announce(
+    nc: NATS, name: str, *, version: str, **settings: Unpack[ServiceSettings]
+) -> Instance: ...
+
+
+@overload
+def announce(nc: NATS, name: Service, **settings: Unpack[ServiceSettings]) -> Instance: ...
+
+
+def announce(
+    nc: NATS,
+    name: str | Service,
+    *,
+    version: str | None = None,
+    **settings: Unpack[ServiceSettings],
+) -> Instance:
     """A service instance on ``nc``, to be entered with ``async with``.
 
-    Entering announces it; leaving stops heartbeats, drains in-flight requests and says
-    goodbye. The connection stays open: it is the caller's. The keyword arguments are
+    ``name`` is the service's name (then ``version`` is required), or a :class:`Service` declared
+    at import time, whose endpoints, middleware and hooks the instance takes; ``settings``
+    then override its own. Entering announces it (after the ``on_start`` hooks); leaving
+    stops heartbeats, drains in-flight requests, says goodbye and runs the ``on_stop``
+    hooks. The connection stays open: it is the caller's. The keyword arguments are
     :class:`ServiceConfig`'s fields, with its defaults and checks.
     """
-    # Checked at the call by type checkers (ServiceSettings) and here by ServiceConfig.
-    fields: dict[str, Any] = dict(settings)
-    if fields.get("metadata", {}) is None:
-        del fields["metadata"]  # None has always meant "no metadata" here
-    return Service(nc, ServiceConfig(name=name, version=version, **fields))
+    if isinstance(name, Service):
+        if version is not None:
+            raise ConfigError(f"announce({name.name!r}): the version is the Service's own")
+        return name.instance(nc, **settings)
+    if version is None:
+        raise ConfigError(f"announce({name!r}): pass version='1.0.0' (SemVer)")
+    return Instance(nc, config_of(name, version, settings))

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -79,8 +80,11 @@ class Endpoint:
 class Endpoints:
     """The endpoints of one instance and everything a request goes through."""
 
-    def __init__(self, nc: NATS, config: ServiceConfig, instance_id: str) -> None:
+    def __init__(
+        self, nc: NATS, config: ServiceConfig, instance_id: str, state: SimpleNamespace
+    ) -> None:
         self._nc = nc
+        self._state = state
         self._config = config
         self._id = instance_id
         self.table: dict[str, Endpoint] = {}
@@ -251,7 +255,7 @@ class Endpoints:
         # when the handler itself said that trying again is safe.
         remember = True
         try:
-            request = Request(msg, received)
+            request = Request(msg, received, self._state)
             deadline = request.deadline
             if deadline is not None:
                 if deadline <= time.monotonic():

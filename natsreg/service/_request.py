@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import msgspec
@@ -25,17 +26,21 @@ class Request(Message):
 
     ``deadline`` is when the caller stops waiting, on this process' monotonic clock (compare
     with ``time.monotonic()``), or None if the caller sent no budget. Requests made through a
-    :class:`natsreg.Client` inside the handler inherit it.
+    :class:`natsreg.Client` inside the handler inherit it. ``state`` is the instance's own
+    namespace, where ``on_start`` hooks put what handlers share (``ctx.state.db``).
     """
 
-    __slots__ = ("deadline", "reply")
+    __slots__ = ("deadline", "reply", "state")
 
-    def __init__(self, msg: Msg, received: float | None = None) -> None:
+    def __init__(
+        self, msg: Msg, received: float | None = None, state: SimpleNamespace | None = None
+    ) -> None:
         # Message.__init__ inlined: one Request is built per request served.
         self.subject = msg.subject
         self.data = msg.data
         self.headers = headers = msg.headers or {}
         self.reply = msg.reply
+        self.state = state if state is not None else SimpleNamespace()
         self.deadline: float | None = None
         budget = headers.get(BUDGET_HEADER) if headers else None
         if budget is not None:
