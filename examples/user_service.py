@@ -5,6 +5,7 @@ folder that holds examples/:
 
     natsreg up --with examples.user_service:svc     # NATS, a registry node and this service
     natsreg run examples.user_service:svc           # only this service, on a running NATS
+    natsreg run examples.user_service:svc --workers 2   # two processes, two instances
     natsreg request user-service.users '{"id": 1}'  # from another terminal
 """
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, urlsplit
 
@@ -151,6 +152,23 @@ def _add_run(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "named ATTR and serve it until SIGINT or SIGTERM, then drain and say goodbye.",
     )
     run.add_argument("target", metavar="MODULE:ATTR", help="e.g. user_service:svc")
+    _worker_options(run)
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="replace the workers when a .py file under the current folder changes (development)",
+    )
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes under a supervisor that restarts any that dies; "
+        "SIGHUP replaces them one by one (default: 1)",
+    )
 
 
 def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -606,10 +624,13 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     from ._load import load_service
-    from ._supervisor import tell_ready, worker_number
+    from ._supervisor import tell_ready, until_orphaned, worker_number
     from .service import announce
 
     service = load_service(args.target)
+    if _supervising(args):
+        watch = Path.cwd() if args.reload else None
+        return await _supervise(args, service.config.drain_timeout_s, watch)
     overrides: dict[str, Any] = {}
     if args.prefix != subjects.DEFAULT_PREFIX:
         overrides["prefix"] = args.prefix
@@ -630,11 +651,41 @@ async def _cmd_run(args: argparse.Namespace) -> int:
                 "Ctrl-C stops it"
             )
             tell_ready()
-            await _until_signal()
+            async with anyio.create_task_group() as tg:
+
+                async def orphaned() -> None:
+                    await until_orphaned()
+                    _say("the supervisor is gone; stopping")
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(orphaned)
+                await _until_signal()
+                tg.cancel_scope.cancel()
         _say(f"{service.name}: drained and said goodbye")
         return 0
 
     return await _with_connection(args, run, long_lived=True)
+
+
+def _supervising(args: argparse.Namespace) -> bool:
+    """Whether this process supervises workers (and is not one of them)."""
+    from ._supervisor import worker_number
+
+    if args.workers < 1:
+        raise _CliError("--workers must be at least 1")
+    # A worker runs the supervisor's own command line: its variable tells it apart.
+    wanted = args.workers > 1 or getattr(args, "reload", False)
+    return wanted and worker_number() is None
+
+
+async def _supervise(args: argparse.Namespace, drain_timeout_s: float, watch: Path | None) -> int:
+    from ._supervisor import Supervisor
+
+    command = [sys.executable, "-m", "natsreg", *args.argv]
+    supervisor = Supervisor(
+        command, args.workers, drain_timeout_s=drain_timeout_s, say=_say, watch=watch
+    )
+    return await supervisor.run()
 
 
 async def _cmd_up(args: argparse.Namespace) -> int:
@@ -810,7 +861,6 @@ def _roles(args: argparse.Namespace) -> list[Role]:
 
 
 async def _cmd_auth(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from . import _authconfig
 
@@ -992,7 +1042,9 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _say(text: str) -> None:
-    print(f"natsreg: {text}", file=sys.stderr, flush=True)
+    # A worker's lines are told apart from its supervisor's and its siblings'.
+    worker = os.environ.get("NATSREG_WORKER")
+    print(f"natsreg{f'[{worker}]' if worker else ''}: {text}", file=sys.stderr, flush=True)
 
 
 def _print_json(value: object) -> None:
@@ -1148,6 +1200,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Workers run this same command line (natsreg/_supervisor.py).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

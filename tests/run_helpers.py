@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO
 
 import natsreg
 from natsreg import wire
@@ -70,3 +72,25 @@ def natsreg_run(folder: Path, env: dict[str, str], *args: str) -> Iterator[subpr
 
 def instances(registry: natsreg.Registry, name: str) -> list[wire.InstanceView]:
     return list(registry.snapshot(name=name).instances)
+
+
+class Lines:
+    """A process' stderr, read by a thread as it comes, for tests that wait on what it says."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stderr is not None
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        # The stream is closed under us when the test leaves natsreg_run: that is its end.
+        with suppress(ValueError, OSError):
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+
+    def said(self, words: str) -> bool:
+        return any(words in line for line in self.lines)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
