@@ -195,6 +195,7 @@ def _add_bridge(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "user-service.users. See docs/operations.md for routes, limits and auth.",
     )
     _bridge_options(bridge)
+    _worker_options(bridge)
 
 
 def _add_lookups(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -606,16 +607,27 @@ def _bridge_config(args: argparse.Namespace) -> BridgeConfig:
 
 async def _cmd_bridge(args: argparse.Namespace) -> int:
     from . import bridge
+    from ._supervisor import tell_ready, worker_number
 
     config = _bridge_config(args)
+    if _supervising(args):
+        return await _supervise(args, config.drain_timeout_s, None)
+
+    def ready(running: bridge.RunningBridge) -> None:
+        _say(f"HTTP bridge on {running.url}")
+        tell_ready()
 
     async def run(nc: NATS) -> int:
-        await bridge.serve(
-            nc,
-            config,
-            host=args.host,
-            port=args.port,
-            ready=lambda running: _say(f"HTTP bridge on {running.url}"),
+        await _unless_orphaned(
+            lambda: bridge.serve(
+                nc,
+                config,
+                host=args.host,
+                port=args.port,
+                ready=ready,
+                # Workers share the port; the kernel spreads the connections over them.
+                reuse_port=worker_number() is not None,
+            )
         )
         return 0
 
@@ -624,7 +636,7 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     from ._load import load_service
-    from ._supervisor import tell_ready, until_orphaned, worker_number
+    from ._supervisor import tell_ready, worker_number
     from .service import announce
 
     service = load_service(args.target)
@@ -651,20 +663,27 @@ async def _cmd_run(args: argparse.Namespace) -> int:
                 "Ctrl-C stops it"
             )
             tell_ready()
-            async with anyio.create_task_group() as tg:
-
-                async def orphaned() -> None:
-                    await until_orphaned()
-                    _say("the supervisor is gone; stopping")
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(orphaned)
-                await _until_signal()
-                tg.cancel_scope.cancel()
+            await _unless_orphaned(_until_signal)
         _say(f"{service.name}: drained and said goodbye")
         return 0
 
     return await _with_connection(args, run, long_lived=True)
+
+
+async def _unless_orphaned(serve: Callable[[], Awaitable[object]]) -> None:
+    """``serve()``, stopped early (and so drained) if this worker's supervisor dies."""
+    from ._supervisor import until_orphaned
+
+    async with anyio.create_task_group() as tg:
+
+        async def orphaned() -> None:
+            await until_orphaned()
+            _say("the supervisor is gone; stopping")
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(orphaned)
+        await serve()
+        tg.cancel_scope.cancel()
 
 
 def _supervising(args: argparse.Namespace) -> bool:

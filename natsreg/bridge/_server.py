@@ -56,13 +56,20 @@ class RunningBridge:
 
 @asynccontextmanager
 async def run(
-    nc: NATS, config: BridgeConfig | None = None, *, host: str = "127.0.0.1", port: int = 8080
+    nc: NATS,
+    config: BridgeConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    reuse_port: bool = False,
 ) -> AsyncIterator[RunningBridge]:
     """Serve the bridge over HTTP on ``host:port`` (``port=0``: any free port) for the block.
 
     The HTTP server is uvicorn with httptools, chosen by measurement (bench/RESULTS.md); run
     the event loop with uvloop for the figures there. Leaving the block stops accepting
-    connections and gives in-flight requests ``drain_timeout_s`` to finish.
+    connections and gives in-flight requests ``drain_timeout_s`` to finish. ``reuse_port``
+    lets several processes listen on one port (SO_REUSEPORT), the kernel spreading the
+    connections over them.
     """
     config = config or BridgeConfig()
     config.check_listen(host)
@@ -79,7 +86,7 @@ async def run(
         config.max_connections_per_client,
         config.header_timeout_s,
     )
-    sock = _bind(host, port)
+    sock = _bind(host, port, reuse_port)
     # uvicorn calls what it is given as the protocol class; a partial carries this server's
     # gate to every connection, which a class attribute would share between servers.
     protocol: Any = functools.partial(_Protocol, gate=gate)
@@ -128,12 +135,13 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     ready: Callable[[RunningBridge], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve the bridge until SIGINT or SIGTERM (or cancellation), then drain and return.
 
     ``ready`` is called once the port is open, with where the bridge listens.
     """
-    async with run(nc, config, host=host, port=port) as running:
+    async with run(nc, config, host=host, port=port, reuse_port=reuse_port) as running:
         if ready is not None:
             ready(running)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -305,10 +313,15 @@ _begin = HttpToolsProtocol.on_message_begin
 _headers_complete = HttpToolsProtocol.on_headers_complete
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            sock.close()
+            raise ConfigError("several bridge workers need SO_REUSEPORT, which this OS lacks")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
