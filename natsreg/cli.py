@@ -154,6 +154,11 @@ def _add_run(commands: _Commands, common: argparse.ArgumentParser) -> None:
     run.add_argument("target", metavar="MODULE:ATTR", help="e.g. user_service:svc")
     _worker_options(run)
     run.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="run on asyncio's own event loop even where uvloop is installed",
+    )
+    run.add_argument(
         "--reload",
         action="store_true",
         help="replace the workers when a .py file under the current folder changes (development)",
@@ -651,7 +656,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         # Which worker an instance is, for 'natsreg info' and for selectors.
         overrides["metadata"] = {**service.config.metadata, "worker": worker}
     on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
-    loop = "uvloop" if on_uvloop else "asyncio (install uvloop for speed)"
+    loop = "uvloop" if on_uvloop else "asyncio"
 
     async def run(nc: NATS) -> int:
         async with announce(nc, service, **overrides) as instance:
@@ -1228,8 +1233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The commands that serve run on uvloop where it is installed: the bridge's figures
         # assume it, and a service answers faster on it (bench/RESULTS.md).
-        use_uvloop = args.command in ("bridge", "up", "run") and bool(
-            importlib.util.find_spec("uvloop")
+        use_uvloop = (
+            args.command in ("bridge", "up", "run")
+            and not getattr(args, "no_uvloop", False)
+            and bool(importlib.util.find_spec("uvloop"))
         )
         return anyio.run(_COMMANDS[args.command], args, backend_options={"use_uvloop": use_uvloop})
     except _CliError as exc:
