@@ -82,8 +82,8 @@ class ServiceConfig:
 
 
 class ServiceSettings(TypedDict, total=False):
-    """The keyword arguments of :func:`natsreg.service.announce`: ServiceConfig's fields
-    after ``name`` and ``version``, for type checkers and editors only.
+    """The keyword arguments of :func:`natsreg.service.announce` and :class:`natsreg.Service`:
+    ServiceConfig's fields after ``name`` and ``version``, for type checkers and editors only.
 
     The defaults and the checks live in :class:`ServiceConfig` alone; a test keeps the two
     field lists equal (tests/test_core.py).

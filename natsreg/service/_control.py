@@ -240,7 +240,7 @@ def _replier(
             return
         if not subjects.is_reply_subject(msg.reply):
             # Anyone may ask, so an INFO reply aimed at a service's subject would be a
-            # reflection: refused, like an endpoint request (Service.dropped).
+            # reflection: refused, like an endpoint request (Instance.dropped).
             dropped["reply_subject"] += 1
             return
         await quietly(nc.publish(msg.reply, wire.encode(build())), "$SRV reply")
