@@ -1,11 +1,12 @@
 """Worker processes under a supervisor: ``natsreg run --workers N`` and ``bridge --workers N``.
 
-A worker is the same ``natsreg`` command without ``--workers``, started with two variables:
+A worker runs the supervisor's own command line, with two variables that make it a worker:
 ``NATSREG_WORKER`` (its number, which a service puts in its metadata) and
-``NATSREG_READY_FD`` (the end of a socket pair on which it writes one line once it
-serves). The supervisor restarts a worker that dies, and replaces workers one at a time on
-SIGHUP (or on a code change, with ``--reload``): the new one must say it is ready before the
-old one is asked to drain, so no request finds nobody serving.
+``NATSREG_READY_FD`` (its end of a socket pair, on which it writes one line once it
+serves, and whose closing tells it the supervisor is gone). The supervisor restarts a worker
+that dies, and replaces workers one at a time on SIGHUP (or on a code change, with
+``--reload``): the new one must say it is ready before the old one is asked to drain, so no
+request finds nobody serving. The socket pair is local: nothing of this travels on the bus.
 """
 
 from __future__ import annotations
