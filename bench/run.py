@@ -182,6 +182,8 @@ def table(title: str, rows: list[tuple[str, int, dict[str, float], dict[str, flo
 
 
 async def bench(url: str, folder: Path, rounds: int, duration_s: float) -> None:
+    # Other work on the machine takes cores from the workers: say how busy it was.
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     work = calibrate()
     print(f"cpu endpoint: {work} loop steps, about 2 ms here", file=sys.stderr)
     deployments = [
@@ -211,7 +213,8 @@ async def bench(url: str, folder: Path, rounds: int, duration_s: float) -> None:
         await nc.close()
         for deployment in deployments:
             deployment.stop()
-    header = f"median of {rounds} rounds of {duration_s:g} s"
+    load_1m = os.getloadavg()[0]
+    header = f"median of {rounds} rounds of {duration_s:g} s, load average {load_1m:.1f} after"
     base = cpu["1 worker"]
     table(
         f"CPU-bound endpoint (~2 ms of work), natsreg run --workers N, {header}",
