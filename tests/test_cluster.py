@@ -77,7 +77,10 @@ async def test_services_callers_and_registry_on_different_nodes_work_together(
         client = natsreg.Client(caller_nc, prefix=prefix)
 
         async def listed() -> bool:
-            return [i.id for i in (await client.instances(name)).instances] == [svc.id]
+            try:
+                return [i.id for i in (await client.instances(name)).instances] == [svc.id]
+            except natsreg.NoInstanceError:  # the registry's subscription is not routed yet
+                return False
 
         await eventually(listed, what="instance listed from another node")
         await eventually(lambda: _answers(client, f"{name}.echo"), what="request across nodes")
