@@ -23,6 +23,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections import Counter
 from dataclasses import dataclass
@@ -70,9 +71,20 @@ def run_mutmut(modules: list[str], children: int) -> None:
     patterns = [f"{dotted(m)}.*" for m in modules]
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *patterns]
     print("$", " ".join(command[1:]), flush=True)
-    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"mutmut failed (exit {done.returncode}); see `mutmut run` output")
+    started = time.monotonic()
+    # mutmut's own progress line is for a terminal; a log (CI) gets one line every 30 s.
+    quiet = not sys.stdout.isatty()
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL if quiet else None) as run:
+        while True:
+            try:
+                returncode = run.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                if quiet:
+                    print(f"... mutating, {time.monotonic() - started:.0f} s", flush=True)
+    if returncode != 0:
+        raise SystemExit(f"mutmut failed (exit {returncode}); run `mutmut run` to see why")
+    print(f"mutmut ran in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def scores(modules: list[str]) -> tuple[list[Score], dict[str, list[str]]]:
