@@ -177,7 +177,18 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
-    registry = commands.add_parser("registry", parents=[common], help="run a registry node")
+    registry = commands.add_parser(
+        "registry",
+        parents=[common],
+        help="run a registry node ('registry nodes': list the running ones)",
+    )
+    registry.add_argument(
+        "action",
+        nargs="?",
+        choices=["nodes"],
+        help="'nodes': list the registry nodes on --prefix and whether each is warm, "
+        "instead of running one",
+    )
     _registry_options(registry)
     registry.add_argument(
         "--system-server",
@@ -540,6 +551,9 @@ async def _with_connection(
 
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
+    if args.action == "nodes":
+        return await _cmd_registry_nodes(args)
+
     async def run(nc: NATS) -> int:
         async with AsyncExitStack() as stack:
             system_nc = None
@@ -567,6 +581,31 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_connection(args, run, long_lived=True)
+
+
+async def _cmd_registry_nodes(args: argparse.Namespace) -> int:
+    async def run(nc: NATS) -> int:
+        nodes = await RegistryApi(nc, prefix=args.prefix).nodes()
+        if not nodes:
+            raise _CliError(
+                f"no registry node answers on prefix {args.prefix!r}: start one with "
+                "'natsreg registry' (or 'natsreg up')"
+            )
+        table = _table("NODE", "STATE", "UP", "INSTANCES", "SERVICES", "REVISION")
+        for node in nodes:
+            state = "[yellow]warming up[/]" if node.warming_up else "[green]warm[/]"
+            table.add_row(
+                node.node,
+                state,
+                f"{node.uptime_s:.1f}s",
+                str(node.instances),
+                str(node.services),
+                str(node.revision),
+            )
+        _console().print(table)
+        return 0
+
+    return await _with_connection(args, run)
 
 
 def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None) -> Registry:
@@ -1108,7 +1147,13 @@ _HEALTH_STYLE = {"passing": "green", "warning": "yellow", "critical": "red"}
 def _print_services(listing: wire.ServiceList) -> None:
     console = _console()
     if listing.warming_up:
-        console.print("[yellow]registry node is warming up: the list may be incomplete[/]")
+        # Warm nodes answer first (docs/protocol.md, "Warm-up"): this one answered because
+        # none is warm yet.
+        console.print(
+            f"[yellow]no registry node is warm yet: node {listing.node} is still hearing "
+            "every instance re-announce, so this list may be incomplete; ask again in a "
+            "second[/]"
+        )
     if listing.mass_expiry is not None:
         mass = listing.mass_expiry
         console.print(
@@ -1117,7 +1162,8 @@ def _print_services(listing: wire.ServiceList) -> None:
             "and this clears when capacity is back[/]"
         )
     if not listing.services:
-        console.print("no services are registered")
+        if not listing.warming_up:
+            console.print("no services are registered")
         return
     table = _table(
         "SERVICE", "VERSION", "KIND", "INSTANCES", "HEALTH", "ENDPOINTS", "LAST HEARTBEAT"

@@ -14,11 +14,13 @@ Roles:
   received. It may also call other services (``calls``).
 - ``caller`` of some services: sends requests to their endpoints, asks the registry, and
   follows their view (events, heartbeats, goodbyes). Never announces anything.
-- ``registry``: hears every instance, answers queries in the registry queue group, and is
-  the only role that may publish events and discover requests.
+- ``registry``: hears every instance, answers queries in the registry queue group (those
+  asked of warm nodes, and while it warms up those asked of warming ones) and the roll call
+  of nodes, and is the only role that may publish events and discover requests.
 - ``bridge``: a caller (of every service, or of those named).
-- ``operator``: the CLI (``ls``, ``info``, ``watch``, ``request``): a caller of every
-  service that may also ask every instance for its ADR-32 stats.
+- ``operator``: the CLI (``ls``, ``info``, ``watch``, ``request``, ``registry nodes``): a
+  caller of every service that may also ask every instance for its ADR-32 stats and every
+  registry node for its own.
 
 Each user gets its own inbox prefix (``_INBOX_<user>``) and may subscribe only there, so no
 user reads another's replies; it must connect with that prefix (nats-py
@@ -155,18 +157,24 @@ def permissions(
                 subjects.srv_subject("INFO"),
             ]
             sub += [control(verb, ">") for verb in ("announce", "hb", "bye")]
-            sub.append(f"{control('registry', '>')} {subjects.REGISTRY_QUEUE}")
+            # Queries in the registry queue group: once warm, and while warming up.
+            sub += [
+                f"{control(verb, '>')} {subjects.REGISTRY_QUEUE}"
+                for verb in ("registry", "warming")
+            ]
+            sub.append(control("nodes"))
         case "operator":
             pub += [subjects.srv_subject(verb, ">") for verb in ("PING", "INFO", "STATS")]
             pub += [subjects.srv_subject(verb) for verb in ("PING", "INFO", "STATS")]
             sub.append(control("events", ">"))
+            pub.append(control("nodes"))
         case _:
             pass
     calls = role.calls
     if role.kind in ("bridge", "operator") and not calls:
         calls = (ALL_SERVICES,)
     if calls or role.kind in ("caller", "bridge", "operator"):
-        pub += [control("registry", ">")]
+        pub += [control("registry", ">"), control("warming", ">")]
     for callee in calls:
         pub += [subjects.endpoint_subject(callee, ">"), control("direct", callee, ">")]
         # What a client's view of the callee listens to (natsreg.Client).

@@ -292,6 +292,9 @@ class Snapshot(msgspec.Struct, gc=False, kw_only=True):
     #: last say ``more``.
     more: bool = False
     mass_expiry: MassExpiry | None = None
+    #: While ``warming_up``: about how many seconds until the node is warm (a client that
+    #: took this answer asks again then).
+    warm_in_s: float = 0.0
 
 
 class ServiceSummary(msgspec.Struct, gc=False, kw_only=True):

@@ -10,6 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from natsreg import subjects
 
 SERVICE_PROC = Path(__file__).with_name("service_proc.py")
 
@@ -48,3 +52,18 @@ def read_id(proc: subprocess.Popen[str]) -> str:
     line = proc.stdout.readline() if proc.stdout else ""
     assert line.startswith("id "), f"service process did not start: {line!r}"
     return line.split()[1]
+
+
+async def until_warm(nc: NATS, prefix: str, timeout_s: float = 5.0) -> None:
+    """Wait until a warm registry node answers queries on ``prefix`` (a warming one takes
+    none on ``<prefix>.registry.>``)."""
+    subject = subjects.control_subject(prefix, "registry", "stats")
+
+    async def answered() -> bool:
+        try:
+            await nc.request(subject, b"", timeout=0.5)
+        except nats.errors.NoRespondersError:
+            return False
+        return True
+
+    await eventually(answered, timeout_s, what=f"a warm registry node on {prefix!r}")

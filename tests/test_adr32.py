@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -12,6 +13,8 @@ from nats.micro.request import Request as MicroRequest
 
 import natsreg
 from tests.helpers import eventually
+from tests.test_bridge import serving
+from tests.test_cli import run_cli
 
 # The NATS CLI's own schemas (from nats-io/jsm.go), kept beside the project in shared/.
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "adr32-schemas"
@@ -126,3 +129,86 @@ async def test_natsreg_instances_are_not_listed_twice_as_micro(
 
         await anyio.sleep(0.5)  # several $SRV polls
         assert [i.kind for i in registry.snapshot().instances] == ["natsreg"]
+
+
+async def _micro(nc: NATS, name: str, version: str, subject: str) -> Any:
+    """A plain nats.micro service whose ``stock`` endpoint, on ``subject``, says its version."""
+
+    async def stock(req: MicroRequest) -> None:
+        await req.respond(json.dumps({"version": version}).encode())
+
+    micro = await add_service(nc, name=name, version=version)
+    await micro.add_endpoint(name="stock", subject=subject, handler=stock)
+    return micro
+
+
+async def test_a_plain_services_endpoint_on_its_own_subject_is_called_by_name_everywhere(
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
+    name = f"inventory-{unique}"
+    # Served on "stock-<unique>", which "<name>.stock" would never reach by itself.
+    micro = await _micro(nc, name, "1.4.0", f"stock-{unique}")
+    try:
+        async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
+            await eventually(
+                lambda: [i.name for i in registry.snapshot().instances] == [name],
+                what="micro service listed",
+            )
+            client = natsreg.Client(nc, prefix=prefix)
+            reply = await client.request(f"{name}.stock", timeout_s=2)
+            assert json.loads(reply.data) == {"version": "1.4.0"}
+            reply = await client.request(f"{name}@~1.4.stock", timeout_s=2)
+            assert json.loads(reply.data) == {"version": "1.4.0"}
+            with pytest.raises(natsreg.NoInstanceError, match="matches version"):
+                await client.request(f"{name}@^2.stock", timeout_s=2)
+            await client.aclose()
+
+            result = await run_cli(cli_env, "request", "--prefix", prefix, f"{name}.stock")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout) == {"version": "1.4.0"}
+
+            async with serving(nc, prefix=prefix) as http:
+                response = await http.get(f"/{name}/stock")
+            assert response.status_code == 200, response.text
+            assert response.json() == {"version": "1.4.0"}
+    finally:
+        await micro.stop()
+
+
+async def test_version_constraints_pick_a_plain_services_subject_only_if_no_other_version_shares_it(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    name = f"inventory-{unique}"
+    old = await _micro(nc, name, "1.4.0", f"stock-{unique}-a")
+    new = await _micro(nc, name, "2.1.0", f"stock-{unique}-b")
+    late = None
+    try:
+        async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
+            await eventually(
+                lambda: len(registry.snapshot(name=name).instances) == 2, what="both listed"
+            )
+            client = natsreg.Client(nc, prefix=prefix)
+            for _ in range(5):
+                reply = await client.request(f"{name}@^2.stock", timeout_s=2)
+                assert json.loads(reply.data) == {"version": "2.1.0"}
+                reply = await client.request(f"{name}@~1.4.stock", timeout_s=2)
+                assert json.loads(reply.data) == {"version": "1.4.0"}
+            # A 2.x now shares the 1.4 subject: a request there could reach either version.
+            late = await _micro(nc, name, "2.2.0", f"stock-{unique}-a")
+            await eventually(
+                lambda: len(registry.snapshot(name=name).instances) == 3, what="third listed"
+            )
+            await eventually(
+                lambda: _listed(client, name, 3), what="the client's view has all three"
+            )
+            with pytest.raises(natsreg.NoInstanceError, match="matches version"):
+                await client.request(f"{name}@~1.4.stock", timeout_s=2)
+            await client.aclose()
+    finally:
+        for micro in (old, new, late):
+            if micro is not None:
+                await micro.stop()
+
+
+async def _listed(client: natsreg.Client, name: str, count: int) -> bool:
+    return len(await client.view(name)) == count

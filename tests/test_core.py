@@ -15,7 +15,7 @@ import natsreg
 from natsreg import subjects, wire
 from natsreg.service import ServiceConfig
 from natsreg.service._config import ServiceSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, until_warm
 
 
 class User(msgspec.Struct):
@@ -434,6 +434,7 @@ async def test_a_registry_node_reports_its_own_figures(nc: NATS, prefix: str, un
     ):
         await nc.publish(subjects.control_subject(prefix, "hb", "x", "y"), b"junk")
         await eventually(lambda: len(registry.snapshot().instances) == 3)
+        await until_warm(nc, prefix)
         reply = await nc.request(subjects.control_subject(prefix, "registry", "stats"), b"")
         stats = wire.decode_node_stats(reply.data)
         assert (stats.node, stats.instances, stats.services) == (registry.node_id, 3, 2)

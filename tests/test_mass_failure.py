@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from natsreg import subjects, wire
-from tests.helpers import eventually
+from tests.helpers import eventually, until_warm
 from tests.test_cli import run_cli
 
 FLEET = Path(__file__).resolve().parents[1] / "bench" / "fleet.py"
@@ -57,6 +57,7 @@ async def test_a_fifth_of_the_fleet_killed_at_once_is_expired_flagged_and_cleare
     nc: NATS, nats_url: str, prefix: str, cli_env: dict[str, str]
 ) -> None:
     async with natsreg.Registry(nc, prefix=prefix):
+        await until_warm(nc, prefix)
         with fleet(nats_url, prefix, 40, "stay"), fleet(nats_url, prefix, 10, "gone") as gone:
 
             async def count_is(n: int) -> bool:

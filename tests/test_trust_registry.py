@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 import natsreg
 from natsreg import subjects, wire
 from natsreg.errors import BUDGET_HEADER
-from tests.helpers import eventually
+from tests.helpers import eventually, until_warm
 
 DEEP = b"[" * 30_000 + b"]" * 30_000  # 60 KB, deeper than any C stack
 
@@ -291,15 +291,24 @@ async def test_registry_answers_go_only_to_inboxes_never_to_a_named_subject(
         reached.append(msg)
 
     sub = await nc.subscribe(target, cb=land)
-    async with natsreg.Registry(nc, prefix=prefix) as registry:
-        await _send(nc, prefix, "announce", "svc", "i1", _ann("svc", "i1"))
+
+    async def forge(*tokens: str) -> None:
         for _ in range(20):
-            await nc.publish(
-                subjects.control_subject(prefix, "registry", "list"), b"", reply=target
-            )
+            await nc.publish(subjects.control_subject(prefix, *tokens), b"", reply=target)
         await _settle(nc)
+
+    # A long warm-up, so that the questions asked of warming nodes reach this one.
+    async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=2.0) as registry:
+        await forge("warming", "list")
+        await forge("nodes")
+        assert registry.warming_up
+        assert registry.stats().dropped["reply_subject"] == 40
+        await until_warm(nc, prefix)
+        await forge("registry", "list")
         assert reached == []
-        assert registry.stats().dropped["reply_subject"] == 20
+        assert registry.stats().dropped["reply_subject"] == 60
+        await _send(nc, prefix, "announce", "svc", "i1", _ann("svc", "i1"))
+        await eventually(lambda: len(registry.snapshot().instances) == 1)
         reply = await nc.request(subjects.control_subject(prefix, "registry", "list"), b"")
         assert [i.id for i in wire.decode_snapshot(reply.data).instances] == ["i1"]
     await sub.unsubscribe()
@@ -307,6 +316,7 @@ async def test_registry_answers_go_only_to_inboxes_never_to_a_named_subject(
 
 async def test_a_query_whose_budget_ran_out_in_the_queue_is_dropped(nc: NATS, prefix: str) -> None:
     async with natsreg.Registry(nc, prefix=prefix) as registry:
+        await until_warm(nc, prefix)
         inbox = nc.new_inbox()
         answers: list[Msg] = []
 
@@ -332,6 +342,7 @@ async def test_a_flood_of_list_queries_is_encoded_once_per_revision(nc: NATS, pr
         for n in range(50):
             await _send(nc, prefix, "announce", "svc", f"i{n}", _ann("svc", f"i{n}"))
         await eventually(lambda: len(registry.snapshot().instances) == 50)
+        await until_warm(nc, prefix)
         revision = registry.revision
         subject = subjects.control_subject(prefix, "registry", "list")
         replies = [await nc.request(subject, b"") for _ in range(30)]

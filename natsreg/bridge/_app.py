@@ -479,7 +479,9 @@ class Bridge:
         if self.config.allow is not None:
             snapshot.instances = [i for i in snapshot.instances if i.name in self.config.allow]
         body = wire.encode(snapshot)
-        self._registry_view = (time.monotonic(), body)
+        # A warming node's answer (no warm node answered) is served but not kept: the next
+        # request asks again, and gets a warm node's as soon as one can answer.
+        self._registry_view = None if snapshot.warming_up else (time.monotonic(), body)
         return body
 
     async def _refuse(

@@ -15,6 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from .. import errors, subjects, wire
+from .._gather import gather
 from ..errors import (
     NO_RESPONDERS_STATUS,
     STATUS_HEADER,
@@ -63,16 +64,40 @@ class RegistryApi:
         """Every service at every version, summed over its instances (what ``natsreg ls``
         shows): one small answer, whatever the size of the fleet."""
         subject = subjects.control_subject(self.prefix, "registry", "services")
+        deadline = time.monotonic() + timeout_s
         try:
             reply = await self._transport.request(subject, b"", timeout_s, None)
-        except NoInstanceError as exc:
-            raise self._no_registry(subject) from exc
+        except NoInstanceError:
+            try:
+                reply = await self._transport.request(
+                    self._warming(subject), b"", _left(deadline), None
+                )
+            except NoInstanceError as exc:
+                raise self._no_registry(subject) from exc
         try:
             return wire.decode_service_list(reply.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise RequestError(
                 f"registry sent an unreadable answer: {exc}", subject=subject
             ) from exc
+
+    async def nodes(self, *, wait_s: float = 0.5) -> list[wire.NodeStats]:
+        """Every registry node on the prefix that answers within ``wait_s``, warm or not,
+        with its own figures (``warming_up``, ``uptime_s``...), by node id."""
+        found: dict[str, wire.NodeStats] = {}
+        for data in await gather(self._nc, subjects.control_subject(self.prefix, "nodes"), wait_s):
+            try:
+                stats = wire.decode_node_stats(data)
+            except wire.MALFORMED:
+                continue
+            found[stats.node] = stats
+        return sorted(found.values(), key=lambda n: n.node)
+
+    def _warming(self, subject: str) -> str:
+        # The same question asked of warming nodes, which take none on <prefix>.registry.>
+        # (docs/protocol.md, "Warm-up"): asked only when no warm node answers.
+        tail = subject[len(subjects.control_subject(self.prefix, "registry")) :]
+        return subjects.control_subject(self.prefix, "warming") + tail
 
     def _no_registry(self, subject: str) -> NoInstanceError:
         return NoInstanceError(
@@ -82,14 +107,25 @@ class RegistryApi:
         )
 
     async def _ask_registry(self, subject: str, timeout_s: float) -> wire.Snapshot:
+        deadline = time.monotonic() + timeout_s
+        try:
+            return await self._ask_node(subject, deadline)
+        except _NoNode:
+            pass
+        try:
+            return await self._ask_node(self._warming(subject), deadline)
+        except _NoNode:
+            raise self._no_registry(subject) from None
+
+    async def _ask_node(self, subject: str, deadline: float) -> wire.Snapshot:
         # A large view comes as several chunks, each under the server's max_payload, the last
         # with more=false; a plain request() would keep only the first.
+        timeout_s = _left(deadline)
         inbox = self._nc.new_inbox()
         try:
             sub = await self._nc.subscribe(inbox)
         except nats.errors.Error as exc:
             raise errors.from_nats(exc, subject, timeout_s) from exc
-        deadline = time.monotonic() + timeout_s
         instances: list[wire.InstanceView] = []
         try:
             try:
@@ -102,7 +138,7 @@ class RegistryApi:
                 except nats.errors.Error as exc:  # a timeout, or the connection closed
                     raise errors.from_nats(exc, subject, timeout_s) from exc
                 if msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
-                    raise self._no_registry(subject)
+                    raise _NoNode
                 error = errors.from_reply_headers(msg.headers, subject)
                 if error is not None:
                     raise error
@@ -154,3 +190,11 @@ class RegistryApi:
                 yield event
         finally:
             await sub.unsubscribe()
+
+
+class _NoNode(Exception):
+    """Nobody subscribes to the subject asked."""
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)

@@ -45,6 +45,10 @@ class _Matches(NamedTuple):
     idempotent_ids: frozenset[str]
     #: Every known instance serving the endpoint declares it idempotent (and there is one).
     all_idempotent: bool
+    #: Where plain ADR-32 instances that match announced the endpoint (their ``$SRV.INFO``
+    #: subject, served in their queue group), when no natsreg instance matches; None if
+    #: none does, or if that subject also reaches instances that do not match.
+    plain_subject: str | None = None
 
 
 class Router:
@@ -285,6 +289,8 @@ class Router:
             return self._queue_route(target.subject, False)
         matches = self._matching(target, select)
         if not matches.instances:
+            if matches.plain_subject is not None:
+                return self._queue_route(matches.plain_subject, False)
             if narrowed:
                 raise NoInstanceError(
                     f"no instance of {target.service!r} matches {describe(target, select)}",
@@ -365,10 +371,26 @@ class Router:
         matches = []
         idempotent_ids = []
         serving = 0
+        # Plain ADR-32 subjects: announced for the endpoint by a matching instance, and
+        # served by some instance that does not match.
+        plain: list[str] = []
+        plain_foreign: set[str] = set()
         for i in instances:
-            if target.constraint is not None and not target.constraint.matches(i.version):
+            wanted = (target.constraint is None or target.constraint.matches(i.version)) and all(
+                i.metadata.get(k) == v for k, v in select
+            )
+            if not wanted:
+                # A request on a subject reaches whichever instance serves there: a plain
+                # ADR-32 subject is usable only if none of them is one of these.
+                plain_foreign.update(e.subject for e in i.endpoints)
                 continue
-            if any(i.metadata.get(k) != v for k, v in select):
+            if i.kind == "micro":
+                # No direct subject: the one it announced, in its queue group.
+                for e in i.endpoints:
+                    if e.name == target.endpoint:
+                        serving += 1
+                        plain.append(e.subject)
+                        break
                 continue
             for e in i.endpoints:
                 # A plain subject names the endpoint served there; the constraint form
@@ -379,13 +401,15 @@ class Router:
                     serving += 1
                     if e.idempotent:
                         idempotent_ids.append(i.id)
-                    if i.kind == "natsreg":  # plain ADR-32 services have no direct subject
-                        matches.append(i)
+                    matches.append(i)
                     break
         if len(self._matches) > 4096:
             self._matches.clear()
         found = _Matches(
-            matches, frozenset(idempotent_ids), serving > 0 and len(idempotent_ids) == serving
+            matches,
+            frozenset(idempotent_ids),
+            serving > 0 and len(idempotent_ids) == serving,
+            _plain_subject(plain, plain_foreign),
         )
         self._matches[cache_key] = (self._catalog.revision, found)
         return found
@@ -400,6 +424,13 @@ class Router:
             breaker = Breaker(self.breaker, clock=self._clock)
             self._breakers[(target, endpoint)] = breaker
         return breaker
+
+
+def _plain_subject(announced: list[str], foreign: set[str]) -> str | None:
+    # The subject most matching plain instances announced (the first, on a tie), unless an
+    # instance that does not match serves there too.
+    usable = [s for s in announced if s not in foreign]
+    return max(usable, key=usable.count) if usable else None
 
 
 def _headers(

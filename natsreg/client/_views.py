@@ -27,15 +27,20 @@ MAX_VIEWED_SERVICES = 256
 #: remaining budget (and at most ``view_wait_s``): the view only picks the instance, the
 #: request itself needs the rest.
 VIEW_WAIT_SHARE = 0.25
+#: A view taken from a warming node's answer is taken again when that node says it will be
+#: warm, but no later than this (a forged answer must not put it off for long).
+MAX_WARM_WAIT_S = 10.0
 
 
 class _Tracker:
     """The subscriptions and bootstrap state of one service's view."""
 
-    __slots__ = ("available", "retry_at", "subs", "task")
+    __slots__ = ("available", "retry_at", "subs", "task", "warming")
 
     def __init__(self) -> None:
         self.available = False
+        #: The view was taken from a warming node's answer, and from no warm one since.
+        self.warming = False
         self.retry_at = 0.0
         self.subs: list[Subscription] = []
         self.task: asyncio.Task[None] | None = None
@@ -155,8 +160,21 @@ class Views:
                         )
                     )
             # Subscribed first, then asked: no change between the two can be missed.
-            self.catalog.apply_snapshot(await self._fetch(service), service)
+            snapshot = await self._fetch(service)
+            self.catalog.apply_snapshot(snapshot, service)
             tracker.available = True
+            if snapshot.warming_up:
+                # No warm node answered, and a warming one may not know everyone yet: the
+                # view is taken again from a warm answer once the node says it will be warm
+                # (and again each second after, should it not be: Reconciler), unless one
+                # came meanwhile.
+                tracker.warming = True
+                warm_in_s = snapshot.warm_in_s
+                if not 0.0 <= warm_in_s <= MAX_WARM_WAIT_S:  # NaN too
+                    warm_in_s = MAX_WARM_WAIT_S
+                asyncio.get_running_loop().call_later(
+                    warm_in_s + 0.05, self._heal_if_warming, service, tracker
+                )
         except (RequestError, OSError, nats.errors.Error):
             # No registry (or a slow one), or the connection closed meanwhile: plain
             # queue-group requests until an event shows one, or until the next try.
@@ -182,8 +200,13 @@ class Views:
         if heard == "reconcile" and (tracker.available or verb == "events"):
             self.heal(tokens[0])
 
+    def _heal_if_warming(self, service: str, tracker: _Tracker) -> None:
+        if tracker.warming:
+            self.heal(service)
+
     def _reconciled(self, service: str, snapshot: wire.Snapshot) -> None:
         tracker = self._trackers.get(service)
         if tracker is not None:
             self.catalog.reconcile(service, snapshot)
             tracker.available = True
+            tracker.warming = False

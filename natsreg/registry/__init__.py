@@ -105,6 +105,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         self.dropped: Counter[str] = Counter()
         self._capacity_logged_at = float("-inf")
         self._queries: Queries | None = None
+        # Its subscription to <prefix>.registry.>, while warm (_follow_warmth).
+        self._query_sub: Subscription | None = None
 
     @property
     def revision(self) -> int:
@@ -171,6 +173,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             warming_up=self.warming_up,
             instances=self._view.instances(name=name, instance_id=instance_id),
             mass_expiry=self._mass_expiry(),
+            warm_in_s=round(max(self._warm_until - self._clock(), 0.0), 3),
         )
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -188,9 +191,15 @@ class Registry(anyio.AsyncContextManagerMixin):
                 )
             subs.append(
                 await self._nc.subscribe(
-                    subjects.control_subject(self.prefix, "registry", ">"),
+                    subjects.control_subject(self.prefix, "warming", ">"),
                     queue=subjects.REGISTRY_QUEUE,
                     cb=queries.on_query,
+                )
+            )
+            # Every node answers "who are you": no queue group, so each is heard.
+            subs.append(
+                await self._nc.subscribe(
+                    subjects.control_subject(self.prefix, "nodes"), cb=queries.on_query
                 )
             )
             if self._system_nc is not None:
@@ -205,6 +214,9 @@ class Registry(anyio.AsyncContextManagerMixin):
                 yield self
         finally:
             with anyio.CancelScope(shield=True):
+                if self._query_sub is not None:
+                    subs.append(self._query_sub)
+                    self._query_sub = None
                 for sub in subs:
                     try:
                         await sub.unsubscribe()
@@ -259,6 +271,28 @@ class Registry(anyio.AsyncContextManagerMixin):
             wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)),
         )
 
+    async def _follow_warmth(self) -> None:
+        # A node that may know less than a warm peer must not be the one that answers: it
+        # takes queries on <prefix>.registry.> only while warm. It always answers them on
+        # <prefix>.warming.>, where callers turn only when no node answers on the former
+        # (RegistryApi); from a warming node, such answers say warming_up. (A warm node
+        # answers there too: a caller that found no warm node an instant before its
+        # question reached one on its way to <prefix>.warming.> still gets an answer.)
+        assert self._queries is not None
+        if self.warming_up and self._query_sub is not None:
+            sub, self._query_sub = self._query_sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribe failed: %s", exc)
+        elif not self.warming_up and self._query_sub is None:
+            self._query_sub = await self._nc.subscribe(
+                subjects.control_subject(self.prefix, "registry", ">"),
+                queue=subjects.REGISTRY_QUEUE,
+                cb=self._queries.on_query,
+            )
+            log.info("registry node %s is warm: answering queries", self.node_id)
+
     async def _on_disconnect(self, msg: Msg) -> None:
         # A crashed process' socket closes at once, so the server's advisory beats the
         # heartbeat expiry by seconds. (A frozen process keeps its socket: heartbeats decide.)
@@ -282,6 +316,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                 reconnects = self._nc.stats["reconnects"]
                 log.info("reconnected to NATS; asking every instance to re-announce")
                 await self._ask_everyone()
+            await self._follow_warmth()
             if not self.warming_up:
                 await self._publish(self._view.expire())
 

@@ -91,7 +91,7 @@ class Queries:
             return
         if self._closed:
             return
-        queue = self._large if msg.subject.endswith(".registry.list") else self._small
+        queue = self._large if self._question(msg.subject) == ("registry", "list") else self._small
         if len(queue) >= MAX_QUEUED:
             self._dropped["query_overflow"] += 1
             return
@@ -146,10 +146,9 @@ class Queries:
         """The answer's messages, from the cache or encoded as they are taken (and then
         cached); None for a question the node does not know."""
         registry = self._registry
-        # <prefix>.registry.<verb>[.<argument>]
-        tokens = tuple(subject[len(registry.prefix) + 1 :].split("."))
+        tokens = self._question(subject)
         match tokens:
-            case ("registry", "stats"):
+            case ("registry", "stats") | ("nodes",):
                 return [wire.encode(registry.stats())]  # small, and counters move: not cached
             case ("registry", "list") | ("registry", "services"):
                 pass
@@ -157,12 +156,22 @@ class Queries:
                 pass
             case _:
                 return None
+        if registry.warming_up:
+            # Its answers tell how long warm-up has left, and warm-up is short: not cached.
+            return self._encode(tokens)
         key = (tokens, *registry.answer_version())
         now = self._clock()
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < CACHE_S:
             return cached[1]
         return self._encode_and_keep(key, tokens, now)
+
+    def _question(self, subject: str) -> _Key:
+        # <prefix>.registry.<verb>[.<argument>], asked of warm nodes; the same question on
+        # <prefix>.warming.… is asked of warming ones (Registry._follow_warmth), and
+        # <prefix>.nodes of every node.
+        tokens = tuple(subject[len(self._registry.prefix) + 1 :].split("."))
+        return ("registry", *tokens[1:]) if tokens[0] == "warming" else tokens
 
     def _encode_and_keep(
         self, key: tuple[object, ...], tokens: _Key, now: float

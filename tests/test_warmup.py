@@ -1,0 +1,120 @@
+"""A registry node that may know less than a peer does not answer: warm nodes answer queries,
+a warming one only when none is warm, and then says so."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import anyio
+from nats.aio.client import Client as NATS
+
+import natsreg
+from natsreg.client import RegistryApi
+from tests.helpers import eventually, until_warm
+from tests.test_bridge import serving
+from tests.test_cli import run_cli
+
+
+async def test_a_warming_node_leaves_every_query_to_a_warm_one(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        warm = await stack.enter_async_context(natsreg.Registry(nc, prefix=prefix))
+        for n in range(3):
+            await stack.enter_async_context(
+                natsreg.announce(nc, f"w{n}-{unique}", version="1.0.0", prefix=prefix)
+            )
+        await until_warm(nc, prefix)
+        await eventually(lambda: len(warm.snapshot().instances) == 3)
+        # Hears the instances re-announce over 3 s: until then it knows fewer than 3.
+        late = await stack.enter_async_context(
+            natsreg.Registry(nc, prefix=prefix, discover_jitter_s=3.0)
+        )
+        api = RegistryApi(nc, prefix=prefix)
+        nodes = await api.nodes()
+        assert {(n.node, n.warming_up) for n in nodes} == {
+            (warm.node_id, False),
+            (late.node_id, True),
+        }
+        answers = []
+        while late.warming_up:
+            answers.append(await api.instances(timeout_s=1.0))
+            answers.append(await api.instances(f"w1-{unique}", timeout_s=1.0))
+            await anyio.sleep(0.05)
+        assert len(answers) > 20
+        assert {a.node for a in answers} == {warm.node_id}
+        assert not any(a.warming_up for a in answers)
+        assert {len(a.instances) for a in answers[::2]} == {3}
+        # Warm, it takes its share of the queries.
+        await eventually(
+            lambda: _answered_by(api, late.node_id), what="the late node answers once warm"
+        )
+
+
+async def _answered_by(api: RegistryApi, node: str) -> bool:
+    answer = await api.instances(timeout_s=1.0)
+    return answer.node == node and len(answer.instances) == 3
+
+
+async def test_with_no_warm_node_the_answer_ls_and_the_bridge_say_so(
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
+    async with (
+        natsreg.announce(nc, f"lone-{unique}", version="1.0.0", prefix=prefix),
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=4.0) as node,
+        serving(nc, prefix=prefix, registry_refresh_s=60.0) as http,
+    ):
+        api = RegistryApi(nc, prefix=prefix)
+        listing = await api.services()
+        assert (listing.node, listing.warming_up) == (node.node_id, True)
+        assert (await api.instances()).warming_up
+
+        ls = await run_cli(cli_env, "ls", "--prefix", prefix)
+        assert ls.returncode == 0, ls.stderr
+        assert "no registry node is warm yet" in " ".join(ls.stdout.split())
+        assert "no services are registered" not in ls.stdout
+        nodes = await run_cli(cli_env, "registry", "nodes", "--prefix", prefix)
+        assert nodes.returncode == 0, nodes.stderr
+        assert node.node_id in nodes.stdout and "warming up" in nodes.stdout
+        # The bridge serves the warming answer, but keeps it no longer than warm-up lasts.
+        assert (await http.get("/_natsreg/services")).json()["warming_up"] is True
+
+        await until_warm(nc, prefix, timeout_s=10)
+        assert not (await api.services()).warming_up
+        assert (await http.get("/_natsreg/services")).json()["warming_up"] is False
+        nodes = await run_cli(cli_env, "registry", "nodes", "--prefix", prefix)
+        assert "warm" in nodes.stdout and "warming up" not in nodes.stdout
+
+
+async def test_a_client_that_bootstrapped_from_a_warming_answer_takes_a_warm_one(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    name = f"boot-{unique}"
+    async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+
+        @svc.endpoint("echo")
+        async def echo(req: natsreg.Request) -> bytes:
+            return req.data
+
+        await svc.ready()
+        async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=1.5) as node:
+            client = natsreg.Client(nc, prefix=prefix)
+            assert (await client.request(f"{name}.echo", b"x", timeout_s=2)).data == b"x"
+            assert node.warming_up
+            await until_warm(nc, prefix)
+            await eventually(
+                lambda: client.stats()["reconciled"].get(name, 0) >= 1,
+                what="the view taken again from a warm answer",
+            )
+            assert [i.id for i in await client.view(name)] == [svc.id]
+            await client.aclose()
+
+
+async def test_registry_nodes_with_none_running_is_one_clear_line(
+    prefix: str, cli_env: dict[str, str]
+) -> None:
+    result = await run_cli(cli_env, "registry", "nodes", "--prefix", prefix)
+    assert result.returncode == 1
+    assert "no registry node answers" in result.stderr and "natsreg registry" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
