@@ -97,11 +97,13 @@ async def test_a_client_that_bootstrapped_from_a_warming_answer_takes_a_warm_one
             return req.data
 
         await svc.ready()
-        async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=1.5) as node:
+        # Warm-up outlasts the client's own retries of a reconcile (5, a second apart), so
+        # only the warm-up's end can make it ask again.
+        async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=6.0) as node:
             client = natsreg.Client(nc, prefix=prefix)
             assert (await client.request(f"{name}.echo", b"x", timeout_s=2)).data == b"x"
             assert node.warming_up
-            await until_warm(nc, prefix)
+            await until_warm(nc, prefix, timeout_s=10)
             await eventually(
                 lambda: client.stats()["reconciled"].get(name, 0) >= 1,
                 what="the view taken again from a warm answer",
