@@ -9,12 +9,18 @@ subscribes to ``<prefix>.events.>`` and times the events they publish.
 - kill -9 to removal: a service subprocess (default heartbeat, 1 s) is visible, then gets
   SIGKILL at a random point of its heartbeat interval, so it sends no goodbye; timed until
   the ``down`` event has come from every registry node.
+- plain ADR-32 start to listed, and stop to gone: a nats-py ``nats.micro`` service (which
+  does not heartbeat) is started in this process at a random point of the nodes' poll
+  interval, timed from just before ``add_service`` until the ``up`` event of every node;
+  then, 1-2 s later, ``stop()`` (ADR-32 has no goodbye), timed until every node's ``down``
+  event.
 
 Goals: start to visible p99 <= 50 ms; a killed instance leaves every registry view within
-3 s with default settings.
+3 s with default settings; a plain ADR-32 service is listed within about a second (max
+<= 1.5 s) and gone within its expiry (3 polls, 3 s, plus the sweep: max <= 3.2 s).
 
-    python bench/discovery.py            # 50 starts, 10 kills (about a minute)
-    python bench/discovery.py --quick    # 10 starts, 3 kills
+    python bench/discovery.py            # 50 starts, 10 kills, 10 plain (about 2 minutes)
+    python bench/discovery.py --quick    # 10 starts, 3 kills, 3 plain
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import time
 from collections import defaultdict
 
 import nats
+from nats.micro import add_service
+from nats.micro.request import Request as MicroRequest
 
 import natsreg
 from natsreg import wire
@@ -148,12 +156,34 @@ async def kill_to_removal(url: str, observer: Observer, kills: int) -> list[tupl
     return results
 
 
+async def plain_start_and_stop(url: str, observer: Observer, runs: int) -> list[tuple]:
+    nc = await nats.connect(url)
+
+    async def stock(req: MicroRequest) -> None:
+        await req.respond(b"3")
+
+    results = []
+    for _ in range(runs):
+        await asyncio.sleep(random.uniform(0.0, 1.0))  # any point of the nodes' poll interval
+        started = time.perf_counter()
+        micro = await add_service(nc, name="bench-plain", version="1.0.0")
+        await micro.add_endpoint(name="stock", subject="bench-plain-stock", handler=stock)
+        _, listed = await observer.wait(micro.id, "up")
+        await asyncio.sleep(random.uniform(1.0, 2.0))  # stopped at any point of a poll
+        stopped = time.perf_counter()
+        await micro.stop()
+        _, gone = await observer.wait(micro.id, "down")
+        results.append((listed - started, gone - stopped))
+    await nc.close()
+    return results
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * q))]
 
 
-async def bench(url: str, starts: int, kills: int) -> None:
+async def bench(url: str, starts: int, kills: int, plain: int) -> None:
     observer = Observer()
     nc = await nats.connect(url)
     await nc.subscribe(f"{PREFIX}.events.>", cb=observer.on_event)
@@ -162,6 +192,7 @@ async def bench(url: str, starts: int, kills: int) -> None:
 
     visible = await start_to_visible(url, observer, starts)
     removed = await kill_to_removal(url, observer, kills)
+    plain_runs = await plain_start_and_stop(url, observer, plain)
     await nc.close()
 
     print(
@@ -186,13 +217,29 @@ async def bench(url: str, starts: int, kills: int) -> None:
         f"| {percentile([a for _, a in removed], 0.99):.2f} "
         f"| {max(a for _, a in removed):.2f} | max <= 3 s |"
     )
+    listed = [s * 1000 for s, _ in plain_runs]
+    gone = [g for _, g in plain_runs]
+    print(
+        f"| plain ADR-32 start to listed (ms) | {plain} | - | {statistics.median(listed):.0f} "
+        f"| {percentile(listed, 0.99):.0f} | {max(listed):.0f} | max <= 1500 ms |"
+    )
+    print(
+        f"| plain ADR-32 stop to gone (s) | {plain} | - | {statistics.median(gone):.2f} "
+        f"| {percentile(gone, 0.99):.2f} | {max(gone):.2f} | max <= 3.2 s |"
+    )
+    print(
+        f"\nplain ADR-32 against natsreg instances, every node p50: listed "
+        f"{statistics.median(listed) / statistics.median(a for _, a in ms):.0f}x later; gone "
+        f"{statistics.median(gone) / statistics.median(a for _, a in removed):.2f}x the time"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 starts, 3 kills")
+    parser.add_argument("--quick", action="store_true", help="10 starts, 3 kills, 3 plain")
     parser.add_argument("--starts", type=int, help="instances started (default 50)")
     parser.add_argument("--kills", type=int, help="instances killed (default 10)")
+    parser.add_argument("--plain", type=int, help="plain ADR-32 services (default 10)")
     parser.add_argument("--url", help="use this nats-server instead of starting one")
     parser.add_argument("--registry", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--service", metavar="URL", help=argparse.SUPPRESS)
@@ -203,6 +250,7 @@ def main() -> None:
         return asyncio.run(run_service(args.service))
     starts = args.starts or (10 if args.quick else 50)
     kills = args.kills or (3 if args.quick else 10)
+    plain = args.plain or (3 if args.quick else 10)
 
     server = None if args.url else NatsServer(host="127.0.0.1")
     url = args.url or server.url
@@ -211,7 +259,7 @@ def main() -> None:
         for node in nodes:
             if node.stdout.readline().strip() != b"ready":
                 raise SystemExit("a registry node did not start")
-        asyncio.run(bench(url, starts, kills))
+        asyncio.run(bench(url, starts, kills, plain))
     finally:
         for node in nodes:
             node.stdin.close()

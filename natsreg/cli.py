@@ -424,9 +424,9 @@ def _registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--micro-poll",
         type=float,
-        default=5.0,
+        default=1.0,
         metavar="SECONDS",
-        help="how often to look for plain ADR-32 services (default: 5)",
+        help="how often to ping plain ADR-32 services; one silent for 3 polls is gone (default: 1)",
     )
     parser.add_argument(
         "--max-instances",

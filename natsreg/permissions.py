@@ -154,7 +154,10 @@ def permissions(
                 control("events", ">"),
                 control("discover"),
                 control("discover", ">"),
+                # Plain ADR-32 services: pinged, and a new one asked its INFO by name and id.
+                subjects.srv_subject("PING"),
                 subjects.srv_subject("INFO"),
+                subjects.srv_subject("INFO", "*", "*"),
             ]
             sub += [control(verb, ">") for verb in ("announce", "hb", "bye")]
             # Queries in the registry queue group: once warm, and while warming up.

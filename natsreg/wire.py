@@ -34,6 +34,7 @@ __all__ = [
     "PREFIX_METADATA_KEY",
     "SCHEMA_VERSION",
     "SEMVER_PATTERN",
+    "SRV_PING_TYPE",
     "Announce",
     "ControlMessage",
     "DisconnectAdvisory",
@@ -363,10 +364,13 @@ class Event(msgspec.Struct, gc=False, kw_only=True):
 # replies always fill them, as the NATS CLI's schemas require.
 
 
+SRV_PING_TYPE = "io.nats.micro.v1.ping_response"
+
+
 class SrvPing(msgspec.Struct, gc=False, kw_only=True):
     """Reply to ``$SRV.PING``."""
 
-    type: str = "io.nats.micro.v1.ping_response"
+    type: str = SRV_PING_TYPE
     name: str
     id: str
     version: str

@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 
 import natsreg
+from natsreg import subjects, wire
 from tests.helpers import eventually
 from tests.test_bridge import serving
 from tests.test_cli import run_cli
@@ -125,7 +128,6 @@ async def test_natsreg_instances_are_not_listed_twice_as_micro(
     ):
         await eventually(lambda: len(registry.snapshot().instances) == 1)
         await eventually(lambda: registry.dropped["malformed"] == 0)
-        import anyio
 
         await anyio.sleep(0.5)  # several $SRV polls
         assert [i.kind for i in registry.snapshot().instances] == ["natsreg"]
@@ -212,3 +214,48 @@ async def test_version_constraints_pick_a_plain_services_subject_only_if_no_othe
 
 async def _listed(client: natsreg.Client, name: str, count: int) -> bool:
     return len(await client.view(name)) == count
+
+
+async def test_a_plain_service_found_by_ping_is_asked_its_info_and_expires_when_silent(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    # Answers $SRV.PING and its own $SRV.INFO.<name>.<id>, never the broadcast $SRV.INFO:
+    # listed only if a ping's reply makes the node ask it by name and id.
+    name, instance_id = f"pinged-{unique}", f"id{unique}"
+    info = wire.SrvInfo(
+        name=name,
+        id=instance_id,
+        version="1.0.0",
+        endpoints=[wire.SrvEndpointInfo(name="add", subject=f"{name}.add", queue_group="q")],
+    )
+
+    async def pong(msg: Msg) -> None:
+        await nc.publish(
+            msg.reply, wire.encode(wire.SrvPing(name=name, id=instance_id, version="1.0.0"))
+        )
+
+    async def own_info(msg: Msg) -> None:
+        await nc.publish(msg.reply, wire.encode(info))
+
+    ping = await nc.subscribe(subjects.srv_subject("PING"), cb=pong)
+    asked = await nc.subscribe(subjects.srv_subject("INFO", name, instance_id), cb=own_info)
+    async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
+        await eventually(
+            lambda: (
+                [(i.id, i.kind) for i in registry.snapshot(name=name).instances]
+                == [(instance_id, "micro")]
+            ),
+            what="listed from a ping and its own INFO",
+        )
+        assert [e.subject for e in registry.snapshot(name=name).instances[0].endpoints] == [
+            f"{name}.add"
+        ]
+        # Pings keep it listed over many times its three-poll expiry...
+        await anyio.sleep(1.5)
+        assert len(registry.snapshot(name=name).instances) == 1
+        # ...and it is gone three polls after it stops answering.
+        await ping.unsubscribe()
+        await asked.unsubscribe()
+        await eventually(
+            lambda: not registry.snapshot(name=name).instances, timeout_s=3.0, what="expired"
+        )

@@ -377,3 +377,39 @@ async def test_a_plain_adr32_info_reply_beyond_the_limits_is_dropped_and_counted
             i.id for i in registry.snapshot().instances if i.kind == "micro" and i.name == good.name
         ] == [good.id]
     await sub.unsubscribe()
+
+
+async def test_forged_ping_replies_cost_a_bounded_number_of_info_asks_and_build_no_subject(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    from natsreg.registry import MAX_INFO_ASKS
+
+    made_up = [
+        wire.encode(wire.SrvPing(name=f"fake-{unique}", id=f"f{n}", version="1.0.0"))
+        for n in range(MAX_INFO_ASKS * 3)
+    ]
+    hostile = [
+        wire.encode(wire.SrvPing(name=bad, id="x", version="1.0.0"))
+        for bad in ("a.b", "a.>", "*", "a b")
+    ]
+
+    async def flood(msg: Msg) -> None:
+        for data in (*hostile, *made_up):
+            await nc.publish(msg.reply, data)
+
+    asks: dict[str, list[str]] = {}
+
+    async def count(msg: Msg) -> None:
+        asks.setdefault(msg.reply, []).append(msg.subject)
+
+    pinged = await nc.subscribe(subjects.srv_subject("PING"), cb=flood)
+    watched = await nc.subscribe(subjects.srv_subject("INFO", ">"), cb=count)
+    async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.3) as registry:
+        await eventually(lambda: len(asks) >= 2, what="two pings answered")
+        await _settle(nc)
+        assert registry.dropped["invalid_name"] >= 4
+    await pinged.unsubscribe()
+    await watched.unsubscribe()
+    # One poll's replies make at most MAX_INFO_ASKS asks, each of a made-up id by its name.
+    assert all(len(subjects_asked) <= MAX_INFO_ASKS for subjects_asked in asks.values())
+    assert {s.rsplit(".", 1)[0] for ss in asks.values() for s in ss} == {f"$SRV.INFO.fake-{unique}"}

@@ -26,13 +26,12 @@ from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from .. import subjects, wire
-from .._gather import gather
 from .._tasks import background
 from ..errors import ConfigError
 from ._queries import Queries
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 
-__all__ = ["Registry"]
+__all__ = ["MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
 
 log = logging.getLogger("natsreg.registry")
 
@@ -44,6 +43,11 @@ _VERBS: dict[str, type[wire.ControlMessage]] = {
 }
 #: A refused announcement is logged at most once per this interval (the count is in stats).
 CAPACITY_LOG_S = 60.0
+#: Plain ADR-32 services are pinged every ``micro_poll_s``, and asked for their full
+#: ``$SRV.INFO`` every this many polls (and at once when a ping shows a new one).
+MICRO_INFO_EVERY = 5
+#: Directed ``$SRV.INFO`` asks after one ping, at most.
+MAX_INFO_ASKS = 256
 
 
 class Registry(anyio.AsyncContextManagerMixin):
@@ -52,7 +56,8 @@ class Registry(anyio.AsyncContextManagerMixin):
     ``missed_heartbeats``: an instance expires after this many heartbeat intervals of
     silence (plus half an interval of grace). ``discover_jitter_s``: on start, instances are
     asked to re-announce within this window, so a restart is no burst. ``micro_poll_s``: how
-    often plain ADR-32 services (which do not heartbeat) are looked for through ``$SRV.INFO``.
+    often plain ADR-32 services (which do not heartbeat) are pinged (``$SRV.PING``; every
+    fifth poll ``$SRV.INFO``); one not heard from for three polls is gone.
     ``max_per_service`` and ``max_instances`` cap the instances held for one service and in
     all; a new instance beyond either is refused and counted as ``capacity``.
     """
@@ -64,7 +69,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         prefix: str = subjects.DEFAULT_PREFIX,
         missed_heartbeats: float = 2.0,
         discover_jitter_s: float = 0.5,
-        micro_poll_s: float = 5.0,
+        micro_poll_s: float = 1.0,
         sweep_s: float = 0.1,
         system_nc: NATS | None = None,
         max_per_service: int = MAX_PER_SERVICE,
@@ -105,6 +110,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         self.dropped: Counter[str] = Counter()
         self._capacity_logged_at = float("-inf")
         self._queries: Queries | None = None
+        self._info_asks = 0
         # Its subscription to <prefix>.registry.>, while warm (_follow_warmth).
         self._query_sub: Subscription | None = None
 
@@ -321,35 +327,63 @@ class Registry(anyio.AsyncContextManagerMixin):
                 await self._publish(self._view.expire())
 
     async def _micro_loop(self) -> None:
+        # Plain ADR-32 services do not heartbeat: every micro_poll_s a $SRV.PING (small
+        # replies) keeps those listed and finds new ones, whose $SRV.INFO is asked at once;
+        # every MICRO_INFO_EVERY polls a $SRV.INFO instead, for what a listed one changed
+        # without changing version (an endpoint added after start).
+        polls = 0
         while True:
-            await self._poll_micro()
-            await anyio.sleep(self.micro_poll_s)
+            verb = "PING" if polls % MICRO_INFO_EVERY else "INFO"
+            polls += 1
+            self._info_asks = 0
+            inbox = self._nc.new_inbox()
+            sub = await self._nc.subscribe(inbox, cb=self._on_srv_reply)
+            try:
+                await self._nc.publish(subjects.srv_subject(verb), b"", reply=inbox)
+                # Replies are taken as they come, until the next poll.
+                await anyio.sleep(self.micro_poll_s)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await sub.unsubscribe()
+                    except Exception as exc:
+                        log.debug("unsubscribe failed: %s", exc)
 
-    async def _poll_micro(self) -> None:
-        replies = await gather(
-            self._nc, subjects.srv_subject("INFO"), min(0.5, self.micro_poll_s / 2)
-        )
-        changes: list[Change] = []
-        for data in replies:
-            if len(data) > wire.MAX_CONTROL_BYTES:
-                self.dropped["oversized"] += 1
-                continue
-            try:
-                info = wire.decode_srv_info(data)
-            except wire.MALFORMED:
-                self.dropped["malformed"] += 1
-                continue
-            if info.metadata and wire.PREFIX_METADATA_KEY in info.metadata:
-                continue  # a natsreg instance: it heartbeats, or belongs to another prefix
-            try:
-                wire.check(info)
-            except wire.Invalid as exc:
-                self.dropped[exc.reason] += 1
-                continue
-            outcome = self._view.apply_micro(info)
-            self._count(outcome, info.name)
-            changes.extend(outcome.changes)
-        await self._publish(changes)
+    async def _on_srv_reply(self, msg: Msg) -> None:
+        if not msg.data:
+            return  # the server's "no responders", or an empty reply
+        if len(msg.data) > wire.MAX_CONTROL_BYTES:
+            self.dropped["oversized"] += 1
+            return
+        try:
+            # A PING reply reads as an INFO reply without endpoints; its type tells them apart.
+            info = wire.decode_srv_info(msg.data)
+        except wire.MALFORMED:
+            self.dropped["malformed"] += 1
+            return
+        if info.metadata and wire.PREFIX_METADATA_KEY in info.metadata:
+            return  # a natsreg instance: it heartbeats, or belongs to another prefix
+        try:
+            # Also what makes its name and id safe to build a subject from.
+            wire.check(info)
+        except wire.Invalid as exc:
+            self.dropped[exc.reason] += 1
+            return
+        if info.type == wire.SRV_PING_TYPE:
+            # Asks are bounded per poll: a flood of made-up ids costs at most this many, and
+            # the broadcast INFO poll finds the real ones anyway.
+            if (
+                self._view.pinged_micro(info.id, info.name, info.version)
+                and self._info_asks < MAX_INFO_ASKS
+            ):
+                self._info_asks += 1
+                await self._nc.publish(
+                    subjects.srv_subject("INFO", info.name, info.id), b"", reply=msg.subject
+                )
+            return
+        outcome = self._view.apply_micro(info)
+        self._count(outcome, info.name)
+        await self._publish(outcome.changes)
 
     def _count(self, outcome: Outcome, name: str) -> None:
         if not outcome.dropped:

@@ -190,6 +190,24 @@ class View:
         self._set_deadline(entry, now + self.micro_ttl_s)
         return Outcome([Change("changed", view)]) if changed else _NOTHING
 
+    def pinged_micro(self, instance_id: str, name: str, version: str) -> bool:
+        """A plain ADR-32 service answered ``$SRV.PING``: keep it listed if the view holds
+        it as it says it is, and say whether its ``$SRV.INFO`` must be asked (it is new, runs
+        another version now, or was listed with no endpoint: ADR-32 libraries add endpoints
+        after the service starts answering, so its first INFO may have had none)."""
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            return True
+        if entry.view.kind != "micro" or entry.view.name != name:
+            return False  # apply_micro would take nothing from its INFO either
+        if entry.view.version != version or not entry.view.endpoints:
+            return True
+        now = self._clock()
+        entry.last_seen = now
+        self._prove(entry)
+        self._set_deadline(entry, now + self.micro_ttl_s)
+        return False
+
     def disconnected(self, conn: str) -> list[Change]:
         """The server says connection ``conn`` closed: its instances are gone now."""
         changes = []
