@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -12,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from natsreg import wire
+from natsreg.client import RegistryApi
 from natsreg.testing import NatsCluster
 from tests.helpers import eventually
 
@@ -194,3 +200,69 @@ async def test_all_registry_nodes_restarted_at_once_lose_nothing(
                     )
                 # Within one re-announce round (0.5 s jitter) and a round trip.
                 assert anyio.current_time() - started < 1.5
+
+
+async def test_a_registry_node_killed_and_restarted_20_times_never_answers_short(
+    cluster: NatsCluster, on_node: list[NATS], prefix: str, unique: str
+) -> None:
+    # Services on node 0, a warm registry node on node 1, a second registry node (a process,
+    # killed -9 and restarted) on node 2, and a checker asking through node 2 every 0.1 s.
+    service_nc, warm_nc, checker_nc = [await connect(url) for url in cluster.urls]
+    on_node += [service_nc, warm_nc, checker_nc]
+    await wait_for_routes(service_nc, checker_nc, f"routes.{unique}")
+    await wait_for_routes(warm_nc, checker_nc, f"routes2.{unique}")
+    env = {**os.environ, "NATS_URL": cluster.urls[2], "NATSREG_PREFIX": prefix}
+    answers: list[tuple[str, int]] = []
+    unanswered = 0
+    restarted_ids: set[str] = set()
+    async with contextlib.AsyncExitStack() as stack:
+        warm = await stack.enter_async_context(natsreg.Registry(warm_nc, prefix=prefix))
+        for n in range(3):
+            await stack.enter_async_context(
+                natsreg.announce(service_nc, f"s{n}-{unique}", version="1.0.0", prefix=prefix)
+            )
+        await eventually(lambda: len(warm.snapshot().instances) == 3 and not warm.warming_up)
+        api = RegistryApi(checker_nc, prefix=prefix)
+        await eventually(lambda: _lists(api, 3), what="the warm node answers through node 2")
+
+        async def check() -> None:
+            nonlocal unanswered
+            while True:
+                try:
+                    answer = await api.instances(timeout_s=1.0)
+                except natsreg.RequestError:
+                    unanswered += 1
+                else:
+                    answers.append((answer.node, len(answer.instances)))
+                await anyio.sleep(0.1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(check)
+            for _ in range(20):
+                with subprocess.Popen(
+                    [sys.executable, "-m", "natsreg", "registry"],
+                    env=env,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ) as node:
+                    try:
+                        assert node.stderr is not None
+                        line = await anyio.to_thread.run_sync(node.stderr.readline)
+                        restarted_ids.add(line.split("registry node ")[1].split()[0])
+                        # Killed anywhere from warming up to well after it is warm.
+                        await anyio.sleep(random.uniform(0.2, 2.0))
+                    finally:
+                        node.send_signal(signal.SIGKILL)
+            tg.cancel_scope.cancel()
+    short = [(node, n) for node, n in answers if n < 3]
+    assert short == [], f"{len(short)} of {len(answers)} answers listed fewer than 3"
+    assert len(answers) >= 0.95 * (len(answers) + unanswered), unanswered
+    # The restarted node took its share once warm: the check covered it.
+    assert {node for node, _ in answers} & restarted_ids
+
+
+async def _lists(api: RegistryApi, count: int) -> bool:
+    try:
+        return len((await api.instances(timeout_s=1.0)).instances) == count
+    except natsreg.RequestError:
+        return False
