@@ -13,6 +13,7 @@ is dropped and counted by reason in :attr:`Registry.dropped` (and ``NodeStats.dr
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from nats.nuid import NUID
 from .. import subjects, wire
 from .._tasks import background
 from ..errors import ConfigError
+from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._queries import Queries
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 
@@ -43,11 +45,6 @@ _VERBS: dict[str, type[wire.ControlMessage]] = {
 }
 #: A refused announcement is logged at most once per this interval (the count is in stats).
 CAPACITY_LOG_S = 60.0
-#: Plain ADR-32 services are pinged every ``micro_poll_s``, and asked for their full
-#: ``$SRV.INFO`` every this many polls (and at once when a ping shows a new one).
-MICRO_INFO_EVERY = 5
-#: Directed ``$SRV.INFO`` asks after one ping, at most.
-MAX_INFO_ASKS = 256
 
 
 class Registry(anyio.AsyncContextManagerMixin):
@@ -110,7 +107,6 @@ class Registry(anyio.AsyncContextManagerMixin):
         self.dropped: Counter[str] = Counter()
         self._capacity_logged_at = float("-inf")
         self._queries: Queries | None = None
-        self._info_asks = 0
         # Its subscription to <prefix>.registry.>, while warm (_follow_warmth).
         self._query_sub: Subscription | None = None
 
@@ -216,7 +212,10 @@ class Registry(anyio.AsyncContextManagerMixin):
             await self._nc.flush()
             # Subscribed first, then ask: no answer to our own question can be missed.
             await self._ask_everyone()
-            async with background(self._sweep_loop, self._micro_loop, queries.serve):
+            micro = MicroPoll(self._nc, self._view, self.dropped, self._take_micro)
+            async with background(
+                self._sweep_loop, functools.partial(micro.run, self.micro_poll_s), queries.serve
+            ):
                 yield self
         finally:
             with anyio.CancelScope(shield=True):
@@ -326,63 +325,8 @@ class Registry(anyio.AsyncContextManagerMixin):
             if not self.warming_up:
                 await self._publish(self._view.expire())
 
-    async def _micro_loop(self) -> None:
-        # Plain ADR-32 services do not heartbeat: every micro_poll_s a $SRV.PING (small
-        # replies) keeps those listed and finds new ones, whose $SRV.INFO is asked at once;
-        # every MICRO_INFO_EVERY polls a $SRV.INFO instead, for what a listed one changed
-        # without changing version (an endpoint added after start).
-        polls = 0
-        while True:
-            verb = "PING" if polls % MICRO_INFO_EVERY else "INFO"
-            polls += 1
-            self._info_asks = 0
-            inbox = self._nc.new_inbox()
-            sub = await self._nc.subscribe(inbox, cb=self._on_srv_reply)
-            try:
-                await self._nc.publish(subjects.srv_subject(verb), b"", reply=inbox)
-                # Replies are taken as they come, until the next poll.
-                await anyio.sleep(self.micro_poll_s)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await sub.unsubscribe()
-                    except Exception as exc:
-                        log.debug("unsubscribe failed: %s", exc)
-
-    async def _on_srv_reply(self, msg: Msg) -> None:
-        if not msg.data:
-            return  # the server's "no responders", or an empty reply
-        if len(msg.data) > wire.MAX_CONTROL_BYTES:
-            self.dropped["oversized"] += 1
-            return
-        try:
-            # A PING reply reads as an INFO reply without endpoints; its type tells them apart.
-            info = wire.decode_srv_info(msg.data)
-        except wire.MALFORMED:
-            self.dropped["malformed"] += 1
-            return
-        if info.metadata and wire.PREFIX_METADATA_KEY in info.metadata:
-            return  # a natsreg instance: it heartbeats, or belongs to another prefix
-        try:
-            # Also what makes its name and id safe to build a subject from.
-            wire.check(info)
-        except wire.Invalid as exc:
-            self.dropped[exc.reason] += 1
-            return
-        if info.type == wire.SRV_PING_TYPE:
-            # Asks are bounded per poll: a flood of made-up ids costs at most this many, and
-            # the broadcast INFO poll finds the real ones anyway.
-            if (
-                self._view.pinged_micro(info.id, info.name, info.version)
-                and self._info_asks < MAX_INFO_ASKS
-            ):
-                self._info_asks += 1
-                await self._nc.publish(
-                    subjects.srv_subject("INFO", info.name, info.id), b"", reply=msg.subject
-                )
-            return
-        outcome = self._view.apply_micro(info)
-        self._count(outcome, info.name)
+    async def _take_micro(self, outcome: Outcome, name: str) -> None:
+        self._count(outcome, name)
         await self._publish(outcome.changes)
 
     def _count(self, outcome: Outcome, name: str) -> None:
