@@ -62,7 +62,7 @@ async def until_warm(nc: NATS, prefix: str, timeout_s: float = 5.0) -> None:
     async def answered() -> bool:
         try:
             await nc.request(subject, b"", timeout=0.5)
-        except nats.errors.NoRespondersError:
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             return False
         return True
 

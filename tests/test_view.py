@@ -148,6 +148,33 @@ def test_a_plain_adr32_service_is_listed_as_micro_and_expires_without_polls() ->
     assert [c.reason for c in view.expire()] == ["expired"]
 
 
+def test_a_ping_keeps_a_listed_plain_service_and_asks_info_only_when_there_is_news() -> None:
+    clock = Clock()
+    view = View(micro_ttl_s=3, clock=clock)
+    assert view.pinged_micro("m1", "go-svc", "1.0.0"), "a new id must be asked its INFO"
+    bare = wire.SrvInfo(name="go-svc", id="m1", version="1.0.0")
+    view.apply_micro(bare)
+    assert view.pinged_micro("m1", "go-svc", "1.0.0"), "listed with no endpoint yet"
+    full = wire.SrvInfo(
+        name="go-svc",
+        id="m1",
+        version="1.0.0",
+        endpoints=[wire.SrvEndpointInfo(name="add", subject="math.add")],
+    )
+    view.apply_micro(full)
+    for _ in range(5):  # a ping every 2 s outlives the 3 s expiry many times over
+        clock.now += 2
+        assert not view.pinged_micro("m1", "go-svc", "1.0.0")
+        assert view.expire() == []
+    assert view.pinged_micro("m1", "go-svc", "1.1.0"), "a new version must be asked"
+    # Another service's name, or a natsreg instance's id: nothing to ask, nothing kept alive.
+    view.apply(announce(1))
+    assert not view.pinged_micro("m1", "other", "1.0.0")
+    assert not view.pinged_micro("i1", "svc", "1.0.0")
+    clock.now += 3.1
+    assert "m1" in [c.instance.id for c in view.expire()]
+
+
 def test_a_closed_connection_removes_the_instances_on_it() -> None:
     view = View(clock=Clock())
     view.apply(announce(1, conn="S1/7"))
