@@ -548,3 +548,14 @@ def test_a_service_summary_counts_each_health_and_the_most_recent_instance() -> 
         {"passing": 2, "critical": 1},
         1.0,
     )
+
+
+def test_a_ping_from_a_listed_plain_adr32_instance_counts_as_hearing_from_it() -> None:
+    # What `natsreg ls` shows as the last heartbeat of a plain service is its last ping reply.
+    clock = Clock()
+    view = View(micro_ttl_s=3.0, clock=clock)
+    view.apply_micro(info(version="1.0.0"))
+    clock.now = START + 2.0
+    assert not view.pinged_micro("m1", "go-svc", "1.0.0")
+    assert [i.age_s for i in view.instances()] == [0.0]
+    assert [s.last_heard_s for s in view.summaries()] == [0.0]
