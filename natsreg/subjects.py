@@ -9,6 +9,9 @@ environments can share one NATS account::
     <prefix>.discover[.<name>[.<id>]]  ask instances to re-announce
     <prefix>.events.<name>           registry changes, one event per change
     <prefix>.registry.<verb>         registry queries (list, service, instance), request-reply
+    <prefix>.warming.<verb>          the same, answered by nodes still warming up (asked when
+                                     no warm node answers on <prefix>.registry)
+    <prefix>.nodes                   every registry node answers with its own state
     <prefix>.direct.<name>.<id>.<endpoint>  one instance's endpoint, for direct addressing
 
 Every subject an instance publishes or serves on names the service it speaks for, so that NATS
