@@ -26,7 +26,9 @@ __all__ = ["CONFIG_FILE", "Rendered", "UserSecret", "env_file", "render_static",
 #: The file ``write_static`` puts the authorization block in, inside the output folder.
 CONFIG_FILE = "auth.conf"
 
-#: Random bytes in a generated password (base64url: 32 characters).
+#: Random bytes in a generated password. Hex (48 characters): no character a shell, a URL or
+#: a command line reads specially, and never a leading '-', which `--password -x` takes for a
+#: flag.
 PASSWORD_BYTES = 24
 
 
@@ -59,7 +61,7 @@ def render_static(roles: Sequence[Role], prefix: str) -> Rendered:
     for role in roles:
         perms = permissions(role, prefix, users=names)
         secret = UserSecret(
-            role=role, password=secrets.token_urlsafe(PASSWORD_BYTES), inbox=perms.inbox
+            role=role, password=secrets.token_hex(PASSWORD_BYTES), inbox=perms.inbox
         )
         users.append(secret)
         blocks.append(_user_block(secret, perms))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -62,6 +63,15 @@ class Login:
             lambda: any(f'"{subject.lower()}"' in v for v in self.violations),
             what=f"a permissions violation on {subject}",
         )
+
+
+@pytest.mark.pure
+def test_generated_passwords_can_be_given_as_flag_values() -> None:
+    # A password starting with '-' would be read by `--password` as the next flag.
+    for _ in range(50):
+        rendered = _authconfig.render_static(ROLES, PREFIX)
+        for secret in rendered.users:
+            assert re.fullmatch(r"[0-9a-f]{48}", secret.password), secret
 
 
 @pytest.fixture(scope="module")
