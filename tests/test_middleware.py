@@ -72,10 +72,17 @@ async def test_hooks_open_state_before_serving_and_close_it_after_the_goodbye(
         events.append("start")
         ctx.state.db = {"1": "alice"}
 
+    goodbyes: list[bytes] = []
+
+    async def heard(msg: Any) -> None:
+        goodbyes.append(msg.data)
+
     @svc.on_stop
     async def close_db(ctx: Context) -> None:
-        gone = not registry.snapshot(name=name).instances
-        events.append(f"stop, instance gone: {gone}")
+        # The goodbye was sent before this hook: it arrives (a round trip through the server)
+        # while the hook waits. Were it sent after the hook, this wait would time out.
+        await eventually(lambda: bool(goodbyes), timeout_s=2.0, what="the goodbye, before on_stop")
+        events.append("stop, after the goodbye")
         ctx.state.db = None
 
     @svc.endpoint("users", idempotent=True)
@@ -83,6 +90,7 @@ async def test_hooks_open_state_before_serving_and_close_it_after_the_goodbye(
         return str(req.state.db[req.json()["id"]])
 
     async with natsreg.Registry(nc, prefix=prefix) as registry:
+        await nc.subscribe(f"{prefix}.bye.{name}.*", cb=heard)
         async with natsreg.announce(nc, svc, metadata={"worker": "3"}) as instance:
             await eventually(lambda: bool(registry.snapshot(name=name).instances))
             (view,) = registry.snapshot(name=name).instances
@@ -92,7 +100,7 @@ async def test_hooks_open_state_before_serving_and_close_it_after_the_goodbye(
                 assert (await client.request(f"{name}.users", {"id": "1"})).data == b"alice"
             assert instance.state.db == {"1": "alice"}
         await eventually(lambda: len(events) == 2)
-    assert events == ["start", "stop, instance gone: True"]
+    assert events == ["start", "stop, after the goodbye"]
 
 
 @pytest.mark.pure
