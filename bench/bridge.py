@@ -20,6 +20,7 @@ Rounds alternate the order of the two Python bridges; the table holds each one's
     python bench/bridge.py run --quick          # 1 round of 3 s, to check it runs
     python bench/bridge.py run --stacks         # also the HTTP stacks the bridge could use
     python bench/bridge.py run --no-peers       # skip the Node peers (no npm needed)
+    python bench/bridge.py run --workers 2      # also `natsreg bridge --workers 2`
 
 Goals: natsreg ≥ 1.2× aiohttp, ≥ 1.5× moleculer-web, ≥ 5× classic, p99 < 20 ms.
 """
@@ -293,6 +294,18 @@ def run(args: argparse.Namespace) -> None:
             wait_line(proc, "READY")
             targets["aiohttp bridge"] = f"http://{LOOPBACK}:{port}/api/users/{ENDPOINT}"
 
+            if args.workers > 1:
+                # The same bridge as `natsreg bridge --workers N` runs it: N processes on one
+                # port (SO_REUSEPORT) under the run supervisor.
+                port = free_port()
+                natsreg_cli = str(Path(py).with_name("natsreg"))
+                argv = [natsreg_cli, "bridge", "--workers", str(args.workers), "--server", url]
+                argv += ["--prefix", "bench", "--host", LOOPBACK, "--port", str(port)]
+                procs.start(argv, log=WORK / "natsreg-bridge-workers.log")
+                targets[f"natsreg bridge, {args.workers} workers"] = (
+                    f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                )
+
             if args.stacks:
                 port = free_port()
                 procs.start([py, me, "natsreg-bridge-h11", "--server", url, "--port", str(port)])
@@ -432,6 +445,7 @@ def main() -> None:
     r.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
     r.add_argument("--stacks", action="store_true", help="also uvicorn h11 and granian")
     r.add_argument("--no-peers", dest="peers", action="store_false", help="skip Node peers")
+    r.add_argument("--workers", type=int, default=1, help="also natsreg bridge --workers N (N > 1)")
     for name in ("service", "natsreg-bridge", "natsreg-bridge-h11"):
         s = sub.add_parser(name, help="(started by run)")
         s.add_argument("--server", required=True)
