@@ -980,6 +980,8 @@ async def _cmd_info(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         snapshot = await RegistryApi(nc, prefix=args.prefix).instances(args.service)
         if not snapshot.instances:
+            if snapshot.warming_up:
+                raise _CliError(_warming(snapshot.node))
             raise _CliError(
                 f"no instance of {args.service!r} is known: 'natsreg ls' lists what is running"
             )
@@ -994,6 +996,8 @@ async def _cmd_info(args: argparse.Namespace) -> int:
                 }
             )
         else:
+            if snapshot.warming_up:
+                _console().print(f"[yellow]{_warming(snapshot.node)}[/]")
             _print_info(args.service, snapshot, stats)
         return 0
 
@@ -1144,16 +1148,19 @@ def _console() -> Console:
 _HEALTH_STYLE = {"passing": "green", "warning": "yellow", "critical": "red"}
 
 
+def _warming(node: str) -> str:
+    # Warm nodes answer first (docs/protocol.md, "Warm-up"): this one answered because none is
+    # warm yet.
+    return (
+        f"no registry node is warm yet: node {node} is still hearing every instance "
+        "re-announce, so its answer may be incomplete; ask again in a second"
+    )
+
+
 def _print_services(listing: wire.ServiceList) -> None:
     console = _console()
     if listing.warming_up:
-        # Warm nodes answer first (docs/protocol.md, "Warm-up"): this one answered because
-        # none is warm yet.
-        console.print(
-            f"[yellow]no registry node is warm yet: node {listing.node} is still hearing "
-            "every instance re-announce, so this list may be incomplete; ask again in a "
-            "second[/]"
-        )
+        console.print(f"[yellow]{_warming(listing.node)}[/]")
     if listing.mass_expiry is not None:
         mass = listing.mass_expiry
         console.print(

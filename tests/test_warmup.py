@@ -73,6 +73,9 @@ async def test_with_no_warm_node_the_answer_ls_and_the_bridge_say_so(
         assert ls.returncode == 0, ls.stderr
         assert "no registry node is warm yet" in " ".join(ls.stdout.split())
         assert "no services are registered" not in ls.stdout
+        # Whether or not the warming node has heard the instance yet, info says it is warming.
+        info = await run_cli(cli_env, "info", f"lone-{unique}", "--prefix", prefix)
+        assert "no registry node is warm yet" in " ".join((info.stdout + info.stderr).split())
         nodes = await run_cli(cli_env, "registry", "nodes", "--prefix", prefix)
         assert nodes.returncode == 0, nodes.stderr
         assert node.node_id in nodes.stdout and "warming up" in nodes.stdout
