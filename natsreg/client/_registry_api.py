@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -23,7 +24,9 @@ from ..errors import (
     NoInstanceError,
     RequestError,
 )
-from ._transport import Transport
+from ._transport import Reply, Transport
+
+_T = TypeVar("_T")
 
 
 class RegistryApi:
@@ -64,16 +67,14 @@ class RegistryApi:
         """Every service at every version, summed over its instances (what ``natsreg ls``
         shows): one small answer, whatever the size of the fleet."""
         subject = subjects.control_subject(self.prefix, "registry", "services")
-        deadline = time.monotonic() + timeout_s
-        try:
-            reply = await self._transport.request(subject, b"", timeout_s, None)
-        except NoInstanceError:
+
+        async def ask(asked: str, deadline: float) -> Reply:
             try:
-                reply = await self._transport.request(
-                    self._warming(subject), b"", _left(deadline), None
-                )
+                return await self._transport.request(asked, b"", _left(deadline), None)
             except NoInstanceError as exc:
-                raise self._no_registry(subject) from exc
+                raise _NoNode from exc
+
+        reply = await self._warm_first(subject, timeout_s, ask)
         try:
             return wire.decode_service_list(reply.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -107,15 +108,20 @@ class RegistryApi:
         )
 
     async def _ask_registry(self, subject: str, timeout_s: float) -> wire.Snapshot:
+        return await self._warm_first(subject, timeout_s, self._ask_node)
+
+    async def _warm_first(
+        self, subject: str, timeout_s: float, ask: Callable[[str, float], Awaitable[_T]]
+    ) -> _T:
+        """``ask(subject, deadline)`` of the warm nodes, and of the warming ones only when no
+        warm node answers (``ask`` raises _NoNode): docs/protocol.md, "Warm-up"."""
         deadline = time.monotonic() + timeout_s
-        try:
-            return await self._ask_node(subject, deadline)
-        except _NoNode:
-            pass
-        try:
-            return await self._ask_node(self._warming(subject), deadline)
-        except _NoNode:
-            raise self._no_registry(subject) from None
+        for asked in (subject, self._warming(subject)):
+            try:
+                return await ask(asked, deadline)
+            except _NoNode:
+                continue
+        raise self._no_registry(subject)
 
     async def _ask_node(self, subject: str, deadline: float) -> wire.Snapshot:
         # A large view comes as several chunks, each under the server's max_payload, the last
