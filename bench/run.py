@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import nats
+import rpc  # bench/rpc.py: the same load loop, so the figures compare
 
 from natsreg.testing import NatsServer
 
@@ -112,31 +113,9 @@ class Deployment:
 
 async def load(nc: nats.NATS, subject: str, concurrency: int, duration_s: float) -> dict:
     """``concurrency`` callers until the time runs out (or 10 million calls)."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration_s
-
-    async def caller() -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline and len(latencies) < 10_000_000:
-            started = time.perf_counter()
-            try:
-                await nc.request(subject, PAYLOAD, timeout=TIMEOUT_S)
-            except Exception:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "rps": n / elapsed,
-        "p50": latencies[n // 2] * 1000 if n else float("nan"),
-        "errors": errors,
-    }
+    return await rpc.run_load(
+        lambda: nc.request(subject, PAYLOAD, timeout=TIMEOUT_S), concurrency, duration_s, 10_000_000
+    )
 
 
 async def compare(
