@@ -168,7 +168,7 @@ class Instance(anyio.AsyncContextManagerMixin):
             control = await self._control.subscribe()
             for endpoint in self._endpoints.table.values():
                 await self._serve_endpoint(endpoint, announce=False)
-            await self._control.publish_announce()
+            await self._announce()
             async with background() as self._tg:
                 self._control.start(self._tg)
                 yield
@@ -190,13 +190,19 @@ class Instance(anyio.AsyncContextManagerMixin):
             await quietly(sub.unsubscribe(), "unsubscribe")
         await quietly(self._nc.flush(timeout=2), "flush")
 
+    async def _announce(self) -> None:
+        # Flushed: once ready() returns, NATS holds the announcement, so a goodbye sent
+        # after it by anyone (the worker this one replaces, say) reaches registries after it.
+        await self._control.publish_announce()
+        await self._nc.flush()
+
     async def _serve_endpoint(self, endpoint: Endpoint, announce: bool) -> None:
         await self._endpoints.subscribe(endpoint)
         if announce:
             # Announce only once NATS has the subscription, so no caller that learns of the
             # endpoint from a registry can reach it before it is served.
             await self._nc.flush()
-            await self._control.publish_announce()
+            await self._announce()
             self._pending -= 1
             if self._pending == 0:
                 self._ready.set()
