@@ -103,6 +103,33 @@ async def test_hooks_open_state_before_serving_and_close_it_after_the_goodbye(
     assert events == ["start", "stop, after the goodbye"]
 
 
+async def test_the_declared_health_check_asks_the_process_state_at_every_heartbeat(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    name = f"health-{unique}"
+    svc = natsreg.Service(name, version="1.0.0", prefix=prefix, heartbeat_s=0.1)
+
+    @svc.on_start
+    async def open_db(ctx: Context) -> None:
+        ctx.state.db_up = True
+
+    @svc.health
+    async def check(ctx: Context) -> natsreg.wire.Health:
+        return "passing" if ctx.state.db_up else "critical"
+
+    def health() -> str:
+        (view,) = registry.snapshot(name=name).instances
+        return view.health
+
+    async with natsreg.Registry(nc, prefix=prefix) as registry, natsreg.announce(nc, svc) as it:
+        await eventually(lambda: bool(registry.snapshot(name=name).instances))
+        await eventually(lambda: health() == "passing", what="passing while the db is up")
+        it.state.db_up = False
+        await eventually(lambda: health() == "critical", what="critical once the db is down")
+        it.state.db_up = True
+        await eventually(lambda: health() == "passing", what="passing again")
+
+
 @pytest.mark.pure
 def test_a_declaration_is_checked_when_the_module_is_imported() -> None:
     with pytest.raises(natsreg.ConfigError, match="SemVer"):
@@ -114,6 +141,18 @@ def test_a_declaration_is_checked_when_the_module_is_imported() -> None:
         svc.middleware(lambda req, call_next: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(natsreg.ConfigError, match="must be async"):
         svc.on_start(lambda ctx: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(natsreg.ConfigError, match="must be async"):
+        svc.health(lambda ctx: "passing")  # type: ignore[arg-type,return-value]
+
+    @svc.health
+    async def check(ctx: Context) -> natsreg.wire.Health:
+        return "passing"
+
+    with pytest.raises(natsreg.ConfigError, match="health check is already declared"):
+        svc.health(check)
+    with_callback = natsreg.Service("svc2", version="1.0.0", health=lambda: "passing")
+    with pytest.raises(natsreg.ConfigError, match="health check is already declared"):
+        with_callback.health(check)
 
     @svc.endpoint("users")
     async def users(req: natsreg.Request) -> None:

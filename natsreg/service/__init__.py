@@ -17,6 +17,8 @@ goodbye, $SRV), ``_dedupe`` (at most once).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import inspect
 import signal
 import types
@@ -58,12 +60,17 @@ class Instance(anyio.AsyncContextManagerMixin):
     """One running instance of a service. Build it with :func:`announce`."""
 
     def __init__(self, nc: NATS, config: ServiceConfig, *, declared: Service | None = None) -> None:
-        self.config = config
         #: Unique for this process' lifetime: a restart is a new instance.
         self.id: str = NUID().next().decode()
         #: This process' own namespace for resources (``ctx.state`` in hooks, ``req.state``).
         self.state = types.SimpleNamespace()
         self._nc = nc
+        self._context = Context(nc, self, self.state)
+        if declared is not None and declared.health_hook is not None:
+            config = dataclasses.replace(
+                config, health=functools.partial(declared.health_hook, self._context)
+            )
+        self.config = config
         self._middleware: tuple[Middleware, ...] = ()
         self._hooks: tuple[tuple[Hook, ...], tuple[Hook, ...]] = ((), ())
         self._endpoints = Endpoints(nc, config, self.id, self.state)
@@ -148,7 +155,7 @@ class Instance(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Instance]:
-        context = Context(self._nc, self, self.state)
+        context = self._context
         # Before anything is announced: no request reaches a handler whose resources are
         # not open yet.
         for hook in self._hooks[0]:

@@ -20,15 +20,19 @@ from ._request import Handler, Request
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
+    from .. import wire
     from . import Instance
 
-__all__ = ["Context", "Hook", "Middleware", "Service", "config_of", "wrap"]
+__all__ = ["Context", "HealthHook", "Hook", "Middleware", "Service", "config_of", "wrap"]
 
 #: ``async def mw(req, call_next)``: runs around every handler of a service; returns the
 #: reply (usually ``await call_next(req)``) or raises, as a handler does.
 Middleware = Callable[[Request, Handler], Awaitable[Any]]
 #: ``async def hook(ctx)``: an ``on_start`` or ``on_stop`` callback.
 Hook = Callable[["Context"], Awaitable[None]]
+#: ``async def check(ctx)``: the health a heartbeat reports, ``"passing"``, ``"warning"`` or
+#: ``"critical"``; an exception reports ``"critical"``.
+HealthHook = Callable[["Context"], Awaitable["wire.Health"]]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,6 +109,7 @@ class Service:
         self.middleware_chain: tuple[Middleware, ...] = ()
         self.start_hooks: tuple[Hook, ...] = ()
         self.stop_hooks: tuple[Hook, ...] = ()
+        self.health_hook: HealthHook | None = None
 
     @property
     def name(self) -> str:
@@ -155,6 +160,16 @@ class Service:
         _check_async(hook, "on_stop hook")
         self.stop_hooks += (hook,)
         return hook
+
+    def health(self, check: HealthHook) -> HealthHook:
+        """Report ``await check(ctx)`` in each heartbeat: ``"passing"``, ``"warning"`` or
+        ``"critical"`` (callers avoid critical instances). It sees ``ctx.state``, so it can
+        ask this process' own database pool."""
+        _check_async(check, "health check")
+        if self.health_hook is not None or self.config.health is not None:
+            raise ConfigError(f"{self.name}: the health check is already declared")
+        self.health_hook = check
+        return check
 
     def instance(self, nc: NATS, **overrides: Unpack[ServiceSettings]) -> Instance:
         """A running instance of this declaration on ``nc`` (what announce returns)."""
