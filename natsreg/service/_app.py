@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from ..errors import ConfigError
-from ._config import ServiceConfig, ServiceSettings, check_name
+from ._config import ServiceConfig, ServiceSettings
+from ._endpoints import checked_endpoint
 from ._request import Handler, Request
 
 if TYPE_CHECKING:
@@ -125,9 +126,9 @@ class Service:
         idempotent: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Declare an endpoint, as :meth:`Instance.endpoint` serves one."""
-        check_name(name, "endpoint name")
         if name in self._endpoints:
             raise ConfigError(f"endpoint {name!r} is already declared")
+        checked_endpoint(self.config, name, subject, queue_group, metadata, idempotent)
         options = {
             "subject": subject,
             "queue_group": queue_group,

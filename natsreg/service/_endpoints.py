@@ -26,7 +26,7 @@ from ._config import ServiceConfig, check_metadata, check_name
 from ._log import log, quietly
 from ._request import Handler, Request
 
-__all__ = ["Endpoint", "Endpoints"]
+__all__ = ["Endpoint", "Endpoints", "checked_endpoint"]
 
 #: An at-most-once key: (endpoint name, request id).
 Key = tuple[str, str]
@@ -77,6 +77,33 @@ class Endpoint:
         )
 
 
+def checked_endpoint(
+    config: ServiceConfig,
+    name: str,
+    subject: str | None,
+    queue_group: str | None,
+    metadata: Mapping[str, str] | None,
+    idempotent: bool,
+) -> Endpoint:
+    """An endpoint of ``config``'s service, its name, subject and queue group checked (at
+    declaration, so a wrong one fails at import rather than when a worker starts)."""
+    check_name(name, "endpoint name")
+    subject = subject or subjects.endpoint_subject(config.name, name)
+    if not subjects.is_valid_subject(subject):
+        raise ConfigError(f"endpoint {name!r}: {subject!r} is not a valid literal subject")
+    queue_group = queue_group or config.queue_group or config.name
+    if not subjects.is_valid_token(queue_group):
+        raise ConfigError(f"endpoint {name!r}: queue group {queue_group!r} is not valid")
+    return Endpoint(
+        name=name,
+        subject=subject,
+        queue_group=queue_group,
+        handler=_unset_handler,
+        metadata=check_metadata(metadata or {}, f"endpoint {name!r}"),
+        idempotent=idempotent,
+    )
+
+
 class Endpoints:
     """The endpoints of one instance and everything a request goes through."""
 
@@ -112,23 +139,9 @@ class Endpoints:
         idempotent: bool,
     ) -> Endpoint:
         """A checked endpoint, not in the table yet (its handler comes with the decorator)."""
-        check_name(name, "endpoint name")
         if name in self.table:
             raise ConfigError(f"endpoint {name!r} is already served")
-        subject = subject or subjects.endpoint_subject(self._config.name, name)
-        if not subjects.is_valid_subject(subject):
-            raise ConfigError(f"endpoint {name!r}: {subject!r} is not a valid literal subject")
-        queue_group = queue_group or self._config.queue_group or self._config.name
-        if not subjects.is_valid_token(queue_group):
-            raise ConfigError(f"endpoint {name!r}: queue group {queue_group!r} is not valid")
-        return Endpoint(
-            name=name,
-            subject=subject,
-            queue_group=queue_group,
-            handler=_unset_handler,
-            metadata=check_metadata(metadata or {}, f"endpoint {name!r}"),
-            idempotent=idempotent,
-        )
+        return checked_endpoint(self._config, name, subject, queue_group, metadata, idempotent)
 
     def load(self) -> wire.Load:
         return wire.Load(in_flight=self.in_flight, served=self.served, errors=self.errors)
