@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -28,7 +28,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from . import __version__, subjects, wire
+from . import __version__, logs, subjects, wire
 from ._gather import gather
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
@@ -52,6 +52,9 @@ EXIT_USAGE = 2
 
 log = logging.getLogger("natsreg.cli")
 
+# Whether every line this command writes is JSON (--log-format json); set by main().
+_json_lines = False
+
 
 class _CliError(Exception):
     """A failure the user can act on: printed as one line, exit code 1."""
@@ -64,9 +67,20 @@ class _CliError(Exception):
 _Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one JSON line too under --log-format json
+    (its subcommands' parsers are of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        if _json_lines:
+            log.error("%s: %s (see %s --help)", self.prog, message, self.prog)
+            self.exit(EXIT_USAGE)
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _common_options()
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="natsreg", description="Service discovery and RPC for microservices on NATS."
     )
     parser.add_argument("--version", action="version", version=f"natsreg {__version__}")
@@ -87,7 +101,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common_options() -> argparse.ArgumentParser:
     """The options every command that connects to NATS takes."""
-    common = argparse.ArgumentParser(add_help=False)
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("connection")
     conn.add_argument(
@@ -116,8 +129,19 @@ def _common_options() -> argparse.ArgumentParser:
     conn.add_argument("--tls-ca", help="CA certificate file to verify the server")
     conn.add_argument("--tls-cert", help="client certificate file")
     conn.add_argument("--tls-key", help="client key file")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    _log_options(common)
     return common
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=os.environ.get(logs.ENV, "text"),
+        help="json: every line this command writes is one JSON value, its log lines "
+        f"objects with time, level, logger, message... (default: ${logs.ENV} or text)",
+    )
 
 
 def _add_up(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -338,7 +362,7 @@ def _add_auth(commands: _Commands) -> None:
         help="write the config and one <user>.env per user here (mode 0600); "
         "without it, print everything",
     )
-    auth.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    _log_options(auth)
 
 
 def _bridge_options(parser: argparse.ArgumentParser) -> None:
@@ -591,6 +615,9 @@ async def _cmd_registry_nodes(args: argparse.Namespace) -> int:
                 f"no registry node answers on prefix {args.prefix!r}: start one with "
                 "'natsreg registry' (or 'natsreg up')"
             )
+        if _json_lines:
+            _print_data(nodes)
+            return 0
         table = _table("NODE", "STATE", "UP", "INSTANCES", "SERVICES", "REVISION")
         for node in nodes:
             state = "[yellow]warming up[/]" if node.warming_up else "[green]warm[/]"
@@ -823,7 +850,12 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
     # --with programs get natsreg up's credentials in the variables natsreg's CLI reads, and
     # in NATS_URL for programs that read only it (as the examples do) when they can stand in
     # a URL as they are: nats-py does not %-decode a URL's user and password.
-    env = {**os.environ, "NATS_URL": args.server, "NATSREG_PREFIX": args.prefix}
+    env = {
+        **os.environ,
+        "NATS_URL": args.server,
+        "NATSREG_PREFIX": args.prefix,
+        logs.ENV: args.log_format,
+    }
     secrets = {"NATS_TOKEN": args.token, "NATS_USER": args.user, "NATS_PASSWORD": args.password}
     env.update({key: value for key, value in secrets.items() if value})
     if args.token:
@@ -942,6 +974,14 @@ async def _cmd_auth(args: argparse.Namespace) -> int:
             )
             return 0
         rendered = _authconfig.render_static(roles, args.prefix)
+        if args.out is None and _json_lines:
+            envs = {
+                s.role.user: _authconfig.env_file(s, args.prefix).splitlines()[1:]
+                for s in rendered.users
+            }
+            users = {user: dict(line.split("=", 1) for line in env) for user, env in envs.items()}
+            _print_data({"config": rendered.config, "users": users})
+            return 0
         if args.out is None:
             print(rendered.config)
             print(
@@ -964,8 +1004,8 @@ async def _cmd_auth(args: argparse.Namespace) -> int:
 async def _cmd_ls(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         registry = RegistryApi(nc, prefix=args.prefix)
-        if args.json:
-            _print_json(await registry.instances())
+        if args.json or _json_lines:
+            _print_data(await registry.instances())
         else:
             _print_services(await registry.services())
         return 0
@@ -986,8 +1026,8 @@ async def _cmd_info(args: argparse.Namespace) -> int:
                 f"no instance of {args.service!r} is known: 'natsreg ls' lists what is running"
             )
         stats = await _gather_stats(nc, args.service)
-        if args.json:
-            _print_json(
+        if args.json or _json_lines:
+            _print_data(
                 {
                     "instances": snapshot.instances,
                     "stats": stats,
@@ -1069,10 +1109,7 @@ async def _cmd_request(args: argparse.Namespace) -> int:
             ) from exc
         finally:
             if args.stats:
-                print(
-                    msgspec.json.format(msgspec.json.encode(client.stats()), indent=2).decode(),
-                    file=sys.stderr,
-                )
+                _print_data(client.stats(), file=sys.stderr)
             await client.aclose()
         _print_reply(reply.data)
         return 0
@@ -1089,7 +1126,7 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
 
             async def stream() -> None:
                 async for event in registry.watch(args.service):
-                    if args.json:
+                    if args.json or _json_lines:
                         print(msgspec.json.encode(event).decode(), flush=True)
                     else:
                         _print_event(event)
@@ -1108,20 +1145,32 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
 # -- output ------------------------------------------------------------------------------------
 
 
-def _say(text: str) -> None:
+def _say(text: str, level: int = logging.INFO) -> None:
+    """One line for the user on stderr: ``natsreg: text``, or a log record (logger
+    natsreg.cli, shown whatever -v says) under --log-format json."""
+    if _json_lines:
+        log.log(level, "%s", text)
+        return
     # A worker's lines are told apart from its supervisor's and its siblings'.
     worker = os.environ.get("NATSREG_WORKER")
     print(f"natsreg{f'[{worker}]' if worker else ''}: {text}", file=sys.stderr, flush=True)
 
 
-def _print_json(value: object) -> None:
-    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+def _print_data(value: object, file: Any = None) -> None:
+    """A command's answer as JSON: indented, or on one line under --log-format json."""
+    encoded = msgspec.json.encode(value)
+    print((encoded if _json_lines else msgspec.json.format(encoded, indent=2)).decode(), file=file)
 
 
 def _print_reply(data: bytes) -> None:
-    try:
-        print(msgspec.json.format(data, indent=2).decode() if data.strip() else "")
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    with suppress(msgspec.DecodeError, UnicodeDecodeError):
+        if data.strip():
+            print(msgspec.json.format(data, indent=0 if _json_lines else 2).decode())
+            return
+    if _json_lines:
+        # A reply that is not JSON (or is empty) becomes a JSON string: the line still parses.
+        print(msgspec.json.encode(data.decode(errors="replace")).decode())
+    else:
         sys.stdout.buffer.write(data + b"\n")
 
 
@@ -1276,13 +1325,16 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     # Workers run this same command line (natsreg/_supervisor.py).
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logs(_requested_format(argv), verbose=False)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.log_format not in logs.FORMATS:
+        # Only the environment can get here: argparse checks the flag's own choices.
+        parser.error(f"{logs.ENV}={args.log_format!r}: use text or json")
+    _setup_logs(args.log_format, verbose=args.verbose)
     try:
         # The commands that serve run on uvloop where it is installed: the bridge's figures
         # assume it, and a service answers faster on it (bench/RESULTS.md).
@@ -1292,11 +1344,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             and bool(importlib.util.find_spec("uvloop"))
         )
         return anyio.run(_COMMANDS[args.command], args, backend_options={"use_uvloop": use_uvloop})
-    except _CliError as exc:
-        print(f"natsreg: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except NatsregError as exc:
-        print(f"natsreg: {exc}", file=sys.stderr)
+    except (_CliError, NatsregError) as exc:
+        _say(str(exc), logging.ERROR)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        if not _json_lines:
+            raise
+        # A bug: its traceback still goes out, inside one JSON line.
+        log.exception("natsreg %s failed", args.command)
+        return EXIT_FAILURE
+
+
+def _requested_format(argv: Sequence[str]) -> str:
+    # Read before argparse, so that argparse's own errors honour --log-format json.
+    for at, arg in enumerate(argv):
+        if arg == "--log-format" and at + 1 < len(argv):
+            return argv[at + 1]
+        if arg.startswith("--log-format="):
+            return arg.partition("=")[2]
+    return os.environ.get(logs.ENV, "text")
+
+
+def _setup_logs(log_format: str, *, verbose: bool) -> None:
+    global _json_lines
+    _json_lines = log_format == "json"
+    from ._supervisor import worker_number
+
+    worker = worker_number()
+    logs.configure(
+        "json" if _json_lines else "text",
+        level=logging.INFO if verbose else logging.WARNING,
+        fields={"worker": worker} if worker else None,
+    )
+    # The command's own lines for the user (_say) are shown without -v.
+    log.setLevel(logging.INFO)

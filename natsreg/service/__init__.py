@@ -23,7 +23,7 @@ import inspect
 import signal
 import types
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Unpack, overload
 
 import anyio
@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from .. import wire
+from .. import _origin, wire
 from .._tasks import background
 from ..errors import ConfigError
 from ._app import Context, Hook, Middleware, Service, config_of, wrap
@@ -132,7 +132,8 @@ class Instance(anyio.AsyncContextManagerMixin):
         await self.ready()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("%s: got %s, stopping", self.config.name, signal.Signals(signum).name)
+                with self._speaking():
+                    log.info("%s: got %s, stopping", self.config.name, signal.Signals(signum).name)
                 return
 
     @property
@@ -158,29 +159,37 @@ class Instance(anyio.AsyncContextManagerMixin):
         context = self._context
         # Before anything is announced: no request reaches a handler whose resources are
         # not open yet.
-        for hook in self._hooks[0]:
-            await hook(context)
+        with self._speaking():
+            for hook in self._hooks[0]:
+                await hook(context)
         try:
             async with self._serving():
                 yield self
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self._speaking():
                 for hook in reversed(self._hooks[1]):
                     await hook(context)
+
+    def _speaking(self) -> AbstractContextManager[None]:
+        # Bound around each step rather than across the yield: the body of the caller's
+        # `async with` is the caller's own code, not this instance's (natsreg/_origin.py).
+        return _origin.bound(self.config.name, self.id)
 
     @asynccontextmanager
     async def _serving(self) -> AsyncGenerator[None]:
         control: list[Subscription] = []
         try:
-            control = await self._control.subscribe()
-            for endpoint in self._endpoints.table.values():
-                await self._serve_endpoint(endpoint, announce=False)
-            await self._announce()
+            with self._speaking():
+                control = await self._control.subscribe()
+                for endpoint in self._endpoints.table.values():
+                    await self._serve_endpoint(endpoint, announce=False)
+                await self._announce()
             async with background() as self._tg:
-                self._control.start(self._tg)
+                with self._speaking():
+                    self._control.start(self._tg)
                 yield
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self._speaking():
                 await self._stop(control)
 
     async def _stop(self, control: list[Subscription]) -> None:
@@ -204,7 +213,9 @@ class Instance(anyio.AsyncContextManagerMixin):
         await self._nc.flush()
 
     async def _serve_endpoint(self, endpoint: Endpoint, announce: bool) -> None:
-        await self._endpoints.subscribe(endpoint)
+        # Its handlers run in the subscription's task, which inherits this context.
+        with self._speaking():
+            await self._endpoints.subscribe(endpoint)
         if announce:
             # Announce only once NATS has the subscription, so no caller that learns of the
             # endpoint from a registry can reach it before it is served.
