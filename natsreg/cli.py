@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -1156,7 +1156,7 @@ def _say(text: str, level: int = logging.INFO) -> None:
     print(f"natsreg{f'[{worker}]' if worker else ''}: {text}", file=sys.stderr, flush=True)
 
 
-def _print_data(value: object, file: Any = None) -> None:
+def _print_data(value: object, file: IO[str] | None = None) -> None:
     """A command's answer as JSON: indented, or on one line under --log-format json."""
     encoded = msgspec.json.encode(value)
     print((encoded if _json_lines else msgspec.json.format(encoded, indent=2)).decode(), file=file)
