@@ -1,9 +1,8 @@
 """Log lines as text or JSON, each naming the service instance and the trace it belongs to.
 
 natsreg logs through the standard :mod:`logging` module, on loggers under ``natsreg``
-(``natsreg.service``, ``natsreg.client``, ``natsreg.registry``, ``natsreg.bridge``,
-``natsreg.cli``). A program of its own gets the lines ``natsreg <command> --log-format json``
-writes with::
+(``natsreg.service``, ``natsreg.registry``, ``natsreg.bridge``, ``natsreg.cli``). A program
+of its own gets the lines ``natsreg <command> --log-format json`` writes with::
 
     natsreg.logs.configure(format="json")
 

@@ -75,12 +75,14 @@ def instances(registry: natsreg.Registry, name: str) -> list[wire.InstanceView]:
 
 
 class Lines:
-    """A process' stderr, read by a thread as it comes, for tests that wait on what it says."""
+    """A process' stderr (or ``stream``), read by a thread as it comes, for tests that wait on
+    what it says."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], stream: IO[str] | None = None) -> None:
         self.lines: list[str] = []
-        assert proc.stderr is not None
-        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        stream = stream or proc.stderr
+        assert stream is not None
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
 
     def _read(self, stream: IO[str]) -> None:
@@ -94,3 +96,7 @@ class Lines:
 
     def text(self) -> str:
         return "\n".join(self.lines)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait until the stream ends (the process has exited and its output is all read)."""
+        self._thread.join(timeout_s)

@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +25,7 @@ import natsreg
 import natsreg.logs
 from natsreg import _origin, _trace
 from tests.helpers import eventually
+from tests.run_helpers import Lines
 from tests.test_cli import free_port
 
 TRACE = _trace.TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
@@ -206,27 +206,14 @@ class Output:
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-            for stream, lines in ((proc.stdout, self.stdout), (proc.stderr, self.stderr))
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    @staticmethod
-    def _read(stream: IO[str] | None, lines: list[str]) -> None:
-        assert stream is not None
-        with suppress(ValueError, OSError):
-            for line in stream:
-                lines.append(line.rstrip("\n"))
+        self._out, self._err = Lines(proc, proc.stdout), Lines(proc)
+        self.stdout, self.stderr = self._out.lines, self._err.lines
 
     def stop(self, sig: signal.Signals = signal.SIGINT, timeout_s: float = 30) -> int:
         os.killpg(self.proc.pid, sig)
         code = self.proc.wait(timeout_s)
-        for thread in self._threads:
-            thread.join(5)
+        self._out.join(5)
+        self._err.join(5)
         return code
 
     def records(self) -> list[dict[str, Any]]:
