@@ -15,7 +15,6 @@ and second per client. :meth:`Reconciler.aclose` ends them with the client.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -75,10 +74,7 @@ class Reconciler:
         if job.task is not None:
             job.again = True
             return
-        # A fresh context: a request started it, but it belongs to none (_views.py, track).
-        job.task = asyncio.get_running_loop().create_task(
-            self._run(service, job), context=contextvars.Context()
-        )
+        job.task = asyncio.get_running_loop().create_task(self._run(service, job))
 
     async def aclose(self) -> None:
         """Cancel every fetch; no later request starts one."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 from collections.abc import Awaitable, Callable
 
@@ -103,12 +102,7 @@ class Views:
         if tracker.task is None:
             if self._clock() < tracker.retry_at:
                 return
-            # Started by whichever request first needs it, but it serves them all: a fresh
-            # context, so it (and the subscription it makes) carries no request's trace or
-            # deadline, and names no service instance in its log lines.
-            tracker.task = asyncio.get_running_loop().create_task(
-                self._bootstrap(service, tracker), context=contextvars.Context()
-            )
+            tracker.task = asyncio.get_running_loop().create_task(self._bootstrap(service, tracker))
         task = tracker.task
         wait_s = min(self.view_wait_s, (deadline - self._clock()) * VIEW_WAIT_SHARE)
         if wait_s > 0:
