@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import secrets
 import shlex
 import signal
 import ssl
@@ -28,7 +29,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from . import __version__, logs, subjects, wire
+from . import __version__, _trace, logs, subjects, wire
 from ._gather import gather
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
@@ -1090,6 +1091,10 @@ async def _cmd_request(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise _CliError(f"--select {pair!r} is not KEY=VALUE")
         select[key] = value
+    if not any(name.lower() == "traceparent" for name in headers):
+        # A trace of its own, as an HTTP client's request would start: the lines the service
+        # writes about it and this command's error line name the same trace id.
+        _trace.current.set(_trace.TraceContext(secrets.token_hex(16), secrets.token_hex(8)))
 
     async def run(nc: NATS) -> int:
         client = Client(nc, prefix=args.prefix)
@@ -1343,10 +1348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             and not getattr(args, "no_uvloop", False)
             and bool(importlib.util.find_spec("uvloop"))
         )
-        return anyio.run(_COMMANDS[args.command], args, backend_options={"use_uvloop": use_uvloop})
-    except (_CliError, NatsregError) as exc:
-        _say(str(exc), logging.ERROR)
-        return EXIT_FAILURE
+        return anyio.run(_run, args, backend_options={"use_uvloop": use_uvloop})
     except KeyboardInterrupt:
         return 130
     except Exception:
@@ -1354,6 +1356,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # A bug: its traceback still goes out, inside one JSON line.
         log.exception("natsreg %s failed", args.command)
+        return EXIT_FAILURE
+
+
+async def _run(args: argparse.Namespace) -> int:
+    # The error is said inside the command's task, so that its line names the trace the
+    # command started (natsreg request), if any.
+    try:
+        return await _COMMANDS[args.command](args)
+    except (_CliError, NatsregError) as exc:
+        _say(str(exc), logging.ERROR)
         return EXIT_FAILURE
 
 

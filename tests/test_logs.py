@@ -312,6 +312,7 @@ async def test_every_line_of_every_command_parses_as_json(
         failed = results["request fail"]
         stats, error = assert_json_lines("request fail", failed.stderr)
         assert failed.returncode == 1 and error["level"] == "error" and "boom" in error["message"]
+        assert len(error["trace_id"]) == 32, "the error names the trace of the request it is about"
         assert "level" not in stats, "--stats is data, not a log record"
         usage = json.loads(results["usage error"].stderr)
         assert results["usage error"].returncode == 2 and "--no-such-flag" in usage["message"]
@@ -388,13 +389,17 @@ async def test_a_handlers_lines_carry_the_trace_id_the_http_client_sent(
                 headers={"traceparent": f"00-{TRACE.trace_id}-{TRACE.span_id}-01"},
             )
         assert reply.status_code == 500
+        # natsreg request starts a trace of its own, and names it on its error line.
+        (error,) = assert_json_lines(
+            "request", command(tmp_path, env, "request", f"{name}.fail").stderr
+        )
 
         def failed() -> list[dict[str, Any]]:
             return [r for r in run.records() if r["message"] == f"{name}.fail: handler failed"]
 
-        await eventually(lambda: bool(failed()), what="the handler's failure logged")
-    (line,) = failed()
-    assert line["service"] == name
-    assert line["trace_id"] == TRACE.trace_id
+        await eventually(lambda: len(failed()) == 2, what="both failures logged")
+    assert {line["service"] for line in failed()} == {name}
+    assert {line.get("trace_id") for line in failed()} == {TRACE.trace_id, error["trace_id"]}
     # Each hop has a span of its own: the bridge's and the service's are not the client's.
-    assert len(line["span_id"]) == 16 and line["span_id"] != TRACE.span_id
+    assert all(len(line["span_id"]) == 16 for line in failed())
+    assert TRACE.span_id not in {line["span_id"] for line in failed()}
