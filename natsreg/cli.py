@@ -29,7 +29,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from . import __version__, _trace, logs, subjects, wire
+from . import __version__, _origin, _trace, logs, subjects, wire
 from ._gather import gather
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
@@ -729,14 +729,18 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         async with announce(nc, service, **overrides) as instance:
             await instance.ready()
             c = instance.config
-            _say(
-                f"{c.name} {c.version} serving as {instance.id}"
-                f"{f' (worker {worker})' if worker else ''} on {args.server}, {loop}; "
-                "Ctrl-C stops it"
-            )
+            # The instance's lines as much as the command's: named like them.
+            speaking = _origin.bound(c.name, instance.id)
+            with speaking:
+                _say(
+                    f"{c.name} {c.version} serving as {instance.id}"
+                    f"{f' (worker {worker})' if worker else ''} on {args.server}, {loop}; "
+                    "Ctrl-C stops it"
+                )
             tell_ready()
             await _unless_orphaned(_until_signal)
-        _say(f"{service.name}: drained and said goodbye")
+        with speaking:
+            _say(f"{service.name}: drained and said goodbye")
         return 0
 
     return await _with_connection(args, run, long_lived=True)

@@ -281,7 +281,7 @@ async def test_every_line_of_every_command_parses_as_json(
     env = {**cli_env, "NATSREG_PREFIX": prefix}
     port = free_port()
     with (
-        started(tmp_path, env, "registry") as registry,
+        started(tmp_path, env, "registry", "-v") as registry,
         started(tmp_path, env, "watch") as watch,
         started(tmp_path, env, "run", "app:svc", "--workers", "2") as run,
         started(tmp_path, env, "bridge", "--port", str(port)) as bridge,
@@ -344,8 +344,12 @@ async def test_every_line_of_every_command_parses_as_json(
     for line in handled:
         assert line["service"] == name and line["instance"] in instances and line["worker"]
     assert "RuntimeError: boom" in next(r for r in handled if "exception" in r)["exception"]
-    assert any("serving as" in r["message"] and r["logger"] == "natsreg.cli" for r in records)
-    assert any("registry node" in r["message"] for r in registry.records())
+    serving = [r for r in records if "serving as" in r["message"]]
+    assert {(r["logger"], r["service"], r["instance"]) for r in serving} == {
+        ("natsreg.cli", name, instance) for instance in instances
+    }
+    # -v: what the node does, in JSON too.
+    assert any(r["level"] == "info" and "is warm" in r["message"] for r in registry.records())
 
 
 def test_up_and_the_programs_it_starts_write_json_lines(tmp_path: Path, unique: str) -> None:
