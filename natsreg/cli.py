@@ -1396,3 +1396,18 @@ def _setup_logs(log_format: str, *, verbose: bool) -> None:
     )
     # The command's own lines for the user (_say) are shown without -v.
     log.setLevel(logging.INFO)
+    if _json_lines:
+        # What Python itself would write as text: a warning, an exception raised where no
+        # one can catch it (a destructor, a callback).
+        logging.captureWarnings(True)
+        sys.unraisablehook = _log_unraisable
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    log.error(
+        "%s: %r",
+        unraisable.err_msg or "Exception ignored in",
+        unraisable.object,
+        exc_info=(type(error), error, unraisable.exc_traceback) if error else None,
+    )

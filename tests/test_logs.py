@@ -114,6 +114,27 @@ def test_configure_takes_the_format_from_the_environment_and_refuses_an_unknown_
         natsreg.logs.configure("xml")
 
 
+@pytest.mark.pure
+def test_under_json_the_cli_writes_pythons_own_last_words_as_json_too() -> None:
+    program = """
+import gc, warnings
+from natsreg import cli
+cli._setup_logs("json", verbose=False)
+class Broken:
+    def __del__(self):
+        raise RuntimeError("raised in a destructor")
+Broken()
+gc.collect()
+warnings.warn("careful")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30
+    )
+    unraisable, warning = assert_json_lines("python", result.stderr)
+    assert "RuntimeError: raised in a destructor" in unraisable["exception"]
+    assert "UserWarning: careful" in warning["message"]
+
+
 # -- the instance each line names (a real server) ----------------------------------------------
 
 
