@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import logging
 import os
@@ -730,8 +731,8 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             await instance.ready()
             c = instance.config
             # The instance's lines as much as the command's: named like them.
-            speaking = _origin.bound(c.name, instance.id)
-            with speaking:
+            speaking = functools.partial(_origin.bound, c.name, instance.id)
+            with speaking():
                 _say(
                     f"{c.name} {c.version} serving as {instance.id}"
                     f"{f' (worker {worker})' if worker else ''} on {args.server}, {loop}; "
@@ -739,7 +740,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
                 )
             tell_ready()
             await _unless_orphaned(_until_signal)
-        with speaking:
+        with speaking():
             _say(f"{service.name}: drained and said goodbye")
         return 0
 

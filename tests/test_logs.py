@@ -365,10 +365,12 @@ async def test_every_line_of_every_command_parses_as_json(
     for line in handled:
         assert line["service"] == name and line["instance"] in instances and line["worker"]
     assert "RuntimeError: boom" in next(r for r in handled if "exception" in r)["exception"]
-    serving = [r for r in records if "serving as" in r["message"]]
-    assert {(r["logger"], r["service"], r["instance"]) for r in serving} == {
-        ("natsreg.cli", name, instance) for instance in instances
-    }
+    for words in ("serving as", "drained and said goodbye"):
+        lines = [r for r in records if words in r["message"]]
+        assert {(r["logger"], r["service"], r["instance"]) for r in lines} == {
+            ("natsreg.cli", name, instance) for instance in instances
+        }, words
+    assert not any("exception" in r for r in records if r not in handled), records
     # -v: what the node does, in JSON too.
     assert any(r["level"] == "info" and "is warm" in r["message"] for r in registry.records())
 
