@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ._collector import NatsregCollector
+
 __all__ = ["CONTENT_TYPE", "REGISTRY", "exposition"]
 
 #: The registry natsreg's collectors join; pass it to your own exporter to merge the two.
 REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(NatsregCollector())
 #: The content type of :func:`exposition`'s text.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .. import wire
+from .. import _figures, wire
 from ..client import Client
 from ..errors import (
     BulkheadFullError,
@@ -107,6 +108,11 @@ class _Disconnected(Exception):
 
 _Headers = Iterable[tuple[bytes, bytes]]
 _HEADER_INJECTION = Refusal(400, "bad_request", "a header holds CR, LF or NUL")
+# The ``route`` label of requests that resolved to no route, of the /service/endpoint
+# mapping, and of the bridge's own resources.
+_NO_ROUTE = "none"
+_DEFAULT_ROUTE = "default"
+_OWN_ROUTE = "/_natsreg/"
 
 
 class _Refused(Exception):
@@ -191,6 +197,20 @@ class Bridge:
         self._default_content_type = config.default_content_type.encode("latin-1")
         self._cors = CorsHeaders(config.cors) if config.cors else None
         self._origins = Origins(config.allowed_hosts, self._cors)
+        # For Prometheus (natsreg._collector): responses by (route, status), their durations
+        # by route, and requests the bridge answered itself, by the error it gave. Routes
+        # are the table's patterns, so the labels are bounded by configuration.
+        self.recording = _figures.enabled()
+        self.responses: Counter[tuple[str, int]] = Counter()
+        self.latency: dict[str, _figures.Latency] = {}
+        self.refused: Counter[str] = Counter()
+        if self.recording:
+            _figures.LIVE.bridges.add(self)
+
+    @property
+    def in_flight(self) -> int:
+        """HTTP requests being handled now."""
+        return sum(self._in_flight.values())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -199,6 +219,9 @@ class Bridge:
             key = client[0] if client else ""
             count = self._in_flight.get(key, 0)
             if count >= self.config.max_in_flight_per_client:
+                if self.recording:
+                    self.responses[(_NO_ROUTE, 429)] += 1
+                    self.refused["too_many_requests"] += 1
                 await self._refuse(send, _EMPTY_REFUSALS[429], ())
                 return
             self._in_flight[key] = count + 1
@@ -216,6 +239,12 @@ class Bridge:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        # What the request is counted under: its route and the status it got (499: the
+        # client went away first, as nginx counts it).
+        route = _NO_ROUTE
+        status = 499
+        forwarding = False
         head = self._read_head(scope)
         origin = head.origin
         cors = self._cors.for_origin(origin) if self._cors is not None and origin else ()
@@ -228,6 +257,7 @@ class Bridge:
                 and any(name == b"access-control-request-method" for name, _ in scope["headers"])
             ):
                 # A refused origin gets no CORS header: the browser then blocks the request.
+                status = 204
                 await send(
                     {
                         "type": "http.response.start",
@@ -238,17 +268,36 @@ class Bridge:
                 await send({"type": "http.response.body", "body": b""})
                 return
             if head.path.startswith("/_natsreg/"):
-                await self._own(head.path, head.method, head.credentials, send, cors)
+                route = _OWN_ROUTE
+                sent = _Sent(send)
+                await self._own(head.path, head.method, head.credentials, sent, cors)
+                status = sent.status
                 return
-            target, timeout_s = self._authorize(head, cors)
+            target = self._table.resolve(head.path)
+            if type(target) is Refusal:
+                raise _Refused(target, cors)
+            assert isinstance(target, Target)
+            route = _DEFAULT_ROUTE if target.route is None else target.route.path
+            timeout_s = self._authorize(head, target, cors)
             body = await self._receive_body(head, receive, cors)
+            forwarding = True
             data, content_type = await self._forward(head, target, timeout_s, body, cors)
+            status = 200
+            await _respond(send, 200, content_type, data, cors)
         except _Refused as refused:
+            status = refused.refusal.status
+            if not forwarding and self.recording:
+                self.refused[refused.refusal.error] += 1
             await self._refuse(send, refused.refusal, refused.extra)
-            return
         except _Disconnected:
-            return
-        await _respond(send, 200, content_type, data, cors)
+            pass
+        finally:
+            if self.recording:
+                self.responses[(route, status)] += 1
+                latency = self.latency.get(route)
+                if latency is None:
+                    latency = self.latency[route] = _figures.Latency()
+                latency.observe(time.perf_counter() - started)
 
     def _read_head(self, scope: Scope) -> _Head:
         """Step 1: the request line, and one pass over the headers: their size, the ones to
@@ -314,12 +363,9 @@ class Bridge:
         ):
             raise _Refused(_CROSS_SITE)
 
-    def _authorize(self, head: _Head, cors: _Headers) -> tuple[Target, float]:
-        """Step 2b: where the request goes, whether the caller may go there, and by when."""
-        target = self._table.resolve(head.path)
-        if type(target) is Refusal:
-            raise _Refused(target, cors)
-        assert isinstance(target, Target)
+    def _authorize(self, head: _Head, target: Target, cors: _Headers) -> float:
+        """Step 2b: whether the caller may go to ``target`` (the route the path resolved
+        to), and by when."""
         route = target.route
         method = head.method
         if route is not None and route.methods and method not in route.methods:
@@ -354,7 +400,7 @@ class Bridge:
                     cors,
                 )
             timeout_s = min(asked, timeout_s)
-        return target, timeout_s
+        return timeout_s
 
     async def _receive_body(self, head: _Head, receive: Receive, cors: _Headers) -> bytes:
         """Step 3: the whole body, within the size limit and the body timeout."""
@@ -491,6 +537,20 @@ class Bridge:
             _ErrorBody(refusal.error, refusal.message[:1024], refusal.service, refusal.endpoint)
         )
         await _respond(send, refusal.status, _JSON, body, extra)
+
+
+class _Sent:
+    """``send``, noting the status it sent (for the bridge's own resources, off the request
+    path)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 500
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
 
 
 def create_app(nc: NATS, config: BridgeConfig | None = None) -> Bridge:

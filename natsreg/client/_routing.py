@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from .. import subjects, wire
+from .. import _figures, subjects, wire
 from ..errors import (
     BUDGET_HEADER,
     REQUEST_ID_HEADER,
@@ -81,6 +81,18 @@ class Router:
         self._service_in_flight: dict[str, int] = {}
         # (service, endpoint, subject, constraint, selector) -> (catalog revision, matches)
         self._matches: dict[tuple[Any, ...], tuple[int, _Matches]] = {}
+        #: For Prometheus (natsreg._collector): calls by subject, and the service each
+        #: breaker's target belongs to.
+        self.calls: dict[str, _figures.CallFigures] = {}
+        self.breaker_services: dict[tuple[str, str], str] = {}
+        self._recording = _figures.enabled()
+        if self._recording:
+            _figures.LIVE.clients.add(self)
+
+    @property
+    def breakers(self) -> dict[tuple[str, str], Breaker]:
+        """Every breaker, by (instance id or ``queue``, endpoint or subject)."""
+        return self._breakers
 
     def stats(self) -> dict[str, Any]:
         """See :meth:`natsreg.Client.stats`."""
@@ -115,9 +127,18 @@ class Router:
     ) -> Reply:
         """One call: its attempts, each routed, sent and recorded, until one succeeds, the
         error is not worth retrying, or the attempts or the budget run out."""
+        figures = None
+        if self._recording:
+            figures = _figures.call_figures(
+                self.calls, target.subject, target.service, target.endpoint
+            )
+        began = self._clock()
         bulkhead = target.service or target.subject
         in_flight = self._service_in_flight.get(bulkhead, 0)
         if self.max_in_flight is not None and in_flight >= self.max_in_flight:
+            if figures is not None:
+                figures.outcomes["rejected"] += 1
+                figures.bulkhead += 1
             raise BulkheadFullError(
                 f"{in_flight} calls to {bulkhead!r} are already in flight from this client "
                 f"(max_in_flight={self.max_in_flight}); not sent",
@@ -156,7 +177,11 @@ class Router:
                 attempt_s = policy.attempt_timeout(remaining, attempt, retry_timeouts)
                 sent = _headers(headers, attempt_s, None if retry_timeouts else request_id)
                 try:
-                    return await self._send(route, data, sent, attempt_s, started, tried)
+                    reply = await self._send(route, data, sent, attempt_s, started, tried)
+                    if figures is not None:
+                        figures.outcomes["ok"] += 1
+                        figures.latency.observe(self._clock() - began)
+                    return reply
                 except RequestError as exc:
                     unserved = (
                         unserved and route.instance is not None and isinstance(exc, NoInstanceError)
@@ -176,8 +201,17 @@ class Router:
                     delay = policy.backoff(attempt)
                     if self._clock() + delay >= deadline:
                         raise
+                    if figures is not None:
+                        figures.retries += 1
                     if delay:
                         await asyncio.sleep(delay)
+        except RequestError as exc:
+            if figures is not None:
+                outcome = _figures.client_outcome(exc)
+                figures.outcomes[outcome] += 1
+                if outcome != "rejected":
+                    figures.latency.observe(self._clock() - began)
+            raise
         finally:
             self._service_in_flight[bulkhead] -= 1
 
@@ -302,7 +336,7 @@ class Router:
         return self._instance_route(target, strategy, key, matches, tried)
 
     def _queue_route(self, subject: str, idempotent: bool) -> _Route:
-        breaker = self._breaker("queue", subject)
+        breaker = self._breaker("queue", subject, subject.partition(".")[0])
         if not breaker.allow():
             raise CircuitOpenError(
                 f"the circuit breaker of {subject!r} is open",
@@ -317,9 +351,9 @@ class Router:
     ) -> _Route:
         endpoint = target.endpoint or ""
         matches = found.instances
-        usable = [m for m in matches if self._breaker(m.id, endpoint).available()]
+        usable = [m for m in matches if self._breaker(m.id, endpoint, m.name).available()]
         if not usable:
-            retry_at = min(self._breaker(m.id, endpoint).retry_at for m in matches)
+            retry_at = min(self._breaker(m.id, endpoint, m.name).retry_at for m in matches)
             raise CircuitOpenError(
                 f"the circuit breakers of all {len(matches)} matching instances of "
                 f"{target.service!r} are open for {endpoint!r}",
@@ -344,7 +378,7 @@ class Router:
             key=key,
             group=target.subject,
         )
-        breaker = self._breaker(chosen.id, endpoint)
+        breaker = self._breaker(chosen.id, endpoint, chosen.name)
         breaker.allow()
         # Idempotence is what the instance that runs the call declares: another instance (a
         # fake one, say) saying so must not make this one's timeouts retried.
@@ -414,15 +448,17 @@ class Router:
         self._matches[cache_key] = (self._catalog.revision, found)
         return found
 
-    def _breaker(self, target: str, endpoint: str) -> Breaker:
+    def _breaker(self, target: str, endpoint: str, service: str) -> Breaker:
         breaker = self._breakers.get((target, endpoint))
         if breaker is None:
             if len(self._breakers) > 10_000:
                 # Bounded: a closed breaker holds nothing worth keeping.
                 for k in [k for k, b in self._breakers.items() if b.state == "closed"]:
                     del self._breakers[k]
+                    self.breaker_services.pop(k, None)
             breaker = Breaker(self.breaker, clock=self._clock)
             self._breakers[(target, endpoint)] = breaker
+            self.breaker_services[(target, endpoint)] = service
         return breaker
 
 

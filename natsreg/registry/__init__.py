@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from .. import subjects, wire
+from .. import _figures, subjects, wire
 from .._tasks import background
 from ..errors import ConfigError
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
@@ -43,6 +43,8 @@ _VERBS: dict[str, type[wire.ControlMessage]] = {
     "hb": wire.Heartbeat,
     "bye": wire.Goodbye,
 }
+# The ``kind`` label each verb's messages are counted under.
+_KINDS = {"announce": "announce", "hb": "heartbeat", "bye": "goodbye"}
 #: A refused announcement is logged at most once per this interval (the count is in stats).
 CAPACITY_LOG_S = 60.0
 
@@ -106,6 +108,10 @@ class Registry(anyio.AsyncContextManagerMixin):
         #: Messages dropped, by reason (see wire.NodeStats.dropped).
         self.dropped: Counter[str] = Counter()
         self._capacity_logged_at = float("-inf")
+        #: Control messages taken in (past the subject check), by kind; instances gone, by
+        #: reason (``expired``, ``goodbye``, ``disconnected``).
+        self.messages: Counter[str] = Counter()
+        self.expiries: Counter[str] = Counter()
         self._queries: Queries | None = None
         # Its subscription to <prefix>.registry.>, while warm (_follow_warmth).
         self._query_sub: Subscription | None = None
@@ -118,6 +124,10 @@ class Registry(anyio.AsyncContextManagerMixin):
     def answers_encoded(self) -> int:
         """Query answers encoded since start (the rest came from the cache)."""
         return self._queries.encoded if self._queries is not None else 0
+
+    def query_latency(self) -> dict[str, _figures.Latency]:
+        """How long answering queries took, by kind of query (for Prometheus)."""
+        return self._queries.latency if self._queries is not None else {}
 
     @property
     def warming_up(self) -> bool:
@@ -184,6 +194,8 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
         queries = self._queries = Queries(self._nc, self, self.dropped, clock=self._clock)
+        if queries.recording:
+            _figures.LIVE.registries.add(self)
         try:
             for verb in ("announce", "hb", "bye"):
                 subs.append(
@@ -228,6 +240,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                     except Exception as exc:
                         log.debug("unsubscribe failed: %s", exc)
             queries.close()
+            _figures.LIVE.registries.discard(self)
 
     # -- input -------------------------------------------------------------------------------
 
@@ -252,6 +265,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         ):
             self.dropped["subject_mismatch"] += 1
             return
+        self.messages[_KINDS[tokens[0]]] += 1
         try:
             wire.check(message)
         except wire.Invalid as exc:
@@ -352,6 +366,8 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _publish(self, changes: list[Change]) -> None:
         for change in changes:
             self._revision += 1
+            if change.kind == "down":
+                self.expiries[change.reason] += 1
             name = change.instance.name
             event = wire.Event(
                 node=self.node_id,

@@ -26,7 +26,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .. import subjects, wire
+from .. import _figures, subjects, wire
 from ..errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ CACHE_S = 1.0
 CACHE_ENTRIES = 64
 
 _Key = tuple[str, ...]
+#: The ``query`` label of each question a node answers (anything else: ``unknown``).
+QUERY_KINDS = ("list", "services", "service", "instance", "stats", "nodes", "unknown")
 
 
 class Queries:
@@ -75,6 +77,9 @@ class Queries:
         self._cache: OrderedDict[tuple[object, ...], tuple[float, list[bytes]]] = OrderedDict()
         #: Answers encoded (not served from the cache), for tests and benches.
         self.encoded = 0
+        #: How long answering took, by the kind of question (Prometheus).
+        self.recording = _figures.enabled()
+        self.latency = {kind: _figures.Latency() for kind in QUERY_KINDS}
 
     def close(self) -> None:
         """Stop taking queries: those still arriving are ignored."""
@@ -114,6 +119,19 @@ class Queries:
         if self._clock() >= expires_at:
             self._dropped["query_expired"] += 1
             return
+        if not self.recording:
+            await self._answer_one(msg, interleave)
+            return
+        started = time.perf_counter()
+        try:
+            await self._answer_one(msg, interleave)
+        finally:
+            tokens = self._question(msg.subject)
+            kind = tokens[1] if len(tokens) > 1 and tokens[0] == "registry" else tokens[0]
+            latency = self.latency.get(kind) or self.latency["unknown"]
+            latency.observe(time.perf_counter() - started)
+
+    async def _answer_one(self, msg: Msg, interleave: bool) -> None:
         chunks = self._answer(msg.subject)
         if chunks is None:
             await self._publish(

@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from .. import _origin, wire
+from .. import _figures, _origin, wire
 from .._tasks import background
 from ..errors import ConfigError
 from ._app import Context, Hook, Middleware, Service, config_of, wrap
@@ -184,13 +184,19 @@ class Instance(anyio.AsyncContextManagerMixin):
                 for endpoint in self._endpoints.table.values():
                     await self._serve_endpoint(endpoint, announce=False)
                 await self._announce()
+            if self._endpoints.recording:
+                # In the exposition from its announcement until it has drained.
+                _figures.LIVE.services.add(self._endpoints)
             async with background() as self._tg:
                 with self._speaking():
                     self._control.start(self._tg)
                 yield
         finally:
             with anyio.CancelScope(shield=True), self._speaking():
-                await self._stop(control)
+                try:
+                    await self._stop(control)
+                finally:
+                    _figures.LIVE.services.discard(self._endpoints)
 
     async def _stop(self, control: list[Subscription]) -> None:
         # Order matters: heartbeats have stopped (with the task group) so none follows the

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .. import _deadline, subjects, wire
+from .. import _deadline, _figures, subjects, wire
 from .._codec import to_bytes
 from ..errors import REQUEST_ID_HEADER, ConfigError, OverloadedError, ServiceError, error_headers
 from . import _dedupe
@@ -45,6 +45,13 @@ class Endpoint:
     num_errors: int = 0
     last_error: str = ""
     processing_ns: int = 0
+    # For Prometheus (natsreg._collector): requests by outcome, errors by code, and the
+    # handlers' durations.
+    outcomes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("ok", "error", "overloaded", "expired"), 0)
+    )
+    codes: dict[str, int] = field(default_factory=dict)
+    latency: _figures.Latency = field(default_factory=_figures.Latency)
 
     def info(self) -> wire.Endpoint:
         return wire.Endpoint(
@@ -125,6 +132,11 @@ class Endpoints:
         self.calls = _dedupe.Memory()
         # Requests and $SRV queries refused or read without their id, by reason.
         self.dropped = {"reply_subject": 0, "request_id": 0}
+        #: Whether requests are counted for Prometheus (``NATSREG_METRICS``).
+        self.recording = _figures.enabled()
+        #: Drains begun (the instance is stopping), for Prometheus.
+        self.drains = 0
+        self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
         # Strong references to running handlers: the event loop only keeps weak ones.
@@ -142,6 +154,15 @@ class Endpoints:
         if name in self.table:
             raise ConfigError(f"endpoint {name!r} is already served")
         return checked_endpoint(self._config, name, subject, queue_group, metadata, idempotent)
+
+    @property
+    def service(self) -> str:
+        return self._config.name
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for one of the ``max_in_flight`` slots."""
+        return len(self._queue)
 
     def load(self) -> wire.Load:
         return wire.Load(in_flight=self.in_flight, served=self.served, errors=self.errors)
@@ -168,6 +189,8 @@ class Endpoints:
 
     async def drain(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for running and queued handlers, then cancel the rest."""
+        self.drains += 1
+        self.draining = True
         with anyio.move_on_after(timeout_s) as scope:
             await self._idle.wait()
         if scope.cancelled_caught:
@@ -231,7 +254,9 @@ class Endpoints:
             return
         if key is not None:
             self.calls.abandon(key)
-        self._count_error(endpoint, "503: overloaded")
+        self._count_error(endpoint, 503, "503: overloaded")
+        if self.recording:
+            endpoint.outcomes["overloaded"] += 1
         if msg.reply:
             await quietly(
                 self._nc.publish(msg.reply, b"", headers=error_headers(OverloadedError())), "reply"
@@ -267,6 +292,7 @@ class Endpoints:
         # Whether a repeat must get this reply rather than a new run: not when nothing ran, or
         # when the handler itself said that trying again is safe.
         remember = True
+        outcome = "ok"
         try:
             request = Request(msg, received, self._state)
             deadline = request.deadline
@@ -274,17 +300,25 @@ class Endpoints:
                 if deadline <= time.monotonic():
                     # The caller has given up: its work is not started.
                     remember = False
+                    outcome = "expired"
                     raise ServiceError("deadline exceeded before the handler started", code=504)
                 _deadline.current.set(deadline)
             data = to_bytes(await endpoint.handler(request))
         except ServiceError as exc:
             data, headers = self._refused(endpoint, exc)
             remember = remember and not exc.retryable
+            if outcome == "ok":
+                outcome = "error"
         except Exception as exc:
             data, headers = self._failed(endpoint, exc)
+            outcome = "error"
         finally:
+            elapsed_ns = time.perf_counter_ns() - started
             endpoint.num_requests += 1
-            endpoint.processing_ns += time.perf_counter_ns() - started
+            endpoint.processing_ns += elapsed_ns
+            if self.recording:
+                endpoint.outcomes[outcome] += 1
+                endpoint.latency.observe(elapsed_ns / 1e9)
             self.served += 1
             self.in_flight -= 1
             if self._queue:
@@ -306,19 +340,24 @@ class Endpoints:
             await quietly(self._nc.publish(msg.reply, data, headers=headers), "reply")
 
     def _refused(self, endpoint: Endpoint, exc: ServiceError) -> tuple[bytes, dict[str, str]]:
-        self._count_error(endpoint, f"{exc.code}: {exc.description}")
+        self._count_error(endpoint, exc.code, f"{exc.code}: {exc.description}")
         return b"", error_headers(exc)
 
     def _failed(self, endpoint: Endpoint, exc: Exception) -> tuple[bytes, dict[str, str]]:
         log.exception("%s.%s: handler failed", self._config.name, endpoint.name)
         error = ServiceError(f"{type(exc).__name__}: {exc}", code=500)
-        self._count_error(endpoint, error.description)
+        self._count_error(endpoint, 500, error.description)
         return b"", error_headers(error)
 
-    def _count_error(self, endpoint: Endpoint, description: str) -> None:
+    def _count_error(self, endpoint: Endpoint, code: int, description: str) -> None:
         endpoint.num_errors += 1
         endpoint.last_error = description
         self.errors += 1
+        if self.recording:
+            # One series per code, within HTTP's range: a handler may pass on a code another
+            # service sent it, and any other number would be a new series each time.
+            label = str(code) if 100 <= code <= 599 else "other"
+            endpoint.codes[label] = endpoint.codes.get(label, 0) + 1
 
 
 if sys.version_info >= (3, 12):
