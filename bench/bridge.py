@@ -21,6 +21,11 @@ Rounds alternate the order of the two Python bridges; the table holds each one's
     python bench/bridge.py run --stacks         # also the HTTP stacks the bridge could use
     python bench/bridge.py run --no-peers       # skip the Node peers (no npm needed)
     python bench/bridge.py run --workers 2      # also `natsreg bridge --workers 2`
+    python bench/bridge.py run --metrics        # also natsreg's bridge with NATSREG_METRICS=0
+
+With ``--metrics`` the natsreg bridge (metrics recorded, the default) builds its Prometheus
+exposition once a second, as a scrape would, and a second natsreg bridge runs with
+``NATSREG_METRICS=0``; the two swap places each round. Goal: natsreg ≥ 0.97× metrics off.
 
 Goals: natsreg ≥ 1.2× aiohttp, ≥ 1.5× moleculer-web, ≥ 5× classic, p99 < 20 ms.
 """
@@ -45,6 +50,7 @@ PEERS = HERE.parent.parent / "shared" / "peers"
 WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "natsreg-bench-bridge"
 LOOPBACK = "127.0.0.1"
 SERVICE, ENDPOINT = "user-service", "users"
+METRICS_OFF = "natsreg bridge, metrics off"
 GET_REPLY = b'{"id":1,"name":"alice"}'
 
 
@@ -69,12 +75,21 @@ async def echo_service(url: str) -> None:
     await nc.close()
 
 
-async def natsreg_bridge(url: str, port: int) -> None:
-    """natsreg's bridge on ``port`` until SIGTERM."""
+async def natsreg_bridge(url: str, port: int, scrape: bool = False) -> None:
+    """natsreg's bridge on ``port`` until SIGTERM; with ``scrape``, its Prometheus exposition
+    is built once a second."""
+    import asyncio
+
     import nats
 
-    from natsreg import bridge
+    from natsreg import bridge, metrics
 
+    async def scrape_forever() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            metrics.exposition()
+
+    scraper = asyncio.create_task(scrape_forever()) if scrape else None
     nc = await nats.connect(url)
     await bridge.serve(
         nc,
@@ -83,6 +98,8 @@ async def natsreg_bridge(url: str, port: int) -> None:
         port=port,
         ready=lambda _: print("READY", flush=True),
     )
+    if scraper is not None:
+        scraper.cancel()
     await nc.close()
 
 
@@ -271,9 +288,18 @@ def run(args: argparse.Namespace) -> None:
             targets: dict[str, str] = {}
 
             port = free_port()
-            proc = procs.start([py, me, "natsreg-bridge", "--server", url, "--port", str(port)])
+            argv = [py, me, "natsreg-bridge", "--server", url, "--port", str(port)]
+            proc = procs.start(argv + (["--scrape"] if args.metrics else []))
             wait_line(proc, "READY")
             targets["natsreg bridge"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+
+            if args.metrics:
+                # Second, so that it swaps places with the natsreg bridge each round.
+                port = free_port()
+                argv = [py, me, "natsreg-bridge", "--server", url, "--port", str(port)]
+                proc = procs.start(argv, env={"NATSREG_METRICS": "0"})
+                wait_line(proc, "READY")
+                targets[METRICS_OFF] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
 
             baseline = WORK / "py-baseline.py"
             shutil.copy(PEERS / "seed-gateway" / "py-baseline.py", baseline)
@@ -430,6 +456,10 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
                 f"{'met' if ratio >= goal else 'NOT met'}"
             )
     print(f"goal p99 < 20 ms: {ours['p99']:.2f} ms {'met' if ours['p99'] < 20 else 'NOT met'}")
+    if METRICS_OFF in median:
+        ratio = ours["rps"] / median[METRICS_OFF]["rps"]
+        verdict = "met" if ratio >= 0.97 else "NOT met"
+        print(f"goal natsreg ≥ 0.97× metrics off: {ratio:.3f}× {verdict}")
 
 
 def main() -> None:
@@ -446,10 +476,12 @@ def main() -> None:
     r.add_argument("--stacks", action="store_true", help="also uvicorn h11 and granian")
     r.add_argument("--no-peers", dest="peers", action="store_false", help="skip Node peers")
     r.add_argument("--workers", type=int, default=1, help="also natsreg bridge --workers N (N > 1)")
+    r.add_argument("--metrics", action="store_true", help="also a bridge with NATSREG_METRICS=0")
     for name in ("service", "natsreg-bridge", "natsreg-bridge-h11"):
         s = sub.add_parser(name, help="(started by run)")
         s.add_argument("--server", required=True)
         s.add_argument("--port", type=int, default=0)
+        s.add_argument("--scrape", action="store_true", help="build the exposition every second")
     args = parser.parse_args()
     if args.command == "run":
         if args.quick:
@@ -463,7 +495,7 @@ def main() -> None:
     if args.command == "service":
         uvloop.run(echo_service(args.server))
     elif args.command == "natsreg-bridge":
-        uvloop.run(natsreg_bridge(args.server, args.port))
+        uvloop.run(natsreg_bridge(args.server, args.port, args.scrape))
     else:
         uvloop.run(_h11_bridge(args.server, args.port))
 

@@ -8,6 +8,7 @@ out: what is left is the cost of one request, in instructions, for that mode.
 
     python bench/instructions.py              # 1,000 and 4,000 requests per mode (~3 min)
     python bench/instructions.py --requests 500
+    python bench/instructions.py --metrics    # also natsreg with NATSREG_METRICS=0
 
 Needs valgrind (Debian: apt-get install -y valgrind).
 """
@@ -50,7 +51,7 @@ async def _load(url: str, mode: str, requests: int) -> None:
         raise SystemExit(f"{result['errors']} requests failed")
 
 
-def instructions(url: str, mode: str, requests: int) -> int:
+def instructions(url: str, mode: str, requests: int, env: dict[str, str] | None = None) -> int:
     """Instructions the responder process executed, start to end, serving ``requests``."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
@@ -68,6 +69,7 @@ def instructions(url: str, mode: str, requests: int) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         try:
             assert responder.stdout is not None and responder.stdin is not None
@@ -93,15 +95,24 @@ def main() -> None:
         default=1000,
         help="N: runs of N and 4N requests per mode (default: 1000)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also 'no-metrics': the natsreg echo with NATSREG_METRICS=0 in the responder",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
     n = args.requests
     per_request = {}
+    # label -> (the caller's mode, the responder's environment)
+    modes = {"raw": ("raw", {}), "natsreg": ("natsreg", {})}
+    if args.metrics:
+        modes["no-metrics"] = ("natsreg", {"NATSREG_METRICS": "0"})
     with NatsServer() as server:
-        for mode in ("raw", "natsreg"):
-            small = instructions(server.url, mode, n)
-            large = instructions(server.url, mode, 4 * n)
+        for mode, (call, env) in modes.items():
+            small = instructions(server.url, call, n, env)
+            large = instructions(server.url, call, 4 * n, env)
             per_request[mode] = (large - small) / (3 * n)
             print(
                 f"  {mode:<8} {per_request[mode]:>10,.0f} instructions per request", file=sys.stderr

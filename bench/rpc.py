@@ -11,10 +11,17 @@ The responders run in a subprocess (one connection each), the callers in this pr
 each side has a core of its own. Concurrency N is N request coroutines on one connection.
 Rounds alternate raw, natsreg, raw, natsreg...; the table shows the median of the rounds.
 
-Goal: natsreg >= 0.9x raw requests/s, and p50 <= 1.1x raw, at concurrency 1 and 64.
+With ``--metrics``, a third mode runs in the same rounds: ``no-metrics``, natsreg with
+``NATSREG_METRICS=0`` on both sides (its own client, its own service ``bench-nometrics``),
+while ``natsreg`` keeps its default (metrics recorded) and both processes build the Prometheus
+exposition once a second, as a scrape would.
+
+Goal: natsreg >= 0.9x raw requests/s, and p50 <= 1.1x raw, at concurrency 1 and 64; with
+metrics, natsreg >= 0.97x no-metrics.
 
     python bench/rpc.py            # 5 rounds of 2 s per mode and concurrency
     python bench/rpc.py --quick    # 3 rounds of 0.5 s, to check it runs
+    python bench/rpc.py --metrics  # also natsreg without metrics: the cost of recording them
     python bench/rpc.py --url nats://127.0.0.1:4222   # an existing server, not a new one
 """
 
@@ -22,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import nats
 
@@ -36,15 +45,43 @@ from natsreg.testing import NatsServer
 RAW_SUBJECT = "bench-raw.echo"
 SERVICE = "bench-natsreg"
 NATSREG_SUBJECT = f"{SERVICE}.echo"
+NO_METRICS_SERVICE = "bench-nometrics"
+SCRAPE_S = 1.0
 PAYLOAD = b'{"id":12345,"name":"user-12345","roles":["reader"]}'
 REQUEST_TIMEOUT_S = 5.0
+
+
+# -- metrics on and off ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def metrics_off() -> Iterator[None]:
+    """Roles built inside record no metrics (``NATSREG_METRICS=0``)."""
+    old = os.environ.get("NATSREG_METRICS")
+    os.environ["NATSREG_METRICS"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["NATSREG_METRICS"]
+        else:
+            os.environ["NATSREG_METRICS"] = old
+
+
+async def scrape_forever() -> None:
+    """Build the exposition every SCRAPE_S, as a Prometheus scrape of this process would."""
+    from natsreg import metrics
+
+    while True:
+        await asyncio.sleep(SCRAPE_S)
+        metrics.exposition()
 
 
 # -- responder subprocess ------------------------------------------------------------------
 
 
-async def serve(url: str) -> None:
-    """Serve both echoes, each on its own connection, until stdin closes."""
+async def serve(url: str, scrape: bool) -> None:
+    """Serve the echoes, raw on its own connection, until stdin closes."""
     raw_nc = await nats.connect(url)
     svc_nc = await nats.connect(url)
 
@@ -53,17 +90,23 @@ async def serve(url: str) -> None:
 
     await raw_nc.subscribe(RAW_SUBJECT, queue="bench-raw", cb=raw_echo)
     await raw_nc.flush()
-    svc = natsreg.announce(svc_nc, SERVICE, version="1.0.0", prefix="bench")
 
-    @svc.endpoint("echo")
     async def echo(req: natsreg.Request) -> bytes:
         return req.data
 
-    async with svc:  # endpoints declared before entering are subscribed on the way in
+    svc = natsreg.announce(svc_nc, SERVICE, version="1.0.0", prefix="bench")
+    svc.endpoint("echo")(echo)
+    with metrics_off():
+        quiet = natsreg.announce(svc_nc, NO_METRICS_SERVICE, version="1.0.0", prefix="bench")
+    quiet.endpoint("echo")(echo)
+    scraper = asyncio.create_task(scrape_forever()) if scrape else None
+    async with svc, quiet:  # endpoints declared before entering are subscribed on the way in
         await svc_nc.flush()
         print("ready", flush=True)
         # The parent closes our stdin to stop us, or dies, which closes it too.
         await asyncio.to_thread(sys.stdin.read)
+    if scraper is not None:
+        scraper.cancel()
     await raw_nc.close()
     await svc_nc.close()
 
@@ -101,13 +144,22 @@ async def run_load(call, concurrency: int, duration_s: float, max_requests: int)
     }
 
 
-async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[int]) -> None:
+async def bench(
+    url: str, rounds: int, duration_s: float, concurrencies: list[int], with_metrics: bool
+) -> None:
     nc = await nats.connect(url)
     client = natsreg.Client(nc, timeout_s=REQUEST_TIMEOUT_S)
     calls = {
         "raw": lambda: nc.request(RAW_SUBJECT, PAYLOAD, timeout=REQUEST_TIMEOUT_S),
         "natsreg": lambda: client.request(NATSREG_SUBJECT, PAYLOAD),
     }
+    scraper = None
+    if with_metrics:
+        with metrics_off():
+            quiet = natsreg.Client(nc, timeout_s=REQUEST_TIMEOUT_S)
+        calls["no-metrics"] = lambda: quiet.request(f"{NO_METRICS_SERVICE}.echo", PAYLOAD)
+        scraper = asyncio.create_task(scrape_forever())
+    modes = list(calls)
     for call in calls.values():  # check both echo, and warm up caches and the inbox
         reply = await call()
         assert reply.data == PAYLOAD, reply.data
@@ -116,16 +168,18 @@ async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[in
     results: dict[tuple[str, int], list[dict]] = {}
     for concurrency in concurrencies:
         for round_ in range(rounds):
-            # Alternate which mode goes first, so neither always runs on a warmer machine.
-            order = ["raw", "natsreg"] if round_ % 2 == 0 else ["natsreg", "raw"]
+            # Rotate which mode goes first, so none always runs on a warmer machine.
+            order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
             for mode in order:
                 r = await run_load(calls[mode], concurrency, duration_s, 1_000_000)
                 results.setdefault((mode, concurrency), []).append(r)
                 print(
-                    f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<8}"
+                    f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<11}"
                     f"{r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms",
                     file=sys.stderr,
                 )
+    if scraper is not None:
+        scraper.cancel()
     await nc.close()
 
     def med(mode: str, c: int, key: str) -> float:
@@ -138,7 +192,7 @@ async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[in
     print("| mode | concurrency | req/s | p50 ms | p99 ms | req/s vs raw | p50 vs raw | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in concurrencies:
-        for mode in ("raw", "natsreg"):
+        for mode in modes:
             rps, p50, p99 = (med(mode, c, k) for k in ("rps", "p50", "p99"))
             errors = sum(r["errors"] for r in results[(mode, c)])
             rps_ratio = rps / med("raw", c, "rps")
@@ -147,6 +201,13 @@ async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[in
                 f"| {mode} | {c} | {rps:.0f} | {p50:.3f} | {p99:.3f} | "
                 f"{rps_ratio:.2f}x | {p50_ratio:.2f}x | {errors} |"
             )
+    if with_metrics:
+        print("\n| concurrency | natsreg req/s ÷ no-metrics | p50 natsreg ÷ no-metrics |")
+        print("|---:|---:|---:|")
+        for c in concurrencies:
+            rps_ratio = med("natsreg", c, "rps") / med("no-metrics", c, "rps")
+            p50_ratio = med("natsreg", c, "p50") / med("no-metrics", c, "p50")
+            print(f"| {c} | {rps_ratio:.3f}x | {p50_ratio:.3f}x |")
 
 
 def main() -> None:
@@ -156,6 +217,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="seconds per round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
+    parser.add_argument(
+        "--metrics", action="store_true", help="also natsreg with NATSREG_METRICS=0, and scrape"
+    )
     parser.add_argument("--url", help="use this nats-server instead of starting one")
     parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,7 +228,7 @@ def main() -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.serve:
-        asyncio.run(serve(args.serve))
+        asyncio.run(serve(args.serve, args.metrics))
         return
     rounds = args.rounds or (3 if args.quick else 5)
     duration_s = args.duration or (0.5 if args.quick else 2.0)
@@ -172,6 +236,7 @@ def main() -> None:
     server = None if args.url else NatsServer(host="127.0.0.1")
     url = args.url or server.url
     command = [sys.executable, __file__, "--serve", url] + (["--uvloop"] if args.uvloop else [])
+    command += ["--metrics"] if args.metrics else []
     responder = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
@@ -181,7 +246,7 @@ def main() -> None:
     try:
         if responder.stdout.readline().strip() != b"ready":
             raise SystemExit("the responder did not start")
-        asyncio.run(bench(url, rounds, duration_s, args.concurrency))
+        asyncio.run(bench(url, rounds, duration_s, args.concurrency, args.metrics))
     finally:
         responder.stdin.close()
         try:

@@ -292,7 +292,8 @@ class Endpoints:
         # Whether a repeat must get this reply rather than a new run: not when nothing ran, or
         # when the handler itself said that trying again is safe.
         remember = True
-        outcome = "ok"
+        # "error" until the handler returns: a cancelled handler (drain timeout) is no success.
+        outcome = "error"
         try:
             request = Request(msg, received, self._state)
             deadline = request.deadline
@@ -304,14 +305,12 @@ class Endpoints:
                     raise ServiceError("deadline exceeded before the handler started", code=504)
                 _deadline.current.set(deadline)
             data = to_bytes(await endpoint.handler(request))
+            outcome = "ok"
         except ServiceError as exc:
             data, headers = self._refused(endpoint, exc)
             remember = remember and not exc.retryable
-            if outcome == "ok":
-                outcome = "error"
         except Exception as exc:
             data, headers = self._failed(endpoint, exc)
-            outcome = "error"
         finally:
             elapsed_ns = time.perf_counter_ns() - started
             endpoint.num_requests += 1
