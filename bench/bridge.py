@@ -236,13 +236,28 @@ def wrk(url: str, duration_s: float, connections: int) -> dict[str, float]:
     }
 
 
-def measure(label: str, url: str, args: argparse.Namespace) -> dict[str, float]:
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) the process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    label: str, url: str, args: argparse.Namespace, pid: int | None = None
+) -> dict[str, float]:
+    """wrk's figures for ``url``; with ``pid``, also that process' CPU µs per request (which
+    the machine's load barely moves, unlike req/s)."""
     wrk(url, args.warmup, args.connections)  # warm-up: JIT-free, but caches and pools fill
     loadavg = Path("/proc/loadavg").read_text().split()[0]
+    cpu_before = cpu_s(pid) if pid else 0.0
     result = wrk(url, args.duration, args.connections)
+    if pid:
+        requests = result["rps"] * args.duration
+        result["cpu_us"] = (cpu_s(pid) - cpu_before) * 1e6 / requests if requests else 0.0
+    cpu = f"  {result['cpu_us']:.1f} µs CPU/request" if pid else ""
     print(
         f"  {label:<26} {result['rps']:>9.0f} req/s  p50 {result['p50']:6.2f} ms  "
-        f"p99 {result['p99']:6.2f} ms  errors {result['errors']}  (loadavg {loadavg})",
+        f"p99 {result['p99']:6.2f} ms  errors {result['errors']}{cpu}  (loadavg {loadavg})",
         flush=True,
     )
     return result
@@ -292,6 +307,8 @@ def run(args: argparse.Namespace) -> None:
             proc = procs.start(argv + (["--scrape"] if args.metrics else []))
             wait_line(proc, "READY")
             targets["natsreg bridge"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+            # The processes whose CPU per request is measured: the natsreg bridges.
+            pids = {"natsreg bridge": proc.pid}
 
             if args.metrics:
                 # Second, so that it swaps places with the natsreg bridge each round.
@@ -300,6 +317,7 @@ def run(args: argparse.Namespace) -> None:
                 proc = procs.start(argv, env={"NATSREG_METRICS": "0"})
                 wait_line(proc, "READY")
                 targets[METRICS_OFF] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                pids[METRICS_OFF] = proc.pid
 
             baseline = WORK / "py-baseline.py"
             shutil.copy(PEERS / "seed-gateway" / "py-baseline.py", baseline)
@@ -426,7 +444,8 @@ def run(args: argparse.Namespace) -> None:
                 # The two Python bridges swap places each round, so neither always runs first.
                 order = labels if round_ % 2 == 0 else [labels[1], labels[0], *labels[2:]]
                 for label in order:
-                    results.setdefault(label, []).append(measure(label, targets[label], args))
+                    result = measure(label, targets[label], args, pids.get(label))
+                    results.setdefault(label, []).append(result)
         finally:
             procs.stop_all()
     report(results)
@@ -460,6 +479,8 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
         ratio = ours["rps"] / median[METRICS_OFF]["rps"]
         verdict = "met" if ratio >= 0.97 else "NOT met"
         print(f"goal natsreg ≥ 0.97× metrics off: {ratio:.3f}× {verdict}")
+        on, off = ours["cpu_us"], median[METRICS_OFF]["cpu_us"]
+        print(f"bridge CPU per request: {on:.1f} µs with metrics, {off:.1f} µs without")
 
 
 def main() -> None:

@@ -35,13 +35,28 @@ from tests.helpers import eventually, until_warm
 # -- reading the exposition ------------------------------------------------------------------
 
 
-def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
-    """What Prometheus would read now: each sample name with its labels and values."""
-    found: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def parse(text: bytes) -> Samples:
+    """Each sample name in an exposition text, with its labels and values."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text.decode()):
         for sample in family.samples:
             found.setdefault(sample.name, []).append((sample.labels, sample.value))
     return found
+
+
+def scrape() -> Samples:
+    """What Prometheus would read from this process now."""
+    return parse(metrics.exposition())
+
+
+def exposition_of(live: _figures.Live) -> bytes:
+    """What a process running only ``live``'s roles would expose."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NatsregCollector(live))
+    return generate_latest(registry)
 
 
 def value(name: str, **labels: str) -> float:
@@ -115,6 +130,49 @@ def test_natsreg_metrics_in_the_environment_turns_recording_off(
     else:
         monkeypatch.setenv("NATSREG_METRICS", setting)
     assert _figures.enabled() is on
+
+
+@pytest.mark.pure
+def test_two_clients_calling_one_endpoint_make_one_series_holding_both_counts() -> None:
+    live = _figures.Live()
+    for calls in (3, 4):
+        router = natsreg.Client(NATS())._router  # never connected: no call is sent
+        live.clients.add(router)
+        figures = _figures.call_figures(router.calls, "svc.ok", "svc", "ok")
+        figures.outcomes["ok"] += calls
+        figures.latency.observe(0.002)
+    found = parse(exposition_of(live))
+    ok = [(labels, v) for labels, v in found["natsreg_client_requests_total"] if v]
+    assert ok == [({"service": "svc", "endpoint": "ok", "outcome": "ok"}, 7.0)]
+    assert found["natsreg_client_request_duration_seconds_count"] == [
+        ({"service": "svc", "endpoint": "ok"}, 2.0)
+    ]
+
+
+@pytest.mark.pure
+def test_an_open_breaker_of_a_service_without_series_is_counted_under_other() -> None:
+    router = natsreg.Client(NATS())._router
+    _figures.call_figures(router.calls, "svc.ok", "svc", "ok")
+    router._breaker("queue", "svc.ok", "svc").state = "open"
+    router._breaker("instance-1", "ok", "svc").state = "half_open"
+    router._breaker("queue", "made-up.x", "made-up").state = "open"  # no call counted for it
+    router._breaker("queue", "svc.closed", "svc")  # closed: no state series
+    live = _figures.Live()
+    live.clients.add(router)
+    found = parse(exposition_of(live))
+    assert {labels["service"]: v for labels, v in found["natsreg_client_breaker_open"]} == {
+        "svc": 1.0,
+        "_other": 1.0,
+    }
+    states = {
+        (labels["service"], labels["target"], labels["state"])
+        for labels, _ in found["natsreg_client_breaker_state"]
+    }
+    assert states == {
+        ("svc", "queue/svc.ok", "open"),
+        ("svc", "instance-1/ok", "half_open"),
+        ("_other", "queue/made-up.x", "open"),
+    }
 
 
 # -- roles at work ---------------------------------------------------------------------------
@@ -361,9 +419,7 @@ async def test_promtool_accepts_the_exposition_of_each_role(
             assert objects, role
             live = _figures.Live()
             getattr(live, kind).update(objects)
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(NatsregCollector(live))
-            text = generate_latest(registry)
+            text = exposition_of(live)
             assert f"natsreg_{role}_".encode() in text
             checked = subprocess.run(
                 ["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30
