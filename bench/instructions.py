@@ -9,6 +9,9 @@ out: what is left is the cost of one request, in instructions, for that mode.
     python bench/instructions.py              # 1,000 and 4,000 requests per mode (~3 min)
     python bench/instructions.py --requests 500
     python bench/instructions.py --metrics    # also natsreg with NATSREG_METRICS=0
+    python bench/instructions.py --metrics --caller   # the same, counted in the caller
+    python bench/instructions.py --metrics --caller --bridge   # and the bridge's ASGI app as
+                                                               # the caller (no HTTP server)
 
 Needs valgrind (Debian: apt-get install -y valgrind).
 """
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -44,11 +49,67 @@ async def _load(url: str, mode: str, requests: int) -> None:
         "raw": lambda: nc.request(rpc.RAW_SUBJECT, rpc.PAYLOAD, timeout=60.0),
         "natsreg": lambda: client.request(rpc.NATSREG_SUBJECT, rpc.PAYLOAD),
     }
-    result = await rpc.run_load(calls[mode], CONCURRENCY, 600.0, requests)
+    call = _bridge_call(nc) if mode == "bridge" else calls[mode]
+    result = await rpc.run_load(call, CONCURRENCY, 600.0, requests)
     await client.aclose()
     await nc.close()
     if result["errors"]:
         raise SystemExit(f"{result['errors']} requests failed")
+
+
+def _bridge_call(nc: nats.NATS) -> Callable[[], Awaitable[None]]:
+    """One GET through the bridge's ASGI app to the echo service, without an HTTP server."""
+    from natsreg import bridge
+
+    app = bridge.create_app(nc, bridge.BridgeConfig(prefix="bench"))
+    path = f"/{rpc.SERVICE}/echo"
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 1),
+    }
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"the bridge answered {message['status']}")
+
+    return lambda: app(scope, receive, send)
+
+
+def _callgrind(out: Path, *argv: str) -> list[str]:
+    return [
+        "valgrind",
+        "-q",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        *argv,
+    ]
+
+
+def _total(out: Path) -> int:
+    match = _TOTAL.search(out.read_text())
+    if match is None:
+        raise SystemExit("callgrind wrote no total")
+    return int(match.group(1))
+
+
+def caller_instructions(
+    url: str, mode: str, requests: int, env: dict[str, str] | None = None
+) -> int:
+    """Instructions a caller process executed, start to end, making ``requests`` calls."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        argv = _callgrind(out, __file__, "--load", url, mode, str(requests))
+        subprocess.run(argv, env={**os.environ, **(env or {})}, check=True, timeout=1200)
+        return _total(out)
 
 
 def instructions(url: str, mode: str, requests: int, env: dict[str, str] | None = None) -> int:
@@ -56,15 +117,7 @@ def instructions(url: str, mode: str, requests: int, env: dict[str, str] | None 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
         responder = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                str(Path(__file__).with_name("rpc.py")),
-                "--serve",
-                url,
-            ],
+            _callgrind(out, str(Path(__file__).with_name("rpc.py")), "--serve", url),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -81,10 +134,33 @@ def instructions(url: str, mode: str, requests: int, env: dict[str, str] | None 
         finally:
             if responder.poll() is None:
                 responder.kill()
-        match = _TOTAL.search(out.read_text())
-        if match is None:
-            raise SystemExit("callgrind wrote no total")
-        return int(match.group(1))
+        return _total(out)
+
+
+@contextlib.contextmanager
+def _plain_responder(url: str, wanted: bool) -> Iterator[None]:
+    """bench/rpc.py's responder, not under valgrind, while the callers are counted."""
+    if not wanted:
+        yield
+        return
+    responder = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("rpc.py")), "--serve", url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert responder.stdout is not None and responder.stdin is not None
+        if responder.stdout.readline().strip() != "ready":
+            raise SystemExit("the responder did not start")
+        yield
+    finally:
+        if responder.stdin is not None:
+            responder.stdin.close()
+        try:
+            responder.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            responder.kill()
 
 
 def main() -> None:
@@ -100,7 +176,22 @@ def main() -> None:
         action="store_true",
         help="also 'no-metrics': the natsreg echo with NATSREG_METRICS=0 in the responder",
     )
+    parser.add_argument(
+        "--caller",
+        action="store_true",
+        help="count the caller's instructions (the responder runs without valgrind)",
+    )
+    parser.add_argument(
+        "--bridge",
+        action="store_true",
+        help="with --caller: also the bridge's ASGI app as the caller ('bridge' modes)",
+    )
+    parser.add_argument("--load", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.load:
+        url, mode, requests = args.load
+        asyncio.run(_load(url, mode, int(requests)))
+        return
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
     n = args.requests
@@ -109,17 +200,23 @@ def main() -> None:
     modes = {"raw": ("raw", {}), "natsreg": ("natsreg", {})}
     if args.metrics:
         modes["no-metrics"] = ("natsreg", {"NATSREG_METRICS": "0"})
-    with NatsServer() as server:
+    if args.bridge and args.caller:
+        modes["bridge"] = ("bridge", {})
+        if args.metrics:
+            modes["bridge, no-metrics"] = ("bridge", {"NATSREG_METRICS": "0"})
+    with NatsServer() as server, _plain_responder(server.url, args.caller):
+        count = caller_instructions if args.caller else instructions
         for mode, (call, env) in modes.items():
-            small = instructions(server.url, call, n, env)
-            large = instructions(server.url, call, 4 * n, env)
+            small = count(server.url, call, n, env)
+            large = count(server.url, call, 4 * n, env)
             per_request[mode] = (large - small) / (3 * n)
             print(
                 f"  {mode:<8} {per_request[mode]:>10,.0f} instructions per request", file=sys.stderr
             )
     raw = per_request["raw"]
     print(
-        f"\nresponder instructions per request, concurrency {CONCURRENCY}, "
+        f"\n{'caller' if args.caller else 'responder'} instructions per request, "
+        f"concurrency {CONCURRENCY}, "
         f"{n:,} and {4 * n:,} requests per mode (python {sys.version.split()[0]})\n"
     )
     print("| mode | instructions per request | vs raw |")

@@ -161,12 +161,13 @@ def _client(routers: Iterable[_Router]) -> Iterator[Metric]:
         for calls in list(router.calls.values()):
             service, endpoint = calls.service, calls.endpoint
             known.add(service)
-            for outcome, n in calls.outcomes.items():
+            outcomes = calls.outcomes()
+            for outcome, n in outcomes.items():
                 requests[(service, endpoint, outcome)] += n
             _summed(durations, (service, endpoint), calls.latency)
             retries[(service, endpoint)] += calls.retries
             bulkhead[(service,)] += calls.bulkhead
-            no_instance[(service,)] += calls.outcomes["no_instance"]
+            no_instance[(service,)] += outcomes["no_instance"]
             breaker_open[(service,)] += 0
         owners = router.breaker_services
         for (target, endpoint), breaker in list(router.breakers.items()):
@@ -318,10 +319,10 @@ def _bridge(bridges: Iterable[_Bridge]) -> Iterator[Metric]:
     refused: Counter[_Labels] = Counter()
     in_flight = 0
     for app in bridges:
-        for (route, status), n in list(app.responses.items()):
-            requests[(route, str(status))] += n
-        for route, latency in list(app.latency.items()):
-            _summed(durations, (route,), latency)
+        for route, responses in list(app.routes.items()):
+            for status, n in list(responses.statuses.items()):
+                requests[(route, str(status))] += n
+            _summed(durations, (route,), responses.latency)
         _add(refused, app.refused)
         in_flight += app.in_flight
     yield _counter(

@@ -42,6 +42,7 @@ __all__ = [
     "CallFigures",
     "Latency",
     "Live",
+    "Responses",
     "call_figures",
     "client_outcome",
     "enabled",
@@ -129,18 +130,35 @@ CLIENT_OUTCOMES: Final = (
 class CallFigures:
     """What one client's calls to one ``service.endpoint`` came to."""
 
-    __slots__ = ("bulkhead", "endpoint", "latency", "outcomes", "retries", "service")
+    __slots__ = ("bulkhead", "endpoint", "failures", "latency", "ok", "retries", "service")
 
     def __init__(self, service: str, endpoint: str) -> None:
         self.service = service
         self.endpoint = endpoint
-        self.outcomes = dict.fromkeys(CLIENT_OUTCOMES, 0)
+        # Successes apart, in a slot: an attribute costs a call half what a dict entry does.
+        self.ok = 0
+        #: Calls that failed, by outcome (every outcome but ``ok``).
+        self.failures = dict.fromkeys(CLIENT_OUTCOMES[1:], 0)
         #: Calls that went out (not rejected), from the call to its end, retries included.
         self.latency = Latency()
         #: Attempts after the first.
         self.retries = 0
         #: Calls refused because the client's bulkhead for the service was full.
         self.bulkhead = 0
+
+    def outcomes(self) -> dict[str, int]:
+        """Calls by outcome, every outcome of :data:`CLIENT_OUTCOMES` included."""
+        return {"ok": self.ok, **self.failures}
+
+
+class Responses:
+    """What a bridge answered on one route: a count per HTTP status, and the durations."""
+
+    __slots__ = ("latency", "statuses")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.latency = Latency()
 
 
 def call_figures(

@@ -139,7 +139,7 @@ def test_two_clients_calling_one_endpoint_make_one_series_holding_both_counts() 
         router = natsreg.Client(NATS())._router  # never connected: no call is sent
         live.clients.add(router)
         figures = _figures.call_figures(router.calls, "svc.ok", "svc", "ok")
-        figures.outcomes["ok"] += calls
+        figures.ok += calls
         figures.latency.observe(0.002)
     found = parse(exposition_of(live))
     ok = [(labels, v) for labels, v in found["natsreg_client_requests_total"] if v]

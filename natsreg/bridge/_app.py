@@ -197,12 +197,11 @@ class Bridge:
         self._default_content_type = config.default_content_type.encode("latin-1")
         self._cors = CorsHeaders(config.cors) if config.cors else None
         self._origins = Origins(config.allowed_hosts, self._cors)
-        # For Prometheus (natsreg._collector): responses by (route, status), their durations
-        # by route, and requests the bridge answered itself, by the error it gave. Routes
-        # are the table's patterns, so the labels are bounded by configuration.
+        # For Prometheus (natsreg._collector): responses by route, and requests the bridge
+        # answered itself, by the error it gave. Routes are the table's patterns, so the
+        # labels are bounded by configuration.
         self.recording = _figures.enabled()
-        self.responses: Counter[tuple[str, int]] = Counter()
-        self.latency: dict[str, _figures.Latency] = {}
+        self.routes: dict[str, _figures.Responses] = {}
         self.refused: Counter[str] = Counter()
         if self.recording:
             _figures.LIVE.bridges.add(self)
@@ -220,7 +219,7 @@ class Bridge:
             count = self._in_flight.get(key, 0)
             if count >= self.config.max_in_flight_per_client:
                 if self.recording:
-                    self.responses[(_NO_ROUTE, 429)] += 1
+                    self._count(_NO_ROUTE, 429, 0.0)
                     self.refused["too_many_requests"] += 1
                 await self._refuse(send, _EMPTY_REFUSALS[429], ())
                 return
@@ -293,11 +292,15 @@ class Bridge:
             pass
         finally:
             if self.recording:
-                self.responses[(route, status)] += 1
-                latency = self.latency.get(route)
-                if latency is None:
-                    latency = self.latency[route] = _figures.Latency()
-                latency.observe(time.perf_counter() - started)
+                self._count(route, status, time.perf_counter() - started)
+
+    def _count(self, route: str, status: int, seconds: float) -> None:
+        figures = self.routes.get(route)
+        if figures is None:
+            figures = self.routes[route] = _figures.Responses()
+        statuses = figures.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        figures.latency.observe(seconds)
 
     def _read_head(self, scope: Scope) -> _Head:
         """Step 1: the request line, and one pass over the headers: their size, the ones to

@@ -129,7 +129,8 @@ class Router:
         error is not worth retrying, or the attempts or the budget run out."""
         figures = None
         if self._recording:
-            figures = _figures.call_figures(
+            # The look-up first: the call that makes them runs once per subject.
+            figures = self.calls.get(target.subject) or _figures.call_figures(
                 self.calls, target.subject, target.service, target.endpoint
             )
         began = self._clock()
@@ -137,7 +138,7 @@ class Router:
         in_flight = self._service_in_flight.get(bulkhead, 0)
         if self.max_in_flight is not None and in_flight >= self.max_in_flight:
             if figures is not None:
-                figures.outcomes["rejected"] += 1
+                figures.failures["rejected"] += 1
                 figures.bulkhead += 1
             raise BulkheadFullError(
                 f"{in_flight} calls to {bulkhead!r} are already in flight from this client "
@@ -179,7 +180,7 @@ class Router:
                 try:
                     reply = await self._send(route, data, sent, attempt_s, started, tried)
                     if figures is not None:
-                        figures.outcomes["ok"] += 1
+                        figures.ok += 1
                         figures.latency.observe(self._clock() - began)
                     return reply
                 except RequestError as exc:
@@ -208,7 +209,7 @@ class Router:
         except RequestError as exc:
             if figures is not None:
                 outcome = _figures.client_outcome(exc)
-                figures.outcomes[outcome] += 1
+                figures.failures[outcome] += 1
                 if outcome != "rejected":
                     figures.latency.observe(self._clock() - began)
             raise
