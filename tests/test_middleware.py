@@ -165,7 +165,7 @@ def test_a_declaration_is_checked_when_the_module_is_imported() -> None:
     # A custom subject or queue group is checked at declaration too, not when a worker starts.
     with pytest.raises(natsreg.ConfigError, match="'a b' is not a valid literal subject"):
         svc.endpoint("custom", subject="a b")
-    with pytest.raises(natsreg.ConfigError, match="queue group 'x.y' is not valid"):
+    with pytest.raises(natsreg.ConfigError, match=r"queue group 'x\.y' is not valid"):
         svc.endpoint("custom", queue_group="x.y")
     svc.endpoint("custom", subject="legacy.users.get", queue_group="users")
 
