@@ -21,7 +21,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .. import wire
+from .. import _probes, wire
 from ..client import Client
 from ..errors import (
     BulkheadFullError,
@@ -107,6 +107,8 @@ class _Disconnected(Exception):
 
 _Headers = Iterable[tuple[bytes, bytes]]
 _HEADER_INJECTION = Refusal(400, "bad_request", "a header holds CR, LF or NUL")
+# The probes of natsreg._probes, under the bridge's own path.
+_PROBES = frozenset({"/_natsreg/metrics", "/_natsreg/healthz", "/_natsreg/readyz"})
 
 
 class _Refused(Exception):
@@ -191,6 +193,11 @@ class Bridge:
         self._default_content_type = config.default_content_type.encode("latin-1")
         self._cors = CorsHeaders(config.cors) if config.cors else None
         self._origins = Origins(config.allowed_hosts, self._cors)
+
+    def readiness(self) -> str | None:
+        """Why HTTP clients should not be sent here, or None: the bridge's client must be
+        ready (connected, its view of the services it calls live)."""
+        return self._client.readiness()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -456,6 +463,9 @@ class Bridge:
                 }
             )
             await _respond(send, 200 if connected else 503, _JSON, body, cors)
+        elif path in _PROBES:
+            status, content_type, body = _probes.answer(path[len("/_natsreg") :], method, (self,))
+            await _respond(send, status, content_type, body, cors)
         elif path == "/_natsreg/services" and self.config.expose_registry:
             auth = self.config.auth
             if auth.enabled and not auth.accepts(credential(auth, credentials)):
