@@ -13,7 +13,6 @@ answered at once, from memory, so it needs no framework and starts no task per r
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol, cast
 
+import anyio
 import httptools
 import msgspec
 from nats.aio.client import Client as NATS
@@ -28,8 +28,6 @@ from nats.aio.client import Client as NATS
 from .errors import ConfigError
 
 __all__ = ["Probed", "Probes", "answer", "nats_problem", "parse_listen", "serve", "worker_listen"]
-
-log = logging.getLogger("natsreg.probes")
 
 
 class Probed(Protocol):
@@ -43,7 +41,9 @@ _JSON = b"application/json"
 _encode = msgspec.json.Encoder().encode
 # A probe or scrape request is one short line and a few headers; anything larger is not one.
 _MAX_REQUEST_BYTES = 8 * 1024
-# Open connections at once: Prometheus and a kubelet keep one or two each.
+# Open connections at once: Prometheus and a kubelet keep one or two each. A newcomer at the
+# cap closes the connection that has been quiet longest, so idle or slow clients cannot keep
+# the probes from answering.
 _MAX_CONNECTIONS = 64
 # A connection idle this long is closed (Prometheus scrapes every 15-60 s on one connection).
 _IDLE_TIMEOUT_S = 120.0
@@ -157,7 +157,8 @@ async def serve(
         server.close()
         for connection in list(connections):
             connection.close()
-        await server.wait_closed()
+        with anyio.CancelScope(shield=True):
+            await server.wait_closed()
 
 
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -189,13 +190,16 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._size = 0
         self._idle: asyncio.TimerHandle | None = None
+        #: When this connection last connected or was answered (the event loop's clock).
+        self.active_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are asyncio.Transport in all but their class.
-        self._transport = transport = cast(asyncio.Transport, transport)
+        self._transport = cast(asyncio.Transport, transport)
         if len(self._connections) >= _MAX_CONNECTIONS:
-            transport.abort()
-            return
+            quietest = min(self._connections, key=lambda c: c.active_at)
+            self._connections.discard(quietest)
+            quietest.abort()
         self._connections.add(self)
         self._touch()
 
@@ -221,13 +225,20 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
     # httptools' callbacks
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_message_complete(self) -> None:
         method = self._parser.get_method().decode("latin-1")
-        path = httptools.parse_url(self._url).path.decode("latin-1")
+        try:
+            path = httptools.parse_url(self._url).path.decode("latin-1")
+        except httptools.HttpParserInvalidURLError:
+            path = ""  # answered 404, as any other path that is not a probe's
         self._url = b""
         self._size = 0
         status, content_type, body = answer(path, method, self._roles)
@@ -261,4 +272,5 @@ class _Connection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         loop = asyncio.get_running_loop()
+        self.active_at = loop.time()
         self._idle = loop.call_later(_IDLE_TIMEOUT_S, self.close)

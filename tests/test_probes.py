@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import natsreg
 from natsreg import _probes, bridge, metrics
 from natsreg.testing import NatsServer, free_port
 from tests.helpers import eventually
-from tests.run_helpers import Lines
+from tests.run_helpers import Lines, natsreg_run, write_app
 
 
 async def probe(url: str) -> tuple[int, dict[str, str]]:
@@ -80,6 +81,20 @@ def test_readyz_is_ready_only_when_every_role_is_and_names_the_first_reason() ->
     assert _probes.answer("/metrics", "GET", (warming,))[:2] == (200, metrics.CONTENT_TYPE.encode())
     assert _probes.answer("/readyz", "POST", (ready,))[0] == 405
     assert _probes.answer("/other", "GET", (ready,))[0] == 404
+
+
+@pytest.mark.pure
+async def test_idle_connections_at_the_cap_give_way_to_a_probe() -> None:
+    async with metrics.serve("127.0.0.1:0") as probes:
+        idle = [
+            await anyio.connect_tcp("127.0.0.1", probes.port)
+            for _ in range(_probes._MAX_CONNECTIONS + 8)
+        ]
+        try:
+            assert await probe(f"{probes.url}/healthz") == (200, {"status": "alive"})
+        finally:
+            for stream in idle:
+                await stream.aclose()
 
 
 # -- a registry node: natsreg registry --http ---------------------------------------------------
@@ -266,6 +281,48 @@ async def test_the_bridge_serves_its_probes_and_is_unready_without_nats() -> Non
         server.stop()
 
 
+async def test_the_bridge_keeps_its_metrics_behind_its_auth_and_its_probes_open(
+    nc: NATS, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROBE_TEST_TOKENS", "s3cret")
+    config = bridge.BridgeConfig(
+        prefix=prefix, auth=bridge.Auth(scheme="bearer", tokens_env="PROBE_TEST_TOKENS")
+    )
+    async with bridge.run(nc, config, port=0) as running, httpx.AsyncClient() as http:
+        base = f"{running.url}/_natsreg"
+        assert (await http.get(f"{base}/metrics")).status_code == 401
+        allowed = await http.get(f"{base}/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert allowed.status_code == 200
+        assert allowed.headers["content-type"] == metrics.CONTENT_TYPE
+        # A kubelet sends no credentials.
+        assert (await http.get(f"{base}/readyz")).status_code == 200
+        assert (await http.get(f"{base}/healthz")).status_code == 200
+
+
+async def test_a_client_whose_view_comes_from_a_warming_node_is_unready_until_it_is_warm(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    name = f"viewed-{unique}"
+    async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+
+        @svc.endpoint("ping")
+        async def ping(req: natsreg.Request) -> str:
+            return "pong"
+
+        await svc.ready()
+        # The only node warms up for 2 s: the view it gives may lack instances.
+        async with (
+            natsreg.Registry(nc, prefix=prefix, discover_jitter_s=1.5),
+            natsreg.Client(nc, prefix=prefix) as client,
+        ):
+            assert client.readiness() is None  # no view yet: nothing to distrust
+            await client.request(f"{name}.ping")
+            assert client.readiness() == (
+                f"the view of {name!r} comes from a registry node still warming up"
+            )
+            await eventually(lambda: client.readiness() is None, 10.0, what="a warm view")
+
+
 # -- natsreg up: every role it runs, and where --------------------------------------------------
 
 
@@ -294,3 +351,38 @@ async def test_up_serves_and_prints_the_probes_of_every_role_it_runs() -> None:
 
 def _readyz_urls(lines: Lines) -> list[str]:
     return [word.rstrip(",") for line in lines.lines for word in line.split() if "/readyz" in word]
+
+
+# -- natsreg run --workers N --http: one port per worker ----------------------------------------
+
+
+def two_free_ports() -> int:
+    """A port P with P + 1 free too."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
+async def test_each_worker_serves_its_probes_on_its_own_port_through_a_rolling_restart(
+    tmp_path: Path, cli_env: dict[str, str], prefix: str, unique: str
+) -> None:
+    write_app(tmp_path, "app", f"workers-{unique}")
+    port = two_free_ports()
+    urls = [f"http://127.0.0.1:{port + i}/readyz" for i in (0, 1)]
+    args = ("app:svc", "--workers", "2", "--prefix", prefix, "--http", f"127.0.0.1:{port}")
+    with natsreg_run(tmp_path, cli_env, *args) as proc:
+        out = Lines(proc)
+        for url in urls:
+            await readyz_becomes(url, 200, timeout_s=30.0)
+        proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: out.said("every worker replaced"), 40, "the roll")
+        # Each replacement bound its predecessor's port while that one still drained.
+        assert not out.said("before it was ready"), out.text()
+        for url in urls:
+            await readyz_becomes(url, 200)

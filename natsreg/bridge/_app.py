@@ -464,12 +464,15 @@ class Bridge:
             )
             await _respond(send, 200 if connected else 503, _JSON, body, cors)
         elif path in _PROBES:
+            # The figures name services and endpoints, as /_natsreg/services does: behind
+            # the bridge's auth. The probes say no more than "ready" and why not: open to a
+            # kubelet, which sends no credentials.
+            if path == "/_natsreg/metrics" and not await self._allowed(credentials, send, cors):
+                return
             status, content_type, body = _probes.answer(path[len("/_natsreg") :], method, (self,))
             await _respond(send, status, content_type, body, cors)
         elif path == "/_natsreg/services" and self.config.expose_registry:
-            auth = self.config.auth
-            if auth.enabled and not auth.accepts(credential(auth, credentials)):
-                await self._refuse(send, _unauthorized(None), (*cors, challenge(auth)))
+            if not await self._allowed(credentials, send, cors):
                 return
             try:
                 body = await self._registry_json()
@@ -480,6 +483,16 @@ class Bridge:
             await _respond(send, 200, _JSON, body, cors)
         else:
             await self._refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
+
+    async def _allowed(
+        self, credentials: dict[bytes, bytes], send: Send, cors: Iterable[tuple[bytes, bytes]]
+    ) -> bool:
+        """Whether the bridge's own auth (if any) lets the caller in; refused if not."""
+        auth = self.config.auth
+        if auth.enabled and not auth.accepts(credential(auth, credentials)):
+            await self._refuse(send, _unauthorized(None), (*cors, challenge(auth)))
+            return False
+        return True
 
     async def _registry_json(self) -> bytes:
         cached = self._registry_view

@@ -172,6 +172,7 @@ class Instance(anyio.AsyncContextManagerMixin):
                 self.probes = await stack.enter_async_context(
                     _probes.serve((host, port), self, reuse_port=shared)
                 )
+                stack.callback(setattr, self, "probes", None)
             # Before anything is announced: no request reaches a handler whose resources
             # are not open yet.
             for hook in self._hooks[0]:
