@@ -697,7 +697,8 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
         return await _supervise(args, config.drain_timeout_s, None)
 
     def ready(running: bridge.RunningBridge) -> None:
-        _say(f"HTTP bridge on {running.url}; {_probe_urls(running.url + '/_natsreg')}")
+        _say(f"HTTP bridge on {running.url}")
+        _say(f"HTTP bridge: {_probe_urls(running.url + '/_natsreg')}")
         tell_ready()
 
     async def run(nc: NATS) -> int:
