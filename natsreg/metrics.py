@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ._probes import serve
+
 __all__ = ["CONTENT_TYPE", "REGISTRY", "exposition", "serve"]
 
 #: The registry natsreg's collectors join; pass it to your own exporter to merge the two.
@@ -20,7 +22,3 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 def exposition() -> bytes:
     """Every natsreg metric of this process in the Prometheus text format."""
     return generate_latest(REGISTRY)
-
-
-# Below the names it reads from this module (natsreg._probes imports them back).
-from ._probes import serve  # noqa: E402
