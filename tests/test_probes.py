@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import httpx
 import nats
 import pytest
@@ -95,6 +96,31 @@ async def test_idle_connections_at_the_cap_give_way_to_a_probe() -> None:
         finally:
             for stream in idle:
                 await stream.aclose()
+
+
+@pytest.mark.pure
+async def test_a_request_that_is_no_probe_gets_no_more_than_a_short_refusal() -> None:
+    async with metrics.serve("127.0.0.1:0") as probes:
+        # Garbage: 400, and the connection closed.
+        async with await anyio.connect_tcp("127.0.0.1", probes.port) as stream:
+            await stream.send(b"\x16\x03\x01 not http\r\n\r\n")
+            assert (await _read_all(stream)).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        # A head over 8 KiB: closed unanswered, nothing buffered beyond the limit.
+        async with await anyio.connect_tcp("127.0.0.1", probes.port) as stream:
+            await stream.send(b"GET /readyz HTTP/1.1\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n")
+            assert await _read_all(stream) == b""
+        # Still answering.
+        assert await probe(f"{probes.url}/healthz") == (200, {"status": "alive"})
+
+
+async def _read_all(stream: anyio.abc.ByteStream) -> bytes:
+    data = b""
+    with anyio.fail_after(5):
+        try:
+            while True:
+                data += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+            return data
 
 
 # -- a registry node: natsreg registry --http ---------------------------------------------------
