@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from ._probes import Probed
     from .bridge import BridgeConfig
     from .permissions import Role
 
@@ -165,6 +166,9 @@ def _add_up(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "a .py file runs with this Python; repeatable",
     )
     up.add_argument("--no-bridge", action="store_true", help="do not serve the HTTP bridge")
+    _http_option(
+        up, "the registry node (and --with MODULE:ATTR services, on free ports)", "127.0.0.1:0"
+    )
     _registry_options(up)
     _bridge_options(up)
 
@@ -179,6 +183,7 @@ def _add_run(commands: _Commands, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument("target", metavar="MODULE:ATTR", help="e.g. user_service:svc")
     _worker_options(run)
+    _http_option(run, "the service (worker N of --workers: PORT + N - 1)")
     run.add_argument(
         "--no-uvloop",
         action="store_true",
@@ -188,6 +193,16 @@ def _add_run(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "--reload",
         action="store_true",
         help="replace the workers when a .py file under the current folder changes (development)",
+    )
+
+
+def _http_option(parser: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
+    parser.add_argument(
+        "--http",
+        default=default,
+        metavar="HOST:PORT",
+        help=f"serve /metrics, /healthz and /readyz for {what} here (':PORT': every "
+        "interface; port 0: a free one, printed)" + (f" (default: {default})" if default else ""),
     )
 
 
@@ -216,6 +231,7 @@ def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "instead of running one",
     )
     _registry_options(registry)
+    _http_option(registry, "the node")
     registry.add_argument(
         "--system-server",
         default=os.environ.get("NATSREG_SYSTEM_URL"),
@@ -579,6 +595,7 @@ async def _with_connection(
 async def _cmd_registry(args: argparse.Namespace) -> int:
     if args.action == "nodes":
         return await _cmd_registry_nodes(args)
+    _check_http(args)
 
     async def run(nc: NATS) -> int:
         async with AsyncExitStack() as stack:
@@ -603,6 +620,7 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
                 f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}"
                 f"{events}); Ctrl-C stops it"
             )
+            await _serve_probes(stack, args.http, node, "registry node")
             await _until_signal()
         return 0
 
@@ -635,6 +653,27 @@ async def _cmd_registry_nodes(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_connection(args, run)
+
+
+def _check_http(args: argparse.Namespace) -> None:
+    # Before connecting: a bad address is one line, not a started node that then fails.
+    if args.http is not None:
+        from ._probes import parse_listen
+
+        parse_listen(args.http, "--http")
+
+
+async def _serve_probes(stack: AsyncExitStack, listen: str | None, role: Probed, what: str) -> None:
+    if listen is None:
+        return
+    from ._probes import serve
+
+    probes = await stack.enter_async_context(serve(listen, role))
+    _say(f"{what}: {_probe_urls(probes.url)}")
+
+
+def _probe_urls(base: str) -> str:
+    return f"{base}/metrics, {base}/healthz, {base}/readyz"
 
 
 def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None) -> Registry:
@@ -688,6 +727,7 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
 
     def ready(running: bridge.RunningBridge) -> None:
         _say(f"HTTP bridge on {running.url}")
+        _say(f"HTTP bridge: {_probe_urls(running.url + '/_natsreg')}")
         tell_ready()
 
     async def run(nc: NATS) -> int:
@@ -713,6 +753,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     from .service import announce
 
     service = load_service(args.target)
+    _check_http(args)
     if _supervising(args):
         watch = Path.cwd() if args.reload else None
         return await _supervise(args, service.config.drain_timeout_s, watch)
@@ -723,6 +764,8 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     if worker is not None:
         # Which worker an instance is, for 'natsreg info' and for selectors.
         overrides["metadata"] = {**service.config.metadata, "worker": worker}
+    if args.http is not None:
+        overrides["http"] = args.http
     on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
     loop = "uvloop" if on_uvloop else "asyncio"
 
@@ -738,6 +781,8 @@ async def _cmd_run(args: argparse.Namespace) -> int:
                     f"{f' (worker {worker})' if worker else ''} on {args.server}, {loop}; "
                     "Ctrl-C stops it"
                 )
+                if instance.probes is not None:
+                    _say(f"{c.name}: {_probe_urls(instance.probes.url)}")
             tell_ready()
             await _unless_orphaned(_until_signal)
         with speaking():
@@ -786,6 +831,7 @@ async def _supervise(args: argparse.Namespace, drain_timeout_s: float, watch: Pa
 
 async def _cmd_up(args: argparse.Namespace) -> int:
     bridge_config = None if args.no_bridge else _bridge_config(args)
+    _check_http(args)
     url = urlsplit(args.server)
     host, port = url.hostname or "127.0.0.1", url.port or 4222
     async with AsyncExitStack() as stack:
@@ -807,6 +853,7 @@ async def _cmd_up(args: argparse.Namespace) -> int:
         stack.push_async_callback(nc.close)
         node = await stack.enter_async_context(_registry(nc, args))
         _say(f"registry node {node.node_id} is running")
+        await _serve_probes(stack, args.http, node, "registry node")
         if not args.no_bridge:
             from . import bridge
 
@@ -820,7 +867,8 @@ async def _cmd_up(args: argparse.Namespace) -> int:
                 f"HTTP bridge on {running.url}  (curl -d '{{\"id\": 1}}' "
                 f"{running.url}/user-service/users)"
             )
-        children = _start_programs(args.programs, _child_env(args), stack)
+            _say(f"HTTP bridge: {_probe_urls(running.url + '/_natsreg')}")
+        children = _start_programs(args.programs, _child_env(args), stack, args.http)
         _say(
             "try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
             "   |   natsreg watch"
@@ -877,15 +925,20 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _start_programs(
-    programs: Sequence[str], env: dict[str, str], stack: AsyncExitStack
+    programs: Sequence[str], env: dict[str, str], stack: AsyncExitStack, http: str | None
 ) -> list[subprocess.Popen[bytes]]:
     children = []
     from ._load import is_target
+    from ._probes import parse_listen
 
     for program in programs:
         argv = shlex.split(program)
         if is_target(program):
             argv = [sys.executable, "-m", "natsreg", "run", program]
+            if http is not None:
+                # Each service its own free port on the same interface; it prints where.
+                host, _ = parse_listen(http)
+                argv += ["--http", f"[{host}]:0" if ":" in host else f"{host}:0"]
         elif argv and argv[0].endswith(".py"):
             argv.insert(0, sys.executable)
         try:

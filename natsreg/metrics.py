@@ -10,8 +10,9 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ._collector import NatsregCollector
+from ._probes import serve
 
-__all__ = ["CONTENT_TYPE", "REGISTRY", "exposition"]
+__all__ = ["CONTENT_TYPE", "REGISTRY", "exposition", "serve"]
 
 #: The registry natsreg's collectors join; pass it to your own exporter to merge the two.
 REGISTRY = CollectorRegistry(auto_describe=False)

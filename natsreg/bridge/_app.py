@@ -22,7 +22,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .. import _figures, wire
+from .. import _figures, _probes, wire
 from ..client import Client
 from ..errors import (
     BulkheadFullError,
@@ -113,6 +113,8 @@ _HEADER_INJECTION = Refusal(400, "bad_request", "a header holds CR, LF or NUL")
 _NO_ROUTE = "none"
 _DEFAULT_ROUTE = "default"
 _OWN_ROUTE = "/_natsreg/"
+# The probes of natsreg._probes, under the bridge's own path.
+_PROBES = frozenset({"/_natsreg/metrics", "/_natsreg/healthz", "/_natsreg/readyz"})
 
 
 class _Refused(Exception):
@@ -210,6 +212,11 @@ class Bridge:
     def in_flight(self) -> int:
         """HTTP requests being handled now."""
         return sum(self._in_flight.values())
+
+    def readiness(self) -> str | None:
+        """Why HTTP clients should not be sent here, or None: the bridge's client must be
+        ready (connected, its view of the services it calls live)."""
+        return self._client.readiness()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -505,10 +512,16 @@ class Bridge:
                 }
             )
             await _respond(send, 200 if connected else 503, _JSON, body, cors)
+        elif path in _PROBES:
+            # The figures name services and endpoints, as /_natsreg/services does: behind
+            # the bridge's auth. The probes say no more than "ready" and why not: open to a
+            # kubelet, which sends no credentials.
+            if path == "/_natsreg/metrics" and not await self._allowed(credentials, send, cors):
+                return
+            status, content_type, body = _probes.answer(path[len("/_natsreg") :], method, (self,))
+            await _respond(send, status, content_type, body, cors)
         elif path == "/_natsreg/services" and self.config.expose_registry:
-            auth = self.config.auth
-            if auth.enabled and not auth.accepts(credential(auth, credentials)):
-                await self._refuse(send, _unauthorized(None), (*cors, challenge(auth)))
+            if not await self._allowed(credentials, send, cors):
                 return
             try:
                 body = await self._registry_json()
@@ -519,6 +532,16 @@ class Bridge:
             await _respond(send, 200, _JSON, body, cors)
         else:
             await self._refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
+
+    async def _allowed(
+        self, credentials: dict[bytes, bytes], send: Send, cors: Iterable[tuple[bytes, bytes]]
+    ) -> bool:
+        """Whether the bridge's own auth (if any) lets the caller in; refused if not."""
+        auth = self.config.auth
+        if auth.enabled and not auth.accepts(credential(auth, credentials)):
+            await self._refuse(send, _unauthorized(None), (*cors, challenge(auth)))
+            return False
+        return True
 
     async def _registry_json(self) -> bytes:
         cached = self._registry_view

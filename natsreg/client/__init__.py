@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 from nats.aio.client import Client as NATS
 
-from .. import _deadline, subjects, wire
+from .. import _deadline, _probes, subjects, wire
 from .._codec import to_bytes
 from ..errors import BulkheadFullError, CircuitOpenError, ConfigError, RequestTimeoutError
 from ._balance import STRATEGIES, check_strategy
@@ -203,6 +203,13 @@ class Client(anyio.AsyncContextManagerMixin):
             if inspect.isawaitable(value):
                 value = await value
             return Reply(target.subject, to_bytes(value), {FALLBACK_HEADER: "true"})
+
+    def readiness(self) -> str | None:
+        """Why this client should not be relied on now, or None: its connection must be up
+        and its live view of the services it calls trustworthy (not closed, none taken from
+        a registry node still warming up). With no registry at all it is ready: calls then
+        ride the queue group."""
+        return _probes.nats_problem(self._transport.nc) or self._views.stale()
 
     def stats(self) -> dict[str, Any]:
         """This client's figures, JSON-ready: calls in flight per service, per instance

@@ -114,6 +114,16 @@ class Views:
             if error is not None:
                 raise error  # a bug, not a missing registry
 
+    def stale(self) -> str | None:
+        """Why this client's views cannot be trusted now, or None: they are closed, or one
+        was taken from a warming registry node's answer only (which may miss instances)."""
+        if self._closed:
+            return "the client is closed"
+        warming = [service for service, tracker in self._trackers.items() if tracker.warming]
+        if warming:
+            return f"the view of {warming[0]!r} comes from a registry node still warming up"
+        return None
+
     def heal(self, service: str) -> None:
         """Reconcile the view of ``service`` with a registry snapshot, soon (rate-limited)."""
         if not self._closed and service in self._trackers:

@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from .. import _figures, subjects, wire
+from .._probes import nats_problem
 from .._tasks import background
 from ..errors import ConfigError
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
@@ -115,6 +116,9 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._queries: Queries | None = None
         # Its subscription to <prefix>.registry.>, while warm (_follow_warmth).
         self._query_sub: Subscription | None = None
+        # Reconnects the sweep has seen; one more means the node must hear everyone again.
+        self._reconnects = nc.stats["reconnects"]
+        self._running = False
 
     @property
     def revision(self) -> int:
@@ -133,6 +137,18 @@ class Registry(anyio.AsyncContextManagerMixin):
     def warming_up(self) -> bool:
         """True until the first re-announce round can have been heard in full."""
         return self._clock() < self._warm_until
+
+    def readiness(self) -> str | None:
+        """Why this node should not be asked yet, or None: it must be running, connected to
+        NATS, and warm (its view may lack instances until every one has re-announced)."""
+        if not self._running:
+            return "the registry node is not running"
+        problem = nats_problem(self._nc)
+        if problem is not None:
+            return problem
+        if self.warming_up or self._nc.stats["reconnects"] != self._reconnects:
+            return "warming up: hearing every instance re-announce"
+        return None
 
     def stats(self) -> wire.NodeStats:
         """The node's own figures: sizes, drops, warm-up."""
@@ -224,12 +240,14 @@ class Registry(anyio.AsyncContextManagerMixin):
             await self._nc.flush()
             # Subscribed first, then ask: no answer to our own question can be missed.
             await self._ask_everyone()
+            self._running = True
             micro = MicroPoll(self._nc, self._view, self.dropped, self._take_micro)
             async with background(
                 self._sweep_loop, functools.partial(micro.run, self.micro_poll_s), queries.serve
             ):
                 yield self
         finally:
+            self._running = False
             with anyio.CancelScope(shield=True):
                 if self._query_sub is not None:
                     subs.append(self._query_sub)
@@ -323,16 +341,15 @@ class Registry(anyio.AsyncContextManagerMixin):
         await self._publish(self._view.disconnected(advisory.conn))
 
     async def _sweep_loop(self) -> None:
-        reconnects = self._nc.stats["reconnects"]
         while True:
             await anyio.sleep(self.sweep_s)
             if not self._nc.is_connected:
                 # Heartbeats we cannot hear are no sign of death.
                 continue
-            if self._nc.stats["reconnects"] != reconnects:
+            if self._nc.stats["reconnects"] != self._reconnects:
                 # Back from an outage (ours, or our NATS node's): every deadline that passed
                 # meanwhile is suspect, so hear everyone again before expiring anyone.
-                reconnects = self._nc.stats["reconnects"]
+                self._reconnects = self._nc.stats["reconnects"]
                 log.info("reconnected to NATS; asking every instance to re-announce")
                 await self._ask_everyone()
             await self._follow_warmth()

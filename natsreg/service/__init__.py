@@ -23,7 +23,7 @@ import inspect
 import signal
 import types
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import AbstractContextManager, asynccontextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
 from typing import Unpack, overload
 
 import anyio
@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from .. import _figures, _origin, wire
+from .. import _figures, _origin, _probes, wire
 from .._tasks import background
 from ..errors import ConfigError
 from ._app import Context, Hook, Middleware, Service, config_of, wrap
@@ -80,6 +80,12 @@ class Instance(anyio.AsyncContextManagerMixin):
         self._ready = asyncio.Event()
         self._ready.set()
         self._tg: TaskGroup | None = None
+        # What readiness() reads: announced once NATS holds the announcement, draining
+        # from the moment leaving the block begins.
+        self._announced = False
+        self._draining = False
+        #: Where the probes listen, when ``http`` is set and the instance runs.
+        self.probes: _probes.Probes | None = None
         if declared is not None:
             self._middleware = declared.middleware_chain
             self._hooks = (declared.start_hooks, declared.stop_hooks)
@@ -136,6 +142,15 @@ class Instance(anyio.AsyncContextManagerMixin):
                     log.info("%s: got %s, stopping", self.config.name, signal.Signals(signum).name)
                 return
 
+    def readiness(self) -> str | None:
+        """Why callers should not be sent here, or None: the instance must be connected to
+        NATS, announced (every endpoint declared so far included), and not draining."""
+        if self._draining:
+            return "draining: finishing the requests in flight before saying goodbye"
+        if not self._announced or not self._ready.is_set():
+            return "not announced yet"
+        return _probes.nats_problem(self._nc)
+
     @property
     def health(self) -> wire.Health:
         return self._control.health
@@ -157,18 +172,27 @@ class Instance(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Instance]:
         context = self._context
-        # Before anything is announced: no request reaches a handler whose resources are
-        # not open yet.
-        with self._speaking():
-            for hook in self._hooks[0]:
-                await hook(context)
-        try:
-            async with self._serving():
-                yield self
-        finally:
-            with anyio.CancelScope(shield=True), self._speaking():
-                for hook in reversed(self._hooks[1]):
+        async with AsyncExitStack() as stack:
+            if self.config.http is not None:
+                # Up before the hooks, so that /healthz answers while they open resources
+                # (and /readyz says why not yet); down after the goodbye.
+                host, port, shared = _probes.worker_listen(self.config.http)
+                self.probes = await stack.enter_async_context(
+                    _probes.serve((host, port), self, reuse_port=shared)
+                )
+                stack.callback(setattr, self, "probes", None)
+            # Before anything is announced: no request reaches a handler whose resources
+            # are not open yet.
+            with self._speaking():
+                for hook in self._hooks[0]:
                     await hook(context)
+            try:
+                async with self._serving():
+                    yield self
+            finally:
+                with anyio.CancelScope(shield=True), self._speaking():
+                    for hook in reversed(self._hooks[1]):
+                        await hook(context)
 
     def _speaking(self) -> AbstractContextManager[None]:
         # Bound around each step rather than across the yield: the body of the caller's
@@ -203,6 +227,7 @@ class Instance(anyio.AsyncContextManagerMixin):
         # goodbye; endpoints drain (NATS stops routing to us, and what it already routed is
         # still handled) before the goodbye, so nothing is sent to an instance that registries
         # have forgotten.
+        self._draining = True
         self._control.stop()
         self._tg = None
         await self._endpoints.unsubscribe()
@@ -217,6 +242,7 @@ class Instance(anyio.AsyncContextManagerMixin):
         # after it by anyone (the worker this one replaces, say) reaches registries after it.
         await self._control.publish_announce()
         await self._nc.flush()
+        self._announced = True
 
     async def _serve_endpoint(self, endpoint: Endpoint, announce: bool) -> None:
         # Its handlers run in the subscription's task, which inherits this context.

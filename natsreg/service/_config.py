@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TypedDict
 
 from .. import subjects, wire
+from .._probes import parse_listen
 from ..errors import ConfigError
 
 __all__ = ["HealthCheck", "ServiceConfig", "ServiceSettings", "check_metadata", "check_name"]
@@ -53,6 +54,9 @@ class ServiceConfig:
     drain_timeout_s: float = 10.0
     #: Called every heartbeat; returns "passing", "warning" or "critical".
     health: HealthCheck | None = None
+    #: Serve /metrics, /healthz and /readyz on this address while the instance runs:
+    #: ``"HOST:PORT"``, or ``":PORT"`` for every interface (docs/operations.md, "Probes").
+    http: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "service name")
@@ -65,6 +69,8 @@ class ServiceConfig:
         if self.queue_group is not None and not subjects.is_valid_token(self.queue_group):
             raise ConfigError(f"queue group {self.queue_group!r} is not a valid NATS token")
         subjects.check_prefix(self.prefix)
+        if self.http is not None:
+            parse_listen(self.http, "http")
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -99,3 +105,4 @@ class ServiceSettings(TypedDict, total=False):
     max_queued: int
     drain_timeout_s: float
     health: HealthCheck | None
+    http: str | None
