@@ -4,14 +4,55 @@ Like the deadline (``natsreg._deadline``), it travels through a context variable
 sets it for the duration of each handler from the request's ``traceparent`` header, a
 :meth:`natsreg.Client.request` made inside the handler continues the same trace, and a log
 line written meanwhile names the trace and span it belongs to.
+
+Each hop gets a span id of its own, the trace id stays: a call made inside a trace sends a
+fresh span id as the ``traceparent``'s parent id, and the service it reaches names its log
+lines and nested calls by that id (with OpenTelemetry configured, by its own SERVER span's:
+``natsreg._otel``). A request that arrives without a (valid) ``traceparent`` starts a new
+trace, but lazily: nothing is drawn until a log line or a nested call asks, so a request
+nobody traces costs one context-variable write. Headers come from anyone who can publish:
+:func:`parse` accepts only what the W3C Trace Context specification allows, within a fixed
+size, and ignores anything else.
 """
 
 from __future__ import annotations
 
+import random
+import re
 from contextvars import ContextVar
 from typing import NamedTuple
 
-__all__ = ["TraceContext", "current", "ids"]
+__all__ = [
+    "TRACEPARENT",
+    "TRACESTATE",
+    "UNSTARTED",
+    "TraceContext",
+    "current",
+    "ids",
+    "next_hop",
+    "outgoing",
+    "parse",
+    "started",
+]
+
+#: The NATS header names, lower-case as the W3C recommends for protocols other than HTTP.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+# Longest accepted: a future version may append fields; nothing legitimate comes near these.
+_MAX_TRACEPARENT = 256
+_MAX_TRACESTATE = 512  # what the W3C asks every vendor to pass on at least
+_MAX_STATE_MEMBERS = 32
+
+# version "-" trace-id "-" parent-id "-" trace-flags, and for a later version "-" and more.
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# One tracestate list member: key "=" value (W3C Trace Context, section 3.3.1.3).
+_STATE_MEMBER_RE = re.compile(
+    r"(?:[a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 class TraceContext(NamedTuple):
@@ -23,10 +64,83 @@ class TraceContext(NamedTuple):
     state: str = ""  # the ``tracestate`` header, passed on untouched
 
 
+#: Set by a service for a request that came without a trace: one is started on first use.
+UNSTARTED = TraceContext("", "", "01", "")
+
 current: ContextVar[TraceContext | None] = ContextVar("natsreg_trace", default=None)
+
+# Ids need to be unique, not secret (OpenTelemetry's SDK draws them the same way); a
+# Mersenne Twister draw is a tenth of the cost of a read from the OS.
+_bits = random.getrandbits
+
+
+def _new_trace() -> TraceContext:
+    return TraceContext("%032x" % (_bits(128) or 1), "%016x" % (_bits(64) or 1))
+
+
+def started() -> TraceContext | None:
+    """The current trace context, starting the trace a handler's request did not bring."""
+    context = current.get()
+    if context is UNSTARTED:
+        context = _new_trace()
+        current.set(context)
+    return context
 
 
 def ids() -> tuple[str, str] | None:
     """``(trace_id, span_id)`` of the request being handled or made, if any."""
-    context = current.get()
+    context = started()
     return None if context is None else (context.trace_id, context.span_id)
+
+
+def outgoing(context: TraceContext) -> dict[str, str]:
+    """The headers that carry ``context`` to the next hop (its span id as the parent id)."""
+    return _headers(context.trace_id, context.span_id, context.flags, context.state)
+
+
+def next_hop(context: TraceContext) -> dict[str, str]:
+    """The headers of a call made in ``context``: its trace, under a fresh span id.
+
+    On every traced call: the header is built here directly, without a TraceContext for it.
+    """
+    if context is UNSTARTED:
+        context = started() or context
+    return _headers(context.trace_id, "%016x" % (_bits(64) or 1), context.flags, context.state)
+
+
+def _headers(trace_id: str, span_id: str, flags: str, state: str) -> dict[str, str]:
+    traceparent = f"00-{trace_id}-{span_id}-{flags}"
+    return {TRACEPARENT: traceparent, TRACESTATE: state} if state else {TRACEPARENT: traceparent}
+
+
+def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContext | None:
+    """The context a valid ``traceparent`` names (the sender's span as ``span_id``), or None.
+
+    Follows W3C Trace Context: a version this code does not know is read for the fields it
+    does know; version ``ff``, all-zero ids, upper-case hex or anything over the size limit
+    is no context at all. An invalid ``tracestate`` is dropped, the ``traceparent`` kept.
+    """
+    if not traceparent or len(traceparent) > _MAX_TRACEPARENT:
+        return None
+    match = _TRACEPARENT_RE.fullmatch(traceparent)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest is not None)
+        or trace_id == _ZERO_TRACE
+        or span_id == _ZERO_SPAN
+    ):
+        return None
+    return TraceContext(trace_id, span_id, flags, _state(tracestate))
+
+
+def _state(tracestate: str | None) -> str:
+    if not tracestate or len(tracestate) > _MAX_TRACESTATE:
+        return ""
+    members = [m.strip(" \t") for m in tracestate.split(",")]
+    members = [m for m in members if m]
+    if len(members) > _MAX_STATE_MEMBERS or not all(_STATE_MEMBER_RE.fullmatch(m) for m in members):
+        return ""
+    return ",".join(members)

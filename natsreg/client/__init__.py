@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 from nats.aio.client import Client as NATS
 
-from .. import _deadline, subjects, wire
+from .. import _deadline, _otel, _trace, subjects, wire
 from .._codec import to_bytes
 from ..errors import BulkheadFullError, CircuitOpenError, ConfigError, RequestTimeoutError
 from ._balance import STRATEGIES, check_strategy
@@ -184,10 +184,23 @@ class Client(anyio.AsyncContextManagerMixin):
         policy = retry or self.retry
         if policy.budget_s is not None:
             deadline = min(deadline, now + policy.budget_s)
+        data = to_bytes(payload)
+        # The trace goes on in the next hop: in a span of its own where OpenTelemetry is
+        # configured; else, inside a traced request, under a fresh span id. A call outside
+        # any trace sends no trace header (the service it reaches starts one).
+        span = None
+        tracer = _otel.tracer()
+        if tracer is not None:
+            span, context = _otel.client_span(tracer, target.subject, len(data))
+            headers = _with_trace(headers, _trace.outgoing(context))
+        else:
+            current = _trace.current.get()
+            if current is not None:
+                headers = _with_trace(headers, _trace.next_hop(current))
         try:
-            return await self._router.call(
+            reply = await self._router.call(
                 target,
-                to_bytes(payload),
+                data,
                 headers,
                 deadline,
                 policy,
@@ -197,12 +210,21 @@ class Client(anyio.AsyncContextManagerMixin):
                 idempotent,
             )
         except (CircuitOpenError, BulkheadFullError) as exc:
+            if span is not None:
+                _otel.end(span, exc)
             if fallback is None:
                 raise
             value = fallback(exc)
             if inspect.isawaitable(value):
                 value = await value
             return Reply(target.subject, to_bytes(value), {FALLBACK_HEADER: "true"})
+        except BaseException as exc:
+            if span is not None:
+                _otel.end(span, exc)
+            raise
+        if span is not None:
+            _otel.end(span, None)
+        return reply
 
     def stats(self) -> dict[str, Any]:
         """This client's figures, JSON-ready: calls in flight per service, per instance
@@ -237,3 +259,12 @@ class Client(anyio.AsyncContextManagerMixin):
         """Registry changes as they happen, one event per change (see
         :meth:`RegistryApi.watch`)."""
         return self._registry.watch(service)
+
+
+def _with_trace(headers: Mapping[str, str] | None, trace: dict[str, str]) -> Mapping[str, str]:
+    # A traceparent the caller set itself is theirs to send.
+    if not headers:
+        return trace
+    if _trace.TRACEPARENT in headers:
+        return headers
+    return {**headers, **trace}

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .. import _deadline, subjects, wire
+from .. import _deadline, _otel, _trace, subjects, wire
 from .._codec import to_bytes
 from ..errors import REQUEST_ID_HEADER, ConfigError, OverloadedError, ServiceError, error_headers
 from . import _dedupe
@@ -254,6 +254,22 @@ class Endpoints:
         # Whether a repeat must get this reply rather than a new run: not when nothing ran, or
         # when the handler itself said that trying again is safe.
         remember = True
+        # The trace this request belongs to, for nested calls and log lines (_trace.py).
+        carried = msg.headers
+        parent = (
+            _trace.parse(carried.get(_trace.TRACEPARENT), carried.get(_trace.TRACESTATE))
+            if carried and _trace.TRACEPARENT in carried
+            else None
+        )
+        span: Any = None
+        token: object = None
+        tracer = _otel.tracer()
+        if tracer is not None:
+            span, token = _otel.server_span(tracer, endpoint.subject, endpoint.queue_group, parent)
+        else:
+            # The span id the caller drew for this call names this hop.
+            _trace.current.set(_trace.UNSTARTED if parent is None else parent)
+        failure: ServiceError | None = None
         try:
             request = Request(msg, received, self._state)
             deadline = request.deadline
@@ -267,9 +283,13 @@ class Endpoints:
         except ServiceError as exc:
             data, headers = self._refused(endpoint, exc)
             remember = remember and not exc.retryable
+            failure = exc
         except Exception as exc:
-            data, headers = self._failed(endpoint, exc)
+            failure = self._failed(endpoint, exc)
+            data, headers = b"", error_headers(failure)
         finally:
+            if span is not None:
+                _otel.end(span, failure, token)
             endpoint.num_requests += 1
             endpoint.processing_ns += time.perf_counter_ns() - started
             self.served += 1
@@ -296,11 +316,11 @@ class Endpoints:
         self._count_error(endpoint, f"{exc.code}: {exc.description}")
         return b"", error_headers(exc)
 
-    def _failed(self, endpoint: Endpoint, exc: Exception) -> tuple[bytes, dict[str, str]]:
+    def _failed(self, endpoint: Endpoint, exc: Exception) -> ServiceError:
         log.exception("%s.%s: handler failed", self._config.name, endpoint.name)
         error = ServiceError(f"{type(exc).__name__}: {exc}", code=500)
         self._count_error(endpoint, error.description)
-        return b"", error_headers(error)
+        return error
 
     def _count_error(self, endpoint: Endpoint, description: str) -> None:
         endpoint.num_errors += 1

@@ -1,0 +1,238 @@
+"""One trace across every hop: HTTP client → bridge → service A → (nested call) → service B,
+with and without OpenTelemetry's SDK, against a real nats-server and the bridge's real server."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util._once import Once
+
+import natsreg
+from natsreg import _trace, bridge
+from natsreg.bridge import BridgeConfig
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CURL_SPAN = "00f067aa0ba902b7"
+
+
+@asynccontextmanager
+async def chain(nc: NATS, prefix: str, unique: str) -> AsyncIterator[dict[str, Any]]:
+    """Service A, whose endpoint calls service B; the bridge in front. Yields what each hop
+    saw (``a``/``b``: the headers it got and the ids of its own hop) and the HTTP client."""
+    seen: dict[str, Any] = {}
+    a = natsreg.announce(nc, f"a-{unique}", version="1.0.0", prefix=prefix)
+    b = natsreg.announce(nc, f"b-{unique}", version="1.0.0", prefix=prefix)
+    client = natsreg.Client(nc, prefix=prefix)
+
+    @a.endpoint("work")
+    async def work(req: natsreg.Request) -> Any:
+        seen["a"] = (dict(req.headers), _trace.ids())
+        reply = await client.request(f"b-{unique}.{req.data.decode()}", b"")
+        seen["a-after"] = _trace.ids()
+        return reply.data
+
+    @b.endpoint("ok")
+    async def ok(req: natsreg.Request) -> str:
+        seen["b"] = (dict(req.headers), _trace.ids())
+        return "done"
+
+    @b.endpoint("fail")
+    async def fail(req: natsreg.Request) -> str:
+        seen["b"] = (dict(req.headers), _trace.ids())
+        raise natsreg.ServiceError("no such user", code=404)
+
+    config = BridgeConfig(prefix=prefix)
+    async with (
+        a,
+        b,
+        client,
+        bridge.run(nc, config, host="127.0.0.1", port=0) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=10) as http,
+    ):
+        seen["http"] = http
+        seen["path"] = f"/a-{unique}/work"
+        yield seen
+
+
+def traceparent_ids(headers: dict[str, str]) -> tuple[str, str]:
+    context = _trace.parse(headers.get("traceparent"))
+    assert context is not None, headers
+    return context.trace_id, context.span_id
+
+
+async def test_without_the_sdk_the_http_clients_trace_reaches_b_under_a_new_span_id_per_hop(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    async with chain(nc, prefix, unique) as seen:
+        reply = await seen["http"].post(
+            seen["path"],
+            content=b"ok",
+            headers={"traceparent": f"00-{TRACE}-{CURL_SPAN}-01", "tracestate": "vendor=x"},
+        )
+    assert reply.status_code == 200, reply.text
+    a_headers, a_ids = seen["a"]
+    b_headers, b_ids = seen["b"]
+    # Each hop: the trace of the HTTP client, and a span id none before it used, drawn by
+    # its caller (the parent id of the traceparent it got) and its own in its log lines.
+    assert traceparent_ids(a_headers) == a_ids
+    assert traceparent_ids(b_headers) == b_ids
+    assert a_ids[0] == b_ids[0] == TRACE
+    assert len({CURL_SPAN, a_ids[1], b_ids[1]}) == 3
+    assert a_headers["tracestate"] == b_headers["tracestate"] == "vendor=x"
+    # The nested call left the handler's own context as it was.
+    assert seen["a-after"] == a_ids
+
+
+async def test_without_a_traceparent_a_starts_the_trace_and_b_receives_it(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    async with chain(nc, prefix, unique) as seen:
+        reply = await seen["http"].post(seen["path"], content=b"ok")
+        assert reply.status_code == 200, reply.text
+        first = seen["a"][1][0]
+        assert "traceparent" not in seen["a"][0]
+        assert traceparent_ids(seen["b"][0])[0] == seen["b"][1][0] == first
+        # The next request is a trace of its own.
+        await seen["http"].post(seen["path"], content=b"ok")
+        assert seen["a"][1][0] != first
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        [("traceparent", f"00-{TRACE.upper()}-{CURL_SPAN}-01")],
+        [("traceparent", f"ff-{TRACE}-{CURL_SPAN}-01")],
+        [("traceparent", f"00-{'0' * 32}-{CURL_SPAN}-01")],
+        [("traceparent", f"00-{TRACE}-{CURL_SPAN}-01-" + "x" * 3000)],
+        # Two traceparent headers name no single parent.
+        [
+            ("traceparent", f"00-{TRACE}-{CURL_SPAN}-01"),
+            ("traceparent", f"00-{TRACE}-{CURL_SPAN}-00"),
+        ],
+    ],
+)
+async def test_a_forged_traceparent_is_ignored_and_the_request_served(
+    nc: NATS, prefix: str, unique: str, forged: list[tuple[str, str]]
+) -> None:
+    async with chain(nc, prefix, unique) as seen:
+        reply = await seen["http"].post(seen["path"], content=b"ok", headers=forged)
+    assert reply.status_code == 200, reply.text
+    a_headers, a_ids = seen["a"]
+    assert "traceparent" not in a_headers and a_ids[0] != TRACE
+    assert traceparent_ids(seen["b"][0])[0] == a_ids[0]
+
+
+async def test_a_forged_traceparent_on_nats_is_ignored_and_the_service_starts_a_trace(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    async with chain(nc, prefix, unique) as seen:
+        for forged in [f"00-{TRACE}-{CURL_SPAN}-01-x", "x" * 5000, f"00-{TRACE}-{CURL_SPAN}"]:
+            reply = await nc.request(
+                f"a-{unique}.work", b"ok", timeout=5, headers={"traceparent": forged}
+            )
+            assert reply.data == b"done"
+            assert seen["a"][1][0] != TRACE
+            assert traceparent_ids(seen["b"][0])[0] == seen["a"][1][0]
+
+
+# -- with OpenTelemetry's SDK ----------------------------------------------------------------
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """A configured global tracer provider (the SDK, sampling every trace) for this test only."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        # OpenTelemetry sets the global provider once per process; its own tests reset it so.
+        trace._TRACER_PROVIDER = None
+        trace._TRACER_PROVIDER_SET_ONCE = Once()
+        provider.shutdown()
+
+
+def one(found: list[ReadableSpan], kind: SpanKind, name: str) -> ReadableSpan:
+    matching = [s for s in found if s.kind == kind and s.name == name]
+    assert len(matching) == 1, [(s.kind, s.name) for s in found]
+    return matching[0]
+
+
+async def test_with_the_sdk_every_hop_makes_a_span_in_one_trace_chained_to_its_caller(
+    nc: NATS, prefix: str, unique: str, spans: InMemorySpanExporter
+) -> None:
+    async with chain(nc, prefix, unique) as seen:
+        ok = await seen["http"].post(
+            seen["path"], content=b"ok", headers={"traceparent": f"00-{TRACE}-{CURL_SPAN}-01"}
+        )
+        assert ok.status_code == 200, ok.text
+        found = list(spans.get_finished_spans())
+        handlers_saw = seen["a"][1], seen["b"][1]
+        spans.clear()
+        failed = await seen["http"].post(
+            seen["path"], content=b"fail", headers={"traceparent": f"00-{TRACE}-{CURL_SPAN}-01"}
+        )
+        assert failed.status_code == 404, failed.text
+        failing = list(spans.get_finished_spans())
+
+    a, b = f"a-{unique}.work", f"b-{unique}.ok"
+    bridge_call = one(found, SpanKind.CLIENT, f"request {a}")
+    a_server = one(found, SpanKind.SERVER, f"process {a}")
+    a_call = one(found, SpanKind.CLIENT, f"request {b}")
+    b_server = one(found, SpanKind.SERVER, f"process {b}")
+    assert len(found) == 4
+    chain_ = [bridge_call, a_server, a_call, b_server]
+    assert {s.context.trace_id for s in chain_} == {int(TRACE, 16)}
+    assert bridge_call.parent is not None and bridge_call.parent.span_id == int(CURL_SPAN, 16)
+    for parent, child in itertools.pairwise(chain_):
+        assert child.parent is not None and child.parent.span_id == parent.context.span_id
+    # What the handlers saw as their own ids are their SERVER spans'.
+    assert handlers_saw == (
+        (TRACE, f"{a_server.context.span_id:016x}"),
+        (TRACE, f"{b_server.context.span_id:016x}"),
+    )
+    for s in chain_:
+        assert s.attributes is not None
+        assert s.attributes["messaging.system"] == "nats"
+        assert s.status.status_code == StatusCode.UNSET
+    assert b_server.attributes is not None
+    assert b_server.attributes["messaging.destination.name"] == b
+    assert b_server.attributes["messaging.consumer.group.name"] == f"b-{unique}"
+
+    # The failing hop: B's span and every span above it say so, with the code.
+    b_fail = f"b-{unique}.fail"
+    for kind, name in [
+        (SpanKind.SERVER, f"process {b_fail}"),
+        (SpanKind.CLIENT, f"request {b_fail}"),
+        (SpanKind.SERVER, f"process {a}"),
+        (SpanKind.CLIENT, f"request {a}"),
+    ]:
+        span = one(failing, kind, name)
+        assert span.status.status_code == StatusCode.ERROR, name
+        assert span.attributes is not None and span.attributes["error.type"] == "404", name
+        assert span.context.trace_id == int(TRACE, 16)
+
+
+async def test_with_the_sdk_a_call_outside_any_trace_starts_one(
+    nc: NATS, prefix: str, unique: str, spans: InMemorySpanExporter
+) -> None:
+    async with chain(nc, prefix, unique) as seen:
+        reply = await seen["http"].post(seen["path"], content=b"ok")
+        assert reply.status_code == 200, reply.text
+    found = list(spans.get_finished_spans())
+    root = one(found, SpanKind.CLIENT, f"request a-{unique}.work")
+    assert root.parent is None
+    assert len(found) == 4 and {s.context.trace_id for s in found} == {root.context.trace_id}
