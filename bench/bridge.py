@@ -21,8 +21,15 @@ Rounds alternate the order of the two Python bridges; the table holds each one's
     python bench/bridge.py run --stacks         # also the HTTP stacks the bridge could use
     python bench/bridge.py run --no-peers       # skip the Node peers (no npm needed)
     python bench/bridge.py run --workers 2      # also `natsreg bridge --workers 2`
+    python bench/bridge.py run --trace          # also the trace modes below
 
 Goals: natsreg ≥ 1.2× aiohttp, ≥ 1.5× moleculer-web, ≥ 5× classic, p99 < 20 ms.
+
+With ``--trace``, two more natsreg bridge figures in the same rounds, against the bridge with
+tracing off: wrk sending a W3C ``traceparent`` that the bridge carries on to the service (no
+OpenTelemetry SDK; goal ≥ 0.97×), and a second bridge and echo service with OpenTelemetry's
+SDK configured, every trace sampled, spans batched to an exporter that drops them (a CLIENT
+span in the bridge, a SERVER span in the service; goal ≥ 0.8×).
 """
 
 from __future__ import annotations
@@ -51,14 +58,31 @@ GET_REPLY = b'{"id":1,"name":"alice"}'
 # -- processes that the run starts -----------------------------------------------------------
 
 
-async def echo_service(url: str) -> None:
-    """The natsreg echo service every Python bridge calls, until SIGTERM."""
+TRACEPARENT = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+SPANS_SERVICE = "user-service-spans"
+
+
+def configure_spans() -> None:
+    """OpenTelemetry's SDK as this process' tracer provider (bench/rpc.py's: every trace
+    sampled, spans batched to an exporter that drops them)."""
+    from opentelemetry import trace
+    from rpc import span_provider  # bench/rpc.py
+
+    trace.set_tracer_provider(span_provider())
+
+
+async def echo_service(url: str, spans: bool = False) -> None:
+    """The natsreg echo service every Python bridge calls, until SIGTERM; with ``spans``, as
+    SPANS_SERVICE with OpenTelemetry's SDK configured."""
     import nats
 
     import natsreg
 
+    if spans:
+        configure_spans()
     nc = await nats.connect(url)
-    async with natsreg.announce(nc, SERVICE, version="1.0.0", prefix="bench") as svc:
+    name = SPANS_SERVICE if spans else SERVICE
+    async with natsreg.announce(nc, name, version="1.0.0", prefix="bench") as svc:
 
         @svc.endpoint(ENDPOINT)
         async def users(req: natsreg.Request) -> bytes:
@@ -69,12 +93,14 @@ async def echo_service(url: str) -> None:
     await nc.close()
 
 
-async def natsreg_bridge(url: str, port: int) -> None:
-    """natsreg's bridge on ``port`` until SIGTERM."""
+async def natsreg_bridge(url: str, port: int, spans: bool = False) -> None:
+    """natsreg's bridge on ``port`` until SIGTERM (with ``spans``, OpenTelemetry's SDK on)."""
     import nats
 
     from natsreg import bridge
 
+    if spans:
+        configure_spans()
     nc = await nats.connect(url)
     await bridge.serve(
         nc,
@@ -193,6 +219,8 @@ def wait_http(url: str, timeout_s: float = 30.0) -> bytes:
 # -- wrk ---------------------------------------------------------------------------------------
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+#: Targets wrk calls with a traceparent header.
+TRACED_URLS: set[str] = set()
 
 
 def _ms(text: str) -> float:
@@ -202,6 +230,8 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, duration_s: float, connections: int) -> dict[str, float]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
+    if url in TRACED_URLS:
+        command[1:1] = ["-H", TRACEPARENT]
     text = subprocess.run(
         command, capture_output=True, text=True, timeout=duration_s + 60, check=True
     ).stdout
@@ -293,6 +323,20 @@ def run(args: argparse.Namespace) -> None:
             )
             wait_line(proc, "READY")
             targets["aiohttp bridge"] = f"http://{LOOPBACK}:{port}/api/users/{ENDPOINT}"
+
+            if args.trace:
+                # The same bridge, called inside a trace: a '#' keeps the URL a label of its own.
+                traced = targets["natsreg bridge"] + "#traced"
+                TRACED_URLS.add(traced)
+                targets["natsreg bridge, trace context"] = traced
+                service = procs.start([py, me, "service", "--server", url, "--spans"])
+                wait_line(service, "READY")
+                port = free_port()
+                argv = [py, me, "natsreg-bridge", "--server", url, "--port", str(port), "--spans"]
+                wait_line(procs.start(argv), "READY")
+                targets["natsreg bridge, OpenTelemetry spans"] = (
+                    f"http://{LOOPBACK}:{port}/{SPANS_SERVICE}/{ENDPOINT}"
+                )
 
             if args.workers > 1:
                 # The same bridge as `natsreg bridge --workers N` runs it: N processes on one
@@ -430,6 +474,14 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
                 f"{'met' if ratio >= goal else 'NOT met'}"
             )
     print(f"goal p99 < 20 ms: {ours['p99']:.2f} ms {'met' if ours['p99'] < 20 else 'NOT met'}")
+    for label, goal in (("trace context", 0.97), ("OpenTelemetry spans", 0.8)):
+        traced = median.get(f"natsreg bridge, {label}")
+        if traced is not None:
+            ratio = traced["rps"] / ours["rps"]
+            print(
+                f"goal natsreg bridge with {label} ≥ {goal}× without: {ratio:.2f}× "
+                f"{'met' if ratio >= goal else 'NOT met'} (p50 {traced['p50'] / ours['p50']:.2f}×)"
+            )
 
 
 def main() -> None:
@@ -446,10 +498,12 @@ def main() -> None:
     r.add_argument("--stacks", action="store_true", help="also uvicorn h11 and granian")
     r.add_argument("--no-peers", dest="peers", action="store_false", help="skip Node peers")
     r.add_argument("--workers", type=int, default=1, help="also natsreg bridge --workers N (N > 1)")
+    r.add_argument("--trace", action="store_true", help="also trace context, and OpenTelemetry")
     for name in ("service", "natsreg-bridge", "natsreg-bridge-h11"):
         s = sub.add_parser(name, help="(started by run)")
         s.add_argument("--server", required=True)
         s.add_argument("--port", type=int, default=0)
+        s.add_argument("--spans", action="store_true", help="with OpenTelemetry's SDK")
     args = parser.parse_args()
     if args.command == "run":
         if args.quick:
@@ -461,9 +515,9 @@ def main() -> None:
     import uvloop
 
     if args.command == "service":
-        uvloop.run(echo_service(args.server))
+        uvloop.run(echo_service(args.server, args.spans))
     elif args.command == "natsreg-bridge":
-        uvloop.run(natsreg_bridge(args.server, args.port))
+        uvloop.run(natsreg_bridge(args.server, args.port, args.spans))
     else:
         uvloop.run(_h11_bridge(args.server, args.port))
 

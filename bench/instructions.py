@@ -8,6 +8,7 @@ out: what is left is the cost of one request, in instructions, for that mode.
 
     python bench/instructions.py              # 1,000 and 4,000 requests per mode (~3 min)
     python bench/instructions.py --requests 500
+    python bench/instructions.py --trace      # also natsreg calls made inside a trace
 
 Needs valgrind (Debian: apt-get install -y valgrind).
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import nats
 
 import natsreg
+from natsreg import _trace
 from natsreg.testing import NatsServer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,7 +44,10 @@ async def _load(url: str, mode: str, requests: int) -> None:
     calls = {
         "raw": lambda: nc.request(rpc.RAW_SUBJECT, rpc.PAYLOAD, timeout=60.0),
         "natsreg": lambda: client.request(rpc.NATSREG_SUBJECT, rpc.PAYLOAD),
+        "trace-context": lambda: client.request(rpc.NATSREG_SUBJECT, rpc.PAYLOAD),
     }
+    if mode == "trace-context":
+        _trace.current.set(rpc.TRACE)  # each call carries a traceparent
     result = await rpc.run_load(calls[mode], CONCURRENCY, 600.0, requests)
     await client.aclose()
     await nc.close()
@@ -93,13 +98,14 @@ def main() -> None:
         default=1000,
         help="N: runs of N and 4N requests per mode (default: 1000)",
     )
+    parser.add_argument("--trace", action="store_true", help="also calls made in a trace")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
     n = args.requests
     per_request = {}
     with NatsServer() as server:
-        for mode in ("raw", "natsreg"):
+        for mode in ("raw", "natsreg", "trace-context") if args.trace else ("raw", "natsreg"):
             small = instructions(server.url, mode, n)
             large = instructions(server.url, mode, 4 * n)
             per_request[mode] = (large - small) / (3 * n)

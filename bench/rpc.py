@@ -13,8 +13,19 @@ Rounds alternate raw, natsreg, raw, natsreg...; the table shows the median of th
 
 Goal: natsreg >= 0.9x raw requests/s, and p50 <= 1.1x raw, at concurrency 1 and 64.
 
+With ``--trace``, two more modes in the same rounds, each against natsreg with tracing off:
+
+- trace-context: the calls are made inside a trace (as from a handler or the bridge), so
+  each carries a ``traceparent`` and the service continues the trace; no OpenTelemetry SDK.
+  Goal >= 0.97x.
+- trace-spans:   OpenTelemetry's SDK configured on both sides, every trace sampled, spans
+  handed to a batch processor whose exporter discards them: a CLIENT and a SERVER span per
+  call. Goal >= 0.8x. (Its service runs in a responder process of its own, the SDK's tracer
+  provider being global to a process.)
+
     python bench/rpc.py            # 5 rounds of 2 s per mode and concurrency
     python bench/rpc.py --quick    # 3 rounds of 0.5 s, to check it runs
+    python bench/rpc.py --trace    # also the two trace modes (needs natsreg[test] for the SDK)
     python bench/rpc.py --url nats://127.0.0.1:4222   # an existing server, not a new one
 """
 
@@ -31,6 +42,7 @@ import time
 import nats
 
 import natsreg
+from natsreg import _trace
 from natsreg.testing import NatsServer
 
 RAW_SUBJECT = "bench-raw.echo"
@@ -38,22 +50,47 @@ SERVICE = "bench-natsreg"
 NATSREG_SUBJECT = f"{SERVICE}.echo"
 PAYLOAD = b'{"id":12345,"name":"user-12345","roles":["reader"]}'
 REQUEST_TIMEOUT_S = 5.0
+SPANS_SERVICE = "bench-spans"
+#: The trace the trace-context mode's calls are made in.
+TRACE = _trace.TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+
+
+def span_provider():
+    """An SDK tracer provider sampling every trace, whose exporter drops what it gets."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return provider
 
 
 # -- responder subprocess ------------------------------------------------------------------
 
 
-async def serve(url: str) -> None:
-    """Serve both echoes, each on its own connection, until stdin closes."""
+async def serve(url: str, spans: bool = False) -> None:
+    """Serve both echoes, each on its own connection, until stdin closes; with ``spans``,
+    only the natsreg echo, as SPANS_SERVICE, with OpenTelemetry's SDK configured."""
     raw_nc = await nats.connect(url)
     svc_nc = await nats.connect(url)
 
     async def raw_echo(msg):
         await msg.respond(msg.data)
 
-    await raw_nc.subscribe(RAW_SUBJECT, queue="bench-raw", cb=raw_echo)
-    await raw_nc.flush()
-    svc = natsreg.announce(svc_nc, SERVICE, version="1.0.0", prefix="bench")
+    if spans:
+        from opentelemetry import trace
+
+        trace.set_tracer_provider(span_provider())
+    else:
+        await raw_nc.subscribe(RAW_SUBJECT, queue="bench-raw", cb=raw_echo)
+        await raw_nc.flush()
+    svc = natsreg.announce(
+        svc_nc, SPANS_SERVICE if spans else SERVICE, version="1.0.0", prefix="bench"
+    )
 
     @svc.endpoint("echo")
     async def echo(req: natsreg.Request) -> bytes:
@@ -101,25 +138,58 @@ async def run_load(call, concurrency: int, duration_s: float, max_requests: int)
     }
 
 
-async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[int]) -> None:
+class _Tracing:
+    """The trace modes' settings, on for one round: the trace the calls are made in, or the
+    SDK's provider as the process' global one (natsreg reads it on every call)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.provider = span_provider() if mode == "trace-spans" else None
+
+    def __enter__(self) -> None:
+        if self.mode == "trace-context":
+            self.token = _trace.current.set(TRACE)  # inherited by run_load's worker tasks
+        elif self.provider is not None:
+            from opentelemetry import trace
+
+            trace._TRACER_PROVIDER = self.provider
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.mode == "trace-context":
+            _trace.current.reset(self.token)
+        elif self.provider is not None:
+            from opentelemetry import trace
+
+            trace._TRACER_PROVIDER = None
+
+
+async def bench(
+    url: str, rounds: int, duration_s: float, concurrencies: list[int], tracing: bool = False
+) -> None:
     nc = await nats.connect(url)
     client = natsreg.Client(nc, timeout_s=REQUEST_TIMEOUT_S)
     calls = {
         "raw": lambda: nc.request(RAW_SUBJECT, PAYLOAD, timeout=REQUEST_TIMEOUT_S),
         "natsreg": lambda: client.request(NATSREG_SUBJECT, PAYLOAD),
     }
-    for call in calls.values():  # check both echo, and warm up caches and the inbox
-        reply = await call()
-        assert reply.data == PAYLOAD, reply.data
-        await run_load(call, 8, 0.3, 2_000)
+    if tracing:
+        calls["trace-context"] = calls["natsreg"]
+        calls["trace-spans"] = lambda: client.request(f"{SPANS_SERVICE}.echo", PAYLOAD)
+    settings = {mode: _Tracing(mode) for mode in calls}
+    for mode, call in calls.items():  # check each echoes, and warm up caches and the inbox
+        with settings[mode]:
+            reply = await call()
+            assert reply.data == PAYLOAD, reply.data
+            await run_load(call, 8, 0.3, 2_000)
 
     results: dict[tuple[str, int], list[dict]] = {}
     for concurrency in concurrencies:
         for round_ in range(rounds):
-            # Alternate which mode goes first, so neither always runs on a warmer machine.
-            order = ["raw", "natsreg"] if round_ % 2 == 0 else ["natsreg", "raw"]
+            # Alternate the order of the modes, so none always runs on a warmer machine.
+            order = list(calls) if round_ % 2 == 0 else list(reversed(calls))
             for mode in order:
-                r = await run_load(calls[mode], concurrency, duration_s, 1_000_000)
+                with settings[mode]:
+                    r = await run_load(calls[mode], concurrency, duration_s, 1_000_000)
                 results.setdefault((mode, concurrency), []).append(r)
                 print(
                     f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<8}"
@@ -138,7 +208,7 @@ async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[in
     print("| mode | concurrency | req/s | p50 ms | p99 ms | req/s vs raw | p50 vs raw | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in concurrencies:
-        for mode in ("raw", "natsreg"):
+        for mode in calls:
             rps, p50, p99 = (med(mode, c, k) for k in ("rps", "p50", "p99"))
             errors = sum(r["errors"] for r in results[(mode, c)])
             rps_ratio = rps / med("raw", c, "rps")
@@ -147,6 +217,14 @@ async def bench(url: str, rounds: int, duration_s: float, concurrencies: list[in
                 f"| {mode} | {c} | {rps:.0f} | {p50:.3f} | {p99:.3f} | "
                 f"{rps_ratio:.2f}x | {p50_ratio:.2f}x | {errors} |"
             )
+    if tracing:
+        print("\n| mode | concurrency | req/s vs natsreg (tracing off) | p50 vs natsreg | goal |")
+        print("|---|---:|---:|---:|---:|")
+        for c in concurrencies:
+            for mode, goal in (("trace-context", 0.97), ("trace-spans", 0.8)):
+                rps_ratio = med(mode, c, "rps") / med("natsreg", c, "rps")
+                p50_ratio = med(mode, c, "p50") / med("natsreg", c, "p50")
+                print(f"| {mode} | {c} | {rps_ratio:.2f}x | {p50_ratio:.2f}x | >= {goal}x |")
 
 
 def main() -> None:
@@ -157,14 +235,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
     parser.add_argument("--url", help="use this nats-server instead of starting one")
+    parser.add_argument(
+        "--trace", action="store_true", help="also trace context alone, and OpenTelemetry spans"
+    )
     parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--spans", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.serve:
-        asyncio.run(serve(args.serve))
+        asyncio.run(serve(args.serve, args.spans))
         return
     rounds = args.rounds or (3 if args.quick else 5)
     duration_s = args.duration or (0.5 if args.quick else 2.0)
@@ -172,22 +254,27 @@ def main() -> None:
     server = None if args.url else NatsServer(host="127.0.0.1")
     url = args.url or server.url
     command = [sys.executable, __file__, "--serve", url] + (["--uvloop"] if args.uvloop else [])
-    responder = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    responders = [
+        subprocess.Popen(
+            command + extra,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for extra in ([[], ["--spans"]] if args.trace else [[]])
+    ]
     try:
-        if responder.stdout.readline().strip() != b"ready":
-            raise SystemExit("the responder did not start")
-        asyncio.run(bench(url, rounds, duration_s, args.concurrency))
+        for responder in responders:
+            if responder.stdout.readline().strip() != b"ready":
+                raise SystemExit("the responder did not start")
+        asyncio.run(bench(url, rounds, duration_s, args.concurrency, args.trace))
     finally:
-        responder.stdin.close()
-        try:
-            responder.wait(10)
-        except subprocess.TimeoutExpired:
-            responder.kill()
+        for responder in responders:
+            responder.stdin.close()
+            try:
+                responder.wait(10)
+            except subprocess.TimeoutExpired:
+                responder.kill()
         if server is not None:
             server.stop()
 

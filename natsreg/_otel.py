@@ -71,8 +71,8 @@ if _api is not None and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
     _api.get_tracer_provider()
 
 
-def client_span(tracer: Tracer, subject: str, size: int) -> tuple[Span, _trace.TraceContext]:
-    """A started CLIENT span for a call to ``subject``, and the context to send with it.
+def client_span(tracer: Tracer, subject: str) -> tuple[Span, dict[str, str]]:
+    """A started CLIENT span for a call to ``subject``, and the headers that carry it.
 
     Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
     span, or a span of the caller's own), else the trace context a bridge or handler set.
@@ -91,10 +91,9 @@ def client_span(tracer: Tracer, subject: str, size: int) -> tuple[Span, _trace.T
             "messaging.operation.name": "request",
             "messaging.operation.type": "send",
             "messaging.destination.name": subject,
-            "messaging.message.body.size": size,
         },
     )
-    return span, _context_of(span)
+    return span, _trace.outgoing(_context_of(span))
 
 
 def server_span(

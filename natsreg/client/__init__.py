@@ -165,7 +165,9 @@ class Client(anyio.AsyncContextManagerMixin):
         ``timeout_s`` bounds the whole call, retries included, and never exceeds the deadline
         of the request being handled when called from inside a handler. ``fallback(error)``
         runs instead of failing fast (open breaker, full bulkhead); its return value becomes
-        the reply's payload.
+        the reply's payload. Made inside a handler, the call continues the request's W3C
+        trace (``traceparent``, ``tracestate``) under a span id of its own; with
+        OpenTelemetry configured it is a CLIENT span (docs/operations.md, "Tracing").
         """
         target = parse_target(subject)
         if strategy is not None:
@@ -184,15 +186,14 @@ class Client(anyio.AsyncContextManagerMixin):
         policy = retry or self.retry
         if policy.budget_s is not None:
             deadline = min(deadline, now + policy.budget_s)
-        data = to_bytes(payload)
         # The trace goes on in the next hop: in a span of its own where OpenTelemetry is
         # configured; else, inside a traced request, under a fresh span id. A call outside
         # any trace sends no trace header (the service it reaches starts one).
         span = None
         tracer = _otel.tracer()
         if tracer is not None:
-            span, context = _otel.client_span(tracer, target.subject, len(data))
-            headers = _with_trace(headers, _trace.outgoing(context))
+            span, sent = _otel.client_span(tracer, target.subject)
+            headers = _with_trace(headers, sent)
         else:
             current = _trace.current.get()
             if current is not None:
@@ -200,7 +201,7 @@ class Client(anyio.AsyncContextManagerMixin):
         try:
             reply = await self._router.call(
                 target,
-                data,
+                to_bytes(payload),
                 headers,
                 deadline,
                 policy,
