@@ -8,11 +8,11 @@ line written meanwhile names the trace and span it belongs to.
 Each hop gets a span id of its own, the trace id stays: a call made inside a trace sends a
 fresh span id as the ``traceparent``'s parent id, and the service it reaches names its log
 lines and nested calls by that id (with OpenTelemetry configured, by its own SERVER span's:
-``natsreg._otel``). A request that arrives without a (valid) ``traceparent`` starts a new
-trace, but lazily: nothing is drawn until a log line or a nested call asks, so a request
-nobody traces costs one context-variable write. Headers come from anyone who can publish:
-:func:`parse` accepts only what the W3C Trace Context specification allows, within a fixed
-size, and ignores anything else.
+``natsreg._otel``). A service reads the headers lazily (:func:`receive`): only when a log line
+or a nested call asks for the trace, which then starts anew if the request brought none, so
+a handler that does neither pays two context-variable writes. Headers come from anyone who
+can publish: :func:`parse` accepts only what the W3C Trace Context specification allows,
+within a fixed size, and ignores anything else.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "next_hop",
     "outgoing",
     "parse",
+    "receive",
     "started",
 ]
 
@@ -64,10 +65,14 @@ class TraceContext(NamedTuple):
     state: str = ""  # the ``tracestate`` header, passed on untouched
 
 
-#: Set by a service for a request that came without a trace: one is started on first use.
+#: A handler's context until first use: then that of the headers it got, or a new trace.
 UNSTARTED = TraceContext("", "", "01", "")
 
 current: ContextVar[TraceContext | None] = ContextVar("natsreg_trace", default=None)
+# The trace headers of the request being handled, read when the trace is first used.
+_received: ContextVar[tuple[str, str | None] | None] = ContextVar(
+    "natsreg_trace_headers", default=None
+)
 
 # Ids need to be unique, not secret (OpenTelemetry's SDK draws them the same way); a
 # Mersenne Twister draw is a tenth of the cost of a read from the OS.
@@ -78,11 +83,21 @@ def _new_trace() -> TraceContext:
     return TraceContext("%032x" % (_bits(128) or 1), "%016x" % (_bits(64) or 1))
 
 
+def receive(traceparent: str | None, tracestate: str | None) -> None:
+    """Set the trace of the request a handler is about to serve, from its headers."""
+    current.set(UNSTARTED)
+    # Set either way: a queued request's task starts in a copy of the context of the handler
+    # that made room for it, which holds that request's headers.
+    _received.set(None if traceparent is None else (traceparent, tracestate))
+
+
 def started() -> TraceContext | None:
-    """The current trace context, starting the trace a handler's request did not bring."""
+    """The current trace context; in a handler, read from the request's headers (or a new
+    trace if they name none) the first time it is asked for."""
     context = current.get()
     if context is UNSTARTED:
-        context = _new_trace()
+        received = _received.get()
+        context = (parse(*received) if received else None) or _new_trace()
         current.set(context)
     return context
 

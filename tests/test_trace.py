@@ -3,6 +3,7 @@ with and without OpenTelemetry's SDK, against a real nats-server and the bridge'
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
 import natsreg
-from natsreg import _trace, bridge
+from natsreg import _deadline, _trace, bridge
 from natsreg.bridge import BridgeConfig
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -144,6 +145,44 @@ async def test_a_forged_traceparent_on_nats_is_ignored_and_the_service_starts_a_
             assert reply.data == b"done"
             assert seen["a"][1][0] != TRACE
             assert traceparent_ids(seen["b"][0])[0] == seen["a"][1][0]
+
+
+async def test_a_queued_request_keeps_neither_the_trace_nor_the_deadline_of_the_one_before(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    # One handler slot: the second request waits in the queue, and its task is started by the
+    # first one's as it finishes.
+    release = asyncio.Event()
+    seen: list[tuple[Any, float | None]] = []
+    name = f"q-{unique}"
+    async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix, max_in_flight=1) as svc:
+
+        @svc.endpoint("work")
+        async def work(req: natsreg.Request) -> None:
+            seen.append((_trace.ids(), _deadline.current.get()))
+            await release.wait()
+
+        first = asyncio.create_task(
+            nc.request(
+                f"{name}.work",
+                b"",
+                timeout=5,
+                headers={"traceparent": f"00-{TRACE}-{CURL_SPAN}-01", "Natsreg-Budget-Ms": "5000"},
+            )
+        )
+        async with asyncio.timeout(5):
+            while not seen:
+                await asyncio.sleep(0.01)
+        second = asyncio.create_task(nc.request(f"{name}.work", b"", timeout=5))
+        # Only the service's own queue can say that the second request waits in it.
+        async with asyncio.timeout(5):
+            while not svc._endpoints._queue:
+                await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(first, second)
+    assert seen[0][0] == (TRACE, CURL_SPAN) and seen[0][1] is not None
+    assert seen[1][0] is not None and seen[1][0][0] != TRACE
+    assert seen[1][1] is None
 
 
 # -- with OpenTelemetry's SDK ----------------------------------------------------------------

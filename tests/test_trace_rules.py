@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from natsreg import _trace
@@ -109,4 +111,18 @@ def test_a_handlers_trace_starts_on_first_use_and_stays() -> None:
         assert _trace.ids() == first
     finally:
         _trace.current.reset(token)
+    assert _trace.ids() is None
+
+
+async def test_a_handlers_trace_is_read_from_its_headers_on_first_use() -> None:
+    # In a task of its own, as a handler runs: what it sets stays in it.
+    async def handler(traceparent: str | None) -> tuple[str, str] | None:
+        _trace.receive(traceparent, "k=v")
+        assert _trace.current.get() is _trace.UNSTARTED  # nothing read yet
+        return _trace.ids()
+
+    assert await asyncio.create_task(handler(VALID)) == (TRACE, SPAN)
+    for forged in (None, VALID.upper(), "x" * 10_000):
+        ids = await asyncio.create_task(handler(forged))
+        assert ids is not None and ids[0] != TRACE and len(ids[0]) == 32
     assert _trace.ids() is None

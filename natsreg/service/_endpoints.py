@@ -256,29 +256,27 @@ class Endpoints:
         remember = True
         # The trace this request belongs to, for nested calls and log lines (_trace.py).
         carried = msg.headers
-        parent = (
-            _trace.parse(carried.get(_trace.TRACEPARENT), carried.get(_trace.TRACESTATE))
-            if carried and _trace.TRACEPARENT in carried
-            else None
-        )
+        traceparent = carried.get(_trace.TRACEPARENT) if carried else None
+        tracestate = carried.get(_trace.TRACESTATE) if carried and traceparent else None
         span: Any = None
         token: object = None
         tracer = _otel.tracer()
         if tracer is not None:
+            parent = _trace.parse(traceparent, tracestate)
             span, token = _otel.server_span(tracer, endpoint.subject, endpoint.queue_group, parent)
         else:
-            # The span id the caller drew for this call names this hop.
-            _trace.current.set(_trace.UNSTARTED if parent is None else parent)
+            _trace.receive(traceparent, tracestate)
         failure: ServiceError | None = None
         try:
             request = Request(msg, received, self._state)
             deadline = request.deadline
-            if deadline is not None:
-                if deadline <= time.monotonic():
-                    # The caller has given up: its work is not started.
-                    remember = False
-                    raise ServiceError("deadline exceeded before the handler started", code=504)
-                _deadline.current.set(deadline)
+            if deadline is not None and deadline <= time.monotonic():
+                # The caller has given up: its work is not started.
+                remember = False
+                raise ServiceError("deadline exceeded before the handler started", code=504)
+            # Set even to None: a queued request's task starts in a copy of the context of the
+            # handler that made room for it, which holds that request's deadline.
+            _deadline.current.set(deadline)
             data = to_bytes(await endpoint.handler(request))
         except ServiceError as exc:
             data, headers = self._refused(endpoint, exc)
