@@ -249,10 +249,18 @@ def wrk(url: str, duration_s: float, connections: int) -> dict[str, float]:
     }
 
 
-def measure(label: str, url: str, args: argparse.Namespace) -> dict[str, float]:
+def measure(
+    label: str, url: str, args: argparse.Namespace, pids: list[int] | None = None
+) -> dict[str, float]:
     wrk(url, args.warmup, args.connections)  # warm-up: JIT-free, but caches and pools fill
     loadavg = Path("/proc/loadavg").read_text().split()[0]
+    from rpc import cpu_s  # bench/rpc.py
+
+    cpu = cpu_s(pids or [])
     result = wrk(url, args.duration, args.connections)
+    # CPU per request of every process the run started (wrk aside): on a shared machine it
+    # moves less with what else runs than req/s does.
+    result["cpu_us"] = (cpu_s(pids or []) - cpu) / max(1.0, result["rps"] * args.duration) * 1e6
     print(
         f"  {label:<26} {result['rps']:>9.0f} req/s  p50 {result['p50']:6.2f} ms  "
         f"p99 {result['p99']:6.2f} ms  errors {result['errors']}  (loadavg {loadavg})",
@@ -439,12 +447,18 @@ def run(args: argparse.Namespace) -> None:
                 flush=True,
             )
             labels = list(targets)
+            pids = [nats_server.process.pid] + [p.pid for p in procs.procs]
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}", flush=True)
-                # The two Python bridges swap places each round, so neither always runs first.
+                # The two Python bridges swap places each round, so neither always runs first;
+                # with --trace, the natsreg modes take turns to go first.
                 order = labels if round_ % 2 == 0 else [labels[1], labels[0], *labels[2:]]
+                if args.trace:
+                    ours = [label for label in order if label.startswith("natsreg bridge")]
+                    turn = round_ % len(ours)
+                    order = ours[turn:] + ours[:turn] + [x for x in order if x not in ours]
                 for label in order:
-                    results.setdefault(label, []).append(measure(label, targets[label], args))
+                    results.setdefault(label, []).append(measure(label, targets[label], args, pids))
         finally:
             procs.stop_all()
     report(results)
@@ -478,9 +492,12 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
         traced = median.get(f"natsreg bridge, {label}")
         if traced is not None:
             ratio = traced["rps"] / ours["rps"]
+            p50 = traced["p50"] / ours["p50"]
             print(
-                f"goal natsreg bridge with {label} ≥ {goal}× without: {ratio:.2f}× "
-                f"{'met' if ratio >= goal else 'NOT met'} (p50 {traced['p50'] / ours['p50']:.2f}×)"
+                f"goal natsreg bridge with {label} ≥ {goal}× without: {ratio:.2f}× req/s "
+                f"{'met' if ratio >= goal else 'NOT met'} (p50 {p50:.2f}×); "
+                f"CPU µs/request {traced['cpu_us']:.0f} against {ours['cpu_us']:.0f}: "
+                f"{ours['cpu_us'] / traced['cpu_us']:.2f}×"
             )
 
 

@@ -9,6 +9,7 @@ out: what is left is the cost of one request, in instructions, for that mode.
     python bench/instructions.py              # 1,000 and 4,000 requests per mode (~3 min)
     python bench/instructions.py --requests 500
     python bench/instructions.py --trace      # also natsreg calls made inside a trace
+    python bench/instructions.py --caller     # the calling process instead of the responder
 
 Needs valgrind (Debian: apt-get install -y valgrind).
 """
@@ -55,15 +56,15 @@ async def _load(url: str, mode: str, requests: int) -> None:
         raise SystemExit(f"{result['errors']} requests failed")
 
 
-def instructions(url: str, mode: str, requests: int) -> int:
-    """Instructions the responder process executed, start to end, serving ``requests``."""
+def instructions(url: str, mode: str, requests: int, caller: bool = False) -> int:
+    """Instructions the responder process executed, start to end, serving ``requests``; with
+    ``caller``, those of the process that sends them."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
         responder = subprocess.Popen(
             [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
+                *([] if caller else valgrind),
                 sys.executable,
                 str(Path(__file__).with_name("rpc.py")),
                 "--serve",
@@ -77,8 +78,12 @@ def instructions(url: str, mode: str, requests: int) -> int:
         try:
             assert responder.stdout is not None and responder.stdin is not None
             if responder.stdout.readline().strip() != "ready":
-                raise SystemExit("the responder did not start under valgrind")
-            asyncio.run(_load(url, mode, requests))
+                raise SystemExit("the responder did not start")
+            if caller:
+                load = [sys.executable, __file__, "--load", url, mode, str(requests)]
+                subprocess.run([*valgrind, *load], check=True, stderr=subprocess.DEVNULL)
+            else:
+                asyncio.run(_load(url, mode, requests))
             responder.stdin.close()
             responder.wait(timeout=300)
         finally:
@@ -99,22 +104,29 @@ def main() -> None:
         help="N: runs of N and 4N requests per mode (default: 1000)",
     )
     parser.add_argument("--trace", action="store_true", help="also calls made in a trace")
+    parser.add_argument("--caller", action="store_true", help="count the caller's instead")
+    parser.add_argument("--load", nargs=3, metavar=("URL", "MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.load:
+        url, mode, requests = args.load
+        asyncio.run(_load(url, mode, int(requests)))
+        return
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
     n = args.requests
     per_request = {}
     with NatsServer() as server:
         for mode in ("raw", "natsreg", "trace-context") if args.trace else ("raw", "natsreg"):
-            small = instructions(server.url, mode, n)
-            large = instructions(server.url, mode, 4 * n)
+            small = instructions(server.url, mode, n, args.caller)
+            large = instructions(server.url, mode, 4 * n, args.caller)
             per_request[mode] = (large - small) / (3 * n)
             print(
                 f"  {mode:<8} {per_request[mode]:>10,.0f} instructions per request", file=sys.stderr
             )
     raw = per_request["raw"]
     print(
-        f"\nresponder instructions per request, concurrency {CONCURRENCY}, "
+        f"\n{'caller' if args.caller else 'responder'} instructions per request, "
+        f"concurrency {CONCURRENCY}, "
         f"{n:,} and {4 * n:,} requests per mode (python {sys.version.split()[0]})\n"
     )
     print("| mode | instructions per request | vs raw |")

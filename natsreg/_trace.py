@@ -74,13 +74,14 @@ _received: ContextVar[tuple[str, str | None] | None] = ContextVar(
     "natsreg_trace_headers", default=None
 )
 
-# Ids need to be unique, not secret (OpenTelemetry's SDK draws them the same way); a
-# Mersenne Twister draw is a tenth of the cost of a read from the OS.
-_bits = random.getrandbits
+# Ids need to be unique, not secret (OpenTelemetry's SDK draws them the same way): a
+# Mersenne Twister draw costs a fraction of a read from the OS. An all-zero id (one draw in
+# 2^64) would make the receiver ignore the header and start a trace of its own: no harm.
+_random_bytes = random.randbytes
 
 
 def _new_trace() -> TraceContext:
-    return TraceContext("%032x" % (_bits(128) or 1), "%016x" % (_bits(64) or 1))
+    return TraceContext(_random_bytes(16).hex(), _random_bytes(8).hex())
 
 
 def receive(traceparent: str | None, tracestate: str | None) -> None:
@@ -110,22 +111,24 @@ def ids() -> tuple[str, str] | None:
 
 def outgoing(context: TraceContext) -> dict[str, str]:
     """The headers that carry ``context`` to the next hop (its span id as the parent id)."""
-    return _headers(context.trace_id, context.span_id, context.flags, context.state)
+    traceparent = f"00-{context.trace_id}-{context.span_id}-{context.flags}"
+    if context.state:
+        return {TRACEPARENT: traceparent, TRACESTATE: context.state}
+    return {TRACEPARENT: traceparent}
 
 
 def next_hop(context: TraceContext) -> dict[str, str]:
     """The headers of a call made in ``context``: its trace, under a fresh span id.
 
-    On every traced call: the header is built here directly, without a TraceContext for it.
+    Runs on every traced call: the header is built here in one step (each step cost the
+    caller a few hundred instructions a call), without a TraceContext for it.
     """
     if context is UNSTARTED:
         context = started() or context
-    return _headers(context.trace_id, "%016x" % (_bits(64) or 1), context.flags, context.state)
-
-
-def _headers(trace_id: str, span_id: str, flags: str, state: str) -> dict[str, str]:
-    traceparent = f"00-{trace_id}-{span_id}-{flags}"
-    return {TRACEPARENT: traceparent, TRACESTATE: state} if state else {TRACEPARENT: traceparent}
+    traceparent = f"00-{context.trace_id}-{_random_bytes(8).hex()}-{context.flags}"
+    if context.state:
+        return {TRACEPARENT: traceparent, TRACESTATE: context.state}
+    return {TRACEPARENT: traceparent}
 
 
 def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContext | None:
