@@ -159,6 +159,10 @@ def _state(tracestate: str | None) -> str:
         return ""
     members = [m.strip(" \t") for m in tracestate.split(",")]
     members = [m for m in members if m]
-    if len(members) > _MAX_STATE_MEMBERS or not all(_STATE_MEMBER_RE.fullmatch(m) for m in members):
+    if (
+        len(members) > _MAX_STATE_MEMBERS
+        or not all(_STATE_MEMBER_RE.fullmatch(m) for m in members)
+        or len({m.partition("=")[0] for m in members}) < len(members)  # a key twice
+    ):
         return ""
     return ",".join(members)

@@ -62,6 +62,7 @@ def test_a_valid_tracestate_travels_and_an_invalid_one_is_dropped() -> None:
         "novalue",
         "k= ",  # an empty value
         "k=a=b",
+        "k=1,j=2,k=3",  # a key twice
         "k=a\r\nx=y",
         ",".join(f"k{i}=v" for i in range(33)),  # over 32 members
         "k=" + "v" * 600,  # over 512 characters
