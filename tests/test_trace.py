@@ -121,9 +121,11 @@ async def test_without_a_traceparent_a_starts_the_trace_and_b_receives_it(
             ("traceparent", f"00-{TRACE}-{CURL_SPAN}-01"),
             ("traceparent", f"00-{TRACE}-{CURL_SPAN}-00"),
         ],
+        # Named in Connection, it is for the bridge alone (hop-by-hop).
+        [("traceparent", f"00-{TRACE}-{CURL_SPAN}-01"), ("connection", "traceparent")],
     ],
 )
-async def test_a_forged_traceparent_is_ignored_and_the_request_served(
+async def test_a_forged_or_hop_by_hop_traceparent_is_ignored_and_the_request_served(
     nc: NATS, prefix: str, unique: str, forged: list[tuple[str, str]]
 ) -> None:
     async with chain(nc, prefix, unique) as seen:

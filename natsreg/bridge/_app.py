@@ -401,6 +401,8 @@ class Bridge:
                 name = self._forward_names.get(listed.strip().lower().encode())
                 if name is not None:
                     forwarded.pop(name, None)
+                    if name == "Traceparent":
+                        head.traceparent = None
         # The HTTP client's trace, if it sent a valid one, goes on through the client's call
         # as it would from inside a handler.
         trace = (
