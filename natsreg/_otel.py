@@ -13,7 +13,6 @@ code alike.
 from __future__ import annotations
 
 import os
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import _trace
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["client_span", "end", "server_span", "tracer"]
 
-_api: ModuleType | None
 try:
     from opentelemetry import context as _context
     from opentelemetry import trace as _api
@@ -39,8 +37,10 @@ try:
         TraceFlags,
         TraceState,
     )
+
+    _INSTALLED = True
 except ImportError:  # the extra is not installed: no spans, the context still travels
-    _api = None
+    _INSTALLED = False
 
 _provider: object = None
 _tracer: Tracer | None = None
@@ -53,7 +53,7 @@ def tracer() -> Tracer | None:
     ``get_tracer_provider()``, which looks the environment up each time (about 1 µs).
     """
     global _provider, _tracer
-    if _api is None:
+    if not _INSTALLED:
         return None
     provider = getattr(_api, "_TRACER_PROVIDER", None)
     if provider is _provider:
@@ -66,7 +66,7 @@ def tracer() -> Tracer | None:
     return _tracer
 
 
-if _api is not None and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
+if _INSTALLED and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
     # A provider named in the environment is loaded on the first get_tracer_provider().
     _api.get_tracer_provider()
 
@@ -78,10 +78,10 @@ def client_span(tracer: Tracer, subject: str) -> tuple[Span, dict[str, str]]:
     span, or a span of the caller's own), else the trace context a bridge or handler set.
     """
     parent = None
-    if not _api.get_current_span().get_span_context().is_valid:  # type: ignore[union-attr]
+    if not _api.get_current_span().get_span_context().is_valid:
         context = _trace.current.get()
         if context is not None and context.trace_id:
-            parent = _api.set_span_in_context(_remote(context))  # type: ignore[union-attr]
+            parent = _api.set_span_in_context(_remote(context))
     span = tracer.start_span(
         f"request {subject}",
         parent,
@@ -104,7 +104,7 @@ def server_span(
     Sets natsreg's context to the span's, for nested calls and log lines."""
     span = tracer.start_span(
         f"process {subject}",
-        None if parent is None else _api.set_span_in_context(_remote(parent)),  # type: ignore[union-attr]
+        None if parent is None else _api.set_span_in_context(_remote(parent)),
         kind=SpanKind.SERVER,
         attributes={
             "messaging.system": "nats",
@@ -115,7 +115,7 @@ def server_span(
         },
     )
     _trace.current.set(_context_of(span))
-    token = _context.attach(_api.set_span_in_context(span))  # type: ignore[union-attr]
+    token = _context.attach(_api.set_span_in_context(span))
     return span, token
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -277,3 +278,56 @@ async def test_with_the_sdk_a_call_outside_any_trace_starts_one(
     root = one(found, SpanKind.CLIENT, f"request a-{unique}.work")
     assert root.parent is None
     assert len(found) == 4 and {s.context.trace_id for s in found} == {root.context.trace_id}
+
+
+# -- without the extra -----------------------------------------------------------------------
+
+WITHOUT_OTEL = """
+import asyncio, sys
+sys.modules["opentelemetry"] = None  # as if natsreg[otel] were not installed
+import nats, natsreg
+from natsreg import _otel, _trace
+
+async def main(url, prefix):
+    nc = await nats.connect(url)
+    seen = {}
+    a = natsreg.announce(nc, "a", version="1.0.0", prefix=prefix)
+    b = natsreg.announce(nc, "b", version="1.0.0", prefix=prefix)
+    client = natsreg.Client(nc, prefix=prefix)
+
+    @a.endpoint("work")
+    async def work(req):
+        seen["a"] = _trace.ids()
+        return (await client.request("b.ok", b"")).data
+
+    @b.endpoint("ok")
+    async def ok(req):
+        seen["b"] = req.headers.get("traceparent")
+        return b"done"
+
+    async with a, b, client:
+        assert (await nc.request("a.work", b"", timeout=5)).data == b"done"
+    await nc.close()
+    assert _otel.tracer() is None
+    assert _trace.parse(seen["b"]).trace_id == seen["a"][0], seen
+    print("ok")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_without_the_extra_installed_b_receives_the_trace_a_started(
+    nats_url: str, prefix: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WITHOUT_OTEL,
+        nats_url,
+        prefix,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await process.communicate()
+    assert process.returncode == 0 and out.decode().strip() == "ok", out.decode()
