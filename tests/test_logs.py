@@ -392,11 +392,6 @@ def test_up_and_the_programs_it_starts_write_json_lines(tmp_path: Path, unique: 
     assert any("nats-server" in r["message"] for r in records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a service takes the trace context from the request's traceparent in issue 10's "
-    "trace work (natsreg._trace); this mark goes once that is merged",
-)
 async def test_a_handlers_lines_carry_the_trace_id_the_http_client_sent(
     tmp_path: Path, prefix: str, unique: str, cli_env: dict[str, str]
 ) -> None:

@@ -22,7 +22,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .. import _figures, _probes, wire
+from .. import _figures, _probes, _trace, wire
 from ..client import Client
 from ..errors import (
     BulkheadFullError,
@@ -144,6 +144,8 @@ class _Head:
         "raw_path",
         "size",
         "timeout",
+        "traceparent",
+        "tracestate",
     )
 
     def __init__(self) -> None:
@@ -163,6 +165,9 @@ class _Head:
         self.fetch_site: bytes | None = None
         self.content_length: bytes | None = None
         self.connection: bytes | None = None
+        #: The W3C trace headers (b"" when traceparent came twice: then it names no parent).
+        self.traceparent: bytes | None = None
+        self.tracestate: bytes | None = None
 
 
 # -- the ASGI application --------------------------------------------------------------------
@@ -333,7 +338,15 @@ class Bridge:
             if target_name is not None:
                 if _HEADER_BREAK.search(value):
                     head.broken = True
-                forwarded[target_name] = value.decode("latin-1")
+                # The trace headers are not passed on as they came: the next hop gets a
+                # span id of its own (_forward).
+                if name == b"traceparent":
+                    head.traceparent = b"" if head.traceparent is not None else value
+                elif name == b"tracestate":
+                    state = head.tracestate
+                    head.tracestate = value if state is None else state + b"," + value
+                else:
+                    forwarded[target_name] = value.decode("latin-1")
             elif name == self._timeout_header:
                 head.timeout = value
             elif name == b"host":
@@ -444,6 +457,19 @@ class Bridge:
                 name = self._forward_names.get(listed.strip().lower().encode())
                 if name is not None:
                     forwarded.pop(name, None)
+                    if name == "Traceparent":
+                        head.traceparent = None
+        # The HTTP client's trace, if it sent a valid one, goes on through the client's call
+        # as it would from inside a handler.
+        trace = (
+            _trace.parse(
+                head.traceparent.decode("latin-1"),
+                head.tracestate.decode("latin-1") if head.tracestate else None,
+            )
+            if head.traceparent
+            else None
+        )
+        token = _trace.current.set(trace) if trace is not None else None
         try:
             # On a versioned route, target.call reads 'service@constraint.endpoint': the
             # client then picks a matching instance from its registry view.
@@ -452,6 +478,9 @@ class Bridge:
             )
         except Exception as exc:
             raise _failure(exc, target, cors) from None
+        finally:
+            if token is not None:
+                _trace.current.reset(token)
         return reply.data, self._content_type(reply.headers)
 
     async def _read_body(self, receive: Receive) -> bytes | None:

@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 from nats.aio.client import Client as NATS
 
-from .. import _deadline, _probes, subjects, wire
+from .. import _deadline, _otel, _probes, _trace, subjects, wire
 from .._codec import to_bytes
 from ..errors import BulkheadFullError, CircuitOpenError, ConfigError, RequestTimeoutError
 from ._balance import STRATEGIES, check_strategy
@@ -165,7 +165,9 @@ class Client(anyio.AsyncContextManagerMixin):
         ``timeout_s`` bounds the whole call, retries included, and never exceeds the deadline
         of the request being handled when called from inside a handler. ``fallback(error)``
         runs instead of failing fast (open breaker, full bulkhead); its return value becomes
-        the reply's payload.
+        the reply's payload. Made inside a handler, the call continues the request's W3C
+        trace (``traceparent``, ``tracestate``) under a span id of its own; with
+        OpenTelemetry configured it is a CLIENT span (docs/operations.md, "Tracing").
         """
         target = parse_target(subject)
         if strategy is not None:
@@ -184,8 +186,20 @@ class Client(anyio.AsyncContextManagerMixin):
         policy = retry or self.retry
         if policy.budget_s is not None:
             deadline = min(deadline, now + policy.budget_s)
+        # The trace goes on in the next hop: in a span of its own where OpenTelemetry is
+        # configured; else, inside a traced request, under a fresh span id. A call outside
+        # any trace sends no trace header (the service it reaches starts one).
+        span = None
+        tracer = _otel.tracer()
+        if tracer is not None:
+            span, sent = _otel.client_span(tracer, target.subject)
+            headers = _with_trace(headers, sent)
+        else:
+            current = _trace.current.get()
+            if current is not None:
+                headers = _with_trace(headers, _trace.next_hop(current))
         try:
-            return await self._router.call(
+            reply = await self._router.call(
                 target,
                 to_bytes(payload),
                 headers,
@@ -197,12 +211,21 @@ class Client(anyio.AsyncContextManagerMixin):
                 idempotent,
             )
         except (CircuitOpenError, BulkheadFullError) as exc:
+            if span is not None:
+                _otel.end(span, exc)
             if fallback is None:
                 raise
             value = fallback(exc)
             if inspect.isawaitable(value):
                 value = await value
             return Reply(target.subject, to_bytes(value), {FALLBACK_HEADER: "true"})
+        except BaseException as exc:
+            if span is not None:
+                _otel.end(span, exc)
+            raise
+        if span is not None:
+            _otel.end(span, None)
+        return reply
 
     def readiness(self) -> str | None:
         """Why this client should not be relied on now, or None: its connection must be up
@@ -244,3 +267,12 @@ class Client(anyio.AsyncContextManagerMixin):
         """Registry changes as they happen, one event per change (see
         :meth:`RegistryApi.watch`)."""
         return self._registry.watch(service)
+
+
+def _with_trace(headers: Mapping[str, str] | None, trace: dict[str, str]) -> Mapping[str, str]:
+    # A traceparent the caller set itself is theirs to send.
+    if not headers:
+        return trace
+    if _trace.TRACEPARENT in headers:
+        return headers
+    return {**headers, **trace}

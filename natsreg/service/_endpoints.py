@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .. import _deadline, _figures, subjects, wire
+from .. import _deadline, _figures, _otel, _trace, subjects, wire
 from .._codec import to_bytes
 from ..errors import REQUEST_ID_HEADER, ConfigError, OverloadedError, ServiceError, error_headers
 from . import _dedupe
@@ -292,27 +292,45 @@ class Endpoints:
         # Whether a repeat must get this reply rather than a new run: not when nothing ran, or
         # when the handler itself said that trying again is safe.
         remember = True
+        # The trace this request belongs to, for nested calls and log lines (_trace.py).
+        carried = msg.headers
+        traceparent = carried.get(_trace.TRACEPARENT) if carried else None
+        tracestate = carried.get(_trace.TRACESTATE) if carried and traceparent else None
+        span: Any = None
+        token: object = None
+        tracer = _otel.tracer()
+        if tracer is not None:
+            parent = _trace.parse(traceparent, tracestate)
+            span, token = _otel.server_span(tracer, endpoint.subject, endpoint.queue_group, parent)
+        else:
+            _trace.receive(traceparent, tracestate)
+        failure: ServiceError | None = None
         # "error" until the handler returns: a cancelled handler (drain timeout) is no success.
         outcome = "error"
         try:
             request = Request(msg, received, self._state)
             deadline = request.deadline
-            if deadline is not None:
-                if deadline <= time.monotonic():
-                    # The caller has given up: its work is not started.
-                    remember = False
-                    outcome = "expired"
-                    raise ServiceError("deadline exceeded before the handler started", code=504)
-                _deadline.current.set(deadline)
+            if deadline is not None and deadline <= time.monotonic():
+                # The caller has given up: its work is not started.
+                remember = False
+                outcome = "expired"
+                raise ServiceError("deadline exceeded before the handler started", code=504)
+            # Set even to None: a queued request's task starts in a copy of the context of the
+            # handler that made room for it, which holds that request's deadline.
+            _deadline.current.set(deadline)
             data = to_bytes(await endpoint.handler(request))
             outcome = "ok"
         except ServiceError as exc:
             data, headers = self._refused(endpoint, exc)
             remember = remember and not exc.retryable
+            failure = exc
         except Exception as exc:
-            data, headers = self._failed(endpoint, exc)
+            failure = self._failed(endpoint, exc)
+            data, headers = b"", error_headers(failure)
         finally:
             elapsed_ns = time.perf_counter_ns() - started
+            if span is not None:
+                _otel.end(span, failure, token)
             endpoint.num_requests += 1
             endpoint.processing_ns += elapsed_ns
             if self.recording:
@@ -342,11 +360,11 @@ class Endpoints:
         self._count_error(endpoint, exc.code, f"{exc.code}: {exc.description}")
         return b"", error_headers(exc)
 
-    def _failed(self, endpoint: Endpoint, exc: Exception) -> tuple[bytes, dict[str, str]]:
+    def _failed(self, endpoint: Endpoint, exc: Exception) -> ServiceError:
         log.exception("%s.%s: handler failed", self._config.name, endpoint.name)
         error = ServiceError(f"{type(exc).__name__}: {exc}", code=500)
         self._count_error(endpoint, 500, error.description)
-        return b"", error_headers(error)
+        return error
 
     def _count_error(self, endpoint: Endpoint, code: int, description: str) -> None:
         endpoint.num_errors += 1

@@ -1,0 +1,159 @@
+"""OpenTelemetry spans for calls and handlers, when ``natsreg[otel]`` is installed and a
+tracer provider is configured (``opentelemetry.trace.set_tracer_provider``); else nothing.
+
+Spans follow OpenTelemetry's semantic conventions for messaging: a CLIENT span ``request
+<subject>`` around each :meth:`natsreg.Client.request` (retries included), a SERVER span
+``process <subject>`` around each handler, ``messaging.system`` ``nats``, the subject as
+``messaging.destination.name``, and on failure the error code as ``error.type`` with the
+span's status ERROR. The W3C context of these spans is what travels in the headers
+(:mod:`natsreg._trace`), so a trace crosses natsreg hops and any other OpenTelemetry-traced
+code alike.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import _trace
+from .errors import ServiceError
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+
+__all__ = ["client_span", "end", "server_span", "tracer"]
+
+try:
+    from opentelemetry import context as _context
+    from opentelemetry import trace as _api
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        NoOpTracerProvider,
+        ProxyTracerProvider,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        TraceState,
+    )
+
+    _INSTALLED = True
+except ImportError:  # the extra is not installed: no spans, the context still travels
+    _INSTALLED = False
+
+_provider: object = None
+_tracer: Tracer | None = None
+
+
+def tracer() -> Tracer | None:
+    """natsreg's tracer from the configured global provider; None if there is none.
+
+    Runs on every request: it reads the API's module global rather than calling
+    ``get_tracer_provider()``, which looks the environment up each time (about 1 µs).
+    """
+    global _provider, _tracer
+    if not _INSTALLED:
+        return None
+    provider = getattr(_api, "_TRACER_PROVIDER", None)
+    if provider is _provider:
+        return _tracer
+    _provider = provider
+    if provider is None or isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
+        _tracer = None
+    else:
+        _tracer = provider.get_tracer("natsreg")
+    return _tracer
+
+
+if _INSTALLED and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
+    # A provider named in the environment is loaded on the first get_tracer_provider().
+    _api.get_tracer_provider()
+
+
+def client_span(tracer: Tracer, subject: str) -> tuple[Span, dict[str, str]]:
+    """A started CLIENT span for a call to ``subject``, and the headers that carry it.
+
+    Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
+    span, or a span of the caller's own), else the trace context a bridge or handler set.
+    """
+    parent = None
+    if not _api.get_current_span().get_span_context().is_valid:
+        context = _trace.current.get()
+        if context is not None and context.trace_id:
+            parent = _api.set_span_in_context(_remote(context))
+    span = tracer.start_span(
+        f"request {subject}",
+        parent,
+        kind=SpanKind.CLIENT,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.name": "request",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": subject,
+        },
+    )
+    return span, _trace.outgoing(_context_of(span))
+
+
+def server_span(
+    tracer: Tracer, subject: str, queue_group: str, parent: _trace.TraceContext | None
+) -> tuple[Span, object]:
+    """A started SERVER span for a request on ``subject``, made OpenTelemetry's current span
+    (spans the handler starts nest under it), and the token that :func:`end` detaches.
+    Sets natsreg's context to the span's, for nested calls and log lines."""
+    span = tracer.start_span(
+        f"process {subject}",
+        None if parent is None else _api.set_span_in_context(_remote(parent)),
+        kind=SpanKind.SERVER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": subject,
+            "messaging.consumer.group.name": queue_group,
+        },
+    )
+    _trace.current.set(_context_of(span))
+    token = _context.attach(_api.set_span_in_context(span))
+    return span, token
+
+
+def end(span: Span, error: BaseException | None, token: object = None) -> None:
+    """End ``span``; a failure sets its status to ERROR and its code as ``error.type``: a
+    service's error code (``500`` for a handler that raised anything else), or the name of
+    the caller's error (``RequestTimeoutError``, ``NoInstanceError``, ...)."""
+    if error is not None:
+        if isinstance(error, ServiceError):
+            code, description = str(error.code), error.description
+        else:
+            code, description = type(error).__name__, str(error)
+        span.set_attribute("error.type", code)
+        span.set_status(Status(StatusCode.ERROR, description[:256]))
+    span.end()
+    if token is not None:
+        _context.detach(token)  # type: ignore[arg-type]
+
+
+def _remote(context: _trace.TraceContext) -> Any:
+    # The sender's span as a parent this process did not make.
+    state = TraceState.from_header([context.state]) if context.state else None
+    return NonRecordingSpan(
+        SpanContext(
+            int(context.trace_id, 16),
+            int(context.span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(int(context.flags, 16)),
+            trace_state=state,
+        )
+    )
+
+
+def _context_of(span: Span) -> _trace.TraceContext:
+    context = span.get_span_context()
+    return _trace.TraceContext(
+        f"{context.trace_id:032x}",
+        f"{context.span_id:016x}",
+        f"{context.trace_flags:02x}",
+        context.trace_state.to_header() if context.trace_state else "",
+    )
