@@ -1,6 +1,6 @@
 """The figures each role counts on its request path for Prometheus, and the roles running now.
 
-Recording is plain integer arithmetic on objects the role already holds: no lock, no label
+Recording is plain arithmetic on objects the role already holds: no lock, no label
 lookup in a metrics library, nothing formatted. :mod:`natsreg._collector` reads these figures
 when Prometheus scrapes, from the roles in :data:`LIVE`, which hold them only while they run
 (weakly: a client or bridge that is dropped without being closed leaves by itself).
