@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from nats.aio.client import Client as NATS
 import natsreg
 from natsreg._server import is_listening
 from tests.helpers import SERVICE_PROC, eventually
+from tests.run_helpers import Lines
 
 
 def natsreg_cli(
@@ -159,17 +161,28 @@ async def test_watch_streams_changes_as_json_lines(
     nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
 ) -> None:
     name = f"w-{unique}"
+
+    def events_of(instance_id: str) -> list[tuple[str, str]]:
+        events = [json.loads(line) for line in out.lines]
+        return [
+            (e["kind"], e["instance"]["id"]) for e in events if e["instance"]["id"] == instance_id
+        ]
+
     async with natsreg.Registry(nc, prefix=prefix):
         with running(cli_env, "watch", "--json", "--prefix", prefix) as watcher:
-            await anyio.sleep(1.0)  # the watcher subscribes
-            async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
-                pass
-            first = await anyio.to_thread.run_sync(watcher.stdout.readline)
-            second = await anyio.to_thread.run_sync(watcher.stdout.readline)
+            assert watcher.stdout is not None
+            out = Lines(watcher, watcher.stdout)
+            # The watcher says nothing once it has subscribed: instances come and go until it
+            # has seen one whole life (bounded: 30 tries, about a second each).
+            for _ in range(30):
+                async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+                    pass
+                with contextlib.suppress(AssertionError):
+                    await eventually(lambda: len(events_of(svc.id)) == 2, 1.0, "up and down")
+                    break
             watcher.send_signal(signal.SIGINT)
             assert watcher.wait(5) == 0
-    events = [json.loads(line) for line in (first, second)]
-    assert [(e["kind"], e["instance"]["id"]) for e in events] == [("up", svc.id), ("down", svc.id)]
+    assert events_of(svc.id) == [("up", svc.id), ("down", svc.id)]
 
 
 def listed_names(env: dict[str, str], timeout_s: float = 15.0) -> list[str]:
