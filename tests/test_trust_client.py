@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import bridge, subjects, wire
+from natsreg.client._healing import RECONCILE_INTERVAL_S
 from natsreg.errors import REQUEST_ID_HEADER
 from natsreg.testing import NatsServer
 from tests.helpers import eventually, read_id, start_service
@@ -230,6 +231,8 @@ async def test_a_forged_rogue_up_and_real_down_are_healed_and_the_real_instance_
         await forger.flush()
         who: Counter[bytes] = Counter()
         last_calls: list[bytes] = []
+        # When each call that missed the real instance was made, after the forgery.
+        missed_at: list[float] = []
         started = time.monotonic()
         for n in range(300):
             try:
@@ -239,11 +242,16 @@ async def test_a_forged_rogue_up_and_real_down_are_healed_and_the_real_instance_
                 # without NATS permissions the client cannot tell that event from a real one.
                 answer = type(exc).__name__.encode()
             who[answer] += 1
+            if answer != svc.id.encode():
+                missed_at.append(time.monotonic() - started)
             if n >= 250:
                 last_calls.append(answer)
             await anyio.sleep(0.01)
         assert time.monotonic() - started < 30
-        assert who[svc.id.encode()] >= 0.99 * 300, who
+        # Healed within a reconcile (one snapshot query a second), with room for a loaded
+        # machine: no call misses the real instance after that, and most never did.
+        assert all(t < 3 * RECONCILE_INTERVAL_S for t in missed_at), (missed_at, who)
+        assert who[svc.id.encode()] >= 0.95 * 300, who
         assert set(last_calls) == {svc.id.encode()}
         assert client.stats()["reconciled"].get(name, 0) >= 1
 
