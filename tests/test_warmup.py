@@ -3,6 +3,7 @@ a warming one only when none is warm, and then says so."""
 
 from __future__ import annotations
 
+import subprocess
 from contextlib import AsyncExitStack
 
 import anyio
@@ -61,7 +62,7 @@ async def test_with_no_warm_node_the_answer_ls_and_the_bridge_say_so(
 ) -> None:
     async with (
         natsreg.announce(nc, f"lone-{unique}", version="1.0.0", prefix=prefix),
-        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=4.0) as node,
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=6.0) as node,
         serving(nc, prefix=prefix, registry_refresh_s=60.0) as http,
     ):
         api = RegistryApi(nc, prefix=prefix)
@@ -69,14 +70,28 @@ async def test_with_no_warm_node_the_answer_ls_and_the_bridge_say_so(
         assert (listing.node, listing.warming_up) == (node.node_id, True)
         assert (await api.instances()).warming_up
 
-        ls = await run_cli(cli_env, "ls", "--prefix", prefix)
+        # The three commands at once: each starts a Python process, and all three must answer
+        # while the node still warms up.
+        asked = {
+            "ls": ("ls", "--prefix", prefix),
+            "info": ("info", f"lone-{unique}", "--prefix", prefix),
+            "nodes": ("registry", "nodes", "--prefix", prefix),
+        }
+        answers: dict[str, subprocess.CompletedProcess[str]] = {}
+
+        async def ask(key: str) -> None:
+            answers[key] = await run_cli(cli_env, *asked[key])
+
+        async with anyio.create_task_group() as tg:
+            for key in asked:
+                tg.start_soon(ask, key)
+        assert node.warming_up, "the node warmed up before the commands answered"
+        ls, info, nodes = answers["ls"], answers["info"], answers["nodes"]
         assert ls.returncode == 0, ls.stderr
         assert "no registry node is warm yet" in " ".join(ls.stdout.split())
         assert "no services are registered" not in ls.stdout
         # Whether or not the warming node has heard the instance yet, info says it is warming.
-        info = await run_cli(cli_env, "info", f"lone-{unique}", "--prefix", prefix)
         assert "no registry node is warm yet" in " ".join((info.stdout + info.stderr).split())
-        nodes = await run_cli(cli_env, "registry", "nodes", "--prefix", prefix)
         assert nodes.returncode == 0, nodes.stderr
         assert node.node_id in nodes.stdout and "warming up" in nodes.stdout
         # The bridge serves the warming answer, but keeps it no longer than warm-up lasts.
