@@ -290,8 +290,12 @@ class Snapshot(msgspec.Struct, gc=False, kw_only=True):
     warming_up: bool = False
     instances: list[InstanceView] = []
     #: A large answer comes in chunks, each under the server's max_payload; all but the
-    #: last say ``more``.
+    #: last say ``more``. ``part`` numbers them from 0 and ``total`` is the instance count of
+    #: the whole answer, so a reader that must not act on part of a view (a registry node
+    #: warming from a peer) can tell a lost chunk from the end.
     more: bool = False
+    part: int = 0
+    total: int = 0
     mass_expiry: MassExpiry | None = None
     #: While ``warming_up``: about how many seconds until the node is warm (a client that
     #: took this answer asks again then).
@@ -522,12 +526,13 @@ def _check_endpoint(
     check_metadata(metadata, f"endpoint {name!r}")
 
 
-def check(message: Announce | Heartbeat | Goodbye | SrvInfo) -> None:
+def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> None:
     """Raise :class:`Invalid` unless ``message`` keeps within every limit of this module.
 
     The one rule for what an instance may say: services check what they are about to send,
-    registry nodes what they hear (an announcement, heartbeat or goodbye, or a plain ADR-32
-    service's ``$SRV.INFO`` reply), so that no message sent by anyone makes a reader hold more.
+    registry nodes what they hear (an announcement, heartbeat or goodbye, a plain ADR-32
+    service's ``$SRV.INFO`` reply, or an instance in a peer's snapshot), so that no message
+    sent by anyone makes a reader hold more.
     """
     check_name(message.name, "service name")
     if len(message.id) > MAX_TOKEN_CHARS or not subjects.is_valid_token(message.id):
@@ -547,12 +552,17 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo) -> None:
         raise Invalid(
             "invalid_endpoints", f"at most {MAX_ENDPOINTS} endpoints, got {len(endpoints)}"
         )
+    heartbeats = isinstance(message, Announce) or (
+        isinstance(message, InstanceView) and message.kind == "natsreg"
+    )
     for e in endpoints:
         # natsreg endpoints always name their queue group; ADR-32 ones may leave it out.
-        queue_group = e.queue_group if isinstance(message, Announce) else e.queue_group or None
+        queue_group = e.queue_group if heartbeats else e.queue_group or None
         _check_endpoint(e.name, e.subject, queue_group, e.metadata)
-    if isinstance(message, Announce) and not math.isfinite(message.heartbeat_s):
+    if isinstance(message, Announce | InstanceView) and not math.isfinite(message.heartbeat_s):
         raise Invalid("invalid_heartbeat", "heartbeat_s must be a finite number")
+    if isinstance(message, InstanceView) and not math.isfinite(message.age_s):
+        raise Invalid("invalid_age", "age_s must be a finite number")
 
 
 _encoder = msgspec.json.Encoder()

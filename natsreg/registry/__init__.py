@@ -9,6 +9,10 @@ sequence and the registry's rules"): its subject must name the service and insta
 speaks for, its body must keep within wire.py's limits, its sequence may not jump further
 than the sender could have counted, and the node holds at most so many instances. What fails
 is dropped and counted by reason in :attr:`Registry.dropped` (and ``NodeStats.dropped``).
+
+A starting node warms from a warm peer's view (``_sync.py``), or else by asking every instance
+to re-announce; its subscriptions' queues are bounded and what overflows them is counted
+(``_backpressure.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from nats.nuid import NUID
 from .. import subjects, wire
 from .._tasks import background
 from ..errors import ConfigError
+from ._backpressure import Backpressure
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._queries import Queries
+from ._sync import FIRST_CHUNK_S, PeerSync
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 
 __all__ = ["MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
@@ -54,7 +60,8 @@ class Registry(anyio.AsyncContextManagerMixin):
     silence (plus half an interval of grace). ``discover_jitter_s``: on start, instances are
     asked to re-announce within this window, so a restart is no burst. ``micro_poll_s``: how
     often plain ADR-32 services (which do not heartbeat) are pinged (``$SRV.PING``; every
-    fifth poll ``$SRV.INFO``); one not heard from for three polls is gone.
+    fifth poll ``$SRV.INFO``); one not heard from for three polls is gone. ``sync``: on
+    start, take the view of a warm peer first (re-announce stays the fallback).
     ``max_per_service`` and ``max_instances`` cap the instances held for one service and in
     all; a new instance beyond either is refused and counted as ``capacity``.
     """
@@ -71,6 +78,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         system_nc: NATS | None = None,
         max_per_service: int = MAX_PER_SERVICE,
         max_instances: int = MAX_INSTANCES,
+        sync: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         subjects.check_prefix(prefix)
@@ -106,9 +114,15 @@ class Registry(anyio.AsyncContextManagerMixin):
         #: Messages dropped, by reason (see wire.NodeStats.dropped).
         self.dropped: Counter[str] = Counter()
         self._capacity_logged_at = float("-inf")
+        self._pressure = Backpressure(nc, self.dropped, clock=clock)
+        self._sync = PeerSync(
+            nc, self._view, self.dropped, prefix=prefix, node_id=self.node_id, clock=clock
+        )
+        self._sync_first = sync
         self._queries: Queries | None = None
-        # Its subscription to <prefix>.registry.>, while warm (_follow_warmth).
-        self._query_sub: Subscription | None = None
+        # Its subscriptions to <prefix>.registry.> and <prefix>.sync.*, while warm
+        # (_follow_warmth).
+        self._query_subs: list[Subscription] = []
 
     @property
     def revision(self) -> int:
@@ -122,7 +136,7 @@ class Registry(anyio.AsyncContextManagerMixin):
     @property
     def warming_up(self) -> bool:
         """True until the first re-announce round can have been heard in full."""
-        return self._clock() < self._warm_until
+        return self._sync.running or self._clock() < self._warm_until
 
     def stats(self) -> wire.NodeStats:
         """The node's own figures: sizes, drops, warm-up."""
@@ -184,25 +198,24 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
         queries = self._queries = Queries(self._nc, self, self.dropped, clock=self._clock)
+        subscribe = self._pressure.subscribe
         try:
             for verb in ("announce", "hb", "bye"):
                 subs.append(
-                    await self._nc.subscribe(
-                        subjects.control_subject(self.prefix, verb, ">"), cb=self._on_control
+                    await subscribe(
+                        subjects.control_subject(self.prefix, verb, ">"), self._on_control
                     )
                 )
             subs.append(
-                await self._nc.subscribe(
+                await subscribe(
                     subjects.control_subject(self.prefix, "warming", ">"),
-                    queue=subjects.REGISTRY_QUEUE,
-                    cb=queries.on_query,
+                    queries.on_query,
+                    subjects.REGISTRY_QUEUE,
                 )
             )
             # Every node answers "who are you": no queue group, so each is heard.
             subs.append(
-                await self._nc.subscribe(
-                    subjects.control_subject(self.prefix, "nodes"), cb=queries.on_query
-                )
+                await subscribe(subjects.control_subject(self.prefix, "nodes"), queries.on_query)
             )
             if self._system_nc is not None:
                 subs.append(
@@ -210,18 +223,22 @@ class Registry(anyio.AsyncContextManagerMixin):
                 )
                 await self._system_nc.flush()
             await self._nc.flush()
-            # Subscribed first, then ask: no answer to our own question can be missed.
-            await self._ask_everyone()
             micro = MicroPoll(self._nc, self._view, self.dropped, self._take_micro)
-            async with background(
-                self._sweep_loop, functools.partial(micro.run, self.micro_poll_s), queries.serve
-            ):
-                yield self
+            # Warming from the start: _warm_up sets how long once it knows.
+            self._warm_until = self._clock() + FIRST_CHUNK_S
+            with self._pressure.installed():
+                # Subscribed first, then ask: no answer to our own question can be missed.
+                async with background(
+                    self._warm_up,
+                    self._sweep_loop,
+                    functools.partial(micro.run, self.micro_poll_s),
+                    queries.serve,
+                ):
+                    yield self
         finally:
             with anyio.CancelScope(shield=True):
-                if self._query_sub is not None:
-                    subs.append(self._query_sub)
-                    self._query_sub = None
+                subs += self._query_subs
+                self._query_subs = []
                 for sub in subs:
                     try:
                         await sub.unsubscribe()
@@ -232,6 +249,7 @@ class Registry(anyio.AsyncContextManagerMixin):
     # -- input -------------------------------------------------------------------------------
 
     async def _on_control(self, msg: Msg) -> None:
+        await self._pressure.pace()
         if len(msg.data) > wire.MAX_CONTROL_BYTES:
             self.dropped["oversized"] += 1
             return
@@ -258,6 +276,10 @@ class Registry(anyio.AsyncContextManagerMixin):
             self.dropped[exc.reason] += 1
             log.debug("dropped a control message on %s: %s", msg.subject, exc)
             return
+        if not self._sync.hold(message):
+            await self._take(message)
+
+    async def _take(self, message: wire.ControlMessage) -> None:
         outcome = self._view.apply(message)
         self._count(outcome, message.name)
         if outcome.ask_info:
@@ -266,6 +288,15 @@ class Registry(anyio.AsyncContextManagerMixin):
                 wire.encode(wire.Discover()),
             )
         await self._publish(outcome.changes)
+
+    async def _warm_up(self) -> None:
+        # Warming until the peer's view is in, or the fallback's round is over; the sweep
+        # loop then takes queries (_follow_warmth).
+        if self._sync_first and await self._sync.run(self._take):
+            self._revision += 1
+            self._warm_until = self._clock()
+            return
+        await self._ask_everyone()
 
     async def _ask_everyone(self) -> None:
         # Until every instance can have answered, silence proves nothing: no expiry, and
@@ -283,19 +314,24 @@ class Registry(anyio.AsyncContextManagerMixin):
         # (RegistryApi); from a warming node, such answers say warming_up. (A warm node
         # answers there too: a caller that found no warm node an instant before its
         # question reached one on its way to <prefix>.warming.> still gets an answer.)
+        # Likewise only a warm node gives its view to a starting one (<prefix>.sync.<node>).
         assert self._queries is not None
-        if self.warming_up and self._query_sub is not None:
-            sub, self._query_sub = self._query_sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                log.debug("unsubscribe failed: %s", exc)
-        elif not self.warming_up and self._query_sub is None:
-            self._query_sub = await self._nc.subscribe(
-                subjects.control_subject(self.prefix, "registry", ">"),
-                queue=subjects.REGISTRY_QUEUE,
-                cb=self._queries.on_query,
-            )
+        if self.warming_up and self._query_subs:
+            subs, self._query_subs = self._query_subs, []
+            for sub in subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:
+                    log.debug("unsubscribe failed: %s", exc)
+        elif not self.warming_up and not self._query_subs:
+            self._query_subs = [
+                await self._pressure.subscribe(
+                    subjects.control_subject(self.prefix, *verb),
+                    self._queries.on_query,
+                    subjects.REGISTRY_QUEUE,
+                )
+                for verb in (("registry", ">"), ("sync", "*"))
+            ]
             log.info("registry node %s is warm: answering queries", self.node_id)
 
     async def _on_disconnect(self, msg: Msg) -> None:

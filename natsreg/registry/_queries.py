@@ -5,7 +5,8 @@ in a queue of at most :data:`MAX_QUEUED`; whole-view ``list`` queries wait in th
 served only when no small query (``services``, ``stats``, one service or instance) waits, so
 a flood of them cannot hold up ``natsreg ls``; a query the node can no longer help (its budget
 ran out while it waited) is dropped unanswered; the same question at the same revision is
-encoded once; and
+encoded once (a starting node's request for the whole view, ``<prefix>.sync.<node>``, is the
+``list`` question, queued and cached with it); and
 answers go only to inboxes (``subjects.is_reply_subject``), never to a subject a requester
 names to have the node publish there for it (reflection).
 """
@@ -169,8 +170,11 @@ class Queries:
     def _question(self, subject: str) -> _Key:
         # <prefix>.registry.<verb>[.<argument>], asked of warm nodes; the same question on
         # <prefix>.warming.… is asked of warming ones (Registry._follow_warmth), and
-        # <prefix>.nodes of every node.
+        # <prefix>.nodes of every node. <prefix>.sync.<node> is a starting node asking a warm
+        # one for its whole view (registry/_sync.py): the answer to "list".
         tokens = tuple(subject[len(self._registry.prefix) + 1 :].split("."))
+        if tokens[0] == "sync":
+            return ("registry", "list")
         return ("registry", *tokens[1:]) if tokens[0] == "warming" else tokens
 
     def _encode_and_keep(
@@ -214,13 +218,17 @@ def _budget_s(msg: Msg) -> float:
 
 
 def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
-    """``snapshot`` encoded as one or more messages of at most ``max_bytes`` each."""
+    """``snapshot`` encoded as one or more messages of at most ``max_bytes`` each, numbered
+    from 0 (``part``), each saying how many instances the whole answer holds (``total``)."""
     instances = snapshot.instances
-    size, start = 512, 0
+    total = len(instances)
+    size, start, number = 512, 0, 0
     while True:
         part = instances[start : start + size]
-        more = start + size < len(instances)
-        payload = wire.encode(msgspec.structs.replace(snapshot, instances=part, more=more))
+        more = start + size < total
+        payload = wire.encode(
+            msgspec.structs.replace(snapshot, instances=part, more=more, part=number, total=total)
+        )
         if len(payload) > max_bytes and size > 1:
             size //= 2
             continue
@@ -228,3 +236,4 @@ def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
         if not more:
             return
         start += size
+        number += 1

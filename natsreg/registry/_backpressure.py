@@ -1,0 +1,118 @@
+"""A registry node under its own load: bounded subscription queues, and every message that does
+not fit counted and logged, never a silent stop.
+
+nats-py hands each callback subscription's messages from its read loop to one task through a
+queue. At nats-py's defaults (524,288 messages, 128 MB per subscription) a node that falls
+behind queues seconds of heartbeats, and the task that drains the queue never yields while it
+holds messages (``asyncio.Queue.get()`` returns at once when the queue is not empty): the read
+loop stops reading the socket, nats-server's buffer for the node fills, and the server closes
+the connection as a slow consumer. The node then hears nothing and answers nothing.
+
+So each of the node's subscriptions holds at most :data:`PENDING_MSGS` messages and
+:data:`PENDING_BYTES` bytes; nats-py drops what does not fit and tells the connection's error
+callback (``SlowConsumerError``), which the node counts as ``dropped["slow_consumer"]`` and
+logs at most once per :data:`SLOW_LOG_S`. The control handler yields to the event loop every
+:data:`YIELD_EVERY` messages, so the read loop keeps reading (and dropping, when it must) and
+queries are answered while a backlog drains. A dropped heartbeat costs nothing (the next one
+comes within an interval); a dropped announcement is asked again (the instance's next heartbeat
+is from an unknown id, docs/protocol.md rule 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import anyio.lowlevel
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import SlowConsumerError
+
+log = logging.getLogger("natsreg.registry")
+
+#: Messages one subscription may queue: at ~13 µs a heartbeat, about 0.85 s of work, under the
+#: 2.5 s of silence that expires an instance; and above a 50k fleet's whole re-announce round
+#: (docs/protocol.md rule 5) as it queues while the node works through it.
+PENDING_MSGS = 65_536
+#: Bytes one subscription may queue: a thousand full-size (64 KiB) announcements.
+PENDING_BYTES = 64 * 1024 * 1024
+#: The control handler lets other tasks run after this many messages.
+YIELD_EVERY = 64
+#: A slow-consumer drop is logged at most once per this interval (the count is in stats).
+SLOW_LOG_S = 10.0
+
+_ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class Backpressure:
+    """The node's subscriptions on ``nc``, with bounded queues; :meth:`installed` while the
+    node runs, so that the connection's slow-consumer errors for them are counted."""
+
+    def __init__(
+        self, nc: NATS, dropped: Counter[str], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._nc = nc
+        self._dropped = dropped
+        self._clock = clock
+        self._subs: set[Subscription] = set()
+        self._logged_at = float("-inf")
+        self._since_yield = 0
+
+    async def subscribe(
+        self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = ""
+    ) -> Subscription:
+        """``nc.subscribe`` with the node's queue limits, its drops counted."""
+        sub = await self._nc.subscribe(
+            subject,
+            queue=queue,
+            cb=cb,
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
+        self._subs.add(sub)
+        return sub
+
+    async def pace(self) -> None:
+        """Called once per message handled: yield to the event loop every so often."""
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await anyio.lowlevel.checkpoint()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        # nats-py takes its error callback only at connect; the connection is the caller's,
+        # so the node chains its own in front for as long as it runs, and passes on every
+        # error that is not a drop from one of its subscriptions.
+        previous: _ErrorCallback = self._nc._error_cb
+
+        async def on_error(exc: Exception) -> None:
+            if isinstance(exc, SlowConsumerError) and exc.sub in self._subs:
+                self._slow(exc)
+            else:
+                await previous(exc)
+
+        self._nc._error_cb = on_error
+        try:
+            yield
+        finally:
+            self._nc._error_cb = previous
+
+    def _slow(self, exc: SlowConsumerError) -> None:
+        self._dropped["slow_consumer"] += 1
+        now = self._clock()
+        if now - self._logged_at >= SLOW_LOG_S:
+            self._logged_at = now
+            log.warning(
+                "registry node falling behind: dropped a message on %s, its queue full "
+                "(%d messages or %d MB); %d dropped since start. The node stays connected; "
+                "give it a core of its own, or a slower heartbeat to its fleet",
+                exc.subject[:200],
+                PENDING_MSGS,
+                PENDING_BYTES // (1024 * 1024),
+                self._dropped["slow_consumer"],
+            )
