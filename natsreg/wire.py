@@ -339,7 +339,8 @@ class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     services: int = 0
     #: Messages dropped since start, by reason (docs/protocol.md, "Messages"): malformed,
     #: oversized, stale, seq_jump, subject_mismatch, capacity, invalid_<field>, and for
-    #: queries reply_subject, query_overflow, query_expired.
+    #: queries reply_subject, query_overflow, query_expired; slow_consumer for what arrived
+    #: while the node's queue was full; invalid_age for a peer's snapshot.
     dropped: dict[str, int] = {}
     mass_expiry: MassExpiry | None = None
     #: The node's caps: instances of one service, and instances in all.
