@@ -585,7 +585,18 @@ def test_a_restored_instance_keeps_its_sequence_and_expires_when_it_would_have_o
     clock.now += 1.499
     assert view.expire() == []
     clock.now += 0.001
-    assert changes(view.expire()) == [("down", "i1")]
+    [down] = view.expire()
+    # What it publishes about it carries no age, as for an announced instance.
+    assert (down.kind, down.instance.id, down.instance.age_s) == ("down", "i1", 0.0)
+
+
+def test_a_newer_sequence_from_the_peer_replaces_an_instance_and_takes_no_new_place() -> None:
+    view = View(clock=Clock(), max_per_service=1, max_instances=1)
+    view.apply(announce(5))
+    assert view.restore(peer_view(seq=6, age_s=0.5)) == Outcome([])
+    assert view.restore(peer_view(seq=7, age_s=0.5)) == Outcome([])
+    assert [(i.id, i.seq) for i in view.instances()] == [("i1", 7)]
+    assert view.restore(peer_view(seq=1, instance_id="i2")).dropped == "capacity"
 
 
 def test_a_peers_age_counts_no_further_back_than_expiry_and_never_forward() -> None:

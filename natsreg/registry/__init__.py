@@ -120,9 +120,6 @@ class Registry(anyio.AsyncContextManagerMixin):
         )
         self._sync_first = sync
         self._queries: Queries | None = None
-        # Its subscriptions to <prefix>.registry.> and <prefix>.sync.*, while warm
-        # (_follow_warmth).
-        self._query_subs: list[Subscription] = []
 
     @property
     def revision(self) -> int:
@@ -197,26 +194,14 @@ class Registry(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
-        queries = self._queries = Queries(self._nc, self, self.dropped, clock=self._clock)
-        subscribe = self._pressure.subscribe
+        queries = self._queries = Queries(
+            self._nc, self, self.dropped, self._pressure.subscribe, clock=self._clock
+        )
         try:
             for verb in ("announce", "hb", "bye"):
-                subs.append(
-                    await subscribe(
-                        subjects.control_subject(self.prefix, verb, ">"), self._on_control
-                    )
-                )
-            subs.append(
-                await subscribe(
-                    subjects.control_subject(self.prefix, "warming", ">"),
-                    queries.on_query,
-                    subjects.REGISTRY_QUEUE,
-                )
-            )
-            # Every node answers "who are you": no queue group, so each is heard.
-            subs.append(
-                await subscribe(subjects.control_subject(self.prefix, "nodes"), queries.on_query)
-            )
+                subject = subjects.control_subject(self.prefix, verb, ">")
+                subs.append(await self._pressure.subscribe(subject, self._on_control))
+            await queries.start()
             if self._system_nc is not None:
                 subs.append(
                     await self._system_nc.subscribe(subjects.SYS_DISCONNECT, cb=self._on_disconnect)
@@ -237,14 +222,12 @@ class Registry(anyio.AsyncContextManagerMixin):
                     yield self
         finally:
             with anyio.CancelScope(shield=True):
-                subs += self._query_subs
-                self._query_subs = []
+                await queries.close()
                 for sub in subs:
                     try:
                         await sub.unsubscribe()
                     except Exception as exc:
                         log.debug("unsubscribe failed: %s", exc)
-            queries.close()
 
     # -- input -------------------------------------------------------------------------------
 
@@ -291,7 +274,7 @@ class Registry(anyio.AsyncContextManagerMixin):
 
     async def _warm_up(self) -> None:
         # Warming until the peer's view is in, or the fallback's round is over; the sweep
-        # loop then takes queries (_follow_warmth).
+        # loop then takes queries (Queries.follow).
         if self._sync_first and await self._sync.run(self._take):
             self._revision += 1
             self._warm_until = self._clock()
@@ -306,33 +289,6 @@ class Registry(anyio.AsyncContextManagerMixin):
             subjects.control_subject(self.prefix, "discover"),
             wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)),
         )
-
-    async def _follow_warmth(self) -> None:
-        # A node that may know less than a warm peer must not be the one that answers: it
-        # takes queries on <prefix>.registry.> only while warm. It always answers them on
-        # <prefix>.warming.>, where callers turn only when no node answers on the former
-        # (RegistryApi); from a warming node, such answers say warming_up. (A warm node
-        # answers there too: a caller that found no warm node an instant before its
-        # question reached one on its way to <prefix>.warming.> still gets an answer.)
-        # Likewise only a warm node gives its view to a starting one (<prefix>.sync.<node>).
-        assert self._queries is not None
-        if self.warming_up and self._query_subs:
-            subs, self._query_subs = self._query_subs, []
-            for sub in subs:
-                try:
-                    await sub.unsubscribe()
-                except Exception as exc:
-                    log.debug("unsubscribe failed: %s", exc)
-        elif not self.warming_up and not self._query_subs:
-            self._query_subs = [
-                await self._pressure.subscribe(
-                    subjects.control_subject(self.prefix, *verb),
-                    self._queries.on_query,
-                    subjects.REGISTRY_QUEUE,
-                )
-                for verb in (("registry", ">"), ("sync", "*"))
-            ]
-            log.info("registry node %s is warm: answering queries", self.node_id)
 
     async def _on_disconnect(self, msg: Msg) -> None:
         # A crashed process' socket closes at once, so the server's advisory beats the
@@ -357,8 +313,9 @@ class Registry(anyio.AsyncContextManagerMixin):
                 reconnects = self._nc.stats["reconnects"]
                 log.info("reconnected to NATS; asking every instance to re-announce")
                 await self._ask_everyone()
-            await self._follow_warmth()
-            if not self.warming_up:
+            assert self._queries is not None
+            await self._queries.follow(not self.warming_up)
+            if not (self.warming_up or self._pressure.behind()):
                 await self._publish(self._view.expire())
 
     async def _take_micro(self, outcome: Outcome, name: str) -> None:

@@ -13,9 +13,10 @@ So each of the node's subscriptions holds at most :data:`PENDING_MSGS` messages 
 callback (``SlowConsumerError``), which the node counts as ``dropped["slow_consumer"]`` and
 logs at most once per :data:`SLOW_LOG_S`. The control handler yields to the event loop every
 :data:`YIELD_EVERY` messages, so the read loop keeps reading (and dropping, when it must) and
-queries are answered while a backlog drains. A dropped heartbeat costs nothing (the next one
-comes within an interval); a dropped announcement is asked again (the instance's next heartbeat
-is from an unknown id, docs/protocol.md rule 4).
+queries are answered while a backlog drains; and while a backlog is deep the node expires
+nothing (:meth:`Backpressure.behind`), as while it is disconnected. A dropped heartbeat costs
+nothing (the next one comes within an interval); a dropped announcement is asked again (the
+instance's next heartbeat is from an unknown id, docs/protocol.md rule 4).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ PENDING_MSGS = 65_536
 #: Bytes one subscription may queue: a thousand full-size (64 KiB) announcements.
 PENDING_BYTES = 64 * 1024 * 1024
 #: The control handler lets other tasks run after this many messages.
-YIELD_EVERY = 64
+YIELD_EVERY = 16
+#: A node with more messages than this waiting in one queue is behind: it expires nothing
+#: until it has read them, since the heartbeats it has not read yet may be the ones due.
+BEHIND_MSGS = 4096
 #: A slow-consumer drop is logged at most once per this interval (the count is in stats).
 SLOW_LOG_S = 10.0
 
@@ -75,6 +79,10 @@ class Backpressure:
         )
         self._subs.add(sub)
         return sub
+
+    def behind(self) -> bool:
+        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`)."""
+        return any(sub.pending_msgs > BEHIND_MSGS for sub in self._subs)
 
     async def pace(self) -> None:
         """Called once per message handled: yield to the event loop every so often."""
