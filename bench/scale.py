@@ -112,9 +112,10 @@ def profile(pid: int, window_s: float, path: Path) -> None:
     """Sample ``pid`` with py-spy for ``window_s``; collapsed stacks to ``path``; print the
     functions that held the CPU, by own time and with what they call."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    beside = Path(sys.executable).with_name("py-spy")  # installed in this venv
     subprocess.run(
         [
-            "py-spy",
+            str(beside) if beside.exists() else "py-spy",
             "record",
             "--pid",
             str(pid),
