@@ -126,6 +126,7 @@ def profile(pid: int, window_s: float, path: Path) -> None:
             "--format",
             "raw",
             "--nonblocking",
+            "--function",
             "--output",
             str(path),
         ],
