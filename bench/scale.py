@@ -17,7 +17,9 @@ as real ones do. Measured:
   instance): taken from the warm node (``<prefix>.sync``), and, as the baseline in the same
   run, by the re-announce round (``Registry(sync=False)``);
 - kill -9 of one real service process to its removal from the view, by heartbeat expiry; and
-  once, on a server with a system account, by the server's disconnect advisory.
+  once, on a server with a system account, by the server's disconnect advisory;
+- messages the node dropped because its queues were full (``slow_consumer``), and how often it
+  lost its NATS connection (from its log).
 
 With ``--profile DIR``, py-spy (the ``bench`` extra) then samples the registry process for
 another window and writes ``DIR/registry-<size>.txt`` (collapsed stacks, for flame graph
@@ -39,6 +41,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -157,7 +160,7 @@ def profile(pid: int, window_s: float, path: Path) -> None:
 async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[str, float]:
     prefix = "scale"
     processes: list[subprocess.Popen[str]] = []
-    with NatsServer() as server:
+    with NatsServer() as server, tempfile.TemporaryFile("w+") as registry_log:
         try:
             registry = subprocess.Popen(
                 [
@@ -170,7 +173,7 @@ async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[s
                     "--prefix",
                     prefix,
                 ],
-                stderr=subprocess.DEVNULL,
+                stderr=registry_log,
                 text=True,
             )
             processes.append(registry)
@@ -204,7 +207,10 @@ async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[s
                 assert fleet.stdout is not None and fleet.stdout.readline().startswith("ready")
 
             async def complete() -> bool:
-                return (await node_stats(nc, prefix)).instances == size
+                try:
+                    return (await node_stats(nc, prefix)).instances == size
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    return False  # busy taking in the fleet, or warming again: ask again
 
             await wait_for(complete, 60, f"registry holding {size} instances")
             await asyncio.sleep(2.0)
@@ -246,6 +252,8 @@ async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[s
                 profile(registry.pid, window_s, Path(profile_dir) / f"registry-{size}.txt")
 
             removal_s = await kill_to_removal(nc, server.url, prefix, size)
+            registry_log.seek(0)
+            lost = registry_log.read().count("NATS: Connection lost")
             await nc.close()
             return {
                 "instances": size,
@@ -261,6 +269,8 @@ async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[s
                 "fresh_speedup": round(reannounced[0] / fresh_s, 1),
                 "kill_to_removal_s": round(removal_s, 2),
                 "stale_dropped": stats.dropped.get("stale", 0),
+                "slow_consumer_dropped": stats.dropped.get("slow_consumer", 0),
+                "connection_lost": lost,
             }
         finally:
             for proc in reversed(processes):
@@ -381,6 +391,8 @@ async def main() -> None:
         "fresh_speedup",
         "kill_to_removal_s",
         "stale_dropped",
+        "slow_consumer_dropped",
+        "connection_lost",
     )
     print(" | ".join(columns))
     for size in (int(s) for s in args.sizes.split(",")):

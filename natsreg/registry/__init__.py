@@ -265,7 +265,9 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _take(self, message: wire.ControlMessage) -> None:
         outcome = self._view.apply(message)
         self._count(outcome, message.name)
-        if outcome.ask_info:
+        # Behind, its announcement may be in the queue yet: asking would add to the load
+        # (the view asks again at its next heartbeat after the ask interval).
+        if outcome.ask_info and not self._pressure.behind():
             await self._nc.publish(
                 subjects.control_subject(self.prefix, "discover", message.name, message.id),
                 wire.encode(wire.Discover()),
