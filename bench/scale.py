@@ -212,7 +212,7 @@ async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[s
                 except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                     return False  # busy taking in the fleet, or warming again: ask again
 
-            await wait_for(complete, 60, f"registry holding {size} instances")
+            await wait_for(complete, 120, f"registry holding {size} instances")
             await asyncio.sleep(2.0)
 
             cpu0, t0 = cpu_seconds(registry.pid), time.monotonic()

@@ -44,8 +44,11 @@ PENDING_BYTES = 64 * 1024 * 1024
 #: The control handler lets other tasks run after this many messages.
 YIELD_EVERY = 16
 #: A node with more messages than this waiting in one queue is behind: it expires nothing
-#: until it has read them, since the heartbeats it has not read yet may be the ones due.
+#: until it has read them, since the heartbeats it has not read yet may be the ones due ...
 BEHIND_MSGS = 4096
+#: ... for at most this long at a stretch: a node that never catches up still expires, at most
+#: this much late, rather than list the dead for ever.
+MAX_BEHIND_S = 5.0
 #: A slow-consumer drop is logged at most once per this interval (the count is in stats).
 SLOW_LOG_S = 10.0
 
@@ -65,6 +68,7 @@ class Backpressure:
         self._subs: set[Subscription] = set()
         self._logged_at = float("-inf")
         self._since_yield = 0
+        self._behind_since: float | None = None
 
     async def subscribe(
         self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = ""
@@ -81,8 +85,15 @@ class Backpressure:
         return sub
 
     def behind(self) -> bool:
-        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`)."""
-        return any(sub.pending_msgs > BEHIND_MSGS for sub in self._subs)
+        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`), for
+        no longer than :data:`MAX_BEHIND_S`."""
+        if not any(sub.pending_msgs > BEHIND_MSGS for sub in self._subs):
+            self._behind_since = None
+            return False
+        now = self._clock()
+        if self._behind_since is None:
+            self._behind_since = now
+        return now - self._behind_since < MAX_BEHIND_S
 
     async def pace(self) -> None:
         """Called once per message handled: yield to the event loop every so often."""
