@@ -317,7 +317,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                 await self._ask_everyone()
             assert self._queries is not None
             await self._queries.follow(not self.warming_up)
-            if not (self.warming_up or self._pressure.behind()):
+            if not (self.warming_up or self._pressure.silence_proves_nothing()):
                 await self._publish(self._view.expire())
 
     async def _take_micro(self, outcome: Outcome, name: str) -> None:

@@ -13,8 +13,8 @@ So each of the node's subscriptions holds at most :data:`PENDING_MSGS` messages 
 callback (``SlowConsumerError``), which the node counts as ``dropped["slow_consumer"]`` and
 logs at most once per :data:`SLOW_LOG_S`. The control handler yields to the event loop every
 :data:`YIELD_EVERY` messages, so the read loop keeps reading (and dropping, when it must) and
-queries are answered while a backlog drains; and while a backlog is deep the node expires
-nothing (:meth:`Backpressure.behind`), as while it is disconnected. A dropped heartbeat costs
+queries are answered while a backlog drains; and while a backlog is deep, or it dropped a
+message lately, the node expires nothing, as while it is disconnected. A dropped heartbeat costs
 nothing (the next one comes within an interval); a dropped announcement is asked again (the
 instance's next heartbeat is from an unknown id, docs/protocol.md rule 4).
 """
@@ -44,11 +44,11 @@ PENDING_BYTES = 64 * 1024 * 1024
 #: The control handler lets other tasks run after this many messages.
 YIELD_EVERY = 16
 #: A node with more messages than this waiting in one queue is behind: it expires nothing
-#: until it has read them, since the heartbeats it has not read yet may be the ones due ...
+#: until it has read them, since the heartbeats it has not read yet may be the ones due.
 BEHIND_MSGS = 4096
-#: ... for at most this long at a stretch: a node that never catches up still expires, at most
-#: this much late, rather than list the dead for ever.
-MAX_BEHIND_S = 5.0
+#: Nor does it expire anything for this long after it dropped a message: a heartbeat it
+#: dropped is no silence of its instance (two missed 1 s heartbeats and the half-interval).
+QUIET_AFTER_DROP_S = 3.0
 #: A slow-consumer drop is logged at most once per this interval (the count is in stats).
 SLOW_LOG_S = 10.0
 
@@ -68,7 +68,7 @@ class Backpressure:
         self._subs: set[Subscription] = set()
         self._logged_at = float("-inf")
         self._since_yield = 0
-        self._behind_since: float | None = None
+        self._dropped_at = float("-inf")
 
     async def subscribe(
         self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = ""
@@ -85,15 +85,12 @@ class Backpressure:
         return sub
 
     def behind(self) -> bool:
-        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`), for
-        no longer than :data:`MAX_BEHIND_S`."""
-        if not any(sub.pending_msgs > BEHIND_MSGS for sub in self._subs):
-            self._behind_since = None
-            return False
-        now = self._clock()
-        if self._behind_since is None:
-            self._behind_since = now
-        return now - self._behind_since < MAX_BEHIND_S
+        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`)."""
+        return any(sub.pending_msgs > BEHIND_MSGS for sub in self._subs)
+
+    def silence_proves_nothing(self) -> bool:
+        """Whether the node may have missed heartbeats: behind, or it dropped one lately."""
+        return self.behind() or self._clock() - self._dropped_at < QUIET_AFTER_DROP_S
 
     async def pace(self) -> None:
         """Called once per message handled: yield to the event loop every so often."""
@@ -123,7 +120,7 @@ class Backpressure:
 
     def _slow(self, exc: SlowConsumerError) -> None:
         self._dropped["slow_consumer"] += 1
-        now = self._clock()
+        now = self._dropped_at = self._clock()
         if now - self._logged_at >= SLOW_LOG_S:
             self._logged_at = now
             log.warning(
