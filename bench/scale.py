@@ -4,6 +4,7 @@
     python bench/scale.py --sizes 1000    # one size
     python bench/scale.py --chart bench/scale.png   # also draw cost against size (matplotlib)
     python bench/scale.py --sizes 50000 --profile bench/profile   # and where the node's CPU goes
+    python bench/scale.py --watch 50000   # a node under 50k instances, second by second, 30 s
 
 For each size: a fresh nats-server, a registry node (``natsreg registry``, its own process),
 and synthetic fleet processes (bench/fleet.py) whose virtual instances heartbeat every second
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import nats
 
@@ -157,54 +159,99 @@ def profile(pid: int, window_s: float, path: Path) -> None:
         print(f"    {100 * samples / total:5.1f}%  {frame}")
 
 
+async def start_fleet(
+    url: str, prefix: str, size: int, log: IO[str], processes: list[subprocess.Popen[str]]
+) -> subprocess.Popen[str]:
+    """A registry node (its log to ``log``), then ``size`` instances announced; every process
+    appended to ``processes``. Returns the node's process."""
+    registry = subprocess.Popen(
+        [sys.executable, "-m", "natsreg", "registry", "--server", url, "--prefix", prefix],
+        stderr=log,
+        text=True,
+    )
+    processes.append(registry)
+    nc = await nats.connect(url)
+    try:
+        await wait_for(lambda: _answers(nc, prefix), 10, "registry up")
+    finally:
+        await nc.close()
+    fleets = math.ceil(size / PER_FLEET_PROCESS)
+    for k in range(fleets):
+        count = size // fleets + (1 if k < size % fleets else 0)
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "fleet.py"),
+                    "--url",
+                    url,
+                    "--prefix",
+                    prefix,
+                    "--instances",
+                    str(count),
+                    "--tag",
+                    f"f{k}",
+                    "--ramp",
+                    str(max(1.0, count / 10_000)),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for fleet in processes[-fleets:]:
+        assert fleet.stdout is not None and fleet.stdout.readline().startswith("ready")
+    return registry
+
+
+async def watch(size: int, seconds: float) -> None:
+    """Once a second for ``seconds``: what the node under a fleet of ``size`` holds, how long
+    it takes to answer, what it dropped, and how often it lost its connection."""
+    prefix = "scale"
+    processes: list[subprocess.Popen[str]] = []
+    with NatsServer() as server, tempfile.TemporaryFile("w+") as registry_log:
+        try:
+            await start_fleet(server.url, prefix, size, registry_log, processes)
+            nc = await nats.connect(server.url)
+            warming = subjects.control_subject(prefix, "warming", "stats")
+            print("second | answered in s | instances | slow_consumer dropped | connection lost")
+            start = time.monotonic()
+            while time.monotonic() - start < seconds:
+                asked = time.monotonic()
+                try:
+                    reply = await nc.request(warming, b"", timeout=5)
+                    stats = wire.decode_node_stats(reply.data)
+                    answer = f"{time.monotonic() - asked:.3f} | {stats.instances}"
+                    answer += f" | {stats.dropped.get('slow_consumer', 0)}"
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                    answer = f"{type(exc).__name__} | - | -"
+                registry_log.seek(0)
+                lost = registry_log.read().count("NATS: Connection lost")
+                print(f"{asked - start:.0f} | {answer} | {lost}", flush=True)
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - asked)))
+            await nc.close()
+        finally:
+            stop(processes)
+
+
+def stop(processes: list[subprocess.Popen[str]]) -> None:
+    for proc in reversed(processes):
+        proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.stdout:
+            proc.stdout.close()
+
+
 async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[str, float]:
     prefix = "scale"
     processes: list[subprocess.Popen[str]] = []
     with NatsServer() as server, tempfile.TemporaryFile("w+") as registry_log:
         try:
-            registry = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "natsreg",
-                    "registry",
-                    "--server",
-                    server.url,
-                    "--prefix",
-                    prefix,
-                ],
-                stderr=registry_log,
-                text=True,
-            )
-            processes.append(registry)
+            registry = await start_fleet(server.url, prefix, size, registry_log, processes)
             nc = await nats.connect(server.url)
-            await wait_for(lambda: _answers(nc, prefix), 10, "registry up")
-
-            fleets = math.ceil(size / PER_FLEET_PROCESS)
-            for k in range(fleets):
-                count = size // fleets + (1 if k < size % fleets else 0)
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            str(HERE / "fleet.py"),
-                            "--url",
-                            server.url,
-                            "--prefix",
-                            prefix,
-                            "--instances",
-                            str(count),
-                            "--tag",
-                            f"f{k}",
-                            "--ramp",
-                            str(max(1.0, count / 10_000)),
-                        ],
-                        stdout=subprocess.PIPE,
-                        text=True,
-                    )
-                )
-            for fleet in processes[1:]:
-                assert fleet.stdout is not None and fleet.stdout.readline().startswith("ready")
 
             async def complete() -> bool:
                 try:
@@ -273,15 +320,7 @@ async def measure(size: int, window_s: float, profile_dir: str | None) -> dict[s
                 "connection_lost": lost,
             }
         finally:
-            for proc in reversed(processes):
-                proc.send_signal(signal.SIGTERM)
-            for proc in processes:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                if proc.stdout:
-                    proc.stdout.close()
+            stop(processes)
 
 
 async def _answers(nc: nats.NATS, prefix: str) -> bool:
@@ -375,7 +414,13 @@ async def main() -> None:
     parser.add_argument("--chart", help="write a PNG chart here (needs matplotlib)")
     parser.add_argument("--json", help="write the rows as JSON here")
     parser.add_argument("--profile", help="sample the registry with py-spy; stacks to this folder")
+    parser.add_argument(
+        "--watch", type=int, metavar="N", help="only watch a node under N instances for 30 s"
+    )
     args = parser.parse_args()
+    if args.watch:
+        await watch(args.watch, 30.0)
+        return
     rows = []
     columns = (
         "instances",

@@ -132,7 +132,8 @@ class Registry(anyio.AsyncContextManagerMixin):
 
     @property
     def warming_up(self) -> bool:
-        """True until the first re-announce round can have been heard in full."""
+        """True until the node holds a warm peer's view, or else until its re-announce round
+        can have been heard in full."""
         return self._sync.running or self._clock() < self._warm_until
 
     def stats(self) -> wire.NodeStats:
@@ -278,7 +279,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         # Warming until the peer's view is in, or the fallback's round is over; the sweep
         # loop then takes queries (Queries.follow).
         if self._sync_first and await self._sync.run(self._take):
-            self._revision += 1
+            self._revision += 1  # a new view: no answer cached before is of it
             self._warm_until = self._clock()
             return
         await self._ask_everyone()
