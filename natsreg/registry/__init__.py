@@ -199,9 +199,12 @@ class Registry(anyio.AsyncContextManagerMixin):
             self._nc, self, self.dropped, self._pressure.subscribe, clock=self._clock
         )
         try:
-            for verb in ("announce", "hb", "bye"):
+            for verb in ("announce", "bye"):
                 subject = subjects.control_subject(self.prefix, verb, ">")
                 subs.append(await self._pressure.subscribe(subject, self._on_control))
+            # Heartbeats, the bulk, are shed while the node catches up (_backpressure.py).
+            heartbeats = subjects.control_subject(self.prefix, "hb", ">")
+            await self._pressure.subscribe(heartbeats, self._on_control, sheddable=True)
             await queries.start()
             if self._system_nc is not None:
                 subs.append(
@@ -224,6 +227,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         finally:
             with anyio.CancelScope(shield=True):
                 await queries.close()
+                await self._pressure.close()
                 for sub in subs:
                     try:
                         await sub.unsubscribe()
@@ -266,9 +270,7 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _take(self, message: wire.ControlMessage) -> None:
         outcome = self._view.apply(message)
         self._count(outcome, message.name)
-        # Behind, its announcement may be in the queue yet: asking would add to the load
-        # (the view asks again at its next heartbeat after the ask interval).
-        if outcome.ask_info and not self._pressure.behind():
+        if outcome.ask_info:
             await self._nc.publish(
                 subjects.control_subject(self.prefix, "discover", message.name, message.id),
                 wire.encode(wire.Discover()),
@@ -316,6 +318,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                 reconnects = self._nc.stats["reconnects"]
                 log.info("reconnected to NATS; asking every instance to re-announce")
                 await self._ask_everyone()
+            await self._pressure.relieve()
             assert self._queries is not None
             await self._queries.follow(not self.warming_up)
             if not (self.warming_up or self._pressure.silence_proves_nothing()):

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import anyio.lowlevel
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -66,14 +67,23 @@ class Backpressure:
         self._dropped = dropped
         self._clock = clock
         self._subs: set[Subscription] = set()
+        # Those it may shed, with what it takes to subscribe again; and those that overflowed.
+        self._sheddable: dict[Subscription, tuple[str, Callable[[Msg], Awaitable[None]]]] = {}
+        self._overflowed: set[Subscription] = set()
         self._logged_at = float("-inf")
         self._since_yield = 0
         self._dropped_at = float("-inf")
 
     async def subscribe(
-        self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = ""
+        self,
+        subject: str,
+        cb: Callable[[Msg], Awaitable[None]],
+        queue: str = "",
+        *,
+        sheddable: bool = False,
     ) -> Subscription:
-        """``nc.subscribe`` with the node's queue limits, its drops counted."""
+        """``nc.subscribe`` with the node's queue limits, its drops counted. A ``sheddable``
+        one is the node's to unsubscribe (:meth:`close`): :meth:`relieve` may replace it."""
         sub = await self._nc.subscribe(
             subject,
             queue=queue,
@@ -82,7 +92,36 @@ class Backpressure:
             pending_bytes_limit=PENDING_BYTES,
         )
         self._subs.add(sub)
+        if sheddable:
+            self._sheddable[sub] = (subject, cb)
         return sub
+
+    async def relieve(self) -> None:
+        """Called regularly: a sheddable subscription whose queue overflowed is drained, then
+        taken again. While it drains, nats-server drops what comes for it, where the node
+        would have had to read each message to drop it: a node that cannot even read what
+        it is sent would fall behind its socket until nats-server cut it off."""
+        for sub in [s for s in self._overflowed if s in self._sheddable]:
+            subject, cb = self._sheddable.pop(sub)
+            self._overflowed.discard(sub)
+            log.debug("shedding %s until the node has caught up", subject)
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
+            except nats.errors.Error as exc:
+                log.debug("drain failed: %s", exc)
+            self._subs.discard(sub)
+            # What was sent meanwhile is gone: silence proves nothing for a while.
+            self._dropped_at = self._clock()
+            await self.subscribe(subject, cb, sheddable=True)
+
+    async def close(self) -> None:
+        """Unsubscribe the sheddable subscriptions (the others are their subscriber's)."""
+        subs, self._sheddable = list(self._sheddable), {}
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe failed: %s", exc)
 
     def behind(self) -> bool:
         """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`)."""
@@ -120,13 +159,14 @@ class Backpressure:
 
     def _slow(self, exc: SlowConsumerError) -> None:
         self._dropped["slow_consumer"] += 1
+        self._overflowed.add(exc.sub)
         now = self._dropped_at = self._clock()
         if now - self._logged_at >= SLOW_LOG_S:
             self._logged_at = now
             log.warning(
                 "registry node falling behind: dropped a message on %s, its queue full "
-                "(%d messages or %d MB); %d dropped since start. The node stays connected; "
-                "give it a core of its own, or a slower heartbeat to its fleet",
+                "(%d messages or %d MB); %d dropped since start. It takes no heartbeats until "
+                "it has caught up, and stays connected; give it a core of its own",
                 exc.subject[:200],
                 PENDING_MSGS,
                 PENDING_BYTES // (1024 * 1024),
