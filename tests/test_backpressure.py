@@ -28,9 +28,13 @@ RATE = 150_000
 
 
 @pytest.fixture
-async def own_server() -> AsyncIterator[NatsServer]:
-    """A server of its own: the flood must not slow the session's other tests."""
-    async with NatsServer() as server:
+async def own_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A server of its own, so the flood slows no other test, that holds at most 12 MB for a
+    client that does not read fast enough (nats-server's default is 64 MB): a node that fell
+    behind its socket would be cut off within the flood."""
+    config = tmp_path / "nats.conf"
+    config.write_text("max_pending: 12MB\n")
+    async with NatsServer(args=("-c", str(config))) as server:
         yield server
 
 

@@ -11,7 +11,10 @@ the connection as a slow consumer. The node then hears nothing and answers nothi
 So each of the node's subscriptions holds at most :data:`PENDING_MSGS` messages and
 :data:`PENDING_BYTES` bytes; nats-py drops what does not fit and tells the connection's error
 callback (``SlowConsumerError``), which the node counts as ``dropped["slow_consumer"]`` and
-logs at most once per :data:`SLOW_LOG_S`. The control handler yields to the event loop every
+logs at most once per :data:`SLOW_LOG_S`; and its heartbeat subscription, once it overflowed,
+is drained and taken again (:meth:`Backpressure.relieve`), so that nats-server drops the
+heartbeats sent meanwhile rather than the node reading each one to drop it. The control
+handler yields to the event loop every
 :data:`YIELD_EVERY` messages, so the read loop keeps reading (and dropping, when it must) and
 queries are answered while a backlog drains; and while a backlog is deep, or it dropped a
 message lately, the node expires nothing, as while it is disconnected. A dropped heartbeat costs
