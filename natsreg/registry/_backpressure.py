@@ -14,12 +14,12 @@ callback (``SlowConsumerError``), which the node counts as ``dropped["slow_consu
 logs at most once per :data:`SLOW_LOG_S`; and its heartbeat subscription, once it overflowed,
 is drained and taken again (:meth:`Backpressure.relieve`), so that nats-server drops the
 heartbeats sent meanwhile rather than the node reading each one to drop it. The control
-handler yields to the event loop every
-:data:`YIELD_EVERY` messages, so the read loop keeps reading (and dropping, when it must) and
-queries are answered while a backlog drains; and while a backlog is deep, or it dropped a
-message lately, the node expires nothing, as while it is disconnected. A dropped heartbeat costs
-nothing (the next one comes within an interval); a dropped announcement is asked again (the
-instance's next heartbeat is from an unknown id, docs/protocol.md rule 4).
+handler yields to the event loop every :data:`YIELD_EVERY` messages, so the read loop keeps
+reading (and dropping, when it must) and queries are answered while a backlog drains; and
+while a backlog is deep, or it dropped or shed messages lately, the node expires nothing, as
+while it is disconnected. A dropped heartbeat costs nothing (the next one comes within an
+interval); a dropped announcement is asked again (the instance's next heartbeat is from an
+unknown id, docs/protocol.md rule 4).
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class Backpressure:
 
     def _slow(self, exc: SlowConsumerError) -> None:
         self._dropped["slow_consumer"] += 1
-        self._overflowed.add(exc.sub)
+        if exc.sub in self._sheddable:
+            self._overflowed.add(exc.sub)
         now = self._dropped_at = self._clock()
         if now - self._logged_at >= SLOW_LOG_S:
             self._logged_at = now
