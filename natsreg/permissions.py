@@ -16,7 +16,10 @@ Roles:
   follows their view (events, heartbeats, goodbyes). Never announces anything.
 - ``registry``: hears every instance, answers queries in the registry queue group (those
   asked of warm nodes, and while it warms up those asked of warming ones) and the roll call
-  of nodes, and is the only role that may publish events and discover requests.
+  of nodes, and is the only role that may publish events and discover requests. It is also
+  the only role that may ask a peer for its whole view (``<prefix>.sync.<node>``) and the only
+  one that hears that request, so a starting node's snapshot can come from a registry node
+  only: its inbox is its own, and only a user that received the request may answer there.
 - ``bridge``: a caller (of every service, or of those named).
 - ``operator``: the CLI (``ls``, ``info``, ``watch``, ``request``, ``registry nodes``): a
   caller of every service that may also ask every instance for its ADR-32 stats and every
@@ -159,12 +162,16 @@ def permissions(
                 subjects.srv_subject("INFO"),
                 subjects.srv_subject("INFO", "*", "*"),
             ]
+            # A starting node asks a warm peer for its view, naming itself.
+            pub.append(control("sync", ">"))
             sub += [control(verb, ">") for verb in ("announce", "hb", "bye")]
-            # Queries in the registry queue group: once warm, and while warming up.
+            # Queries in the registry queue group: once warm, and while warming up; and the
+            # view asked for by starting peers.
             sub += [
                 f"{control(verb, '>')} {subjects.REGISTRY_QUEUE}"
                 for verb in ("registry", "warming")
             ]
+            sub.append(f"{control('sync', '*')} {subjects.REGISTRY_QUEUE}")
             sub.append(control("nodes"))
         case "operator":
             pub += [subjects.srv_subject(verb, ">") for verb in ("PING", "INFO", "STATS")]
@@ -192,7 +199,9 @@ def permissions(
         # "*.>" also matches natsreg's control subjects, NATS' reserved ones and other users'
         # inboxes: a caller of every service must still speak for no one and forge no reply.
         # (Replies to requests it received still go out: allow_responses is checked apart.)
-        deny += [control(verb, ">") for verb in ("announce", "hb", "bye", "events", "discover")]
+        deny += [
+            control(verb, ">") for verb in ("announce", "hb", "bye", "events", "discover", "sync")
+        ]
         deny.append(control("discover"))
         deny += ["$SYS.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"]
         if role.kind != "operator":

@@ -8,6 +8,7 @@ fields are ignored on decode. Instance-to-registry messages form one tagged unio
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -290,8 +291,12 @@ class Snapshot(msgspec.Struct, gc=False, kw_only=True):
     warming_up: bool = False
     instances: list[InstanceView] = []
     #: A large answer comes in chunks, each under the server's max_payload; all but the
-    #: last say ``more``.
+    #: last say ``more``. ``part`` numbers them from 0 and ``total`` is the instance count of
+    #: the whole answer, so a reader that must not act on part of a view (a registry node
+    #: warming from a peer) can tell a lost chunk from the end.
     more: bool = False
+    part: int = 0
+    total: int = 0
     mass_expiry: MassExpiry | None = None
     #: While ``warming_up``: about how many seconds until the node is warm (a client that
     #: took this answer asks again then).
@@ -335,7 +340,8 @@ class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     services: int = 0
     #: Messages dropped since start, by reason (docs/protocol.md, "Messages"): malformed,
     #: oversized, stale, seq_jump, subject_mismatch, capacity, invalid_<field>, and for
-    #: queries reply_subject, query_overflow, query_expired.
+    #: queries reply_subject, query_overflow, query_expired; slow_consumer for what arrived
+    #: while the node's queue was full; invalid_age for a peer's snapshot.
     dropped: dict[str, int] = {}
     mass_expiry: MassExpiry | None = None
     #: The node's caps: instances of one service, and instances in all.
@@ -466,12 +472,29 @@ class Invalid(ValueError):
 def check_name(name: str, what: str = "name") -> None:
     """Raise :class:`Invalid` unless ``name`` is an ADR-32 name (letters, digits, ``-``,
     ``_``) of at most :data:`MAX_TOKEN_CHARS` characters."""
-    if not isinstance(name, str) or len(name) > MAX_TOKEN_CHARS or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not _is_name(name):
         raise Invalid(
             "invalid_name",
             f"{what} {str(name)[:40]!r} is not valid: use letters, "
             f"digits, '-' and '_' only (ADR-32), at most {MAX_TOKEN_CHARS}",
         )
+
+
+# The checks on strings a fleet repeats (service names, versions, endpoints), remembered: a
+# peer's snapshot of 50k instances shares a few hundred of each, and checking each anew made
+# up most of a starting node's time to take it. Only what passed is remembered, at most
+# _REMEMBERED of each, so hostile input costs no more than it did.
+_REMEMBERED = 4096
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _is_name(name: str) -> bool:
+    return len(name) <= MAX_TOKEN_CHARS and NAME_PATTERN.match(name) is not None
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _is_semver(version: str) -> bool:
+    return SEMVER_PATTERN.match(version) is not None
 
 
 def check_metadata(metadata: Mapping[str, str] | None, what: str = "metadata") -> None:
@@ -501,9 +524,8 @@ def check_metadata(metadata: Mapping[str, str] | None, what: str = "metadata") -
             )
 
 
-def _check_endpoint(
-    name: str, subject: str, queue_group: str | None, metadata: Mapping[str, str] | None
-) -> None:
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _check_endpoint(name: str, subject: str, queue_group: str | None) -> None:
     check_name(name, "endpoint name")
     # A literal subject outside NATS' own spaces: a caller publishes to it as announced.
     if (
@@ -519,22 +541,22 @@ def _check_endpoint(
         raise Invalid(
             "invalid_endpoints", f"endpoint {name!r}: queue group {queue_group[:40]!r} is not valid"
         )
-    check_metadata(metadata, f"endpoint {name!r}")
 
 
-def check(message: Announce | Heartbeat | Goodbye | SrvInfo) -> None:
+def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> None:
     """Raise :class:`Invalid` unless ``message`` keeps within every limit of this module.
 
     The one rule for what an instance may say: services check what they are about to send,
-    registry nodes what they hear (an announcement, heartbeat or goodbye, or a plain ADR-32
-    service's ``$SRV.INFO`` reply), so that no message sent by anyone makes a reader hold more.
+    registry nodes what they hear (an announcement, heartbeat or goodbye, a plain ADR-32
+    service's ``$SRV.INFO`` reply, or an instance in a peer's snapshot), so that no message
+    sent by anyone makes a reader hold more.
     """
     check_name(message.name, "service name")
     if len(message.id) > MAX_TOKEN_CHARS or not subjects.is_valid_token(message.id):
         raise Invalid("invalid_id", f"instance id {message.id[:40]!r} is not a valid token")
     if isinstance(message, Heartbeat | Goodbye):
         return
-    if not SEMVER_PATTERN.match(message.version):
+    if not _is_semver(message.version):
         raise Invalid("invalid_version", f"version {message.version[:40]!r} is not SemVer")
     description = message.description or ""
     if len(description) > MAX_DESCRIPTION_CHARS:
@@ -547,12 +569,18 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo) -> None:
         raise Invalid(
             "invalid_endpoints", f"at most {MAX_ENDPOINTS} endpoints, got {len(endpoints)}"
         )
+    heartbeats = isinstance(message, Announce) or (
+        isinstance(message, InstanceView) and message.kind == "natsreg"
+    )
     for e in endpoints:
         # natsreg endpoints always name their queue group; ADR-32 ones may leave it out.
-        queue_group = e.queue_group if isinstance(message, Announce) else e.queue_group or None
-        _check_endpoint(e.name, e.subject, queue_group, e.metadata)
-    if isinstance(message, Announce) and not math.isfinite(message.heartbeat_s):
+        queue_group = e.queue_group if heartbeats else e.queue_group or None
+        _check_endpoint(e.name, e.subject, queue_group)
+        check_metadata(e.metadata, f"endpoint {e.name!r}")
+    if isinstance(message, Announce | InstanceView) and not math.isfinite(message.heartbeat_s):
         raise Invalid("invalid_heartbeat", "heartbeat_s must be a finite number")
+    if isinstance(message, InstanceView) and not math.isfinite(message.age_s):
+        raise Invalid("invalid_age", "age_s must be a finite number")
 
 
 _encoder = msgspec.json.Encoder()

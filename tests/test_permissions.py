@@ -28,7 +28,7 @@ from natsreg import _authconfig, wire
 from natsreg._server import NatsServer, free_port, is_listening, server_binary
 from natsreg.errors import ConfigError
 from natsreg.permissions import ALL_SERVICES, REGISTRY_MAX_RESPONSES, Role, permissions
-from tests.helpers import eventually
+from tests.helpers import eventually, until_warm
 
 PREFIX = "natsreg"
 ROLES = [
@@ -417,6 +417,58 @@ async def test_no_user_can_publish_into_another_users_inbox(secured: Secured) ->
 
 
 # -- what must keep working ---------------------------------------------------------------------
+
+
+async def test_a_starting_registry_node_warms_from_a_peer_that_only_registry_users_can_be(
+    secured: Secured,
+) -> None:
+    async with running(secured) as system:
+        # Nobody else may hear a sync request (and so answer one), or ask for a view.
+        for user in ("shop", "web", "ops", "billing"):
+            other = await login(secured, user)
+            try:
+                sync = f"{PREFIX}.sync.*"
+                await other.nc.subscribe(sync, queue="natsreg-registry")
+                await other.refused(sync)
+                await other.nc.publish(f"{PREFIX}.sync.rogue", b"")
+                await other.refused(f"{PREFIX}.sync.rogue")
+            finally:
+                await other.nc.close()
+        ops = await login(secured, "ops")
+        try:
+            await until_warm(ops.nc, PREFIX)
+        finally:
+            await ops.nc.close()
+        second = await login(secured, "reg")
+        try:
+            async with (
+                counting_discovers(secured) as rounds,
+                natsreg.Registry(second.nc, prefix=PREFIX) as fresh,
+            ):
+                # Small max_payload: the view comes in chunks, each a response NATS allows.
+                await eventually(lambda: not fresh.warming_up, what="warm from the peer")
+                assert [i.id for i in fresh.snapshot().instances] == [system.svc.id]
+                assert rounds == []
+            assert not second.violations
+        finally:
+            await second.nc.close()
+
+
+@asynccontextmanager
+async def counting_discovers(secured: Secured) -> AsyncIterator[list[bytes]]:
+    """Re-announce rounds asked on the bus, as a user-service instance hears them."""
+    rounds: list[bytes] = []
+
+    async def keep(msg: Any) -> None:
+        rounds.append(msg.data)
+
+    listener = await login(secured, "user-service")
+    await listener.nc.subscribe(f"{PREFIX}.discover", cb=keep)
+    await listener.nc.flush()
+    try:
+        yield rounds
+    finally:
+        await listener.nc.close()
 
 
 async def test_registry_services_and_callers_work_under_the_generated_permissions(

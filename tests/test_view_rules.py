@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from natsreg import wire
@@ -559,3 +560,124 @@ def test_a_ping_from_a_listed_plain_adr32_instance_counts_as_hearing_from_it() -
     assert not view.pinged_micro("m1", "go-svc", "1.0.0")
     assert [i.age_s for i in view.instances()] == [0.0]
     assert [s.last_heard_s for s in view.summaries()] == [0.0]
+
+
+# -- restoring a warm peer's view (registry/_sync.py) ----------------------------------------
+
+
+def peer_view(
+    seq: int = 5, instance_id: str = "i1", name: str = "svc", age_s: float = 0.0, **fields: object
+) -> wire.InstanceView:
+    """An instance as a warm peer's snapshot holds it, heard ``age_s`` ago."""
+    view = wire.instance_view(announce(seq, instance_id, name, **fields))  # type: ignore[arg-type]
+    return msgspec.structs.replace(view, age_s=age_s)
+
+
+def test_a_restored_instance_keeps_its_sequence_and_expires_when_it_would_have_on_the_peer() -> (
+    None
+):
+    clock = Clock()
+    view = View(missed_heartbeats=2.0, clock=clock)
+    # Silence allowed: 2.5 intervals of 1 s; heard 1 s ago on the peer: 1.5 s left.
+    assert view.restore(peer_view(seq=7, age_s=1.0)) == Outcome([])
+    [instance] = view.instances()
+    assert (instance.id, instance.seq, instance.age_s) == ("i1", 7, 1.0)
+    clock.now += 1.499
+    assert view.expire() == []
+    clock.now += 0.001
+    [down] = view.expire()
+    # What it publishes about it carries no age, as for an announced instance.
+    assert (down.kind, down.instance.id, down.instance.age_s) == ("down", "i1", 0.0)
+
+
+def test_a_newer_sequence_from_the_peer_replaces_an_instance_and_takes_no_new_place() -> None:
+    view = View(clock=Clock(), max_per_service=1, max_instances=1)
+    view.apply(announce(5))
+    assert view.restore(peer_view(seq=6, age_s=0.5)) == Outcome([])
+    assert view.restore(peer_view(seq=7, age_s=0.5)) == Outcome([])
+    assert [(i.id, i.seq) for i in view.instances()] == [("i1", 7)]
+    assert view.restore(peer_view(seq=1, instance_id="i2")).dropped == "capacity"
+
+
+def test_a_peers_age_counts_no_further_back_than_expiry_and_never_forward() -> None:
+    clock = Clock()
+    view = View(missed_heartbeats=2.0, clock=clock)
+    view.restore(peer_view(instance_id="old", age_s=100.0))
+    view.restore(peer_view(instance_id="new", age_s=-100.0))
+    assert sorted((i.id, i.age_s) for i in view.instances()) == [("new", 0.0), ("old", 2.5)]
+    clock.now += 2.499
+    assert changes(view.expire()) == [("down", "old")]
+    clock.now += 0.001
+    assert changes(view.expire()) == [("down", "new")]
+
+
+def test_a_restored_instance_is_held_to_the_announced_interval_bounds() -> None:
+    clock = Clock()
+    view = View(missed_heartbeats=2.0, clock=clock)
+    view.restore(peer_view(heartbeat_s=1e9))
+    [instance] = view.instances()
+    assert instance.heartbeat_s == wire.MAX_HEARTBEAT_S
+    clock.now += 2.5 * wire.MAX_HEARTBEAT_S
+    assert changes(view.expire()) == [("down", "i1")]
+
+
+def test_a_restored_plain_adr32_instance_lives_for_the_poll_ttl() -> None:
+    clock = Clock()
+    view = View(micro_ttl_s=3.0, clock=clock)
+    micro = msgspec.structs.replace(wire.micro_instance_view(info()), age_s=1.0)
+    view.restore(micro)
+    clock.now += 1.999
+    assert view.expire() == []
+    clock.now += 0.001
+    assert changes(view.expire()) == [("down", "m1")]
+
+
+def test_restored_instances_are_held_to_the_caps() -> None:
+    view = View(clock=Clock(), max_per_service=2, max_instances=3)
+    outcomes = [view.restore(peer_view(instance_id=f"a{n}")) for n in range(3)]
+    outcomes += [view.restore(peer_view(instance_id=f"b{n}", name="other")) for n in range(2)]
+    assert [o.dropped for o in outcomes] == ["", "", "capacity", "", "capacity"]
+    assert listed(view) == ["a0", "a1", "b0"]
+
+
+def test_what_the_view_holds_already_wins_unless_the_peer_heard_a_newer_sequence() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(5, description="mine"))
+    assert view.restore(peer_view(seq=5, description="peer")).stale
+    assert view.restore(peer_view(seq=4, description="peer")).stale
+    assert view.restore(peer_view(seq=6, description="newer")) == Outcome([])
+    [instance] = view.instances()
+    assert (instance.seq, instance.description, len(view)) == (6, "newer", 1)
+    assert view.restore(peer_view(seq=6 + 10_000)).dropped == "seq_jump"
+
+
+def test_a_peer_cannot_restore_an_instance_that_said_goodbye_here() -> None:
+    view = View(clock=Clock())
+    view.apply(goodbye(3))
+    assert view.restore(peer_view(seq=9)).stale
+    assert listed(view) == []
+
+
+def test_a_restored_instance_goes_down_when_its_connection_closes() -> None:
+    view = View(clock=Clock())
+    view.restore(peer_view(instance_id="a", conn="S/1"))
+    view.restore(peer_view(instance_id="b", conn="S/2"))
+    assert changes(view.disconnected("S/1")) == [("down", "a")]
+    assert listed(view) == ["b"]
+
+
+def test_restored_instances_count_for_the_mass_alert_only_once_heard_from_here() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    for n in range(10):
+        view.restore(peer_view(instance_id=f"i{n}"))
+    clock.now += 10
+    assert len(view.expire()) == 10
+    assert view.mass_alert is None
+    for n in range(10):
+        view.restore(peer_view(seq=7, instance_id=f"j{n}"))
+    for n in range(5):
+        view.apply(beat(8, f"j{n}"))
+    clock.now += 10
+    assert len(view.expire()) == 10
+    assert view.mass_alert is not None and view.mass_alert.before == 5

@@ -9,6 +9,10 @@ sequence and the registry's rules"): its subject must name the service and insta
 speaks for, its body must keep within wire.py's limits, its sequence may not jump further
 than the sender could have counted, and the node holds at most so many instances. What fails
 is dropped and counted by reason in :attr:`Registry.dropped` (and ``NodeStats.dropped``).
+
+A starting node warms from a warm peer's view (``_sync.py``), or else by asking every instance
+to re-announce; its subscriptions' queues are bounded and what overflows them is counted
+(``_backpressure.py``).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from .. import _figures, subjects, wire
 from .._probes import nats_problem
 from .._tasks import background
 from ..errors import ConfigError
+from ._backpressure import Backpressure
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._queries import Queries
+from ._sync import FIRST_CHUNK_S, PeerSync
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 
 __all__ = ["MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
@@ -57,7 +63,8 @@ class Registry(anyio.AsyncContextManagerMixin):
     silence (plus half an interval of grace). ``discover_jitter_s``: on start, instances are
     asked to re-announce within this window, so a restart is no burst. ``micro_poll_s``: how
     often plain ADR-32 services (which do not heartbeat) are pinged (``$SRV.PING``; every
-    fifth poll ``$SRV.INFO``); one not heard from for three polls is gone.
+    fifth poll ``$SRV.INFO``); one not heard from for three polls is gone. ``sync``: on
+    start, take the view of a warm peer first (re-announce stays the fallback).
     ``max_per_service`` and ``max_instances`` cap the instances held for one service and in
     all; a new instance beyond either is refused and counted as ``capacity``.
     """
@@ -74,6 +81,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         system_nc: NATS | None = None,
         max_per_service: int = MAX_PER_SERVICE,
         max_instances: int = MAX_INSTANCES,
+        sync: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         subjects.check_prefix(prefix)
@@ -113,9 +121,12 @@ class Registry(anyio.AsyncContextManagerMixin):
         #: reason (``expired``, ``goodbye``, ``disconnected``).
         self.messages: Counter[str] = Counter()
         self.expiries: Counter[str] = Counter()
+        self._pressure = Backpressure(nc, self.dropped, clock=clock)
+        self._sync = PeerSync(
+            nc, self._view, self.dropped, prefix=prefix, node_id=self.node_id, clock=clock
+        )
+        self._sync_first = sync
         self._queries: Queries | None = None
-        # Its subscription to <prefix>.registry.>, while warm (_follow_warmth).
-        self._query_sub: Subscription | None = None
         # Reconnects the sweep has seen; one more means the node must hear everyone again.
         self._reconnects = nc.stats["reconnects"]
         self._running = False
@@ -135,8 +146,9 @@ class Registry(anyio.AsyncContextManagerMixin):
 
     @property
     def warming_up(self) -> bool:
-        """True until the first re-announce round can have been heard in full."""
-        return self._clock() < self._warm_until
+        """True until the node holds a warm peer's view, or else until its re-announce round
+        can have been heard in full."""
+        return self._sync.running or self._clock() < self._warm_until
 
     def readiness(self) -> str | None:
         """Why this node should not be asked yet, or None: it must be running, connected to
@@ -209,60 +221,54 @@ class Registry(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
-        queries = self._queries = Queries(self._nc, self, self.dropped, clock=self._clock)
+        queries = self._queries = Queries(
+            self._nc, self, self.dropped, self._pressure.subscribe, clock=self._clock
+        )
         if queries.recording:
             _figures.LIVE.registries.add(self)
         try:
-            for verb in ("announce", "hb", "bye"):
-                subs.append(
-                    await self._nc.subscribe(
-                        subjects.control_subject(self.prefix, verb, ">"), cb=self._on_control
-                    )
-                )
-            subs.append(
-                await self._nc.subscribe(
-                    subjects.control_subject(self.prefix, "warming", ">"),
-                    queue=subjects.REGISTRY_QUEUE,
-                    cb=queries.on_query,
-                )
-            )
-            # Every node answers "who are you": no queue group, so each is heard.
-            subs.append(
-                await self._nc.subscribe(
-                    subjects.control_subject(self.prefix, "nodes"), cb=queries.on_query
-                )
-            )
+            for verb in ("announce", "bye"):
+                subject = subjects.control_subject(self.prefix, verb, ">")
+                subs.append(await self._pressure.subscribe(subject, self._on_control))
+            # Heartbeats, the bulk, are shed while the node catches up (_backpressure.py).
+            heartbeats = subjects.control_subject(self.prefix, "hb", ">")
+            await self._pressure.subscribe(heartbeats, self._on_control, sheddable=True)
+            await queries.start()
             if self._system_nc is not None:
                 subs.append(
                     await self._system_nc.subscribe(subjects.SYS_DISCONNECT, cb=self._on_disconnect)
                 )
                 await self._system_nc.flush()
             await self._nc.flush()
-            # Subscribed first, then ask: no answer to our own question can be missed.
-            await self._ask_everyone()
             self._running = True
             micro = MicroPoll(self._nc, self._view, self.dropped, self._take_micro)
-            async with background(
-                self._sweep_loop, functools.partial(micro.run, self.micro_poll_s), queries.serve
-            ):
-                yield self
+            # Warming from the start: _warm_up sets how long once it knows.
+            self._warm_until = self._clock() + FIRST_CHUNK_S
+            with self._pressure.installed():
+                # Subscribed first, then ask: no answer to our own question can be missed.
+                async with background(
+                    self._warm_up,
+                    self._sweep_loop,
+                    functools.partial(micro.run, self.micro_poll_s),
+                    queries.serve,
+                ):
+                    yield self
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
-                if self._query_sub is not None:
-                    subs.append(self._query_sub)
-                    self._query_sub = None
+                await queries.close()
+                await self._pressure.close()
                 for sub in subs:
                     try:
                         await sub.unsubscribe()
                     except Exception as exc:
                         log.debug("unsubscribe failed: %s", exc)
-            queries.close()
             _figures.LIVE.registries.discard(self)
 
     # -- input -------------------------------------------------------------------------------
 
     async def _on_control(self, msg: Msg) -> None:
+        await self._pressure.pace()
         if len(msg.data) > wire.MAX_CONTROL_BYTES:
             self.dropped["oversized"] += 1
             return
@@ -290,6 +296,10 @@ class Registry(anyio.AsyncContextManagerMixin):
             self.dropped[exc.reason] += 1
             log.debug("dropped a control message on %s: %s", msg.subject, exc)
             return
+        if not self._sync.hold(message):
+            await self._take(message)
+
+    async def _take(self, message: wire.ControlMessage) -> None:
         outcome = self._view.apply(message)
         self._count(outcome, message.name)
         if outcome.ask_info:
@@ -299,6 +309,15 @@ class Registry(anyio.AsyncContextManagerMixin):
             )
         await self._publish(outcome.changes)
 
+    async def _warm_up(self) -> None:
+        # Warming until the peer's view is in, or the fallback's round is over; the sweep
+        # loop then takes queries (Queries.follow).
+        if self._sync_first and await self._sync.run(self._take):
+            self._revision += 1  # a new view: no answer cached before is of it
+            self._warm_until = self._clock()
+            return
+        await self._ask_everyone()
+
     async def _ask_everyone(self) -> None:
         # Until every instance can have answered, silence proves nothing: no expiry, and
         # answers say warming_up. The extra half second covers the round trip.
@@ -307,28 +326,6 @@ class Registry(anyio.AsyncContextManagerMixin):
             subjects.control_subject(self.prefix, "discover"),
             wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)),
         )
-
-    async def _follow_warmth(self) -> None:
-        # A node that may know less than a warm peer must not be the one that answers: it
-        # takes queries on <prefix>.registry.> only while warm. It always answers them on
-        # <prefix>.warming.>, where callers turn only when no node answers on the former
-        # (RegistryApi); from a warming node, such answers say warming_up. (A warm node
-        # answers there too: a caller that found no warm node an instant before its
-        # question reached one on its way to <prefix>.warming.> still gets an answer.)
-        assert self._queries is not None
-        if self.warming_up and self._query_sub is not None:
-            sub, self._query_sub = self._query_sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                log.debug("unsubscribe failed: %s", exc)
-        elif not self.warming_up and self._query_sub is None:
-            self._query_sub = await self._nc.subscribe(
-                subjects.control_subject(self.prefix, "registry", ">"),
-                queue=subjects.REGISTRY_QUEUE,
-                cb=self._queries.on_query,
-            )
-            log.info("registry node %s is warm: answering queries", self.node_id)
 
     async def _on_disconnect(self, msg: Msg) -> None:
         # A crashed process' socket closes at once, so the server's advisory beats the
@@ -352,8 +349,10 @@ class Registry(anyio.AsyncContextManagerMixin):
                 self._reconnects = self._nc.stats["reconnects"]
                 log.info("reconnected to NATS; asking every instance to re-announce")
                 await self._ask_everyone()
-            await self._follow_warmth()
-            if not self.warming_up:
+            await self._pressure.relieve()
+            assert self._queries is not None
+            await self._queries.follow(not self.warming_up)
+            if not (self.warming_up or self._pressure.silence_proves_nothing()):
                 await self._publish(self._view.expire())
 
     async def _take_micro(self, outcome: Outcome, name: str) -> None:

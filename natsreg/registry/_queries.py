@@ -5,7 +5,8 @@ in a queue of at most :data:`MAX_QUEUED`; whole-view ``list`` queries wait in th
 served only when no small query (``services``, ``stats``, one service or instance) waits, so
 a flood of them cannot hold up ``natsreg ls``; a query the node can no longer help (its budget
 ran out while it waited) is dropped unanswered; the same question at the same revision is
-encoded once; and
+encoded once (a starting node's request for the whole view, ``<prefix>.sync.<node>``, is the
+``list`` question, queued and cached with it); and
 answers go only to inboxes (``subjects.is_reply_subject``), never to a subject a requester
 names to have the node publish there for it (reflection).
 """
@@ -16,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -25,6 +26,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from .. import _figures, subjects, wire
 from ..errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
@@ -50,24 +52,31 @@ CACHE_ENTRIES = 64
 _Key = tuple[str, ...]
 #: The ``query`` label of each question a node answers (anything else: ``unknown``).
 QUERY_KINDS = ("list", "services", "service", "instance", "stats", "nodes", "unknown")
+_Subscribe = Callable[[str, Callable[[Msg], Awaitable[None]], str], Awaitable[Subscription]]
 
 
 class Queries:
-    """The query side of ``registry``: :meth:`on_query` enqueues, :meth:`serve` answers;
-    :meth:`close` when done."""
+    """The query side of ``registry``: :meth:`start` subscribes, :meth:`follow` takes or
+    leaves the questions for warm nodes, :meth:`on_query` enqueues, :meth:`serve` answers;
+    :meth:`close` when done. ``subscribe(subject, cb, queue)`` is the node's own."""
 
     def __init__(
         self,
         nc: NATS,
         registry: Registry,
         dropped: Counter[str],
+        subscribe: _Subscribe,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._nc = nc
         self._registry = registry
         self._dropped = dropped
+        self._subscribe = subscribe
         self._clock = clock
+        self._always: list[Subscription] = []
+        # <prefix>.registry.> and <prefix>.sync.*, while warm (follow).
+        self._warm: list[Subscription] = []
         # (expires at, query): small ones first, whole-view lists when none waits.
         self._small: deque[tuple[float, Msg]] = deque()
         self._large: deque[tuple[float, Msg]] = deque()
@@ -81,11 +90,50 @@ class Queries:
         self.recording = _figures.enabled()
         self.latency = {kind: _figures.Latency() for kind in QUERY_KINDS}
 
-    def close(self) -> None:
-        """Stop taking queries: those still arriving are ignored."""
+    async def start(self) -> None:
+        """Subscribe to what every node answers, warm or not."""
+        prefix = self._registry.prefix
+        self._always = [
+            await self._subscribe(
+                subjects.control_subject(prefix, "warming", ">"),
+                self.on_query,
+                subjects.REGISTRY_QUEUE,
+            ),
+            # Every node answers "who are you": no queue group, so each is heard.
+            await self._subscribe(subjects.control_subject(prefix, "nodes"), self.on_query, ""),
+        ]
+
+    async def follow(self, warm: bool) -> None:
+        """Take the questions for warm nodes while ``warm``, and only then.
+
+        A node that may know less than a warm peer must not be the one that answers: it
+        takes queries on <prefix>.registry.> only while warm. It always answers them on
+        <prefix>.warming.>, where callers turn only when no node answers on the former
+        (RegistryApi); from a warming node, such answers say warming_up. (A warm node
+        answers there too: a caller that found no warm node an instant before its question
+        reached one on its way to <prefix>.warming.> still gets an answer.) Likewise only a
+        warm node gives its view to a starting one (<prefix>.sync.<node>).
+        """
+        if not warm and self._warm:
+            subs, self._warm = self._warm, []
+            await _unsubscribe(subs)
+        elif warm and not self._warm:
+            prefix = self._registry.prefix
+            self._warm = [
+                await self._subscribe(
+                    subjects.control_subject(prefix, *verb), self.on_query, subjects.REGISTRY_QUEUE
+                )
+                for verb in (("registry", ">"), ("sync", "*"))
+            ]
+            log.info("registry node %s is warm: answering queries", self._registry.node_id)
+
+    async def close(self) -> None:
+        """Stop taking queries: unsubscribed, and those still arriving are ignored."""
         self._closed = True
         self._small.clear()
         self._large.clear()
+        subs, self._always, self._warm = [*self._always, *self._warm], [], []
+        await _unsubscribe(subs)
 
     async def on_query(self, msg: Msg) -> None:
         """The NATS callback: check the reply subject and enqueue, never more."""
@@ -186,9 +234,12 @@ class Queries:
 
     def _question(self, subject: str) -> _Key:
         # <prefix>.registry.<verb>[.<argument>], asked of warm nodes; the same question on
-        # <prefix>.warming.… is asked of warming ones (Registry._follow_warmth), and
-        # <prefix>.nodes of every node.
+        # <prefix>.warming.… is asked of warming ones (follow), and
+        # <prefix>.nodes of every node. <prefix>.sync.<node> is a starting node asking a warm
+        # one for its whole view (registry/_sync.py): the answer to "list".
         tokens = tuple(subject[len(self._registry.prefix) + 1 :].split("."))
+        if tokens[0] == "sync":
+            return ("registry", "list")
         return ("registry", *tokens[1:]) if tokens[0] == "warming" else tokens
 
     def _encode_and_keep(
@@ -220,6 +271,14 @@ class Queries:
         yield from _chunks(snapshot, self._nc.max_payload)
 
 
+async def _unsubscribe(subs: list[Subscription]) -> None:
+    for sub in subs:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:
+            log.debug("unsubscribe failed: %s", exc)
+
+
 def _budget_s(msg: Msg) -> float:
     raw = msg.headers.get(BUDGET_HEADER) if msg.headers else None
     if raw is None:
@@ -232,13 +291,17 @@ def _budget_s(msg: Msg) -> float:
 
 
 def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
-    """``snapshot`` encoded as one or more messages of at most ``max_bytes`` each."""
+    """``snapshot`` encoded as one or more messages of at most ``max_bytes`` each, numbered
+    from 0 (``part``), each saying how many instances the whole answer holds (``total``)."""
     instances = snapshot.instances
-    size, start = 512, 0
+    total = len(instances)
+    size, start, number = 512, 0, 0
     while True:
         part = instances[start : start + size]
-        more = start + size < len(instances)
-        payload = wire.encode(msgspec.structs.replace(snapshot, instances=part, more=more))
+        more = start + size < total
+        payload = wire.encode(
+            msgspec.structs.replace(snapshot, instances=part, more=more, part=number, total=total)
+        )
         if len(payload) > max_bytes and size > 1:
             size //= 2
             continue
@@ -246,3 +309,4 @@ def _chunks(snapshot: wire.Snapshot, max_bytes: int) -> Iterator[bytes]:
         if not more:
             return
         start += size
+        number += 1

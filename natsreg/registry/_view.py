@@ -190,6 +190,39 @@ class View:
         self._set_deadline(entry, now + self.micro_ttl_s)
         return Outcome([Change("changed", view)]) if changed else _NOTHING
 
+    def restore(self, view: wire.InstanceView) -> Outcome:
+        """Take one instance from a warm peer's snapshot (``registry/_sync.py``), as that
+        peer last heard it ``view.age_s`` ago: it expires when it would have on the peer.
+
+        The caller has checked it (:func:`wire.check`). It is believed no further than its
+        own announcement would be: an id already held or buried keeps what this view knows
+        (a newer sequence wins), and a new one needs room (``capacity``). No change is
+        returned: the peer published the instance's events already.
+        """
+        now = self._clock()
+        refused = self._check(view, now)
+        if refused is not None:
+            return refused
+        old = self._entries.get(view.id)
+        if old is None and not self._room_for(view.name):
+            return _FULL
+        # A peer's age beyond the time left to live would have expired it there: clamped.
+        age_s = max(view.age_s, 0.0)
+        view = msgspec.structs.replace(view, age_s=0.0)
+        if view.kind == "micro":
+            ttl_s = self.micro_ttl_s
+        else:
+            view.heartbeat_s = wire.heartbeat_interval_s(view.heartbeat_s)
+            ttl_s = wire.silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
+        last_seen = now - min(age_s, ttl_s)
+        expires_at = last_seen + ttl_s
+        if old is not None:
+            self._remove(old)
+        self._add(view, last_seen, expires_at)
+        if view.conn:
+            self._by_conn.setdefault(view.conn, set()).add(view.id)
+        return _NOTHING
+
     def pinged_micro(self, instance_id: str, name: str, version: str) -> bool:
         """A plain ADR-32 service answered ``$SRV.PING``: keep it listed if the view holds
         it as it says it is, and say whether its ``$SRV.INFO`` must be asked (it is new, runs
@@ -305,7 +338,9 @@ class View:
 
     # -- rules -------------------------------------------------------------------------------
 
-    def _check(self, message: wire.ControlMessage, now: float) -> Outcome | None:
+    def _check(
+        self, message: wire.ControlMessage | wire.InstanceView, now: float
+    ) -> Outcome | None:
         """None if ``message`` may be taken into the view; else why not."""
         instance_id, seq = message.id, message.seq
         entry = self._entries.get(instance_id)

@@ -1,0 +1,178 @@
+"""A registry node under its own load: bounded subscription queues, and every message that does
+not fit counted and logged, never a silent stop.
+
+nats-py hands each callback subscription's messages from its read loop to one task through a
+queue. At nats-py's defaults (524,288 messages, 128 MB per subscription) a node that falls
+behind queues seconds of heartbeats, and the task that drains the queue never yields while it
+holds messages (``asyncio.Queue.get()`` returns at once when the queue is not empty): the read
+loop stops reading the socket, nats-server's buffer for the node fills, and the server closes
+the connection as a slow consumer. The node then hears nothing and answers nothing.
+
+So each of the node's subscriptions holds at most :data:`PENDING_MSGS` messages and
+:data:`PENDING_BYTES` bytes; nats-py drops what does not fit and tells the connection's error
+callback (``SlowConsumerError``), which the node counts as ``dropped["slow_consumer"]`` and
+logs at most once per :data:`SLOW_LOG_S`; and its heartbeat subscription, once it overflowed,
+is drained and taken again (:meth:`Backpressure.relieve`), so that nats-server drops the
+heartbeats sent meanwhile rather than the node reading each one to drop it. The control
+handler yields to the event loop every :data:`YIELD_EVERY` messages, so the read loop keeps
+reading (and dropping, when it must) and queries are answered while a backlog drains; and
+while a backlog is deep, or it dropped or shed messages lately, the node expires nothing, as
+while it is disconnected. A dropped heartbeat costs nothing (the next one comes within an
+interval); a dropped announcement is asked again (the instance's next heartbeat is from an
+unknown id, docs/protocol.md rule 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import anyio.lowlevel
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import SlowConsumerError
+
+log = logging.getLogger("natsreg.registry")
+
+#: Messages one subscription may queue: at ~13 µs a heartbeat, about 0.85 s of work, under the
+#: 2.5 s of silence that expires an instance; and above a 50k fleet's whole re-announce round
+#: (docs/protocol.md rule 5) as it queues while the node works through it.
+PENDING_MSGS = 65_536
+#: Bytes one subscription may queue: a thousand full-size (64 KiB) announcements.
+PENDING_BYTES = 64 * 1024 * 1024
+#: The control handler lets other tasks run after this many messages.
+YIELD_EVERY = 16
+#: A node with more messages than this waiting in one queue is behind: it expires nothing
+#: until it has read them, since the heartbeats it has not read yet may be the ones due.
+BEHIND_MSGS = 4096
+#: Nor does it expire anything for this long after it dropped a message: a heartbeat it
+#: dropped is no silence of its instance (two missed 1 s heartbeats and the half-interval).
+QUIET_AFTER_DROP_S = 3.0
+#: A slow-consumer drop is logged at most once per this interval (the count is in stats).
+SLOW_LOG_S = 10.0
+
+_ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class Backpressure:
+    """The node's subscriptions on ``nc``, with bounded queues; :meth:`installed` while the
+    node runs, so that the connection's slow-consumer errors for them are counted."""
+
+    def __init__(
+        self, nc: NATS, dropped: Counter[str], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._nc = nc
+        self._dropped = dropped
+        self._clock = clock
+        self._subs: set[Subscription] = set()
+        # Those it may shed, with what it takes to subscribe again; and those that overflowed.
+        self._sheddable: dict[Subscription, tuple[str, Callable[[Msg], Awaitable[None]]]] = {}
+        self._overflowed: set[Subscription] = set()
+        self._logged_at = float("-inf")
+        self._since_yield = 0
+        self._dropped_at = float("-inf")
+
+    async def subscribe(
+        self,
+        subject: str,
+        cb: Callable[[Msg], Awaitable[None]],
+        queue: str = "",
+        *,
+        sheddable: bool = False,
+    ) -> Subscription:
+        """``nc.subscribe`` with the node's queue limits, its drops counted. A ``sheddable``
+        one is the node's to unsubscribe (:meth:`close`): :meth:`relieve` may replace it."""
+        sub = await self._nc.subscribe(
+            subject,
+            queue=queue,
+            cb=cb,
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
+        self._subs.add(sub)
+        if sheddable:
+            self._sheddable[sub] = (subject, cb)
+        return sub
+
+    async def relieve(self) -> None:
+        """Called regularly: a sheddable subscription whose queue overflowed is drained, then
+        taken again. While it drains, nats-server drops what comes for it, where the node
+        would have had to read each message to drop it: a node that cannot even read what
+        it is sent would fall behind its socket until nats-server cut it off."""
+        for sub in [s for s in self._overflowed if s in self._sheddable]:
+            subject, cb = self._sheddable.pop(sub)
+            self._overflowed.discard(sub)
+            log.debug("shedding %s until the node has caught up", subject)
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
+            except nats.errors.Error as exc:
+                log.debug("drain failed: %s", exc)
+            self._subs.discard(sub)
+            # What was sent meanwhile is gone: silence proves nothing for a while.
+            self._dropped_at = self._clock()
+            await self.subscribe(subject, cb, sheddable=True)
+
+    async def close(self) -> None:
+        """Unsubscribe the sheddable subscriptions (the others are their subscriber's)."""
+        subs, self._sheddable = list(self._sheddable), {}
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe failed: %s", exc)
+
+    def behind(self) -> bool:
+        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`)."""
+        return any(sub.pending_msgs > BEHIND_MSGS for sub in self._subs)
+
+    def silence_proves_nothing(self) -> bool:
+        """Whether the node may have missed heartbeats: behind, or it dropped one lately."""
+        return self.behind() or self._clock() - self._dropped_at < QUIET_AFTER_DROP_S
+
+    async def pace(self) -> None:
+        """Called once per message handled: yield to the event loop every so often."""
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await anyio.lowlevel.checkpoint()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        # nats-py takes its error callback only at connect; the connection is the caller's,
+        # so the node chains its own in front for as long as it runs, and passes on every
+        # error that is not a drop from one of its subscriptions.
+        previous: _ErrorCallback = self._nc._error_cb
+
+        async def on_error(exc: Exception) -> None:
+            if isinstance(exc, SlowConsumerError) and exc.sub in self._subs:
+                self._slow(exc)
+            else:
+                await previous(exc)
+
+        self._nc._error_cb = on_error
+        try:
+            yield
+        finally:
+            self._nc._error_cb = previous
+
+    def _slow(self, exc: SlowConsumerError) -> None:
+        self._dropped["slow_consumer"] += 1
+        if exc.sub in self._sheddable:
+            self._overflowed.add(exc.sub)
+        now = self._dropped_at = self._clock()
+        if now - self._logged_at >= SLOW_LOG_S:
+            self._logged_at = now
+            log.warning(
+                "registry node falling behind: dropped a message on %s, its queue full "
+                "(%d messages or %d MB); %d dropped since start. It takes no heartbeats until "
+                "it has caught up, and stays connected; give it a core of its own",
+                exc.subject[:200],
+                PENDING_MSGS,
+                PENDING_BYTES // (1024 * 1024),
+                self._dropped["slow_consumer"],
+            )

@@ -1,0 +1,199 @@
+"""A starting registry node warms from a warm peer: the peer's whole view, then what the node
+heard meanwhile (docs/protocol.md, "Warming from a peer").
+
+The node subscribes to the control subjects first and holds what it hears, then asks
+``<prefix>.sync.<its node id>`` (queue group ``natsreg-registry``, subscribed by warm nodes
+only). One warm peer answers with its view as numbered chunks (``wire.Snapshot`` with ``part``
+and ``total``), each instance with its sequence and ``age_s``. The node checks every chunk and
+every instance, restores them into its view (:meth:`View.restore`), then applies what it held,
+where the view's sequence rule drops whatever the snapshot already holds. Its view is then the
+peer's, plus what changed since, and it is warm.
+
+Anything short of a whole, well-formed answer (no warm peer, a peer that stops mid-transfer, a
+lost or malformed chunk, more instances than this node holds, more held messages than it may
+keep) discards the answer: the node applies what it held and falls back to asking every
+instance to re-announce. It is never warm on part of a view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+
+import anyio
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+
+from .. import subjects, wire
+from ..errors import BUDGET_HEADER, NO_RESPONDERS_STATUS, STATUS_HEADER
+from ._view import View
+
+log = logging.getLogger("natsreg.registry")
+
+#: How long a starting node waits for a peer's first chunk (the peer may have queries queued
+#: before it: this is their budget), and then for each next one: a peer silent that long is
+#: gone, and the node falls back to re-announce.
+FIRST_CHUNK_S = 2.0
+NEXT_CHUNK_S = 1.0
+#: Chunks one answer may hold: as many as a registry node may send in answer to one request
+#: (``permissions.REGISTRY_MAX_RESPONSES``).
+MAX_CHUNKS = 1024
+#: Control messages held while the view streams in: as many as the node holds instances, and
+#: at least this many. A full hold ends the sync (the node falls back to re-announce).
+MIN_HELD = 10_000
+
+
+class SyncFailed(Exception):
+    """The peer's answer cannot be used; the message says why, for the log."""
+
+
+class PeerSync:
+    """The starting side: :meth:`hold` while :meth:`run` fetches and restores the peer's view."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        view: View,
+        dropped: Counter[str],
+        *,
+        prefix: str,
+        node_id: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nc = nc
+        self._view = view
+        self._dropped = dropped
+        self._subject = subjects.control_subject(prefix, "sync", node_id)
+        self._clock = clock
+        # Control messages heard while the view streams in and until they are applied, in
+        # the order heard; None when not syncing.
+        self._held: deque[wire.ControlMessage] | None = None
+        self._max_held = max(view.max_instances, MIN_HELD)
+        self._scope: anyio.CancelScope | None = None
+        #: True from start until the node took the peer's view or gave up on it.
+        self.running = False
+        #: The peer the view came from and how long it took, once synced (for logs, benches).
+        self.peer = ""
+        self.took_s = 0.0
+
+    def hold(self, message: wire.ControlMessage) -> bool:
+        """While syncing, keep ``message`` to apply after the peer's view; False otherwise
+        (apply it now)."""
+        held = self._held
+        if held is None:
+            return False
+        if len(held) >= self._max_held:
+            # The node stops waiting for the peer, and takes messages as they come.
+            if self._scope is not None:
+                self._scope.cancel()
+            return False
+        held.append(message)
+        return True
+
+    async def run(self, take: Callable[[wire.ControlMessage], Awaitable[None]]) -> bool:
+        """Fetch a warm peer's view and restore it; then ``take`` every held message. True
+        when the view is the peer's; False when the node must warm by re-announce."""
+        self.running = True
+        held: deque[wire.ControlMessage] = deque()
+        self._held = held
+        start = self._clock()
+        restored = False
+        try:
+            with anyio.CancelScope() as self._scope:
+                snapshot = await self._fetch()
+                for instance in snapshot.instances:
+                    outcome = self._view.restore(instance)
+                    if outcome.dropped:
+                        self._dropped[outcome.dropped] += 1
+                restored = True
+                self.peer = snapshot.node
+            if not restored:
+                log.warning(
+                    "warming from a peer: held %d messages, as many as it may; asking every "
+                    "instance to re-announce instead",
+                    self._max_held,
+                )
+        except SyncFailed as exc:
+            log.info("not warming from a peer (%s): asking every instance to re-announce", exc)
+        finally:
+            self._scope = None
+            # Still holding while it applies: what comes meanwhile is applied after, in order.
+            applied = 0
+            while held:
+                await take(held.popleft())
+                applied += 1
+            self._held = None
+            self.running = False
+        if restored:
+            self.took_s = self._clock() - start
+            log.info(
+                "warm from peer %s in %.3f s: %d instances, then %d messages heard meanwhile",
+                self.peer,
+                self.took_s,
+                len(self._view),
+                applied,
+            )
+        return restored
+
+    async def _fetch(self) -> wire.Snapshot:
+        """The peer's whole view, every chunk and instance checked; SyncFailed otherwise."""
+        nc = self._nc
+        inbox = nc.new_inbox()
+        try:
+            sub = await nc.subscribe(inbox, pending_msgs_limit=MAX_CHUNKS)
+            await nc.publish(
+                self._subject,
+                b"",
+                reply=inbox,
+                headers={BUDGET_HEADER: str(int(FIRST_CHUNK_S * 1000))},
+            )
+        except nats.errors.Error as exc:
+            raise SyncFailed(f"cannot ask: {exc}") from exc
+        try:
+            return await self._gather(sub)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _gather(self, sub: Subscription) -> wire.Snapshot:
+        first: wire.Snapshot | None = None
+        instances: list[wire.InstanceView] = []
+        cap = self._view.max_instances
+        for part in range(MAX_CHUNKS):
+            try:
+                msg = await sub.next_msg(timeout=NEXT_CHUNK_S if first else FIRST_CHUNK_S)
+            except nats.errors.TimeoutError:
+                raise SyncFailed(f"no chunk {part} from the peer in time") from None
+            except nats.errors.Error as exc:
+                raise SyncFailed(f"connection: {exc}") from exc
+            if msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
+                raise SyncFailed("no warm peer")
+            try:
+                chunk = wire.decode_snapshot(msg.data)
+            except wire.MALFORMED:
+                self._dropped["malformed"] += 1
+                raise SyncFailed(f"chunk {part} is malformed") from None
+            first = first or chunk
+            if chunk.warming_up or chunk.node != first.node or chunk.part != part:
+                raise SyncFailed(f"chunk {part} does not follow (part {chunk.part})")
+            if chunk.total != first.total or first.total > cap:
+                raise SyncFailed(f"the peer holds {first.total} instances, this node {cap}")
+            if len(instances) + len(chunk.instances) > first.total:
+                raise SyncFailed(f"chunk {part} holds more than the {first.total} announced")
+            for instance in chunk.instances:
+                try:
+                    wire.check(instance)
+                except wire.Invalid as exc:
+                    self._dropped[exc.reason] += 1
+                    raise SyncFailed(f"an instance in chunk {part}: {exc}") from None
+            instances.extend(chunk.instances)
+            if not chunk.more:
+                if len(instances) != first.total:
+                    raise SyncFailed(f"{len(instances)} instances of {first.total} arrived")
+                first.instances = instances
+                return first
+        raise SyncFailed(f"more than {MAX_CHUNKS} chunks")
