@@ -12,7 +12,9 @@ that is not counted, then ``--duration`` seconds with ``--latency``), loopback o
             answers the same small JSON)
 
 The natsreg echo service answers GET with ``{"id":1,"name":"alice"}`` and echoes any body.
-Rounds alternate the order of the two Python bridges; the table holds each one's median.
+Rounds rotate which Python bridge goes first (natsreg's, the variants below, aiohttp's); the
+table holds each one's median, and each figure's CPU per request of every process the run
+started (wrk aside), which the machine's load moves less than req/s.
 
     apt-get install -y wrk                      # wrk comes from Debian's packages
     pip install -e '.[test]' aiohttp granian    # aiohttp for the baseline, granian for --stacks
@@ -22,10 +24,20 @@ Rounds alternate the order of the two Python bridges; the table holds each one's
     python bench/bridge.py run --no-peers       # skip the Node peers (no npm needed)
     python bench/bridge.py run --workers 2      # also `natsreg bridge --workers 2`
     python bench/bridge.py run --metrics        # also natsreg's bridge with NATSREG_METRICS=0
+    python bench/bridge.py run --trace          # also the trace modes below
+    python bench/bridge.py run --no-peers --metrics --trace   # both, in the same rounds
 
 With ``--metrics`` the natsreg bridge (metrics recorded, the default) builds its Prometheus
 exposition once a second, as a scrape would, and a second natsreg bridge runs with
-``NATSREG_METRICS=0``; the two swap places each round. Goal: natsreg ≥ 0.97× metrics off.
+``NATSREG_METRICS=0``; the report adds the CPU per request of each bridge process alone.
+Goal: natsreg ≥ 0.97× metrics off.
+
+With ``--trace``, two more natsreg bridge figures in the same rounds, against the bridge with
+tracing off: wrk sending a W3C ``traceparent`` that the bridge carries on to the service (no
+OpenTelemetry SDK; goal ≥ 0.97×), and a second bridge and echo service with OpenTelemetry's
+SDK configured, every trace sampled, spans batched to an exporter that drops them (a CLIENT
+span in the bridge, a SERVER span in the service; goal ≥ 0.8×). With ``--metrics`` too, that
+bridge builds its exposition once a second as well.
 
 Goals: natsreg ≥ 1.2× aiohttp, ≥ 1.5× moleculer-web, ≥ 5× classic, p99 < 20 ms.
 """
@@ -51,20 +63,37 @@ WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "natsreg-bench-bridge"
 LOOPBACK = "127.0.0.1"
 SERVICE, ENDPOINT = "user-service", "users"
 METRICS_OFF = "natsreg bridge, metrics off"
+TRACE_CONTEXT = "natsreg bridge, trace context"
+SPANS = "natsreg bridge, OpenTelemetry spans"
 GET_REPLY = b'{"id":1,"name":"alice"}'
+TRACEPARENT = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+SPANS_SERVICE = "user-service-spans"
 
 
 # -- processes that the run starts -----------------------------------------------------------
 
 
-async def echo_service(url: str) -> None:
-    """The natsreg echo service every Python bridge calls, until SIGTERM."""
+def configure_spans() -> None:
+    """OpenTelemetry's SDK as this process' tracer provider (bench/rpc.py's: every trace
+    sampled, spans batched to an exporter that drops them)."""
+    from opentelemetry import trace
+    from rpc import span_provider  # bench/rpc.py
+
+    trace.set_tracer_provider(span_provider())
+
+
+async def echo_service(url: str, spans: bool = False) -> None:
+    """The natsreg echo service every Python bridge calls, until SIGTERM; with ``spans``, as
+    SPANS_SERVICE with OpenTelemetry's SDK configured."""
     import nats
 
     import natsreg
 
+    if spans:
+        configure_spans()
     nc = await nats.connect(url)
-    async with natsreg.announce(nc, SERVICE, version="1.0.0", prefix="bench") as svc:
+    name = SPANS_SERVICE if spans else SERVICE
+    async with natsreg.announce(nc, name, version="1.0.0", prefix="bench") as svc:
 
         @svc.endpoint(ENDPOINT)
         async def users(req: natsreg.Request) -> bytes:
@@ -75,20 +104,18 @@ async def echo_service(url: str) -> None:
     await nc.close()
 
 
-async def natsreg_bridge(url: str, port: int, scrape: bool = False) -> None:
+async def natsreg_bridge(url: str, port: int, scrape: bool = False, spans: bool = False) -> None:
     """natsreg's bridge on ``port`` until SIGTERM; with ``scrape``, its Prometheus exposition
-    is built once a second."""
+    is built once a second; with ``spans``, OpenTelemetry's SDK is on."""
     import asyncio
 
     import nats
+    from rpc import scrape_forever  # bench/rpc.py
 
-    from natsreg import bridge, metrics
+    from natsreg import bridge
 
-    async def scrape_forever() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            metrics.exposition()
-
+    if spans:
+        configure_spans()
     scraper = asyncio.create_task(scrape_forever()) if scrape else None
     nc = await nats.connect(url)
     await bridge.serve(
@@ -210,6 +237,8 @@ def wait_http(url: str, timeout_s: float = 30.0) -> bytes:
 # -- wrk ---------------------------------------------------------------------------------------
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+#: Targets wrk calls with a traceparent header.
+TRACED_URLS: set[str] = set()
 
 
 def _ms(text: str) -> float:
@@ -219,6 +248,8 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, duration_s: float, connections: int) -> dict[str, float]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
+    if url in TRACED_URLS:
+        command[1:1] = ["-H", TRACEPARENT]
     text = subprocess.run(
         command, capture_output=True, text=True, timeout=duration_s + 60, check=True
     ).stdout
@@ -236,28 +267,27 @@ def wrk(url: str, duration_s: float, connections: int) -> dict[str, float]:
     }
 
 
-def cpu_s(pid: int) -> float:
-    """CPU time (user + system) the process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(
-    label: str, url: str, args: argparse.Namespace, pid: int | None = None
+    label: str, url: str, args: argparse.Namespace, pids: list[int], bridge_pid: int | None
 ) -> dict[str, float]:
-    """wrk's figures for ``url``; with ``pid``, also that process' CPU µs per request (which
-    the machine's load barely moves, unlike req/s)."""
+    """wrk's figures for ``url``, and CPU µs per request: ``cpu_us`` of every process in
+    ``pids``, ``bridge_cpu_us`` of the bridge process ``bridge_pid`` alone (if known)."""
+    from rpc import cpu_s  # bench/rpc.py
+
     wrk(url, args.warmup, args.connections)  # warm-up: JIT-free, but caches and pools fill
     loadavg = Path("/proc/loadavg").read_text().split()[0]
-    cpu_before = cpu_s(pid) if pid else 0.0
+    counted = {"cpu_us": pids} | ({"bridge_cpu_us": [bridge_pid]} if bridge_pid else {})
+    before = {key: cpu_s(group) for key, group in counted.items()}
     result = wrk(url, args.duration, args.connections)
-    if pid:
-        requests = result["rps"] * args.duration
-        result["cpu_us"] = (cpu_s(pid) - cpu_before) * 1e6 / requests if requests else 0.0
-    cpu = f"  {result['cpu_us']:.1f} µs CPU/request" if pid else ""
+    requests = max(1.0, result["rps"] * args.duration)
+    for key, group in counted.items():
+        result[key] = (cpu_s(group) - before[key]) * 1e6 / requests
+    cpu = f"CPU/request {result['cpu_us']:.0f} µs"
+    if bridge_pid:
+        cpu += f" (the bridge {result['bridge_cpu_us']:.1f})"
     print(
-        f"  {label:<26} {result['rps']:>9.0f} req/s  p50 {result['p50']:6.2f} ms  "
-        f"p99 {result['p99']:6.2f} ms  errors {result['errors']}{cpu}  (loadavg {loadavg})",
+        f"  {label:<35} {result['rps']:>9.0f} req/s  p50 {result['p50']:6.2f} ms  "
+        f"p99 {result['p99']:6.2f} ms  errors {result['errors']}  {cpu}  (loadavg {loadavg})",
         flush=True,
     )
     return result
@@ -303,21 +333,36 @@ def run(args: argparse.Namespace) -> None:
             targets: dict[str, str] = {}
 
             port = free_port()
+            scrape = ["--scrape"] if args.metrics else []
             argv = [py, me, "natsreg-bridge", "--server", url, "--port", str(port)]
-            proc = procs.start(argv + (["--scrape"] if args.metrics else []))
+            proc = procs.start(argv + scrape)
             wait_line(proc, "READY")
             targets["natsreg bridge"] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
-            # The processes whose CPU per request is measured: the natsreg bridges.
-            pids = {"natsreg bridge": proc.pid}
+            # Each natsreg bridge's process, whose own CPU per request is reported too.
+            bridge_pids = {"natsreg bridge": proc.pid}
 
             if args.metrics:
-                # Second, so that it swaps places with the natsreg bridge each round.
                 port = free_port()
                 argv = [py, me, "natsreg-bridge", "--server", url, "--port", str(port)]
                 proc = procs.start(argv, env={"NATSREG_METRICS": "0"})
                 wait_line(proc, "READY")
                 targets[METRICS_OFF] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
-                pids[METRICS_OFF] = proc.pid
+                bridge_pids[METRICS_OFF] = proc.pid
+
+            if args.trace:
+                # The same bridge, called inside a trace: a '#' keeps the URL a label of its own.
+                traced = targets["natsreg bridge"] + "#traced"
+                TRACED_URLS.add(traced)
+                targets[TRACE_CONTEXT] = traced
+                bridge_pids[TRACE_CONTEXT] = bridge_pids["natsreg bridge"]
+                service = procs.start([py, me, "service", "--server", url, "--spans"])
+                wait_line(service, "READY")
+                port = free_port()
+                argv = [py, me, "natsreg-bridge", "--server", url, "--port", str(port), "--spans"]
+                proc = procs.start(argv + scrape)
+                wait_line(proc, "READY")
+                targets[SPANS] = f"http://{LOOPBACK}:{port}/{SPANS_SERVICE}/{ENDPOINT}"
+                bridge_pids[SPANS] = proc.pid
 
             baseline = WORK / "py-baseline.py"
             shutil.copy(PEERS / "seed-gateway" / "py-baseline.py", baseline)
@@ -439,12 +484,15 @@ def run(args: argparse.Namespace) -> None:
                 flush=True,
             )
             labels = list(targets)
+            # The Python bridges (natsreg's modes, then aiohttp's) take turns to go first.
+            python = labels.index("aiohttp bridge") + 1
+            pids = [nats_server.process.pid] + [p.pid for p in procs.procs]
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}", flush=True)
-                # The two Python bridges swap places each round, so neither always runs first.
-                order = labels if round_ % 2 == 0 else [labels[1], labels[0], *labels[2:]]
+                turn = round_ % python
+                order = labels[turn:python] + labels[:turn] + labels[python:]
                 for label in order:
-                    result = measure(label, targets[label], args, pids.get(label))
+                    result = measure(label, targets[label], args, pids, bridge_pids.get(label))
                     results.setdefault(label, []).append(result)
         finally:
             procs.stop_all()
@@ -479,8 +527,20 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
         ratio = ours["rps"] / median[METRICS_OFF]["rps"]
         verdict = "met" if ratio >= 0.97 else "NOT met"
         print(f"goal natsreg ≥ 0.97× metrics off: {ratio:.3f}× {verdict}")
-        on, off = ours["cpu_us"], median[METRICS_OFF]["cpu_us"]
+        on, off = ours["bridge_cpu_us"], median[METRICS_OFF]["bridge_cpu_us"]
         print(f"bridge CPU per request: {on:.1f} µs with metrics, {off:.1f} µs without")
+    for label, goal in ((TRACE_CONTEXT, 0.97), (SPANS, 0.8)):
+        traced = median.get(label)
+        if traced is not None:
+            ratio = traced["rps"] / ours["rps"]
+            p50 = traced["p50"] / ours["p50"]
+            print(
+                f"goal natsreg bridge with {label.removeprefix('natsreg bridge, ')} ≥ {goal}× "
+                f"without: {ratio:.2f}× req/s "
+                f"{'met' if ratio >= goal else 'NOT met'} (p50 {p50:.2f}×); "
+                f"CPU µs/request {traced['cpu_us']:.0f} against {ours['cpu_us']:.0f}: "
+                f"{ours['cpu_us'] / traced['cpu_us']:.2f}×"
+            )
 
 
 def main() -> None:
@@ -489,8 +549,9 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the whole comparison")
-    r.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    r.add_argument("--warmup", type=float, default=3.0, help="uncounted seconds before each")
+    # Whole seconds: wrk's -d takes no fractions.
+    r.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    r.add_argument("--warmup", type=int, default=3, help="uncounted seconds before each")
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--connections", type=int, default=64)
     r.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
@@ -498,15 +559,17 @@ def main() -> None:
     r.add_argument("--no-peers", dest="peers", action="store_false", help="skip Node peers")
     r.add_argument("--workers", type=int, default=1, help="also natsreg bridge --workers N (N > 1)")
     r.add_argument("--metrics", action="store_true", help="also a bridge with NATSREG_METRICS=0")
+    r.add_argument("--trace", action="store_true", help="also trace context, and OpenTelemetry")
     for name in ("service", "natsreg-bridge", "natsreg-bridge-h11"):
         s = sub.add_parser(name, help="(started by run)")
         s.add_argument("--server", required=True)
         s.add_argument("--port", type=int, default=0)
         s.add_argument("--scrape", action="store_true", help="build the exposition every second")
+        s.add_argument("--spans", action="store_true", help="with OpenTelemetry's SDK")
     args = parser.parse_args()
     if args.command == "run":
         if args.quick:
-            args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
+            args.duration, args.warmup, args.rounds = 3, 1, 1
         run(args)
         return
     if not re.match(r"^nats://(127\.0\.0\.1|localhost):\d+$", args.server):
@@ -514,9 +577,9 @@ def main() -> None:
     import uvloop
 
     if args.command == "service":
-        uvloop.run(echo_service(args.server))
+        uvloop.run(echo_service(args.server, args.spans))
     elif args.command == "natsreg-bridge":
-        uvloop.run(natsreg_bridge(args.server, args.port, args.scrape))
+        uvloop.run(natsreg_bridge(args.server, args.port, args.scrape, args.spans))
     else:
         uvloop.run(_h11_bridge(args.server, args.port))
 

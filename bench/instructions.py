@@ -12,6 +12,10 @@ out: what is left is the cost of one request, in instructions, for that mode.
     python bench/instructions.py --metrics --caller   # the same, counted in the caller
     python bench/instructions.py --metrics --caller --bridge   # and the bridge's ASGI app as
                                                                # the caller (no HTTP server)
+    python bench/instructions.py --trace      # also natsreg calls made inside a trace
+    python bench/instructions.py --trace --caller     # the same, counted in the caller
+    python bench/instructions.py --trace --caller --bridge    # and an HTTP request with a
+                                                              # traceparent through the bridge
 
 Needs valgrind (Debian: apt-get install -y valgrind).
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 import nats
 
 import natsreg
+from natsreg import _trace
 from natsreg.testing import NatsServer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,7 +54,13 @@ async def _load(url: str, mode: str, requests: int) -> None:
         "raw": lambda: nc.request(rpc.RAW_SUBJECT, rpc.PAYLOAD, timeout=60.0),
         "natsreg": lambda: client.request(rpc.NATSREG_SUBJECT, rpc.PAYLOAD),
     }
-    call = _bridge_call(nc) if mode == "bridge" else calls[mode]
+    calls["trace-context"] = calls["natsreg"]
+    if mode == "trace-context":
+        _trace.current.set(rpc.TRACE)  # each call carries a traceparent
+    if mode.startswith("bridge"):
+        call = _bridge_call(nc, traced=mode == "bridge-trace-context")
+    else:
+        call = calls[mode]
     result = await rpc.run_load(call, CONCURRENCY, 600.0, requests)
     await client.aclose()
     await nc.close()
@@ -57,19 +68,23 @@ async def _load(url: str, mode: str, requests: int) -> None:
         raise SystemExit(f"{result['errors']} requests failed")
 
 
-def _bridge_call(nc: nats.NATS) -> Callable[[], Awaitable[None]]:
-    """One GET through the bridge's ASGI app to the echo service, without an HTTP server."""
+def _bridge_call(nc: nats.NATS, traced: bool = False) -> Callable[[], Awaitable[None]]:
+    """One GET through the bridge's ASGI app to the echo service, without an HTTP server;
+    ``traced``: with rpc.TRACE's ``traceparent`` header, as from a traced HTTP client."""
     from natsreg import bridge
 
     app = bridge.create_app(nc, bridge.BridgeConfig(prefix="bench"))
     path = f"/{rpc.SERVICE}/echo"
+    headers = [(b"host", b"127.0.0.1")]
+    if traced:
+        headers += [(k.encode(), v.encode()) for k, v in _trace.outgoing(rpc.TRACE).items()]
     scope = {
         "type": "http",
         "method": "GET",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1")],
+        "headers": headers,
         "client": ("127.0.0.1", 1),
     }
 
@@ -177,6 +192,11 @@ def main() -> None:
         help="also 'no-metrics': the natsreg echo with NATSREG_METRICS=0 in the responder",
     )
     parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="also 'trace-context': natsreg calls made inside a trace (no OpenTelemetry SDK)",
+    )
+    parser.add_argument(
         "--caller",
         action="store_true",
         help="count the caller's instructions (the responder runs without valgrind)",
@@ -200,10 +220,14 @@ def main() -> None:
     modes = {"raw": ("raw", {}), "natsreg": ("natsreg", {})}
     if args.metrics:
         modes["no-metrics"] = ("natsreg", {"NATSREG_METRICS": "0"})
+    if args.trace:
+        modes["trace-context"] = ("trace-context", {})
     if args.bridge and args.caller:
         modes["bridge"] = ("bridge", {})
         if args.metrics:
             modes["bridge, no-metrics"] = ("bridge", {"NATSREG_METRICS": "0"})
+        if args.trace:
+            modes["bridge, trace-context"] = ("bridge-trace-context", {})
     with NatsServer() as server, _plain_responder(server.url, args.caller):
         count = caller_instructions if args.caller else instructions
         for mode, (call, env) in modes.items():

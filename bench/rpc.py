@@ -9,19 +9,34 @@ Both sides echo a ~50-byte JSON payload over loopback:
 
 The responders run in a subprocess (one connection each), the callers in this process, so
 each side has a core of its own. Concurrency N is N request coroutines on one connection.
-Rounds alternate raw, natsreg, raw, natsreg...; the table shows the median of the rounds.
+Rounds rotate which mode goes first; the table shows the median of the rounds.
 
 With ``--metrics``, a third mode runs in the same rounds: ``no-metrics``, natsreg with
 ``NATSREG_METRICS=0`` on both sides (its own client, its own service ``bench-nometrics``),
-while ``natsreg`` keeps its default (metrics recorded) and both processes build the Prometheus
+while ``natsreg`` keeps its default (metrics recorded) and every process builds the Prometheus
 exposition once a second, as a scrape would.
 
+With ``--trace``, two more modes in the same rounds, each against natsreg with tracing off:
+
+- trace-context: the calls are made inside a trace (as from a handler or the bridge), so
+  each carries a ``traceparent`` and the service continues the trace; no OpenTelemetry SDK.
+- trace-spans:   OpenTelemetry's SDK configured on both sides, every trace sampled, spans
+  handed to a batch processor whose exporter discards them: a CLIENT and a SERVER span per
+  call. (Its service runs in a responder process of its own, the SDK's tracer provider being
+  global to a process.)
+
+Every round also records the CPU per request of every process (caller, responders,
+nats-server), which a shared machine's load moves less than req/s.
+
 Goal: natsreg >= 0.9x raw requests/s, and p50 <= 1.1x raw, at concurrency 1 and 64; with
-metrics, natsreg >= 0.97x no-metrics.
+metrics, natsreg >= 0.97x no-metrics; with tracing, trace-context >= 0.97x and trace-spans
+>= 0.8x natsreg.
 
     python bench/rpc.py            # 5 rounds of 2 s per mode and concurrency
     python bench/rpc.py --quick    # 3 rounds of 0.5 s, to check it runs
     python bench/rpc.py --metrics  # also natsreg without metrics: the cost of recording them
+    python bench/rpc.py --trace    # also the two trace modes (needs natsreg[test] for the SDK)
+    python bench/rpc.py --metrics --trace   # both, in the same rounds
     python bench/rpc.py --url nats://127.0.0.1:4222   # an existing server, not a new one
 """
 
@@ -36,10 +51,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import nats
 
 import natsreg
+from natsreg import _trace
 from natsreg.testing import NatsServer
 
 RAW_SUBJECT = "bench-raw.echo"
@@ -49,6 +66,9 @@ NO_METRICS_SERVICE = "bench-nometrics"
 SCRAPE_S = 1.0
 PAYLOAD = b'{"id":12345,"name":"user-12345","roles":["reader"]}'
 REQUEST_TIMEOUT_S = 5.0
+SPANS_SERVICE = "bench-spans"
+#: The trace the trace-context mode's calls are made in.
+TRACE = _trace.TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
 
 
 # -- metrics on and off ----------------------------------------------------------------------
@@ -77,30 +97,92 @@ async def scrape_forever() -> None:
         metrics.exposition()
 
 
+# -- tracing -------------------------------------------------------------------------------
+
+
+def span_provider():
+    """An SDK tracer provider sampling every trace, whose exporter drops what it gets."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return provider
+
+
+class _Tracing:
+    """The trace modes' settings, on for one round: the trace the calls are made in, or the
+    SDK's provider as the process' global one (natsreg reads it on every call)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.provider = span_provider() if mode == "trace-spans" else None
+
+    def __enter__(self) -> None:
+        if self.mode == "trace-context":
+            self.token = _trace.current.set(TRACE)  # inherited by run_load's worker tasks
+        elif self.provider is not None:
+            from opentelemetry import trace
+
+            trace._TRACER_PROVIDER = self.provider
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.mode == "trace-context":
+            _trace.current.reset(self.token)
+        elif self.provider is not None:
+            from opentelemetry import trace
+
+            trace._TRACER_PROVIDER = None
+
+
+# -- CPU -----------------------------------------------------------------------------------
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far, from /proc."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 # -- responder subprocess ------------------------------------------------------------------
 
 
-async def serve(url: str, scrape: bool) -> None:
-    """Serve the echoes, raw on its own connection, until stdin closes."""
+async def serve(url: str, scrape: bool, spans: bool) -> None:
+    """Serve the echoes, raw on its own connection, until stdin closes; with ``spans``, only
+    the natsreg echo, as SPANS_SERVICE, with OpenTelemetry's SDK configured."""
     raw_nc = await nats.connect(url)
     svc_nc = await nats.connect(url)
 
     async def raw_echo(msg):
         await msg.respond(msg.data)
 
-    await raw_nc.subscribe(RAW_SUBJECT, queue="bench-raw", cb=raw_echo)
-    await raw_nc.flush()
-
     async def echo(req: natsreg.Request) -> bytes:
         return req.data
 
-    svc = natsreg.announce(svc_nc, SERVICE, version="1.0.0", prefix="bench")
-    svc.endpoint("echo")(echo)
-    with metrics_off():
-        quiet = natsreg.announce(svc_nc, NO_METRICS_SERVICE, version="1.0.0", prefix="bench")
-    quiet.endpoint("echo")(echo)
+    if spans:
+        from opentelemetry import trace
+
+        trace.set_tracer_provider(span_provider())
+        services = [natsreg.announce(svc_nc, SPANS_SERVICE, version="1.0.0", prefix="bench")]
+    else:
+        await raw_nc.subscribe(RAW_SUBJECT, queue="bench-raw", cb=raw_echo)
+        await raw_nc.flush()
+        with metrics_off():
+            quiet = natsreg.announce(svc_nc, NO_METRICS_SERVICE, version="1.0.0", prefix="bench")
+        services = [natsreg.announce(svc_nc, SERVICE, version="1.0.0", prefix="bench"), quiet]
+    for svc in services:
+        svc.endpoint("echo")(echo)
     scraper = asyncio.create_task(scrape_forever()) if scrape else None
-    async with svc, quiet:  # endpoints declared before entering are subscribed on the way in
+    async with contextlib.AsyncExitStack() as stack:
+        for svc in services:  # endpoints declared before entering are subscribed on the way in
+            await stack.enter_async_context(svc)
         await svc_nc.flush()
         print("ready", flush=True)
         # The parent closes our stdin to stop us, or dies, which closes it too.
@@ -145,8 +227,17 @@ async def run_load(call, concurrency: int, duration_s: float, max_requests: int)
 
 
 async def bench(
-    url: str, rounds: int, duration_s: float, concurrencies: list[int], with_metrics: bool
+    url: str,
+    rounds: int,
+    duration_s: float,
+    concurrencies: list[int],
+    pids: list[int],
+    with_metrics: bool = False,
+    tracing: bool = False,
 ) -> None:
+    """Every mode's rounds, then the tables; ``pids``: the processes whose CPU is counted
+    besides this one."""
+    pids = [os.getpid(), *pids]
     nc = await nats.connect(url)
     client = natsreg.Client(nc, timeout_s=REQUEST_TIMEOUT_S)
     calls = {
@@ -159,11 +250,16 @@ async def bench(
             quiet = natsreg.Client(nc, timeout_s=REQUEST_TIMEOUT_S)
         calls["no-metrics"] = lambda: quiet.request(f"{NO_METRICS_SERVICE}.echo", PAYLOAD)
         scraper = asyncio.create_task(scrape_forever())
+    if tracing:
+        calls["trace-context"] = calls["natsreg"]
+        calls["trace-spans"] = lambda: client.request(f"{SPANS_SERVICE}.echo", PAYLOAD)
     modes = list(calls)
-    for call in calls.values():  # check both echo, and warm up caches and the inbox
-        reply = await call()
-        assert reply.data == PAYLOAD, reply.data
-        await run_load(call, 8, 0.3, 2_000)
+    settings = {mode: _Tracing(mode) for mode in modes}
+    for mode, call in calls.items():  # check each echoes, and warm up caches and the inbox
+        with settings[mode]:
+            reply = await call()
+            assert reply.data == PAYLOAD, reply.data
+            await run_load(call, 8, 0.3, 2_000)
 
     results: dict[tuple[str, int], list[dict]] = {}
     for concurrency in concurrencies:
@@ -171,10 +267,15 @@ async def bench(
             # Rotate which mode goes first, so none always runs on a warmer machine.
             order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
             for mode in order:
-                r = await run_load(calls[mode], concurrency, duration_s, 1_000_000)
+                with settings[mode]:
+                    cpu = cpu_s(pids)
+                    r = await run_load(calls[mode], concurrency, duration_s, 1_000_000)
+                    # All processes' CPU per request: on a shared, CPU-bound machine it moves
+                    # less than req/s with what else runs.
+                    r["cpu_us"] = (cpu_s(pids) - cpu) / max(1, r["rps"] * duration_s) * 1e6
                 results.setdefault((mode, concurrency), []).append(r)
                 print(
-                    f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<11}"
+                    f"  round {round_ + 1}/{rounds} c={concurrency:<3} {mode:<13}"
                     f"{r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms",
                     file=sys.stderr,
                 )
@@ -208,6 +309,21 @@ async def bench(
             rps_ratio = med("natsreg", c, "rps") / med("no-metrics", c, "rps")
             p50_ratio = med("natsreg", c, "p50") / med("no-metrics", c, "p50")
             print(f"| {c} | {rps_ratio:.3f}x | {p50_ratio:.3f}x |")
+    if tracing:
+        print(
+            "\n| mode | concurrency | req/s vs natsreg (tracing off) | p50 vs natsreg "
+            "| CPU µs/request, all processes | natsreg's ÷ this | goal |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for c in concurrencies:
+            for mode, goal in (("natsreg", 1.0), ("trace-context", 0.97), ("trace-spans", 0.8)):
+                rps_ratio = med(mode, c, "rps") / med("natsreg", c, "rps")
+                p50_ratio = med(mode, c, "p50") / med("natsreg", c, "p50")
+                cpu, cpu_ratio = med(mode, c, "cpu_us"), med("natsreg", c, "cpu_us")
+                print(
+                    f"| {mode} | {c} | {rps_ratio:.2f}x | {p50_ratio:.2f}x | {cpu:.1f} | "
+                    f"{cpu_ratio / cpu:.2f}x | >= {goal}x |"
+                )
 
 
 def main() -> None:
@@ -220,15 +336,19 @@ def main() -> None:
     parser.add_argument(
         "--metrics", action="store_true", help="also natsreg with NATSREG_METRICS=0, and scrape"
     )
+    parser.add_argument(
+        "--trace", action="store_true", help="also trace context alone, and OpenTelemetry spans"
+    )
     parser.add_argument("--url", help="use this nats-server instead of starting one")
     parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--spans", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.serve:
-        asyncio.run(serve(args.serve, args.metrics))
+        asyncio.run(serve(args.serve, args.metrics, args.spans))
         return
     rounds = args.rounds or (3 if args.quick else 5)
     duration_s = args.duration or (0.5 if args.quick else 2.0)
@@ -237,22 +357,30 @@ def main() -> None:
     url = args.url or server.url
     command = [sys.executable, __file__, "--serve", url] + (["--uvloop"] if args.uvloop else [])
     command += ["--metrics"] if args.metrics else []
-    responder = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    responders = [
+        subprocess.Popen(
+            command + extra,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for extra in ([[], ["--spans"]] if args.trace else [[]])
+    ]
     try:
-        if responder.stdout.readline().strip() != b"ready":
-            raise SystemExit("the responder did not start")
-        asyncio.run(bench(url, rounds, duration_s, args.concurrency, args.metrics))
+        for responder in responders:
+            if responder.stdout.readline().strip() != b"ready":
+                raise SystemExit("the responder did not start")
+        pids = [r.pid for r in responders] + ([server.process.pid] if server else [])
+        asyncio.run(
+            bench(url, rounds, duration_s, args.concurrency, pids, args.metrics, args.trace)
+        )
     finally:
-        responder.stdin.close()
-        try:
-            responder.wait(10)
-        except subprocess.TimeoutExpired:
-            responder.kill()
+        for responder in responders:
+            responder.stdin.close()
+            try:
+                responder.wait(10)
+            except subprocess.TimeoutExpired:
+                responder.kill()
         if server is not None:
             server.stop()
 
