@@ -14,7 +14,9 @@ travels unchanged, the method, path, query string and chosen headers as NATS hea
 :func:`status_for`. A path that is not a literal subject never reaches NATS.
 
 Its parts: ``_access`` (auth, Host names, CORS), ``_routes`` (path → subject, refusals), ``_config``
-(BridgeConfig, the routes file), ``_app`` (the ASGI request path), ``_server`` (uvicorn).
+(BridgeConfig, the routes file), ``_app`` (the ASGI request path), ``_head`` (reading a request
+head), ``_own`` (the bridge's resources under ``/_natsreg/``), ``_responses`` (the status table,
+writing responses), ``_server`` (uvicorn).
 """
 
 from ._access import Auth, Cors

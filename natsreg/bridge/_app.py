@@ -1,41 +1,32 @@
 """The bridge as an ASGI application: one HTTP request becomes one NATS request.
 
-A request goes through five steps, each a method of :class:`Bridge`: read the head (one pass
-over the headers), screen and authorize it (size, injection, Host, cross-site, route, method,
-auth, deadline), read the body, forward it to NATS, and respond. A step that refuses raises
-:class:`_Refused`, which becomes the JSON error response; failures map to HTTP statuses in one
-table, :func:`status_for`.
+A request goes through five steps: read the head (one pass over the headers, ``_head``), then,
+each a method of :class:`Bridge`, screen and authorize it (size, injection, Host, cross-site,
+route, method, auth, deadline), read the body, forward it to NATS, and respond. A step that
+refuses raises :class:`_Refused`, which becomes the JSON error response; failures map to HTTP
+statuses in one table, :func:`status_for` (``_responses``). Requests under ``/_natsreg/`` go to
+the bridge's own resources (``_own``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import anyio
-import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 
-from .. import _figures, _probes, _trace, wire
+from .. import _figures, _trace
 from ..client import Client
-from ..errors import (
-    BulkheadFullError,
-    CircuitOpenError,
-    ConfigError,
-    NatsregError,
-    NoInstanceError,
-    NotConnectedError,
-    RequestTimeoutError,
-    ServiceError,
-)
+from ..errors import CircuitOpenError, ServiceError
 from ._access import CorsHeaders, Origins, challenge, credential
 from ._config import BridgeConfig
+from ._head import HEADER_BREAK, Head, HeadReader
+from ._own import OwnResources
+from ._responses import Receive, Scope, Send, refuse, respond, status_for, unauthorized
 from ._routes import Refusal, Target
 
 __all__ = ["METHOD_HEADER", "PATH_HEADER", "QUERY_HEADER", "Bridge", "create_app", "status_for"]
@@ -47,49 +38,6 @@ METHOD_HEADER = "Natsreg-Http-Method"
 PATH_HEADER = "Natsreg-Http-Path"
 QUERY_HEADER = "Natsreg-Http-Query"
 
-# One line of a header: CR or LF would end it early in the NATS header block, NUL is refused
-# by NATS itself; either is an injection attempt, never a real value.
-_HEADER_BREAK = re.compile(rb"[\r\n\x00]")
-
-
-# -- the status table ------------------------------------------------------------------------
-
-
-def status_for(error: BaseException) -> tuple[int, str]:
-    """The HTTP status and error name for a failed request: the bridge's one status table."""
-    match error:
-        case NoInstanceError():
-            return 503, "no_instance"
-        case RequestTimeoutError():
-            return 504, "timeout"
-        case ServiceError(code=code) if 400 <= code <= 599:
-            return code, "service_error"
-        case ServiceError():
-            return 502, "service_error"
-        case NotConnectedError():
-            return 503, "not_connected"
-        case CircuitOpenError():
-            return 503, "circuit_open"
-        case BulkheadFullError():
-            return 503, "overloaded"
-        case ConfigError():
-            return 400, "bad_request"
-        case nats.errors.MaxPayloadError():
-            return 413, "body_too_large"
-        case NatsregError():
-            return 502, "bad_gateway"
-    return 500, "internal_error"
-
-
-class _ErrorBody(msgspec.Struct):
-    error: str
-    message: str
-    service: str
-    endpoint: str
-
-
-_encode = msgspec.json.Encoder().encode
-_JSON = b"application/json"
 _EMPTY_REFUSALS = {
     408: Refusal(408, "body_timeout", "the request body did not arrive in time"),
     413: Refusal(413, "body_too_large", "the request body is over the bridge's limit"),
@@ -113,8 +61,6 @@ _HEADER_INJECTION = Refusal(400, "bad_request", "a header holds CR, LF or NUL")
 _NO_ROUTE = "none"
 _DEFAULT_ROUTE = "default"
 _OWN_ROUTE = "/_natsreg/"
-# The probes of natsreg._probes, under the bridge's own path.
-_PROBES = frozenset({"/_natsreg/metrics", "/_natsreg/healthz", "/_natsreg/readyz"})
 
 
 class _Refused(Exception):
@@ -126,55 +72,7 @@ class _Refused(Exception):
         self.extra = extra
 
 
-class _Head:
-    """What the bridge reads from a request head, in one pass (:meth:`Bridge._read_head`)."""
-
-    __slots__ = (
-        "broken",
-        "connection",
-        "content_length",
-        "credentials",
-        "fetch_site",
-        "forwarded",
-        "host",
-        "method",
-        "origin",
-        "path",
-        "query",
-        "raw_path",
-        "size",
-        "timeout",
-        "traceparent",
-        "tracestate",
-    )
-
-    def __init__(self) -> None:
-        self.path = ""
-        self.method = ""
-        self.query = b""
-        self.raw_path: bytes | None = None
-        self.size = 0
-        #: NATS header name → value, for the headers the bridge forwards.
-        self.forwarded: dict[str, str] = {}
-        #: A forwarded header holds CR, LF or NUL.
-        self.broken = False
-        self.credentials: dict[bytes, bytes] = {}
-        self.timeout: bytes | None = None
-        self.origin: bytes | None = None
-        self.host: bytes | None = None
-        self.fetch_site: bytes | None = None
-        self.content_length: bytes | None = None
-        self.connection: bytes | None = None
-        #: The W3C trace headers (b"" when traceparent came twice: then it names no parent).
-        self.traceparent: bytes | None = None
-        self.tracestate: bytes | None = None
-
-
 # -- the ASGI application --------------------------------------------------------------------
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Bridge:
@@ -190,16 +88,9 @@ class Bridge:
         self._client = Client(nc, timeout_s=config.timeout_s, prefix=config.prefix)
         self._table = config.route_table()
         self._in_flight: dict[str, int] = {}
-        self._registry_view: tuple[float, bytes] | None = None
-        # Header names as ASGI gives them (lower-case bytes) → the NATS header name to use.
-        self._forward_names = {h.encode(): _canonical(h) for h in config.forward_headers}
-        self._timeout_header = config.timeout_header.encode()
-        auths = [config.auth, *(r.auth for r in config.routes if r.auth is not None)]
-        self._credential_headers = frozenset(
-            b"authorization" if a.scheme == "bearer" else a.header.encode()
-            for a in auths
-            if a.enabled
-        )
+        self._heads = HeadReader(config)
+        self._forward_names = self._heads.forward_names
+        self._own = OwnResources(nc, self._client, config)
         self._content_types: dict[str, bytes] = {}
         self._default_content_type = config.default_content_type.encode("latin-1")
         self._cors = CorsHeaders(config.cors) if config.cors else None
@@ -233,7 +124,7 @@ class Bridge:
                 if self.recording:
                     self._count(_NO_ROUTE, 429, 0.0)
                     self.refused["too_many_requests"] += 1
-                await self._refuse(send, _EMPTY_REFUSALS[429], ())
+                await refuse(send, _EMPTY_REFUSALS[429], ())
                 return
             self._in_flight[key] = count + 1
             try:
@@ -256,7 +147,7 @@ class Bridge:
         route = _NO_ROUTE
         status = 499
         forwarding = False
-        head = self._read_head(scope)
+        head = self._heads.read(scope)
         origin = head.origin
         cors = self._cors.for_origin(origin) if self._cors is not None and origin else ()
         try:
@@ -280,9 +171,7 @@ class Bridge:
                 return
             if head.path.startswith("/_natsreg/"):
                 route = _OWN_ROUTE
-                sent = _Sent(send)
-                await self._own(head.path, head.method, head.credentials, sent, cors)
-                status = sent.status
+                status = await self._own.serve(self, head, send, cors)
                 return
             target = self._table.resolve(head.path)
             if type(target) is Refusal:
@@ -294,12 +183,12 @@ class Bridge:
             forwarding = True
             data, content_type = await self._forward(head, target, timeout_s, body, cors)
             status = 200
-            await _respond(send, 200, content_type, data, cors)
+            await respond(send, 200, content_type, data, cors)
         except _Refused as refused:
             status = refused.refusal.status
             if not forwarding and self.recording:
                 self.refused[refused.refusal.error] += 1
-            await self._refuse(send, refused.refusal, refused.extra)
+            await refuse(send, refused.refusal, refused.extra)
         except _Disconnected:
             pass
         finally:
@@ -314,57 +203,7 @@ class Bridge:
         statuses[status] = statuses.get(status, 0) + 1
         figures.latency.observe(seconds)
 
-    def _read_head(self, scope: Scope) -> _Head:
-        """Step 1: the request line, and one pass over the headers: their size, the ones to
-        forward, and those the bridge itself reads."""
-        head = _Head()
-        path: str = scope["path"]
-        root = scope.get("root_path")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        head.path = path
-        head.method = scope["method"]
-        head.query = query = scope["query_string"]
-        head.raw_path = raw_path = scope.get("raw_path")
-        size = len(raw_path or path) + len(query)
-        forwarded = head.forwarded
-        for name, value in scope["headers"]:
-            size += len(name) + len(value)
-            # Credentials are the bridge's to check and are never forwarded.
-            if name in self._credential_headers:
-                head.credentials[name] = value
-                continue
-            target_name = self._forward_names.get(name)
-            if target_name is not None:
-                if _HEADER_BREAK.search(value):
-                    head.broken = True
-                # The trace headers are not passed on as they came: the next hop gets a
-                # span id of its own (_forward).
-                if name == b"traceparent":
-                    head.traceparent = b"" if head.traceparent is not None else value
-                elif name == b"tracestate":
-                    state = head.tracestate
-                    head.tracestate = value if state is None else state + b"," + value
-                else:
-                    forwarded[target_name] = value.decode("latin-1")
-            elif name == self._timeout_header:
-                head.timeout = value
-            elif name == b"host":
-                head.host = value
-            elif name == b"origin":
-                head.origin = value
-            elif name == b"sec-fetch-site":
-                head.fetch_site = value
-            elif name == b"content-length":
-                head.content_length = value
-            elif name == b"connection":
-                head.connection = value
-            elif name == b"transfer-encoding":
-                head.content_length = head.content_length or b"chunked"
-        head.size = size
-        return head
-
-    def _screen(self, head: _Head, cors: _Headers) -> None:
+    def _screen(self, head: Head, cors: _Headers) -> None:
         """Step 2a: refuse a request too large, smuggling header breaks, for another Host,
         or cross-site, whatever it asks for."""
         if head.size > self.config.max_header_bytes:
@@ -372,8 +211,8 @@ class Bridge:
         raw_path = head.raw_path
         if (
             head.broken
-            or _HEADER_BREAK.search(head.query)
-            or (raw_path and _HEADER_BREAK.search(raw_path))
+            or HEADER_BREAK.search(head.query)
+            or (raw_path and HEADER_BREAK.search(raw_path))
         ):
             raise _Refused(_HEADER_INJECTION, cors)
         # A request without Host cannot come from a browser, the client these two checks
@@ -386,7 +225,7 @@ class Bridge:
         ):
             raise _Refused(_CROSS_SITE)
 
-    def _authorize(self, head: _Head, target: Target, cors: _Headers) -> float:
+    def _authorize(self, head: Head, target: Target, cors: _Headers) -> float:
         """Step 2b: whether the caller may go to ``target`` (the route the path resolved
         to), and by when."""
         route = target.route
@@ -405,7 +244,7 @@ class Bridge:
             )
         auth = route.auth if route is not None and route.auth is not None else self.config.auth
         if auth.enabled and not auth.accepts(credential(auth, head.credentials)):
-            raise _Refused(_unauthorized(target), (*cors, challenge(auth)))
+            raise _Refused(unauthorized(target), (*cors, challenge(auth)))
         timeout_s = (
             route.timeout_s if route is not None and route.timeout_s else self.config.timeout_s
         )
@@ -425,7 +264,7 @@ class Bridge:
             timeout_s = min(asked, timeout_s)
         return timeout_s
 
-    async def _receive_body(self, head: _Head, receive: Receive, cors: _Headers) -> bytes:
+    async def _receive_body(self, head: Head, receive: Receive, cors: _Headers) -> bytes:
         """Step 3: the whole body, within the size limit and the body timeout."""
         content_length = head.content_length
         if content_length is None:
@@ -442,7 +281,7 @@ class Bridge:
         return read
 
     async def _forward(
-        self, head: _Head, target: Target, timeout_s: float, body: bytes, cors: _Headers
+        self, head: Head, target: Target, timeout_s: float, body: bytes, cors: _Headers
     ) -> tuple[bytes, bytes]:
         """Step 4: the request to NATS; the reply's body and content type, or the failure
         mapped to its status."""
@@ -516,118 +355,10 @@ class Bridge:
                 self._content_types[value] = cached
         return cached
 
-    async def _own(
-        self,
-        path: str,
-        method: str,
-        credentials: dict[bytes, bytes],
-        send: Send,
-        cors: Iterable[tuple[bytes, bytes]],
-    ) -> None:
-        if method not in ("GET", "HEAD"):
-            await self._refuse(
-                send,
-                Refusal(405, "method_not_allowed", "use GET"),
-                (*cors, (b"allow", b"GET, HEAD")),
-            )
-            return
-        if path == "/_natsreg/health":
-            connected = self._nc.is_connected
-            body = _encode(
-                {
-                    "status": "ok" if connected else "unavailable",
-                    "nats": "connected" if connected else "disconnected",
-                    "in_flight": sum(self._in_flight.values()),
-                }
-            )
-            await _respond(send, 200 if connected else 503, _JSON, body, cors)
-        elif path in _PROBES:
-            # The figures name services and endpoints, as /_natsreg/services does: behind
-            # the bridge's auth. The probes say no more than "ready" and why not: open to a
-            # kubelet, which sends no credentials.
-            if path == "/_natsreg/metrics" and not await self._allowed(credentials, send, cors):
-                return
-            status, content_type, body = _probes.answer(path[len("/_natsreg") :], method, (self,))
-            await _respond(send, status, content_type, body, cors)
-        elif path == "/_natsreg/services" and self.config.expose_registry:
-            if not await self._allowed(credentials, send, cors):
-                return
-            try:
-                body = await self._registry_json()
-            except NatsregError as exc:
-                status, error = status_for(exc)
-                await self._refuse(send, Refusal(status, error, str(exc)), cors)
-                return
-            await _respond(send, 200, _JSON, body, cors)
-        else:
-            await self._refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
-
-    async def _allowed(
-        self, credentials: dict[bytes, bytes], send: Send, cors: Iterable[tuple[bytes, bytes]]
-    ) -> bool:
-        """Whether the bridge's own auth (if any) lets the caller in; refused if not."""
-        auth = self.config.auth
-        if auth.enabled and not auth.accepts(credential(auth, credentials)):
-            await self._refuse(send, _unauthorized(None), (*cors, challenge(auth)))
-            return False
-        return True
-
-    async def _registry_json(self) -> bytes:
-        cached = self._registry_view
-        if cached is not None and time.monotonic() - cached[0] < self.config.registry_refresh_s:
-            return cached[1]
-        snapshot = await self._client.instances(timeout_s=min(2.0, self.config.timeout_s))
-        if self.config.allow is not None:
-            snapshot.instances = [i for i in snapshot.instances if i.name in self.config.allow]
-        body = wire.encode(snapshot)
-        # A warming node's answer (no warm node answered) is served but not kept: the next
-        # request asks again, and gets a warm node's as soon as one can answer.
-        self._registry_view = None if snapshot.warming_up else (time.monotonic(), body)
-        return body
-
-    async def _refuse(
-        self, send: Send, refusal: Refusal, extra: Iterable[tuple[bytes, bytes]]
-    ) -> None:
-        body = _encode(
-            _ErrorBody(refusal.error, refusal.message[:1024], refusal.service, refusal.endpoint)
-        )
-        await _respond(send, refusal.status, _JSON, body, extra)
-
-
-class _Sent:
-    """``send``, noting the status it sent (for the bridge's own resources, off the request
-    path)."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.status = 500
-
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        await self._send(message)
-
 
 def create_app(nc: NATS, config: BridgeConfig | None = None) -> Bridge:
     """The bridge as an ASGI application on ``nc`` (which stays the caller's to close)."""
     return Bridge(nc, config or BridgeConfig())
-
-
-async def _respond(
-    send: Send, status: int, content_type: bytes, body: bytes, extra: Iterable[tuple[bytes, bytes]]
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                *extra,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -640,10 +371,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-def _canonical(name: str) -> str:
-    return "-".join(part.capitalize() for part in name.split("-"))
 
 
 def _failure(exc: Exception, target: Target, cors: _Headers) -> _Refused:
@@ -659,16 +386,6 @@ def _failure(exc: Exception, target: Target, cors: _Headers) -> _Refused:
     if isinstance(exc, CircuitOpenError):
         cors = (*cors, (b"retry-after", str(math.ceil(exc.retry_in_s)).encode()))
     return _Refused(Refusal(status, error, message, target.service, target.endpoint), cors)
-
-
-def _unauthorized(target: Target | None) -> Refusal:
-    return Refusal(
-        401,
-        "unauthorized",
-        "missing or invalid credentials",
-        target.service if target else "",
-        target.endpoint if target else "",
-    )
 
 
 def _seconds(value: bytes) -> float | None:

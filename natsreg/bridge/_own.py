@@ -1,0 +1,139 @@
+"""The bridge's own resources, under ``/_natsreg/``: health, the probes (metrics, liveness,
+readiness) and the registry's view of the services. Off the request path: nothing here runs
+for a request to a service.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from nats.aio.client import Client as NATS
+
+from .. import _probes, wire
+from ..client import Client
+from ..errors import NatsregError
+from ._access import challenge, credential
+from ._config import BridgeConfig
+from ._head import Head
+from ._responses import JSON, Send, encode, refuse, respond, status_for, unauthorized
+from ._routes import Refusal
+
+__all__ = ["OwnResources"]
+
+# The probes of natsreg._probes, under the bridge's own path.
+_PROBES = frozenset({"/_natsreg/metrics", "/_natsreg/healthz", "/_natsreg/readyz"})
+
+
+class _Served(Protocol):
+    """What the resources report of the bridge they serve."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def readiness(self) -> str | None: ...
+
+
+class OwnResources:
+    """Answers a bridge's requests under ``/_natsreg/``."""
+
+    def __init__(self, nc: NATS, client: Client, config: BridgeConfig) -> None:
+        self._nc = nc
+        self._client = client
+        self.config = config
+        self._registry_view: tuple[float, bytes] | None = None
+
+    async def serve(
+        self, bridge: _Served, head: Head, send: Send, cors: Iterable[tuple[bytes, bytes]]
+    ) -> int:
+        """Answers ``head``'s request to ``bridge``; the status it was given."""
+        # The bridge comes with each request rather than kept here: the bridge keeps this
+        # object, and a cycle would keep a dropped bridge (and its figures) alive until the
+        # garbage collector's next pass.
+        sent = _Sent(send)
+        await self._answer(bridge, head.path, head.method, head.credentials, sent, cors)
+        return sent.status
+
+    async def _answer(
+        self,
+        bridge: _Served,
+        path: str,
+        method: str,
+        credentials: dict[bytes, bytes],
+        send: Send,
+        cors: Iterable[tuple[bytes, bytes]],
+    ) -> None:
+        if method not in ("GET", "HEAD"):
+            await refuse(
+                send,
+                Refusal(405, "method_not_allowed", "use GET"),
+                (*cors, (b"allow", b"GET, HEAD")),
+            )
+            return
+        if path == "/_natsreg/health":
+            connected = self._nc.is_connected
+            body = encode(
+                {
+                    "status": "ok" if connected else "unavailable",
+                    "nats": "connected" if connected else "disconnected",
+                    "in_flight": bridge.in_flight,
+                }
+            )
+            await respond(send, 200 if connected else 503, JSON, body, cors)
+        elif path in _PROBES:
+            # The figures name services and endpoints, as /_natsreg/services does: behind
+            # the bridge's auth. The probes say no more than "ready" and why not: open to a
+            # kubelet, which sends no credentials.
+            if path == "/_natsreg/metrics" and not await self._allowed(credentials, send, cors):
+                return
+            status, content_type, body = _probes.answer(path[len("/_natsreg") :], method, (bridge,))
+            await respond(send, status, content_type, body, cors)
+        elif path == "/_natsreg/services" and self.config.expose_registry:
+            if not await self._allowed(credentials, send, cors):
+                return
+            try:
+                body = await self._registry_json()
+            except NatsregError as exc:
+                status, error = status_for(exc)
+                await refuse(send, Refusal(status, error, str(exc)), cors)
+                return
+            await respond(send, 200, JSON, body, cors)
+        else:
+            await refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
+
+    async def _allowed(
+        self, credentials: dict[bytes, bytes], send: Send, cors: Iterable[tuple[bytes, bytes]]
+    ) -> bool:
+        """Whether the bridge's own auth (if any) lets the caller in; refused if not."""
+        auth = self.config.auth
+        if auth.enabled and not auth.accepts(credential(auth, credentials)):
+            await refuse(send, unauthorized(None), (*cors, challenge(auth)))
+            return False
+        return True
+
+    async def _registry_json(self) -> bytes:
+        cached = self._registry_view
+        if cached is not None and time.monotonic() - cached[0] < self.config.registry_refresh_s:
+            return cached[1]
+        snapshot = await self._client.instances(timeout_s=min(2.0, self.config.timeout_s))
+        if self.config.allow is not None:
+            snapshot.instances = [i for i in snapshot.instances if i.name in self.config.allow]
+        body = wire.encode(snapshot)
+        # A warming node's answer (no warm node answered) is served but not kept: the next
+        # request asks again, and gets a warm node's as soon as one can answer.
+        self._registry_view = None if snapshot.warming_up else (time.monotonic(), body)
+        return body
+
+
+class _Sent:
+    """``send``, noting the status it sent."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 500
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)

@@ -1,0 +1,113 @@
+"""How the bridge answers: the status table (:func:`status_for`), and the writing of a response
+and of a JSON error body, shared by the request path (``_app``) and the bridge's own resources
+(``_own``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+import nats.errors
+
+from ..errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigError,
+    NatsregError,
+    NoInstanceError,
+    NotConnectedError,
+    RequestTimeoutError,
+    ServiceError,
+)
+from ._routes import Refusal, Target
+
+__all__ = [
+    "JSON",
+    "Receive",
+    "Scope",
+    "Send",
+    "encode",
+    "refuse",
+    "respond",
+    "status_for",
+    "unauthorized",
+]
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+encode = msgspec.json.Encoder().encode
+
+
+def status_for(error: BaseException) -> tuple[int, str]:
+    """The HTTP status and error name for a failed request: the bridge's one status table."""
+    match error:
+        case NoInstanceError():
+            return 503, "no_instance"
+        case RequestTimeoutError():
+            return 504, "timeout"
+        case ServiceError(code=code) if 400 <= code <= 599:
+            return code, "service_error"
+        case ServiceError():
+            return 502, "service_error"
+        case NotConnectedError():
+            return 503, "not_connected"
+        case CircuitOpenError():
+            return 503, "circuit_open"
+        case BulkheadFullError():
+            return 503, "overloaded"
+        case ConfigError():
+            return 400, "bad_request"
+        case nats.errors.MaxPayloadError():
+            return 413, "body_too_large"
+        case NatsregError():
+            return 502, "bad_gateway"
+    return 500, "internal_error"
+
+
+class _ErrorBody(msgspec.Struct):
+    error: str
+    message: str
+    service: str
+    endpoint: str
+
+
+async def respond(
+    send: Send, status: int, content_type: bytes, body: bytes, extra: Iterable[tuple[bytes, bytes]]
+) -> None:
+    """A whole response: the head (with ``extra`` headers), then the body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def refuse(send: Send, refusal: Refusal, extra: Iterable[tuple[bytes, bytes]]) -> None:
+    """``refusal`` as its JSON error response."""
+    body = encode(
+        _ErrorBody(refusal.error, refusal.message[:1024], refusal.service, refusal.endpoint)
+    )
+    await respond(send, refusal.status, JSON, body, extra)
+
+
+def unauthorized(target: Target | None) -> Refusal:
+    """The refusal of missing or wrong credentials (for ``target``, if the path named one)."""
+    return Refusal(
+        401,
+        "unauthorized",
+        "missing or invalid credentials",
+        target.service if target else "",
+        target.endpoint if target else "",
+    )
