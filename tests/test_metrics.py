@@ -153,10 +153,11 @@ def test_two_clients_calling_one_endpoint_make_one_series_holding_both_counts() 
 def test_an_open_breaker_of_a_service_without_series_is_counted_under_other() -> None:
     router = natsreg.Client(NATS())._router
     _figures.call_figures(router.calls, "svc.ok", "svc", "ok")
-    router._breaker("queue", "svc.ok", "svc").state = "open"
-    router._breaker("instance-1", "ok", "svc").state = "half_open"
-    router._breaker("queue", "made-up.x", "made-up").state = "open"  # no call counted for it
-    router._breaker("queue", "svc.closed", "svc")  # closed: no state series
+    breaker_for = router._chooser.breaker_for
+    breaker_for("queue", "svc.ok", "svc").state = "open"
+    breaker_for("instance-1", "ok", "svc").state = "half_open"
+    breaker_for("queue", "made-up.x", "made-up").state = "open"  # no call counted for it
+    breaker_for("queue", "svc.closed", "svc")  # closed: no state series
     live = _figures.Live()
     live.clients.add(router)
     found = parse(exposition_of(live))
