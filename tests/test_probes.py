@@ -23,6 +23,7 @@ from natsreg import _probes, bridge, metrics
 from natsreg.testing import NatsServer, free_port
 from tests.helpers import eventually
 from tests.run_helpers import Lines, natsreg_run, write_app
+from tests.test_cli import running
 
 
 async def probe(url: str) -> tuple[int, dict[str, str]]:
@@ -129,17 +130,8 @@ async def _read_all(stream: anyio.abc.ByteStream) -> bytes:
 @contextmanager
 def registry_process(url: str, http_port: int, *extra: str) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "NATS_URL": url, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        [sys.executable, "-m", "natsreg", "registry", "--http", f"127.0.0.1:{http_port}", *extra],
-        env=env,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    ) as proc:
-        try:
-            yield proc
-        finally:
-            proc.kill()
+    with running(env, "registry", "--http", f"127.0.0.1:{http_port}", *extra) as proc:
+        yield proc
 
 
 async def readyz_becomes(url: str, status: int, reason: str = "", timeout_s: float = 10.0) -> None:
