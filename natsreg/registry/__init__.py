@@ -18,7 +18,6 @@ to re-announce; its subscriptions' queues are bounded and what overflows them is
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
@@ -35,6 +34,7 @@ from .._probes import nats_problem
 from .._tasks import background
 from ..errors import ConfigError
 from ._backpressure import Backpressure
+from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._queries import Queries
 from ._sync import FIRST_CHUNK_S, PeerSync
@@ -42,7 +42,6 @@ from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 
 __all__ = ["MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
 
-log = logging.getLogger("natsreg.registry")
 
 # The control verbs an instance publishes, and the message each must carry.
 _VERBS: dict[str, type[wire.ControlMessage]] = {
@@ -258,11 +257,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             with anyio.CancelScope(shield=True):
                 await queries.close()
                 await self._pressure.close()
-                for sub in subs:
-                    try:
-                        await sub.unsubscribe()
-                    except Exception as exc:
-                        log.debug("unsubscribe failed: %s", exc)
+                await unsubscribe_all(subs)
             _figures.LIVE.registries.discard(self)
 
     # -- input -------------------------------------------------------------------------------

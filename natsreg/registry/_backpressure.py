@@ -24,7 +24,6 @@ unknown id, docs/protocol.md rule 4).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -37,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
 
-log = logging.getLogger("natsreg.registry")
+from ._log import log, unsubscribe_all
 
 #: Messages one subscription may queue: at ~13 µs a heartbeat, about 0.85 s of work, under the
 #: 2.5 s of silence that expires an instance; and above a 50k fleet's whole re-announce round
@@ -120,11 +119,7 @@ class Backpressure:
     async def close(self) -> None:
         """Unsubscribe the sheddable subscriptions (the others are their subscriber's)."""
         subs, self._sheddable = list(self._sheddable), {}
-        for sub in subs:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("unsubscribe failed: %s", exc)
+        await unsubscribe_all(subs)
 
     def behind(self) -> bool:
         """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`)."""

@@ -11,7 +11,6 @@ are bounded (:data:`MAX_INFO_ASKS`).
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -20,9 +19,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from .. import subjects, wire
+from ._log import unsubscribe_all
 from ._view import Outcome, View
-
-log = logging.getLogger("natsreg.registry")
 
 #: Plain ADR-32 services are pinged every poll, and asked for their full ``$SRV.INFO``
 #: every this many polls (and at once when a ping shows a new one).
@@ -64,10 +62,7 @@ class MicroPoll:
                 await anyio.sleep(poll_s)
             finally:
                 with anyio.CancelScope(shield=True):
-                    try:
-                        await sub.unsubscribe()
-                    except Exception as exc:
-                        log.debug("unsubscribe failed: %s", exc)
+                    await unsubscribe_all([sub])
 
     async def _on_reply(self, msg: Msg) -> None:
         if not msg.data:

@@ -13,7 +13,6 @@ names to have the node publish there for it (reflection).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import Counter, OrderedDict, deque
@@ -30,11 +29,11 @@ from nats.aio.subscription import Subscription
 
 from .. import _figures, subjects, wire
 from ..errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
+from ._log import log, unsubscribe_all
 
 if TYPE_CHECKING:
     from . import Registry
 
-log = logging.getLogger("natsreg.registry")
 
 #: Queries waiting for the serving task, in each of the two queues (small, and whole-view
 #: ``list``); beyond this a query is dropped (``query_overflow``).
@@ -116,7 +115,7 @@ class Queries:
         """
         if not warm and self._warm:
             subs, self._warm = self._warm, []
-            await _unsubscribe(subs)
+            await unsubscribe_all(subs)
         elif warm and not self._warm:
             prefix = self._registry.prefix
             self._warm = [
@@ -133,7 +132,7 @@ class Queries:
         self._small.clear()
         self._large.clear()
         subs, self._always, self._warm = [*self._always, *self._warm], [], []
-        await _unsubscribe(subs)
+        await unsubscribe_all(subs)
 
     async def on_query(self, msg: Msg) -> None:
         """The NATS callback: check the reply subject and enqueue, never more."""
@@ -269,14 +268,6 @@ class Queries:
                 yield wire.encode(registry.service_list())
                 return
         yield from _chunks(snapshot, self._nc.max_payload)
-
-
-async def _unsubscribe(subs: list[Subscription]) -> None:
-    for sub in subs:
-        try:
-            await sub.unsubscribe()
-        except Exception as exc:
-            log.debug("unsubscribe failed: %s", exc)
 
 
 def _budget_s(msg: Msg) -> float:

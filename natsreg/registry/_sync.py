@@ -18,7 +18,6 @@ instance to re-announce. It is never warm on part of a view.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -30,9 +29,8 @@ from nats.aio.subscription import Subscription
 
 from .. import subjects, wire
 from ..errors import BUDGET_HEADER, NO_RESPONDERS_STATUS, STATUS_HEADER
+from ._log import log
 from ._view import View
-
-log = logging.getLogger("natsreg.registry")
 
 #: How long a starting node waits for a peer's first chunk (the peer may have queries queued
 #: before it: this is their budget), and then for each next one: a peer silent that long is
