@@ -321,9 +321,9 @@ class Endpoints:
             data = to_bytes(await endpoint.handler(request))
             outcome = "ok"
         except ServiceError as exc:
-            data, headers = self._refused(endpoint, exc)
+            failure = self._refused(endpoint, exc)
+            data, headers = b"", error_headers(failure)
             remember = remember and not exc.retryable
-            failure = exc
         except Exception as exc:
             failure = self._failed(endpoint, exc)
             data, headers = b"", error_headers(failure)
@@ -356,9 +356,9 @@ class Endpoints:
         if msg.reply:
             await quietly(self._nc.publish(msg.reply, data, headers=headers), "reply")
 
-    def _refused(self, endpoint: Endpoint, exc: ServiceError) -> tuple[bytes, dict[str, str]]:
+    def _refused(self, endpoint: Endpoint, exc: ServiceError) -> ServiceError:
         self._count_error(endpoint, exc.code, f"{exc.code}: {exc.description}")
-        return b"", error_headers(exc)
+        return exc
 
     def _failed(self, endpoint: Endpoint, exc: Exception) -> ServiceError:
         log.exception("%s.%s: handler failed", self._config.name, endpoint.name)
