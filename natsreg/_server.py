@@ -65,6 +65,10 @@ class NatsServer:
     The server is up when the constructor returns. Use it as a context manager, sync or
     async (``with NatsServer() as server:`` / ``async with NatsServer() as server:``), so it
     is stopped on the way out; ``args`` are extra nats-server command-line flags.
+
+    ``jetstream=True`` enables JetStream with its file store in ``store_dir``: a temporary
+    folder removed by ``stop()`` when none is given, or yours, kept (so a server started
+    again on the same folder finds its streams).
     """
 
     def __init__(
@@ -73,12 +77,20 @@ class NatsServer:
         host: str = "127.0.0.1",
         port: int = -1,
         args: tuple[str, ...] = (),
+        jetstream: bool = False,
+        store_dir: str | Path | None = None,
         start_timeout_s: float = 10.0,
     ) -> None:
         # Kept open for the server's lifetime (its log); stop() closes it.
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="nats-server-", suffix=".log"
         )
+        self._own_store: str | None = None
+        if jetstream:
+            if store_dir is None:
+                store_dir = self._own_store = tempfile.mkdtemp(prefix="nats-js-")
+            args = (*args, "-js", "-sd", str(store_dir))
+        self.store_dir = None if store_dir is None else Path(store_dir)
         command = [server_binary(), "-a", host, "-p", str(port), *args]
         # A session of its own: Ctrl-C in a terminal signals the whole foreground process
         # group, and a server that died with it would cut off the services that are still
@@ -124,6 +136,8 @@ class NatsServer:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        if self._own_store is not None:
+            shutil.rmtree(self._own_store, ignore_errors=True)
 
     def __enter__(self) -> NatsServer:
         return self

@@ -29,6 +29,8 @@ give each test its own service names or control prefix (``natsreg.Client(nc, pre
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import nats
@@ -56,11 +58,23 @@ class NatsCluster:
 
     ``advertise=False`` keeps nodes from telling clients about each other, so a client
     reconnects only to the servers it was given (to make a real outage in a test).
+    ``jetstream=True`` gives each node JetStream and a store of its own, kept across
+    ``restart(i)`` and removed by ``stop()``.
     """
 
-    def __init__(self, size: int = 3, *, name: str = "natsreg", advertise: bool = True) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        name: str = "natsreg",
+        advertise: bool = True,
+        jetstream: bool = False,
+    ) -> None:
         self._name = name
         self._advertise = advertise
+        self._stores = (
+            [tempfile.mkdtemp(prefix="nats-js-") for _ in range(size)] if jetstream else []
+        )
         self._client_ports = [free_port() for _ in range(size)]
         self._route_ports = [free_port() for _ in range(size)]
         self.nodes: list[NatsServer | None] = [None] * size
@@ -91,6 +105,8 @@ class NatsCluster:
                 f"{self._name}-{index}",
                 *(() if self._advertise else ("--no_advertise",)),
             ),
+            jetstream=bool(self._stores),
+            store_dir=self._stores[index] if self._stores else None,
         )
 
     def kill(self, index: int) -> None:
@@ -111,6 +127,8 @@ class NatsCluster:
         for node in self.nodes:
             if node is not None:
                 node.stop()
+        for store in self._stores:
+            shutil.rmtree(store, ignore_errors=True)
 
     def __enter__(self) -> NatsCluster:
         return self

@@ -12,7 +12,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -135,6 +135,14 @@ PREFIX_METADATA_KEY = "natsreg.prefix"
 Health = Literal["passing", "warning", "critical"]
 
 
+class Schemas(msgspec.Struct, gc=False, frozen=True, kw_only=True):
+    """The JSON Schemas (draft 2020-12) of an endpoint's request and response bodies, each
+    None where the endpoint does not declare a type."""
+
+    request: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+
+
 class Endpoint(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     """One endpoint of a service: where it listens and in which queue group."""
 
@@ -145,6 +153,8 @@ class Endpoint(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     #: Declared by the service: running a request twice does no harm, so a caller may retry
     #: it after a timeout.
     idempotent: bool = False
+    #: The body types of a typed endpoint; None for an untyped one.
+    schemas: Schemas | None = None
 
 
 class Load(msgspec.Struct, gc=False, kw_only=True):
