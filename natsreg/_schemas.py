@@ -131,11 +131,12 @@ def problem(schema: object) -> str | None:
     deeper than :data:`MAX_SCHEMA_DEPTH`), or None: the one rule writers and readers apply."""
     if not isinstance(schema, dict):
         return "a schema must be a JSON object"
+    # Depth first: encoding a value nested thousands deep would exhaust the C stack.
+    if _deeper_than(schema, MAX_SCHEMA_DEPTH):
+        return f"schema nested deeper than {MAX_SCHEMA_DEPTH} levels"
     encoded = size(schema)
     if encoded > MAX_SCHEMA_BYTES:
         return f"schema of {encoded} bytes, over the {MAX_SCHEMA_BYTES}-byte cap"
-    if _deeper_than(schema, MAX_SCHEMA_DEPTH):
-        return f"schema nested deeper than {MAX_SCHEMA_DEPTH} levels"
     return None
 
 
