@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 import natsreg
 from natsreg import _schemas, subjects, wire
 from tests.helpers import eventually
+from tests.test_cli import assert_one_line_error, run_cli
 
 
 class UserQuery(msgspec.Struct):
@@ -279,3 +280,45 @@ async def test_forged_announcements_with_oversized_or_deep_schemas_are_dropped(
             await nc.publish(subject, wire.encode(announcement))
         await eventually(lambda: registry.stats().dropped.get("invalid_schemas") == 2)
         assert registry.snapshot(name=name).instances == []
+
+
+async def test_natsreg_info_shows_each_endpoints_schemas(
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
+    name = f"info-{unique}"
+    async with (
+        natsreg.Registry(nc, prefix=prefix) as registry,
+        natsreg.announce(nc, _user_service(name, prefix, [])),
+    ):
+        await _announced(registry, name, 1)
+        result = await run_cli({**cli_env, "COLUMNS": "200"}, "info", name, "--prefix", prefix)
+        assert result.returncode == 0, result.stderr
+        assert "REQUEST" in result.stdout and "RESPONSE" in result.stdout
+        assert "UserQuery {id: integer}" in result.stdout
+        assert "User {id: integer, name: string}" in result.stdout
+        raw = await run_cli(cli_env, "info", name, "--prefix", prefix, "--json")
+        (endpoint,) = json.loads(raw.stdout)["instances"][0]["endpoints"]
+        assert endpoint["schemas"]["request"] == _schemas.of_type(UserQuery)
+
+
+async def test_natsreg_request_refuses_a_payload_the_schema_refuses_and_sends_nothing(
+    nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
+) -> None:
+    name, calls = f"cli-{unique}", []
+    async with (
+        natsreg.Registry(nc, prefix=prefix) as registry,
+        natsreg.announce(nc, _user_service(name, prefix, calls)),
+    ):
+        await _announced(registry, name, 1)
+        request = ("request", "--prefix", prefix, f"{name}.users")
+        refused = await run_cli(cli_env, *request, '{"id": "x"}')
+        assert_one_line_error(refused, '$.id: expected integer, got "x"', "--no-validate")
+        assert (await _stats(nc, name)).num_requests == 0
+        # --no-validate sends it: the service refuses it in turn, and counts it.
+        sent = await run_cli(cli_env, *request, '{"id": "x"}', "--no-validate")
+        assert_one_line_error(sent, "error 400", "$.id: expected `int`, got `str`")
+        assert (await _stats(nc, name)).num_requests == 1
+        good = await run_cli(cli_env, *request, '{"id": 3}')
+        assert good.returncode == 0, good.stderr
+        assert json.loads(good.stdout) == {"id": 3, "name": "alice"}
+        assert calls == [UserQuery(id=3)]
