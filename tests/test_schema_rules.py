@@ -221,6 +221,10 @@ async def bare(req):  # type: ignore[no-untyped-def]
     return None
 
 
+async def for_type_checkers(req: natsreg.Request[Any]) -> dict[str, object]:
+    return {}
+
+
 async def hidden(req: natsreg.Request[NotDefinedAnywhere]) -> None:  # type: ignore[name-defined]  # noqa: F821
     return None
 
@@ -238,7 +242,7 @@ def test_the_types_come_from_the_annotations() -> None:
     assert _typed.body_types(hidden_plain, None, None, "e") == (None, dict[str, int])
 
 
-@pytest.mark.parametrize("handler", [untyped, maybe, bare])
+@pytest.mark.parametrize("handler", [untyped, maybe, bare, for_type_checkers])
 def test_payload_as_it_is_annotations_declare_no_type(handler: Any) -> None:
     assert _typed.body_types(handler, None, None, "e") == (None, None)
     assert not _typed.body_types(handler, None, None, "e").typed

@@ -97,7 +97,15 @@ def _request_type(annotation: Any, what: str) -> Any:
 def _response_type(annotation: Any, what: str) -> Any:
     if isinstance(annotation, _Unresolved):
         raise _unresolved(what, annotation)
-    return None if _is_untyped(annotation) else annotation
+    if _is_untyped(annotation):
+        return None
+    try:
+        msgspec.json.schema(annotation)
+    except (TypeError, ValueError):
+        # A return annotation written for type checkers (``dict[str, object]``), not a
+        # declared wire type: the endpoint stays untyped, as it always was.
+        return None
+    return annotation
 
 
 def _is_untyped(annotation: Any) -> bool:
