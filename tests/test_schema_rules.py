@@ -3,6 +3,7 @@ caps every reader applies, the ADR-32 metadata form, and how a handler's types a
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -240,6 +241,15 @@ async def hidden_plain(req: NotDefinedAnywhere) -> dict[str, int]:  # type: igno
 def test_the_types_come_from_the_annotations() -> None:
     assert _typed.body_types(typed, None, None, "e") == (UserQuery, User)
     assert _typed.body_types(hidden_plain, None, None, "e") == (None, dict[str, int])
+
+
+def test_a_decorated_handlers_types_are_those_of_the_function_it_wraps() -> None:
+    @functools.wraps(typed)
+    async def logged(req: Any) -> Any:
+        return await typed(req)
+
+    assert _typed.body_types(logged, None, None, "e") == (UserQuery, User)
+    assert _typed.body_types(functools.partial(typed), None, None, "e") == (None, None)
 
 
 @pytest.mark.parametrize("handler", [untyped, maybe, bare, for_type_checkers])
