@@ -12,6 +12,9 @@ and takes the difference so that start-up cancels out:
 
     python bench/typed.py                  # 2,000 and 8,000 requests per mode (~1 min)
     python bench/typed.py --requests 500
+    python bench/typed.py --fleet 50000    # a peer's snapshot of typed instances, decoded and
+                                           # checked as a warming registry node does, against
+                                           # the same fleet untyped (time, same run)
 
 Needs valgrind (Debian: apt-get install -y valgrind). Results: bench/RESULTS.md, "Typed
 endpoints".
@@ -21,16 +24,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from natsreg import _schemas, wire
 from natsreg._codec import to_bytes
 from natsreg.service._request import Request
 from natsreg.service._typed import BodyTypes, validating
@@ -95,13 +101,55 @@ def _instructions(mode: str, requests: int) -> int:
         return int(match.group(1))
 
 
+class Profile(msgspec.Struct):
+    id: int
+    name: str
+    email: str
+    roles: list[str]
+    address: dict[str, str] = {}
+
+
+def _fleet(instances: int) -> None:
+    """Decode and check a snapshot of ``instances`` (two endpoints each), typed and not."""
+    schemas = wire.Schemas(request=_schemas.of_type(UserQuery), response=_schemas.of_type(Profile))
+    print(f"| {instances:,} instances | decode | check | bytes |")
+    print("|---|---:|---:|---:|")
+    for typed in (None, schemas):
+        endpoints = [
+            wire.Endpoint(name=f"e{n}", subject=f"svc.e{n}", queue_group="svc", schemas=typed)
+            for n in range(2)
+        ]
+        views = [
+            wire.InstanceView(id=f"i{n}", name="svc", version="1.0.0", endpoints=endpoints)
+            for n in range(instances)
+        ]
+        data = wire.encode(wire.Snapshot(node="n", revision=1, instances=views))
+        del views
+        gc.collect()
+        started = time.perf_counter()
+        snapshot = wire.decode_snapshot(data)
+        decoded = time.perf_counter()
+        for view in snapshot.instances:
+            wire.check(view)
+        checked = time.perf_counter()
+        del snapshot
+        print(
+            f"| {'typed' if typed else 'untyped'} | {decoded - started:.2f} s "
+            f"| {checked - decoded:.2f} s | {len(data) / 1e6:.1f} MB |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="N (then 4N) per mode")
+    parser.add_argument("--fleet", type=int, metavar="N", help="decode and check N instances")
     parser.add_argument("--run", choices=sorted(HANDLERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.requests < 1:
-        parser.error("--requests must be at least 1")
+    if args.requests < 1 or (args.fleet is not None and not 1 <= args.fleet <= 200_000):
+        parser.error("--requests must be at least 1, --fleet between 1 and 200000")
+    if args.fleet:
+        _fleet(args.fleet)
+        return
     if args.run:
         asyncio.run(_serve(args.run, args.requests))
         return
