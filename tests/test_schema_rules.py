@@ -413,3 +413,13 @@ def test_the_schemas_checked_are_those_of_every_instance_a_call_may_reach() -> N
         wire.Schemas(request=_schemas.truncated("x")),
     ):
         assert schemas([*fleet, _instance("3.0.0", open_)], parse_target("svc.users"), {}) == []
+
+
+def test_only_schemas_within_the_caps_are_remembered_and_at_most_so_many() -> None:
+    deep = _nested(_schemas.MAX_SCHEMA_DEPTH + 1)
+    for _ in range(2):  # asked again, still refused: a refusal is never remembered
+        assert _schemas.problem(deep) is not None
+    for n in range(_schemas._REMEMBERED + 10):
+        assert _schemas.problem({"description": str(n)}) is None
+    assert len(_schemas._within_caps) == _schemas._REMEMBERED
+    assert _schemas.problem(deep) is not None
