@@ -263,9 +263,8 @@ class _Builder:
         own = {
             "/_natsreg/health": ("the bridge's NATS connection: 200 connected, 503 not", False),
             "/_natsreg/openapi.json": ("this document", True),
+            "/_natsreg/services": ("the registry's view of the services (JSON)", True),
         }
-        if self.config.expose_registry:
-            own["/_natsreg/services"] = ("the registry's view of the services (JSON)", True)
         for path, (summary, guarded) in own.items():
             operation: dict[str, Any] = {
                 "operationId": self._operation_id("GET", path),
