@@ -71,8 +71,15 @@ _COMPONENT_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME_CHARS = 128
 
 _encode = msgspec.json.Encoder(order="deterministic").encode
-_check_2020 = jsonschema.Draft202012Validator.check_schema
-_check_07 = jsonschema.Draft7Validator.check_schema
+
+
+def _metaschema(cls: Any) -> Any:
+    # What cls.check_schema does, built once: building it on every call is most of the cost.
+    return cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER)
+
+
+_VALID_2020 = _metaschema(jsonschema.Draft202012Validator)
+_VALID_07 = _metaschema(jsonschema.Draft7Validator)
 
 Dialect = Literal["openapi", "asyncapi"]
 
@@ -202,24 +209,20 @@ class SchemaBook:
 
     def _file(self, schema: dict[str, Any], owner: str) -> dict[str, Any]:
         _bounded(schema)
-        try:
-            _check_2020(schema)
-        except (jsonschema.SchemaError, RecursionError, ValueError, TypeError) as exc:
-            raise _Dropped from exc
         defs = schema.get("$defs", {})
         if not isinstance(defs, dict) or len(defs) > _MAX_DEFS:
+            raise _Dropped
+        if not _valid(_VALID_2020, schema):
             raise _Dropped
         root = {k: v for k, v in schema.items() if k not in ("$defs", "$schema")}
         names = self._name(defs, owner)
         rewrite = _rewriter(names, self.ref_base, self.dialect)
         rewritten_root = rewrite(root)
         rewritten_defs = {names[d]: rewrite(body) for d, body in defs.items()}
-        if self.dialect == "asyncapi":
-            for body in (rewritten_root, *rewritten_defs.values()):
-                try:
-                    _check_07(body)
-                except (jsonschema.SchemaError, RecursionError) as exc:
-                    raise _Dropped from exc
+        if self.dialect == "asyncapi" and not all(
+            _valid(_VALID_07, b) for b in (rewritten_root, *rewritten_defs.values())
+        ):
+            raise _Dropped
         self.schemas.update(rewritten_defs)
         return rewritten_root if isinstance(rewritten_root, dict) else {}
 
@@ -295,15 +298,33 @@ def _discriminator(
     value: dict[str, Any], names: Mapping[str, str], ref_base: str, dialect: Dialect
 ) -> Any:
     name = value.get("propertyName")
-    if not isinstance(name, str):
+    mapping = value.get("mapping", {})
+    if not isinstance(name, str) or not isinstance(mapping, dict):
         raise _Dropped
+    refs = {str(k): _ref(v, names, ref_base) for k, v in mapping.items()}
     if dialect == "asyncapi":
         return name  # AsyncAPI's discriminator is the property's name only
-    out: dict[str, Any] = {"propertyName": name}
-    mapping = value.get("mapping")
-    if isinstance(mapping, dict):
-        out["mapping"] = {str(k): _ref(v, names, ref_base) for k, v in mapping.items()}
-    return out
+    return {"propertyName": name, "mapping": refs} if refs else {"propertyName": name}
+
+
+# Verdicts on schemas already checked, by their encoding: checking takes milliseconds a schema
+# (jsonschema walks the metaschema), and a fleet's schemas rarely change between documents.
+# Only _MAX_VERDICTS are kept, so that hostile schemas cost no more than they did.
+_verdicts: dict[tuple[int, bytes], bool] = {}
+_MAX_VERDICTS = 4096
+
+
+def _valid(metaschema: Any, schema: Any) -> bool:
+    key = (id(metaschema), _encode(schema))
+    verdict = _verdicts.get(key)
+    if verdict is None:
+        try:
+            verdict = bool(metaschema.is_valid(schema))
+        except (RecursionError, ValueError, TypeError):
+            verdict = False
+        if len(_verdicts) < _MAX_VERDICTS:
+            _verdicts[key] = verdict
+    return verdict
 
 
 def _bounded(schema: Any) -> None:

@@ -282,7 +282,12 @@ class _Builder:
 
     def _components(self) -> dict[str, Any]:
         _, defs = msgspec.json.schema_components([ErrorBody])
-        body = dict(defs["ErrorBody"], title="natsreg bridge error")
+        body = dict(
+            defs["ErrorBody"],
+            title="natsreg bridge error",
+            description="What went wrong (`error`, a name from the status table; `message`, "
+            "in words), and the service and endpoint the path named, if any.",
+        )
         components: dict[str, Any] = {
             "schemas": {"natsreg.Error": body, **self.book.schemas},
             "responses": {

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import anyio
 from nats.aio.client import Client as NATS
 
 from .. import _probes, wire
@@ -56,6 +57,7 @@ class OwnResources:
         self._openapi_of: tuple[str, int] | None = None
         self._openapi: dict[str, Any] = {}
         self._openapi_bodies: dict[str, bytes] = {}
+        self._openapi_lock = anyio.Lock()
 
     async def serve(
         self, bridge: _Served, head: Head, send: Send, cors: Iterable[tuple[bytes, bytes]]
@@ -108,7 +110,7 @@ class OwnResources:
                 await refuse(send, Refusal(status, error, str(exc)), cors)
                 return
             if path == "/_natsreg/openapi.json":
-                body = self._openapi_json(snapshot, head.host)
+                body = await self._openapi_json(snapshot, head.host)
             await respond(send, 200, JSON, body, cors)
         else:
             await refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
@@ -137,16 +139,21 @@ class OwnResources:
         self._registry_view = None if snapshot.warming_up else (time.monotonic(), snapshot, body)
         return snapshot, body
 
-    def _openapi_json(self, snapshot: wire.Snapshot, host: bytes | None) -> bytes:
+    async def _openapi_json(self, snapshot: wire.Snapshot, host: bytes | None) -> bytes:
         """The OpenAPI document of ``snapshot``, its server the bridge as ``host`` names it
         (relative when no usable Host came)."""
         server = f"http://{host.decode()}" if host and _HOST.match(host) else "/"
         # A warming node's view may miss instances: its document is built, not kept.
         version = None if snapshot.warming_up else (snapshot.node, snapshot.revision)
-        if version is None or version != self._openapi_of:
-            self._openapi = openapi(snapshot.instances, self.config)
-            self._openapi_bodies = {}
-            self._openapi_of = version
+        async with self._openapi_lock:
+            # One build at a time, in a thread: checking a large fleet's schemas takes a
+            # while, and requests to services go on meanwhile.
+            if version is None or version != self._openapi_of:
+                self._openapi = await anyio.to_thread.run_sync(
+                    openapi, snapshot.instances, self.config
+                )
+                self._openapi_bodies = {}
+                self._openapi_of = version
         body = self._openapi_bodies.get(server)
         if body is None:
             body = encode({**self._openapi, "servers": [{"url": server}]})
