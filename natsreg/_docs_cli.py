@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 from nats.aio.client import Client as NATS
 
 from . import wire
-from ._apidocs import asyncapi
 from .client._registry_api import RegistryApi
 
 __all__ = ["FORMATS", "add_parser", "asyncapi_document", "write"]
@@ -56,6 +54,9 @@ async def asyncapi_document(
 ) -> tuple[dict[str, Any], wire.Snapshot]:
     """The AsyncAPI document of what the registry on ``prefix`` lists, its servers
     ``servers``; and the registry's answer it came from (whether it was warming up...)."""
+    # Imported here: jsonschema takes a while to import, and every other command would pay.
+    from ._apidocs import asyncapi
+
     snapshot = await RegistryApi(nc, prefix=prefix).instances()
     return asyncapi(snapshot.instances, servers), snapshot
 
@@ -68,6 +69,8 @@ def write(document: dict[str, Any], output: str | None, fmt: str | None) -> None
     if fmt == "json":
         text = msgspec.json.format(msgspec.json.encode(document), indent=2).decode() + "\n"
     else:
+        import yaml  # only this command writes YAML
+
         text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
     if output is None:
         sys.stdout.write(text)

@@ -19,7 +19,6 @@ from ..errors import NatsregError
 from ._access import challenge, credential
 from ._config import BridgeConfig
 from ._head import Head
-from ._openapi import openapi
 from ._responses import JSON, Send, encode, refuse, respond, status_for, unauthorized
 from ._routes import Refusal
 
@@ -149,6 +148,10 @@ class OwnResources:
             # One build at a time, in a thread: checking a large fleet's schemas takes a
             # while, and requests to services go on meanwhile.
             if version is None or version != self._openapi_of:
+                # Imported on first use: jsonschema takes a while to import, and a bridge
+                # that is never asked for its document need not pay.
+                from ._openapi import openapi
+
                 self._openapi = await anyio.to_thread.run_sync(
                     openapi, snapshot.instances, self.config
                 )
