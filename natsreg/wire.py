@@ -50,6 +50,7 @@ __all__ = [
     "Load",
     "MassExpiry",
     "NodeStats",
+    "Schemas",
     "ServiceList",
     "ServiceSummary",
     "Snapshot",
