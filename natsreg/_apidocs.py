@@ -7,9 +7,10 @@ takes their JSON Schemas into a document's ``components``; :func:`asyncapi` buil
 parts (``natsreg.bridge._openapi``).
 
 Names and schemas come from the bus, so from anyone who may publish there: a schema is taken
-only when it is a valid JSON Schema (draft 2020-12), within size and depth bounds, and refers
-to nothing but its own ``$defs``; anything else is dropped (the endpoint is then documented as
-untyped) and the document stays valid. Every list a document holds is bounded.
+only when it keeps within the caps every reader applies (:func:`natsreg._schemas.problem`), is
+a valid JSON Schema (draft 2020-12) and refers to nothing but its own ``$defs``; anything else
+is dropped (the endpoint is then documented as untyped) and the document stays valid. Every
+list a document holds is bounded.
 """
 
 from __future__ import annotations
@@ -22,30 +23,24 @@ from typing import Any, Literal
 import jsonschema
 import msgspec
 
-from . import __version__, wire
+from . import __version__, _schemas, wire
 from ._semver import Constraint, Version, parse_version
 
 __all__ = [
     "MAX_DOCUMENT_SCHEMA_BYTES",
     "MAX_OPERATIONS",
-    "MAX_SCHEMA_BYTES",
     "Offered",
     "SchemaBook",
     "asyncapi",
     "offered",
 ]
 
-#: One schema, encoded: what an announcement could carry at most.
-MAX_SCHEMA_BYTES = wire.MAX_CONTROL_BYTES
 #: All the schemas of one document, encoded; past it, further endpoints are documented untyped.
 MAX_DOCUMENT_SCHEMA_BYTES = 8 * 1024 * 1024
 #: Endpoints (subjects) one document describes; past it, the rest are left out and counted.
 MAX_OPERATIONS = 4096
-# A schema's nesting and size in nodes, and its $defs: msgspec's schemas nest a few levels
-# (each Struct is a $ref) and hold tens of definitions; these bound the work a hostile one
-# costs (naming its definitions is quadratic in their count).
-_MAX_DEPTH = 32
-_MAX_NODES = 4096
+# A schema's $defs: naming them in a document is quadratic in their count (SchemaBook._name),
+# and a real one holds tens at most (natsreg._schemas.of_type keeps only shared ones).
 _MAX_DEFS = 128
 
 # Keywords whose value is data, not schemas: never walked (a "$ref" inside is a value).
@@ -181,21 +176,21 @@ class SchemaBook:
         """``schema`` as the document holds it, its definitions filed under ``owner``."""
         if schema is None:
             return None
-        try:
-            encoded = _encode(schema)
-        except (TypeError, ValueError, RecursionError):
-            encoded = b""
+        if (
+            not isinstance(schema, dict)
+            or _schemas.is_truncated(schema)
+            or _schemas.problem(schema)
+        ):
+            # Over the caps, or the marker of a schema its sender left out.
+            self.dropped += 1
+            return None
+        encoded = _encode(schema)
         key = (owner, encoded)
         if key in self._taken:
             result: dict[str, Any] | None = self._taken[key]
             return result
         result = None
-        if (
-            encoded
-            and len(encoded) <= MAX_SCHEMA_BYTES
-            and self._bytes + len(encoded) <= MAX_DOCUMENT_SCHEMA_BYTES
-            and isinstance(schema, dict)
-        ):
+        if self._bytes + len(encoded) <= MAX_DOCUMENT_SCHEMA_BYTES:
             try:
                 result = self._file(schema, owner)
                 self._bytes += len(encoded)
@@ -208,7 +203,6 @@ class SchemaBook:
         return result
 
     def _file(self, schema: dict[str, Any], owner: str) -> dict[str, Any]:
-        _bounded(schema)
         defs = schema.get("$defs", {})
         if not isinstance(defs, dict) or len(defs) > _MAX_DEFS:
             raise _Dropped
@@ -325,22 +319,6 @@ def _valid(metaschema: Any, schema: Any) -> bool:
         if len(_verdicts) < _MAX_VERDICTS:
             _verdicts[key] = verdict
     return verdict
-
-
-def _bounded(schema: Any) -> None:
-    """Raise _Dropped if ``schema`` nests deeper than _MAX_DEPTH or holds over _MAX_NODES
-    values; iterative, so that no nesting can exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(schema, 0)]
-    count = 0
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if depth > _MAX_DEPTH or count > _MAX_NODES:
-            raise _Dropped
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
 
 
 def _component_name(text: str) -> str:

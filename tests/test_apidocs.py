@@ -47,20 +47,20 @@ class User(msgspec.Struct):
 
 @dataclass
 class Fleet:
-    typed: str
-    untyped: str
+    natsreg: str
+    foreign: str
     micro: str
 
 
-async def announce_typed(nc: NATS, prefix: str, name: str) -> None:
+async def announce_foreign(nc: NATS, prefix: str, name: str) -> None:
     """A service in another language, as the bus sees it: a hand-made announcement whose
-    endpoint ``users`` carries JSON Schemas (and ``bad``, a schema no document may hold), and
+    endpoint ``lookup`` carries JSON Schemas (and ``bad``, a schema no document may hold), and
     a responder on its subject."""
 
-    async def users(msg: Msg) -> None:
+    async def lookup(msg: Msg) -> None:
         await msg.respond(b'{"id": 1, "name": "alice"}')
 
-    await nc.subscribe(f"{name}.users", queue=name, cb=users)
+    await nc.subscribe(f"{name}.lookup", queue=name, cb=lookup)
     announcement = wire.Announce(
         id=f"{name}-1",
         name=name,
@@ -69,12 +69,11 @@ async def announce_typed(nc: NATS, prefix: str, name: str) -> None:
         heartbeat_s=wire.MAX_HEARTBEAT_S,
         endpoints=[
             wire.Endpoint(
-                name="users",
-                subject=f"{name}.users",
+                name="lookup",
+                subject=f"{name}.lookup",
                 queue_group=name,
                 schemas=wire.Schemas(
-                    request=msgspec.json.schema(UserQuery),
-                    response=msgspec.json.schema(User),
+                    request=msgspec.json.schema(UserQuery), response=msgspec.json.schema(User)
                 ),
             ),
             wire.Endpoint(
@@ -93,12 +92,17 @@ async def announce_typed(nc: NATS, prefix: str, name: str) -> None:
 
 @asynccontextmanager
 async def live_fleet(nc: NATS, prefix: str, unique: str) -> AsyncIterator[Fleet]:
-    """A registry node and three services: typed (hand-made announcement), untyped (a
-    natsreg service), and a plain ADR-32 one (nats.micro)."""
-    fleet = Fleet(f"typed-{unique}", f"untyped-{unique}", f"micro-{unique}")
-    untyped = natsreg.announce(nc, fleet.untyped, version="1.0.0", prefix=prefix)
+    """A registry node and three services: a natsreg one (``users`` typed, ``echo`` not), one
+    in another language (a hand-made announcement), and a plain ADR-32 one (nats.micro, its
+    request schema in its endpoint metadata)."""
+    fleet = Fleet(f"py-{unique}", f"foreign-{unique}", f"micro-{unique}")
+    svc = natsreg.announce(nc, fleet.natsreg, version="1.0.0", prefix=prefix)
 
-    @untyped.endpoint("echo")
+    @svc.endpoint("users", request=UserQuery, response=User)
+    async def users(req: natsreg.Request[UserQuery]) -> User:
+        return User(id=req.body.id, name="alice")
+
+    @svc.endpoint("echo")
     async def echo(req: natsreg.Request) -> bytes:
         return req.data
 
@@ -106,14 +110,19 @@ async def live_fleet(nc: NATS, prefix: str, unique: str) -> AsyncIterator[Fleet]
         await req.respond(b"3")
 
     micro = await add_service(nc, name=fleet.micro, version="0.3.0")
-    await micro.add_endpoint(name="add", subject=f"{fleet.micro}.add", handler=add)
+    await micro.add_endpoint(
+        name="add",
+        subject=f"{fleet.micro}.add",
+        handler=add,
+        metadata={"request_schema": json.dumps({"type": "array", "items": {"type": "number"}})},
+    )
     try:
-        async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry, untyped:
+        async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry, svc:
             await until_warm(nc, prefix)
-            await announce_typed(nc, prefix, fleet.typed)
+            await announce_foreign(nc, prefix, fleet.foreign)
             await eventually(
                 lambda: (
-                    {fleet.typed, fleet.untyped, fleet.micro}
+                    {fleet.natsreg, fleet.foreign, fleet.micro}
                     <= {i.name for i in registry.snapshot().instances}
                 ),
                 what="the three services listed",
@@ -132,9 +141,11 @@ async def serving(nc: NATS, **settings: Any) -> AsyncIterator[tuple[str, httpx.A
         yield running.url, http
 
 
-def schema_of(document: dict[str, Any], ref: dict[str, str]) -> dict[str, Any]:
-    name = ref["$ref"].removeprefix("#/components/schemas/")
-    found: dict[str, Any] = document["components"]["schemas"][name]
+def schema_of(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or the component it refers to."""
+    if "$ref" not in schema:
+        return schema
+    found: dict[str, Any] = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
     return found
 
 
@@ -143,7 +154,9 @@ async def test_the_bridge_serves_a_valid_openapi_document_of_every_route(
 ) -> None:
     async with live_fleet(nc, prefix, unique) as fleet:
         routes = (
-            Route(path="/api/people", subject=f"{fleet.typed}.users", methods=frozenset({"POST"})),
+            Route(
+                path="/api/people", subject=f"{fleet.natsreg}.users", methods=frozenset({"POST"})
+            ),
         )
         async with serving(nc, prefix=prefix, routes=routes, registry_refresh_s=0.1) as (
             url,
@@ -156,21 +169,24 @@ async def test_the_bridge_serves_a_valid_openapi_document_of_every_route(
             validate(document)
             assert document["servers"] == [{"url": url}]
             paths = document["paths"]
-            typed = paths[f"/{fleet.typed}/users"]["post"]
-            request = typed["requestBody"]["content"]["application/json"]["schema"]
-            assert schema_of(document, request)["required"] == ["id"]
-            reply_schema = typed["responses"]["200"]["content"]["application/json"]["schema"]
-            assert schema_of(document, reply_schema)["required"] == ["id", "name"]
-            assert paths["/api/people"]["post"]["requestBody"]["content"] == {
-                "application/json": {"schema": request}
+            for typed in (f"/{fleet.natsreg}/users", f"/{fleet.foreign}/lookup", "/api/people"):
+                operation = paths[typed]["post"]
+                request = operation["requestBody"]["content"]["application/json"]["schema"]
+                assert schema_of(document, request)["required"] == ["id"], typed
+                reply_schema = operation["responses"]["200"]["content"]["application/json"]
+                assert schema_of(document, reply_schema["schema"])["required"] == ["id", "name"]
+            assert paths[f"/{fleet.natsreg}/echo"]["post"]["requestBody"]["content"] == {"*/*": {}}
+            micro = paths[f"/{fleet.micro}/add"]
+            assert "plain ADR-32" in micro["description"]
+            assert micro["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+                "type": "array",
+                "items": {"type": "number"},
             }
-            assert paths[f"/{fleet.untyped}/echo"]["post"]["requestBody"]["content"] == {"*/*": {}}
-            assert "plain ADR-32" in paths[f"/{fleet.micro}/add"]["description"]
             # The schema that reaches out of itself is dropped; the endpoint stays.
-            assert paths[f"/{fleet.typed}/bad"]["post"]["requestBody"]["content"] == {"*/*": {}}
+            assert paths[f"/{fleet.foreign}/bad"]["post"]["requestBody"]["content"] == {"*/*": {}}
             # What the document says, the bridge does.
-            called = await http.post("/api/people", json={"id": 1})
-            assert called.json() == {"id": 1, "name": "alice"}
+            called = await http.post("/api/people", json={"id": 7})
+            assert called.json() == {"id": 7, "name": "alice"}
 
             # Built once per registry revision: the same bytes until the view changes...
             again = await http.get("/_natsreg/openapi.json")
@@ -258,26 +274,14 @@ async def test_docs_asyncapi_writes_a_document_the_official_parser_accepts(
     errors = checked.stderr.splitlines()
     assert errors and all(line.startswith(names[2] + ": ") for line in errors), errors
     assert document["servers"]["nats"]["host"] == nats_url.removeprefix("nats://")
-    operation = document["operations"][f"{fleet.typed}.users"]
-    assert operation["action"] == "send"
-    assert operation["bindings"]["nats"]["queue"] == fleet.typed
-    channel = document["channels"][f"{fleet.typed}.users"]
-    assert channel["address"] == f"{fleet.typed}.users"
-    payload = channel["messages"]["request"]["payload"]
-    assert document["components"]["schemas"][payload["$ref"].rsplit("/", 1)[1]]["required"] == [
-        "id"
-    ]
-    assert f"{fleet.untyped}.echo" in document["operations"]
-    assert f"{fleet.micro}.add" in document["operations"]
-
-
-async def test_docs_asyncapi_says_what_to_do_without_a_registry(
-    nats_url: str, prefix: str, tmp_path: Path
-) -> None:
-    env = {**os.environ, "NATS_URL": nats_url, "NATSREG_PREFIX": prefix}
-    target = tmp_path / "fleet.yaml"
-    target.write_text("previous\n")
-    result = await run_cli(env, "docs", "asyncapi", "-o", str(target))
-    assert result.returncode == 1
-    assert "natsreg registry" in result.stderr and len(result.stderr.splitlines()) == 1
-    assert target.read_text() == "previous\n"
+    for typed in (f"{fleet.natsreg}.users", f"{fleet.foreign}.lookup"):
+        operation = document["operations"][typed]
+        assert operation["action"] == "send"
+        assert operation["bindings"]["nats"]["queue"] == typed.split(".")[0]
+        channel = document["channels"][typed]
+        assert channel["address"] == typed
+        payload = channel["messages"]["request"]["payload"]
+        assert schema_of(document, payload)["required"] == ["id"]
+    assert f"{fleet.natsreg}.echo" in document["operations"]
+    micro = document["channels"][f"{fleet.micro}.add"]["messages"]["request"]
+    assert micro["payload"] == {"type": "array", "items": {"type": "number"}}

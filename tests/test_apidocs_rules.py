@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from openapi_spec_validator import validate
 
-from natsreg import _apidocs, wire
+from natsreg import _apidocs, _schemas, wire
 from natsreg._apidocs import SchemaBook, asyncapi, offered
 from natsreg.bridge import Auth, BridgeConfig, Route
 from natsreg.bridge._openapi import openapi
@@ -279,7 +279,8 @@ HOSTILE: dict[str, Any] = {
     "a bare string": "string",
     "too deep": _deep(200),
     "deeper than the stack": _deep(5000),
-    "too many nodes": {"enum": list(range(20_000))},
+    "too large": {"enum": list(range(20_000))},
+    "left out by its sender": _schemas.truncated("schema of 99999 bytes, over the cap"),
     "too many definitions": {"$defs": {f"D{i}": {} for i in range(500)}},
     "discriminator to elsewhere": {
         "anyOf": [{}],
