@@ -171,17 +171,20 @@ class SchemaBook:
         self.dropped = 0
         self._bytes = 0
         self._taken: dict[tuple[str, bytes], Any] = {}
+        self._refused: set[int] = set()
 
     def take(self, schema: object, owner: str) -> dict[str, Any] | None:
         """``schema`` as the document holds it, its definitions filed under ``owner``."""
-        if schema is None:
+        if schema is None or id(schema) in self._refused:
             return None
         if (
             not isinstance(schema, dict)
             or _schemas.is_truncated(schema)
             or _schemas.problem(schema)
         ):
-            # Over the caps, or the marker of a schema its sender left out.
+            # Over the caps, or the marker of a schema its sender left out: not encoded,
+            # so known again by identity (the document is built from one view).
+            self._refused.add(id(schema))
             self.dropped += 1
             return None
         encoded = _encode(schema)
