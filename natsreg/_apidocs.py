@@ -25,6 +25,7 @@ import msgspec
 
 from . import __version__, _schemas, wire
 from ._semver import Constraint, Version, parse_version
+from .errors import ConfigError
 
 __all__ = [
     "MAX_DOCUMENT_SCHEMA_BYTES",
@@ -143,7 +144,7 @@ def offered(instances: Iterable[wire.InstanceView]) -> tuple[list[Offered], int]
 def _version(text: str) -> Version | None:
     try:
         return parse_version(text)
-    except Exception:
+    except ConfigError:
         # A plain ADR-32 service's version is checked by the registry too; should one not
         # parse, it ranks below every version that does.
         return None

@@ -197,9 +197,12 @@ def test_the_newest_version_describes_a_subject_served_by_several() -> None:
     views = [
         instance("users", "1.2.0", endpoint("users", "get", schemas(UserQuery, User))),
         instance("users", "1.10.0", endpoint("users", "get", schemas(UserQuery, UserV2))),
+        # Not SemVer (the registry refuses it; a hand-made view need not): ranks last.
+        instance("users", "latest", endpoint("users", "get", schemas(UserQuery, User))),
     ]
     (item,), left_out = offered(views)
-    assert left_out == 0 and item.versions == ("1.10.0", "1.2.0") and item.instances == 2
+    assert left_out == 0 and item.instances == 3
+    assert item.versions == ("1.10.0", "1.2.0", "latest")
     document = openapi(views, BridgeConfig())
     reply = document["paths"]["/users/get"]["post"]["responses"]["200"]["content"]
     assert reply["application/json"]["schema"] == ref("users.UserV2")
