@@ -26,10 +26,12 @@ from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 from openapi_spec_validator import validate
+from test_apidocs_rules import HOSTILE, endpoint, hostile_fleet, instance
 from test_cli import run_cli
 
 import natsreg
 from natsreg import bridge, subjects, wire
+from natsreg._apidocs import asyncapi
 from natsreg.bridge import Auth, BridgeConfig, Route
 
 JS = Path(__file__).parent / "js"
@@ -262,17 +264,26 @@ async def test_docs_asyncapi_writes_a_document_the_official_parser_accepts(
     assert json.loads((tmp_path / "fleet.json").read_text())["channels"].keys() == (
         document["channels"].keys()
     )
-    # One run of the parser for all three: a broken document beside them shows that it
-    # reports errors, and names the file.
+    # One run of the parser for them all: beside the two written, the document of a fleet
+    # whose schemas and names no document could hold as they are (tagged unions, tuples,
+    # every hostile schema of the pure tests, unicode, a queue group over the binding's
+    # limit); and a broken document, which shows that the parser reports errors and names
+    # the file.
+    odd = [instance("odd", "1.0.0", endpoint("odd", "x", subject="odd.x.ü", queue_group="q" * 256))]
+    hostile = asyncapi([*hostile_fleet(*HOSTILE), *odd], ["tls://127.0.0.1:4443"])
+    assert hostile["operations"]["odd.x._"]["x-natsreg-queue-group"] == "q" * 256
+    (tmp_path / "hostile.json").write_text(json.dumps(hostile))
     broken = {"asyncapi": "3.0.0", "info": {"title": "x"}, "operations": {"o": {"action": "x"}}}
     (tmp_path / "broken.json").write_text(json.dumps(broken))
-    names = [str(tmp_path / name) for name in ("fleet.yaml", "fleet.json", "broken.json")]
+    names = [
+        str(tmp_path / name) for name in ("fleet.yaml", "fleet.json", "hostile.json", "broken.json")
+    ]
     checked = await anyio.to_thread.run_sync(
         lambda: subprocess.run([*parser, *names], capture_output=True, text=True, timeout=120)
     )
     assert checked.returncode == 1
     errors = checked.stderr.splitlines()
-    assert errors and all(line.startswith(names[2] + ": ") for line in errors), errors
+    assert errors and all(line.startswith(names[-1] + ": ") for line in errors), errors
     assert document["servers"]["nats"]["host"] == nats_url.removeprefix("nats://")
     for typed in (f"{fleet.natsreg}.users", f"{fleet.foreign}.lookup"):
         operation = document["operations"][typed]
