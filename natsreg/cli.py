@@ -30,7 +30,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from . import __version__, _origin, _schema_cli, _trace, logs, subjects, wire
+from . import __version__, _docs_cli, _origin, _schema_cli, _trace, logs, subjects, wire
 from ._gather import gather
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_lookups,
         _add_request,
         _add_watch,
+        _docs_cli.add_parser,
     ):
         add(commands, common)
     _add_auth(commands)
@@ -1111,6 +1112,25 @@ async def _cmd_info(args: argparse.Namespace) -> int:
     return await _with_connection(args, run)
 
 
+async def _cmd_docs(args: argparse.Namespace) -> int:
+    async def run(nc: NATS) -> int:
+        document, snapshot = await _docs_cli.asyncapi_document(nc, args.prefix, [args.server])
+        if snapshot.warming_up:
+            _say(_warming(snapshot.node), logging.WARNING)
+        if _json_lines and args.output is None:
+            _print_data(document)  # every line JSON, the document's one too
+            return 0
+        try:
+            _docs_cli.write(document, args.output, args.format)
+        except OSError as exc:
+            raise _CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+        if args.output is not None:
+            _say(f"wrote {args.output}: {len(document['operations'])} operations")
+        return 0
+
+    return await _with_connection(args, run)
+
+
 async def _gather_stats(nc: NATS, service: str, wait_s: float = 0.3) -> list[wire.SrvStats]:
     decoder = msgspec.json.Decoder(wire.SrvStats)
     stats: list[wire.SrvStats] = []
@@ -1437,6 +1457,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "info": _cmd_info,
     "request": _cmd_request,
     "watch": _cmd_watch,
+    "docs": _cmd_docs,
     "auth": _cmd_auth,
 }
 

@@ -1,14 +1,16 @@
 """The bridge's own resources, under ``/_natsreg/``: health, the probes (metrics, liveness,
-readiness) and the registry's view of the services. Off the request path: nothing here runs
-for a request to a service.
+readiness), the registry's view of the services and the OpenAPI document of the routes. Off the
+request path: nothing here runs for a request to a service.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import anyio
 from nats.aio.client import Client as NATS
 
 from .. import _probes, wire
@@ -24,6 +26,12 @@ __all__ = ["OwnResources"]
 
 # The probes of natsreg._probes, under the bridge's own path.
 _PROBES = frozenset({"/_natsreg/metrics", "/_natsreg/healthz", "/_natsreg/readyz"})
+# What the registry's view shows: the services, and the OpenAPI document of their routes.
+_VIEWS = frozenset({"/_natsreg/services", "/_natsreg/openapi.json"})
+# A Host header that may stand in the document's server URL: a name or address, and a port.
+_HOST = re.compile(rb"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+# Encoded documents kept per view revision, one per Host name asked for.
+_MAX_HOSTS = 16
 
 
 class _Served(Protocol):
@@ -42,7 +50,13 @@ class OwnResources:
         self._nc = nc
         self._client = client
         self.config = config
-        self._registry_view: tuple[float, bytes] | None = None
+        self._registry_view: tuple[float, wire.Snapshot, bytes] | None = None
+        # The OpenAPI document of the view of one registry node at one revision, and its
+        # encodings by server URL: a scrape storm costs an encoding per Host at most.
+        self._openapi_of: tuple[str, int] | None = None
+        self._openapi: dict[str, Any] = {}
+        self._openapi_bodies: dict[str, bytes] = {}
+        self._openapi_lock = anyio.Lock()
 
     async def serve(
         self, bridge: _Served, head: Head, send: Send, cors: Iterable[tuple[bytes, bytes]]
@@ -52,18 +66,13 @@ class OwnResources:
         # object, and a cycle would keep a dropped bridge (and its figures) alive until the
         # garbage collector's next pass.
         sent = _Sent(send)
-        await self._answer(bridge, head.path, head.method, head.credentials, sent, cors)
+        await self._answer(bridge, head, sent, cors)
         return sent.status
 
     async def _answer(
-        self,
-        bridge: _Served,
-        path: str,
-        method: str,
-        credentials: dict[bytes, bytes],
-        send: Send,
-        cors: Iterable[tuple[bytes, bytes]],
+        self, bridge: _Served, head: Head, send: Send, cors: Iterable[tuple[bytes, bytes]]
     ) -> None:
+        path, method, credentials = head.path, head.method, head.credentials
         if method not in ("GET", "HEAD"):
             await refuse(
                 send,
@@ -89,15 +98,18 @@ class OwnResources:
                 return
             status, content_type, body = _probes.answer(path[len("/_natsreg") :], method, (bridge,))
             await respond(send, status, content_type, body, cors)
-        elif path == "/_natsreg/services" and self.config.expose_registry:
+        elif path in _VIEWS and self.config.expose_registry:
+            # Both name every service and endpoint: behind the bridge's auth.
             if not await self._allowed(credentials, send, cors):
                 return
             try:
-                body = await self._registry_json()
+                snapshot, body = await self._snapshot()
             except NatsregError as exc:
                 status, error = status_for(exc)
                 await refuse(send, Refusal(status, error, str(exc)), cors)
                 return
+            if path == "/_natsreg/openapi.json":
+                body = await self._openapi_json(snapshot, head.host)
             await respond(send, 200, JSON, body, cors)
         else:
             await refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
@@ -112,17 +124,44 @@ class OwnResources:
             return False
         return True
 
-    async def _registry_json(self) -> bytes:
+    async def _snapshot(self) -> tuple[wire.Snapshot, bytes]:
+        """The registry's view (of the allowed services), and its JSON."""
         cached = self._registry_view
         if cached is not None and time.monotonic() - cached[0] < self.config.registry_refresh_s:
-            return cached[1]
+            return cached[1], cached[2]
         snapshot = await self._client.instances(timeout_s=min(2.0, self.config.timeout_s))
         if self.config.allow is not None:
             snapshot.instances = [i for i in snapshot.instances if i.name in self.config.allow]
         body = wire.encode(snapshot)
         # A warming node's answer (no warm node answered) is served but not kept: the next
         # request asks again, and gets a warm node's as soon as one can answer.
-        self._registry_view = None if snapshot.warming_up else (time.monotonic(), body)
+        self._registry_view = None if snapshot.warming_up else (time.monotonic(), snapshot, body)
+        return snapshot, body
+
+    async def _openapi_json(self, snapshot: wire.Snapshot, host: bytes | None) -> bytes:
+        """The OpenAPI document of ``snapshot``, its server the bridge as ``host`` names it
+        (relative when no usable Host came)."""
+        server = f"http://{host.decode()}" if host and _HOST.match(host) else "/"
+        # A warming node's view may miss instances: its document is built, not kept.
+        version = None if snapshot.warming_up else (snapshot.node, snapshot.revision)
+        async with self._openapi_lock:
+            # One build at a time, in a thread: checking a large fleet's schemas takes a
+            # while, and requests to services go on meanwhile.
+            if version is None or version != self._openapi_of:
+                # Imported on first use: jsonschema takes a while to import, and a bridge
+                # that is never asked for its document need not pay.
+                from ._openapi import openapi
+
+                self._openapi = await anyio.to_thread.run_sync(
+                    openapi, snapshot.instances, self.config
+                )
+                self._openapi_bodies = {}
+                self._openapi_of = version
+        body = self._openapi_bodies.get(server)
+        if body is None:
+            body = encode({**self._openapi, "servers": [{"url": server}]})
+            if len(self._openapi_bodies) < _MAX_HOSTS:
+                self._openapi_bodies[server] = body
         return body
 
 

@@ -25,6 +25,7 @@ from ._routes import Refusal, Target
 
 __all__ = [
     "JSON",
+    "ErrorBody",
     "Receive",
     "Scope",
     "Send",
@@ -69,7 +70,9 @@ def status_for(error: BaseException) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-class _ErrorBody(msgspec.Struct):
+class ErrorBody(msgspec.Struct):
+    """The JSON body of every error response (the OpenAPI document states it from here)."""
+
     error: str
     message: str
     service: str
@@ -97,7 +100,7 @@ async def respond(
 async def refuse(send: Send, refusal: Refusal, extra: Iterable[tuple[bytes, bytes]]) -> None:
     """``refusal`` as its JSON error response."""
     body = encode(
-        _ErrorBody(refusal.error, refusal.message[:1024], refusal.service, refusal.endpoint)
+        ErrorBody(refusal.error, refusal.message[:1024], refusal.service, refusal.endpoint)
     )
     await respond(send, refusal.status, JSON, body, extra)
 
