@@ -31,7 +31,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from . import __version__, _origin, _trace, logs, subjects, wire
-from ._gather import gather
+from ._gather import gather_stats
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
@@ -1084,7 +1084,7 @@ async def _cmd_info(args: argparse.Namespace) -> int:
             raise _CliError(
                 f"no instance of {args.service!r} is known: 'natsreg ls' lists what is running"
             )
-        stats = await _gather_stats(nc, args.service)
+        stats = await gather_stats(nc, args.service, 0.3)
         if args.json or _json_lines:
             _print_data(
                 {
@@ -1101,16 +1101,6 @@ async def _cmd_info(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_connection(args, run)
-
-
-async def _gather_stats(nc: NATS, service: str, wait_s: float = 0.3) -> list[wire.SrvStats]:
-    decoder = msgspec.json.Decoder(wire.SrvStats)
-    stats: list[wire.SrvStats] = []
-    for data in await gather(nc, subjects.srv_subject("STATS", service), wait_s):
-        # A reply that is not ADR-32 stats has nothing to show.
-        with suppress(msgspec.DecodeError, msgspec.ValidationError):
-            stats.append(decoder.decode(data))
-    return stats
 
 
 def _parse_payload(args: argparse.Namespace) -> bytes:

@@ -1,6 +1,6 @@
 """The bridge's own resources, under ``/_natsreg/``: health, the probes (metrics, liveness,
-readiness) and the registry's view of the services. Off the request path: nothing here runs
-for a request to a service.
+readiness), the registry's view of the services, and the dashboard (``/_natsreg/ui``, fed by
+``/_natsreg/events``). Off the request path: nothing here runs for a request to a service.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from ..client import Client
 from ..errors import NatsregError
 from ._access import challenge, credential
 from ._config import BridgeConfig
+from ._dashboard import asset
+from ._events import EventStreams
 from ._head import Head
-from ._responses import JSON, Send, encode, refuse, respond, status_for, unauthorized
+from ._responses import JSON, Receive, Send, encode, refuse, respond, status_for, unauthorized
 from ._routes import Refusal
 
 __all__ = ["OwnResources"]
@@ -43,27 +45,34 @@ class OwnResources:
         self._client = client
         self.config = config
         self._registry_view: tuple[float, bytes] | None = None
+        #: The event streams of ``/_natsreg/events``.
+        self.events = EventStreams(nc, config)
 
     async def serve(
-        self, bridge: _Served, head: Head, send: Send, cors: Iterable[tuple[bytes, bytes]]
+        self,
+        bridge: _Served,
+        head: Head,
+        receive: Receive,
+        send: Send,
+        cors: Iterable[tuple[bytes, bytes]],
     ) -> int:
         """Answers ``head``'s request to ``bridge``; the status it was given."""
         # The bridge comes with each request rather than kept here: the bridge keeps this
         # object, and a cycle would keep a dropped bridge (and its figures) alive until the
         # garbage collector's next pass.
         sent = _Sent(send)
-        await self._answer(bridge, head.path, head.method, head.credentials, sent, cors)
+        await self._answer(bridge, head, receive, sent, cors)
         return sent.status
 
     async def _answer(
         self,
         bridge: _Served,
-        path: str,
-        method: str,
-        credentials: dict[bytes, bytes],
+        head: Head,
+        receive: Receive,
         send: Send,
         cors: Iterable[tuple[bytes, bytes]],
     ) -> None:
+        path, method, credentials = head.path, head.method, head.credentials
         if method not in ("GET", "HEAD"):
             await refuse(
                 send,
@@ -99,6 +108,16 @@ class OwnResources:
                 await refuse(send, Refusal(status, error, str(exc)), cors)
                 return
             await respond(send, 200, JSON, body, cors)
+        elif path == "/_natsreg/events" and self.config.expose_registry:
+            if await self._allowed(credentials, send, cors):
+                await self.events.stream(send, receive, method, cors)
+        elif (
+            path.startswith("/_natsreg/ui")
+            and self.config.expose_registry
+            and (found := asset(path))
+        ):
+            body, content_type, headers = found
+            await respond(send, 200, content_type, b"" if method == "HEAD" else body, headers)
         else:
             await refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
 
