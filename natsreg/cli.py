@@ -672,6 +672,11 @@ async def _serve_probes(stack: AsyncExitStack, listen: str | None, role: Probed,
     _say(f"{what}: {_probe_urls(probes.url)}")
 
 
+def _say_dashboard(url: str, config: BridgeConfig) -> None:
+    if config.expose_registry:
+        _say(f"dashboard on {url}/_natsreg/ui")
+
+
 def _probe_urls(base: str) -> str:
     return f"{base}/metrics, {base}/healthz, {base}/readyz"
 
@@ -728,6 +733,7 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
     def ready(running: bridge.RunningBridge) -> None:
         _say(f"HTTP bridge on {running.url}")
         _say(f"HTTP bridge: {_probe_urls(running.url + '/_natsreg')}")
+        _say_dashboard(running.url, config)
         tell_ready()
 
     async def run(nc: NATS) -> int:
@@ -868,6 +874,7 @@ async def _cmd_up(args: argparse.Namespace) -> int:
                 f"{running.url}/user-service/users)"
             )
             _say(f"HTTP bridge: {_probe_urls(running.url + '/_natsreg')}")
+            _say_dashboard(running.url, running.app.config)
         children = _start_programs(args.programs, _child_env(args), stack, args.http)
         _say(
             "try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
