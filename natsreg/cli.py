@@ -30,11 +30,12 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from . import __version__, _origin, _trace, logs, subjects, wire
+from . import __version__, _origin, _schema_cli, _trace, logs, subjects, wire
 from ._gather import gather_stats
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
+from .client._target import parse_target
 from .errors import ConfigError, NatsregError, ServiceError
 from .registry import Registry
 from .registry._view import MAX_INSTANCES
@@ -290,7 +291,14 @@ def _add_request(commands: _Commands, common: argparse.ArgumentParser) -> None:
         metavar="K:V",
         help="a header to send; repeatable",
     )
-    request.add_argument("--raw", action="store_true", help="send the payload as it is")
+    request.add_argument(
+        "--raw", action="store_true", help="send the payload as it is (not checked)"
+    )
+    request.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="send even if the payload does not match the endpoint's request schema",
+    )
     request.add_argument(
         "--select",
         action="append",
@@ -1154,6 +1162,8 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         client = Client(nc, prefix=args.prefix)
         try:
+            if not (args.raw or args.no_validate):
+                await _check_payload(client, args.subject, payload, select)
             reply = await client.request(
                 args.subject,
                 payload,
@@ -1175,6 +1185,32 @@ async def _cmd_request(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_connection(args, run)
+
+
+async def _check_payload(
+    client: Client, subject: str, payload: bytes, select: dict[str, str]
+) -> None:
+    """Refuse (one line, nothing sent) a payload that matches the request schema of no
+    instance the call may reach; a service without schemas is not asked about."""
+    try:
+        target = parse_target(subject)
+    except ConfigError:
+        return  # the request itself says what is wrong with the subject
+    if target.service is None:
+        return
+    schemas = _schema_cli.request_schemas(await client.view(target.service), target, select)
+    if not schemas:
+        return
+    try:
+        problem = _schema_cli.payload_problem(msgspec.json.decode(payload or b"null"), schemas)
+    except ValueError as exc:
+        _say(f"{subject}'s request schema cannot be used ({exc}); sending without checking")
+        return
+    if problem is not None:
+        raise _CliError(
+            f"{problem} (against {subject}'s request schema; nothing was sent: fix the "
+            "payload, or pass --no-validate to send it anyway)"
+        )
 
 
 async def _cmd_watch(args: argparse.Namespace) -> int:
@@ -1358,6 +1394,24 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
             last_errors.get(e.name, ""),
         )
     console.print(endpoints)
+    _print_schemas(console, snapshot.instances)
+
+
+def _print_schemas(console: Console, instances: Sequence[wire.InstanceView]) -> None:
+    """Each typed endpoint's request and response schema, one line each (one row per
+    endpoint and distinct schemas: versions may differ)."""
+    rows: dict[tuple[str, str, str], None] = {}
+    for i in instances:
+        for e in i.endpoints:
+            if e.schemas is not None:
+                request = _schema_cli.render(e.schemas.request)
+                rows[(e.name, request, _schema_cli.render(e.schemas.response))] = None
+    if not rows:
+        return
+    table = _table("ENDPOINT", "REQUEST", "RESPONSE")
+    for row in sorted(rows):
+        table.add_row(*row)
+    console.print(table)
 
 
 def _print_event(event: wire.Event) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import subjects
+from . import _schemas, subjects
 
 __all__ = [
     "MALFORMED",
@@ -50,6 +50,7 @@ __all__ = [
     "Load",
     "MassExpiry",
     "NodeStats",
+    "Schemas",
     "ServiceList",
     "ServiceSummary",
     "Snapshot",
@@ -138,10 +139,25 @@ Health = Literal["passing", "warning", "critical"]
 
 class Schemas(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     """The JSON Schemas (draft 2020-12) of an endpoint's request and response bodies, each
-    None where the endpoint does not declare a type."""
+    None where the endpoint does not declare a type, and ``{"truncated": true, ...}`` where it
+    does but the schema was left out (over the caps of :mod:`natsreg._schemas`)."""
 
     request: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
+
+    def metadata(self) -> dict[str, str]:
+        """These schemas as ADR-32 endpoint metadata (``request_schema``,
+        ``response_schema``: JSON text)."""
+        return _schemas.to_metadata(self.request, self.response)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> tuple[Schemas | None, dict[str, str]]:
+        """The schemas ADR-32 endpoint metadata carries (None: it carries none), and the
+        rest of the metadata; a schema over the caps becomes the truncated marker."""
+        request, response, rest = _schemas.from_metadata(metadata)
+        if request is None and response is None:
+            return None, rest
+        return cls(request=request, response=response), rest
 
 
 class Endpoint(msgspec.Struct, gc=False, frozen=True, kw_only=True):
@@ -264,7 +280,8 @@ def instance_view(ann: Announce) -> InstanceView:
 
 def micro_instance_view(info: SrvInfo) -> InstanceView:
     """The view of a plain ADR-32 service built from its ``$SRV.INFO`` reply, whose optional
-    fields (``null`` in ADR-32) become the view's empty defaults."""
+    fields (``null`` in ADR-32) become the view's empty defaults, and whose endpoints'
+    ``request_schema`` / ``response_schema`` metadata become their :class:`Schemas`."""
     return InstanceView(
         id=info.id,
         name=info.name,
@@ -272,15 +289,18 @@ def micro_instance_view(info: SrvInfo) -> InstanceView:
         kind="micro",
         description=info.description or "",
         metadata=info.metadata or {},
-        endpoints=[
-            Endpoint(
-                name=e.name,
-                subject=e.subject,
-                queue_group=e.queue_group or "",
-                metadata=e.metadata or {},
-            )
-            for e in info.endpoints or ()
-        ],
+        endpoints=[_micro_endpoint(e) for e in info.endpoints or ()],
+    )
+
+
+def _micro_endpoint(e: SrvEndpointInfo) -> Endpoint:
+    schemas, metadata = Schemas.from_metadata(e.metadata or {})
+    return Endpoint(
+        name=e.name,
+        subject=e.subject,
+        queue_group=e.queue_group or "",
+        metadata=metadata,
+        schemas=schemas,
     )
 
 
@@ -587,11 +607,26 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> N
         # natsreg endpoints always name their queue group; ADR-32 ones may leave it out.
         queue_group = e.queue_group if heartbeats else e.queue_group or None
         _check_endpoint(e.name, e.subject, queue_group)
-        check_metadata(e.metadata, f"endpoint {e.name!r}")
+        if isinstance(e, SrvEndpointInfo):
+            # Schemas in ADR-32 metadata are over the value cap by nature; the view keeps
+            # them parsed and within the schema caps (micro_instance_view), not as text.
+            check_metadata(_schemas.other_metadata(e.metadata or {}), f"endpoint {e.name!r}")
+        else:
+            check_metadata(e.metadata, f"endpoint {e.name!r}")
+            _check_schemas(e)
     if isinstance(message, Announce | InstanceView) and not math.isfinite(message.heartbeat_s):
         raise Invalid("invalid_heartbeat", "heartbeat_s must be a finite number")
     if isinstance(message, InstanceView) and not math.isfinite(message.age_s):
         raise Invalid("invalid_age", "age_s must be a finite number")
+
+
+def _check_schemas(e: Endpoint) -> None:
+    if e.schemas is None:
+        return
+    for schema in (e.schemas.request, e.schemas.response):
+        why = None if schema is None else _schemas.problem(schema)
+        if why is not None:
+            raise Invalid("invalid_schemas", f"endpoint {e.name!r}: {why}")
 
 
 _encoder = msgspec.json.Encoder()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -14,13 +15,22 @@ from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 
 import natsreg
-from natsreg import subjects, wire
+from natsreg import _schemas, subjects, wire
 from tests.helpers import eventually
 from tests.test_bridge import serving
 from tests.test_cli import run_cli
 
 # The NATS CLI's own schemas (from nats-io/jsm.go), kept beside the project in shared/.
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "adr32-schemas"
+
+
+class UserQuery(msgspec.Struct):
+    id: int
+
+
+class User(msgspec.Struct):
+    id: int
+    name: str
 
 
 def _schema(name: str) -> dict[str, object]:
@@ -65,6 +75,11 @@ async def test_srv_replies_validate_against_the_nats_cli_schemas(
         async def echo(req: natsreg.Request) -> bytes:
             return req.data
 
+        # Typed: its schemas go in the endpoint's metadata, as JSON text.
+        @svc.endpoint("users")
+        async def users(req: natsreg.Request[UserQuery]) -> User:
+            return User(id=req.body.id, name="alice")
+
         await svc.ready()
         await natsreg.Client(nc).request(f"{name}.echo", b"x")
         for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{name}", f"$SRV.{verb}.{name}.{svc.id}"):
@@ -73,11 +88,17 @@ async def test_srv_replies_validate_against_the_nats_cli_schemas(
             jsonschema.validate(replies[0], schema, format_checker=jsonschema.FormatChecker())
             assert replies[0]["name"] == name
         if verb == "STATS":
-            (endpoint,) = replies[0]["endpoints"]  # type: ignore[misc]
+            endpoint, _ = replies[0]["endpoints"]  # type: ignore[misc]
             assert endpoint["num_requests"] == 1
             assert endpoint["subject"] == f"{name}.echo"
         if verb == "INFO":
             assert replies[0]["description"] == ""
+            echo_info, users_info = replies[0]["endpoints"]  # type: ignore[misc]
+            assert echo_info["metadata"] == {"kind": "test"}
+            assert json.loads(users_info["metadata"]["request_schema"]) == _schemas.of_type(
+                UserQuery
+            )
+            assert json.loads(users_info["metadata"]["response_schema"]) == _schemas.of_type(User)
 
 
 async def test_srv_addressed_to_another_name_or_id_gets_no_reply(
@@ -115,6 +136,42 @@ async def test_a_plain_nats_micro_service_is_listed_as_such(
             # Callers reach it like any natsreg endpoint.
             reply = await natsreg.Client(nc).request(f"{name}.add", b"1+2")
             assert reply.data == b"3"
+    finally:
+        await micro.stop()
+
+
+async def test_a_plain_micro_service_that_publishes_schemas_in_metadata_is_typed_in_the_view(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    name = f"typed-micro-{unique}"
+    request_schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    huge = json.dumps({"description": "x" * 40_000})  # over the cap: shown as left out
+
+    async def add(req: MicroRequest) -> None:
+        await req.respond(b"3")
+
+    micro = await add_service(nc, name=name, version="0.3.0")
+    await micro.add_endpoint(
+        name="add",
+        subject=f"{name}.add",
+        handler=add,
+        metadata={"request_schema": json.dumps(request_schema), "owner": "ops"},
+    )
+    await micro.add_endpoint(
+        name="big", subject=f"{name}.big", handler=add, metadata={"response_schema": huge}
+    )
+    try:
+        async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
+            await eventually(
+                lambda: sum(len(i.endpoints) for i in registry.snapshot(name=name).instances) == 2,
+                what="micro service listed with both endpoints",
+            )
+            (instance,) = registry.snapshot(name=name).instances
+            add_view, big_view = sorted(instance.endpoints, key=lambda e: e.name)
+            assert add_view.schemas == wire.Schemas(request=request_schema)
+            assert add_view.metadata == {"owner": "ops"}
+            assert big_view.schemas is not None and big_view.schemas.request is None
+            assert _schemas.is_truncated(big_view.schemas.response)
     finally:
         await micro.stop()
 

@@ -24,7 +24,7 @@ import signal
 import types
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
-from typing import Unpack, overload
+from typing import Any, Unpack, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -41,6 +41,7 @@ from ._control import Control
 from ._endpoints import Endpoint, Endpoints
 from ._log import log, quietly
 from ._request import Handler, Request
+from ._typed import body_types, schemas_of, validating
 
 __all__ = [
     "Context",
@@ -102,6 +103,8 @@ class Instance(anyio.AsyncContextManagerMixin):
         queue_group: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotent: bool = False,
+        request: Any = None,
+        response: Any = None,
     ) -> Callable[[Handler], Handler]:
         """Serve the decorated coroutine function on ``<service>.<name>`` (or ``subject``).
 
@@ -109,13 +112,27 @@ class Instance(anyio.AsyncContextManagerMixin):
         bytes or None; raising :class:`~natsreg.ServiceError` replies with its code.
         ``idempotent=True`` declares that running a request twice does no harm: callers may
         then retry it on another instance after a timeout (a crash or freeze mid-request).
+
+        A typed endpoint names its body types by annotation (``req:
+        natsreg.Request[UserQuery]``, ``-> User``) or as ``request=``/``response=``: a payload
+        that does not decode into the request type gets a 400 naming the field and the
+        handler does not run; the reply is the return value as the response type; and both
+        JSON Schemas are announced (docs/protocol.md, "Typed endpoints").
         """
         endpoint = self._endpoints.declare(name, subject, queue_group, metadata, idempotent)
 
         def register(handler: Handler) -> Handler:
             if not inspect.iscoroutinefunction(handler):
                 raise ConfigError(f"endpoint {name!r}: the handler must be an async function")
-            endpoint.handler = wrap(handler, self._middleware)
+            what = f"{self.config.name}: endpoint {name!r}"
+            types = body_types(handler, request, response, what)
+            served: Handler = handler
+            if types.typed:
+                endpoint.schemas = schemas_of(types, what)
+                # The innermost wrapper: the service's middleware sees every request, typed
+                # or not, and a refused one is counted as any 400 is.
+                served = validating(handler, types)
+            endpoint.handler = wrap(served, self._middleware)
             self._endpoints.table[name] = endpoint
             if self._tg is not None:
                 self._pending += 1

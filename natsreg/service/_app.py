@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ._config import ServiceConfig, ServiceSettings
 from ._endpoints import checked_endpoint
 from ._request import Handler, Request
+from ._typed import body_types
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -28,7 +29,7 @@ __all__ = ["Context", "HealthHook", "Hook", "Middleware", "Service", "config_of"
 
 #: ``async def mw(req, call_next)``: runs around every handler of a service; returns the
 #: reply (usually ``await call_next(req)``) or raises, as a handler does.
-Middleware = Callable[[Request, Handler], Awaitable[Any]]
+Middleware = Callable[[Request[Any], Handler], Awaitable[Any]]
 #: ``async def hook(ctx)``: an ``on_start`` or ``on_stop`` callback.
 Hook = Callable[["Context"], Awaitable[None]]
 #: ``async def check(ctx)``: the health a heartbeat reports, ``"passing"``, ``"warning"`` or
@@ -76,7 +77,7 @@ def wrap(handler: Handler, middleware: tuple[Middleware, ...]) -> Handler:
 
 
 def _around(outer: Middleware, inner: Handler) -> Handler:
-    async def call(request: Request) -> Any:
+    async def call(request: Request[Any]) -> Any:
         return await outer(request, inner)
 
     return call
@@ -97,8 +98,8 @@ class Service:
             ctx.state.db = await connect_db()  # per process: each worker has its own
 
         @svc.endpoint("users", idempotent=True)
-        async def users(req):
-            return await req.state.db.get_user(req.json()["id"])
+        async def users(req: natsreg.Request[UserQuery]) -> User:
+            return await req.state.db.get_user(req.body.id)
 
     The keyword arguments are :func:`natsreg.announce`'s, checked here, at declaration.
     ``natsreg.announce(nc, svc)`` runs it in a program that manages its own event loop.
@@ -124,6 +125,8 @@ class Service:
         queue_group: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotent: bool = False,
+        request: Any = None,
+        response: Any = None,
     ) -> Callable[[Handler], Handler]:
         """Declare an endpoint, as :meth:`Instance.endpoint` serves one."""
         if name in self._endpoints:
@@ -134,10 +137,14 @@ class Service:
             "queue_group": queue_group,
             "metadata": metadata,
             "idempotent": idempotent,
+            "request": request,
+            "response": response,
         }
 
         def register(handler: Handler) -> Handler:
             _check_async(handler, f"endpoint {name!r}: the handler")
+            # At declaration: a type that disagrees or cannot be read fails at import.
+            body_types(handler, request, response, f"endpoint {name!r}")
             self._endpoints[name] = _Declared(name, handler, options)
             return handler
 

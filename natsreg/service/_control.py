@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ._config import ServiceConfig
 from ._endpoints import Endpoints
 from ._log import log, quietly
+from ._typed import fit_schemas
 
 __all__ = ["Control"]
 
@@ -105,6 +106,12 @@ class Control:
         except wire.Invalid as exc:
             raise ConfigError(f"{name}: {exc}") from None
         payload = wire.encode(announcement)
+        excess = len(payload) - wire.MAX_CONTROL_BYTES
+        if excess > 0 and fit_schemas(self._endpoints.table.values(), excess, name):
+            # Schemas give way first (each left out with a warning, for good: $SRV.INFO and
+            # every later announcement say the same); the sequence number stays.
+            endpoints = [e.info() for e in self._endpoints.table.values()]
+            payload = wire.encode(msgspec.structs.replace(announcement, endpoints=endpoints))
         if len(payload) > wire.MAX_CONTROL_BYTES:
             raise ConfigError(
                 f"{name}: the announcement is {len(payload)} bytes, over the "

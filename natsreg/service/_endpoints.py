@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .. import _deadline, _figures, _otel, _trace, subjects, wire
+from .. import _deadline, _figures, _otel, _schemas, _trace, subjects, wire
 from .._codec import to_bytes
 from ..errors import REQUEST_ID_HEADER, ConfigError, OverloadedError, ServiceError, error_headers
 from . import _dedupe
@@ -40,6 +40,8 @@ class Endpoint:
     handler: Handler
     metadata: dict[str, str]
     idempotent: bool = False
+    #: A typed endpoint's JSON Schemas (service/_typed.py); None for an untyped one.
+    schemas: wire.Schemas | None = None
     subs: list[Subscription] = field(default_factory=list)
     num_requests: int = 0
     num_errors: int = 0
@@ -60,14 +62,18 @@ class Endpoint:
             queue_group=self.queue_group,
             metadata=self.metadata,
             idempotent=self.idempotent,
+            schemas=self.schemas,
         )
 
     def srv_info(self) -> wire.SrvEndpointInfo:
+        metadata = self.metadata
+        if self.schemas is not None:
+            metadata = {**metadata, **self.schemas.metadata()}
         return wire.SrvEndpointInfo(
             name=self.name,
             subject=self.subject,
             queue_group=self.queue_group,
-            metadata=self.metadata,
+            metadata=metadata,
         )
 
     def stats(self) -> wire.SrvEndpointStats:
@@ -101,6 +107,12 @@ def checked_endpoint(
     queue_group = queue_group or config.queue_group or config.name
     if not subjects.is_valid_token(queue_group):
         raise ConfigError(f"endpoint {name!r}: queue group {queue_group!r} is not valid")
+    reserved = sorted(set(metadata or ()) & set(_schemas.METADATA_KEYS))
+    if reserved:
+        raise ConfigError(
+            f"endpoint {name!r}: metadata key {reserved[0]!r} is natsreg's own (the schema of "
+            "a typed endpoint); declare the type with request=... / response=... instead"
+        )
     return Endpoint(
         name=name,
         subject=subject,
@@ -308,7 +320,7 @@ class Endpoints:
         # "error" until the handler returns: a cancelled handler (drain timeout) is no success.
         outcome = "error"
         try:
-            request = Request(msg, received, self._state)
+            request: Request[Any] = Request(msg, received, self._state)
             deadline = request.deadline
             if deadline is not None and deadline <= time.monotonic():
                 # The caller has given up: its work is not started.
@@ -389,5 +401,5 @@ else:
         return asyncio.get_running_loop().create_task(coro)
 
 
-async def _unset_handler(request: Request) -> Any:
+async def _unset_handler(request: Request[Any]) -> Any:
     raise ServiceError("endpoint has no handler", code=501)
