@@ -139,7 +139,7 @@ async def test_the_overview_lists_services_and_follows_a_kill_and_a_new_version(
         await page.context.close()
 
 
-async def test_the_request_form_returns_the_reply_and_shows_a_bad_payload(
+async def test_the_request_form_returns_the_reply_and_shows_a_validation_error(
     dashboard: Dashboard, unique: str
 ) -> None:
     name = f"gamma-{unique}"
@@ -166,6 +166,21 @@ async def test_the_request_form_returns_the_reply_and_shows_a_bad_payload(
         await payload.fill('{"greeting": ')
         await page.get_by_role("button", name="Send").click()
         await page.get_by_text("The payload is not valid JSON").wait_for()
+
+        # A typed endpoint: its schema is shown, a good payload gets the reply, a bad one the
+        # service's validation error naming the field.
+        await page.get_by_text("request", exact=True).click()  # opens the schema
+        schema = page.get_by_role("cell").filter(has_text='"name"')
+        assert '"string"' in await schema.inner_text()
+        await page.get_by_label("Endpoint").select_option(f"{name}.greet")
+        await payload.fill('{"name": "ada"}')
+        await page.get_by_role("button", name="Send").click()
+        await outcome.get_by_text("hello, ada").wait_for()
+        await payload.fill('{"name": 42}')
+        await page.get_by_role("button", name="Send").click()
+        refused = page.get_by_role("status").filter(has_text="Error 400")
+        await refused.wait_for()
+        assert "$.name" in await refused.inner_text()
         await page.context.close()
 
 

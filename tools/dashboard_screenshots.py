@@ -35,6 +35,11 @@ class UserQuery(msgspec.Struct):
     id: int
 
 
+class User(msgspec.Struct):
+    id: int
+    name: str
+
+
 async def services(url: str, stop: asyncio.Event) -> None:
     """Four services until ``stop``: two versions of one, one not healthy, one a plain ADR-32
     service."""
@@ -55,9 +60,9 @@ async def services(url: str, stop: asyncio.Event) -> None:
             for svc in (users_a, users_b):
 
                 @svc.endpoint("users", idempotent=True)
-                async def users(req: natsreg.Request) -> dict[str, object]:
+                async def users(req: natsreg.Request[UserQuery]) -> User:
                     await asyncio.sleep(random.uniform(0.001, 0.004))
-                    return {"id": 1, "name": "alice"}
+                    return User(id=req.body.id, name="alice")
 
             @orders.endpoint("place")
             async def place(req: natsreg.Request) -> dict[str, str]:
@@ -92,7 +97,7 @@ async def traffic(url: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             for subject in ("user-service.users", "orders.place", "billing.charge"):
                 with contextlib.suppress(natsreg.NatsregError):
-                    await client.request(subject, b"{}", timeout_s=1.0)
+                    await client.request(subject, b'{"id": 1}', timeout_s=1.0)
             await asyncio.sleep(0.05)
     await nc.close()
 
@@ -126,6 +131,7 @@ async def main(args: argparse.Namespace, out: Path) -> None:
                 await page.screenshot(path=str(out / "dashboard-overview.png"), full_page=True)
                 await page.get_by_role("link", name="user-service").click()
                 await page.get_by_role("heading", name="Instances").wait_for()
+                await page.get_by_text("request", exact=True).click()  # its schema
                 await page.get_by_label("Payload (JSON)").fill('{"id": 1}')
                 await page.get_by_role("button", name="Send").click()
                 await page.get_by_text("Reply (200)").wait_for(timeout=20_000)
