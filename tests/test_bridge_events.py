@@ -149,6 +149,16 @@ async def test_the_event_stream_is_behind_the_bridges_auth_but_the_page_is_not(
     assert kind == "fleet"
 
 
+async def test_a_bridge_mounted_under_a_prefix_serves_a_page_that_names_it(nc: NATS) -> None:
+    app = bridge.create_app(nc, BridgeConfig())
+    transport = httpx.ASGITransport(app=app, root_path="/services")
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+        page = await http.get("/services/_natsreg/ui")
+        script = await http.get("/services/_natsreg/ui/dashboard.js")
+    assert b'src="/services/_natsreg/ui/dashboard.js"' in page.content
+    assert script.status_code == 200
+
+
 async def test_event_streams_beyond_the_limit_are_refused_with_a_reason(
     nc: NATS, prefix: str
 ) -> None:

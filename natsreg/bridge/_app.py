@@ -180,7 +180,9 @@ class Bridge:
                 return
             if head.path.startswith("/_natsreg/"):
                 route = _OWN_ROUTE
-                status = await self._own.serve(self, head, receive, send, cors)
+                status = await self._own.serve(
+                    self, head, receive, send, cors, scope.get("root_path", "")
+                )
                 return
             target = self._table.resolve(head.path)
             if type(target) is Refusal:

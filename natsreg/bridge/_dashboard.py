@@ -9,6 +9,7 @@ script then asks for everything it shows on ``/_natsreg/events``, behind the bri
 from __future__ import annotations
 
 import functools
+import html
 from importlib import resources
 
 __all__ = ["asset"]
@@ -33,17 +34,18 @@ _SECURITY = (
 _FILES = frozenset({"dashboard.js", "dashboard.css"})
 
 
-def asset(path: str) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]] | None:
+def asset(path: str, root: str = "") -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]] | None:
     """The body, content type and headers of the dashboard file at ``path`` (under
-    ``/_natsreg/ui``); None if there is none. Every page path is the same page, which reads
-    its path to tell what to show: ``/_natsreg/ui`` the overview,
-    ``/_natsreg/ui/service/<name>`` a service."""
+    ``/_natsreg/ui``) of a bridge mounted at ``root``; None if there is none. Every page path
+    is the same page, which reads its path to tell what to show: ``/_natsreg/ui`` the
+    overview, ``/_natsreg/ui/service/<name>`` a service."""
     if path in (_PREFIX, _PREFIX + "/") or path.startswith(_PREFIX + "/service/"):
-        name = "index.html"
-    else:
-        name = path.removeprefix(_PREFIX + "/")
-        if name not in _FILES:
-            return None
+        # The page names its script and style sheet by absolute path, under the mount point.
+        page = _read("index.html").replace(b"{root}", html.escape(root).encode())
+        return page, _TYPES["html"], _SECURITY
+    name = path.removeprefix(_PREFIX + "/")
+    if name not in _FILES:
+        return None
     return _read(name), _TYPES[name.rsplit(".", 1)[1]], _SECURITY
 
 

@@ -55,13 +55,15 @@ class OwnResources:
         receive: Receive,
         send: Send,
         cors: Iterable[tuple[bytes, bytes]],
+        root: str = "",
     ) -> int:
-        """Answers ``head``'s request to ``bridge``; the status it was given."""
+        """Answers ``head``'s request to ``bridge``; the status it was given. ``root`` is
+        the path the bridge is mounted under (ASGI's ``root_path``), if any."""
         # The bridge comes with each request rather than kept here: the bridge keeps this
         # object, and a cycle would keep a dropped bridge (and its figures) alive until the
         # garbage collector's next pass.
         sent = _Sent(send)
-        await self._answer(bridge, head, receive, sent, cors)
+        await self._answer(bridge, head, receive, sent, cors, root)
         return sent.status
 
     async def _answer(
@@ -71,6 +73,7 @@ class OwnResources:
         receive: Receive,
         send: Send,
         cors: Iterable[tuple[bytes, bytes]],
+        root: str,
     ) -> None:
         path, method, credentials = head.path, head.method, head.credentials
         if method not in ("GET", "HEAD"):
@@ -114,7 +117,7 @@ class OwnResources:
         elif (
             path.startswith("/_natsreg/ui")
             and self.config.expose_registry
-            and (found := asset(path))
+            and (found := asset(path, root))
         ):
             body, content_type, headers = found
             await respond(send, 200, content_type, b"" if method == "HEAD" else body, headers)

@@ -7,8 +7,10 @@
 // seconds, and the registry's change events (up, down, changed, health) as they happen.
 "use strict";
 
-const EVENTS_URL = "/_natsreg/events";
-const UI_URL = "/_natsreg/ui";
+// Where the bridge is mounted (an app may serve it under a prefix): what precedes /_natsreg/.
+const ROOT = location.pathname.slice(0, location.pathname.indexOf("/_natsreg/ui"));
+const EVENTS_URL = ROOT + "/_natsreg/events";
+const UI_URL = ROOT + "/_natsreg/ui";
 const RETRY_MS = 2000;
 const MAX_LOG = 200;
 const HEALTH_ORDER = { critical: 0, warning: 1, passing: 2 };
@@ -422,7 +424,7 @@ async function send() {
     }
   }
   // The bridge's default route: /<service>/<endpoint> is the subject <service>.<endpoint>.
-  const path = "/" + subject.split(".").map(encodeURIComponent).join("/");
+  const path = ROOT + "/" + subject.split(".").map(encodeURIComponent).join("/");
   try {
     const response = await fetch(path, {
       method: "POST",
