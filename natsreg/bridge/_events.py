@@ -13,6 +13,7 @@ docs/operations.md ("The dashboard").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -55,6 +56,7 @@ _HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _STOPPING = Refusal(503, "stopping", "the bridge is stopping")
+_NATS_FAILURES = (nats.errors.Error, OSError)
 
 
 def sse(event: str, data: bytes) -> bytes:
@@ -124,11 +126,6 @@ class EventStreams:
         self._fleet: bytes | None = None
         self._recent: deque[tuple[float, wire.Event]] = deque(maxlen=4096)
         self._rates = Rates()
-
-    @property
-    def open(self) -> int:
-        """Streams being served now."""
-        return len(self._outboxes)
 
     def close(self) -> None:
         """End every stream (each sends what it holds, then ends) and refuse new ones: the
@@ -237,38 +234,43 @@ class EventStreams:
                 self._leave(outbox)
 
     async def _feed(self) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._follow_events)
-                while True:
-                    await self._refresh()
-                    await anyio.sleep(FLEET_REFRESH_S)
-        except (NatsregError, nats.errors.Error, OSError) as exc:
-            log.warning("bridge: the dashboard's events stopped: %s", exc)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow_events)
+            while True:
+                await self._refresh()
+                await anyio.sleep(FLEET_REFRESH_S)
 
     async def _follow_events(self) -> None:
         allow = self.config.allow
-        async for event in self._registry.watch():
-            if allow is not None and event.instance.name not in allow:
-                continue
-            self._recent.append((time.monotonic(), event))
-            self._publish(sse(event.kind, wire.encode(event)))
-            # Queued events come without a pause: letting the streams write each one keeps a
-            # burst (a fleet restarting) from filling the outboxes of clients that keep up.
-            await anyio.lowlevel.checkpoint()
+        try:
+            async for event in self._registry.watch():
+                if allow is not None and event.instance.name not in allow:
+                    continue
+                self._recent.append((time.monotonic(), event))
+                self._publish(sse(event.kind, wire.encode(event)))
+                # Queued events come without a pause: letting the streams write each one
+                # keeps a burst (a fleet restarting) from filling the outboxes of clients
+                # that keep up.
+                await anyio.lowlevel.checkpoint()
+        except _NATS_FAILURES as exc:
+            # The connection closed for good: the refreshes go on saying why.
+            log.warning("bridge: the dashboard no longer hears the registry's events: %s", exc)
 
     async def _refresh(self) -> None:
         update = FleetUpdate()
         stats: list[wire.SrvStats] = []
         nodes: list[wire.NodeStats] = []
 
+        # The three questions go out at once; one that fails leaves its part empty.
         async def ask_stats() -> None:
             nonlocal stats
-            stats = await gather_stats(self._nc, None, _GATHER_S)
+            with contextlib.suppress(*_NATS_FAILURES):
+                stats = await gather_stats(self._nc, None, _GATHER_S)
 
         async def ask_nodes() -> None:
             nonlocal nodes
-            nodes = await self._registry.nodes(wait_s=_GATHER_S)
+            with contextlib.suppress(*_NATS_FAILURES):
+                nodes = await self._registry.nodes(wait_s=_GATHER_S)
 
         snapshot: wire.Snapshot | None = None
         async with anyio.create_task_group() as tg:
@@ -276,8 +278,8 @@ class EventStreams:
             tg.start_soon(ask_nodes)
             try:
                 snapshot = await self._registry.instances(timeout_s=min(2.0, self.config.timeout_s))
-            except NatsregError as exc:
-                update.error = str(exc)
+            except (NatsregError, *_NATS_FAILURES) as exc:
+                update.error = str(exc) or type(exc).__name__
         if snapshot is not None:
             allow = self.config.allow
             instances = [i for i in snapshot.instances if allow is None or i.name in allow]

@@ -256,7 +256,9 @@ function overview() {
   document.getElementById("title").textContent = "Services";
   const services = byService();
   if (!state.fleet) return el("p", {}, "Waiting for the registry's view…");
-  if (!services.size) return el("p", {}, "The registry lists no service.");
+  if (!services.size) {
+    return el("p", {}, state.fleet.error ? "No view of the registry (see above)." : "The registry lists no service.");
+  }
   const rows = [...services.entries()].map(([name, instances]) => {
     const versions = [...new Set(instances.map((i) => i.version))].sort();
     const kinds = [...new Set(instances.map((i) => i.kind))].join(", ");
