@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -244,6 +245,9 @@ async def test_a_stalled_client_is_dropped_and_the_stream_goes_on_for_others(
             # The slot it held is free, and the others are served.
             async with events(http) as stream:
                 await stream.until(lambda k, d: k in ("fleet", "changed"))
+                metrics = (await http.get("/_natsreg/metrics")).text
+            assert re.search(r"^natsreg_bridge_event_streams_dropped_total [1-9]", metrics, re.M)
+            assert re.search(r"^natsreg_bridge_event_streams [1-9]", metrics, re.M)
         finally:
             sock.close()
 

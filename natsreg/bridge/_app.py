@@ -24,6 +24,7 @@ from ..client import Client
 from ..errors import CircuitOpenError, ServiceError
 from ._access import CorsHeaders, Origins, challenge, credential
 from ._config import BridgeConfig
+from ._events import EventStreams
 from ._head import HEADER_BREAK, Head, HeadReader
 from ._own import OwnResources
 from ._responses import Receive, Scope, Send, refuse, respond, status_for, unauthorized
@@ -108,6 +109,11 @@ class Bridge:
     def in_flight(self) -> int:
         """HTTP requests being handled now."""
         return sum(self._in_flight.values())
+
+    @property
+    def event_streams(self) -> EventStreams:
+        """The ``/_natsreg/events`` streams: how many are open, how many were dropped."""
+        return self._own.events
 
     def close_event_streams(self) -> None:
         """End the open ``/_natsreg/events`` streams and refuse new ones (the bridge is

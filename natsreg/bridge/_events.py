@@ -126,6 +126,13 @@ class EventStreams:
         self._fleet: bytes | None = None
         self._recent: deque[tuple[float, wire.Event]] = deque(maxlen=4096)
         self._rates = Rates()
+        #: Streams dropped so far because their client read too slowly.
+        self.dropped = 0
+
+    @property
+    def open(self) -> int:
+        """Streams being served now."""
+        return len(self._outboxes)
 
     def close(self) -> None:
         """End every stream (each sends what it holds, then ends) and refuse new ones: the
@@ -231,6 +238,7 @@ class EventStreams:
                     "unsent): dropped it",
                     outbox.limit,
                 )
+                self.dropped += 1
                 self._leave(outbox)
 
     async def _feed(self) -> None:
