@@ -126,17 +126,35 @@ def is_truncated(schema: Mapping[str, Any] | None) -> bool:
     return schema is not None and schema.get(TRUNCATED_KEY) is True
 
 
+# Schemas found within the caps, by the hash of their encoding: every instance of a service
+# version announces the same ones, and walking each anew made checking a peer's snapshot of
+# 50k typed instances take seconds. Only what passed is remembered, at most _REMEMBERED,
+# so hostile input costs no more than it did. (bytes hash with a per-process secret key:
+# nobody outside can make a bad schema collide with a remembered one.)
+_REMEMBERED = 4096
+_within_caps: dict[int, None] = {}
+
+
 def problem(schema: object) -> str | None:
     """Why ``schema`` may not be kept (not an object, over :data:`MAX_SCHEMA_BYTES`, nested
     deeper than :data:`MAX_SCHEMA_DEPTH`), or None: the one rule writers and readers apply."""
     if not isinstance(schema, dict):
         return "a schema must be a JSON object"
-    # Depth first: encoding a value nested thousands deep would exhaust the C stack.
+    too_deep = f"schema nested deeper than {MAX_SCHEMA_DEPTH} levels"
+    try:
+        encoded = _encode(schema)
+    except RecursionError:  # nested deeper than the encoder goes, far beyond the cap
+        return too_deep
+    if len(encoded) > MAX_SCHEMA_BYTES:
+        return f"schema of {len(encoded)} bytes, over the {MAX_SCHEMA_BYTES}-byte cap"
+    key = hash(encoded)
+    if key in _within_caps:
+        return None
     if _deeper_than(schema, MAX_SCHEMA_DEPTH):
-        return f"schema nested deeper than {MAX_SCHEMA_DEPTH} levels"
-    encoded = size(schema)
-    if encoded > MAX_SCHEMA_BYTES:
-        return f"schema of {encoded} bytes, over the {MAX_SCHEMA_BYTES}-byte cap"
+        return too_deep
+    if len(_within_caps) >= _REMEMBERED:
+        del _within_caps[next(iter(_within_caps))]
+    _within_caps[key] = None
     return None
 
 

@@ -3,6 +3,7 @@ caps every reader applies, the ADR-32 metadata form, and how a handler's types a
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -242,6 +243,15 @@ def test_the_types_come_from_the_annotations() -> None:
     assert _typed.body_types(hidden_plain, None, None, "e") == (None, dict[str, int])
 
 
+def test_a_decorated_handlers_types_are_those_of_the_function_it_wraps() -> None:
+    @functools.wraps(typed)
+    async def logged(req: Any) -> Any:
+        return await typed(req)
+
+    assert _typed.body_types(logged, None, None, "e") == (UserQuery, User)
+    assert _typed.body_types(functools.partial(typed), None, None, "e") == (None, None)
+
+
 @pytest.mark.parametrize("handler", [untyped, maybe, bare, for_type_checkers])
 def test_payload_as_it_is_annotations_declare_no_type(handler: Any) -> None:
     assert _typed.body_types(handler, None, None, "e") == (None, None)
@@ -403,3 +413,13 @@ def test_the_schemas_checked_are_those_of_every_instance_a_call_may_reach() -> N
         wire.Schemas(request=_schemas.truncated("x")),
     ):
         assert schemas([*fleet, _instance("3.0.0", open_)], parse_target("svc.users"), {}) == []
+
+
+def test_only_schemas_within_the_caps_are_remembered_and_at_most_so_many() -> None:
+    deep = _nested(_schemas.MAX_SCHEMA_DEPTH + 1)
+    for _ in range(2):  # asked again, still refused: a refusal is never remembered
+        assert _schemas.problem(deep) is not None
+    for n in range(_schemas._REMEMBERED + 10):
+        assert _schemas.problem({"description": str(n)}) is None
+    assert len(_schemas._within_caps) == _schemas._REMEMBERED
+    assert _schemas.problem(deep) is not None

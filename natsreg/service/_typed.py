@@ -70,9 +70,14 @@ def body_types(handler: Handler, request: Any, response: Any, what: str) -> Body
 
 def _annotations(handler: Handler) -> dict[str, Any]:
     # Each annotation on its own: one that cannot be resolved (a type only imported for
-    # type checkers, say) matters only if it is a body type.
-    raw = inspect.get_annotations(handler)
-    globalns = getattr(handler, "__globals__", {})
+    # type checkers, say) matters only if it is a body type. A decorated handler's names
+    # are those of the module that defines it, not of the decorator's.
+    target = inspect.unwrap(handler)
+    try:
+        raw = inspect.get_annotations(target)
+    except TypeError:
+        return {}  # a functools.partial, say: nothing declared
+    globalns = getattr(target, "__globals__", {})
     hints: dict[str, Any] = {}
     for name, annotation in raw.items():
         holder = types.SimpleNamespace(__annotations__={name: annotation})
