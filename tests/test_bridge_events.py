@@ -122,6 +122,19 @@ async def test_the_event_stream_starts_with_the_fleet_then_follows_changes(
             assert fleet["rates"][first]["requests_per_s"] >= 0
 
 
+async def test_the_fleet_names_a_registry_node_still_warming_up(nc: NATS, prefix: str) -> None:
+    # A node with a long discovery window stays warming up for its first seconds.
+    async with (
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=6.0) as node,
+        bridge_at(nc, prefix=prefix) as (_, http),
+        events(http) as stream,
+    ):
+        _, fleet = await stream.until(lambda k, d: k == "fleet" and d["warming_nodes"])
+        assert node.warming_up
+    assert fleet["warming_nodes"] == [node.node_id]
+    assert fleet["warming_up"] is True  # no warm node answered: the view may miss instances
+
+
 async def test_the_event_stream_is_behind_the_bridges_auth_but_the_page_is_not(
     nc: NATS, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
