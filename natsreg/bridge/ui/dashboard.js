@@ -20,8 +20,7 @@ const state = {
   instances: new Map(), // id -> InstanceView
   rates: {},
   fleet: null,
-  connected: false,
-  formBuilt: false,
+  drawing: false,
 };
 
 function serviceFromPath(path) {
@@ -183,7 +182,14 @@ function handle(name, data) {
   } else {
     return;
   }
-  render();
+  // One redraw per frame, however many events a burst brings (and none while the tab is hidden).
+  if (!state.drawing) {
+    state.drawing = true;
+    requestAnimationFrame(() => {
+      state.drawing = false;
+      render();
+    });
+  }
 }
 
 // -- drawing --------------------------------------------------------------------------------
