@@ -26,6 +26,7 @@ started (wrk aside), which the machine's load moves less than req/s.
     python bench/bridge.py run --metrics        # also natsreg's bridge with NATSREG_METRICS=0
     python bench/bridge.py run --trace          # also the trace modes below
     python bench/bridge.py run --no-peers --metrics --trace   # both, in the same rounds
+    python bench/bridge.py run --no-peers --dashboard         # also a bridge with a dashboard open
 
 With ``--metrics`` the natsreg bridge (metrics recorded, the default) builds its Prometheus
 exposition once a second, as a scrape would, and a second natsreg bridge runs with
@@ -39,12 +40,21 @@ SDK configured, every trace sampled, spans batched to an exporter that drops the
 span in the bridge, a SERVER span in the service; goal ≥ 0.8×). With ``--metrics`` too, that
 bridge builds its exposition once a second as well.
 
+With ``--dashboard``, a registry node runs beside the echo service, and a second natsreg
+bridge serves a dashboard that stays open through the whole run: a client that fetches the
+page's three files as a browser does, then reads ``/_natsreg/events`` (the page's one
+stream: the registry's events and a fleet refresh every 2 s, for which the bridge queries the
+registry and gathers ``$SRV.STATS``). Its figures are compared with the plain natsreg bridge's
+in the same rounds, against the rounds' own spread; the CPU each bridge uses while idle (no
+wrk) is reported too. Goal: the dashboard moves the ratio by less than that noise.
+
 Goals: natsreg ≥ 1.2× aiohttp, ≥ 1.5× moleculer-web, ≥ 5× classic, p99 < 20 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -68,6 +78,7 @@ SPANS = "natsreg bridge, OpenTelemetry spans"
 GET_REPLY = b'{"id":1,"name":"alice"}'
 TRACEPARENT = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SPANS_SERVICE = "user-service-spans"
+DASHBOARD = "natsreg bridge, dashboard open"
 
 
 # -- processes that the run starts -----------------------------------------------------------
@@ -128,6 +139,24 @@ async def natsreg_bridge(url: str, port: int, scrape: bool = False, spans: bool 
     if scraper is not None:
         scraper.cancel()
     await nc.close()
+
+
+def dashboard_client(base: str) -> None:
+    """A browser's share of an open dashboard on the bridge at ``base``, until SIGTERM: the
+    page's three files, then the event stream, read and dropped as it comes."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    for path in ("/_natsreg/ui", "/_natsreg/ui/dashboard.js", "/_natsreg/ui/dashboard.css"):
+        wait_http(base + path)
+    where = urlsplit(base)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    conn.request("GET", "/_natsreg/events", headers={"Accept": "text/event-stream"})
+    response = conn.getresponse()
+    assert response.status == 200, response.status
+    print("READY", flush=True)
+    while response.read1(65536):
+        pass
 
 
 def granian_app():
@@ -364,6 +393,22 @@ def run(args: argparse.Namespace) -> None:
                 targets[SPANS] = f"http://{LOOPBACK}:{port}/{SPANS_SERVICE}/{ENDPOINT}"
                 bridge_pids[SPANS] = proc.pid
 
+            if args.dashboard:
+                # The dashboard shows what a registry node knows: one runs for every bridge.
+                natsreg_cli = str(Path(py).with_name("natsreg"))
+                procs.start(
+                    [natsreg_cli, "registry", "--server", url, "--prefix", "bench"],
+                    log=WORK / "registry.log",
+                )
+                port = free_port()
+                argv = [py, me, "natsreg-bridge", "--server", url, "--port", str(port)]
+                proc = procs.start(argv + scrape)
+                wait_line(proc, "READY")
+                targets[DASHBOARD] = f"http://{LOOPBACK}:{port}/{SERVICE}/{ENDPOINT}"
+                bridge_pids[DASHBOARD] = proc.pid
+                page = procs.start([py, me, "dashboard", "--url", f"http://{LOOPBACK}:{port}"])
+                wait_line(page, "READY")
+
             baseline = WORK / "py-baseline.py"
             shutil.copy(PEERS / "seed-gateway" / "py-baseline.py", baseline)
             port = free_port()
@@ -483,6 +528,8 @@ def run(args: argparse.Namespace) -> None:
                 f"{args.rounds} round(s)",
                 flush=True,
             )
+            if args.dashboard:
+                idle_cpu(bridge_pids["natsreg bridge"], bridge_pids[DASHBOARD], args.duration)
             labels = list(targets)
             # The Python bridges (natsreg's modes, then aiohttp's) take turns to go first.
             python = labels.index("aiohttp bridge") + 1
@@ -497,6 +544,37 @@ def run(args: argparse.Namespace) -> None:
         finally:
             procs.stop_all()
     report(results)
+
+
+def idle_cpu(plain: int, dashboard: int, seconds: float) -> None:
+    """Each bridge's CPU while no request comes: the dashboard's feed is all that runs."""
+    from rpc import cpu_s  # bench/rpc.py
+
+    before = cpu_s([plain]), cpu_s([dashboard])
+    time.sleep(seconds)
+    used = cpu_s([plain]) - before[0], cpu_s([dashboard]) - before[1]
+    print(
+        f"# idle for {seconds:g} s: CPU {used[0] * 1e3 / seconds:.1f} ms/s for the plain bridge, "
+        f"{used[1] * 1e3 / seconds:.1f} ms/s for the one with a dashboard open",
+        flush=True,
+    )
+
+
+def dashboard_report(results: dict[str, list[dict[str, float]]]) -> None:
+    """The dashboard's bridge against the plain one, round by round, against the noise: how
+    far the plain bridge's own figures move from round to round in this run."""
+    plain, watched = results["natsreg bridge"], results[DASHBOARD]
+    for key, what in (("rps", "req/s"), ("bridge_cpu_us", "bridge CPU per request")):
+        ratios = [w[key] / p[key] for p, w in zip(plain, watched, strict=True) if p[key]]
+        own = [p[key] for p in plain]
+        spread = (max(own) - min(own)) / statistics.median(own) if len(own) > 1 else math.nan
+        ratio = statistics.median(ratios)
+        rounds = ", ".join(f"{r:.3f}" for r in ratios)
+        verdict = "met" if abs(1 - ratio) <= spread else "NOT met"
+        print(
+            f"goal dashboard open within noise, {what}: {ratio:.3f}× (rounds {rounds}); "
+            f"the plain bridge's spread over the rounds {spread:.1%}: {verdict}"
+        )
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> None:
@@ -529,6 +607,8 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
         print(f"goal natsreg ≥ 0.97× metrics off: {ratio:.3f}× {verdict}")
         on, off = ours["bridge_cpu_us"], median[METRICS_OFF]["bridge_cpu_us"]
         print(f"bridge CPU per request: {on:.1f} µs with metrics, {off:.1f} µs without")
+    if DASHBOARD in results:
+        dashboard_report(results)
     for label, goal in ((TRACE_CONTEXT, 0.97), (SPANS, 0.8)):
         traced = median.get(label)
         if traced is not None:
@@ -560,6 +640,9 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=1, help="also natsreg bridge --workers N (N > 1)")
     r.add_argument("--metrics", action="store_true", help="also a bridge with NATSREG_METRICS=0")
     r.add_argument("--trace", action="store_true", help="also trace context, and OpenTelemetry")
+    r.add_argument("--dashboard", action="store_true", help="also a bridge with a dashboard open")
+    d = sub.add_parser("dashboard", help="(started by run) an open dashboard's requests")
+    d.add_argument("--url", required=True)
     for name in ("service", "natsreg-bridge", "natsreg-bridge-h11"):
         s = sub.add_parser(name, help="(started by run)")
         s.add_argument("--server", required=True)
@@ -571,6 +654,11 @@ def main() -> None:
         if args.quick:
             args.duration, args.warmup, args.rounds = 3, 1, 1
         run(args)
+        return
+    if args.command == "dashboard":
+        if not args.url.startswith(f"http://{LOOPBACK}:"):
+            sys.exit(f"loopback only: {args.url}")
+        dashboard_client(args.url)
         return
     if not re.match(r"^nats://(127\.0\.0\.1|localhost):\d+$", args.server):
         sys.exit(f"loopback only: {args.server}")

@@ -317,7 +317,7 @@ def _bridge(bridges: Iterable[_Bridge]) -> Iterator[Metric]:
     requests: Counter[_Labels] = Counter()
     durations: dict[_Labels, _figures.Latency] = {}
     refused: Counter[_Labels] = Counter()
-    in_flight = 0
+    in_flight = streams = dropped = 0
     for app in bridges:
         for route, responses in list(app.routes.items()):
             for status, n in list(responses.statuses.items()):
@@ -325,6 +325,8 @@ def _bridge(bridges: Iterable[_Bridge]) -> Iterator[Metric]:
             _summed(durations, (route,), responses.latency)
         _add(refused, app.refused)
         in_flight += app.in_flight
+        streams += app.event_streams.open
+        dropped += app.event_streams.dropped
     yield _counter(
         "natsreg_bridge_requests_total",
         "HTTP requests, by route pattern ('default': /service/endpoint) and status.",
@@ -345,4 +347,15 @@ def _bridge(bridges: Iterable[_Bridge]) -> Iterator[Metric]:
         "Requests the bridge answered itself, without sending them to NATS, by reason.",
         ("reason",),
         refused,
+    )
+    family = GaugeMetricFamily(
+        "natsreg_bridge_event_streams", "Dashboard event streams (/_natsreg/events) open now."
+    )
+    family.add_metric((), streams)
+    yield family
+    yield _counter(
+        "natsreg_bridge_event_streams_dropped",
+        "Event streams dropped because their client read too slowly.",
+        (),
+        Counter({(): dropped}),
     )

@@ -11,6 +11,7 @@ import anyio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from . import subjects, wire
 from .errors import NO_RESPONDERS_STATUS, STATUS_HEADER
 
 
@@ -34,3 +35,15 @@ async def gather(nc: NATS, subject: str, wait_s: float) -> list[bytes]:
     finally:
         await sub.unsubscribe()
     return replies
+
+
+async def gather_stats(nc: NATS, service: str | None, wait_s: float) -> list[wire.SrvStats]:
+    """The ``$SRV.STATS`` replies of every instance of ``service`` (of every service if
+    None) heard within ``wait_s``; a reply that is not ADR-32 stats is left out."""
+    stats: list[wire.SrvStats] = []
+    for data in await gather(nc, subjects.srv_subject("STATS", service), wait_s):
+        try:
+            stats.append(wire.decode_srv_stats(data))
+        except wire.MALFORMED:
+            continue
+    return stats

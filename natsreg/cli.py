@@ -31,7 +31,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from . import __version__, _docs_cli, _origin, _schema_cli, _trace, logs, subjects, wire
-from ._gather import gather
+from ._gather import gather_stats
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
@@ -681,6 +681,11 @@ async def _serve_probes(stack: AsyncExitStack, listen: str | None, role: Probed,
     _say(f"{what}: {_probe_urls(probes.url)}")
 
 
+def _say_dashboard(url: str, config: BridgeConfig) -> None:
+    if config.expose_registry:
+        _say(f"dashboard on {url}/_natsreg/ui")
+
+
 def _probe_urls(base: str) -> str:
     return f"{base}/metrics, {base}/healthz, {base}/readyz"
 
@@ -737,6 +742,7 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
     def ready(running: bridge.RunningBridge) -> None:
         _say(f"HTTP bridge on {running.url}")
         _say(f"HTTP bridge: {_probe_urls(running.url + '/_natsreg')}")
+        _say_dashboard(running.url, config)
         tell_ready()
 
     async def run(nc: NATS) -> int:
@@ -877,6 +883,7 @@ async def _cmd_up(args: argparse.Namespace) -> int:
                 f"{running.url}/user-service/users)"
             )
             _say(f"HTTP bridge: {_probe_urls(running.url + '/_natsreg')}")
+            _say_dashboard(running.url, running.app.config)
         children = _start_programs(args.programs, _child_env(args), stack, args.http)
         _say(
             "try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
@@ -1093,7 +1100,7 @@ async def _cmd_info(args: argparse.Namespace) -> int:
             raise _CliError(
                 f"no instance of {args.service!r} is known: 'natsreg ls' lists what is running"
             )
-        stats = await _gather_stats(nc, args.service)
+        stats = await gather_stats(nc, args.service, 0.3)
         if args.json or _json_lines:
             _print_data(
                 {
@@ -1129,16 +1136,6 @@ async def _cmd_docs(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_connection(args, run)
-
-
-async def _gather_stats(nc: NATS, service: str, wait_s: float = 0.3) -> list[wire.SrvStats]:
-    decoder = msgspec.json.Decoder(wire.SrvStats)
-    stats: list[wire.SrvStats] = []
-    for data in await gather(nc, subjects.srv_subject("STATS", service), wait_s):
-        # A reply that is not ADR-32 stats has nothing to show.
-        with suppress(msgspec.DecodeError, msgspec.ValidationError):
-            stats.append(decoder.decode(data))
-    return stats
 
 
 def _parse_payload(args: argparse.Namespace) -> bytes:

@@ -70,6 +70,7 @@ __all__ = [
     "decode_service_list",
     "decode_snapshot",
     "decode_srv_info",
+    "decode_srv_stats",
     "encode",
     "heartbeat_interval_s",
     "instance_view",
@@ -634,6 +635,7 @@ _discover_decoder = msgspec.json.Decoder(Discover)
 _snapshot_decoder = msgspec.json.Decoder(Snapshot)
 _event_decoder = msgspec.json.Decoder(Event)
 _srv_info_decoder = msgspec.json.Decoder(SrvInfo)
+_srv_stats_decoder = msgspec.json.Decoder(SrvStats)
 _node_stats_decoder = msgspec.json.Decoder(NodeStats)
 _disconnect_decoder = msgspec.json.Decoder(DisconnectAdvisory)
 _service_list_decoder = msgspec.json.Decoder(ServiceList)
@@ -644,6 +646,7 @@ decode_discover = _discover_decoder.decode
 decode_snapshot = _snapshot_decoder.decode
 decode_event = _event_decoder.decode
 decode_srv_info = _srv_info_decoder.decode
+decode_srv_stats = _srv_stats_decoder.decode
 decode_node_stats = _node_stats_decoder.decode
 decode_disconnect = _disconnect_decoder.decode
 decode_service_list = _service_list_decoder.decode

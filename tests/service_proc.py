@@ -3,8 +3,9 @@
     python service_proc.py URL NAME PREFIX [VERSION] [--delay-ms N] [--idempotent]
                            [--meta KEY=VALUE ...]
 
-Serves ``<NAME>.echo`` (replies with the request) and ``<NAME>.work`` (waits ``--delay-ms``,
-then replies ``{"id": <instance id>}``; declared idempotent with ``--idempotent``), and prints
+Serves ``<NAME>.echo`` (replies with the request), ``<NAME>.work`` (waits ``--delay-ms``,
+then replies ``{"id": <instance id>}``; declared idempotent with ``--idempotent``) and
+``<NAME>.greet`` (typed: ``{"name": <str>}`` in, ``{"greeting": <str>}`` out), and prints
 ``id <instance id>`` once announced; SIGTERM makes it leave its block (drain, goodbye) and
 exit.
 """
@@ -12,9 +13,18 @@ exit.
 import argparse
 import asyncio
 
+import msgspec
 import nats
 
 import natsreg
+
+
+class Greeting(msgspec.Struct):
+    name: str
+
+
+class Greeted(msgspec.Struct):
+    greeting: str
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -33,6 +43,10 @@ async def main(args: argparse.Namespace) -> None:
             if args.delay_ms:
                 await asyncio.sleep(args.delay_ms / 1000)
             return {"id": svc.id}
+
+        @svc.endpoint("greet")
+        async def greet(req: natsreg.Request[Greeting]) -> Greeted:
+            return Greeted(greeting=f"hello, {req.body.name}")
 
         await svc.ready()
         print("id", svc.id, flush=True)

@@ -214,8 +214,13 @@ def test_up_starts_an_embedded_server_a_registry_and_the_programs() -> None:
         # The HTTP bridge is served too.
         http = httpx.post(f"http://127.0.0.1:{bridge_port}/up-svc/echo", content=b'{"a": 1}')
         assert (http.status_code, http.json()) == (200, {"a": 1})
+        # And the dashboard, where natsreg up says it is.
+        page = httpx.get(f"http://127.0.0.1:{bridge_port}/_natsreg/ui")
+        assert page.status_code == 200 and "natsreg dashboard" in page.text
         up.send_signal(signal.SIGINT)
         assert up.wait(20) == 0
+        said = up.stderr.read() if up.stderr else ""
+    assert f"dashboard on http://127.0.0.1:{bridge_port}/_natsreg/ui" in said
     assert not is_listening("127.0.0.1", port), "the embedded nats-server was left running"
 
 

@@ -24,6 +24,7 @@ from ..client import Client
 from ..errors import CircuitOpenError, ServiceError
 from ._access import CorsHeaders, Origins, challenge, credential
 from ._config import BridgeConfig
+from ._events import EventStreams
 from ._head import HEADER_BREAK, Head, HeadReader
 from ._own import OwnResources
 from ._responses import Receive, Scope, Send, refuse, respond, status_for, unauthorized
@@ -109,6 +110,20 @@ class Bridge:
         """HTTP requests being handled now."""
         return sum(self._in_flight.values())
 
+    @property
+    def event_streams(self) -> EventStreams:
+        """The ``/_natsreg/events`` streams: how many are open, how many were dropped."""
+        return self._own.events
+
+    def close_event_streams(self) -> None:
+        """End the open ``/_natsreg/events`` streams and refuse new ones (the bridge is
+        stopping): they would otherwise hold the drain until its timeout."""
+        self._own.events.close()
+
+    async def wait_event_streams_closed(self) -> None:
+        """Until what fed the streams :meth:`close_event_streams` ended is gone."""
+        await self._own.events.wait_closed()
+
     def readiness(self) -> str | None:
         """Why HTTP clients should not be sent here, or None: the bridge's client must be
         ready (connected, its view of the services it calls live)."""
@@ -171,7 +186,9 @@ class Bridge:
                 return
             if head.path.startswith("/_natsreg/"):
                 route = _OWN_ROUTE
-                status = await self._own.serve(self, head, send, cors)
+                status = await self._own.serve(
+                    self, head, receive, send, cors, scope.get("root_path", "")
+                )
                 return
             target = self._table.resolve(head.path)
             if type(target) is Refusal:

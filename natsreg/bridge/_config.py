@@ -88,8 +88,15 @@ class BridgeConfig:
     default_content_type: str = "application/json"
     #: How long the registry view served on ``/_natsreg/services`` is reused.
     registry_refresh_s: float = 1.0
-    #: Serve ``/_natsreg/services`` (the registry view, behind the default auth).
+    #: Serve ``/_natsreg/services`` (the registry view, behind the default auth), and the
+    #: dashboard built on it: ``/_natsreg/ui`` and its event stream ``/_natsreg/events``.
     expose_registry: bool = True
+    #: Event streams (``/_natsreg/events``, one per open dashboard) served at once; more get 503.
+    max_event_streams: int = 16
+    #: What one event stream may hold unsent; a client reading slower than that is dropped.
+    event_buffer_bytes: int = 1024 * 1024
+    #: An idle event stream sends a comment this often, so proxies keep it open.
+    event_keepalive_s: float = 15.0
     #: On shutdown, how long in-flight requests may take to finish.
     drain_timeout_s: float = 10.0
     #: ``Host`` names served (any port); others get 421. ``"*"`` serves any: only behind a
@@ -120,7 +127,13 @@ class BridgeConfig:
         if not isinstance(self.auth, Auth):
             raise ConfigError("auth must be an Auth")
         subjects.check_prefix(self.prefix)
-        for name in ("timeout_s", "body_timeout_s", "registry_refresh_s", "header_timeout_s"):
+        for name in (
+            "timeout_s",
+            "body_timeout_s",
+            "registry_refresh_s",
+            "header_timeout_s",
+            "event_keepalive_s",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 3600):
                 raise ConfigError(f"{name} must be in (0, 3600] seconds, got {value!r}")
@@ -132,6 +145,8 @@ class BridgeConfig:
             ("max_in_flight_per_client", 1),
             ("max_connections", 1),
             ("max_connections_per_client", 1),
+            ("max_event_streams", 0),
+            ("event_buffer_bytes", 64 * 1024),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:

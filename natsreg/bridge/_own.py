@@ -1,6 +1,7 @@
 """The bridge's own resources, under ``/_natsreg/``: health, the probes (metrics, liveness,
-readiness), the registry's view of the services and the OpenAPI document of the routes. Off the
-request path: nothing here runs for a request to a service.
+readiness), the registry's view of the services, the OpenAPI document of the routes and
+the dashboard (``/_natsreg/ui``, fed by ``/_natsreg/events``). Off the request path: nothing
+here runs for a request to a service.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from ..client import Client
 from ..errors import NatsregError
 from ._access import challenge, credential
 from ._config import BridgeConfig
+from ._dashboard import asset
+from ._events import EventStreams
 from ._head import Head
-from ._responses import JSON, Send, encode, refuse, respond, status_for, unauthorized
+from ._responses import JSON, Receive, Send, encode, refuse, respond, status_for, unauthorized
 from ._routes import Refusal
 
 __all__ = ["OwnResources"]
@@ -57,20 +60,35 @@ class OwnResources:
         self._openapi: dict[str, Any] = {}
         self._openapi_bodies: dict[str, bytes] = {}
         self._openapi_lock = anyio.Lock()
+        #: The event streams of ``/_natsreg/events``.
+        self.events = EventStreams(nc, config)
 
     async def serve(
-        self, bridge: _Served, head: Head, send: Send, cors: Iterable[tuple[bytes, bytes]]
+        self,
+        bridge: _Served,
+        head: Head,
+        receive: Receive,
+        send: Send,
+        cors: Iterable[tuple[bytes, bytes]],
+        root: str = "",
     ) -> int:
-        """Answers ``head``'s request to ``bridge``; the status it was given."""
+        """Answers ``head``'s request to ``bridge``; the status it was given. ``root`` is
+        the path the bridge is mounted under (ASGI's ``root_path``), if any."""
         # The bridge comes with each request rather than kept here: the bridge keeps this
         # object, and a cycle would keep a dropped bridge (and its figures) alive until the
         # garbage collector's next pass.
         sent = _Sent(send)
-        await self._answer(bridge, head, sent, cors)
+        await self._answer(bridge, head, receive, sent, cors, root)
         return sent.status
 
     async def _answer(
-        self, bridge: _Served, head: Head, send: Send, cors: Iterable[tuple[bytes, bytes]]
+        self,
+        bridge: _Served,
+        head: Head,
+        receive: Receive,
+        send: Send,
+        cors: Iterable[tuple[bytes, bytes]],
+        root: str,
     ) -> None:
         path, method, credentials = head.path, head.method, head.credentials
         if method not in ("GET", "HEAD"):
@@ -111,6 +129,16 @@ class OwnResources:
             if path == "/_natsreg/openapi.json":
                 body = await self._openapi_json(snapshot, head.host)
             await respond(send, 200, JSON, body, cors)
+        elif path == "/_natsreg/events" and self.config.expose_registry:
+            if await self._allowed(credentials, send, cors):
+                await self.events.stream(send, receive, method, cors)
+        elif (
+            path.startswith("/_natsreg/ui")
+            and self.config.expose_registry
+            and (found := asset(path, root))
+        ):
+            body, content_type, headers = found
+            await respond(send, 200, content_type, b"" if method == "HEAD" else body, headers)
         else:
             await refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
 

@@ -122,10 +122,12 @@ async def run(
             try:
                 yield RunningBridge(host, sock.getsockname()[1], app)
             finally:
+                app.close_event_streams()
                 server.should_exit = True
     finally:
         with anyio.CancelScope(shield=True):
             await server.shutdown(sockets=[sock])
+            await app.wait_event_streams_closed()
 
 
 async def serve(
