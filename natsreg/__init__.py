@@ -12,9 +12,16 @@ from .errors import (
     OverloadedError,
     RequestError,
     RequestTimeoutError,
+    SagaBusyError,
+    SagaCompensationError,
+    SagaError,
+    SagaLostError,
+    SagaNotFoundError,
+    SagaUnavailableError,
     ServiceError,
 )
 from .registry import Registry
+from .saga import Saga, SagaResult, SagaStore, Step
 from .service import Instance, Request, Service, announce
 
 __all__ = [
@@ -35,8 +42,18 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "RetryPolicy",
+    "Saga",
+    "SagaBusyError",
+    "SagaCompensationError",
+    "SagaError",
+    "SagaLostError",
+    "SagaNotFoundError",
+    "SagaResult",
+    "SagaStore",
+    "SagaUnavailableError",
     "Service",
     "ServiceError",
+    "Step",
     "announce",
 ]
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from . import __version__, _origin, _trace, logs, subjects, wire
+from . import __version__, _origin, _saga_cli, _trace, logs, subjects, wire
 from ._gather import gather
 from ._server import NatsServer, ServerError, is_listening
 from .client import STRATEGIES, Client
@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_lookups,
         _add_request,
         _add_watch,
+        _add_saga,
     ):
         add(commands, common)
     _add_auth(commands)
@@ -316,6 +317,20 @@ def _add_watch(commands: _Commands, common: argparse.ArgumentParser) -> None:
     watch = commands.add_parser("watch", parents=[common], help="stream registry changes")
     watch.add_argument("service", nargs="?", help="only this service")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
+
+
+def _add_saga(commands: _Commands, common: argparse.ArgumentParser) -> None:
+    saga = commands.add_parser("saga", help="read sagas: their steps and history (docs/sagas.md)")
+    actions = saga.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", parents=[common], help="one saga's steps and history")
+    show.add_argument("id", help="the saga's id")
+    show.add_argument("--json", action="store_true", help="print the stored state as JSON")
+    ls = actions.add_parser("ls", parents=[common], help="the sagas written last")
+    ls.add_argument("--running", action="store_true", help="only sagas still in progress")
+    ls.add_argument(
+        "--limit", type=int, default=20, help="how many sagas to list (default: %(default)s)"
+    )
+    ls.add_argument("--json", action="store_true", help="print the stored states as JSON")
 
 
 def _add_auth(commands: _Commands) -> None:
@@ -1205,6 +1220,27 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
     return await _with_connection(args, run, long_lived=True)
 
 
+async def _cmd_saga(args: argparse.Namespace) -> int:
+    async def run(nc: NATS) -> int:
+        if args.action == "show":
+            state = await _saga_cli.read_saga(nc, args.prefix, args.id)
+            if args.json or _json_lines:
+                _print_data(state)
+            else:
+                _saga_cli.render_saga(state, _console(), _table)
+            return 0
+        if args.limit < 1:
+            raise _CliError(f"--limit must be at least 1, got {args.limit}")
+        states = await _saga_cli.read_sagas(nc, args.prefix, running=args.running, limit=args.limit)
+        if args.json or _json_lines:
+            _print_data(states)
+        else:
+            _saga_cli.render_sagas(states, _console(), _table, _age)
+        return 0
+
+    return await _with_connection(args, run)
+
+
 # -- output ------------------------------------------------------------------------------------
 
 
@@ -1383,6 +1419,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "info": _cmd_info,
     "request": _cmd_request,
     "watch": _cmd_watch,
+    "saga": _cmd_saga,
     "auth": _cmd_auth,
 }
 

@@ -1,0 +1,168 @@
+"""The JetStream key-value bucket that keeps sagas: settings, and every read and write of it.
+
+One bucket per control prefix (``natsreg`` → ``natsreg_sagas``), created by the first
+coordinator that needs it with :class:`SagaStore`'s settings; an existing bucket is used as it
+is, so an operator may create it beforehand with settings of their own (``nats kv add``).
+Every write is conditional on the revision read last (compare-and-set).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import api as js_api
+from nats.js.kv import KeyValue
+
+from .. import subjects
+from ..errors import ConfigError, SagaLostError, SagaUnavailableError
+from ._state import MAX_STATE_BYTES, SagaState, decode, encode
+
+__all__ = ["Bucket", "SagaStore", "bucket_name"]
+
+log = logging.getLogger("natsreg.saga")
+
+# JetStream's error codes for "not that many replicas here": a single server, or a cluster
+# with fewer nodes than asked.
+_REPLICAS_UNAVAILABLE = (10074, 10005, 10023)
+
+
+def bucket_name(prefix: str) -> str:
+    """The bucket that keeps the sagas of control prefix ``prefix`` (``natsreg`` →
+    ``natsreg_sagas``)."""
+    return f"{subjects.check_prefix(prefix).replace('.', '_')}_sagas"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaStore:
+    """Where sagas are kept, and the settings of the bucket when natsreg creates it.
+
+    The bucket itself is the client's control prefix's (:func:`bucket_name`). ``replicas``
+    None asks for 3 and
+    settles for what the cluster has (1 on a single server); ``history`` is how many
+    revisions of each saga JetStream keeps (the saga's own history is inside each revision);
+    ``max_age_s`` is how long a saga stays readable after its last write.
+    """
+
+    replicas: int | None = None
+    history: int = 5
+    max_age_s: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and not 1 <= self.replicas <= 5:
+            raise ConfigError(f"replicas must be 1 to 5 (JetStream's limit), got {self.replicas}")
+        if not 1 <= self.history <= 64:
+            raise ConfigError(f"history must be 1 to 64 (JetStream's limit), got {self.history}")
+        if self.max_age_s <= 0:
+            raise ConfigError(f"max_age_s must be > 0, got {self.max_age_s}")
+
+    def config(self, bucket: str, replicas: int) -> js_api.KeyValueConfig:
+        """The bucket natsreg creates."""
+        return js_api.KeyValueConfig(
+            bucket=bucket,
+            description="natsreg sagas: one entry per saga, its state and history",
+            history=self.history,
+            ttl=self.max_age_s,
+            replicas=replicas,
+            storage=js_api.StorageType.FILE,
+            max_value_size=MAX_STATE_BYTES,
+        )
+
+
+class Bucket:
+    """The sagas' bucket on one connection: reads and compare-and-set writes."""
+
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self._kv = kv
+        self.name = name
+
+    @classmethod
+    async def open(
+        cls, nc: NATS, prefix: str, store: SagaStore | None = None, *, create: bool = True
+    ) -> Bucket:
+        """The bucket of ``prefix``, created with ``store``'s settings when it does not exist
+        and ``create``; SagaUnavailableError when JetStream is not there (or, with ``create``
+        False, the bucket is not)."""
+        js = nc.jetstream()
+        name = bucket_name(prefix)
+        store = store or SagaStore()
+        try:
+            return cls(await js.key_value(name), name)
+        except nats.js.errors.BucketNotFoundError:
+            if not create:
+                raise SagaUnavailableError(
+                    f"no saga bucket {name!r} on this NATS server: no saga has run with "
+                    f"prefix {prefix!r} yet (or pass the --prefix the sagas use)"
+                ) from None
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        for count in (store.replicas,) if store.replicas is not None else (3, 2, 1):
+            try:
+                kv = await js.create_key_value(store.config(name, count))
+                log.info("created saga bucket %s with %d replica(s)", name, count)
+                return cls(kv, name)
+            except nats.js.errors.APIError as exc:
+                if store.replicas is None and exc.err_code in _REPLICAS_UNAVAILABLE and count > 1:
+                    continue
+                if exc.err_code == 10058:  # created meanwhile by another process
+                    return cls(await js.key_value(name), name)
+                raise _unavailable(exc) from exc
+            except Exception as exc:
+                raise _unavailable(exc) from exc
+        raise AssertionError("unreachable: the last count raises or returns")
+
+    async def create(self, state: SagaState) -> int | None:
+        """Store a new saga; its revision, or None when a saga of that id already exists."""
+        try:
+            return await self._kv.create(state.id, encode(state))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def update(self, state: SagaState, revision: int) -> int:
+        """Replace the saga if ``revision`` is still its latest; its new revision.
+        SagaLostError when another coordinator wrote it meanwhile."""
+        try:
+            return await self._kv.update(state.id, encode(state), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise SagaLostError(
+                f"saga {state.id} was taken over by another coordinator", saga_id=state.id
+            ) from None
+
+    async def get(self, saga_id: str) -> tuple[SagaState | None, int] | None:
+        """The saga under ``saga_id`` (None if the entry is not a readable saga) and its
+        revision; None when there is no such entry."""
+        try:
+            entry = await self._kv.get(saga_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return decode(saga_id, entry.value), entry.revision or 0
+
+    async def scan(self, limit: int) -> AsyncIterator[tuple[str, SagaState | None, int]]:
+        """Every saga's latest revision (at most ``limit``), in the bucket's order: key,
+        state (None when unreadable) and revision."""
+        try:
+            watcher = await self._kv.watchall(ignore_deletes=True)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        try:
+            count = 0
+            async for entry in watcher:
+                # The watcher says "nothing more stored" with None.
+                if entry is None or count >= limit:
+                    break
+                count += 1
+                yield entry.key, decode(entry.key, entry.value), entry.revision or 0
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+def _unavailable(exc: Exception) -> SagaUnavailableError:
+    if isinstance(exc, (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)):
+        reason = "JetStream is not enabled on this NATS server (natsreg up enables it)"
+    else:
+        reason = f"JetStream: {exc}"
+    return SagaUnavailableError(f"cannot keep sagas: {reason}")

@@ -1,0 +1,337 @@
+"""Sagas on a real nats-server with JetStream: compensation in reverse order, a dead-lettered
+compensation, a coordinator killed with SIGKILL and finished by another process, forged
+entries in the bucket, and ``natsreg saga show``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+import natsreg
+from natsreg.saga import KEY_HEADER, SAGA_HEADER, SagaState, bucket_name
+from natsreg.saga._state import StepState, note
+from natsreg.saga._store import Bucket
+from natsreg.testing import NatsServer
+from tests.saga_proc import three_steps
+
+SAGA_PROC = Path(__file__).with_name("saga_proc.py")
+QUICK = natsreg.RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.02)
+
+
+@pytest.fixture(scope="module")
+def js_server() -> Iterator[NatsServer]:
+    with NatsServer(jetstream=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def js(js_server: NatsServer) -> AsyncIterator[NATS]:
+    nc = await nats.connect(js_server.url)
+    yield nc
+    await nc.close()
+
+
+class Shop:
+    """A service whose endpoints record every call (endpoint, body, headers) in order."""
+
+    def __init__(self, svc: natsreg.Instance, failing: set[str]) -> None:
+        self.calls: list[tuple[str, Any, dict[str, str]]] = []
+        for endpoint in ("reserve", "release", "charge", "refund", "ship"):
+            self._serve(svc, endpoint, endpoint in failing)
+
+    def _serve(self, svc: natsreg.Instance, endpoint: str, failing: bool) -> None:
+        @svc.endpoint(endpoint)
+        async def handle(req: natsreg.Request) -> dict[str, str]:
+            self.calls.append((endpoint, req.json(), dict(req.headers)))
+            if failing:
+                raise natsreg.ServiceError(f"{endpoint}: warehouse offline", code=500)
+            return {endpoint: "ok"}
+
+    def endpoints(self) -> list[str]:
+        return [endpoint for endpoint, _, _ in self.calls]
+
+
+def order(service: str, **options: Any) -> natsreg.Saga:
+    return natsreg.Saga(
+        f"order-{service}",
+        steps=[
+            natsreg.Step(f"{service}.reserve", compensate=f"{service}.release"),
+            natsreg.Step(f"{service}.charge", compensate=f"{service}.refund"),
+            natsreg.Step(f"{service}.ship"),
+        ],
+        **options,
+    )
+
+
+async def stored(nc: NATS, prefix: str, saga_id: str) -> SagaState:
+    bucket = await Bucket.open(nc, prefix, create=False)
+    entry = await bucket.get(saga_id)
+    assert entry is not None and entry[0] is not None
+    return entry[0]
+
+
+def events(state: SagaState) -> list[tuple[str, int]]:
+    return [(entry.event, entry.step) for entry in state.history]
+
+
+async def test_a_saga_whose_second_step_fails_undoes_the_first_once_and_returns_compensated(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    service = f"shop-{unique}"
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+        shop = Shop(svc, failing={"charge"})
+        await js.flush()
+        client = natsreg.Client(js, prefix=prefix)
+        result = await order(service).run(client, {"order": 42}, saga_id=f"o-{unique}")
+
+    assert result.status == "compensated"
+    assert "warehouse offline" in result.error
+    # The charge failed with an answer (it did not take effect): only the reservation is undone.
+    assert shop.endpoints() == ["reserve", "charge", "release"]
+    _, release, headers = shop.calls[2]
+    assert release["payload"] == {"order": 42}
+    assert release["replies"] == {f"{service}.reserve": {"reserve": "ok"}}
+    assert release["saga"]["compensation"] is True
+    assert headers[SAGA_HEADER] == f"o-{unique}"
+    assert headers[KEY_HEADER] == f"o-{unique}.0.undo"
+    state = await stored(js, prefix, f"o-{unique}")
+    assert [s.status for s in state.steps] == ["compensated", "failed", "pending"]
+    assert events(state) == [
+        ("started", -1),
+        ("step-started", 0),
+        ("step-succeeded", 0),
+        ("step-started", 1),
+        ("step-failed", 1),
+        ("compensation-succeeded", 0),
+        ("compensated", -1),
+    ]
+    # Running the same id again answers from the bucket and calls nothing.
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+        again = Shop(svc, failing=set())
+        await js.flush()
+        assert (await order(service).run(client, {"order": 42}, saga_id=f"o-{unique}")).status == (
+            "compensated"
+        )
+    assert again.calls == []
+
+
+async def test_a_completed_saga_hands_each_step_the_replies_before_it(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    service = f"shop-{unique}"
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+        shop = Shop(svc, failing=set())
+        await js.flush()
+        result = await order(service).run(natsreg.Client(js, prefix=prefix), {"order": 7})
+    assert result.status == "completed"
+    assert shop.endpoints() == ["reserve", "charge", "ship"]
+    _, ship, _ = shop.calls[2]
+    assert ship["replies"] == {
+        f"{service}.reserve": {"reserve": "ok"},
+        f"{service}.charge": {"charge": "ok"},
+    }
+    assert result.replies[f"{service}.ship"] == {"ship": "ok"}
+    assert len(result.id) == 32
+
+
+async def test_a_failing_compensation_is_retried_then_dead_lettered_and_saga_show_prints_it(
+    js: NATS, prefix: str, unique: str, js_server: NatsServer
+) -> None:
+    service = f"shop-{unique}"
+    saga_id = f"dead-{unique}"
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+        shop = Shop(svc, failing={"charge", "release"})
+        await js.flush()
+        client = natsreg.Client(js, prefix=prefix)
+        with pytest.raises(natsreg.SagaCompensationError) as raised:
+            await order(service, compensation=QUICK).run(client, {"order": 1}, saga_id=saga_id)
+
+    assert raised.value.saga_id == saga_id
+    assert f"natsreg saga show {saga_id}" in str(raised.value)
+    assert shop.endpoints() == ["reserve", "charge", "release", "release", "release"]
+    # Every attempt carries the same idempotency key.
+    assert {headers[KEY_HEADER] for _, _, headers in shop.calls[2:]} == {f"{saga_id}.0.undo"}
+    state = await stored(js, prefix, saga_id)
+    assert state.status == "failed-compensation"
+    assert state.steps[0].status == "dead" and state.steps[0].attempts == 3
+    assert "release: warehouse offline" in state.steps[0].error
+    assert events(state)[-4:] == [
+        ("compensation-failed", 0),
+        ("compensation-failed", 0),
+        ("compensation-dead", 0),
+        ("failed-compensation", -1),
+    ]
+
+    env = {**os.environ, "NATS_URL": js_server.url, "NATSREG_PREFIX": prefix}
+    show = await anyio.run_process(
+        [sys.executable, "-m", "natsreg", "saga", "show", saga_id], env=env, check=False
+    )
+    out = show.stdout.decode()
+    assert show.returncode == 0, show.stderr
+    assert "failed-compensation" in out and "compensation-dead" in out
+    assert "warehouse offline" in out and f"{service}.release" in out
+    as_json = await anyio.run_process(
+        [sys.executable, "-m", "natsreg", "saga", "show", saga_id, "--json"], env=env
+    )
+    assert json.loads(as_json.stdout)["status"] == "failed-compensation"
+    listing = await anyio.run_process([sys.executable, "-m", "natsreg", "saga", "ls"], env=env)
+    assert saga_id in listing.stdout.decode()
+    missing = await anyio.run_process(
+        [sys.executable, "-m", "natsreg", "saga", "show", "nope"], env=env, check=False
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.decode().startswith("natsreg: no saga 'nope'")
+
+
+async def test_a_coordinator_killed_mid_saga_is_finished_by_another_process(
+    js: NATS, prefix: str, unique: str, js_server: NatsServer
+) -> None:
+    service = f"kill-{unique}"
+    saga_id = f"k-{unique}"
+    runs: list[str] = []
+    two_called = asyncio.Event()
+    release_two = asyncio.Event()
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+        for name in ("one", "undo-one", "three"):
+
+            @svc.endpoint(name)
+            async def step(req: natsreg.Request, name: str = name) -> dict[str, str]:
+                runs.append(name)
+                return {name: "ok"}
+
+        @svc.endpoint("two")
+        async def two(req: natsreg.Request) -> dict[str, str]:
+            runs.append("two")
+            two_called.set()
+            await release_two.wait()
+            return {"two": "ok"}
+
+        await js.flush()
+        with subprocess.Popen(
+            [sys.executable, str(SAGA_PROC), js_server.url, prefix, service, saga_id],
+            stdout=subprocess.PIPE,
+        ) as proc:
+            try:
+                with anyio.fail_after(10):
+                    await two_called.wait()
+                # Step one is recorded, step two is in flight: the coordinator dies here.
+                os.kill(proc.pid, signal.SIGKILL)
+                assert proc.wait(5) == -signal.SIGKILL
+            finally:
+                proc.kill()
+        release_two.set()
+        before = await stored(js, prefix, saga_id)
+        assert before.status == "running" and before.steps[1].status == "started"
+
+        client = natsreg.Client(js, prefix=prefix)
+        result = await three_steps(service).resume(client, saga_id)
+
+    assert result.status == "completed"
+    # Step two was sent again under the same request id: the service answered the repeat
+    # from memory instead of running it twice.
+    assert runs == ["one", "two", "three"]
+    coordinators = list(dict.fromkeys(entry.coordinator for entry in result.history))
+    assert len(coordinators) == 2
+    assert f"/{proc.pid}/" in coordinators[0] and f"/{os.getpid()}/" in coordinators[1]
+    assert ("resumed", -1) in [(e.event, e.step) for e in result.history]
+
+
+async def test_garbage_and_forged_entries_do_not_stop_recovery_and_two_resumers_take_one_saga(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    service = f"rec-{unique}"
+    saga = natsreg.Saga(f"r-{unique}", steps=[natsreg.Step(f"{service}.reserve")], lease_s=0.3)
+    bucket = await Bucket.open(js, prefix)
+    kv = await js.jetstream().key_value(bucket_name(prefix))
+    orphan = SagaState(
+        id=f"orphan-{unique}",
+        name=saga.name,
+        steps=[StepState(subject=f"{service}.reserve")],
+        coordinator="gone/1/dead",
+        lease_s=0.3,
+    )
+    note(orphan, 0.0, "started")
+    await bucket.create(orphan)
+    forged_id = msgspec.structs.replace(orphan, id="someone-else")
+    huge_lease = msgspec.structs.replace(orphan, id=f"lease-{unique}", lease_s=1e9)
+    await kv.put("junk", b"\x00\xff not json")
+    await kv.put("forged", msgspec.json.encode(forged_id))
+    await kv.put(f"lease-{unique}", msgspec.json.encode(huge_lease))
+    await kv.put("big", b"[" + b"1," * 400_000 + b"1]")
+
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+        shop = Shop(svc, failing=set())
+        await js.flush()
+        first, second = await asyncio.gather(
+            saga.recover(natsreg.Client(js, prefix=prefix)),
+            saga.recover(natsreg.Client(js, prefix=prefix)),
+        )
+
+    assert [r.id for r in first + second] == [f"orphan-{unique}"]
+    assert (first + second)[0].status == "completed"
+    assert shop.endpoints() == ["reserve"]
+    assert (await kv.get("junk")).value == b"\x00\xff not json"
+
+
+async def test_a_coordinator_whose_saga_was_taken_over_stops_with_saga_lost(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    service = f"lost-{unique}"
+    saga_id = f"l-{unique}"
+    saga = natsreg.Saga(
+        f"l-{unique}", steps=[natsreg.Step(f"{service}.reserve", timeout_s=5.0)], lease_s=0.3
+    )
+    hold = asyncio.Event()
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+
+        @svc.endpoint("reserve")
+        async def reserve(req: natsreg.Request) -> None:
+            await hold.wait()
+
+        await js.flush()
+        client = natsreg.Client(js, prefix=prefix)
+        running = asyncio.create_task(saga.run(client, None, saga_id=saga_id))
+        # Another process writes the saga as if it had taken it over.
+        bucket = await Bucket.open(js, prefix)
+        for _ in range(100):
+            entry = await bucket.get(saga_id)
+            if entry is not None and entry[0] is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert entry is not None and entry[0] is not None
+        entry[0].coordinator = "thief/1/x"
+        await bucket.update(entry[0], entry[1])
+        with pytest.raises(natsreg.SagaLostError):
+            with anyio.fail_after(5):
+                await running
+        hold.set()
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["", "has.dot", "has space", "x" * 49, "star*", "../etc"], ids=repr
+)
+async def test_bad_saga_ids_are_refused_before_anything_is_sent(
+    js: NATS, prefix: str, bad_id: str
+) -> None:
+    saga = natsreg.Saga("s", steps=[natsreg.Step("a.b")])
+    with pytest.raises(natsreg.ConfigError, match="saga id"):
+        await saga.run(natsreg.Client(js, prefix=prefix), None, saga_id=bad_id)
+
+
+async def test_without_jetstream_a_saga_says_so_in_one_line(nc: NATS, prefix: str) -> None:
+    saga = natsreg.Saga("s", steps=[natsreg.Step("a.b")])
+    with pytest.raises(natsreg.SagaUnavailableError, match="JetStream is not enabled"):
+        await saga.run(natsreg.Client(nc, prefix=prefix), None)
