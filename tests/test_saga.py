@@ -47,15 +47,19 @@ async def js(js_server: NatsServer) -> AsyncIterator[NATS]:
 class Shop:
     """A service whose endpoints record every call (endpoint, body, headers) in order."""
 
-    def __init__(self, svc: natsreg.Instance, failing: set[str]) -> None:
+    def __init__(
+        self, svc: natsreg.Instance, failing: set[str], slow: set[str] = frozenset()
+    ) -> None:
         self.calls: list[tuple[str, Any, dict[str, str]]] = []
         for endpoint in ("reserve", "release", "charge", "refund", "ship"):
-            self._serve(svc, endpoint, endpoint in failing)
+            self._serve(svc, endpoint, endpoint in failing, endpoint in slow)
 
-    def _serve(self, svc: natsreg.Instance, endpoint: str, failing: bool) -> None:
+    def _serve(self, svc: natsreg.Instance, endpoint: str, failing: bool, slow: bool) -> None:
         @svc.endpoint(endpoint)
         async def handle(req: natsreg.Request) -> dict[str, str]:
             self.calls.append((endpoint, req.json(), dict(req.headers)))
+            if slow:
+                await asyncio.sleep(0.5)
             if failing:
                 raise natsreg.ServiceError(f"{endpoint}: warehouse offline", code=500)
             return {endpoint: "ok"}
@@ -128,6 +132,25 @@ async def test_a_saga_whose_second_step_fails_undoes_the_first_once_and_returns_
     assert again.calls == []
 
 
+async def test_a_step_that_timed_out_may_have_taken_effect_so_its_compensation_runs_too(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    service = f"shop-{unique}"
+    saga = natsreg.Saga(
+        f"t-{unique}",
+        steps=[
+            natsreg.Step(f"{service}.reserve", compensate=f"{service}.release"),
+            natsreg.Step(f"{service}.charge", compensate=f"{service}.refund", timeout_s=0.2),
+        ],
+    )
+    async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
+        shop = Shop(svc, failing=set(), slow={"charge"})
+        await js.flush()
+        result = await saga.run(natsreg.Client(js, prefix=prefix), {"order": 3})
+    assert result.status == "compensated"
+    assert shop.endpoints() == ["reserve", "charge", "refund", "release"]
+
+
 async def test_a_completed_saga_hands_each_step_the_replies_before_it(
     js: NATS, prefix: str, unique: str
 ) -> None:
@@ -176,24 +199,29 @@ async def test_a_failing_compensation_is_retried_then_dead_lettered_and_saga_sho
     ]
 
     env = {**os.environ, "NATS_URL": js_server.url, "NATSREG_PREFIX": prefix}
-    show = await anyio.run_process(
-        [sys.executable, "-m", "natsreg", "saga", "show", saga_id], env=env, check=False
-    )
-    out = show.stdout.decode()
-    assert show.returncode == 0, show.stderr
+    commands = {
+        "show": ["saga", "show", saga_id],
+        "ls": ["saga", "ls", "--json"],
+        "missing": ["saga", "show", "nope"],
+    }
+    done: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+    async def cli(label: str) -> None:
+        done[label] = await anyio.run_process(
+            [sys.executable, "-m", "natsreg", *commands[label]], env=env, check=False
+        )
+
+    async with anyio.create_task_group() as tg:
+        for label in commands:
+            tg.start_soon(cli, label)
+    out = done["show"].stdout.decode()
+    assert done["show"].returncode == 0, done["show"].stderr
     assert "failed-compensation" in out and "compensation-dead" in out
     assert "warehouse offline" in out and f"{service}.release" in out
-    as_json = await anyio.run_process(
-        [sys.executable, "-m", "natsreg", "saga", "show", saga_id, "--json"], env=env
-    )
-    assert json.loads(as_json.stdout)["status"] == "failed-compensation"
-    listing = await anyio.run_process([sys.executable, "-m", "natsreg", "saga", "ls"], env=env)
-    assert saga_id in listing.stdout.decode()
-    missing = await anyio.run_process(
-        [sys.executable, "-m", "natsreg", "saga", "show", "nope"], env=env, check=False
-    )
-    assert missing.returncode == 1
-    assert missing.stderr.decode().startswith("natsreg: no saga 'nope'")
+    listed = {saga["id"]: saga["status"] for saga in json.loads(done["ls"].stdout)}
+    assert listed[saga_id] == "failed-compensation"
+    assert done["missing"].returncode == 1
+    assert done["missing"].stderr.decode().startswith("natsreg: no saga 'nope'")
 
 
 async def test_a_coordinator_killed_mid_saga_is_finished_by_another_process(
