@@ -378,6 +378,13 @@ def _add_auth(commands: _Commands) -> None:
         help="a program that calls these services",
     )
     auth.add_argument(
+        "--coordinator",
+        action="append",
+        default=[],
+        metavar="USER:SVC[,SVC...]",
+        help="a program that runs sagas calling these services (docs/sagas.md)",
+    )
+    auth.add_argument(
         "--prefix",
         default=os.environ.get("NATSREG_PREFIX", subjects.DEFAULT_PREFIX),
         help="subject prefix of natsreg's control traffic (default: %(default)s)",
@@ -1019,13 +1026,16 @@ def _roles(args: argparse.Namespace) -> list[Role]:
     for spec in args.service:
         name, calls = split(spec, "--service")
         roles.append(Role(kind="service", user=name, name=name, calls=calls))
-    for spec in args.caller:
-        user, calls = split(spec, "--caller")
-        if not calls:
-            raise _CliError(f"--caller {spec!r}: name the services it calls (USER:SVC,SVC)")
-        roles.append(Role(kind="caller", user=user, calls=calls))
+    for kind in ("caller", "coordinator"):
+        for spec in getattr(args, kind):
+            user, calls = split(spec, f"--{kind}")
+            if not calls:
+                raise _CliError(f"--{kind} {spec!r}: name the services it calls (USER:SVC,SVC)")
+            roles.append(Role(kind=kind, user=user, calls=calls))
     if not roles:
-        raise _CliError("no roles: pass --registry, --bridge, --operator, --service or --caller")
+        raise _CliError(
+            "no roles: pass --registry, --bridge, --operator, --service, --caller or --coordinator"
+        )
     return roles
 
 

@@ -21,6 +21,9 @@ Roles:
   one that hears that request, so a starting node's snapshot can come from a registry node
   only: its inbox is its own, and only a user that received the request may answer there.
 - ``bridge``: a caller (of every service, or of those named).
+- ``coordinator`` of some services: a caller of them that also runs sagas (docs/sagas.md): it
+  may create, read and write the sagas' bucket (``<prefix>_sagas``) through JetStream's API,
+  and nothing of any other stream. It may not delete or purge the bucket.
 - ``operator``: the CLI (``ls``, ``info``, ``watch``, ``request``, ``registry nodes``): a
   caller of every service that may also ask every instance for its ADR-32 stats and every
   registry node for its own.
@@ -55,7 +58,7 @@ __all__ = [
     "permissions",
 ]
 
-RoleKind = Literal["service", "caller", "registry", "bridge", "operator"]
+RoleKind = Literal["service", "caller", "registry", "bridge", "operator", "coordinator"]
 
 #: In ``calls``: every service (a bridge or operator that reaches the whole fleet).
 ALL_SERVICES = "*"
@@ -86,8 +89,11 @@ class Role:
             raise ConfigError(f"user {self.user!r}: use letters, digits, '-' and '_' only")
         if self.kind == "service" and not subjects.is_valid_token(self.name):
             raise ConfigError(f"service role {self.user!r} needs a valid service name")
-        if self.kind not in ("service", "caller", "registry", "bridge", "operator"):
+        if self.kind not in ("service", "caller", "registry", "bridge", "operator", "coordinator"):
             raise ConfigError(f"unknown role {self.kind!r}")
+        if self.kind == "coordinator" and (not self.calls or ALL_SERVICES in self.calls):
+            # A caller of every service is denied all of $JS, which sagas need.
+            raise ConfigError(f"coordinator {self.user!r}: name the services its sagas call")
         for callee in self.calls:
             if callee != ALL_SERVICES and not _USER.match(callee):
                 raise ConfigError(f"{self.user!r} calls {callee!r}, which is no service name")
@@ -173,6 +179,8 @@ def permissions(
             ]
             sub.append(f"{control('sync', '*')} {subjects.REGISTRY_QUEUE}")
             sub.append(control("nodes"))
+        case "coordinator":
+            pub += _saga_subjects(subjects.saga_bucket(prefix))
         case "operator":
             pub += [subjects.srv_subject(verb, ">") for verb in ("PING", "INFO", "STATS")]
             pub += [subjects.srv_subject(verb) for verb in ("PING", "INFO", "STATS")]
@@ -183,7 +191,7 @@ def permissions(
     calls = role.calls
     if role.kind in ("bridge", "operator") and not calls:
         calls = (ALL_SERVICES,)
-    if calls or role.kind in ("caller", "bridge", "operator"):
+    if calls or role.kind in ("caller", "bridge", "operator", "coordinator"):
         pub += [control("registry", ">"), control("warming", ">")]
     for callee in calls:
         pub += [subjects.endpoint_subject(callee, ">"), control("direct", callee, ">")]
@@ -215,6 +223,26 @@ def permissions(
         deny_publish=tuple(_unique(deny)),
         max_responses=REGISTRY_MAX_RESPONSES if role.kind == "registry" else 1,
     )
+
+
+def _saga_subjects(bucket: str) -> Sequence[str]:
+    # What nats-py's key-value API sends for one bucket: its stream's info and creation, a
+    # key's read (direct or through the stream), a write (a publish JetStream acknowledges),
+    # and the ordered consumer that lists the bucket (created, asked for its info, and told
+    # by flow-control replies that its messages arrived). Replies come to the user's inbox.
+    stream = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+        f"$KV.{bucket}.>",
+    ]
 
 
 def _srv_subjects(name: str) -> Sequence[str]:

@@ -21,10 +21,12 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import natsreg
-from natsreg.saga import KEY_HEADER, SAGA_HEADER, SagaState, bucket_name
+from natsreg import subjects
+from natsreg.saga import KEY_HEADER, SAGA_HEADER, SagaState
 from natsreg.saga._state import StepState, note
 from natsreg.saga._store import Bucket
 from natsreg.testing import NatsServer
+from tests.helpers import eventually
 from tests.saga_proc import three_steps
 
 SAGA_PROC = Path(__file__).with_name("saga_proc.py")
@@ -283,7 +285,7 @@ async def test_garbage_and_forged_entries_do_not_stop_recovery_and_two_resumers_
     service = f"rec-{unique}"
     saga = natsreg.Saga(f"r-{unique}", steps=[natsreg.Step(f"{service}.reserve")], lease_s=0.3)
     bucket = await Bucket.open(js, prefix)
-    kv = await js.jetstream().key_value(bucket_name(prefix))
+    kv = await js.jetstream().key_value(subjects.saga_bucket(prefix))
     orphan = SagaState(
         id=f"orphan-{unique}",
         name=saga.name,
@@ -363,3 +365,59 @@ async def test_without_jetstream_a_saga_says_so_in_one_line(nc: NATS, prefix: st
     saga = natsreg.Saga("s", steps=[natsreg.Step("a.b")])
     with pytest.raises(natsreg.SagaUnavailableError, match="JetStream is not enabled"):
         await saga.run(natsreg.Client(nc, prefix=prefix), None)
+
+
+async def test_a_coordinator_user_runs_sagas_under_generated_permissions_and_no_more(
+    tmp_path: Path, unique: str
+) -> None:
+    from natsreg import _authconfig
+    from natsreg.permissions import Role
+
+    service = f"shop-{unique}"
+    roles = [
+        Role(kind="service", user=service, name=service),
+        Role(kind="coordinator", user="orders", calls=(service,)),
+    ]
+    rendered = _authconfig.render_static(roles, "natsreg")
+    (tmp_path / "nats.conf").write_text(rendered.config)
+    secrets = {s.role.user: s for s in rendered.users}
+    violations: list[str] = []
+
+    async def login(user: str) -> NATS:
+        async def on_error(exc: Exception) -> None:
+            violations.append(f"{user}: {exc}")
+
+        return await nats.connect(
+            server.url,
+            user=user,
+            password=secrets[user].password,
+            inbox_prefix=secrets[user].inbox,
+            error_cb=on_error,
+        )
+
+    async with NatsServer(jetstream=True, args=("-c", str(tmp_path / "nats.conf"))) as server:
+        svc_nc, orders = await login(service), await login("orders")
+        try:
+            async with natsreg.announce(svc_nc, service, version="1.0.0") as svc:
+                shop = Shop(svc, failing={"ship"})
+                await svc_nc.flush()
+                client = natsreg.Client(orders)
+                result = await order(service).run(client, {"order": 5}, saga_id="p-1")
+                assert result.status == "compensated"
+                assert shop.endpoints() == ["reserve", "charge", "ship", "refund", "release"]
+                recovered = await order(service).recover(client)
+                assert recovered == []
+                assert not violations
+                # Its own bucket only: no other stream, and no deleting its own.
+                for subject in (
+                    "$JS.API.STREAM.DELETE.KV_natsreg_sagas",
+                    "$JS.API.STREAM.PURGE.KV_natsreg_sagas",
+                    "$KV.other.x",
+                    "$JS.API.STREAM.INFO.KV_other",
+                ):
+                    await orders.publish(subject, b"")
+                await orders.flush()
+                await eventually(lambda: len(violations) == 4, what="four violations")
+        finally:
+            await svc_nc.close()
+            await orders.close()

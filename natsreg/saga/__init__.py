@@ -49,7 +49,7 @@ from ._state import (
     check_name,
     note,
 )
-from ._store import Bucket, SagaStore, bucket_name
+from ._store import Bucket, SagaStore
 
 __all__ = [
     "KEY_HEADER",
@@ -60,7 +60,6 @@ __all__ = [
     "SagaState",
     "SagaStore",
     "Step",
-    "bucket_name",
 ]
 
 log = logging.getLogger("natsreg.saga")

@@ -22,7 +22,7 @@ from .. import subjects
 from ..errors import ConfigError, SagaLostError, SagaUnavailableError
 from ._state import MAX_STATE_BYTES, SagaState, decode, encode
 
-__all__ = ["Bucket", "SagaStore", "bucket_name"]
+__all__ = ["Bucket", "SagaStore"]
 
 log = logging.getLogger("natsreg.saga")
 
@@ -31,19 +31,13 @@ log = logging.getLogger("natsreg.saga")
 _REPLICAS_UNAVAILABLE = (10074, 10005, 10023)
 
 
-def bucket_name(prefix: str) -> str:
-    """The bucket that keeps the sagas of control prefix ``prefix`` (``natsreg`` →
-    ``natsreg_sagas``)."""
-    return f"{subjects.check_prefix(prefix).replace('.', '_')}_sagas"
-
-
 @dataclass(frozen=True, kw_only=True)
 class SagaStore:
     """Where sagas are kept, and the settings of the bucket when natsreg creates it.
 
-    The bucket itself is the client's control prefix's (:func:`bucket_name`). ``replicas``
-    None asks for 3 and
-    settles for what the cluster has (1 on a single server); ``history`` is how many
+    The bucket is named after the client's control prefix
+    (:func:`natsreg.subjects.saga_bucket`). ``replicas`` None asks for 3 and settles for
+    what the cluster has (1 on a single server); ``history`` is how many
     revisions of each saga JetStream keeps (the saga's own history is inside each revision);
     ``max_age_s`` is how long a saga stays readable after its last write.
     """
@@ -88,7 +82,7 @@ class Bucket:
         and ``create``; SagaUnavailableError when JetStream is not there (or, with ``create``
         False, the bucket is not)."""
         js = nc.jetstream()
-        name = bucket_name(prefix)
+        name = subjects.saga_bucket(prefix)
         store = store or SagaStore()
         try:
             return cls(await js.key_value(name), name)
