@@ -14,6 +14,7 @@ from .errors import (
     RequestTimeoutError,
     ServiceError,
 )
+from .events import Event, Events
 from .registry import Registry
 from .service import Instance, Request, Service, announce
 
@@ -23,6 +24,8 @@ __all__ = [
     "CircuitOpenError",
     "Client",
     "ConfigError",
+    "Event",
+    "Events",
     "Instance",
     "NatsregError",
     "NoInstanceError",
