@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 
 from . import __version__, _origin, _trace, logs, subjects, wire
 from ._gather import gather
-from ._server import NatsServer, ServerError, is_listening
+from ._server import NatsServer, ServerError, default_store_dir, is_listening
 from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
 from .errors import ConfigError, NatsregError, ServiceError
@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_lookups,
         _add_request,
         _add_watch,
+        _add_events,
     ):
         add(commands, common)
     _add_auth(commands)
@@ -166,6 +167,14 @@ def _add_up(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "a .py file runs with this Python; repeatable",
     )
     up.add_argument("--no-bridge", action="store_true", help="do not serve the HTTP bridge")
+    up.add_argument(
+        "--store-dir",
+        default=os.environ.get("NATSREG_STORE_DIR"),
+        metavar="DIR",
+        help="where the embedded nats-server keeps JetStream's files, the durable events "
+        "(default: $NATSREG_STORE_DIR, else $XDG_STATE_HOME/natsreg/jetstream or "
+        "~/.local/state/natsreg/jetstream)",
+    )
     _http_option(
         up, "the registry node (and --with MODULE:ATTR services, on free ports)", "127.0.0.1:0"
     )
@@ -316,6 +325,30 @@ def _add_watch(commands: _Commands, common: argparse.ArgumentParser) -> None:
     watch = commands.add_parser("watch", parents=[common], help="stream registry changes")
     watch.add_argument("service", nargs="?", help="only this service")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
+
+
+def _add_events(commands: _Commands, common: argparse.ArgumentParser) -> None:
+    events = commands.add_parser(
+        "events",
+        parents=[common],
+        help="durable events: types, lag, dead letters ('events ls', 'events dead TYPE')",
+        description="ls: every event type with its consuming services, their lag and dead "
+        "letters; dead TYPE: the events a service failed on at every delivery, with the last "
+        "error; replay TYPE --dead: send them through again (to the service that failed only).",
+    )
+    events.add_argument("action", choices=["ls", "dead", "replay"])
+    events.add_argument("type", nargs="?", metavar="TYPE", help="an event type: user.created")
+    events.add_argument(
+        "--dead", action="store_true", help="replay: the dead letters (required, to be explicit)"
+    )
+    events.add_argument("--service", help="dead, replay: only this service's dead letters")
+    events.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="dead, replay: at most this many, oldest first (default: %(default)s; max 10000)",
+    )
+    events.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_auth(commands: _Commands) -> None:
@@ -838,12 +871,29 @@ async def _cmd_up(args: argparse.Namespace) -> int:
         if is_listening(host, port):
             _say(f"using the nats-server at {args.server}")
         elif host in ("127.0.0.1", "localhost", "::1"):
+            store = Path(args.store_dir) if args.store_dir else default_store_dir()
             try:
-                server = NatsServer(host=host, port=port, args=_embedded_auth(args))
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _CliError(
+                    f"cannot create the JetStream store {store}: {exc.strerror or exc}; "
+                    "pass --store-dir"
+                ) from exc
+            try:
+                server = NatsServer(
+                    host=host,
+                    port=port,
+                    args=_embedded_auth(args),
+                    jetstream=True,
+                    store_dir=store,
+                )
             except ServerError as exc:
                 raise _CliError(str(exc)) from exc
             stack.callback(server.stop)
-            _say(f"started nats-server {server.url} (embedded; stops with natsreg up)")
+            _say(
+                f"started nats-server {server.url} (embedded, JetStream in {store}; "
+                "stops with natsreg up)"
+            )
         else:
             raise _CliError(
                 f"nothing listens at {args.server}, and natsreg only starts a "
@@ -1180,6 +1230,16 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     return await _with_connection(args, run)
 
 
+async def _cmd_events(args: argparse.Namespace) -> int:
+    from . import _events_cli
+
+    async def run(nc: NATS) -> int:
+        json_out = args.json or _json_lines
+        return await _events_cli.run(nc, args, json_out=json_out, out=sys.stdout)
+
+    return await _with_connection(args, run)
+
+
 async def _cmd_watch(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         registry = RegistryApi(nc, prefix=args.prefix)
@@ -1383,6 +1443,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "info": _cmd_info,
     "request": _cmd_request,
     "watch": _cmd_watch,
+    "events": _cmd_events,
     "auth": _cmd_auth,
 }
 
