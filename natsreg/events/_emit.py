@@ -55,11 +55,13 @@ class Events:
         self._stream = stream_name(prefix)
         self.settings = settings or StreamSettings()
         self._timeout_s = timeout_s
+        self._ensured = False
 
     async def ensure(self) -> None:
         """Create the event streams with this emitter's settings where they do not exist
         (``emit`` does it on first use; call this to do it ahead, at deploy time)."""
         await ensure_streams(self._js, self._prefix, self.settings)
+        self._ensured = True
 
     async def emit(
         self,
@@ -102,6 +104,10 @@ class Events:
         return await self._publish(subject, data, sent or None)
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str] | None) -> Emitted:
+        if not self._ensured:
+            # Once per emitter, not left to "no responders": a broadcast handler's plain
+            # subscription on the subject would take the request and leave it unanswered.
+            await self.ensure()
         for first in (True, False):
             try:
                 ack = await self._js.publish(
@@ -112,7 +118,7 @@ class Events:
                 # Nobody stores this subject yet: create the streams once, then try again.
                 if not first:
                     break
-                await ensure_streams(self._js, self._prefix, self.settings)
+                await self.ensure()
             except APIError as exc:
                 raise EventsUnavailableError(f"JetStream refused the event: {exc}") from exc
             except nats.errors.TimeoutError as exc:
