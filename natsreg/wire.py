@@ -52,6 +52,7 @@ __all__ = [
     "Load",
     "MassExpiry",
     "NodeStats",
+    "Schemas",
     "ServiceList",
     "ServiceSummary",
     "Snapshot",

@@ -7,16 +7,18 @@ consumer is used as it is: an operator's edits stay (docs/events.md, "Defaults")
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from .. import subjects
 from ..errors import NatsregError
 from ._settings import (
-    PARTITIONS,
     EventOptions,
     StreamSettings,
     consumer_name,
@@ -33,6 +35,10 @@ log = logging.getLogger("natsreg.events")
 _NO_CLUSTER = 10074
 _NO_RESOURCES = 10005
 _REPLICAS_UNAVAILABLE = (_NO_CLUSTER, _NO_RESOURCES, 10023)
+
+
+# How long a start-up waits for a cluster's JetStream to elect its leader.
+_STARTING_S = 30.0
 
 
 class EventsUnavailableError(NatsregError):
@@ -78,15 +84,8 @@ async def _ensure_stream(
     js: JetStreamContext, config: js_api.StreamConfig, replicas: int | None
 ) -> None:
     assert config.name is not None
-    try:
-        await js.stream_info(config.name)
+    if await _exists(js, config.name):
         return
-    except NotFoundError:
-        pass
-    except APIError as exc:
-        raise _unavailable(exc) from exc
-    except Exception as exc:  # no JetStream at all: nobody answers $JS.API
-        raise _unavailable(exc) from exc
     # min(3, the cluster's size): asked as 3, then fewer where the cluster says it cannot.
     for count in (replicas,) if replicas is not None else (3, 2, 1):
         try:
@@ -148,9 +147,28 @@ async def ensure_consumer(
     return name
 
 
-def ordered_partitions() -> range:
-    """The partitions an ordered handler holds a consumer for: all of them."""
-    return range(PARTITIONS)
+async def _exists(js: JetStreamContext, stream: str) -> bool:
+    # A cluster that has just started answers "unavailable", or not at all, until it has
+    # elected its JetStream leader: wait for that, saying so, rather than fail a start-up.
+    deadline = time.monotonic() + _STARTING_S
+    said = False
+    while True:
+        try:
+            await js.stream_info(stream)
+            return True
+        except NotFoundError:
+            return False
+        except (ServiceUnavailableError, nats.errors.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise _unavailable(exc) from exc
+            if not said:
+                log.warning(
+                    "JetStream is not ready yet (%s); waiting up to %.0f s", exc, _STARTING_S
+                )
+                said = True
+            await asyncio.sleep(0.25)
+        except Exception as exc:  # no JetStream at all: nobody answers $JS.API
+            raise _unavailable(exc) from exc
 
 
 def _unavailable(exc: Exception) -> EventsUnavailableError:
