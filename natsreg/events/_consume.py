@@ -22,6 +22,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from .. import subjects, wire
 from .._codec import _decoder
@@ -81,7 +82,6 @@ class Consumers:
 
     def __init__(self, nc: NATS, service: str, prefix: str) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
         self._service = service
         self._prefix = prefix
         self._stream = stream_name(prefix)
@@ -104,6 +104,11 @@ class Consumers:
         declared.room.set()
         self.table[event_type] = declared
         return declared
+
+    @property
+    def _js(self) -> JetStreamContext:
+        # Asked for when used: an instance is built before its connection is used at all.
+        return self._nc.jetstream()
 
     def interests(self) -> list[wire.EventInterest]:
         return [d.interest() for d in self.table.values()]
