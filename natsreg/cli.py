@@ -1421,6 +1421,17 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
             last_errors.get(e.name, ""),
         )
     console.print(endpoints)
+    modes: dict[str, str] = {}
+    for i in snapshot.instances:
+        for interest in i.events:
+            modes[interest.type] = (
+                "broadcast" if interest.broadcast else "ordered" if interest.ordered else "balanced"
+            )
+    if modes:
+        consumed = _table("CONSUMES EVENT", "MODE")
+        for event_type, mode in sorted(modes.items()):
+            consumed.add_row(event_type, mode)
+        console.print(consumed)
 
 
 def _print_event(event: wire.Event) -> None:

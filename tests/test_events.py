@@ -274,7 +274,7 @@ async def test_broadcast_handlers_run_on_every_instance(js: NATS, prefix: str, u
 
 
 async def test_the_registry_shows_which_services_consume_which_events(
-    js: NATS, prefix: str, unique: str
+    js: NATS, js_server: NatsServer, prefix: str, unique: str
 ) -> None:
     async with natsreg.Registry(js, prefix=prefix):
         svc = natsreg.Service(f"mail-{unique}", version="1.0.0", prefix=prefix)
@@ -305,6 +305,17 @@ async def test_the_registry_shows_which_services_consume_which_events(
                 ("user.created", False),
                 ("user.deleted", True),
             ]
+            url = js_server.url
+            info = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "natsreg", "info", f"mail-{unique}", "--prefix", prefix],
+                env={**os.environ, "NATS_URL": url},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert "CONSUMES EVENT" in info.stdout
+            assert info.stdout.split()[-2:] == ["user.deleted", "ordered"]
 
 
 async def _is(value: Any, expected: Any) -> bool:
