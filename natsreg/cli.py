@@ -396,6 +396,12 @@ def _add_auth(commands: _Commands) -> None:
         help="a program that calls these services",
     )
     auth.add_argument(
+        "--events",
+        action="store_true",
+        help="the --service and --caller users also emit durable events, and the services "
+        "consume them (docs/events.md)",
+    )
+    auth.add_argument(
         "--prefix",
         default=os.environ.get("NATSREG_PREFIX", subjects.DEFAULT_PREFIX),
         help="subject prefix of natsreg's control traffic (default: %(default)s)",
@@ -1053,12 +1059,12 @@ def _roles(args: argparse.Namespace) -> list[Role]:
     roles += [Role(kind="operator", user=user, calls=(ALL_SERVICES,)) for user in args.operator]
     for spec in args.service:
         name, calls = split(spec, "--service")
-        roles.append(Role(kind="service", user=name, name=name, calls=calls))
+        roles.append(Role(kind="service", user=name, name=name, calls=calls, events=args.events))
     for spec in args.caller:
         user, calls = split(spec, "--caller")
         if not calls:
             raise _CliError(f"--caller {spec!r}: name the services it calls (USER:SVC,SVC)")
-        roles.append(Role(kind="caller", user=user, calls=calls))
+        roles.append(Role(kind="caller", user=user, calls=calls, events=args.events))
     if not roles:
         raise _CliError("no roles: pass --registry, --bridge, --operator, --service or --caller")
     return roles

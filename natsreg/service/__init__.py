@@ -202,6 +202,14 @@ class Instance(anyio.AsyncContextManagerMixin):
         repeat was answered from it (docs/protocol.md, "At most once")."""
         return self._endpoints.calls.stats()
 
+    def event_counts(self) -> dict[str, dict[str, int]]:
+        """Per event type this instance consumes: events ``handled`` (acknowledged),
+        attempts that ``failed``, and events ``dead`` (stored in the dead letters)."""
+        return {
+            t: {"handled": d.handled, "failed": d.failed, "dead": d.dead}
+            for t, d in self._consumers.table.items()
+        }
+
     # -- lifetime ----------------------------------------------------------------------------
 
     @asynccontextmanager
