@@ -29,6 +29,7 @@ from natsreg.events import StreamSettings
 from natsreg.events._dead import dead_letters
 from natsreg.testing import NatsServer, free_port
 from tests.helpers import eventually
+from tests.test_metrics import value as metric
 
 
 class UserCreated(msgspec.Struct):
@@ -182,6 +183,13 @@ async def test_a_poison_event_is_dead_lettered_while_others_flow_then_replayed_a
         await eventually(lambda: len(good) == 20, what="the other events handled")
         await eventually(lambda: len(poisoned) == 3, what="three deliveries of the poison")
         assert [d for _, d in poisoned] == [1, 2, 3]
+        labels = {"service": f"mail-{unique}", "event": "user.created"}
+        await eventually(
+            lambda: metric("natsreg_service_events_total", outcome="dead", **labels) == 1,
+            what="the dead letter counted",
+        )
+        assert metric("natsreg_service_events_total", outcome="failed", **labels) == 3
+        assert metric("natsreg_service_events_total", outcome="handled", **labels) == 20
 
         listed = await run_cli(js_server, prefix, "dead", "user.created")
         assert [(d["event_id"], d["deliveries"], d["service"]) for d in listed] == [

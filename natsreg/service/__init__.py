@@ -78,6 +78,7 @@ class Instance(anyio.AsyncContextManagerMixin):
         self._hooks: tuple[tuple[Hook, ...], tuple[Hook, ...]] = ((), ())
         self._endpoints = Endpoints(nc, config, self.id, self.state)
         self._consumers = Consumers(nc, config.name, config.prefix)
+        self._endpoints.event_counts = self.event_counts
         self._control = Control(nc, config, self.id, self._endpoints, self._consumers.interests)
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
         self._pending = 0
