@@ -20,6 +20,7 @@ from .errors import (
     SagaUnavailableError,
     ServiceError,
 )
+from .events import Event, Events
 from .registry import Registry
 from .saga import Saga, SagaResult, SagaStore, Step
 from .service import Instance, Request, Service, announce
@@ -30,6 +31,8 @@ __all__ = [
     "CircuitOpenError",
     "Client",
     "ConfigError",
+    "Event",
+    "Events",
     "Instance",
     "NatsregError",
     "NoInstanceError",

@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 
 from . import __version__, _origin, _saga_cli, _trace, logs, subjects, wire
 from ._gather import gather
-from ._server import NatsServer, ServerError, is_listening
+from ._server import NatsServer, ServerError, default_store_dir, is_listening
 from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
 from .errors import ConfigError, NatsregError, ServiceError
@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_lookups,
         _add_request,
         _add_watch,
+        _add_events,
         _add_saga,
     ):
         add(commands, common)
@@ -167,6 +168,14 @@ def _add_up(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "a .py file runs with this Python; repeatable",
     )
     up.add_argument("--no-bridge", action="store_true", help="do not serve the HTTP bridge")
+    up.add_argument(
+        "--store-dir",
+        default=os.environ.get("NATSREG_STORE_DIR"),
+        metavar="DIR",
+        help="where the embedded nats-server keeps JetStream's files, the durable events "
+        "(default: $NATSREG_STORE_DIR, else $XDG_STATE_HOME/natsreg/jetstream or "
+        "~/.local/state/natsreg/jetstream)",
+    )
     _http_option(
         up, "the registry node (and --with MODULE:ATTR services, on free ports)", "127.0.0.1:0"
     )
@@ -333,6 +342,30 @@ def _add_saga(commands: _Commands, common: argparse.ArgumentParser) -> None:
     ls.add_argument("--json", action="store_true", help="print the stored states as JSON")
 
 
+def _add_events(commands: _Commands, common: argparse.ArgumentParser) -> None:
+    events = commands.add_parser(
+        "events",
+        parents=[common],
+        help="durable events: types, lag, dead letters ('events ls', 'events dead TYPE')",
+        description="ls: every event type with its consuming services, their lag and dead "
+        "letters; dead TYPE: the events a service failed on at every delivery, with the last "
+        "error; replay TYPE --dead: send them through again (to the service that failed only).",
+    )
+    events.add_argument("action", choices=["ls", "dead", "replay"])
+    events.add_argument("type", nargs="?", metavar="TYPE", help="an event type: user.created")
+    events.add_argument(
+        "--dead", action="store_true", help="replay: the dead letters (required, to be explicit)"
+    )
+    events.add_argument("--service", help="dead, replay: only this service's dead letters")
+    events.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="dead, replay: at most this many, oldest first (default: %(default)s; max 10000)",
+    )
+    events.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _add_auth(commands: _Commands) -> None:
     auth = commands.add_parser(
         "auth",
@@ -383,6 +416,12 @@ def _add_auth(commands: _Commands) -> None:
         default=[],
         metavar="USER:SVC[,SVC...]",
         help="a program that runs sagas calling these services (docs/sagas.md)",
+    )
+    auth.add_argument(
+        "--events",
+        action="store_true",
+        help="the --service and --caller users also emit durable events, and the services "
+        "consume them (docs/events.md)",
     )
     auth.add_argument(
         "--prefix",
@@ -860,12 +899,29 @@ async def _cmd_up(args: argparse.Namespace) -> int:
         if is_listening(host, port):
             _say(f"using the nats-server at {args.server}")
         elif host in ("127.0.0.1", "localhost", "::1"):
+            store = Path(args.store_dir) if args.store_dir else default_store_dir()
             try:
-                server = NatsServer(host=host, port=port, args=_embedded_auth(args))
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _CliError(
+                    f"cannot create the JetStream store {store}: {exc.strerror or exc}; "
+                    "pass --store-dir"
+                ) from exc
+            try:
+                server = NatsServer(
+                    host=host,
+                    port=port,
+                    args=_embedded_auth(args),
+                    jetstream=True,
+                    store_dir=store,
+                )
             except ServerError as exc:
                 raise _CliError(str(exc)) from exc
             stack.callback(server.stop)
-            _say(f"started nats-server {server.url} (embedded; stops with natsreg up)")
+            _say(
+                f"started nats-server {server.url} (embedded, JetStream in {store}; "
+                "stops with natsreg up)"
+            )
         else:
             raise _CliError(
                 f"nothing listens at {args.server}, and natsreg only starts a "
@@ -1025,13 +1081,17 @@ def _roles(args: argparse.Namespace) -> list[Role]:
     roles += [Role(kind="operator", user=user, calls=(ALL_SERVICES,)) for user in args.operator]
     for spec in args.service:
         name, calls = split(spec, "--service")
-        roles.append(Role(kind="service", user=name, name=name, calls=calls))
-    for kind in ("caller", "coordinator"):
-        for spec in getattr(args, kind):
-            user, calls = split(spec, f"--{kind}")
-            if not calls:
-                raise _CliError(f"--{kind} {spec!r}: name the services it calls (USER:SVC,SVC)")
-            roles.append(Role(kind=kind, user=user, calls=calls))
+        roles.append(Role(kind="service", user=name, name=name, calls=calls, events=args.events))
+    for spec in args.caller:
+        user, calls = split(spec, "--caller")
+        if not calls:
+            raise _CliError(f"--caller {spec!r}: name the services it calls (USER:SVC,SVC)")
+        roles.append(Role(kind="caller", user=user, calls=calls, events=args.events))
+    for spec in args.coordinator:
+        user, calls = split(spec, "--coordinator")
+        if not calls:
+            raise _CliError(f"--coordinator {spec!r}: name the services its sagas call")
+        roles.append(Role(kind="coordinator", user=user, calls=calls))
     if not roles:
         raise _CliError(
             "no roles: pass --registry, --bridge, --operator, --service, --caller or --coordinator"
@@ -1201,6 +1261,16 @@ async def _cmd_request(args: argparse.Namespace) -> int:
             await client.aclose()
         _print_reply(reply.data)
         return 0
+
+    return await _with_connection(args, run)
+
+
+async def _cmd_events(args: argparse.Namespace) -> int:
+    from . import _events_cli
+
+    async def run(nc: NATS) -> int:
+        json_out = args.json or _json_lines
+        return await _events_cli.run(nc, args, json_out=json_out, out=sys.stdout)
 
     return await _with_connection(args, run)
 
@@ -1407,6 +1477,17 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
             last_errors.get(e.name, ""),
         )
     console.print(endpoints)
+    modes: dict[str, str] = {}
+    for i in snapshot.instances:
+        for interest in i.events:
+            modes[interest.type] = (
+                "broadcast" if interest.broadcast else "ordered" if interest.ordered else "balanced"
+            )
+    if modes:
+        consumed = _table("CONSUMES EVENT", "MODE")
+        for event_type, mode in sorted(modes.items()):
+            consumed.add_row(event_type, mode)
+        console.print(consumed)
 
 
 def _print_event(event: wire.Event) -> None:
@@ -1429,6 +1510,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "info": _cmd_info,
     "request": _cmd_request,
     "watch": _cmd_watch,
+    "events": _cmd_events,
     "saga": _cmd_saga,
     "auth": _cmd_auth,
 }

@@ -28,6 +28,12 @@ Roles:
   caller of every service that may also ask every instance for its ADR-32 stats and every
   registry node for its own.
 
+A ``service`` or ``caller`` with ``events=True`` uses durable events (docs/events.md): it may
+emit any event type and create the event streams; a service may also create and pull from the
+stream's consumers, acknowledge what it pulled, dead-letter as itself only
+(``<prefix>.evdead.<name>.>``) and hear broadcast events. Every other role may neither emit
+nor forge a dead letter or a replay.
+
 Each user gets its own inbox prefix (``_INBOX_<user>``) and may subscribe only there, so no
 user reads another's replies; it must connect with that prefix (nats-py
 ``inbox_prefix=``, ``natsreg --inbox-prefix``). Replies go out through nats-server's
@@ -47,6 +53,7 @@ from typing import Literal
 
 from . import subjects
 from .errors import ConfigError
+from .events._settings import dead_stream_name, stream_name
 
 __all__ = [
     "ALL_SERVICES",
@@ -76,13 +83,15 @@ class Role:
     """One NATS user and what it is for.
 
     ``user`` names the NATS user (and its inbox); ``name`` is the service a ``service``
-    speaks for; ``calls`` lists the services it may call (``ALL_SERVICES`` for all).
+    speaks for; ``calls`` lists the services it may call (``ALL_SERVICES`` for all);
+    ``events``: it uses durable events (a ``service`` or ``caller`` only).
     """
 
     kind: RoleKind
     user: str
     name: str = ""
     calls: tuple[str, ...] = ()
+    events: bool = False
 
     def __post_init__(self) -> None:
         if not _USER.match(self.user):
@@ -98,6 +107,8 @@ class Role:
             if callee != ALL_SERVICES and not _USER.match(callee):
                 raise ConfigError(f"{self.user!r} calls {callee!r}, which is no service name")
         object.__setattr__(self, "calls", tuple(self.calls))
+        if self.events and self.kind not in ("service", "caller"):
+            raise ConfigError(f"{self.user!r}: only services and callers use events")
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,8 @@ def permissions(
             pub.append(control("nodes"))
         case _:
             pass
+    if role.events:
+        _event_grants(role, prefix, pub, sub)
     calls = role.calls
     if role.kind in ("bridge", "operator") and not calls:
         calls = (ALL_SERVICES,)
@@ -208,7 +221,11 @@ def permissions(
         # inboxes: a caller of every service must still speak for no one and forge no reply.
         # (Replies to requests it received still go out: allow_responses is checked apart.)
         deny += [
-            control(verb, ">") for verb in ("announce", "hb", "bye", "events", "discover", "sync")
+            control(verb, ">")
+            for verb in (
+                *("announce", "hb", "bye", "events", "discover", "sync"),
+                *("ev", "evr", "evdead"),
+            )
         ]
         deny.append(control("discover"))
         deny += ["$SYS.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"]
@@ -223,6 +240,27 @@ def permissions(
         deny_publish=tuple(_unique(deny)),
         max_responses=REGISTRY_MAX_RESPONSES if role.kind == "registry" else 1,
     )
+
+
+def _event_grants(role: Role, prefix: str, pub: list[str], sub: list[str]) -> None:
+    # JetStream's API subjects name the stream and the consumer, each as one token, and a
+    # consumer's name cannot hold the service as a token of its own: a service with events
+    # may pull from any consumer of the events stream (docs/security.md, Limits).
+    events, dead = stream_name(prefix), dead_stream_name(prefix)
+    pub.append(subjects.control_subject(prefix, "ev", ">"))
+    for stream in (events, dead):
+        pub += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]
+    if role.kind != "service":
+        return
+    pub += [
+        f"$JS.API.CONSUMER.INFO.{events}.*",
+        f"$JS.API.CONSUMER.CREATE.{events}.*",
+        f"$JS.API.CONSUMER.MSG.NEXT.{events}.*",
+        # Acknowledgements, progress and retries of what it pulled.
+        f"$JS.ACK.{events}.>",
+        subjects.control_subject(prefix, "evdead", role.name, ">"),
+    ]
+    sub.append(subjects.control_subject(prefix, "ev", ">"))
 
 
 def _saga_subjects(bucket: str) -> Sequence[str]:

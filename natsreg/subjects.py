@@ -13,6 +13,9 @@ environments can share one NATS account::
                                      no warm node answers on <prefix>.registry)
     <prefix>.nodes                   every registry node answers with its own state
     <prefix>.direct.<name>.<id>.<endpoint>  one instance's endpoint, for direct addressing
+    <prefix>.ev.<type>.<partition>   a durable event (JetStream; docs/events.md)
+    <prefix>.evr.<service>.<type>.<partition>  a dead event replayed to one service
+    <prefix>.evdead.<service>.<type>  an event a service failed on every delivery
 
 Sagas are kept in the JetStream key-value bucket ``<prefix>_sagas`` (:func:`saga_bucket`), whose
 subjects are JetStream's own (``$KV.<bucket>.<saga id>``, ``$JS.API.…KV_<bucket>``).
@@ -35,14 +38,18 @@ __all__ = [
     "DEFAULT_PREFIX",
     "REGISTRY_QUEUE",
     "SYS_DISCONNECT",
+    "check_event_type",
     "check_prefix",
     "control_subject",
+    "dead_subject",
     "direct_subject",
     "endpoint_subject",
+    "event_subject",
     "is_reply_subject",
     "is_reserved",
     "is_valid_subject",
     "is_valid_token",
+    "replay_subject",
     "saga_bucket",
     "srv_subject",
 ]
@@ -121,6 +128,43 @@ def srv_subject(verb: str, name: str | None = None, instance_id: str | None = No
     """An ADR-32 discovery subject: ``$SRV.<verb>[.<name>[.<id>]]``."""
     tokens = [t for t in (name, instance_id) if t is not None]
     return ".".join(("$SRV", verb, *tokens))
+
+
+# An event type is one or more name tokens ("user.created"): it stands inside subjects and,
+# dots turned into '~', inside JetStream consumer names, which may hold no dot.
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+){0,7}")
+MAX_EVENT_TYPE_CHARS = 128
+
+
+def check_event_type(event_type: str) -> str:
+    """``event_type`` if it can name events (``user.created``); ConfigError otherwise."""
+    if (
+        not isinstance(event_type, str)
+        or len(event_type) > MAX_EVENT_TYPE_CHARS
+        or _EVENT_TYPE.fullmatch(event_type) is None
+    ):
+        raise ConfigError(
+            f"event type {str(event_type)[:40]!r} is not valid: use up to 8 tokens of letters, "
+            f"digits, '-' and '_' separated by dots (e.g. 'user.created'), at most "
+            f"{MAX_EVENT_TYPE_CHARS} characters"
+        )
+    return event_type
+
+
+def event_subject(prefix: str, event_type: str, partition: str) -> str:
+    """Where events of ``event_type`` are stored: ``<prefix>.ev.<type>.<partition>``.
+    ``partition`` is a number, or ``*`` for a consumer of every partition."""
+    return control_subject(prefix, "ev", event_type, partition)
+
+
+def replay_subject(prefix: str, service: str, event_type: str, partition: str) -> str:
+    """Where a dead event is sent through again for ``service`` alone."""
+    return control_subject(prefix, "evr", service, event_type, partition)
+
+
+def dead_subject(prefix: str, service: str, event_type: str) -> str:
+    """Where the events ``service`` failed on every delivery are kept (``*`` for any)."""
+    return control_subject(prefix, "evdead", service, event_type)
 
 
 def saga_bucket(prefix: str) -> str:
