@@ -279,40 +279,66 @@ async def test_a_coordinator_killed_mid_saga_is_finished_by_another_process(
     assert ("resumed", -1) in [(e.event, e.step) for e in result.history]
 
 
-async def test_garbage_and_forged_entries_do_not_stop_recovery_and_two_resumers_take_one_saga(
+async def test_recovery_finishes_one_orphan_compensates_another_and_skips_forged_entries(
     js: NATS, prefix: str, unique: str
 ) -> None:
     service = f"rec-{unique}"
-    saga = natsreg.Saga(f"r-{unique}", steps=[natsreg.Step(f"{service}.reserve")], lease_s=0.3)
-    bucket = await Bucket.open(js, prefix)
-    kv = await js.jetstream().key_value(subjects.saga_bucket(prefix))
-    orphan = SagaState(
-        id=f"orphan-{unique}",
-        name=saga.name,
-        steps=[StepState(subject=f"{service}.reserve")],
-        coordinator="gone/1/dead",
+    saga = natsreg.Saga(
+        f"r-{unique}",
+        steps=[
+            natsreg.Step(f"{service}.reserve", compensate=f"{service}.release"),
+            natsreg.Step(f"{service}.charge"),
+        ],
         lease_s=0.3,
     )
-    note(orphan, 0.0, "started")
-    await bucket.create(orphan)
-    forged_id = msgspec.structs.replace(orphan, id="someone-else")
-    huge_lease = msgspec.structs.replace(orphan, id=f"lease-{unique}", lease_s=1e9)
+    bucket = await Bucket.open(js, prefix)
+    kv = await js.jetstream().key_value(subjects.saga_bucket(prefix))
+
+    def orphan(saga_id: str, status: str, *steps: str) -> SagaState:
+        state = SagaState(
+            id=saga_id,
+            name=saga.name,
+            status=status,  # type: ignore[arg-type]
+            steps=[
+                StepState(subject=f"{service}.reserve", compensate=f"{service}.release"),
+                StepState(subject=f"{service}.charge"),
+            ],
+            coordinator="gone/1/dead",
+            lease_s=0.3,
+        )
+        for step, step_status in zip(state.steps, steps, strict=False):
+            step.status = step_status  # type: ignore[assignment]
+        note(state, 0.0, "started")
+        return state
+
+    forward = orphan(f"fwd-{unique}", "running")
+    backward = orphan(f"back-{unique}", "compensating", "succeeded", "failed")
+    for state in (forward, backward):
+        await bucket.create(state)
+    # Garbage, an entry under another saga's key, a lease out of bounds, a large non-saga.
     await kv.put("junk", b"\x00\xff not json")
-    await kv.put("forged", msgspec.json.encode(forged_id))
-    await kv.put(f"lease-{unique}", msgspec.json.encode(huge_lease))
+    await kv.put("forged", msgspec.json.encode(msgspec.structs.replace(forward, id="other")))
+    await kv.put(
+        f"lease-{unique}",
+        msgspec.json.encode(msgspec.structs.replace(forward, id=f"lease-{unique}", lease_s=1e9)),
+    )
     await kv.put("big", b"[" + b"1," * 400_000 + b"1]")
 
     async with natsreg.announce(js, service, version="1.0.0", prefix=prefix) as svc:
         shop = Shop(svc, failing=set())
         await js.flush()
+        # Two resumers at once: each orphan is taken over by one of them only.
         first, second = await asyncio.gather(
             saga.recover(natsreg.Client(js, prefix=prefix)),
             saga.recover(natsreg.Client(js, prefix=prefix)),
         )
 
-    assert [r.id for r in first + second] == [f"orphan-{unique}"]
-    assert (first + second)[0].status == "completed"
-    assert shop.endpoints() == ["reserve"]
+    assert {r.id: r.status for r in first + second} == {
+        f"fwd-{unique}": "completed",
+        f"back-{unique}": "compensated",
+    }
+    assert len(first + second) == 2
+    assert sorted(shop.endpoints()) == ["charge", "release", "reserve"]
     assert (await kv.get("junk")).value == b"\x00\xff not json"
 
 

@@ -112,18 +112,6 @@ def test_a_lease_read_from_the_bucket_is_bounded_both_ways() -> None:
     assert not watch.expired("tiny", 1, 0.0, now=0.05)
 
 
-def test_a_watch_forgets_sagas_that_ended_or_left_the_bucket() -> None:
-    watch = LeaseWatch()
-    for saga_id in ("a", "b", "c"):
-        watch.expired(saga_id, 1, 1.0, now=0.0)
-    watch.forget("a")
-    watch.keep_only({"b"})
-    # Seen afresh: the count starts again.
-    assert not watch.expired("a", 1, 1.0, now=5.0)
-    assert watch.expired("b", 1, 1.0, now=5.0)
-    assert not watch.expired("c", 1, 1.0, now=5.0)
-
-
 def test_an_entry_round_trips_and_only_a_saga_under_its_own_key_is_read() -> None:
     state = saga("succeeded", "pending")
     state.replies["svc.s0"] = msgspec.Raw(b'{"held": 1}')

@@ -30,6 +30,7 @@ from ..client import Client, RetryPolicy
 from ..client._target import parse_target
 from ..errors import (
     ConfigError,
+    NatsregError,
     SagaBusyError,
     SagaCompensationError,
     SagaLostError,
@@ -234,28 +235,45 @@ class Saga:
                 else:
                     log.warning("saga %s: stored steps differ from %s's; skipped", key, self.name)
         results: list[SagaResult] = []
-        while waiting:
-            await anyio.sleep(min(state.lease_s for state, _ in waiting.values()) / 4)
-            for saga_id in list(waiting):
-                stored = await bucket.get(saga_id)
-                current = stored[0] if stored else None
-                if stored is None or current is None or current.done:
-                    del waiting[saga_id]
-                    continue
-                state, revision = current, stored[1]
-                if revision != waiting[saga_id][1]:
-                    del waiting[saga_id]  # its coordinator is alive
-                elif watch.expired(saga_id, revision, state.lease_s, time.monotonic()):
-                    del waiting[saga_id]
-                    try:
-                        final = await self._take_over(client, bucket, state, revision)
-                    except (SagaBusyError, SagaLostError) as exc:
-                        log.info("saga %s: %s", saga_id, exc)
-                        continue
-                    results.append(SagaResult.of(final))
-                    if final.status == "failed-compensation":
-                        log.error("%s", _dead_lettered(final))
+        # Sagas taken over run side by side: one compensating with long backoffs does not
+        # hold up the others.
+        async with anyio.create_task_group() as tg:
+            while waiting:
+                await anyio.sleep(min(state.lease_s for state, _ in waiting.values()) / 4)
+                for saga_id in list(waiting):
+                    stored = await bucket.get(saga_id)
+                    current = stored[0] if stored else None
+                    if stored is None or current is None or current.done:
+                        del waiting[saga_id]
+                    elif stored[1] != waiting[saga_id][1]:
+                        del waiting[saga_id]  # its coordinator is alive
+                    elif watch.expired(saga_id, stored[1], current.lease_s, time.monotonic()):
+                        del waiting[saga_id]
+                        tg.start_soon(
+                            self._recover_one, client, bucket, current, stored[1], results
+                        )
         return results
+
+    async def _recover_one(
+        self,
+        client: Client,
+        bucket: Bucket,
+        state: SagaState,
+        revision: int,
+        results: list[SagaResult],
+    ) -> None:
+        try:
+            final = await self._take_over(client, bucket, state, revision)
+        except (SagaBusyError, SagaLostError) as exc:
+            log.info("saga %s: %s", state.id, exc)
+            return
+        except NatsregError as exc:
+            # Its state is as the last write left it: a later recover takes it up again.
+            log.warning("saga %s: not finished: %s", state.id, exc)
+            return
+        results.append(SagaResult.of(final))
+        if final.status == "failed-compensation":
+            log.error("%s", _dead_lettered(final))
 
     async def _take_over(
         self, client: Client, bucket: Bucket, state: SagaState, revision: int

@@ -277,13 +277,3 @@ class LeaseWatch:
             self._seen[saga_id] = (revision, now)
             return False
         return now - seen[1] >= min(max(lease_s, MIN_LEASE_S), MAX_LEASE_S)
-
-    def forget(self, saga_id: str) -> None:
-        """Stop watching ``saga_id`` (it ended, or this process took it over)."""
-        self._seen.pop(saga_id, None)
-
-    def keep_only(self, saga_ids: set[str]) -> None:
-        """Forget every saga not in ``saga_ids`` (gone from the bucket), so the watch stays
-        as small as the sagas in progress."""
-        for saga_id in self._seen.keys() - saga_ids:
-            del self._seen[saga_id]

@@ -29,6 +29,8 @@ log = logging.getLogger("natsreg.saga")
 # JetStream's error codes for "not that many replicas here": a single server, or a cluster
 # with fewer nodes than asked.
 _REPLICAS_UNAVAILABLE = (10074, 10005, 10023)
+# The longest wait for the next entry of a scan: JetStream sends them back to back.
+_SCAN_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,12 +111,17 @@ class Bucket:
                 raise _unavailable(exc) from exc
         raise AssertionError("unreachable: the last count raises or returns")
 
+    # Every operation below says what went wrong with JetStream in one SagaUnavailableError,
+    # but for the answers that are part of the protocol (a key taken, a revision moved on).
+
     async def create(self, state: SagaState) -> int | None:
         """Store a new saga; its revision, or None when a saga of that id already exists."""
         try:
             return await self._kv.create(state.id, encode(state))
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
+        except nats.errors.Error as exc:
+            raise _unavailable(exc) from exc
 
     async def update(self, state: SagaState, revision: int) -> int:
         """Replace the saga if ``revision`` is still its latest; its new revision.
@@ -125,6 +132,8 @@ class Bucket:
             raise SagaLostError(
                 f"saga {state.id} was taken over by another coordinator", saga_id=state.id
             ) from None
+        except nats.errors.Error as exc:
+            raise _unavailable(exc) from exc
 
     async def get(self, saga_id: str) -> tuple[SagaState | None, int] | None:
         """The saga under ``saga_id`` (None if the entry is not a readable saga) and its
@@ -133,6 +142,8 @@ class Bucket:
             entry = await self._kv.get(saga_id)
         except nats.js.errors.KeyNotFoundError:
             return None
+        except nats.errors.Error as exc:
+            raise _unavailable(exc) from exc
         return decode(saga_id, entry.value), entry.revision or 0
 
     async def scan(self, limit: int) -> AsyncIterator[tuple[str, SagaState | None, int]]:
@@ -140,15 +151,17 @@ class Bucket:
         state (None when unreadable) and revision."""
         try:
             watcher = await self._kv.watchall(ignore_deletes=True)
-        except Exception as exc:
+        except nats.errors.Error as exc:
             raise _unavailable(exc) from exc
         try:
-            count = 0
-            async for entry in watcher:
+            for _ in range(limit):
+                try:
+                    entry = await watcher.updates(timeout=_SCAN_WAIT_S)  # type: ignore[no-untyped-call]
+                except nats.errors.Error as exc:
+                    raise _unavailable(exc) from exc
                 # The watcher says "nothing more stored" with None.
-                if entry is None or count >= limit:
+                if entry is None:
                     break
-                count += 1
                 yield entry.key, decode(entry.key, entry.value), entry.revision or 0
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
