@@ -447,3 +447,36 @@ async def test_a_coordinator_user_runs_sagas_under_generated_permissions_and_no_
         finally:
             await svc_nc.close()
             await orders.close()
+
+
+async def test_the_place_order_example_completes_one_order_and_compensates_the_declined_one(
+    js: NATS, js_server: NatsServer
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "NATS_URL": js_server.url, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "natsreg", "run", "examples.place_order:shop"], cwd=root, env=env
+    ) as shop:
+        try:
+
+            async def serving() -> bool:
+                try:
+                    await js.request(
+                        "shop.ship", b'{"saga": {"key": "probe"}, "payload": {"order": 0}}'
+                    )
+                except nats.errors.NoRespondersError:
+                    return False
+                return True
+
+            await eventually(serving, timeout_s=15, what="the example shop serving")
+            example = await anyio.run_process(
+                [sys.executable, "examples/place_order.py"], cwd=root, env=env
+            )
+        finally:
+            shop.terminate()
+            shop.wait(10)
+    lines = example.stdout.decode().splitlines()
+    assert lines == [
+        "order-1: completed {'tracking': 't-1'}",
+        "order-2: compensated shop.charge: 402 card declined: over the limit",
+    ]
