@@ -7,16 +7,14 @@ consumer is used as it is: an operator's edits stay (docs/events.md, "Defaults")
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
-import nats.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError
 
 from .. import subjects
+from .._jetstream import create_replicated, when_ready
 from ..errors import NatsregError
 from ._settings import (
     EventOptions,
@@ -29,16 +27,6 @@ from ._settings import (
 __all__ = ["EventsUnavailableError", "ensure_consumer", "ensure_streams"]
 
 log = logging.getLogger("natsreg.events")
-
-# JetStream's error codes for "not that many replicas here": a single server, or a cluster
-# with fewer nodes than asked.
-_NO_CLUSTER = 10074
-_NO_RESOURCES = 10005
-_REPLICAS_UNAVAILABLE = (_NO_CLUSTER, _NO_RESOURCES, 10023)
-
-
-# How long a start-up waits for a cluster's JetStream to elect its leader.
-_STARTING_S = 30.0
 
 
 class EventsUnavailableError(NatsregError):
@@ -86,18 +74,16 @@ async def _ensure_stream(
     assert config.name is not None
     if await _exists(js, config.name):
         return
-    # min(3, the cluster's size): asked as 3, then fewer where the cluster says it cannot.
-    for count in (replicas,) if replicas is not None else (3, 2, 1):
-        try:
-            await js.add_stream(config.evolve(num_replicas=count))
-            log.info("created stream %s with %d replica(s)", config.name, count)
-            return
-        except APIError as exc:
-            if replicas is None and exc.err_code in _REPLICAS_UNAVAILABLE and count > 1:
-                continue
-            if exc.err_code == 10058:  # created meanwhile by another process
-                return
-            raise _unavailable(exc) from exc
+
+    async def create(count: int) -> None:
+        await js.add_stream(config.evolve(num_replicas=count))
+
+    try:
+        count = await create_replicated(create, replicas)
+    except APIError as exc:
+        raise _unavailable(exc) from exc
+    if count is not None:
+        log.info("created stream %s with %d replica(s)", config.name, count)
 
 
 async def ensure_consumer(
@@ -148,27 +134,13 @@ async def ensure_consumer(
 
 
 async def _exists(js: JetStreamContext, stream: str) -> bool:
-    # A cluster that has just started answers "unavailable", or not at all, until it has
-    # elected its JetStream leader: wait for that, saying so, rather than fail a start-up.
-    deadline = time.monotonic() + _STARTING_S
-    said = False
-    while True:
-        try:
-            await js.stream_info(stream)
-            return True
-        except NotFoundError:
-            return False
-        except (ServiceUnavailableError, nats.errors.TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                raise _unavailable(exc) from exc
-            if not said:
-                log.warning(
-                    "JetStream is not ready yet (%s); waiting up to %.0f s", exc, _STARTING_S
-                )
-                said = True
-            await asyncio.sleep(0.25)
-        except Exception as exc:  # no JetStream at all: nobody answers $JS.API
-            raise _unavailable(exc) from exc
+    try:
+        await when_ready(lambda: js.stream_info(stream))
+        return True
+    except NotFoundError:
+        return False
+    except Exception as exc:  # no JetStream at all: nobody answers $JS.API
+        raise _unavailable(exc) from exc
 
 
 def _unavailable(exc: Exception) -> EventsUnavailableError:

@@ -19,6 +19,7 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from .. import subjects
+from .._jetstream import create_replicated, when_ready
 from ..errors import ConfigError, SagaLostError, SagaUnavailableError
 from ._state import MAX_STATE_BYTES, SagaState, decode, encode
 
@@ -26,9 +27,6 @@ __all__ = ["Bucket", "SagaStore"]
 
 log = logging.getLogger("natsreg.saga")
 
-# JetStream's error codes for "not that many replicas here": a single server, or a cluster
-# with fewer nodes than asked.
-_REPLICAS_UNAVAILABLE = (10074, 10005, 10023)
 # The longest wait for the next entry of a scan: JetStream sends them back to back.
 _SCAN_WAIT_S = 5.0
 
@@ -87,7 +85,7 @@ class Bucket:
         name = subjects.saga_bucket(prefix)
         store = store or SagaStore()
         try:
-            return cls(await js.key_value(name), name)
+            return cls(await when_ready(lambda: js.key_value(name), nc=nc), name)
         except nats.js.errors.BucketNotFoundError:
             if not create:
                 raise SagaUnavailableError(
@@ -96,20 +94,17 @@ class Bucket:
                 ) from None
         except Exception as exc:
             raise _unavailable(exc) from exc
-        for count in (store.replicas,) if store.replicas is not None else (3, 2, 1):
-            try:
-                kv = await js.create_key_value(store.config(name, count))
-                log.info("created saga bucket %s with %d replica(s)", name, count)
-                return cls(kv, name)
-            except nats.js.errors.APIError as exc:
-                if store.replicas is None and exc.err_code in _REPLICAS_UNAVAILABLE and count > 1:
-                    continue
-                if exc.err_code == 10058:  # created meanwhile by another process
-                    return cls(await js.key_value(name), name)
-                raise _unavailable(exc) from exc
-            except Exception as exc:
-                raise _unavailable(exc) from exc
-        raise AssertionError("unreachable: the last count raises or returns")
+
+        async def make(count: int) -> None:
+            await js.create_key_value(store.config(name, count))
+
+        try:
+            count = await create_replicated(make, store.replicas)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        if count is not None:
+            log.info("created saga bucket %s with %d replica(s)", name, count)
+        return cls(await js.key_value(name), name)
 
     # Every operation below says what went wrong with JetStream in one SagaUnavailableError,
     # but for the answers that are part of the protocol (a key taken, a revision moved on).
