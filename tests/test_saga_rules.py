@@ -16,11 +16,13 @@ from natsreg.saga._state import (
     LeaseWatch,
     SagaState,
     StepState,
+    begin,
     check_id,
     decode,
     encode,
     next_action,
     note,
+    settle,
     stored_reply,
 )
 
@@ -192,3 +194,28 @@ def test_a_saga_definition_is_checked_when_it_is_made() -> None:
         natsreg.Step("svc.a", compensate="$JS.API.STREAM.DELETE.x")
     with pytest.raises(natsreg.ConfigError, match="replicas"):
         natsreg.SagaStore(replicas=7)
+
+
+def test_a_step_is_marked_started_and_a_step_found_started_is_noted_as_run_again() -> None:
+    state = saga("pending", "started")
+    begin(state, 0, 1.0)
+    begin(state, 1, 2.0)
+    assert [s.status for s in state.steps] == ["started", "started"]
+    assert [(e.event, e.step, e.detail) for e in state.history] == [
+        ("step-started", 0, "svc.s0"),
+        ("step-started", 1, "again: the coordinator before may have run it"),
+    ]
+
+
+def test_settling_starts_the_next_step_or_ends_the_saga_in_the_same_write() -> None:
+    state = saga("succeeded", "pending")
+    assert settle(state, 1.0) == 1
+    assert state.steps[1].status == "started" and state.status == "running"
+    state.steps[1].status = "succeeded"
+    assert settle(state, 2.0) is None
+    assert state.status == "completed"
+    assert [e.event for e in state.history] == ["step-started", "completed"]
+    # A compensation still to call is left to the coordinator.
+    backward = saga("succeeded", "failed", status="compensating")
+    assert settle(backward, 3.0) is None
+    assert backward.status == "compensating" and backward.history == []

@@ -46,6 +46,7 @@ from ._state import (
     LeaseWatch,
     SagaState,
     StepState,
+    begin,
     check_id,
     check_name,
     note,
@@ -177,6 +178,7 @@ class Saga:
             created_at=now,
         )
         note(state, now, "started", detail=f"{len(self.steps)} steps")
+        begin(state, 0, now)
         revision = await bucket.create(state)
         if revision is None:
             stored = await bucket.get(saga_id)
@@ -188,7 +190,8 @@ class Saga:
                 f": see 'natsreg saga show {saga_id}'",
                 saga_id=saga_id,
             )
-        return self._result(await Coordinator(self, client, bucket, state, revision).drive())
+        coordinator = Coordinator(self, client, bucket, state, revision, begun=0)
+        return self._result(await coordinator.drive())
 
     async def resume(self, client: Client, saga_id: str) -> SagaResult:
         """Finish (or compensate) saga ``saga_id`` whose coordinator is gone.

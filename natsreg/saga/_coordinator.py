@@ -25,7 +25,16 @@ from ..errors import (
     RequestTimeoutError,
     SagaLostError,
 )
-from ._state import MAX_ERROR_CHARS, MAX_NAME_CHARS, SagaState, next_action, note, stored_reply
+from ._state import (
+    MAX_ERROR_CHARS,
+    MAX_NAME_CHARS,
+    SagaState,
+    begin,
+    next_action,
+    note,
+    settle,
+    stored_reply,
+)
 from ._store import Bucket, log
 
 if TYPE_CHECKING:
@@ -59,7 +68,14 @@ class Coordinator:
     """Drives ``state`` (stored at ``revision``) to its end, as the coordinator it names."""
 
     def __init__(
-        self, saga: Saga, client: Client, bucket: Bucket, state: SagaState, revision: int
+        self,
+        saga: Saga,
+        client: Client,
+        bucket: Bucket,
+        state: SagaState,
+        revision: int,
+        *,
+        begun: int | None = None,
     ) -> None:
         self._saga = saga
         self._client = client
@@ -68,6 +84,8 @@ class Coordinator:
         self._revision = revision
         self._lock = anyio.Lock()
         self._lost: SagaLostError | None = None
+        # The step this coordinator itself marked started in its last write, if any.
+        self._begun = begun
 
     async def drive(self) -> SagaState:
         """Run what is left of the saga, renewing the lease meanwhile; the final state.
@@ -118,23 +136,17 @@ class Coordinator:
                     await self._step(index)
                 case ("compensate", index):
                     await self._compensate(index)
-                case ("completed" | "compensated" | "failed-compensation" as end, _):
-                    self.state.status = end
-                    note(self.state, time.time(), end)
+                case _:
+                    # A saga taken over with nothing left to call.
+                    settle(self.state, time.time())
                     await self._save()
 
     async def _step(self, index: int) -> None:
         step = self.state.steps[index]
-        again = step.status == "started"
-        step.status = "started"
-        note(
-            self.state,
-            time.time(),
-            "step-started",
-            step=index,
-            detail="again: the coordinator before may have run it" if again else step.subject,
-        )
-        await self._save()
+        if self._begun != index:
+            begin(self.state, index, time.time())
+            await self._save()
+        self._begun = None
         try:
             reply = await self._call(step.subject, index, attempt="", compensation=False)
         except NotConnectedError:
@@ -147,11 +159,13 @@ class Coordinator:
             self.state.status = "compensating"
             self.state.error = f"{step.subject}: {exc}"[:MAX_ERROR_CHARS]
             note(self.state, time.time(), "step-failed", step=index, detail=step.error)
+            settle(self.state, time.time())
             await self._save()
             return
         self.state.replies[step.subject] = stored_reply(reply)
         step.status = "succeeded"
         note(self.state, time.time(), "step-succeeded", step=index, detail=step.subject)
+        self._begun = settle(self.state, time.time())
         await self._save()
 
     async def _compensate(self, index: int) -> None:
@@ -172,6 +186,7 @@ class Coordinator:
                 if step.attempts >= policy.attempts:
                     step.status = "dead"
                     note(self.state, time.time(), "compensation-dead", step=index, detail=detail)
+                    settle(self.state, time.time())
                     await self._save()
                     return
                 note(self.state, time.time(), "compensation-failed", step=index, detail=detail)
@@ -186,6 +201,7 @@ class Coordinator:
                 step=index,
                 detail=step.compensate,
             )
+            settle(self.state, time.time())
             await self._save()
             return
 

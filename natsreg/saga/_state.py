@@ -38,6 +38,7 @@ __all__ = [
     "LeaseWatch",
     "SagaState",
     "StepState",
+    "begin",
     "check_id",
     "check_name",
     "decode",
@@ -45,6 +46,7 @@ __all__ = [
     "is_valid_id",
     "next_action",
     "note",
+    "settle",
     "stored_reply",
 ]
 
@@ -256,6 +258,30 @@ def next_action(state: SagaState) -> tuple[Action, int] | None:
         if any(step.status == "dead" for step in state.steps):
             return "failed-compensation", -1
         return "compensated", -1
+    return None
+
+
+def begin(state: SagaState, index: int, now: float) -> None:
+    """Mark step ``index`` started. Written before the step is called, so that whoever finds
+    a step started knows it may have run."""
+    step = state.steps[index]
+    again = step.status == "started"
+    step.status = "started"
+    detail = "again: the coordinator before may have run it" if again else step.subject
+    note(state, now, "step-started", step=index, detail=detail)
+
+
+def settle(state: SagaState, now: float) -> int | None:
+    """Record, in the same write as the change just made, what follows from it when that
+    needs no call: the next step started (its index is returned), or the saga's end. One
+    write per step instead of two."""
+    match next_action(state):
+        case ("step", index):
+            begin(state, index, now)
+            return index
+        case ("completed" | "compensated" | "failed-compensation" as end, _):
+            state.status = end
+            note(state, now, end)
     return None
 
 
