@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import msgspec
+from nats.aio.client import Client as NATS
 
 from ..client import Client, RetryPolicy
 from ..client._target import parse_target
@@ -147,6 +149,11 @@ class Saga:
         self.store = store or SagaStore()
         self.lease_s = lease_s
         self.compensation = compensation
+        # The bucket opened on each connection (and prefix): opening it asks JetStream for
+        # its stream's info, which costs as much as a step.
+        self._buckets: weakref.WeakKeyDictionary[NATS, dict[str, Bucket]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def run(
         self, client: Client, payload: Any = None, *, saga_id: str | None = None
@@ -166,7 +173,7 @@ class Saga:
                 f"saga payload is {len(encoded)} bytes; at most {MAX_PAYLOAD_BYTES} are kept: "
                 "store large data elsewhere and pass a reference"
             )
-        bucket = await Bucket.open(client.nc, client.prefix, self.store)
+        bucket = await self._bucket(client)
         now = time.time()
         state = SagaState(
             id=saga_id,
@@ -201,7 +208,7 @@ class Saga:
         that has ended. Raises SagaBusyError when its coordinator is alive (or another
         resumer took it first), SagaNotFoundError when no saga of this name is under the id.
         """
-        bucket = await Bucket.open(client.nc, client.prefix, self.store)
+        bucket = await self._bucket(client)
         state, revision = await self._read(bucket, check_id(saga_id))
         if state.done:
             return self._result(state)
@@ -225,7 +232,7 @@ class Saga:
         readable saga of this definition are skipped and logged, never acted on. Run it at
         start-up and then every so often (a lease or so) in a process that defines the saga.
         """
-        bucket = await Bucket.open(client.nc, client.prefix, self.store)
+        bucket = await self._bucket(client)
         watch = LeaseWatch()
         waiting: dict[str, tuple[SagaState, int]] = {}
         async for key, state, revision in bucket.scan(limit):
@@ -277,6 +284,13 @@ class Saga:
         results.append(SagaResult.of(final))
         if final.status == "failed-compensation":
             log.error("%s", _dead_lettered(final))
+
+    async def _bucket(self, client: Client) -> Bucket:
+        opened = self._buckets.setdefault(client.nc, {})
+        bucket = opened.get(client.prefix)
+        if bucket is None:
+            bucket = opened[client.prefix] = await Bucket.open(client.nc, client.prefix, self.store)
+        return bucket
 
     async def _take_over(
         self, client: Client, bucket: Bucket, state: SagaState, revision: int
