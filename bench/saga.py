@@ -10,7 +10,9 @@ through one ``natsreg.Client``:
          or with the end), compare-and-set, to a file store.
 
 nats-server (JetStream, file store in a temporary folder) runs as its own process, the service
-and the callers in this one. Concurrency N is N coroutines each running sagas (or triples of
+and the callers in this one (so "CPU µs", this process's CPU time per saga or triple, counts
+both the caller's and the service's side; a shared machine's load moves it less than the
+rates). Concurrency N is N coroutines each running sagas (or triples of
 requests) back to back. Rounds alternate which mode goes first; the table shows medians.
 
     python bench/saga.py            # 5 rounds of 2 s per mode and concurrency
@@ -51,9 +53,11 @@ def saga_runner(saga: natsreg.Saga) -> object:
 
 async def round_of(
     run: object, client: natsreg.Client, concurrency: int, seconds: float
-) -> list[float]:
+) -> tuple[list[float], float]:
+    """Latencies of the runs of one round, and this process's CPU seconds per run."""
     latencies: list[float] = []
     stop = time.monotonic() + min(seconds, MAX_ROUND_S)
+    cpu = time.process_time()
 
     async def worker() -> None:
         while time.monotonic() < stop:
@@ -62,7 +66,7 @@ async def round_of(
             latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+    return latencies, (time.process_time() - cpu) / max(1, len(latencies))
 
 
 async def main(rounds: int, seconds: float) -> None:
@@ -88,29 +92,34 @@ async def main(rounds: int, seconds: float) -> None:
             modes = {"plain": plain, "saga": saga_runner(saga)}
             await modes["saga"](client)  # type: ignore[operator]  # creates the bucket
             print(
-                "| mode | concurrency | per s | p50 ms | p99 ms | per s vs plain | p50 vs plain |"
+                "| mode | concurrency | per s | p50 ms | p99 ms | CPU µs | per s vs plain "
+                "| p50 vs plain | CPU vs plain |"
             )
-            print("|---|---:|---:|---:|---:|---:|---:|")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for concurrency in (1, 16):
                 rates: dict[str, list[float]] = {m: [] for m in modes}
                 p50s: dict[str, list[float]] = {m: [] for m in modes}
                 p99s: dict[str, list[float]] = {m: [] for m in modes}
+                cpus: dict[str, list[float]] = {m: [] for m in modes}
                 for index in range(rounds):
                     order = list(modes) if index % 2 == 0 else list(reversed(modes))
                     for mode in order:
-                        lat = await round_of(modes[mode], client, concurrency, seconds)
+                        lat, cpu = await round_of(modes[mode], client, concurrency, seconds)
                         lat.sort()
+                        cpus[mode].append(cpu * 1e6)
                         rates[mode].append(len(lat) / seconds)
                         p50s[mode].append(lat[len(lat) // 2] * 1000)
                         p99s[mode].append(lat[int(len(lat) * 0.99)] * 1000)
                 base_rate = statistics.median(rates["plain"])
                 base_p50 = statistics.median(p50s["plain"])
+                base_cpu = statistics.median(cpus["plain"])
                 for mode in modes:
                     rate, p50 = statistics.median(rates[mode]), statistics.median(p50s[mode])
+                    cpu = statistics.median(cpus[mode])
                     print(
                         f"| {mode} | {concurrency} | {rate:.0f} | {p50:.2f} | "
-                        f"{statistics.median(p99s[mode]):.2f} | {rate / base_rate:.2f}x | "
-                        f"{p50 / base_p50:.2f}x |"
+                        f"{statistics.median(p99s[mode]):.2f} | {cpu:.0f} | "
+                        f"{rate / base_rate:.2f}x | {p50 / base_p50:.2f}x | {cpu / base_cpu:.2f}x |"
                     )
         await nc.close()
 
