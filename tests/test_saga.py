@@ -25,7 +25,7 @@ from natsreg import subjects
 from natsreg.saga import KEY_HEADER, SAGA_HEADER, SagaState
 from natsreg.saga._state import StepState, note
 from natsreg.saga._store import Bucket
-from natsreg.testing import NatsServer
+from natsreg.testing import NatsCluster, NatsServer
 from tests.helpers import eventually
 from tests.saga_proc import three_steps
 
@@ -480,3 +480,28 @@ async def test_the_place_order_example_completes_one_order_and_compensates_the_d
         "order-1: completed {'tracking': 't-1'}",
         "order-2: compensated shop.charge: 402 card declined: over the limit",
     ]
+
+
+async def test_in_a_cluster_the_bucket_has_3_replicas_and_sagas_outlive_its_leader(
+    prefix: str, unique: str
+) -> None:
+    service = f"shop-{unique}"
+    async with NatsCluster(jetstream=True) as cluster:
+        nc = await nats.connect(
+            servers=cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1
+        )
+        try:
+            async with natsreg.announce(nc, service, version="1.0.0", prefix=prefix) as svc:
+                Shop(svc, failing=set())
+                await nc.flush()
+                client = natsreg.Client(nc, prefix=prefix)
+                assert (await order(service).run(client, {"order": 1})).status == "completed"
+                info = await nc.jetstream().stream_info(f"KV_{subjects.saga_bucket(prefix)}")
+                assert info.config.num_replicas == 3, "min(3, the cluster's size)"
+                assert info.cluster is not None and info.cluster.leader is not None
+                await asyncio.to_thread(cluster.kill, int(info.cluster.leader.rsplit("-", 1)[1]))
+                # At once: its writes wait out the election of the bucket's next leader.
+                result = await order(service).run(client, {"order": 2})
+                assert result.status == "completed"
+        finally:
+            await nc.close()

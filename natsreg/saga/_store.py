@@ -9,9 +9,11 @@ Every write is conditional on the revision read last (compare-and-set).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -29,6 +31,14 @@ log = logging.getLogger("natsreg.saga")
 
 # The longest wait for the next entry of a scan: JetStream sends them back to back.
 _SCAN_WAIT_S = 5.0
+# How long a write is sent again while its stream has no leader, and how often.
+_WRITE_RETRY_S = 15.0
+_WRITE_RETRY_EVERY_S = 0.25
+_NO_LEADER = (
+    nats.errors.TimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,23 +122,45 @@ class Bucket:
     async def create(self, state: SagaState) -> int | None:
         """Store a new saga; its revision, or None when a saga of that id already exists."""
         try:
-            return await self._kv.create(state.id, encode(state))
+            return await self._write(state.id, encode(state), None)
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
-        except nats.errors.Error as exc:
-            raise _unavailable(exc) from exc
 
     async def update(self, state: SagaState, revision: int) -> int:
         """Replace the saga if ``revision`` is still its latest; its new revision.
         SagaLostError when another coordinator wrote it meanwhile."""
         try:
-            return await self._kv.update(state.id, encode(state), last=revision)
+            return await self._write(state.id, encode(state), revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise SagaLostError(
                 f"saga {state.id} was taken over by another coordinator", saga_id=state.id
             ) from None
-        except nats.errors.Error as exc:
-            raise _unavailable(exc) from exc
+
+    async def _write(self, key: str, value: bytes, last: int | None) -> int:
+        # A write that meets no stream leader (one was just lost: an election takes seconds)
+        # is sent again for a while. If an attempt was stored but its acknowledgement lost,
+        # the next is refused as a moved-on revision: the stored value then tells whether
+        # that revision is this writer's own.
+        deadline = time.monotonic() + _WRITE_RETRY_S
+        retried = False
+        while True:
+            try:
+                if last is None:
+                    return await self._kv.create(key, value)
+                return await self._kv.update(key, value, last=last)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                if retried:
+                    entry = await self.get(key)
+                    if entry is not None and entry[0] is not None and encode(entry[0]) == value:
+                        return entry[1]
+                raise
+            except _NO_LEADER as exc:
+                if time.monotonic() > deadline:
+                    raise _unavailable(exc) from exc
+                retried = True
+                await anyio.sleep(_WRITE_RETRY_EVERY_S)
+            except nats.errors.Error as exc:
+                raise _unavailable(exc) from exc
 
     async def get(self, saga_id: str) -> tuple[SagaState | None, int] | None:
         """The saga under ``saga_id`` (None if the entry is not a readable saga) and its
