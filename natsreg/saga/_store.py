@@ -149,10 +149,8 @@ class Bucket:
                     return await self._kv.create(key, value)
                 return await self._kv.update(key, value, last=last)
             except nats.js.errors.KeyWrongLastSequenceError:
-                if retried:
-                    entry = await self.get(key)
-                    if entry is not None and entry[0] is not None and encode(entry[0]) == value:
-                        return entry[1]
+                if retried and (revision := await self._revision_of(key, value)) is not None:
+                    return revision
                 raise
             except _NO_LEADER as exc:
                 if time.monotonic() > deadline:
@@ -161,6 +159,14 @@ class Bucket:
                 await anyio.sleep(_WRITE_RETRY_EVERY_S)
             except nats.errors.Error as exc:
                 raise _unavailable(exc) from exc
+
+    async def _revision_of(self, key: str, value: bytes) -> int | None:
+        # The latest revision of ``key`` if it holds exactly ``value``.
+        try:
+            stored = await self._kv.get(key)
+        except nats.errors.Error:
+            return None
+        return stored.revision if stored.value == value else None
 
     async def get(self, saga_id: str) -> tuple[SagaState | None, int] | None:
         """The saga under ``saga_id`` (None if the entry is not a readable saga) and its
