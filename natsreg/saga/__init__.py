@@ -68,8 +68,8 @@ __all__ = [
 
 log = logging.getLogger("natsreg.saga")
 
-#: Compensations: 6 attempts, backoff up to 0.5 s doubling to 10 s (about 20 s in all)
-#: before one is dead-lettered.
+#: Compensations: 6 attempts, with random waits of up to 0.5, 1, 2, 4 and 8 s between them
+#: (at most about 16 s) before one is dead-lettered.
 DEFAULT_COMPENSATION = RetryPolicy(attempts=6, backoff_s=0.5, max_backoff_s=10.0)
 
 
