@@ -296,6 +296,8 @@ class Consumers:
         data = msg.data
         if declared.body_type is None:
             body: Any = msgspec.json.decode(data) if data else None
+        elif declared.body_type is bytes:
+            body = data
         else:
             body = _decoder(declared.body_type).decode(data)
         headers = msg.headers or {}
