@@ -63,15 +63,17 @@ async def emit_rate(count: int, send: Callable[[int], Awaitable[object]]) -> flo
     return count / (time.perf_counter() - started)
 
 
-async def emit_round(nc: NATS, prefix: str, count: int) -> dict[str, float]:
+async def emit_round(nc: NATS, prefix: str, count: int, natsreg_first: bool) -> dict[str, float]:
     js = nc.jetstream()
     events = natsreg.Events(nc, prefix=prefix)
     await events.ensure()
     subject = subjects.event_subject(prefix, "bench.emitted", "0")
-    return {
-        "raw": await emit_rate(count, lambda n: js.publish(subject, PAYLOAD)),
-        "natsreg": await emit_rate(count, lambda n: events.emit("bench.emitted", PAYLOAD)),
+    senders: dict[str, Callable[[int], Awaitable[object]]] = {
+        "raw": lambda n: js.publish(subject, PAYLOAD),
+        "natsreg": lambda n: events.emit("bench.emitted", PAYLOAD),
     }
+    order = ["natsreg", "raw"] if natsreg_first else ["raw", "natsreg"]
+    return {mode: await emit_rate(count, senders[mode]) for mode in order}
 
 
 # -- consume and latency ---------------------------------------------------------------------
@@ -108,8 +110,9 @@ class RawConsumer:
                 await msg.ack()
 
 
-async def consume_round(url: str, prefix: str, count: int) -> dict[str, float]:
-    return {mode: await consume_one(url, prefix, count, mode) for mode in ("raw", "natsreg")}
+async def consume_round(url: str, prefix: str, count: int, flip: bool) -> dict[str, float]:
+    order = ("natsreg", "raw") if flip else ("raw", "natsreg")
+    return {mode: await consume_one(url, prefix, count, mode) for mode in order}
 
 
 async def consume_one(url: str, prefix: str, count: int, mode: str) -> float:
@@ -119,16 +122,20 @@ async def consume_one(url: str, prefix: str, count: int, mode: str) -> float:
     await asyncio.gather(*(events.emit(event_type, PAYLOAD) for _ in range(count)))
     done = asyncio.Event()
     seen = 0
+    first = last = 0.0
 
     def count_one(data: bytes) -> None:
-        nonlocal seen
+        # From the first event handled to the last: creating the consumer is not consuming.
+        nonlocal seen, first, last
         seen += 1
+        if seen == 1:
+            first = time.perf_counter()
         if seen == count:
+            last = time.perf_counter()
             done.set()
 
-    started = time.perf_counter()
     await consuming(consumer_nc, prefix, event_type, mode, count_one, done.wait)
-    rate = count / (time.perf_counter() - started)
+    rate = (count - 1) / (last - first)
     await nc.close()
     await consumer_nc.close()
     return rate
@@ -166,8 +173,11 @@ async def consuming(
         await body()
 
 
-async def latency_round(url: str, prefix: str, count: int) -> dict[str, tuple[float, float]]:
-    return {mode: await latency_one(url, prefix, count, mode) for mode in ("raw", "natsreg")}
+async def latency_round(
+    url: str, prefix: str, count: int, flip: bool
+) -> dict[str, tuple[float, float]]:
+    order = ("natsreg", "raw") if flip else ("raw", "natsreg")
+    return {mode: await latency_one(url, prefix, count, mode) for mode in order}
 
 
 async def latency_one(url: str, prefix: str, count: int, mode: str) -> tuple[float, float]:
@@ -324,12 +334,12 @@ async def main(args: argparse.Namespace) -> None:
         latency_r: dict[str, list[tuple[float, float]]] = {"raw": [], "natsreg": []}
         for r in range(rounds):
             nc = await nats.connect(server.url)
-            for mode, rate in (await emit_round(nc, f"e{r}", emits)).items():
+            for mode, rate in (await emit_round(nc, f"e{r}", emits, r % 2 == 1)).items():
                 emit_r[mode].append(rate)
             await nc.close()
-            for mode, rate in (await consume_round(server.url, f"c{r}", emits)).items():
+            for mode, rate in (await consume_round(server.url, f"c{r}", emits, r % 2 == 1)).items():
                 consume_r[mode].append(rate)
-            for mode, lat in (await latency_round(server.url, f"l{r}", 200)).items():
+            for mode, lat in (await latency_round(server.url, f"l{r}", 200, r % 2 == 1)).items():
                 latency_r[mode].append(lat)
             print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
         print("\n| what | raw | natsreg | natsreg vs raw |\n|---|---:|---:|---:|")
