@@ -377,3 +377,37 @@ def test_up_keeps_events_in_its_store_across_a_restart(tmp_path: Path) -> None:
             finally:
                 proc.kill()
     assert (store / "jetstream").is_dir()
+
+
+async def test_a_stopping_instance_finishes_the_event_it_handles_and_takes_no_more(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    handled: list[int] = []
+    events = natsreg.Events(js, prefix=prefix)
+
+    async def serve() -> None:
+        async with natsreg.announce(
+            js, f"mail-{unique}", version="1.0.0", prefix=prefix, drain_timeout_s=10
+        ) as svc:
+
+            @svc.on_event("user.created", max_in_flight=1)
+            async def slow(ev: natsreg.Event[dict[str, int]]) -> None:
+                started.set()
+                await release.wait()
+                handled.append(ev.body["n"])
+
+            await svc.ready()
+            await events.emit("user.created", {"n": 1})
+            await events.emit("user.created", {"n": 2})
+            await started.wait()
+        # Left the block: the running event was finished and acknowledged.
+
+    serving = asyncio.create_task(serve())
+    await started.wait()
+    await asyncio.sleep(0.1)
+    release.set()
+    await serving
+    assert handled == [1]
+    info = await js.jetstream().consumer_info(f"{prefix}_events", f"mail-{unique}~user~created")
+    assert (info.num_ack_pending, info.num_pending) == (0, 1), "the second is left for others"

@@ -96,6 +96,8 @@ class Consumers:
         self._replays = subjects.control_subject(prefix, "evr") + "."
         self.table: dict[str, Declared] = {}
         self._loops: list[asyncio.Task[None]] = []
+        # Stopped last: a handler still running while the instance drains keeps its event.
+        self._progress: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
         self._idle = asyncio.Event()
@@ -141,7 +143,7 @@ class Consumers:
         else:
             name = await self._consumer(declared, None)
             self._loops.append(asyncio.create_task(self._pull(declared, name)))
-        self._loops.append(asyncio.create_task(_report_progress(declared)))
+        self._progress.append(asyncio.create_task(_report_progress(declared)))
 
     async def _consumer(self, declared: Declared, partition: int | None) -> str:
         return await ensure_consumer(
@@ -159,19 +161,15 @@ class Consumers:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        self._loops.clear()
+        await _cancel(self._loops)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             log.warning(
                 "%s: %d event handlers still running; cancelling", self._service, self._in_flight
             )
-            for task in list(self._handlers):
-                task.cancel()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await _cancel(list(self._handlers))
+        await _cancel(self._progress)
 
     # -- pulling -----------------------------------------------------------------------------
 
@@ -386,6 +384,13 @@ async def _report_progress(declared: Declared) -> None:
         await asyncio.sleep(every_s)
         for msg in list(declared.holding.values()):
             await _quietly(msg.in_progress())
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    tasks.clear()
 
 
 async def _quietly(step: Any) -> None:
