@@ -26,7 +26,7 @@ from ._settings import (
     stream_name,
 )
 
-__all__ = ["EventsUnavailableError", "ensure_consumer", "ensure_streams"]
+__all__ = ["EventsUnavailableError", "ensure_consumer", "ensure_streams", "unavailable"]
 
 log = logging.getLogger("natsreg.events")
 
@@ -97,7 +97,7 @@ async def _ensure_stream(
                 continue
             if exc.err_code == 10058:  # created meanwhile by another process
                 return
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
 
 
 async def ensure_consumer(
@@ -139,11 +139,11 @@ async def ensure_consumer(
     except NotFoundError:
         pass
     except APIError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     try:
         await js.add_consumer(stream, config)
     except APIError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     return name
 
 
@@ -159,8 +159,11 @@ async def _exists(js: JetStreamContext, stream: str) -> bool:
         except NotFoundError:
             return False
         except (ServiceUnavailableError, nats.errors.TimeoutError) as exc:
+            if isinstance(exc, ServiceUnavailableError) and exc.code is None:
+                # "No responders": no server here runs JetStream; waiting will not help.
+                raise unavailable(exc) from exc
             if time.monotonic() > deadline:
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
             if not said:
                 log.warning(
                     "JetStream is not ready yet (%s); waiting up to %.0f s", exc, _STARTING_S
@@ -168,11 +171,18 @@ async def _exists(js: JetStreamContext, stream: str) -> bool:
                 said = True
             await asyncio.sleep(0.25)
         except Exception as exc:  # no JetStream at all: nobody answers $JS.API
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
 
 
-def _unavailable(exc: Exception) -> EventsUnavailableError:
+def unavailable(exc: Exception) -> EventsUnavailableError:
+    """``exc``, a failure of JetStream's API, as the one error natsreg raises for it."""
     return EventsUnavailableError(
-        f"JetStream cannot store events ({exc}): run nats-server with JetStream "
+        f"JetStream cannot store events ({_reason(exc)}): run nats-server with JetStream "
         "(natsreg up does; nats-server -js), and a quorum of a cluster's nodes"
     )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ServiceUnavailableError) and exc.code is None:
+        return "no server answers the JetStream API"
+    return str(exc).removeprefix("nats: ")
