@@ -9,18 +9,29 @@ import base64
 from typing import IO, Any
 
 import msgspec
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from . import subjects
 from .errors import ConfigError
 from .events._dead import MAX_LIMIT, DeadLetter, TypeFigures, dead_letters, overview, replay
+from .events._streams import unavailable
 
 __all__ = ["run"]
 
 
 async def run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[str]) -> int:
     """Run ``natsreg events <action>`` on ``nc``; the exit code."""
+    try:
+        return await _run(nc, args, json_out=json_out, out=out)
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        # No JetStream, no quorum, no permission: one line that says so, not a traceback.
+        raise unavailable(exc) from exc
+
+
+async def _run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[str]) -> int:
     js = nc.jetstream(timeout=5.0)
     if args.action == "ls":
         if args.type is not None:

@@ -10,7 +10,6 @@ from typing import TypeVar
 
 import anyio
 import nats.errors
-from nats.aio.client import Client as NATS
 from nats.js.errors import APIError, ServiceUnavailableError
 
 __all__ = [
@@ -18,6 +17,7 @@ __all__ = [
     "REPLICAS_UNAVAILABLE",
     "STARTING_S",
     "create_replicated",
+    "no_jetstream",
     "when_ready",
 ]
 
@@ -35,20 +35,14 @@ STARTING_S = 30.0
 
 
 async def when_ready(
-    probe: Callable[[], Awaitable[T]],
-    *,
-    nc: NATS | None = None,
-    starting_s: float = STARTING_S,
-    retry_s: float = 0.25,
+    probe: Callable[[], Awaitable[T]], *, starting_s: float = STARTING_S, retry_s: float = 0.25
 ) -> T:
     """``probe()``'s answer. A cluster that has just started answers "unavailable", or not
     at all, until it has elected its JetStream leader: ``probe`` is asked again meanwhile
     (every ``retry_s``, for up to ``starting_s``, saying so once) rather than fail a
     start-up. Any other error is ``probe``'s own, raised at once; past the wait, the last
-    "unavailable".
-
-    With ``nc``, a server that says in its INFO that it runs no JetStream, and whose API
-    nobody answers, is not waited for: the error comes at once.
+    "unavailable". No answer at all ("no responders": no server here runs JetStream) is
+    not waited for: no cluster still electing says that.
     """
     deadline = time.monotonic() + starting_s
     said = False
@@ -56,7 +50,7 @@ async def when_ready(
         try:
             return await probe()
         except (ServiceUnavailableError, nats.errors.TimeoutError) as exc:
-            if time.monotonic() > deadline or (nc is not None and _without_jetstream(nc, exc)):
+            if time.monotonic() > deadline or no_jetstream(exc):
                 raise
             if not said:
                 log.warning(
@@ -66,13 +60,11 @@ async def when_ready(
             await anyio.sleep(retry_s)
 
 
-def _without_jetstream(nc: NATS, exc: Exception) -> bool:
-    # nats-py turns "no responders" on $JS.API into a ServiceUnavailableError with no error
-    # code; JetStream's own "unavailable" answers carry one. nats-py has no public getter for
-    # the server's INFO (pyproject.toml names this use of it).
-    info = getattr(nc, "_server_info", None) or {}
-    no_answer = isinstance(exc, ServiceUnavailableError) and exc.err_code is None
-    return no_answer and not info.get("jetstream")
+def no_jetstream(exc: BaseException) -> bool:
+    """Whether ``exc`` says that no server answers the JetStream API at all: nats-py turns
+    "no responders" on ``$JS.API`` into a ServiceUnavailableError with no status code, where
+    JetStream's own "unavailable" answers carry 503."""
+    return isinstance(exc, ServiceUnavailableError) and exc.code is None
 
 
 async def create_replicated(

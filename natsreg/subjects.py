@@ -30,6 +30,7 @@ group ``<service>``; the ADR-32 ``$SRV`` subjects are built by :func:`srv_subjec
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import ConfigError
@@ -138,17 +139,20 @@ MAX_EVENT_TYPE_CHARS = 128
 
 def check_event_type(event_type: str) -> str:
     """``event_type`` if it can name events (``user.created``); ConfigError otherwise."""
-    if (
-        not isinstance(event_type, str)
-        or len(event_type) > MAX_EVENT_TYPE_CHARS
-        or _EVENT_TYPE.fullmatch(event_type) is None
-    ):
+    if not isinstance(event_type, str) or not _is_event_type(event_type):
         raise ConfigError(
             f"event type {str(event_type)[:40]!r} is not valid: use up to 8 tokens of letters, "
             f"digits, '-' and '_' separated by dots (e.g. 'user.created'), at most "
             f"{MAX_EVENT_TYPE_CHARS} characters"
         )
     return event_type
+
+
+# Checked on every emit, and a program emits a handful of types: the answers are remembered,
+# at most 1024 of them, so made-up types cost a bounded memory and no more time than before.
+@functools.lru_cache(maxsize=1024)
+def _is_event_type(event_type: str) -> bool:
+    return len(event_type) <= MAX_EVENT_TYPE_CHARS and _EVENT_TYPE.fullmatch(event_type) is not None
 
 
 def event_subject(prefix: str, event_type: str, partition: str) -> str:

@@ -25,7 +25,7 @@ from nats.js.errors import APIError
 import natsreg
 from natsreg import ConfigError, subjects
 from natsreg.client._registry_api import RegistryApi
-from natsreg.events import StreamSettings
+from natsreg.events import EventsUnavailableError, StreamSettings
 from natsreg.events._dead import dead_letters
 from natsreg.testing import NatsServer, free_port
 from tests.helpers import eventually
@@ -377,3 +377,66 @@ def test_up_keeps_events_in_its_store_across_a_restart(tmp_path: Path) -> None:
             finally:
                 proc.kill()
     assert (store / "jetstream").is_dir()
+
+
+async def test_a_stopping_instance_finishes_the_event_it_handles_and_takes_no_more(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    handled: list[int] = []
+    events = natsreg.Events(js, prefix=prefix)
+
+    async def serve() -> None:
+        async with natsreg.announce(
+            js, f"mail-{unique}", version="1.0.0", prefix=prefix, drain_timeout_s=10
+        ) as svc:
+
+            @svc.on_event("user.created", max_in_flight=1)
+            async def slow(ev: natsreg.Event[dict[str, int]]) -> None:
+                started.set()
+                await release.wait()
+                handled.append(ev.body["n"])
+
+            await svc.ready()
+            await events.emit("user.created", {"n": 1})
+            await events.emit("user.created", {"n": 2})
+            await started.wait()
+        # Left the block: the running event was finished and acknowledged.
+
+    serving = asyncio.create_task(serve())
+    await started.wait()
+    await asyncio.sleep(0.1)
+    release.set()
+    await serving
+    assert handled == [1]
+    info = await js.jetstream().consumer_info(f"{prefix}_events", f"mail-{unique}~user~created")
+    assert (info.num_ack_pending, info.num_pending) == (0, 1), "the second is left for others"
+
+
+async def test_without_jetstream_emit_handlers_and_the_cli_say_so_at_once(
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
+    # The session's plain server: no JetStream. Nothing waits for one that will never come.
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(EventsUnavailableError, match="JetStream"):
+        await natsreg.Events(nc, prefix=prefix).emit("user.created", {})
+    svc = natsreg.announce(nc, f"mail-{unique}", version="1.0.0", prefix=prefix)
+
+    @svc.on_event("user.created")
+    async def welcome(ev: natsreg.Event[Any]) -> None:
+        pass
+
+    with pytest.raises(EventsUnavailableError, match="nats-server -js"):
+        async with svc:
+            pass
+    assert asyncio.get_running_loop().time() - started < 5
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "natsreg", "events", "ls"],
+        env={**os.environ, "NATS_URL": nats_url},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "JetStream" in result.stderr

@@ -4,6 +4,7 @@ chooses the body's type."""
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any
 
@@ -168,3 +169,34 @@ def test_a_dead_letters_error_is_one_bounded_line() -> None:
     assert "\r" not in text and "\n" not in text and "\x00" not in text
     assert len(text) == 1024
     assert _header_text("") == "error"
+
+
+def test_event_types_up_to_the_length_limit_are_accepted_and_named_when_refused() -> None:
+    longest = "a" * subjects.MAX_EVENT_TYPE_CHARS
+    assert subjects.check_event_type(longest) == longest
+    with pytest.raises(ConfigError) as too_long:
+        subjects.check_event_type(longest + "b")
+    # The message quotes the first 40 characters of what was refused, no more.
+    assert repr("a" * 40) in str(too_long.value)
+    with pytest.raises(ConfigError, match=re.escape("'user.>'")):
+        subjects.check_event_type("user.>")
+
+
+def test_the_registry_sums_the_event_types_of_a_services_instances() -> None:
+    from natsreg.registry._view import View
+
+    view = View(clock=lambda: 1000.0)
+
+    def announced(instance_id: str, seq: int, *types: str) -> wire.Announce:
+        interests = [wire.EventInterest(type=t) for t in types]
+        return wire.Announce(
+            id=instance_id, name="mail", version="1.0.0", seq=seq, events=interests
+        )
+
+    view.apply(announced("i1", 1, "user.deleted", "user.created"))
+    view.apply(announced("i2", 1, "user.created", "order.paid"))
+    (summary,) = view.summaries()
+    assert summary.events == ["order.paid", "user.created", "user.deleted"]
+    # An instance that starts consuming another type has changed, as for an endpoint.
+    outcome = view.apply(announced("i1", 2, "user.created"))
+    assert [c.kind for c in outcome.changes] == ["changed"]

@@ -1,9 +1,8 @@
 """The JetStream rules events and sagas share, without a server: how many replicas to ask
-for, and when not to wait for JetStream."""
+for, and when to wait for JetStream and when not."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import nats.errors
@@ -60,17 +59,16 @@ async def test_a_server_without_jetstream_that_nobody_answers_for_is_not_waited_
         calls += 1
         raise ServiceUnavailableError
 
-    plain = SimpleNamespace(_server_info={"jetstream": False})
     with pytest.raises(ServiceUnavailableError):
-        await _jetstream.when_ready(probe, nc=plain, starting_s=5.0)  # type: ignore[arg-type]
+        await _jetstream.when_ready(probe, starting_s=5.0)
     assert calls == 1
 
 
 async def test_jetstream_starting_up_is_waited_for_until_it_answers() -> None:
     answers: list[Exception] = [
-        ServiceUnavailableError(err_code=10008),
+        ServiceUnavailableError(code=503, err_code=10008),
         nats.errors.TimeoutError(),
-        ServiceUnavailableError(),
+        ServiceUnavailableError(code=503),
     ]
 
     async def probe() -> str:
@@ -78,19 +76,13 @@ async def test_jetstream_starting_up_is_waited_for_until_it_answers() -> None:
             raise answers.pop(0)
         return "ready"
 
-    enabled = SimpleNamespace(_server_info={"jetstream": True})
-    result = await _jetstream.when_ready(
-        probe,
-        nc=enabled,  # type: ignore[arg-type]
-        starting_s=5.0,
-        retry_s=0.0,
-    )
+    result = await _jetstream.when_ready(probe, starting_s=5.0, retry_s=0.0)
     assert result == "ready"
 
 
 async def test_past_the_wait_the_last_unavailable_is_raised() -> None:
     async def probe() -> None:
-        raise ServiceUnavailableError(err_code=10008)
+        raise ServiceUnavailableError(code=503, err_code=10008)
 
     with pytest.raises(ServiceUnavailableError):
         await _jetstream.when_ready(probe, starting_s=0.0)

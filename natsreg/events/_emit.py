@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ class Events:
         self.settings = settings or StreamSettings()
         self._timeout_s = timeout_s
         self._ensured = False
+        # Many emits may start at once: one of them creates the streams, the rest wait.
+        self._ensuring = asyncio.Lock()
 
     async def ensure(self) -> None:
         """Create the event streams with this emitter's settings where they do not exist
@@ -107,11 +110,15 @@ class Events:
         if not self._ensured:
             # Once per emitter, not left to "no responders": a broadcast handler's plain
             # subscription on the subject would take the request and leave it unanswered.
-            await self.ensure()
+            async with self._ensuring:
+                if not self._ensured:
+                    await self.ensure()
         for first in (True, False):
             try:
+                # No Nats-Expected-Stream header: a subject belongs to one stream at most
+                # (JetStream refuses overlaps), and the header costs both ends a parse.
                 ack = await self._js.publish(
-                    subject, data, headers=headers, stream=self._stream, timeout=self._timeout_s
+                    subject, data, headers=headers, timeout=self._timeout_s
                 )
                 return Emitted(seq=ack.seq, duplicate=bool(ack.duplicate))
             except NoStreamResponseError:

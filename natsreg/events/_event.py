@@ -17,11 +17,12 @@ EventHandler = Callable[["Event[Any]"], Awaitable[object]]
 
 
 class Event(Message, Generic[T]):
-    """One event: ``type``, ``body`` (decoded as the handler's annotation ``Event[T]`` asks,
-    else the JSON value), ``data`` (the bytes), ``headers``, and what makes a handler
-    idempotent: ``id``, stable across redeliveries and replays (the stream sequence of the
-    event as first stored), and ``delivery``, 1 on the first attempt. ``key`` is the ordering
-    key the emitter gave, or None. A broadcast event has ``id`` 0 and ``delivery`` 1.
+    """One event: ``type``, ``body`` (decoded as the handler's annotation ``Event[T]`` asks;
+    ``Event[bytes]``: the bytes as sent; else the JSON value), ``data`` (the bytes),
+    ``headers``, and what makes a handler idempotent: ``id``, stable across redeliveries and
+    replays (the stream sequence of the event as first stored), and ``delivery``, 1 on the
+    first attempt. ``key`` is the ordering key the emitter gave, or None. A broadcast event
+    has ``id`` 0 and ``delivery`` 1.
     """
 
     __slots__ = ("body", "delivery", "id", "key", "type")

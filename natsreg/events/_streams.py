@@ -14,7 +14,7 @@ from nats.js import api as js_api
 from nats.js.errors import APIError, NotFoundError
 
 from .. import subjects
-from .._jetstream import create_replicated, when_ready
+from .._jetstream import create_replicated, no_jetstream, when_ready
 from ..errors import NatsregError
 from ._settings import (
     EventOptions,
@@ -24,7 +24,7 @@ from ._settings import (
     stream_name,
 )
 
-__all__ = ["EventsUnavailableError", "ensure_consumer", "ensure_streams"]
+__all__ = ["EventsUnavailableError", "ensure_consumer", "ensure_streams", "unavailable"]
 
 log = logging.getLogger("natsreg.events")
 
@@ -81,7 +81,7 @@ async def _ensure_stream(
     try:
         count = await create_replicated(create, replicas)
     except APIError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     if count is not None:
         log.info("created stream %s with %d replica(s)", config.name, count)
 
@@ -125,11 +125,11 @@ async def ensure_consumer(
     except NotFoundError:
         pass
     except APIError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     try:
         await js.add_consumer(stream, config)
     except APIError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     return name
 
 
@@ -140,11 +140,18 @@ async def _exists(js: JetStreamContext, stream: str) -> bool:
     except NotFoundError:
         return False
     except Exception as exc:  # no JetStream at all: nobody answers $JS.API
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
 
 
-def _unavailable(exc: Exception) -> EventsUnavailableError:
+def unavailable(exc: Exception) -> EventsUnavailableError:
+    """``exc``, a failure of JetStream's API, as the one error natsreg raises for it."""
     return EventsUnavailableError(
-        f"JetStream cannot store events ({exc}): run nats-server with JetStream "
+        f"JetStream cannot store events ({_reason(exc)}): run nats-server with JetStream "
         "(natsreg up does; nats-server -js), and a quorum of a cluster's nodes"
     )
+
+
+def _reason(exc: Exception) -> str:
+    if no_jetstream(exc):
+        return "no server answers the JetStream API"
+    return str(exc).removeprefix("nats: ")

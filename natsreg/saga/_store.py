@@ -21,7 +21,7 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from .. import subjects
-from .._jetstream import create_replicated, when_ready
+from .._jetstream import create_replicated, no_jetstream, when_ready
 from ..errors import ConfigError, SagaLostError, SagaUnavailableError
 from ._state import MAX_STATE_BYTES, SagaState, decode, encode
 
@@ -95,7 +95,7 @@ class Bucket:
         name = subjects.saga_bucket(prefix)
         store = store or SagaStore()
         try:
-            return cls(await when_ready(lambda: js.key_value(name), nc=nc), name)
+            return cls(await when_ready(lambda: js.key_value(name)), name)
         except nats.js.errors.BucketNotFoundError:
             if not create:
                 raise SagaUnavailableError(
@@ -201,7 +201,7 @@ class Bucket:
 
 
 def _unavailable(exc: Exception) -> SagaUnavailableError:
-    if isinstance(exc, (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)):
+    if isinstance(exc, nats.errors.NoRespondersError) or no_jetstream(exc):
         reason = "JetStream is not enabled on this NATS server (natsreg up enables it)"
     else:
         reason = f"JetStream: {exc}"
