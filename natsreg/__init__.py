@@ -12,9 +12,17 @@ from .errors import (
     OverloadedError,
     RequestError,
     RequestTimeoutError,
+    SagaBusyError,
+    SagaCompensationError,
+    SagaError,
+    SagaLostError,
+    SagaNotFoundError,
+    SagaUnavailableError,
     ServiceError,
 )
+from .events import Event, Events
 from .registry import Registry
+from .saga import Saga, SagaResult, SagaStore, Step
 from .service import Instance, Request, Service, announce
 
 __all__ = [
@@ -23,6 +31,8 @@ __all__ = [
     "CircuitOpenError",
     "Client",
     "ConfigError",
+    "Event",
+    "Events",
     "Instance",
     "NatsregError",
     "NoInstanceError",
@@ -35,8 +45,18 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "RetryPolicy",
+    "Saga",
+    "SagaBusyError",
+    "SagaCompensationError",
+    "SagaError",
+    "SagaLostError",
+    "SagaNotFoundError",
+    "SagaResult",
+    "SagaStore",
+    "SagaUnavailableError",
     "Service",
     "ServiceError",
+    "Step",
     "announce",
 ]
 __version__ = "0.1.0"

@@ -97,8 +97,12 @@ def _service(services: Iterable[_Endpoints]) -> Iterator[Metric]:
     queued: Counter[_Labels] = Counter()
     draining: Counter[_Labels] = Counter()
     drains: Counter[_Labels] = Counter()
+    events: Counter[_Labels] = Counter()
     for instance in services:
         name = instance.service
+        for event_type, counts in instance.event_counts().items():
+            for outcome, n in counts.items():
+                events[(name, event_type, outcome)] += n
         for endpoint in list(instance.table.values()):
             for outcome, n in endpoint.outcomes.items():
                 requests[(name, endpoint.name, outcome)] += n
@@ -142,6 +146,12 @@ def _service(services: Iterable[_Endpoints]) -> Iterator[Metric]:
     )
     yield _counter(
         "natsreg_service_drains_total", "Drains begun (graceful stops).", ("service",), drains
+    )
+    yield _counter(
+        "natsreg_service_events_total",
+        "Durable events: handled (acknowledged), failed (an attempt raised), dead (dead-lettered).",
+        ("service", "event", "outcome"),
+        events,
     )
 
 

@@ -42,6 +42,14 @@ def server_binary() -> str:
     return found
 
 
+def default_store_dir() -> Path:
+    """Where ``natsreg up``'s embedded nats-server keeps JetStream's files (events survive a
+    restart): ``$XDG_STATE_HOME/natsreg/jetstream``, else ``~/.local/state/natsreg/jetstream``
+    (the XDG base directory rule for state)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "natsreg" / "jetstream"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

@@ -30,9 +30,9 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from . import __version__, _docs_cli, _origin, _schema_cli, _trace, logs, subjects, wire
+from . import __version__, _docs_cli, _origin, _saga_cli, _schema_cli, _trace, logs, subjects, wire
 from ._gather import gather_stats
-from ._server import NatsServer, ServerError, is_listening
+from ._server import NatsServer, ServerError, default_store_dir, is_listening
 from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
 from .client._target import parse_target
@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         _add_request,
         _add_watch,
         _docs_cli.add_parser,
+        _add_events,
+        _add_saga,
     ):
         add(commands, common)
     _add_auth(commands)
@@ -168,6 +170,14 @@ def _add_up(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "a .py file runs with this Python; repeatable",
     )
     up.add_argument("--no-bridge", action="store_true", help="do not serve the HTTP bridge")
+    up.add_argument(
+        "--store-dir",
+        default=os.environ.get("NATSREG_STORE_DIR"),
+        metavar="DIR",
+        help="where the embedded nats-server keeps JetStream's files, the durable events "
+        "(default: $NATSREG_STORE_DIR, else $XDG_STATE_HOME/natsreg/jetstream or "
+        "~/.local/state/natsreg/jetstream)",
+    )
     _http_option(
         up, "the registry node (and --with MODULE:ATTR services, on free ports)", "127.0.0.1:0"
     )
@@ -327,6 +337,44 @@ def _add_watch(commands: _Commands, common: argparse.ArgumentParser) -> None:
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
 
 
+def _add_saga(commands: _Commands, common: argparse.ArgumentParser) -> None:
+    saga = commands.add_parser("saga", help="read sagas: their steps and history (docs/sagas.md)")
+    actions = saga.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", parents=[common], help="one saga's steps and history")
+    show.add_argument("id", help="the saga's id")
+    show.add_argument("--json", action="store_true", help="print the stored state as JSON")
+    ls = actions.add_parser("ls", parents=[common], help="the sagas written last")
+    ls.add_argument("--running", action="store_true", help="only sagas still in progress")
+    ls.add_argument(
+        "--limit", type=int, default=20, help="how many sagas to list (default: %(default)s)"
+    )
+    ls.add_argument("--json", action="store_true", help="print the stored states as JSON")
+
+
+def _add_events(commands: _Commands, common: argparse.ArgumentParser) -> None:
+    events = commands.add_parser(
+        "events",
+        parents=[common],
+        help="durable events: types, lag, dead letters ('events ls', 'events dead TYPE')",
+        description="ls: every event type with its consuming services, their lag and dead "
+        "letters; dead TYPE: the events a service failed on at every delivery, with the last "
+        "error; replay TYPE --dead: send them through again (to the service that failed only).",
+    )
+    events.add_argument("action", choices=["ls", "dead", "replay"])
+    events.add_argument("type", nargs="?", metavar="TYPE", help="an event type: user.created")
+    events.add_argument(
+        "--dead", action="store_true", help="replay: the dead letters (required, to be explicit)"
+    )
+    events.add_argument("--service", help="dead, replay: only this service's dead letters")
+    events.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="dead, replay: at most this many, oldest first (default: %(default)s; max 10000)",
+    )
+    events.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _add_auth(commands: _Commands) -> None:
     auth = commands.add_parser(
         "auth",
@@ -370,6 +418,19 @@ def _add_auth(commands: _Commands) -> None:
         default=[],
         metavar="USER:SVC[,SVC...]",
         help="a program that calls these services",
+    )
+    auth.add_argument(
+        "--coordinator",
+        action="append",
+        default=[],
+        metavar="USER:SVC[,SVC...]",
+        help="a program that runs sagas calling these services (docs/sagas.md)",
+    )
+    auth.add_argument(
+        "--events",
+        action="store_true",
+        help="the --service and --caller users also emit durable events, and the services "
+        "consume them (docs/events.md)",
     )
     auth.add_argument(
         "--prefix",
@@ -853,12 +914,29 @@ async def _cmd_up(args: argparse.Namespace) -> int:
         if is_listening(host, port):
             _say(f"using the nats-server at {args.server}")
         elif host in ("127.0.0.1", "localhost", "::1"):
+            store = Path(args.store_dir) if args.store_dir else default_store_dir()
             try:
-                server = NatsServer(host=host, port=port, args=_embedded_auth(args))
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _CliError(
+                    f"cannot create the JetStream store {store}: {exc.strerror or exc}; "
+                    "pass --store-dir"
+                ) from exc
+            try:
+                server = NatsServer(
+                    host=host,
+                    port=port,
+                    args=_embedded_auth(args),
+                    jetstream=True,
+                    store_dir=store,
+                )
             except ServerError as exc:
                 raise _CliError(str(exc)) from exc
             stack.callback(server.stop)
-            _say(f"started nats-server {server.url} (embedded; stops with natsreg up)")
+            _say(
+                f"started nats-server {server.url} (embedded, JetStream in {store}; "
+                "stops with natsreg up)"
+            )
         else:
             raise _CliError(
                 f"nothing listens at {args.server}, and natsreg only starts a "
@@ -1019,14 +1097,21 @@ def _roles(args: argparse.Namespace) -> list[Role]:
     roles += [Role(kind="operator", user=user, calls=(ALL_SERVICES,)) for user in args.operator]
     for spec in args.service:
         name, calls = split(spec, "--service")
-        roles.append(Role(kind="service", user=name, name=name, calls=calls))
+        roles.append(Role(kind="service", user=name, name=name, calls=calls, events=args.events))
     for spec in args.caller:
         user, calls = split(spec, "--caller")
         if not calls:
             raise _CliError(f"--caller {spec!r}: name the services it calls (USER:SVC,SVC)")
-        roles.append(Role(kind="caller", user=user, calls=calls))
+        roles.append(Role(kind="caller", user=user, calls=calls, events=args.events))
+    for spec in args.coordinator:
+        user, calls = split(spec, "--coordinator")
+        if not calls:
+            raise _CliError(f"--coordinator {spec!r}: name the services its sagas call")
+        roles.append(Role(kind="coordinator", user=user, calls=calls))
     if not roles:
-        raise _CliError("no roles: pass --registry, --bridge, --operator, --service or --caller")
+        raise _CliError(
+            "no roles: pass --registry, --bridge, --operator, --service, --caller or --coordinator"
+        )
     return roles
 
 
@@ -1233,6 +1318,16 @@ async def _check_payload(
         )
 
 
+async def _cmd_events(args: argparse.Namespace) -> int:
+    from . import _events_cli
+
+    async def run(nc: NATS) -> int:
+        json_out = args.json or _json_lines
+        return await _events_cli.run(nc, args, json_out=json_out, out=sys.stdout)
+
+    return await _with_connection(args, run)
+
+
 async def _cmd_watch(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         registry = RegistryApi(nc, prefix=args.prefix)
@@ -1256,6 +1351,27 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_connection(args, run, long_lived=True)
+
+
+async def _cmd_saga(args: argparse.Namespace) -> int:
+    async def run(nc: NATS) -> int:
+        if args.action == "show":
+            state = await _saga_cli.read_saga(nc, args.prefix, args.id)
+            if args.json or _json_lines:
+                _print_data(state)
+            else:
+                _saga_cli.render_saga(state, _console(), _table)
+            return 0
+        if args.limit < 1:
+            raise _CliError(f"--limit must be at least 1, got {args.limit}")
+        states = await _saga_cli.read_sagas(nc, args.prefix, running=args.running, limit=args.limit)
+        if args.json or _json_lines:
+            _print_data(states)
+        else:
+            _saga_cli.render_sagas(states, _console(), _table, _age)
+        return 0
+
+    return await _with_connection(args, run)
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -1415,6 +1531,7 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
         )
     console.print(endpoints)
     _print_schemas(console, snapshot.instances)
+    _print_consumed_events(console, snapshot.instances)
 
 
 def _print_schemas(console: Console, instances: Sequence[wire.InstanceView]) -> None:
@@ -1432,6 +1549,21 @@ def _print_schemas(console: Console, instances: Sequence[wire.InstanceView]) -> 
     for row in sorted(rows):
         table.add_row(*row)
     console.print(table)
+
+
+def _print_consumed_events(console: Console, instances: Sequence[wire.InstanceView]) -> None:
+    """The event types the instances consume, and how (docs/events.md)."""
+    modes: dict[str, str] = {}
+    for i in instances:
+        for interest in i.events:
+            modes[interest.type] = (
+                "broadcast" if interest.broadcast else "ordered" if interest.ordered else "balanced"
+            )
+    if modes:
+        consumed = _table("CONSUMES EVENT", "MODE")
+        for event_type, mode in sorted(modes.items()):
+            consumed.add_row(event_type, mode)
+        console.print(consumed)
 
 
 def _print_event(event: wire.Event) -> None:
@@ -1455,6 +1587,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "request": _cmd_request,
     "watch": _cmd_watch,
     "docs": _cmd_docs,
+    "events": _cmd_events,
+    "saga": _cmd_saga,
     "auth": _cmd_auth,
 }
 

@@ -27,6 +27,12 @@ __all__ = [
     "OverloadedError",
     "RequestError",
     "RequestTimeoutError",
+    "SagaBusyError",
+    "SagaCompensationError",
+    "SagaError",
+    "SagaLostError",
+    "SagaNotFoundError",
+    "SagaUnavailableError",
     "ServiceError",
     "error_headers",
     "from_nats",
@@ -141,6 +147,46 @@ class CircuitOpenError(RequestError):
 
 class BulkheadFullError(RequestError):
     """This client already has its maximum of calls in flight to the service: not sent."""
+
+
+class SagaError(NatsregError):
+    """A saga could not go on as asked; ``saga_id`` names it (``natsreg saga show ID``)."""
+
+    def __init__(self, message: str, *, saga_id: str = "") -> None:
+        super().__init__(message)
+        self.saga_id = saga_id
+
+
+class SagaUnavailableError(SagaError):
+    """JetStream is not there to keep sagas (not enabled on the server, no quorum, or the
+    bucket does not exist yet where natsreg may not create it)."""
+
+    retryable = True
+
+
+class SagaNotFoundError(SagaError):
+    """No saga (none this code can read) is stored under the id."""
+
+
+class SagaBusyError(SagaError):
+    """Another coordinator holds the saga's lease: it is still running there."""
+
+    retryable = True
+
+
+class SagaLostError(SagaError):
+    """This coordinator lost the saga: another took it over (its lease had run out, e.g. while
+    this process was frozen). The other one finishes it; this one stops at once."""
+
+
+class SagaCompensationError(SagaError):
+    """A compensation failed every attempt and was dead-lettered: the saga ended in
+    ``failed-compensation`` and an operator must undo by hand what the history shows.
+    ``result`` is the saga's final state."""
+
+    def __init__(self, message: str, *, saga_id: str = "", result: object = None) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.result = result
 
 
 def error_headers(error: ServiceError) -> dict[str, str]:

@@ -21,9 +21,18 @@ Roles:
   one that hears that request, so a starting node's snapshot can come from a registry node
   only: its inbox is its own, and only a user that received the request may answer there.
 - ``bridge``: a caller (of every service, or of those named).
+- ``coordinator`` of some services: a caller of them that also runs sagas (docs/sagas.md): it
+  may create, read and write the sagas' bucket (``<prefix>_sagas``) through JetStream's API,
+  and nothing of any other stream. It may not delete or purge the bucket.
 - ``operator``: the CLI (``ls``, ``info``, ``watch``, ``request``, ``registry nodes``): a
   caller of every service that may also ask every instance for its ADR-32 stats and every
   registry node for its own.
+
+A ``service`` or ``caller`` with ``events=True`` uses durable events (docs/events.md): it may
+emit any event type and create the event streams; a service may also create and pull from the
+stream's consumers, acknowledge what it pulled, dead-letter as itself only
+(``<prefix>.evdead.<name>.>``) and hear broadcast events. Every other role may neither emit
+nor forge a dead letter or a replay.
 
 Each user gets its own inbox prefix (``_INBOX_<user>``) and may subscribe only there, so no
 user reads another's replies; it must connect with that prefix (nats-py
@@ -44,6 +53,7 @@ from typing import Literal
 
 from . import subjects
 from .errors import ConfigError
+from .events._settings import dead_stream_name, stream_name
 
 __all__ = [
     "ALL_SERVICES",
@@ -55,7 +65,7 @@ __all__ = [
     "permissions",
 ]
 
-RoleKind = Literal["service", "caller", "registry", "bridge", "operator"]
+RoleKind = Literal["service", "caller", "registry", "bridge", "operator", "coordinator"]
 
 #: In ``calls``: every service (a bridge or operator that reaches the whole fleet).
 ALL_SERVICES = "*"
@@ -73,25 +83,32 @@ class Role:
     """One NATS user and what it is for.
 
     ``user`` names the NATS user (and its inbox); ``name`` is the service a ``service``
-    speaks for; ``calls`` lists the services it may call (``ALL_SERVICES`` for all).
+    speaks for; ``calls`` lists the services it may call (``ALL_SERVICES`` for all);
+    ``events``: it uses durable events (a ``service`` or ``caller`` only).
     """
 
     kind: RoleKind
     user: str
     name: str = ""
     calls: tuple[str, ...] = ()
+    events: bool = False
 
     def __post_init__(self) -> None:
         if not _USER.match(self.user):
             raise ConfigError(f"user {self.user!r}: use letters, digits, '-' and '_' only")
         if self.kind == "service" and not subjects.is_valid_token(self.name):
             raise ConfigError(f"service role {self.user!r} needs a valid service name")
-        if self.kind not in ("service", "caller", "registry", "bridge", "operator"):
+        if self.kind not in ("service", "caller", "registry", "bridge", "operator", "coordinator"):
             raise ConfigError(f"unknown role {self.kind!r}")
+        if self.kind == "coordinator" and (not self.calls or ALL_SERVICES in self.calls):
+            # A caller of every service is denied all of $JS, which sagas need.
+            raise ConfigError(f"coordinator {self.user!r}: name the services its sagas call")
         for callee in self.calls:
             if callee != ALL_SERVICES and not _USER.match(callee):
                 raise ConfigError(f"{self.user!r} calls {callee!r}, which is no service name")
         object.__setattr__(self, "calls", tuple(self.calls))
+        if self.events and self.kind not in ("service", "caller"):
+            raise ConfigError(f"{self.user!r}: only services and callers use events")
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,8 @@ def permissions(
             ]
             sub.append(f"{control('sync', '*')} {subjects.REGISTRY_QUEUE}")
             sub.append(control("nodes"))
+        case "coordinator":
+            pub += _saga_subjects(subjects.saga_bucket(prefix))
         case "operator":
             pub += [subjects.srv_subject(verb, ">") for verb in ("PING", "INFO", "STATS")]
             pub += [subjects.srv_subject(verb) for verb in ("PING", "INFO", "STATS")]
@@ -180,10 +199,12 @@ def permissions(
             pub.append(control("nodes"))
         case _:
             pass
+    if role.events:
+        _event_grants(role, prefix, pub, sub)
     calls = role.calls
     if role.kind in ("bridge", "operator") and not calls:
         calls = (ALL_SERVICES,)
-    if calls or role.kind in ("caller", "bridge", "operator"):
+    if calls or role.kind in ("caller", "bridge", "operator", "coordinator"):
         pub += [control("registry", ">"), control("warming", ">")]
     for callee in calls:
         pub += [subjects.endpoint_subject(callee, ">"), control("direct", callee, ">")]
@@ -200,7 +221,11 @@ def permissions(
         # inboxes: a caller of every service must still speak for no one and forge no reply.
         # (Replies to requests it received still go out: allow_responses is checked apart.)
         deny += [
-            control(verb, ">") for verb in ("announce", "hb", "bye", "events", "discover", "sync")
+            control(verb, ">")
+            for verb in (
+                *("announce", "hb", "bye", "events", "discover", "sync"),
+                *("ev", "evr", "evdead"),
+            )
         ]
         deny.append(control("discover"))
         deny += ["$SYS.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"]
@@ -215,6 +240,47 @@ def permissions(
         deny_publish=tuple(_unique(deny)),
         max_responses=REGISTRY_MAX_RESPONSES if role.kind == "registry" else 1,
     )
+
+
+def _event_grants(role: Role, prefix: str, pub: list[str], sub: list[str]) -> None:
+    # JetStream's API subjects name the stream and the consumer, each as one token, and a
+    # consumer's name cannot hold the service as a token of its own: a service with events
+    # may pull from any consumer of the events stream (docs/security.md, Limits).
+    events, dead = stream_name(prefix), dead_stream_name(prefix)
+    pub.append(subjects.control_subject(prefix, "ev", ">"))
+    for stream in (events, dead):
+        pub += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]
+    if role.kind != "service":
+        return
+    pub += [
+        f"$JS.API.CONSUMER.INFO.{events}.*",
+        f"$JS.API.CONSUMER.CREATE.{events}.*",
+        f"$JS.API.CONSUMER.MSG.NEXT.{events}.*",
+        # Acknowledgements, progress and retries of what it pulled.
+        f"$JS.ACK.{events}.>",
+        subjects.control_subject(prefix, "evdead", role.name, ">"),
+    ]
+    sub.append(subjects.control_subject(prefix, "ev", ">"))
+
+
+def _saga_subjects(bucket: str) -> Sequence[str]:
+    # What nats-py's key-value API sends for one bucket: its stream's info and creation, a
+    # key's read (direct or through the stream), a write (a publish JetStream acknowledges),
+    # and the ordered consumer that lists the bucket (created, asked for its info, and told
+    # by flow-control replies that its messages arrived). Replies come to the user's inbox.
+    stream = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+        f"$KV.{bucket}.>",
+    ]
 
 
 def _srv_subjects(name: str) -> Sequence[str]:

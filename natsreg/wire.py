@@ -23,6 +23,7 @@ __all__ = [
     "MAX_CONTROL_BYTES",
     "MAX_DESCRIPTION_CHARS",
     "MAX_ENDPOINTS",
+    "MAX_EVENT_INTERESTS",
     "MAX_HEARTBEAT_S",
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_CHARS",
@@ -42,6 +43,7 @@ __all__ = [
     "Discover",
     "Endpoint",
     "Event",
+    "EventInterest",
     "Goodbye",
     "Health",
     "Heartbeat",
@@ -117,6 +119,9 @@ MAX_DESCRIPTION_CHARS = 4096
 # 256 of them fit MAX_CONTROL_BYTES with room for their metadata; real services have a
 # handful, and the cap bounds what one message costs every reader that indexes endpoints.
 MAX_ENDPOINTS = 256
+# Event types one instance consumes, in its announcement: a handful in practice; the cap
+# bounds what one announcement costs the registry's index of consumers.
+MAX_EVENT_INTERESTS = 64
 # Names and ids are subject tokens; this bounds them well under nats-server's 4 KB control line
 # (a NUID is 22 characters); an endpoint subject may hold a few tokens.
 MAX_TOKEN_CHARS = 256
@@ -174,6 +179,15 @@ class Endpoint(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     schemas: Schemas | None = None
 
 
+class EventInterest(msgspec.Struct, gc=False, frozen=True, kw_only=True):
+    """An event type an instance consumes (docs/events.md): balanced among the service's
+    instances through a durable JetStream consumer, or ``broadcast`` to every instance."""
+
+    type: str
+    ordered: bool = False
+    broadcast: bool = False
+
+
 class Load(msgspec.Struct, gc=False, kw_only=True):
     """Light load figures carried by every heartbeat."""
 
@@ -207,6 +221,8 @@ class Announce(_InstanceMessage, tag="announce", kw_only=True):
     #: The instance's NATS connection, "<server id>/<client id>", as the server's disconnect
     #: advisories name it; re-announced when it changes.
     conn: str = ""
+    #: The event types it consumes.
+    events: list[EventInterest] = []
 
 
 class Heartbeat(_InstanceMessage, tag="heartbeat", kw_only=True):
@@ -253,6 +269,7 @@ class InstanceView(msgspec.Struct, gc=False, kw_only=True):
     load: Load = msgspec.field(default_factory=Load)
     age_s: float = 0.0
     conn: str = ""
+    events: list[EventInterest] = []
 
 
 def instance_view(ann: Announce) -> InstanceView:
@@ -275,6 +292,7 @@ def instance_view(ann: Announce) -> InstanceView:
         health=ann.health,
         load=ann.load,
         conn=ann.conn,
+        events=ann.events,
     )
 
 
@@ -346,6 +364,8 @@ class ServiceSummary(msgspec.Struct, gc=False, kw_only=True):
     endpoints: list[str] = []
     #: Seconds since the node last heard from the most recent of them.
     last_heard_s: float = 0.0
+    #: The event types its instances consume.
+    events: list[str] = []
 
 
 class ServiceList(msgspec.Struct, gc=False, kw_only=True):
@@ -614,6 +634,8 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> N
         else:
             check_metadata(e.metadata, f"endpoint {e.name!r}")
             _check_schemas(e)
+    if isinstance(message, Announce | InstanceView):
+        _check_events(message.events)
     if isinstance(message, Announce | InstanceView) and not math.isfinite(message.heartbeat_s):
         raise Invalid("invalid_heartbeat", "heartbeat_s must be a finite number")
     if isinstance(message, InstanceView) and not math.isfinite(message.age_s):
@@ -627,6 +649,18 @@ def _check_schemas(e: Endpoint) -> None:
         why = None if schema is None else _schemas.problem(schema)
         if why is not None:
             raise Invalid("invalid_schemas", f"endpoint {e.name!r}: {why}")
+
+
+def _check_events(events: list[EventInterest]) -> None:
+    if len(events) > MAX_EVENT_INTERESTS:
+        raise Invalid(
+            "invalid_events", f"at most {MAX_EVENT_INTERESTS} event types, got {len(events)}"
+        )
+    for interest in events:
+        try:
+            subjects.check_event_type(interest.type)
+        except ValueError as exc:
+            raise Invalid("invalid_events", str(exc)) from None
 
 
 _encoder = msgspec.json.Encoder()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
@@ -93,3 +93,12 @@ def cli_env(nats_url: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _store_of_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``natsreg up`` keeps JetStream's files in a per-user folder (docs/operations.md,
+    Events): the tests' ``up`` processes keep theirs in a temporary one instead."""
+    os.environ["NATSREG_STORE_DIR"] = str(tmp_path_factory.mktemp("up-store"))
+    yield
+    os.environ.pop("NATSREG_STORE_DIR", None)

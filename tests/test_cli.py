@@ -381,12 +381,19 @@ def test_docs_name_every_flag_of_every_command_and_no_other() -> None:
 
     from natsreg.cli import _parser
 
-    commands = next(
-        action for action in _parser()._actions if isinstance(action, argparse._SubParsersAction)
-    ).choices
+    def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        # Commands with actions of their own (``saga show``) nest a second level.
+        nested = [
+            parsers(sub)
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for sub in action.choices.values()
+        ]
+        return [parser, *(p for level in nested for p in level)]
+
     flags = {
         option
-        for command in commands.values()
+        for command in parsers(_parser())[1:]
         for action in command._actions
         for option in action.option_strings
         if option.startswith("--")

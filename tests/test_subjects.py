@@ -115,3 +115,29 @@ def test_a_token_with_a_separator_wildcard_whitespace_or_control_character_is_re
 )
 def test_subjects_of_nats_itself_and_inboxes_are_reserved(subject: str, reserved: bool) -> None:
     assert subjects.is_reserved(subject) is reserved
+
+
+@pytest.mark.parametrize(
+    ("prefix", "bucket"),
+    [("natsreg", "natsreg_sagas"), ("prod.reg", "prod_reg_sagas"), ("t-1_x", "t-1_x_sagas")],
+)
+def test_a_prefix_names_its_saga_bucket_with_dots_made_underscores(
+    prefix: str, bucket: str
+) -> None:
+    assert subjects.saga_bucket(prefix) == bucket
+
+
+@pytest.mark.parametrize("prefix", ["prod:reg", "é", "a/b", "a=b"])
+def test_a_prefix_that_cannot_name_a_bucket_is_refused_for_sagas(prefix: str) -> None:
+    assert subjects.check_prefix(prefix) == prefix
+    with pytest.raises(ConfigError) as refused:
+        subjects.saga_bucket(prefix)
+    assert str(refused.value) == (
+        f"prefix {prefix!r} cannot name a JetStream bucket: for sagas, use only letters, "
+        "digits, '-', '_' and dots"
+    )
+
+
+def test_a_prefix_that_is_no_subject_is_refused_for_sagas_as_for_everything_else() -> None:
+    with pytest.raises(ConfigError, match="is not a valid subject"):
+        subjects.saga_bucket("a.*")

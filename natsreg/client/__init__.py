@@ -104,6 +104,11 @@ class Client(anyio.AsyncContextManagerMixin):
         )
 
     @property
+    def nc(self) -> NATS:
+        """The NATS connection this client sends on (the caller's to close)."""
+        return self._transport.nc
+
+    @property
     def breaker(self) -> BreakerConfig:
         """The breaker configuration of every instance and endpoint this client calls."""
         return self._router.breaker

@@ -35,6 +35,9 @@ from nats.nuid import NUID
 from .. import _figures, _origin, _probes, wire
 from .._tasks import background
 from ..errors import ConfigError
+from ..events._consume import Consumers, Declared
+from ..events._event import EventHandler
+from ..events._settings import EventOptions, EventSettings
 from ._app import Context, Hook, Middleware, Service, config_of, wrap
 from ._config import HealthCheck, ServiceConfig, ServiceSettings
 from ._control import Control
@@ -75,7 +78,9 @@ class Instance(anyio.AsyncContextManagerMixin):
         self._middleware: tuple[Middleware, ...] = ()
         self._hooks: tuple[tuple[Hook, ...], tuple[Hook, ...]] = ((), ())
         self._endpoints = Endpoints(nc, config, self.id, self.state)
-        self._control = Control(nc, config, self.id, self._endpoints)
+        self._consumers = Consumers(nc, config.name, config.prefix)
+        self._endpoints.event_counts = self.event_counts
+        self._control = Control(nc, config, self.id, self._endpoints, self._consumers.interests)
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
         self._pending = 0
         self._ready = asyncio.Event()
@@ -92,6 +97,8 @@ class Instance(anyio.AsyncContextManagerMixin):
             self._hooks = (declared.start_hooks, declared.stop_hooks)
             for name, handler, options in declared.declared_endpoints():
                 self.endpoint(name, **options)(handler)
+            for event_type, on_event, event_options in declared.declared_events():
+                self._consumers.declare(event_type, on_event, event_options)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -142,6 +149,35 @@ class Instance(anyio.AsyncContextManagerMixin):
 
         return register
 
+    def on_event(
+        self, event_type: str, **options: Unpack[EventSettings]
+    ) -> Callable[[EventHandler], EventHandler]:
+        """Handle the events of ``event_type`` with the decorated coroutine function.
+
+        Each event goes to one instance of this service (instances share a durable
+        consumer); every service that handles the type gets its own copy. Returning
+        acknowledges the event; raising retries it later, with backoff, on any instance, up
+        to ``max_deliveries`` times, after which it goes to the dead letters
+        (``natsreg events dead``). ``ordered=True`` handles events with the same key one at a
+        time, in order; ``broadcast=True`` gives every instance every event over core NATS,
+        with no durability. The handler gets a :class:`natsreg.Event`; annotated
+        ``Event[T]``, its ``body`` is decoded as ``T``. The options are
+        :class:`natsreg.events.EventOptions`' (docs/events.md).
+        """
+        checked = EventOptions(**options)
+
+        def register(handler: EventHandler) -> EventHandler:
+            if not inspect.iscoroutinefunction(handler):
+                raise ConfigError(f"event handler of {event_type!r} must be an async function")
+            declared = self._consumers.declare(event_type, handler, checked)
+            if self._tg is not None:
+                self._pending += 1
+                self._ready.clear()
+                self._tg.start_soon(self._consume, declared, True)
+            return handler
+
+        return register
+
     async def ready(self) -> None:
         """Wait until every endpoint declared so far is subscribed and announced.
 
@@ -184,6 +220,14 @@ class Instance(anyio.AsyncContextManagerMixin):
         repeat was answered from it (docs/protocol.md, "At most once")."""
         return self._endpoints.calls.stats()
 
+    def event_counts(self) -> dict[str, dict[str, int]]:
+        """Per event type this instance consumes: events ``handled`` (acknowledged),
+        attempts that ``failed``, and events ``dead`` (stored in the dead letters)."""
+        return {
+            t: {"handled": d.handled, "failed": d.failed, "dead": d.dead}
+            for t, d in self._consumers.table.items()
+        }
+
     # -- lifetime ----------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -224,6 +268,8 @@ class Instance(anyio.AsyncContextManagerMixin):
                 control = await self._control.subscribe()
                 for endpoint in self._endpoints.table.values():
                     await self._serve_endpoint(endpoint, announce=False)
+                for declared in self._consumers.table.values():
+                    await self._consume(declared, announce=False)
                 await self._announce()
             if self._endpoints.recording:
                 # In the exposition from its announcement until it has drained.
@@ -249,7 +295,9 @@ class Instance(anyio.AsyncContextManagerMixin):
         self._tg = None
         await self._endpoints.unsubscribe()
         await self._control.goodbye()
-        await self._endpoints.drain(self.config.drain_timeout_s)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._endpoints.drain, self.config.drain_timeout_s)
+            tg.start_soon(self._consumers.stop, self.config.drain_timeout_s)
         for sub in control:
             await quietly(sub.unsubscribe(), "unsubscribe")
         await quietly(self._nc.flush(timeout=2), "flush")
@@ -266,13 +314,22 @@ class Instance(anyio.AsyncContextManagerMixin):
         with self._speaking():
             await self._endpoints.subscribe(endpoint)
         if announce:
-            # Announce only once NATS has the subscription, so no caller that learns of the
-            # endpoint from a registry can reach it before it is served.
-            await self._nc.flush()
-            await self._announce()
-            self._pending -= 1
-            if self._pending == 0:
-                self._ready.set()
+            await self._announce_added()
+
+    async def _consume(self, declared: Declared, announce: bool) -> None:
+        with self._speaking():
+            await self._consumers.start(declared)
+        if announce:
+            await self._announce_added()
+
+    async def _announce_added(self) -> None:
+        # Announce only once NATS has the subscription, so no caller that learns of the
+        # endpoint from a registry can reach it before it is served.
+        await self._nc.flush()
+        await self._announce()
+        self._pending -= 1
+        if self._pending == 0:
+            self._ready.set()
 
 
 @overload

@@ -13,7 +13,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from .. import subjects
 from ..errors import ConfigError
+from ..events._event import EventHandler
+from ..events._settings import EventOptions, EventSettings
 from ._config import ServiceConfig, ServiceSettings
 from ._endpoints import checked_endpoint
 from ._request import Handler, Request
@@ -108,6 +111,7 @@ class Service:
     def __init__(self, name: str, *, version: str, **settings: Unpack[ServiceSettings]) -> None:
         self.config = config_of(name, version, settings)
         self._endpoints: dict[str, _Declared] = {}
+        self._events: dict[str, tuple[EventHandler, EventOptions]] = {}
         self.middleware_chain: tuple[Middleware, ...] = ()
         self.start_hooks: tuple[Hook, ...] = ()
         self.stop_hooks: tuple[Hook, ...] = ()
@@ -149,6 +153,25 @@ class Service:
             return handler
 
         return register
+
+    def on_event(
+        self, event_type: str, **options: Unpack[EventSettings]
+    ) -> Callable[[EventHandler], EventHandler]:
+        """Handle events of ``event_type``, as :meth:`Instance.on_event` does (docs/events.md)."""
+        subjects.check_event_type(event_type)
+        if event_type in self._events:
+            raise ConfigError(f"{self.name} already handles {event_type!r}")
+        checked = EventOptions(**options)
+
+        def register(handler: EventHandler) -> EventHandler:
+            _check_async(handler, f"event handler of {event_type!r}")
+            self._events[event_type] = (handler, checked)
+            return handler
+
+        return register
+
+    def declared_events(self) -> list[tuple[str, EventHandler, EventOptions]]:
+        return [(t, handler, options) for t, (handler, options) in self._events.items()]
 
     def middleware(self, function: Middleware) -> Middleware:
         """Run ``function(req, call_next)`` around every handler of this service, in the

@@ -32,9 +32,15 @@ class Control:
     """What an instance tells registries and monitors about itself, and when."""
 
     def __init__(
-        self, nc: NATS, config: ServiceConfig, instance_id: str, endpoints: Endpoints
+        self,
+        nc: NATS,
+        config: ServiceConfig,
+        instance_id: str,
+        endpoints: Endpoints,
+        events: Callable[[], list[wire.EventInterest]] = list,
     ) -> None:
         self._nc = nc
+        self._events = events
         self._config = config
         self._id = instance_id
         self._endpoints = endpoints
@@ -83,6 +89,7 @@ class Control:
             health=self.health,
             load=self._endpoints.load(),
             conn=self._announced_conn,
+            events=self._events(),
         )
 
     def _connection(self) -> str:

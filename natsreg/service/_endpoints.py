@@ -8,7 +8,7 @@ import functools
 import sys
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -148,6 +148,9 @@ class Endpoints:
         self.recording = _figures.enabled()
         #: Drains begun (the instance is stopping), for Prometheus.
         self.drains = 0
+        #: Per event type this instance consumes: events handled, failed attempts and dead
+        #: letters, for Prometheus (set by the instance: natsreg/events/_consume.py counts).
+        self.event_counts: Callable[[], dict[str, dict[str, int]]] = dict
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()

@@ -1,0 +1,155 @@
+"""``natsreg events ls | dead TYPE | replay TYPE --dead``: what the CLI shows of durable events
+and does with dead letters. cli.py parses the arguments and connects; this module does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from typing import IO, Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from . import subjects
+from .errors import ConfigError
+from .events._dead import MAX_LIMIT, DeadLetter, TypeFigures, dead_letters, overview, replay
+from .events._streams import unavailable
+
+__all__ = ["run"]
+
+
+async def run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[str]) -> int:
+    """Run ``natsreg events <action>`` on ``nc``; the exit code."""
+    try:
+        return await _run(nc, args, json_out=json_out, out=out)
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        # No JetStream, no quorum, no permission: one line that says so, not a traceback.
+        raise unavailable(exc) from exc
+
+
+async def _run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[str]) -> int:
+    js = nc.jetstream(timeout=5.0)
+    if args.action == "ls":
+        if args.type is not None:
+            raise ConfigError("natsreg events ls takes no event type (natsreg events dead TYPE)")
+        try:
+            figures = await overview(js, args.prefix)
+        except NotFoundError:
+            figures = []
+        _emit(json_out, out, [_figures_json(f) for f in figures], lambda: _print_figures(figures))
+        return 0
+    if args.type is None:
+        raise ConfigError(f"natsreg events {args.action} needs an event type, e.g. user.created")
+    subjects.check_event_type(args.type)
+    if args.service is not None and not subjects.is_valid_token(args.service):
+        raise ConfigError(f"--service {args.service!r} is not a service name")
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise ConfigError(f"--limit must be between 1 and {MAX_LIMIT}")
+    try:
+        letters = await dead_letters(
+            js, args.prefix, args.type, service=args.service, limit=args.limit
+        )
+    except NotFoundError:
+        letters = []
+    if args.action == "dead":
+        _emit(json_out, out, [_letter_json(x) for x in letters], lambda: _print_letters(letters))
+        return 0
+    if not args.dead:
+        raise ConfigError(
+            "natsreg events replay sends dead letters through again: pass --dead "
+            "(natsreg events dead TYPE lists them first)"
+        )
+    count = await replay(js, args.prefix, letters)
+    if json_out:
+        print(msgspec.json.encode({"replayed": count}).decode(), file=out)
+    else:
+        print(f"replayed {count} dead {args.type} event(s)", file=out)
+    return 0
+
+
+def _emit(json_out: bool, out: IO[str], value: Any, table: Any) -> None:
+    if json_out:
+        print(msgspec.json.encode(value).decode(), file=out)
+    else:
+        table()
+
+
+def _figures_json(figures: TypeFigures) -> dict[str, Any]:
+    return {
+        "type": figures.event_type,
+        "stored": figures.stored,
+        "consumers": [
+            {
+                "service": c.service,
+                "mode": c.mode,
+                "pending": c.pending,
+                "ack_pending": c.ack_pending,
+                "dead": c.dead,
+            }
+            for c in figures.services.values()
+        ],
+    }
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    body: Any
+    try:
+        body = msgspec.json.decode(letter.data) if letter.data else None
+    except msgspec.DecodeError:
+        body = {"base64": base64.b64encode(letter.data).decode()}
+    return {
+        "seq": letter.seq,
+        "service": letter.service,
+        "type": letter.event_type,
+        "event_id": letter.event_id,
+        "deliveries": letter.deliveries,
+        "error": letter.error,
+        "body": body,
+    }
+
+
+def _print_figures(figures: list[TypeFigures]) -> None:
+    from .cli import _console, _table
+
+    console = _console()
+    if not figures:
+        console.print("no events yet (natsreg.Events(nc).emit(...) stores the first)")
+        return
+    table = _table("TYPE", "STORED", "SERVICE", "MODE", "LAG", "UNACKED", "DEAD")
+    for f in figures:
+        if not f.services:
+            table.add_row(f.event_type, str(f.stored), "-", "-", "-", "-", "-")
+        for c in f.services.values():
+            dead = f"[red]{c.dead}[/]" if c.dead else "0"
+            table.add_row(
+                f.event_type,
+                str(f.stored),
+                c.service,
+                c.mode,
+                str(c.pending + c.ack_pending),
+                str(c.ack_pending),
+                dead,
+            )
+    console.print(table)
+
+
+def _print_letters(letters: list[DeadLetter]) -> None:
+    from rich.markup import escape
+
+    from .cli import _console, _table
+
+    console = _console()
+    if not letters:
+        console.print("no dead letters")
+        return
+    table = _table("SEQ", "SERVICE", "EVENT ID", "DELIVERIES", "LAST ERROR", "BODY")
+    for x in letters:
+        # What a failing event and its handler's error say is shown, never read as markup.
+        body = escape(x.data[:80].decode(errors="replace"))
+        error = escape(x.error)
+        table.add_row(str(x.seq), x.service, str(x.event_id), str(x.deliveries), error, body)
+    console.print(table)
