@@ -16,6 +16,7 @@ Moleculer's balanced events when an instance is killed with SIGKILL.
 Goal: natsreg >= 0.9x raw on emit and consume, p50 latency <= 1.1x raw; 0 lost under kill -9.
 
     python bench/events.py                 # 5 rounds of each comparison, then kill -9 (natsreg)
+    python bench/events.py --rounds 3      # 3 rounds
     python bench/events.py --quick         # 2 rounds, fewer events
     npm install --prefix DIR moleculer@0.14.36 nats@2.29.3
     NODE_PATH=DIR/node_modules python bench/events.py --moleculer   # and Moleculer's kill -9
@@ -253,6 +254,19 @@ def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     return proc
 
 
+def stop(procs: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM, then SIGKILL for any still running after 30 s (so that their readers end)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"pid {proc.pid} did not stop within 30 s of SIGTERM", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+
+
 async def kill_natsreg(url: str, prefix: str, count: int, rate: int) -> tuple[int, int]:
     procs = [
         start([sys.executable, __file__, "--worker", url, "--prefix", prefix]) for _ in range(2)
@@ -261,13 +275,18 @@ async def kill_natsreg(url: str, prefix: str, count: int, rate: int) -> tuple[in
     nc = await nats.connect(url)
     events = natsreg.Events(nc, prefix=prefix)
 
+    give_up = time.monotonic() + 120
+
     async def emit(n: int) -> None:
-        while True:
+        # Again with the same key until stored, as a careful producer does; bounded in time.
+        while time.monotonic() < give_up:
             try:
                 await events.emit("user.created", {"n": n}, key=str(n))
                 return
-            except EventsUnavailableError:
+            except EventsUnavailableError as exc:
+                print(f"emit {n}: {exc}; again", file=sys.stderr)
                 await asyncio.sleep(0.05)
+        raise SystemExit(f"event {n} not stored within 120 s")
 
     started = time.monotonic()
     tasks = []
@@ -279,13 +298,12 @@ async def kill_natsreg(url: str, prefix: str, count: int, rate: int) -> tuple[in
             procs[0].send_signal(signal.SIGKILL)
             killed = True
     await asyncio.gather(*tasks)
+    print(f"natsreg: {count} events stored", file=sys.stderr, flush=True)
     # Redelivery of what the killed one held comes after ack_wait_s.
     deadline = time.monotonic() + 30
     while len(handled.per_proc[1] | handled.per_proc[0]) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+    stop(procs)
     total = await handled.done()
     await nc.close()
     return count - len(total), sum(c - 1 for c in total.values())
@@ -308,9 +326,7 @@ async def kill_moleculer(url: str, count: int, rate: int) -> tuple[int, int]:
     procs[0].send_signal(signal.SIGKILL)
     await asyncio.to_thread(emitter.wait, 120)
     await asyncio.sleep(2.0)
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+    stop(procs)
     emitter.stdout.close()
     total = await handled.done()
     return count - len(total), sum(c - 1 for c in total.values())
@@ -325,7 +341,7 @@ def load() -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    rounds = 2 if args.quick else 5
+    rounds = 2 if args.quick else args.rounds
     emits = 1000 if args.quick else 3000
     with NatsServer(jetstream=True) as server:
         print(f"# bench/events.py, {load()}")
@@ -341,7 +357,7 @@ async def main(args: argparse.Namespace) -> None:
                 consume_r[mode].append(rate)
             for mode, lat in (await latency_round(server.url, f"l{r}", 200, r % 2 == 1)).items():
                 latency_r[mode].append(lat)
-            print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+            print(f"round {r + 1}/{rounds} done, {load()}", file=sys.stderr, flush=True)
         print("\n| what | raw | natsreg | natsreg vs raw |\n|---|---:|---:|---:|")
         for what, table in (("emit, events/s", emit_r), ("consume, events/s", consume_r)):
             raw, ours = statistics.median(table["raw"]), statistics.median(table["natsreg"])
@@ -367,6 +383,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and events")
     parser.add_argument("--moleculer", action="store_true", help="also Moleculer's kill -9")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each comparison")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="k", help=argparse.SUPPRESS)
     options = parser.parse_args()

@@ -26,7 +26,7 @@ With ``--profile DIR``, py-spy (the ``bench`` extra) then samples the registry p
 another window and writes ``DIR/registry-<size>.txt`` (collapsed stacks, for flame graph
 tools) and prints the functions where it spent its time.
 
-Goals (issue 15): at 50k instances, a fresh node's full view within 1 s; earlier ones: under
+Goals: at 50k instances, a fresh node's full view within 1 s; earlier ones: under
 50% of one core and 500 MB, ``ls`` under 200 ms. Everything runs on 127.0.0.1 and stops
 by itself; the machine's other processes share its 2 cores, so read the figures as ranges.
 """
