@@ -71,8 +71,9 @@ if _INSTALLED and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
     _api.get_tracer_provider()
 
 
-def client_span(tracer: Tracer, subject: str) -> tuple[Span, dict[str, str]]:
-    """A started CLIENT span for a call to ``subject``, and the headers that carry it.
+def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str]]:
+    """A started CLIENT span for a call to ``subject``, and the ``traceparent`` and
+    ``tracestate`` that carry it (:func:`natsreg._trace.outgoing`).
 
     Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
     span, or a span of the caller's own), else the trace context a bridge or handler set.

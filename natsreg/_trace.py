@@ -109,26 +109,22 @@ def ids() -> tuple[str, str] | None:
     return None if context is None else (context.trace_id, context.span_id)
 
 
-def outgoing(context: TraceContext) -> dict[str, str]:
-    """The headers that carry ``context`` to the next hop (its span id as the parent id)."""
-    traceparent = f"00-{context.trace_id}-{context.span_id}-{context.flags}"
-    if context.state:
-        return {TRACEPARENT: traceparent, TRACESTATE: context.state}
-    return {TRACEPARENT: traceparent}
+def outgoing(context: TraceContext) -> tuple[str, str]:
+    """The ``traceparent`` and ``tracestate`` ("" for none) that carry ``context`` to the
+    next hop (its span id as the parent id)."""
+    return f"00-{context.trace_id}-{context.span_id}-{context.flags}", context.state
 
 
-def next_hop(context: TraceContext) -> dict[str, str]:
-    """The headers of a call made in ``context``: its trace, under a fresh span id.
+def next_hop(context: TraceContext) -> tuple[str, str]:
+    """The ``traceparent`` and ``tracestate`` ("" for none) of a call made in ``context``:
+    its trace, under a fresh span id.
 
     Runs on every traced call: the header is built here in one step (each step cost the
     caller a few hundred instructions a call), without a TraceContext for it.
     """
     if context is UNSTARTED:
         context = started() or context
-    traceparent = f"00-{context.trace_id}-{_random_bytes(8).hex()}-{context.flags}"
-    if context.state:
-        return {TRACEPARENT: traceparent, TRACESTATE: context.state}
-    return {TRACEPARENT: traceparent}
+    return f"00-{context.trace_id}-{_random_bytes(8).hex()}-{context.flags}", context.state
 
 
 def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContext | None:
