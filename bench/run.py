@@ -111,8 +111,9 @@ class Deployment:
                 pids.add((await nc.request(f"{self.name}.pid", b"", timeout=1)).data)
             except Exception:
                 await asyncio.sleep(0.2)
-        #: The worker processes (the supervisor, idle while they serve, is counted too).
-        self.pids = [self.process.pid, *(int(pid) for pid in pids)]
+        #: The worker processes and the supervisor, idle while they serve (with one worker,
+        #: ``natsreg run`` is that worker itself: counted once).
+        self.pids = sorted({self.process.pid, *(int(pid) for pid in pids)})
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
