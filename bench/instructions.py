@@ -77,7 +77,7 @@ def _bridge_call(nc: nats.NATS, traced: bool = False) -> Callable[[], Awaitable[
     path = f"/{rpc.SERVICE}/echo"
     headers = [(b"host", b"127.0.0.1")]
     if traced:
-        headers += [(k.encode(), v.encode()) for k, v in _trace.outgoing(rpc.TRACE).items()]
+        headers.append((b"traceparent", _trace.outgoing(rpc.TRACE)[0].encode()))
     scope = {
         "type": "http",
         "method": "GET",

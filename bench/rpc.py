@@ -28,6 +28,10 @@ With ``--trace``, two more modes in the same rounds, each against natsreg with t
 Every round also records the CPU per request of every process (caller, responders,
 nats-server), which a shared machine's load moves less than req/s.
 
+With ``--work MS``, every responder's handler (raw and natsreg alike) first spends MS
+milliseconds of CPU, as a handler with real work would, instead of echoing at once: what a
+feature costs set against a request that does something.
+
 Goal: natsreg >= 0.9x raw requests/s, and p50 <= 1.1x raw, at concurrency 1 and 64; with
 metrics, natsreg >= 0.97x no-metrics; with tracing, trace-context >= 0.97x and trace-spans
 >= 0.8x natsreg.
@@ -37,6 +41,7 @@ metrics, natsreg >= 0.97x no-metrics; with tracing, trace-context >= 0.97x and t
     python bench/rpc.py --metrics  # also natsreg without metrics: the cost of recording them
     python bench/rpc.py --trace    # also the two trace modes (needs natsreg[test] for the SDK)
     python bench/rpc.py --metrics --trace   # both, in the same rounds
+    python bench/rpc.py --trace --work 1    # a handler with 1 ms of CPU work
     python bench/rpc.py --url nats://127.0.0.1:4222   # an existing server, not a new one
 """
 
@@ -154,16 +159,29 @@ def cpu_s(pids: list[int]) -> float:
 # -- responder subprocess ------------------------------------------------------------------
 
 
-async def serve(url: str, scrape: bool, spans: bool) -> None:
+def work(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time (not the wall clock's: other processes'
+    time slices do not count)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+async def serve(url: str, scrape: bool, spans: bool, work_s: float = 0.0) -> None:
     """Serve the echoes, raw on its own connection, until stdin closes; with ``spans``, only
-    the natsreg echo, as SPANS_SERVICE, with OpenTelemetry's SDK configured."""
+    the natsreg echo, as SPANS_SERVICE, with OpenTelemetry's SDK configured; ``work_s``: the
+    CPU time each handler spends before it answers."""
     raw_nc = await nats.connect(url)
     svc_nc = await nats.connect(url)
 
     async def raw_echo(msg):
+        if work_s:
+            work(work_s)
         await msg.respond(msg.data)
 
     async def echo(req: natsreg.Request) -> bytes:
+        if work_s:
+            work(work_s)
         return req.data
 
     if spans:
@@ -234,6 +252,7 @@ async def bench(
     pids: list[int],
     with_metrics: bool = False,
     tracing: bool = False,
+    work_ms: float = 0.0,
 ) -> None:
     """Every mode's rounds, then the tables; ``pids``: the processes whose CPU is counted
     besides this one."""
@@ -288,7 +307,8 @@ async def bench(
 
     print(
         f"\nmedian of {rounds} rounds of {duration_s:g} s, payload {len(PAYLOAD)} bytes, "
-        f"{'uvloop' if 'uvloop' in sys.modules else 'asyncio'}\n"
+        f"{'uvloop' if 'uvloop' in sys.modules else 'asyncio'}, handler work {work_ms:g} ms, "
+        f"load average {os.getloadavg()[0]:.1f}\n"
     )
     print("| mode | concurrency | req/s | p50 ms | p99 ms | req/s vs raw | p50 vs raw | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -339,6 +359,9 @@ def main() -> None:
     parser.add_argument(
         "--trace", action="store_true", help="also trace context alone, and OpenTelemetry spans"
     )
+    parser.add_argument(
+        "--work", type=float, default=0.0, metavar="MS", help="CPU ms each handler spends"
+    )
     parser.add_argument("--url", help="use this nats-server instead of starting one")
     parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--spans", action="store_true", help=argparse.SUPPRESS)
@@ -348,7 +371,7 @@ def main() -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.serve:
-        asyncio.run(serve(args.serve, args.metrics, args.spans))
+        asyncio.run(serve(args.serve, args.metrics, args.spans, args.work / 1000))
         return
     rounds = args.rounds or (3 if args.quick else 5)
     duration_s = args.duration or (0.5 if args.quick else 2.0)
@@ -357,6 +380,7 @@ def main() -> None:
     url = args.url or server.url
     command = [sys.executable, __file__, "--serve", url] + (["--uvloop"] if args.uvloop else [])
     command += ["--metrics"] if args.metrics else []
+    command += ["--work", str(args.work)] if args.work else []
     responders = [
         subprocess.Popen(
             command + extra,
@@ -372,7 +396,16 @@ def main() -> None:
                 raise SystemExit("the responder did not start")
         pids = [r.pid for r in responders] + ([server.process.pid] if server else [])
         asyncio.run(
-            bench(url, rounds, duration_s, args.concurrency, pids, args.metrics, args.trace)
+            bench(
+                url,
+                rounds,
+                duration_s,
+                args.concurrency,
+                pids,
+                args.metrics,
+                args.trace,
+                args.work,
+            )
         )
     finally:
         for responder in responders:

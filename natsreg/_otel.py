@@ -12,6 +12,7 @@ code alike.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -71,29 +72,24 @@ if _INSTALLED and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
     _api.get_tracer_provider()
 
 
-def client_span(tracer: Tracer, subject: str) -> tuple[Span, dict[str, str]]:
-    """A started CLIENT span for a call to ``subject``, and the headers that carry it.
+def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str]]:
+    """A started CLIENT span for a call to ``subject``, and the ``traceparent`` and
+    ``tracestate`` that carry it (:func:`natsreg._trace.outgoing`).
 
     Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
     span, or a span of the caller's own), else the trace context a bridge or handler set.
     """
     parent = None
     if not _api.get_current_span().get_span_context().is_valid:
-        context = _trace.current.get()
+        context = _trace.started()
         if context is not None and context.trace_id:
             parent = _api.set_span_in_context(_remote(context))
     span = tracer.start_span(
-        f"request {subject}",
-        parent,
-        kind=SpanKind.CLIENT,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.operation.name": "request",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": subject,
-        },
+        f"request {subject}", parent, kind=SpanKind.CLIENT, attributes=_client_attributes(subject)
     )
-    return span, _trace.outgoing(_context_of(span))
+    sent = span.get_span_context()
+    traceparent = f"00-{sent.trace_id:032x}-{sent.span_id:016x}-{sent.trace_flags:02x}"
+    return span, (traceparent, sent.trace_state.to_header() if sent.trace_state else "")
 
 
 def server_span(
@@ -101,20 +97,15 @@ def server_span(
 ) -> tuple[Span, object]:
     """A started SERVER span for a request on ``subject``, made OpenTelemetry's current span
     (spans the handler starts nest under it), and the token that :func:`end` detaches.
-    Sets natsreg's context to the span's, for nested calls and log lines."""
+    natsreg's context becomes the span's, for nested calls and log lines (formatted when
+    first asked for: most handlers never do)."""
     span = tracer.start_span(
         f"process {subject}",
         None if parent is None else _api.set_span_in_context(_remote(parent)),
         kind=SpanKind.SERVER,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.operation.name": "process",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": subject,
-            "messaging.consumer.group.name": queue_group,
-        },
+        attributes=_server_attributes(subject, queue_group),
     )
-    _trace.current.set(_context_of(span))
+    _trace.defer(functools.partial(_context_of, span))
     token = _context.attach(_api.set_span_in_context(span))
     return span, token
 
@@ -133,6 +124,29 @@ def end(span: Span, error: BaseException | None, token: object = None) -> None:
     span.end()
     if token is not None:
         _context.detach(token)  # type: ignore[arg-type]
+
+
+# Bounded: a bridge's subjects come from the paths HTTP clients ask for.
+@functools.lru_cache(maxsize=1024)
+def _client_attributes(subject: str) -> dict[str, str]:
+    # One per subject, as the SDK copies what it is given: not built again on every call.
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.name": "request",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": subject,
+    }
+
+
+@functools.lru_cache(maxsize=1024)
+def _server_attributes(subject: str, queue_group: str) -> dict[str, str]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": subject,
+        "messaging.consumer.group.name": queue_group,
+    }
 
 
 def _remote(context: _trace.TraceContext) -> Any:

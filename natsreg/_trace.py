@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ __all__ = [
     "UNSTARTED",
     "TraceContext",
     "current",
+    "defer",
     "ids",
     "next_hop",
     "outgoing",
@@ -69,8 +71,9 @@ class TraceContext(NamedTuple):
 UNSTARTED = TraceContext("", "", "01", "")
 
 current: ContextVar[TraceContext | None] = ContextVar("natsreg_trace", default=None)
-# The trace headers of the request being handled, read when the trace is first used.
-_received: ContextVar[tuple[str, str | None] | None] = ContextVar(
+# What the trace of the request being handled is made of when first used: its trace
+# headers, or what formats the context of its OpenTelemetry span (natsreg._otel).
+_received: ContextVar[tuple[str, str | None] | Callable[[], TraceContext] | None] = ContextVar(
     "natsreg_trace_headers", default=None
 )
 
@@ -92,13 +95,23 @@ def receive(traceparent: str | None, tracestate: str | None) -> None:
     _received.set(None if traceparent is None else (traceparent, tracestate))
 
 
+def defer(make: Callable[[], TraceContext]) -> None:
+    """Set the trace of the request a handler is about to serve to what ``make()`` returns
+    when it is first used."""
+    current.set(UNSTARTED)
+    _received.set(make)
+
+
 def started() -> TraceContext | None:
     """The current trace context; in a handler, read from the request's headers (or a new
     trace if they name none) the first time it is asked for."""
     context = current.get()
     if context is UNSTARTED:
         received = _received.get()
-        context = (parse(*received) if received else None) or _new_trace()
+        if callable(received):
+            context = received()
+        else:
+            context = (parse(*received) if received else None) or _new_trace()
         current.set(context)
     return context
 
@@ -109,26 +122,22 @@ def ids() -> tuple[str, str] | None:
     return None if context is None else (context.trace_id, context.span_id)
 
 
-def outgoing(context: TraceContext) -> dict[str, str]:
-    """The headers that carry ``context`` to the next hop (its span id as the parent id)."""
-    traceparent = f"00-{context.trace_id}-{context.span_id}-{context.flags}"
-    if context.state:
-        return {TRACEPARENT: traceparent, TRACESTATE: context.state}
-    return {TRACEPARENT: traceparent}
+def outgoing(context: TraceContext) -> tuple[str, str]:
+    """The ``traceparent`` and ``tracestate`` ("" for none) that carry ``context`` to the
+    next hop (its span id as the parent id)."""
+    return f"00-{context.trace_id}-{context.span_id}-{context.flags}", context.state
 
 
-def next_hop(context: TraceContext) -> dict[str, str]:
-    """The headers of a call made in ``context``: its trace, under a fresh span id.
+def next_hop(context: TraceContext) -> tuple[str, str]:
+    """The ``traceparent`` and ``tracestate`` ("" for none) of a call made in ``context``:
+    its trace, under a fresh span id.
 
     Runs on every traced call: the header is built here in one step (each step cost the
     caller a few hundred instructions a call), without a TraceContext for it.
     """
     if context is UNSTARTED:
         context = started() or context
-    traceparent = f"00-{context.trace_id}-{_random_bytes(8).hex()}-{context.flags}"
-    if context.state:
-        return {TRACEPARENT: traceparent, TRACESTATE: context.state}
-    return {TRACEPARENT: traceparent}
+    return f"00-{context.trace_id}-{_random_bytes(8).hex()}-{context.flags}", context.state
 
 
 def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContext | None:

@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 import natsreg
+from natsreg.client._mux import HeaderLines
 
 
 async def echo(msg: Msg) -> None:
@@ -175,6 +176,46 @@ async def test_every_request_still_carries_its_budget_and_the_callers_headers(
     assert all(1500 < int(h[budget]) <= 2000 for h in seen)
     assert seen[1]["X-A"] == "1"
     assert seen[0][request_id] != seen[1][request_id]  # one id per call
+
+
+async def test_nats_py_writes_header_lines_as_they_are_and_cleans_other_values(
+    nc: NATS, unique: str
+) -> None:
+    # The contract HeaderLines relies on (natsreg/client/_mux.py): publish cleans a value by
+    # calling its strip() and translate(), so the lines natsreg wrote reach the wire as
+    # header lines, while a plain value's line breaks become spaces.
+    sub = await nc.subscribe(f"mux-{unique}.lines")
+    lines = HeaderLines("5\r\nX-B: 2\r\ntraceparent: 00-ab-cd-01")
+    await nc.publish(f"mux-{unique}.lines", b"", headers={"X-Lines": lines})
+    await nc.publish(f"mux-{unique}.lines", b"", headers={"X-Plain": "5\r\nX-B: 2"})
+    first, second = await sub.next_msg(timeout=2), await sub.next_msg(timeout=2)
+    assert first.headers == {"X-Lines": "5", "X-B": "2", "traceparent": "00-ab-cd-01"}
+    assert second.headers == {"X-Plain": "5  X-B: 2"}
+
+
+async def test_the_callers_headers_are_sent_as_written_and_cannot_forge_natsregs(
+    nc: NATS, unique: str
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def record(msg: Msg) -> None:
+        seen.append(dict(msg.headers or {}))
+        await msg.respond(b"")
+
+    await nc.subscribe(f"mux-{unique}.hdr", cb=record)
+    client = natsreg.Client(nc)
+    budget, request_id = natsreg.errors.BUDGET_HEADER, natsreg.errors.REQUEST_ID_HEADER
+    subject = f"mux-{unique}.hdr"
+    # A value with a line break stays one header; the budget is natsreg's to say.
+    await client.request(subject, b"", headers={"X-A": f"1\r\n{request_id}: forged"})
+    await client.request(subject, b"", timeout_s=2.0, headers={budget: "99999", "X-A": "1"})
+    await client.request(subject, b"", headers={request_id: "mine-1"})
+    await client.request(subject, b"", headers={request_id: ""})  # empty: a fresh one
+    assert seen[0]["X-A"] == f"1  {request_id}: forged"
+    assert seen[0][request_id] != "forged"
+    assert 1500 < int(seen[1][budget]) <= 2000 and seen[1]["X-A"] == "1"
+    assert seen[2][request_id] == "mine-1"
+    assert seen[3][request_id] not in ("", seen[0][request_id])
 
 
 async def test_requests_with_different_timeouts_each_expire_at_their_own(

@@ -195,19 +195,21 @@ class Client(anyio.AsyncContextManagerMixin):
         # configured; else, inside a traced request, under a fresh span id. A call outside
         # any trace sends no trace header (the service it reaches starts one).
         span = None
+        trace = None
         tracer = _otel.tracer()
         if tracer is not None:
-            span, sent = _otel.client_span(tracer, target.subject)
-            headers = _with_trace(headers, sent)
+            span, trace = _otel.client_span(tracer, target.subject)
         else:
             current = _trace.current.get()
             if current is not None:
-                headers = _with_trace(headers, _trace.next_hop(current))
+                trace = _trace.next_hop(current)
+        traceparent, headers = _traced(headers, trace)
         try:
             reply = await self._router.call(
                 target,
                 to_bytes(payload),
                 headers,
+                traceparent,
                 deadline,
                 policy,
                 strategy or self.strategy,
@@ -274,10 +276,15 @@ class Client(anyio.AsyncContextManagerMixin):
         return self._registry.watch(service)
 
 
-def _with_trace(headers: Mapping[str, str] | None, trace: dict[str, str]) -> Mapping[str, str]:
-    # A traceparent the caller set itself is theirs to send.
-    if not headers:
-        return trace
-    if _trace.TRACEPARENT in headers:
-        return headers
-    return {**headers, **trace}
+def _traced(
+    headers: Mapping[str, str] | None, trace: tuple[str, str] | None
+) -> tuple[str | None, Mapping[str, str] | None]:
+    # The traceparent natsreg sends for a call (it goes with the lines the router writes),
+    # and the headers with the tracestate, which came from outside: an ordinary header, which
+    # nats-py cleans. A traceparent the caller set itself is theirs to send.
+    if trace is None or (headers and _trace.TRACEPARENT in headers):
+        return None, headers
+    traceparent, state = trace
+    if state:
+        headers = {**headers, _trace.TRACESTATE: state} if headers else {_trace.TRACESTATE: state}
+    return traceparent, headers

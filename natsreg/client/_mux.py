@@ -59,6 +59,32 @@ class _Dispatch:
         return False
 
 
+class HeaderLines(str):
+    """Header lines natsreg wrote itself, sent as the value of the first (the attempt's
+    budget: ``5000\r\nNatsreg-Request-Id: ...\r\ntraceparent: ...``), so that nats-py
+    writes them as they are, one header's work for all of them.
+
+    nats-py's ``publish`` checks each header name and cleans each value with
+    ``value.strip().translate(...)`` (CR and LF to spaces), which costs ~13k instructions for
+    a ``traceparent`` and ~9k for a request id, on every request (bench/RESULTS.md,
+    "Tracing"): ``str.translate`` raises and clears a KeyError for every distinct character
+    not in its table. Both are no-ops here, and the value's line breaks reach the wire as the
+    header lines they are. Safe by construction: only what natsreg formats itself goes in (a
+    budget in digits, a request id of URL-safe characters and hex, a ``traceparent`` of hex
+    and dashes from a context that natsreg parsed, drew or formatted), never a caller's
+    header or a received ``tracestate``, which go as ordinary headers and are cleaned.
+    tests/test_client_mux.py pins this behaviour of the installed nats-py.
+    """
+
+    __slots__ = ()
+
+    def strip(self, chars: str | None = None) -> HeaderLines:
+        return self
+
+    def translate(self, table: object) -> HeaderLines:
+        return self
+
+
 class ReplyMux:
     """One ``<inbox>.*`` subscription for every request of one client.
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import _figures
+from .._trace import TRACEPARENT
 from ..errors import (
     BUDGET_HEADER,
     REQUEST_ID_HEADER,
@@ -24,6 +25,7 @@ from ..errors import (
 from ._balance import InstanceStats
 from ._breaker import Breaker, BreakerConfig
 from ._chooser import Route, RouteChooser
+from ._mux import HeaderLines
 from ._retry import RetryPolicy, is_retryable
 from ._target import Select, Target
 from ._transport import Reply, Transport
@@ -93,6 +95,7 @@ class Router:
         target: Target,
         data: bytes,
         headers: Mapping[str, str] | None,
+        traceparent: str | None,
         deadline: float,
         policy: RetryPolicy,
         strategy: str,
@@ -101,7 +104,8 @@ class Router:
         idempotent: bool | None,
     ) -> Reply:
         """One call: its attempts, each routed, sent and recorded, until one succeeds, the
-        error is not worth retrying, or the attempts or the budget run out."""
+        error is not worth retrying, or the attempts or the budget run out. ``traceparent``:
+        the header natsreg made for the call, if any (the caller's own is in ``headers``)."""
         figures = None
         if self._recording:
             # The look-up first: the call that makes them runs once per subject.
@@ -153,7 +157,9 @@ class Router:
                         subject=target.subject,
                     )
                 attempt_s = policy.attempt_timeout(remaining, attempt, retry_timeouts)
-                sent = _headers(headers, attempt_s, None if retry_timeouts else request_id)
+                sent = _headers(
+                    headers, attempt_s, None if retry_timeouts else request_id, traceparent
+                )
                 try:
                     reply = await self._send(route, data, sent, attempt_s, started, tried)
                     if figures is not None:
@@ -275,17 +281,28 @@ class Router:
 
 
 def _headers(
-    headers: Mapping[str, str] | None, attempt_s: float, request_id: str | None
+    headers: Mapping[str, str] | None,
+    attempt_s: float,
+    request_id: str | None,
+    traceparent: str | None,
 ) -> dict[str, str]:
-    # What one attempt sends: the caller's headers, its budget, and the call's id unless the
-    # endpoint is idempotent: running it twice does no harm, and the service keeps no memory
-    # of such calls, so the id (about 14k instructions a request for nats-py to parse on the
-    # service, bench/RESULTS.md) would buy nothing.
-    budget = str(int(attempt_s * 1000))
-    if request_id is None:
-        return {**headers, BUDGET_HEADER: budget} if headers else {BUDGET_HEADER: budget}
-    return (
-        {**headers, BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id}
-        if headers
-        else {BUDGET_HEADER: budget, REQUEST_ID_HEADER: request_id}
-    )
+    # What one attempt sends: the caller's headers, its budget, the call's id unless the
+    # endpoint is idempotent (running it twice does no harm, and the service keeps no memory
+    # of such calls, so the id, about 14k instructions a request for nats-py to parse on the
+    # service, bench/RESULTS.md, would buy nothing), and the trace natsreg continues. What
+    # natsreg writes itself goes as the lines of one header (HeaderLines).
+    lines = str(int(attempt_s * 1000))
+    if request_id is not None and headers and headers.get(REQUEST_ID_HEADER) == request_id:
+        request_id = None  # the caller's own: it goes in their headers, as they wrote it
+    if request_id is not None:
+        lines = f"{lines}\r\n{REQUEST_ID_HEADER}: {request_id}"
+    if traceparent is not None:
+        lines = f"{lines}\r\n{TRACEPARENT}: {traceparent}"
+    if not headers:
+        return {BUDGET_HEADER: HeaderLines(lines)}
+    if BUDGET_HEADER in headers or (request_id is not None and REQUEST_ID_HEADER in headers):
+        # The lines say these now: sent twice, which one a service read would depend on
+        # their order.
+        carried = {BUDGET_HEADER} if request_id is None else {BUDGET_HEADER, REQUEST_ID_HEADER}
+        headers = {k: v for k, v in headers.items() if k not in carried}
+    return {BUDGET_HEADER: HeaderLines(lines), **headers}
