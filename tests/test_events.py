@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
 import natsreg
-from natsreg import ConfigError, subjects
+from natsreg import ConfigError, subjects, wire
 from natsreg.client._registry_api import RegistryApi
 from natsreg.events import EventsUnavailableError, StreamSettings
 from natsreg.events._dead import dead_letters
@@ -324,6 +324,52 @@ async def test_the_registry_shows_which_services_consume_which_events(
             )
             assert "CONSUMES EVENT" in info.stdout
             assert info.stdout.split()[-2:] == ["user.deleted", "ordered"]
+
+
+async def test_the_registry_and_the_cli_show_who_emits_each_event_type_and_drop_forged_lists(
+    js: NATS, js_server: NatsServer, prefix: str, unique: str
+) -> None:
+    name = f"orders-{unique}"
+    async with (
+        natsreg.Registry(js, prefix=prefix) as registry,
+        natsreg.announce(
+            js, name, version="1.0.0", prefix=prefix, emits=["order.placed", "user.created"]
+        ) as svc,
+    ):
+        await svc.ready()
+        forged = wire.Announce(
+            id="forged",
+            name=name,
+            version="1.0.0",
+            seq=1,
+            emits=[f"t{n}" for n in range(wire.MAX_EVENT_INTERESTS + 1)],
+        )
+        await js.publish(
+            subjects.control_subject(prefix, "announce", name, "forged"), wire.encode(forged)
+        )
+        await eventually(
+            lambda: registry.stats().dropped.get("invalid_events", 0) == 1, what="forged dropped"
+        )
+        (view,) = registry.snapshot().instances
+        assert (view.id, view.emits) == (svc.id, ["order.placed", "user.created"])
+        api = RegistryApi(js, prefix=prefix)
+        (summary,) = (await api.services()).services
+        assert summary.emits == ["order.placed", "user.created"]
+        listed = await run_cli(js_server, prefix, "ls")
+        assert [(t["type"], t["stored"], t["emitters"]) for t in listed] == [
+            ("order.placed", 0, [name]),
+            ("user.created", 0, [name]),
+        ]
+        info = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "natsreg", "info", name, "--prefix", prefix],
+            env={**os.environ, "NATS_URL": js_server.url},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "EMITS EVENT" in info.stdout
+        assert info.stdout.split()[-2:] == ["order.placed", "user.created"]
 
 
 async def _is(value: Any, expected: Any) -> bool:
