@@ -216,6 +216,35 @@ async def test_a_poison_event_is_dead_lettered_while_others_flow_then_replayed_a
     assert sorted(other) == sorted({*other}) and len(other) == 21
 
 
+async def test_the_lag_a_consumer_sees_in_its_fetches_is_a_metric(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    labels = {"service": f"mail-{unique}", "event": "user.created"}
+    events = natsreg.Events(js, prefix=prefix)
+    for n in range(10):
+        await events.emit("user.created", {"n": n})
+    release = asyncio.Event()
+    handled: list[int] = []
+    async with natsreg.announce(js, f"mail-{unique}", version="1.0.0", prefix=prefix) as svc:
+
+        @svc.on_event("user.created", max_in_flight=2)
+        async def welcome(ev: natsreg.Event[dict[str, int]]) -> None:
+            await release.wait()
+            handled.append(ev.body["n"])
+
+        @svc.on_event("cache.flushed", broadcast=True)
+        async def flush(ev: natsreg.Event[Any]) -> None:
+            pass
+
+        await svc.ready()
+        # Two events held by the blocked handler, eight stored that no instance has taken.
+        await eventually(lambda: metric("natsreg_service_event_lag", **labels) == 8, what="8")
+        assert svc.event_lags() == {"user.created": 8}, "no figure for a broadcast handler"
+        release.set()
+        await eventually(lambda: len(handled) == 10, what="all handled")
+        await eventually(lambda: metric("natsreg_service_event_lag", **labels) == 0, what="0")
+
+
 async def test_ordered_handlers_take_the_events_of_one_key_in_order_one_at_a_time(
     js: NATS, prefix: str, unique: str
 ) -> None:

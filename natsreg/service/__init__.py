@@ -80,6 +80,7 @@ class Instance(anyio.AsyncContextManagerMixin):
         self._endpoints = Endpoints(nc, config, self.id, self.state)
         self._consumers = Consumers(nc, config.name, config.prefix)
         self._endpoints.event_counts = self.event_counts
+        self._endpoints.event_lags = self.event_lags
         self._control = Control(nc, config, self.id, self._endpoints, self._consumers.interests)
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
         self._pending = 0
@@ -227,6 +228,12 @@ class Instance(anyio.AsyncContextManagerMixin):
             t: {"handled": d.handled, "failed": d.failed, "dead": d.dead}
             for t, d in self._consumers.table.items()
         }
+
+    def event_lags(self) -> dict[str, int]:
+        """Per durable event type this instance consumes: events stored for this service
+        that no instance has taken yet, as of this instance's last fetch (docs/events.md)."""
+        lags = {t: d.lag for t, d in self._consumers.table.items()}
+        return {t: lag for t, lag in lags.items() if lag is not None}
 
     # -- lifetime ----------------------------------------------------------------------------
 
