@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -399,6 +400,23 @@ async def test_the_registry_and_the_cli_show_who_emits_each_event_type_and_drop_
         )
         assert "EMITS EVENT" in info.stdout
         assert info.stdout.split()[-2:] == ["order.placed", "user.created"]
+
+
+async def test_an_instance_emitting_a_type_it_does_not_declare_is_warned_once(
+    js: NATS, prefix: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with natsreg.announce(
+        js, f"orders-{unique}", version="1.0.0", prefix=prefix, emits=["order.placed"]
+    ) as svc:
+        with caplog.at_level(logging.WARNING, logger="natsreg.events"):
+            await svc.events.emit("order.placed", {"n": 1})
+            assert caplog.records == []
+            for n in range(2):
+                stored = await svc.events.emit("order.paid", {"n": n})
+        assert stored.seq == 3, "an undeclared type is emitted all the same"
+        (warning,) = caplog.records
+        assert "'order.paid'" in warning.getMessage()
+        assert "emits=" in warning.getMessage()
 
 
 async def _is(value: Any, expected: Any) -> bool:

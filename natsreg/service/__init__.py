@@ -36,6 +36,7 @@ from .. import _figures, _origin, _probes, wire
 from .._tasks import background
 from ..errors import ConfigError
 from ..events._consume import Consumers, Declared
+from ..events._emit import Events
 from ..events._event import EventHandler
 from ..events._settings import EventOptions, EventSettings
 from ._app import Context, Hook, Middleware, Service, config_of, wrap
@@ -204,6 +205,12 @@ class Instance(anyio.AsyncContextManagerMixin):
         if not self._announced or not self._ready.is_set():
             return "not announced yet"
         return _probes.nats_problem(self._nc)
+
+    @functools.cached_property
+    def events(self) -> Events:
+        """An emitter on this instance's connection and prefix that warns, once per type,
+        when it emits an event type the service does not declare in ``emits=``."""
+        return Events(self._nc, prefix=self.config.prefix, declared=self.config.emits)
 
     @property
     def health(self) -> wire.Health:
