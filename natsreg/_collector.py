@@ -98,11 +98,17 @@ def _service(services: Iterable[_Endpoints]) -> Iterator[Metric]:
     draining: Counter[_Labels] = Counter()
     drains: Counter[_Labels] = Counter()
     events: Counter[_Labels] = Counter()
+    lags: Counter[_Labels] = Counter()
     for instance in services:
         name = instance.service
         for event_type, counts in instance.event_counts().items():
             for outcome, n in counts.items():
                 events[(name, event_type, outcome)] += n
+        for event_type, lag in instance.event_lags().items():
+            # Instances of one service in one process see the same consumer: the largest
+            # figure, as an instance whose fetch found nothing may only be held back by the
+            # others' unacknowledged events.
+            lags[(name, event_type)] = max(lags[(name, event_type)], lag)
         for endpoint in list(instance.table.values()):
             for outcome, n in endpoint.outcomes.items():
                 requests[(name, endpoint.name, outcome)] += n
@@ -152,6 +158,13 @@ def _service(services: Iterable[_Endpoints]) -> Iterator[Metric]:
         "Durable events: handled (acknowledged), failed (an attempt raised), dead (dead-lettered).",
         ("service", "event", "outcome"),
         events,
+    )
+    yield _gauge(
+        "natsreg_service_event_lag",
+        "Durable events stored for the service that no instance has taken yet, as of this "
+        "process's last fetch.",
+        ("service", "event"),
+        lags,
     )
 
 

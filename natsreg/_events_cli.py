@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import logging
 from typing import IO, Any
 
 import msgspec
@@ -15,7 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from . import subjects
-from .errors import ConfigError
+from .client._registry_api import RegistryApi
+from .errors import ConfigError, RequestError
 from .events._dead import MAX_LIMIT, DeadLetter, TypeFigures, dead_letters, overview, replay
 from .events._streams import unavailable
 
@@ -40,7 +42,16 @@ async def _run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[st
             figures = await overview(js, args.prefix)
         except NotFoundError:
             figures = []
-        _emit(json_out, out, [_figures_json(f) for f in figures], lambda: _print_figures(figures))
+        emitters = await _emitters(nc, args.prefix)
+        known = {f.event_type for f in figures}
+        figures += [TypeFigures(t) for t in emitters if t not in known]
+        figures.sort(key=lambda f: f.event_type)
+        _emit(
+            json_out,
+            out,
+            [_figures_json(f, emitters) for f in figures],
+            lambda: _print_figures(figures, emitters),
+        )
         return 0
     if args.type is None:
         raise ConfigError(f"natsreg events {args.action} needs an event type, e.g. user.created")
@@ -71,6 +82,23 @@ async def _run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[st
     return 0
 
 
+async def _emitters(nc: NATS, prefix: str) -> dict[str, list[str]]:
+    """The services that declare they emit each event type, as the registry knows them
+    (``emits=`` in their announcement); empty, with a warning, when no registry answers."""
+    from .cli import _say
+
+    try:
+        listing = await RegistryApi(nc, prefix=prefix).services()
+    except RequestError as exc:
+        _say(f"emitting services unknown: {exc}", logging.WARNING)
+        return {}
+    found: dict[str, set[str]] = {}
+    for service in listing.services:
+        for event_type in service.emits:
+            found.setdefault(event_type, set()).add(service.name)
+    return {t: sorted(names) for t, names in found.items()}
+
+
 def _emit(json_out: bool, out: IO[str], value: Any, table: Any) -> None:
     if json_out:
         print(msgspec.json.encode(value).decode(), file=out)
@@ -78,10 +106,11 @@ def _emit(json_out: bool, out: IO[str], value: Any, table: Any) -> None:
         table()
 
 
-def _figures_json(figures: TypeFigures) -> dict[str, Any]:
+def _figures_json(figures: TypeFigures, emitters: dict[str, list[str]]) -> dict[str, Any]:
     return {
         "type": figures.event_type,
         "stored": figures.stored,
+        "emitters": emitters.get(figures.event_type, []),
         "consumers": [
             {
                 "service": c.service,
@@ -112,22 +141,24 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _print_figures(figures: list[TypeFigures]) -> None:
+def _print_figures(figures: list[TypeFigures], emitters: dict[str, list[str]]) -> None:
     from .cli import _console, _table
 
     console = _console()
     if not figures:
         console.print("no events yet (natsreg.Events(nc).emit(...) stores the first)")
         return
-    table = _table("TYPE", "STORED", "SERVICE", "MODE", "LAG", "UNACKED", "DEAD")
+    table = _table("TYPE", "STORED", "EMITTED BY", "SERVICE", "MODE", "LAG", "UNACKED", "DEAD")
     for f in figures:
+        emitted_by = ", ".join(emitters.get(f.event_type, [])) or "-"
         if not f.services:
-            table.add_row(f.event_type, str(f.stored), "-", "-", "-", "-", "-")
+            table.add_row(f.event_type, str(f.stored), emitted_by, "-", "-", "-", "-", "-")
         for c in f.services.values():
             dead = f"[red]{c.dead}[/]" if c.dead else "0"
             table.add_row(
                 f.event_type,
                 str(f.stored),
+                emitted_by,
                 c.service,
                 c.mode,
                 str(c.pending + c.ack_pending),

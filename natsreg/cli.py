@@ -1552,7 +1552,7 @@ def _print_schemas(console: Console, instances: Sequence[wire.InstanceView]) -> 
 
 
 def _print_consumed_events(console: Console, instances: Sequence[wire.InstanceView]) -> None:
-    """The event types the instances consume, and how (docs/events.md)."""
+    """The event types the instances consume, and how, and those they emit (docs/events.md)."""
     modes: dict[str, str] = {}
     for i in instances:
         for interest in i.events:
@@ -1564,6 +1564,12 @@ def _print_consumed_events(console: Console, instances: Sequence[wire.InstanceVi
         for event_type, mode in sorted(modes.items()):
             consumed.add_row(event_type, mode)
         console.print(consumed)
+    emitted = sorted({t for i in instances for t in i.emits})
+    if emitted:
+        table = _table("EMITS EVENT")
+        for event_type in emitted:
+            table.add_row(event_type)
+        console.print(table)
 
 
 def _print_event(event: wire.Event) -> None:

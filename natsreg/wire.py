@@ -62,6 +62,7 @@ __all__ = [
     "SrvPing",
     "SrvStats",
     "check",
+    "check_emits",
     "check_metadata",
     "check_name",
     "decode_control",
@@ -119,8 +120,8 @@ MAX_DESCRIPTION_CHARS = 4096
 # 256 of them fit MAX_CONTROL_BYTES with room for their metadata; real services have a
 # handful, and the cap bounds what one message costs every reader that indexes endpoints.
 MAX_ENDPOINTS = 256
-# Event types one instance consumes, in its announcement: a handful in practice; the cap
-# bounds what one announcement costs the registry's index of consumers.
+# Event types one instance consumes (and, apart, emits), in its announcement: a handful in
+# practice; the cap bounds what one announcement costs the registry's index of them.
 MAX_EVENT_INTERESTS = 64
 # Names and ids are subject tokens; this bounds them well under nats-server's 4 KB control line
 # (a NUID is 22 characters); an endpoint subject may hold a few tokens.
@@ -223,6 +224,8 @@ class Announce(_InstanceMessage, tag="announce", kw_only=True):
     conn: str = ""
     #: The event types it consumes.
     events: list[EventInterest] = []
+    #: The event types it declares it emits.
+    emits: list[str] = []
 
 
 class Heartbeat(_InstanceMessage, tag="heartbeat", kw_only=True):
@@ -270,6 +273,7 @@ class InstanceView(msgspec.Struct, gc=False, kw_only=True):
     age_s: float = 0.0
     conn: str = ""
     events: list[EventInterest] = []
+    emits: list[str] = []
 
 
 def instance_view(ann: Announce) -> InstanceView:
@@ -293,6 +297,7 @@ def instance_view(ann: Announce) -> InstanceView:
         load=ann.load,
         conn=ann.conn,
         events=ann.events,
+        emits=ann.emits,
     )
 
 
@@ -366,6 +371,8 @@ class ServiceSummary(msgspec.Struct, gc=False, kw_only=True):
     last_heard_s: float = 0.0
     #: The event types its instances consume.
     events: list[str] = []
+    #: The event types its instances declare they emit.
+    emits: list[str] = []
 
 
 class ServiceList(msgspec.Struct, gc=False, kw_only=True):
@@ -635,7 +642,8 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> N
             check_metadata(e.metadata, f"endpoint {e.name!r}")
             _check_schemas(e)
     if isinstance(message, Announce | InstanceView):
-        _check_events(message.events)
+        _check_events([e.type for e in message.events], "event types")
+        check_emits(message.emits)
     if isinstance(message, Announce | InstanceView) and not math.isfinite(message.heartbeat_s):
         raise Invalid("invalid_heartbeat", "heartbeat_s must be a finite number")
     if isinstance(message, InstanceView) and not math.isfinite(message.age_s):
@@ -651,14 +659,17 @@ def _check_schemas(e: Endpoint) -> None:
             raise Invalid("invalid_schemas", f"endpoint {e.name!r}: {why}")
 
 
-def _check_events(events: list[EventInterest]) -> None:
-    if len(events) > MAX_EVENT_INTERESTS:
-        raise Invalid(
-            "invalid_events", f"at most {MAX_EVENT_INTERESTS} event types, got {len(events)}"
-        )
-    for interest in events:
+def check_emits(types: list[str]) -> None:
+    """Raise :class:`Invalid` unless ``types`` is a bounded list of event types."""
+    _check_events(types, "emitted event types")
+
+
+def _check_events(types: list[str], what: str) -> None:
+    if len(types) > MAX_EVENT_INTERESTS:
+        raise Invalid("invalid_events", f"at most {MAX_EVENT_INTERESTS} {what}, got {len(types)}")
+    for event_type in types:
         try:
-            subjects.check_event_type(interest.type)
+            subjects.check_event_type(event_type)
         except ValueError as exc:
             raise Invalid("invalid_events", str(exc)) from None
 

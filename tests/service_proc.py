@@ -1,13 +1,14 @@
 """A natsreg service run as a separate process by the fault tests.
 
     python service_proc.py URL NAME PREFIX [VERSION] [--delay-ms N] [--idempotent]
-                           [--meta KEY=VALUE ...]
+                           [--meta KEY=VALUE ...] [--emits TYPE ...] [--broadcast TYPE ...]
 
 Serves ``<NAME>.echo`` (replies with the request), ``<NAME>.work`` (waits ``--delay-ms``,
 then replies ``{"id": <instance id>}``; declared idempotent with ``--idempotent``) and
 ``<NAME>.greet`` (typed: ``{"name": <str>}`` in, ``{"greeting": <str>}`` out), and prints
 ``id <instance id>`` once announced; SIGTERM makes it leave its block (drain, goodbye) and
-exit.
+exit. ``--emits`` declares an event type it emits; ``--broadcast`` handles one as a broadcast
+(core NATS: no JetStream needed), doing nothing with it.
 """
 
 import argparse
@@ -31,8 +32,18 @@ async def main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.url)
     metadata = dict(pair.split("=", 1) for pair in args.meta)
     async with natsreg.announce(
-        nc, args.name, version=args.version, prefix=args.prefix, metadata=metadata
+        nc,
+        args.name,
+        version=args.version,
+        prefix=args.prefix,
+        metadata=metadata,
+        emits=args.emits,
     ) as svc:
+        for event_type in args.broadcast:
+
+            @svc.on_event(event_type, broadcast=True)
+            async def ignore(ev: natsreg.Event) -> None:
+                pass
 
         @svc.endpoint("echo")
         async def echo(req: natsreg.Request) -> bytes:
@@ -63,4 +74,6 @@ if __name__ == "__main__":
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--idempotent", action="store_true")
     parser.add_argument("--meta", action="append", default=[])
+    parser.add_argument("--emits", action="append", default=[])
+    parser.add_argument("--broadcast", action="append", default=[])
     asyncio.run(main(parser.parse_args()))

@@ -143,7 +143,8 @@ async def test_the_request_form_returns_the_reply_and_shows_a_validation_error(
     dashboard: Dashboard, unique: str
 ) -> None:
     name = f"gamma-{unique}"
-    with dashboard.service(name, "--meta", "zone=eu-1") as proc:
+    extra = ("--meta", "zone=eu-1", "--emits", "user.created", "--broadcast", "cache.flushed")
+    with dashboard.service(name, *extra) as proc:
         instance_id = read_id(proc)
         page = await new_page(dashboard, "/_natsreg/ui")
         # By keyboard: from the overview's link to the service's page, then the form.
@@ -152,6 +153,12 @@ async def test_the_request_form_returns_the_reply_and_shows_a_validation_error(
         await page.get_by_role("heading", name=name).wait_for()
         await page.get_by_role("cell", name=instance_id).wait_for()
         assert "zone=eu-1" in await page.get_by_role("table").first.inner_text()
+        events = page.get_by_role("table", name=f"The events {name} consumes and emits")
+        assert [await row.inner_text() for row in await events.get_by_role("row").all()] == [
+            "Event\tRole\tMode",
+            "cache.flushed\tconsumes\tbroadcast",
+            "user.created\temits\t–",
+        ]
         await page.get_by_label("Endpoint").select_option(f"{name}.echo")
         payload = page.get_by_label("Payload (JSON)")
         await payload.fill("")
@@ -186,7 +193,7 @@ async def test_the_request_form_returns_the_reply_and_shows_a_validation_error(
 
 async def test_both_pages_pass_axe_and_read_at_320_px(dashboard: Dashboard, unique: str) -> None:
     name = f"delta-{unique}"
-    with dashboard.service(name) as proc:
+    with dashboard.service(name, "--emits", "order.placed") as proc:
         read_id(proc)
         for path, width in (("/_natsreg/ui", 1280), (f"/_natsreg/ui/service/{name}", 320)):
             # axe is injected as a script, which the page's own policy (script-src 'self')

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -23,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
 import natsreg
-from natsreg import ConfigError, subjects
+from natsreg import ConfigError, subjects, wire
 from natsreg.client._registry_api import RegistryApi
 from natsreg.events import EventsUnavailableError, StreamSettings
 from natsreg.events._dead import dead_letters
@@ -216,6 +217,35 @@ async def test_a_poison_event_is_dead_lettered_while_others_flow_then_replayed_a
     assert sorted(other) == sorted({*other}) and len(other) == 21
 
 
+async def test_the_lag_a_consumer_sees_in_its_fetches_is_a_metric(
+    js: NATS, prefix: str, unique: str
+) -> None:
+    labels = {"service": f"mail-{unique}", "event": "user.created"}
+    events = natsreg.Events(js, prefix=prefix)
+    for n in range(10):
+        await events.emit("user.created", {"n": n})
+    release = asyncio.Event()
+    handled: list[int] = []
+    async with natsreg.announce(js, f"mail-{unique}", version="1.0.0", prefix=prefix) as svc:
+
+        @svc.on_event("user.created", max_in_flight=2)
+        async def welcome(ev: natsreg.Event[dict[str, int]]) -> None:
+            await release.wait()
+            handled.append(ev.body["n"])
+
+        @svc.on_event("cache.flushed", broadcast=True)
+        async def flush(ev: natsreg.Event[Any]) -> None:
+            pass
+
+        await svc.ready()
+        # Two events held by the blocked handler, eight stored that no instance has taken.
+        await eventually(lambda: metric("natsreg_service_event_lag", **labels) == 8, what="8")
+        assert svc.event_lags() == {"user.created": 8}, "no figure for a broadcast handler"
+        release.set()
+        await eventually(lambda: len(handled) == 10, what="all handled")
+        await eventually(lambda: metric("natsreg_service_event_lag", **labels) == 0, what="0")
+
+
 async def test_ordered_handlers_take_the_events_of_one_key_in_order_one_at_a_time(
     js: NATS, prefix: str, unique: str
 ) -> None:
@@ -324,6 +354,69 @@ async def test_the_registry_shows_which_services_consume_which_events(
             )
             assert "CONSUMES EVENT" in info.stdout
             assert info.stdout.split()[-2:] == ["user.deleted", "ordered"]
+
+
+async def test_the_registry_and_the_cli_show_who_emits_each_event_type_and_drop_forged_lists(
+    js: NATS, js_server: NatsServer, prefix: str, unique: str
+) -> None:
+    name = f"orders-{unique}"
+    async with (
+        natsreg.Registry(js, prefix=prefix) as registry,
+        natsreg.announce(
+            js, name, version="1.0.0", prefix=prefix, emits=["order.placed", "user.created"]
+        ) as svc,
+    ):
+        await svc.ready()
+        forged = wire.Announce(
+            id="forged",
+            name=name,
+            version="1.0.0",
+            seq=1,
+            emits=[f"t{n}" for n in range(wire.MAX_EVENT_INTERESTS + 1)],
+        )
+        await js.publish(
+            subjects.control_subject(prefix, "announce", name, "forged"), wire.encode(forged)
+        )
+        await eventually(
+            lambda: registry.stats().dropped.get("invalid_events", 0) == 1, what="forged dropped"
+        )
+        (view,) = registry.snapshot().instances
+        assert (view.id, view.emits) == (svc.id, ["order.placed", "user.created"])
+        api = RegistryApi(js, prefix=prefix)
+        (summary,) = (await api.services()).services
+        assert summary.emits == ["order.placed", "user.created"]
+        listed = await run_cli(js_server, prefix, "ls")
+        assert [(t["type"], t["stored"], t["emitters"]) for t in listed] == [
+            ("order.placed", 0, [name]),
+            ("user.created", 0, [name]),
+        ]
+        info = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "natsreg", "info", name, "--prefix", prefix],
+            env={**os.environ, "NATS_URL": js_server.url},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "EMITS EVENT" in info.stdout
+        assert info.stdout.split()[-2:] == ["order.placed", "user.created"]
+
+
+async def test_an_instance_emitting_a_type_it_does_not_declare_is_warned_once(
+    js: NATS, prefix: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with natsreg.announce(
+        js, f"orders-{unique}", version="1.0.0", prefix=prefix, emits=["order.placed"]
+    ) as svc:
+        with caplog.at_level(logging.WARNING, logger="natsreg.events"):
+            await svc.events.emit("order.placed", {"n": 1})
+            assert caplog.records == []
+            for n in range(2):
+                stored = await svc.events.emit("order.paid", {"n": n})
+        assert stored.seq == 3, "an undeclared type is emitted all the same"
+        (warning,) = caplog.records
+        assert "'order.paid'" in warning.getMessage()
+        assert "emits=" in warning.getMessage()
 
 
 async def _is(value: Any, expected: Any) -> bool:

@@ -164,6 +164,24 @@ def test_an_announcement_lists_a_bounded_number_of_valid_event_types() -> None:
     assert bad.value.reason == "invalid_events"
 
 
+def test_an_announcement_lists_a_bounded_number_of_valid_emitted_event_types() -> None:
+    most = [f"t{n}" for n in range(wire.MAX_EVENT_INTERESTS)]
+    wire.check(wire.Announce(id="i1", name="mail", seq=1, version="1.0.0", emits=most))
+    for emits in ([*most, "one.more"], ["user.>"]):
+        with pytest.raises(wire.Invalid) as refused:
+            wire.check(wire.Announce(id="i1", name="mail", seq=1, version="1.0.0", emits=emits))
+        assert refused.value.reason == "invalid_events"
+
+
+def test_a_service_declares_what_it_emits_as_a_list_of_event_types() -> None:
+    svc = natsreg.Service("mail", version="1.0.0", emits=["user.created", "user.created"])
+    assert svc.config.emits == ("user.created",)
+    with pytest.raises(ConfigError, match=r"a list of event types, e.g. \['user.created'\]"):
+        natsreg.Service("mail", version="1.0.0", emits="user.created")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"emits: .*event type"):
+        natsreg.Service("mail", version="1.0.0", emits=["user.*"])
+
+
 def test_a_dead_letters_error_is_one_bounded_line() -> None:
     text = _header_text("boom\r\nNats-Msg-Id: forged\x00" + "x" * 5000)
     assert "\r" not in text and "\n" not in text and "\x00" not in text
@@ -200,3 +218,25 @@ def test_the_registry_sums_the_event_types_of_a_services_instances() -> None:
     # An instance that starts consuming another type has changed, as for an endpoint.
     outcome = view.apply(announced("i1", 2, "user.created"))
     assert [c.kind for c in outcome.changes] == ["changed"]
+
+
+def test_the_registry_sums_the_emitted_event_types_of_a_services_instances() -> None:
+    from natsreg.registry._view import View
+
+    view = View(clock=lambda: 1000.0)
+
+    def announced(instance_id: str, seq: int, *types: str) -> wire.Announce:
+        return wire.Announce(
+            id=instance_id, name="mail", version="1.0.0", seq=seq, emits=list(types)
+        )
+
+    view.apply(announced("i1", 1, "user.deleted", "user.created"))
+    view.apply(announced("i2", 1, "user.created", "order.paid"))
+    view.apply(wire.Announce(id="j1", name="other", version="1.0.0", seq=1))
+    mail, other = view.summaries()
+    assert (mail.emits, other.emits) == (["order.paid", "user.created", "user.deleted"], [])
+    assert mail.events == []
+    # An instance that starts emitting another type has changed; the same one again has not.
+    outcome = view.apply(announced("i1", 2, "user.created"))
+    assert [c.kind for c in outcome.changes] == ["changed"]
+    assert view.apply(announced("i1", 3, "user.created")).changes == []

@@ -74,11 +74,25 @@ class Declared:
     #: The events being handled now, for the progress reports (_report_progress), by id()
     #: (nats-py's Msg is an unhashable dataclass).
     holding: dict[int, Msg] = field(default_factory=dict)
+    #: Per consumer it pulls from: events not yet delivered to any instance, as of this
+    #: instance's last fetch (the last event's ``num_pending``; 0 after an empty long-poll).
+    pending: dict[str, int] = field(default_factory=dict)
 
     @property
     def refill(self) -> int:
         """Free slots worth a fetch: half of ``max_in_flight``, at least one."""
         return max(1, self.options.max_in_flight // 2)
+
+    @property
+    def lag(self) -> int | None:
+        """Events not yet delivered to any instance of the service, as this instance last
+        saw them (None before its first fetch, and for a broadcast handler)."""
+        return sum(self.pending.values()) if self.pending else None
+
+    def fetched(self, consumer: str, msgs: list[Msg]) -> None:
+        # Free: the figure comes with the events (their JetStream reply subject); an empty
+        # long-poll with room to spare means nothing waited for this instance.
+        self.pending[consumer] = msgs[-1].metadata.num_pending if msgs else 0
 
     def interest(self) -> wire.EventInterest:
         o = self.options
@@ -190,6 +204,7 @@ class Consumers:
                 if msgs is None:
                     continue
                 delay.reset()
+                declared.fetched(consumer, msgs)
                 for msg in msgs:
                     declared.in_flight += 1
                     self._spawn(self._handle(declared, msg))
@@ -206,6 +221,7 @@ class Consumers:
                 if msgs is None:
                     continue
                 delay.reset()
+                declared.fetched(consumer, msgs)
                 for msg in msgs:
                     declared.in_flight += 1
                     # Shielded: stopping ends the loop, not the event being handled (stop()
@@ -219,8 +235,7 @@ class Consumers:
             msgs: list[Msg] = await sub.fetch(batch, timeout=_FETCH_WAIT_S)
             return msgs
         except nats.errors.TimeoutError:
-            delay.reset()
-            return None
+            return []  # a long-poll that found nothing
         except asyncio.CancelledError:
             raise
         except Exception as exc:

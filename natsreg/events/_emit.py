@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from ._settings import HEADER_KEY, MSG_ID, StreamSettings, partition_of, stream_
 from ._streams import EventsUnavailableError, ensure_streams
 
 __all__ = ["Emitted", "Events"]
+
+log = logging.getLogger("natsreg.events")
 
 # A key is a header value: printable, bounded (JetStream keeps every id of the window).
 _MAX_KEY_CHARS = 256
@@ -41,6 +44,8 @@ class Events:
 
     The event streams are created on first use with ``settings`` where they do not exist
     (docs/events.md, "Defaults"); ``prefix`` must be the consumers' (their services').
+    ``declared`` is the event types the emitting service announces (``emits=``): emitting
+    another logs a warning, once per type. A service instance's ``svc.events`` passes its own.
     """
 
     def __init__(
@@ -50,8 +55,11 @@ class Events:
         prefix: str = subjects.DEFAULT_PREFIX,
         settings: StreamSettings | None = None,
         timeout_s: float = 5.0,
+        declared: Collection[str] | None = None,
     ) -> None:
         self._js = nc.jetstream(timeout=timeout_s)
+        self._declared = None if declared is None else frozenset(declared)
+        self._undeclared: set[str] = set()
         self._prefix = subjects.check_prefix(prefix)
         self._stream = stream_name(prefix)
         self.settings = settings or StreamSettings()
@@ -85,6 +93,7 @@ class Events:
         ``order_key`` and each its own ``key``).
         """
         subjects.check_event_type(event_type)
+        self._check_declared(event_type)
         data = to_bytes(body)
         limit = self.settings.max_body_bytes
         if len(data) > limit:
@@ -105,6 +114,17 @@ class Events:
             sent[HEADER_KEY] = ordering
         subject = subjects.event_subject(self._prefix, event_type, str(partition_of(ordering)))
         return await self._publish(subject, data, sent or None)
+
+    def _check_declared(self, event_type: str) -> None:
+        if self._declared is None or event_type in self._declared:
+            return
+        if event_type not in self._undeclared and len(self._undeclared) < 64:
+            self._undeclared.add(event_type)
+            log.warning(
+                "emitting %r, which the service does not declare: add it to emits=[...] so "
+                'that the registry shows who emits it (docs/events.md, "Visible")',
+                event_type,
+            )
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str] | None) -> Emitted:
         if not self._ensured:

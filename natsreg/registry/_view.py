@@ -300,6 +300,7 @@ class View:
         groups: dict[tuple[str, str, str], wire.ServiceSummary] = {}
         endpoints: dict[tuple[str, str, str], set[str]] = {}
         events: dict[tuple[str, str, str], set[str]] = {}
+        emits: dict[tuple[str, str, str], set[str]] = {}
         for entry in self._entries.values():
             view = entry.view
             key: tuple[str, str, str] = (view.name, view.version, view.kind)
@@ -313,15 +314,18 @@ class View:
                 )
                 endpoints[key] = set()
                 events[key] = set()
+                emits[key] = set()
             else:
                 summary.last_heard_s = min(summary.last_heard_s, now - entry.last_seen)
             summary.instances += 1
             summary.health[view.health] = summary.health.get(view.health, 0) + 1
             endpoints[key].update(e.name for e in view.endpoints)
             events[key].update(e.type for e in view.events)
+            emits[key].update(view.emits)
         for key, summary in groups.items():
             summary.endpoints = sorted(endpoints[key])
             summary.events = sorted(events[key])
+            summary.emits = sorted(emits[key])
             summary.last_heard_s = round(summary.last_heard_s, 3)
         return sorted(groups.values(), key=lambda s: (s.name, s.version, s.kind))
 
@@ -518,10 +522,11 @@ def _drop_oldest(items: MutableMapping[str, _T], ended: Callable[[_T], bool]) ->
 
 
 def _describes_differently(a: wire.InstanceView, b: wire.InstanceView) -> bool:
-    return (a.version, a.description, a.metadata, a.endpoints, a.events) != (
+    return (a.version, a.description, a.metadata, a.endpoints, a.events, a.emits) != (
         b.version,
         b.description,
         b.metadata,
         b.endpoints,
         b.events,
+        b.emits,
     )

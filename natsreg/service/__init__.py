@@ -36,6 +36,7 @@ from .. import _figures, _origin, _probes, wire
 from .._tasks import background
 from ..errors import ConfigError
 from ..events._consume import Consumers, Declared
+from ..events._emit import Events
 from ..events._event import EventHandler
 from ..events._settings import EventOptions, EventSettings
 from ._app import Context, Hook, Middleware, Service, config_of, wrap
@@ -80,6 +81,7 @@ class Instance(anyio.AsyncContextManagerMixin):
         self._endpoints = Endpoints(nc, config, self.id, self.state)
         self._consumers = Consumers(nc, config.name, config.prefix)
         self._endpoints.event_counts = self.event_counts
+        self._endpoints.event_lags = self.event_lags
         self._control = Control(nc, config, self.id, self._endpoints, self._consumers.interests)
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
         self._pending = 0
@@ -204,6 +206,12 @@ class Instance(anyio.AsyncContextManagerMixin):
             return "not announced yet"
         return _probes.nats_problem(self._nc)
 
+    @functools.cached_property
+    def events(self) -> Events:
+        """An emitter on this instance's connection and prefix that warns, once per type,
+        when it emits an event type the service does not declare in ``emits=``."""
+        return Events(self._nc, prefix=self.config.prefix, declared=self.config.emits)
+
     @property
     def health(self) -> wire.Health:
         return self._control.health
@@ -227,6 +235,12 @@ class Instance(anyio.AsyncContextManagerMixin):
             t: {"handled": d.handled, "failed": d.failed, "dead": d.dead}
             for t, d in self._consumers.table.items()
         }
+
+    def event_lags(self) -> dict[str, int]:
+        """Per durable event type this instance consumes: events stored for this service
+        that no instance has taken yet, as of this instance's last fetch (docs/events.md)."""
+        lags = {t: d.lag for t, d in self._consumers.table.items()}
+        return {t: lag for t, lag in lags.items() if lag is not None}
 
     # -- lifetime ----------------------------------------------------------------------------
 

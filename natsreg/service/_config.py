@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -57,6 +57,9 @@ class ServiceConfig:
     #: Serve /metrics, /healthz and /readyz on this address while the instance runs:
     #: ``"HOST:PORT"``, or ``":PORT"`` for every interface (docs/operations.md, "Probes").
     http: str | None = None
+    #: The event types this service emits (``natsreg.Events(...).emit``), announced so that
+    #: the registry shows who emits each type (docs/events.md, "Who emits, who consumes").
+    emits: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, "service name")
@@ -71,6 +74,7 @@ class ServiceConfig:
         subjects.check_prefix(self.prefix)
         if self.http is not None:
             parse_listen(self.http, "http")
+        object.__setattr__(self, "emits", _check_emits(self.emits))
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -85,6 +89,17 @@ class ServiceConfig:
             raise ConfigError(f"max_queued must be >= 0, got {self.max_queued}")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+
+
+def _check_emits(emits: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(emits, str):
+        raise ConfigError(f"emits must be a list of event types, e.g. [{emits!r}]")
+    unique = tuple(dict.fromkeys(emits))
+    try:
+        wire.check_emits(list(unique))
+    except wire.Invalid as exc:
+        raise ConfigError(f"emits: {exc}") from None
+    return unique
 
 
 class ServiceSettings(TypedDict, total=False):
@@ -106,3 +121,4 @@ class ServiceSettings(TypedDict, total=False):
     drain_timeout_s: float
     health: HealthCheck | None
     http: str | None
+    emits: Sequence[str]

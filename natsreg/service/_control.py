@@ -90,6 +90,7 @@ class Control:
             load=self._endpoints.load(),
             conn=self._announced_conn,
             events=self._events(),
+            emits=list(c.emits),
         )
 
     def _connection(self) -> str:

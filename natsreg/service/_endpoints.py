@@ -151,6 +151,8 @@ class Endpoints:
         #: Per event type this instance consumes: events handled, failed attempts and dead
         #: letters, for Prometheus (set by the instance: natsreg/events/_consume.py counts).
         self.event_counts: Callable[[], dict[str, dict[str, int]]] = dict
+        #: Per durable event type: events not yet taken by any instance (Instance.event_lags).
+        self.event_lags: Callable[[], dict[str, int]] = dict
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()

@@ -311,6 +311,8 @@ function renderService(view) {
     ),
     el("h2", {}, "Instances"),
     instances.length ? instanceTable(instances) : el("p", {}, "No instance of this service is running."),
+    el("h2", {}, "Events"),
+    eventTable(instances),
   );
   // Redrawn only when they change, so that an opened schema stays open.
   const list = endpoints(instances);
@@ -350,6 +352,21 @@ function instanceTable(instances) {
       ];
     }),
   );
+}
+
+// The durable events the instances consume (and how) and those they declare they emit.
+function eventTable(instances) {
+  const rows = new Map();
+  for (const i of instances) {
+    for (const e of i.events || []) {
+      const mode = e.broadcast ? "broadcast" : e.ordered ? "ordered" : "balanced";
+      rows.set(`consumes ${e.type}`, [e.type, "consumes", mode]);
+    }
+    for (const type of i.emits || []) rows.set(`emits ${type}`, [type, "emits", "–"]);
+  }
+  if (!rows.size) return el("p", {}, "This service neither consumes nor declares events.");
+  const sorted = [...rows.values()].sort((a, b) => a[0].localeCompare(b[0]) || a[1].localeCompare(b[1]));
+  return table(`The events ${state.service} consumes and emits`, ["Event", "Role", "Mode"], sorted);
 }
 
 function endpoints(instances) {
