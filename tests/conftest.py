@@ -102,3 +102,18 @@ def _store_of_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     os.environ["NATSREG_STORE_DIR"] = str(tmp_path_factory.mktemp("up-store"))
     yield
     os.environ.pop("NATSREG_STORE_DIR", None)
+
+
+@pytest.fixture(scope="module")
+def js_server() -> Iterator[NatsServer]:
+    """A nats-server with JetStream (its store a temporary folder) for one test module."""
+    with NatsServer(jetstream=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def js(js_server: NatsServer) -> AsyncIterator[NATS]:
+    """A connection to ``js_server``, closed after the test."""
+    nc = await nats.connect(js_server.url)
+    yield nc
+    await nc.close()

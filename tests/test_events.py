@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +35,6 @@ from tests.test_metrics import value as metric
 class UserCreated(msgspec.Struct):
     id: int
     email: str
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as server:
-        yield server
-
-
-@pytest.fixture
-async def js(js_server: NatsServer) -> AsyncIterator[NATS]:
-    nc = await nats.connect(js_server.url)
-    yield nc
-    await nc.close()
 
 
 def cli(js_server: NatsServer, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:

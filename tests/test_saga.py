@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,6 @@ from tests.saga_proc import three_steps
 
 SAGA_PROC = Path(__file__).with_name("saga_proc.py")
 QUICK = natsreg.RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.02)
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as server:
-        yield server
-
-
-@pytest.fixture
-async def js(js_server: NatsServer) -> AsyncIterator[NATS]:
-    nc = await nats.connect(js_server.url)
-    yield nc
-    await nc.close()
 
 
 class Shop:
