@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from .. import subjects, wire
 from .._codec import _decoder
 from ..errors import ConfigError
 from ._event import Event, EventHandler, body_type
+from ._pool import Pool
 from ._settings import (
     HEADER_DEAD_DELIVERIES,
     HEADER_DEAD_ERROR,
@@ -52,6 +53,8 @@ log = logging.getLogger("natsreg.events")
 # A pull request waits this long on the server for events before it is renewed: an idle
 # instance asks once per this interval per consumer, never in a loop.
 _FETCH_WAIT_S = 5.0
+# Tokens of a JetStream reply subject without a domain (_position).
+_V1_ACK_TOKENS = 9
 # After a failed fetch (the server restarting, a leader moving), wait this long, doubled up
 # to the second figure, before asking again.
 _FETCH_BACKOFF_S = (0.05, 2.0)
@@ -113,6 +116,7 @@ class Consumers:
         # Stopped last: a handler still running while the instance drains keeps its event.
         self._progress: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
+        self._pools: list[tuple[Declared, Pool[Msg]]] = []
         self._subs: list[Subscription] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -145,6 +149,7 @@ class Consumers:
             subject = subjects.event_subject(self._prefix, declared.event_type, "*")
 
             async def on_broadcast(msg: Msg) -> None:
+                self._taken(declared, 1)
                 self._spawn(self._handle_broadcast(declared, msg))
 
             self._subs.append(await self._nc.subscribe(subject, cb=on_broadcast))
@@ -183,6 +188,12 @@ class Consumers:
                 "%s: %d event handlers still running; cancelling", self._service, self._in_flight
             )
             await _cancel(list(self._handlers))
+        for declared, pool in self._pools:
+            # Any event taken but not started goes back to JetStream at once.
+            for msg in await pool.close():
+                await _quietly(msg.nak())
+                self._done(declared)
+        self._pools.clear()
         await _cancel(self._progress)
 
     # -- pulling -----------------------------------------------------------------------------
@@ -193,6 +204,11 @@ class Consumers:
         # asks again once half its slots are free, not at every one (a fetch per event cost
         # a third of the throughput, bench/events.py).
         sub = await self._js.pull_subscribe_bind(durable=consumer, stream=self._stream)
+        # Outlives this loop: stop() ends the loop first, then waits for the events taken.
+        pool: Pool[Msg] = Pool(
+            lambda msg: self._handle(declared, msg), declared.options.max_in_flight
+        )
+        self._pools.append((declared, pool))
         try:
             for delay in _backoffs():
                 room = declared.options.max_in_flight - declared.in_flight
@@ -205,9 +221,8 @@ class Consumers:
                     continue
                 delay.reset()
                 declared.fetched(consumer, msgs)
-                for msg in msgs:
-                    declared.in_flight += 1
-                    self._spawn(self._handle(declared, msg))
+                self._taken(declared, len(msgs))
+                pool.put(msgs)
         finally:
             await _quietly(sub.unsubscribe())
 
@@ -223,7 +238,7 @@ class Consumers:
                 delay.reset()
                 declared.fetched(consumer, msgs)
                 for msg in msgs:
-                    declared.in_flight += 1
+                    self._taken(declared, 1)
                     # Shielded: stopping ends the loop, not the event being handled (stop()
                     # waits for it, as for any other).
                     await asyncio.shield(self._spawn(self._handle(declared, msg)))
@@ -247,34 +262,35 @@ class Consumers:
 
     # -- one event ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(self._tracked(coro))
+    def _taken(self, declared: Declared, count: int) -> None:
+        # Counted from the fetch, not from a handler's start: stop() must not see the
+        # instance idle while events it holds wait for a worker.
+        declared.in_flight += count
+        self._in_flight += count
+        self._idle.clear()
+
+    def _done(self, declared: Declared) -> None:
+        declared.in_flight -= 1
+        if declared.options.max_in_flight - declared.in_flight >= declared.refill:
+            declared.room.set()
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
         return task
-
-    async def _tracked(self, coro: Any) -> None:
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            await coro
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     async def _handle(self, declared: Declared, msg: Msg) -> None:
         try:
             await self._handle_one(declared, msg)
         finally:
-            declared.in_flight -= 1
-            if declared.options.max_in_flight - declared.in_flight >= declared.refill:
-                declared.room.set()
+            self._done(declared)
 
     async def _handle_one(self, declared: Declared, msg: Msg) -> None:
-        meta = msg.metadata
-        delivery = meta.num_delivered
-        event_id = meta.sequence.stream
+        delivery, event_id = _position(msg)
         headers = msg.headers or {}
         if msg.subject.startswith(self._replays):
             # A replayed dead letter keeps the id its handlers saw the first time.
@@ -343,7 +359,7 @@ class Consumers:
         headers = {k: v for k, v in (msg.headers or {}).items() if k != MSG_ID}
         headers |= {
             # Dead-lettered twice (a crash between the two steps below): stored once.
-            MSG_ID: f"dead:{self._service}:{msg.metadata.sequence.stream}",
+            MSG_ID: f"dead:{self._service}:{_position(msg)[1]}",
             HEADER_DEAD_ERROR: _header_text(error),
             HEADER_DEAD_SUBJECT: msg.subject,
             HEADER_DEAD_DELIVERIES: str(delivery),
@@ -371,6 +387,8 @@ class Consumers:
         except Exception as exc:
             declared.failed += 1
             log.warning("%s: broadcast %s failed: %s", self._service, msg.subject, exc)
+        finally:
+            self._done(declared)
 
 
 class _Backoff:
@@ -388,6 +406,19 @@ def _backoffs() -> Iterator[_Backoff]:
     delay = _Backoff()
     while True:
         yield delay
+
+
+def _position(msg: Msg) -> tuple[int, int]:
+    """The delivery count and stream sequence of a JetStream message, from its reply subject
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``
+    read directly: nats-py's ``msg.metadata`` also builds two frozen dataclasses and a
+    datetime per event, a tenth of an event's cost (bench/events.py --instructions). Any
+    other shape (the longer one with a domain) goes to nats-py's parser."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == _V1_ACK_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4]), int(tokens[5])
+    meta = msg.metadata
+    return meta.num_delivered, meta.sequence.stream
 
 
 async def _report_progress(declared: Declared) -> None:
