@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -236,6 +237,7 @@ class Handled:
 
     def __init__(self, procs: list[subprocess.Popen[str]]) -> None:
         self.per_proc: list[Counter[int]] = [Counter() for _ in procs]
+        self._lock = threading.Lock()  # the reader threads count while the bench reads
         self._threads = [
             asyncio.create_task(asyncio.to_thread(self._read, p, i)) for i, p in enumerate(procs)
         ]
@@ -244,7 +246,13 @@ class Handled:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("H "):
-                self.per_proc[index][int(line[2:])] += 1
+                with self._lock:
+                    self.per_proc[index][int(line[2:])] += 1
+
+    def distinct(self) -> int:
+        """How many different events have been handled so far, by any process."""
+        with self._lock:
+            return len(set().union(*self.per_proc))
 
     async def done(self) -> Counter[int]:
         await asyncio.gather(*self._threads)
@@ -280,38 +288,42 @@ async def kill_natsreg(url: str, prefix: str, count: int, rate: int) -> tuple[in
         start([sys.executable, __file__, "--worker", url, "--prefix", prefix]) for _ in range(2)
     ]
     handled = Handled(procs)
-    nc = await nats.connect(url)
-    events = natsreg.Events(nc, prefix=prefix)
+    try:
+        nc = await nats.connect(url)
+        events = natsreg.Events(nc, prefix=prefix)
 
-    give_up = time.monotonic() + 120
+        give_up = time.monotonic() + 120
 
-    async def emit(n: int) -> None:
-        # Again with the same key until stored, as a careful producer does; bounded in time.
-        while time.monotonic() < give_up:
-            try:
-                await events.emit("user.created", {"n": n}, key=str(n))
-                return
-            except EventsUnavailableError as exc:
-                print(f"emit {n}: {exc}; again", file=sys.stderr)
-                await asyncio.sleep(0.05)
-        raise SystemExit(f"event {n} not stored within 120 s")
+        async def emit(n: int) -> None:
+            # Again with the same key until stored, as a careful producer does; bounded in time.
+            while time.monotonic() < give_up:
+                try:
+                    await events.emit("user.created", {"n": n}, key=str(n))
+                    return
+                except EventsUnavailableError as exc:
+                    print(f"emit {n}: {exc}; again", file=sys.stderr)
+                    await asyncio.sleep(0.05)
+            raise SystemExit(f"event {n} not stored within 120 s")
 
-    started = time.monotonic()
-    tasks = []
-    killed = False
-    for n in range(count):
-        await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-        tasks.append(asyncio.create_task(emit(n)))
-        if not killed and time.monotonic() - started > 1.0:
-            procs[0].send_signal(signal.SIGKILL)
-            killed = True
-    await asyncio.gather(*tasks)
-    print(f"natsreg: {count} events stored", file=sys.stderr, flush=True)
-    # Redelivery of what the killed one held comes after ack_wait_s.
-    deadline = time.monotonic() + 30
-    while len(handled.per_proc[1] | handled.per_proc[0]) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    stop(procs)
+        started = time.monotonic()
+        tasks = []
+        killed = False
+        for n in range(count):
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(emit(n)))
+            if not killed and time.monotonic() - started > 1.0:
+                procs[0].send_signal(signal.SIGKILL)
+                killed = True
+        await asyncio.gather(*tasks)
+        print(f"natsreg: {count} events stored", file=sys.stderr, flush=True)
+        # Redelivery of what the killed one held comes after ack_wait_s.
+        deadline = time.monotonic() + 30
+        while handled.distinct() < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        # Also when the phase fails: a process left running would keep its reader thread,
+        # and so this command, waiting for ever.
+        stop(procs)
     total = await handled.done()
     await nc.close()
     return count - len(total), sum(c - 1 for c in total.values())
