@@ -29,6 +29,7 @@ from .._codec import _decoder
 from ..errors import ConfigError
 from ._event import Event, EventHandler, body_type
 from ._pool import Pool
+from ._pull import EXPIRES_S, Puller, pending_of
 from ._settings import (
     HEADER_DEAD_DELIVERIES,
     HEADER_DEAD_ERROR,
@@ -50,9 +51,6 @@ __all__ = ["Consumers", "Declared"]
 
 log = logging.getLogger("natsreg.events")
 
-# A pull request waits this long on the server for events before it is renewed: an idle
-# instance asks once per this interval per consumer, never in a loop.
-_FETCH_WAIT_S = 5.0
 # Tokens of a JetStream reply subject without a domain (_position).
 _V1_ACK_TOKENS = 9
 # After a failed fetch (the server restarting, a leader moving), wait this long, doubled up
@@ -80,11 +78,18 @@ class Declared:
     #: Per consumer it pulls from: events not yet delivered to any instance, as of this
     #: instance's last fetch (the last event's ``num_pending``; 0 after an empty long-poll).
     pending: dict[str, int] = field(default_factory=dict)
+    #: The open pull requests of a balanced handler (none for an ordered or broadcast one).
+    pullers: list[Puller] = field(default_factory=list)
 
     @property
     def refill(self) -> int:
         """Free slots worth a fetch: half of ``max_in_flight``, at least one."""
         return max(1, self.options.max_in_flight // 2)
+
+    def room_for_more(self) -> int:
+        """Events this handler may still ask for: its room less what it asked for already."""
+        asked = sum(p.outstanding for p in self.pullers)
+        return self.options.max_in_flight - self.in_flight - asked
 
     @property
     def lag(self) -> int | None:
@@ -95,7 +100,7 @@ class Declared:
     def fetched(self, consumer: str, msgs: list[Msg]) -> None:
         # Free: the figure comes with the events (their JetStream reply subject); an empty
         # long-poll with room to spare means nothing waited for this instance.
-        self.pending[consumer] = msgs[-1].metadata.num_pending if msgs else 0
+        self.pending[consumer] = (pending_of(msgs[-1].reply) or 0) if msgs else 0
 
     def interest(self) -> wire.EventInterest:
         o = self.options
@@ -199,32 +204,48 @@ class Consumers:
     # -- pulling -----------------------------------------------------------------------------
 
     async def _pull(self, declared: Declared, consumer: str) -> None:
-        # Fetch as many as there is room for (max_in_flight), long-polled: an idle consumer
-        # costs one request per _FETCH_WAIT_S, a busy one a request per batch. A full instance
-        # asks again once half its slots are free, not at every one (a fetch per event cost
-        # a third of the throughput, bench/events.py).
-        sub = await self._js.pull_subscribe_bind(durable=consumer, stream=self._stream)
-        # Outlives this loop: stop() ends the loop first, then waits for the events taken.
+        # Ask for as many as there is room for (max_in_flight), with requests kept open on
+        # the server (_pull.Puller): an idle consumer costs one request per EXPIRES_S, a busy
+        # one a request each time half its room is free, not one per event (a fetch per
+        # event cost a third of the throughput, bench/events.py).
         pool: Pool[Msg] = Pool(
             lambda msg: self._handle(declared, msg), declared.options.max_in_flight
         )
+        # Outlives this loop: stop() ends the loop first, then waits for the events taken.
         self._pools.append((declared, pool))
+
+        def deliver(msg: Msg) -> None:
+            self._taken(declared, 1)
+            if puller.pending is not None:
+                declared.pending[consumer] = puller.pending
+            pool.put((msg,))
+
+        puller = Puller(self._nc, self._stream, consumer, deliver, declared.room.set)
+        declared.pullers.append(puller)
+        await puller.start()
         try:
             for delay in _backoffs():
-                room = declared.options.max_in_flight - declared.in_flight
-                if room < declared.refill:
-                    declared.room.clear()
-                    await declared.room.wait()
-                    continue
-                msgs = await self._fetch(sub, room, delay)
-                if msgs is None:
-                    continue
-                delay.reset()
-                declared.fetched(consumer, msgs)
-                self._taken(declared, len(msgs))
-                pool.put(msgs)
+                puller.write_off_lost()
+                if puller.pending is not None:
+                    declared.pending[consumer] = puller.pending  # an expiry says 0
+                room = declared.room_for_more()
+                if room >= declared.refill:
+                    try:
+                        await puller.ask(room)
+                    except Exception as exc:
+                        # Disconnected: ask again, less and less often.
+                        log.debug("%s: pull request failed (%s)", self._service, exc)
+                        await asyncio.sleep(delay.next_s)
+                        delay.grow()
+                        continue
+                    delay.reset()
+                declared.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    # Woken by room, by an expiry, or each second to write off lost requests.
+                    await asyncio.wait_for(declared.room.wait(), 1.0)
         finally:
-            await _quietly(sub.unsubscribe())
+            declared.pullers.remove(puller)
+            await _quietly(puller.stop())
 
     async def _pull_ordered(self, declared: Declared, consumer: str) -> None:
         # One event at a time per partition, handled before the next fetch: the consumer's
@@ -247,7 +268,7 @@ class Consumers:
 
     async def _fetch(self, sub: Any, batch: int, delay: _Backoff) -> list[Msg] | None:
         try:
-            msgs: list[Msg] = await sub.fetch(batch, timeout=_FETCH_WAIT_S)
+            msgs: list[Msg] = await sub.fetch(batch, timeout=EXPIRES_S)
             return msgs
         except nats.errors.TimeoutError:
             return []  # a long-poll that found nothing
@@ -271,7 +292,7 @@ class Consumers:
 
     def _done(self, declared: Declared) -> None:
         declared.in_flight -= 1
-        if declared.options.max_in_flight - declared.in_flight >= declared.refill:
+        if declared.room_for_more() >= declared.refill:
             declared.room.set()
         self._in_flight -= 1
         if self._in_flight == 0:
