@@ -13,11 +13,18 @@ Moleculer's balanced events when an instance is killed with SIGKILL.
             0.14 (its NATS transporter, defaults) with the same numbers, where node and
             Moleculer are installed (``--moleculer``).
 
+- instructions (``--instructions N``): the CPU instructions the consuming process executes per
+            event, counted by valgrind's callgrind (as bench/instructions.py does): a process
+            consumes N, another 4N stored events, and the difference over 3N is one event's
+            cost with start-up cancelled out. Deterministic where events/s on a shared machine
+            is not.
+
 Goal: natsreg >= 0.9x raw on emit and consume, p50 latency <= 1.1x raw; 0 lost under kill -9.
 
     python bench/events.py                 # 5 rounds of each comparison, then kill -9 (natsreg)
     python bench/events.py --rounds 3      # 3 rounds
     python bench/events.py --quick         # 2 rounds, fewer events
+    python bench/events.py --instructions 500   # consume: instructions per event (valgrind)
     npm install --prefix DIR moleculer@0.14.36 nats@2.29.3
     NODE_PATH=DIR/node_modules python bench/events.py --moleculer   # and Moleculer's kill -9
 """
@@ -32,6 +39,8 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -228,6 +237,7 @@ class Handled:
 
     def __init__(self, procs: list[subprocess.Popen[str]]) -> None:
         self.per_proc: list[Counter[int]] = [Counter() for _ in procs]
+        self._lock = threading.Lock()  # the reader threads count while the bench reads
         self._threads = [
             asyncio.create_task(asyncio.to_thread(self._read, p, i)) for i, p in enumerate(procs)
         ]
@@ -236,7 +246,13 @@ class Handled:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("H "):
-                self.per_proc[index][int(line[2:])] += 1
+                with self._lock:
+                    self.per_proc[index][int(line[2:])] += 1
+
+    def distinct(self) -> int:
+        """How many different events have been handled so far, by any process."""
+        with self._lock:
+            return len(set().union(*self.per_proc))
 
     async def done(self) -> Counter[int]:
         await asyncio.gather(*self._threads)
@@ -272,38 +288,42 @@ async def kill_natsreg(url: str, prefix: str, count: int, rate: int) -> tuple[in
         start([sys.executable, __file__, "--worker", url, "--prefix", prefix]) for _ in range(2)
     ]
     handled = Handled(procs)
-    nc = await nats.connect(url)
-    events = natsreg.Events(nc, prefix=prefix)
+    try:
+        nc = await nats.connect(url)
+        events = natsreg.Events(nc, prefix=prefix)
 
-    give_up = time.monotonic() + 120
+        give_up = time.monotonic() + 120
 
-    async def emit(n: int) -> None:
-        # Again with the same key until stored, as a careful producer does; bounded in time.
-        while time.monotonic() < give_up:
-            try:
-                await events.emit("user.created", {"n": n}, key=str(n))
-                return
-            except EventsUnavailableError as exc:
-                print(f"emit {n}: {exc}; again", file=sys.stderr)
-                await asyncio.sleep(0.05)
-        raise SystemExit(f"event {n} not stored within 120 s")
+        async def emit(n: int) -> None:
+            # Again with the same key until stored, as a careful producer does; bounded in time.
+            while time.monotonic() < give_up:
+                try:
+                    await events.emit("user.created", {"n": n}, key=str(n))
+                    return
+                except EventsUnavailableError as exc:
+                    print(f"emit {n}: {exc}; again", file=sys.stderr)
+                    await asyncio.sleep(0.05)
+            raise SystemExit(f"event {n} not stored within 120 s")
 
-    started = time.monotonic()
-    tasks = []
-    killed = False
-    for n in range(count):
-        await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-        tasks.append(asyncio.create_task(emit(n)))
-        if not killed and time.monotonic() - started > 1.0:
-            procs[0].send_signal(signal.SIGKILL)
-            killed = True
-    await asyncio.gather(*tasks)
-    print(f"natsreg: {count} events stored", file=sys.stderr, flush=True)
-    # Redelivery of what the killed one held comes after ack_wait_s.
-    deadline = time.monotonic() + 30
-    while len(handled.per_proc[1] | handled.per_proc[0]) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    stop(procs)
+        started = time.monotonic()
+        tasks = []
+        killed = False
+        for n in range(count):
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(emit(n)))
+            if not killed and time.monotonic() - started > 1.0:
+                procs[0].send_signal(signal.SIGKILL)
+                killed = True
+        await asyncio.gather(*tasks)
+        print(f"natsreg: {count} events stored", file=sys.stderr, flush=True)
+        # Redelivery of what the killed one held comes after ack_wait_s.
+        deadline = time.monotonic() + 30
+        while handled.distinct() < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        # Also when the phase fails: a process left running would keep its reader thread,
+        # and so this command, waiting for ever.
+        stop(procs)
     total = await handled.done()
     await nc.close()
     return count - len(total), sum(c - 1 for c in total.values())
@@ -330,6 +350,54 @@ async def kill_moleculer(url: str, count: int, rate: int) -> tuple[int, int]:
     emitter.stdout.close()
     total = await handled.done()
     return count - len(total), sum(c - 1 for c in total.values())
+
+
+# -- instructions per event consumed --------------------------------------------------------
+
+
+async def consume_only(url: str, prefix: str, mode: str, count: int) -> None:
+    """The counted process: consume ``count`` events already stored, then exit."""
+    nc = await nats.connect(url)
+    done = asyncio.Event()
+    seen = 0
+
+    def count_one(data: bytes) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == count:
+            done.set()
+
+    await consuming(nc, prefix, f"bench.{mode}", mode, count_one, done.wait)
+    await nc.close()
+
+
+async def store(url: str, prefix: str, mode: str, count: int) -> None:
+    nc = await nats.connect(url)
+    events = natsreg.Events(nc, prefix=prefix)
+    for first in range(0, count, IN_FLIGHT):
+        batch = range(first, min(count, first + IN_FLIGHT))
+        await asyncio.gather(*(events.emit(f"bench.{mode}", PAYLOAD) for _ in batch))
+    await nc.close()
+
+
+def consume_instructions(url: str, n: int) -> dict[str, float]:
+    sys.path.insert(0, str(HERE))
+    from instructions import _callgrind, _total
+
+    per_event: dict[str, float] = {}
+    for mode in ("raw", "natsreg"):
+        totals = []
+        for count in (n, 4 * n):
+            prefix = f"i{count}"
+            asyncio.run(store(url, prefix, mode, count))
+            with tempfile.TemporaryDirectory() as folder:
+                out = Path(folder) / "callgrind.out"
+                argv = _callgrind(out, __file__, "--consume-only", url, prefix, mode, str(count))
+                subprocess.run(argv, check=True, timeout=1200)
+                totals.append(_total(out))
+        per_event[mode] = (totals[1] - totals[0]) / (3 * n)
+        print(f"  {mode:<8} {per_event[mode]:>10,.0f} instructions per event", file=sys.stderr)
+    return per_event
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -384,10 +452,31 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer rounds and events")
     parser.add_argument("--moleculer", action="store_true", help="also Moleculer's kill -9")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each comparison")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="only consume's instructions per event: N and 4N events per mode (valgrind)",
+    )
+    parser.add_argument("--consume-only", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="k", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
         asyncio.run(worker(options.worker, options.prefix))
+    elif options.consume_only:
+        url, prefix, mode, count = options.consume_only
+        asyncio.run(consume_only(url, prefix, mode, int(count)))
+    elif options.instructions:
+        if shutil.which("valgrind") is None:
+            raise SystemExit("--instructions needs valgrind: apt-get install -y valgrind")
+        with NatsServer(jetstream=True) as server:
+            print(f"# bench/events.py --instructions, {load()}")
+            counts = consume_instructions(server.url, options.instructions)
+        n = options.instructions
+        print(f"\nconsumer instructions per event, {n:,} and {4 * n:,} events per mode\n")
+        print("| mode | instructions per event | vs raw |\n|---|---:|---:|")
+        for mode, value in counts.items():
+            print(f"| {mode} | {value:,.0f} | {value / counts['raw']:.2f}x |")
     else:
         asyncio.run(main(options))

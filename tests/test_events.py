@@ -66,6 +66,17 @@ async def test_emit_returns_once_stored_and_a_retried_key_is_stored_once(
     assert info.state.messages == 2
 
 
+async def test_an_event_jetstream_refuses_is_an_error_that_says_why(js: NATS, prefix: str) -> None:
+    events = natsreg.Events(js, prefix=prefix)
+    stored = await events.emit("user.created", {"id": 1})
+    # A condition the caller set that does not hold: JetStream stores nothing, and says so.
+    expected = {"Nats-Expected-Last-Sequence": str(stored.seq + 5)}
+    with pytest.raises(EventsUnavailableError, match=r"refused the event: wrong last sequence"):
+        await events.emit("user.created", {"id": 2}, headers=expected)
+    info = await js.jetstream().stream_info(f"{prefix}_events")
+    assert info.state.messages == 1
+
+
 async def test_an_oversized_or_forged_event_is_refused_or_dead_lettered_at_once(
     js: NATS, prefix: str, unique: str
 ) -> None:

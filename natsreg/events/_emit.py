@@ -8,12 +8,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js.errors import APIError, NoStreamResponseError
 
 from .. import subjects
 from .._codec import to_bytes
+from ..client._mux import ReplyMux
 from ..errors import ConfigError
 from ._settings import HEADER_KEY, MSG_ID, StreamSettings, partition_of, stream_name
 from ._streams import EventsUnavailableError, ensure_streams
@@ -24,6 +25,24 @@ log = logging.getLogger("natsreg.events")
 
 # A key is a header value: printable, bounded (JetStream keeps every id of the window).
 _MAX_KEY_CHARS = 256
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: where it stored the message, or why not."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_PubAck).decode
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,10 @@ class Events:
         self._stream = stream_name(prefix)
         self.settings = settings or StreamSettings()
         self._timeout_s = timeout_s
+        # JetStream's acknowledgements come back on an inbox of this emitter's own, each
+        # handed to its emit from the read loop (nats-py's js.publish waits through
+        # nc.request: a NUID, a queue and a task switch, and a timer per emit).
+        self._mux = ReplyMux(nc)
         self._ensured = False
         # Many emits may start at once: one of them creates the streams, the rest wait.
         self._ensuring = asyncio.Lock()
@@ -137,22 +160,29 @@ class Events:
             try:
                 # No Nats-Expected-Stream header: a subject belongs to one stream at most
                 # (JetStream refuses overlaps), and the header costs both ends a parse.
-                ack = await self._js.publish(
-                    subject, data, headers=headers, timeout=self._timeout_s
-                )
-                return Emitted(seq=ack.seq, duplicate=bool(ack.duplicate))
-            except NoStreamResponseError:
+                reply = await self._mux.request(subject, data, self._timeout_s, headers)
+            except nats.errors.NoRespondersError:
                 # Nobody stores this subject yet: create the streams once, then try again.
                 if not first:
                     break
                 await self.ensure()
-            except APIError as exc:
-                raise EventsUnavailableError(f"JetStream refused the event: {exc}") from exc
+                continue
             except nats.errors.TimeoutError as exc:
                 raise EventsUnavailableError(
                     f"JetStream did not confirm the event within {self._timeout_s} s: it may or "
                     "may not be stored; emit it again with the same key to be sure"
                 ) from exc
+            try:
+                ack = _decode_ack(reply.data)
+            except msgspec.DecodeError as exc:
+                raise EventsUnavailableError(f"JetStream's answer does not parse: {exc}") from exc
+            if ack.error is not None or not ack.stream:
+                error = ack.error or _ApiError(description="no stream named")
+                raise EventsUnavailableError(
+                    f"JetStream refused the event: {error.description} "
+                    f"(code {error.code}, error code {error.err_code})"
+                )
+            return Emitted(seq=ack.seq, duplicate=ack.duplicate)
         raise EventsUnavailableError(
             f"no stream stores {subject}: is JetStream enabled on the server (nats-server -js)?"
         )
