@@ -85,7 +85,7 @@ async def _run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[st
 async def _emitters(nc: NATS, prefix: str) -> dict[str, list[str]]:
     """The services that declare they emit each event type, as the registry knows them
     (``emits=`` in their announcement); empty, with a warning, when no registry answers."""
-    from .cli import _say
+    from .cli._output import _say
 
     try:
         listing = await RegistryApi(nc, prefix=prefix).services()
@@ -142,7 +142,7 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
 
 
 def _print_figures(figures: list[TypeFigures], emitters: dict[str, list[str]]) -> None:
-    from .cli import _console, _table
+    from .cli._output import _console, _table
 
     console = _console()
     if not figures:
@@ -171,7 +171,7 @@ def _print_figures(figures: list[TypeFigures], emitters: dict[str, list[str]]) -
 def _print_letters(letters: list[DeadLetter]) -> None:
     from rich.markup import escape
 
-    from .cli import _console, _table
+    from .cli._output import _console, _table
 
     console = _console()
     if not letters:
