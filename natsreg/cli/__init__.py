@@ -6,7 +6,9 @@ expects ends in one line on stderr and a non-zero exit, never a traceback.
 Where things are: :func:`main` and the command table here; the parser in ``_args`` (the
 serving commands' arguments in ``_serve_args``); connecting in ``_connect``; the serving
 commands in ``_serve`` and ``_up``; ``auth`` in ``_auth``; the commands that ask and print
-in ``_lookups``; every line and table the CLI writes in ``_output``.
+in ``_lookups``, which hands ``docs``, ``events`` and ``saga`` their own modules (``_docs``,
+``_events``, ``_saga``) and checks payloads with ``_schema``; every line and table the CLI
+writes in ``_output``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ import logging
 import os
 from typing import NoReturn, TypeAlias
 
-from .. import __version__, _docs_cli, logs, subjects
+from .. import __version__, logs, subjects
 from ..client import STRATEGIES
+from . import _docs
 from ._output import _json_lines
 from ._serve_args import _add_bridge, _add_registry, _add_run, _add_up
 
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_lookups,
         _add_request,
         _add_watch,
-        _docs_cli.add_parser,
+        _docs.add_parser,
         _add_events,
         _add_saga,
     ):

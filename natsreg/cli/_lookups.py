@@ -14,12 +14,13 @@ import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 
-from .. import _docs_cli, _saga_cli, _schema_cli, _trace, subjects
+from .. import _trace, subjects
 from .._gather import gather_stats
 from ..client import Client
 from ..client._registry_api import RegistryApi
 from ..client._target import parse_target
 from ..errors import ConfigError, ServiceError
+from . import _docs, _saga, _schema
 from ._connect import _with_connection
 from ._output import (
     _age,
@@ -83,14 +84,14 @@ async def _cmd_info(args: argparse.Namespace) -> int:
 
 async def _cmd_docs(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
-        document, snapshot = await _docs_cli.asyncapi_document(nc, args.prefix, [args.server])
+        document, snapshot = await _docs.asyncapi_document(nc, args.prefix, [args.server])
         if snapshot.warming_up:
             _say(_warming(snapshot.node), logging.WARNING)
         if _json_lines() and args.output is None:
             _print_data(document)  # every line JSON, the document's one too
             return 0
         try:
-            _docs_cli.write(document, args.output, args.format)
+            _docs.write(document, args.output, args.format)
         except OSError as exc:
             raise _CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
         if args.output is not None:
@@ -180,11 +181,11 @@ async def _check_payload(
         return  # the request itself says what is wrong with the subject
     if target.service is None:
         return
-    schemas = _schema_cli.request_schemas(await client.view(target.service), target, select)
+    schemas = _schema.request_schemas(await client.view(target.service), target, select)
     if not schemas:
         return
     try:
-        problem = _schema_cli.payload_problem(msgspec.json.decode(payload or b"null"), schemas)
+        problem = _schema.payload_problem(msgspec.json.decode(payload or b"null"), schemas)
     except ValueError as exc:
         _say(f"{subject}'s request schema cannot be used ({exc}); sending without checking")
         return
@@ -196,11 +197,11 @@ async def _check_payload(
 
 
 async def _cmd_events(args: argparse.Namespace) -> int:
-    from .. import _events_cli
+    from . import _events
 
     async def run(nc: NATS) -> int:
         json_out = args.json or _json_lines()
-        return await _events_cli.run(nc, args, json_out=json_out, out=sys.stdout)
+        return await _events.run(nc, args, json_out=json_out, out=sys.stdout)
 
     return await _with_connection(args, run)
 
@@ -233,19 +234,19 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
 async def _cmd_saga(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         if args.action == "show":
-            state = await _saga_cli.read_saga(nc, args.prefix, args.id)
+            state = await _saga.read_saga(nc, args.prefix, args.id)
             if args.json or _json_lines():
                 _print_data(state)
             else:
-                _saga_cli.render_saga(state, _console(), _table)
+                _saga.render_saga(state, _console(), _table)
             return 0
         if args.limit < 1:
             raise _CliError(f"--limit must be at least 1, got {args.limit}")
-        states = await _saga_cli.read_sagas(nc, args.prefix, running=args.running, limit=args.limit)
+        states = await _saga.read_sagas(nc, args.prefix, running=args.running, limit=args.limit)
         if args.json or _json_lines():
             _print_data(states)
         else:
-            _saga_cli.render_sagas(states, _console(), _table, _age)
+            _saga.render_sagas(states, _console(), _table, _age)
         return 0
 
     return await _with_connection(args, run)

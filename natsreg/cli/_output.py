@@ -17,7 +17,8 @@ from typing import IO, TYPE_CHECKING
 
 import msgspec
 
-from .. import _schema_cli, wire
+from .. import wire
+from . import _schema
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -212,8 +213,8 @@ def _print_schemas(console: Console, instances: Sequence[wire.InstanceView]) -> 
     for i in instances:
         for e in i.endpoints:
             if e.schemas is not None:
-                request = _schema_cli.render(e.schemas.request)
-                rows[(e.name, request, _schema_cli.render(e.schemas.response))] = None
+                request = _schema.render(e.schemas.request)
+                rows[(e.name, request, _schema.render(e.schemas.response))] = None
     if not rows:
         return
     table = _table("ENDPOINT", "REQUEST", "RESPONSE")
