@@ -25,7 +25,7 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 EXIT_USAGE = 2
 
 
-# What add_subparsers returns; named once for the builders below.
+# What add_subparsers returns; named once for the builders here and in _serve_args.
 _Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
