@@ -437,9 +437,10 @@ def test_the_cli_refuses_a_public_bridge_in_one_line_before_starting_anything(
 
 
 def test_the_cli_passes_allowed_hosts_and_limits_to_the_bridge(tmp_path: Path) -> None:
-    from natsreg import cli
+    from natsreg.cli._args import _parser
+    from natsreg.cli._serve import _bridge_config
 
-    args = cli._parser().parse_args(
+    args = _parser().parse_args(
         [
             "bridge",
             "--host",
@@ -459,7 +460,7 @@ def test_the_cli_passes_allowed_hosts_and_limits_to_the_bridge(tmp_path: Path) -
             "4",
         ]
     )
-    config = cli._bridge_config(args)
+    config = _bridge_config(args)
     assert config.allowed_hosts == ("api.example", "*")
     assert config.insecure_public
     assert (

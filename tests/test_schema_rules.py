@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 import natsreg
-from natsreg import _schema_cli, _schemas, wire
+from natsreg import _schemas, wire
+from natsreg.cli import _schema
 from natsreg.client._target import parse_target
 from natsreg.errors import ConfigError
 from natsreg.service import _typed
@@ -348,26 +349,26 @@ class Query(msgspec.Struct):
 
 
 def test_a_schema_renders_as_one_readable_line() -> None:
-    assert _schema_cli.render(_schemas.of_type(Query)) == (
+    assert _schema.render(_schemas.of_type(Query)) == (
         "Query {id: integer, tags?: [string], kind?: string | null}"
     )
-    assert _schema_cli.render(_schemas.of_type(Tree)) == "Tree {label: string, children?: [Tree]}"
-    assert _schema_cli.render(None) == "-"
-    assert _schema_cli.render(_schemas.truncated("too big")) == "(not shown: too big)"
-    assert _schema_cli.render({"enum": ["a", "b"]}) == '"a" | "b"'
-    assert _schema_cli.render({"type": "object", "additionalProperties": {"type": "integer"}}) == (
+    assert _schema.render(_schemas.of_type(Tree)) == "Tree {label: string, children?: [Tree]}"
+    assert _schema.render(None) == "-"
+    assert _schema.render(_schemas.truncated("too big")) == "(not shown: too big)"
+    assert _schema.render({"enum": ["a", "b"]}) == '"a" | "b"'
+    assert _schema.render({"type": "object", "additionalProperties": {"type": "integer"}}) == (
         "{string: integer}"
     )
-    long = _schema_cli.render(
+    long = _schema.render(
         _schemas.of_type(msgspec.defstruct("L", [(f"f{n}", int) for n in range(99)]))
     )
     assert len(long) == 240 and long.endswith("…")
-    assert _schema_cli.render(_nested(_schemas.MAX_SCHEMA_DEPTH + 1)).startswith("(not shown")
+    assert _schema.render(_nested(_schemas.MAX_SCHEMA_DEPTH + 1)).startswith("(not shown")
 
 
 def test_a_payload_is_refused_with_the_path_and_what_was_expected() -> None:
     schema = _schemas.of_type(Query)
-    problem = _schema_cli.payload_problem
+    problem = _schema.payload_problem
     assert problem({"id": 1, "tags": ["a"]}, [schema]) is None
     assert problem({"id": "x"}, [schema]) == '$.id: expected integer, got "x"'
     assert problem({"id": 1, "tags": [1]}, [schema]) == "$.tags[0]: expected string, got 1"
@@ -384,10 +385,10 @@ def test_a_hostile_schema_is_never_fetched_from_nor_matched_as_a_pattern() -> No
     # A remote $ref would make jsonschema's default registry fetch it over the network.
     for unusable in ({"$ref": "https://127.0.0.1:9/x.json"}, {"$ref": "#/$defs/nope"}, {"type": 3}):
         with pytest.raises(ValueError, match="Error"):
-            _schema_cli.payload_problem({"id": 1}, [unusable])
+            _schema.payload_problem({"id": 1}, [unusable])
     # A pattern that backtracks for ages on this input is left to the service.
     evil = {"type": "string", "pattern": "^(a+)+$"}
-    assert _schema_cli.payload_problem("a" * 22 + "!", [evil]) is None
+    assert _schema.payload_problem("a" * 22 + "!", [evil]) is None
 
 
 def _instance(version: str, schemas: wire.Schemas | None, **metadata: str) -> wire.InstanceView:
@@ -401,7 +402,7 @@ def test_the_schemas_checked_are_those_of_every_instance_a_call_may_reach() -> N
     v1 = wire.Schemas(request={"type": "object"})
     v2 = wire.Schemas(request=_schemas.of_type(Query))
     fleet = [_instance("1.0.0", v1, zone="a"), _instance("2.0.0", v2, zone="b")]
-    schemas = _schema_cli.request_schemas
+    schemas = _schema.request_schemas
     assert schemas(fleet, parse_target("svc.users"), {}) == [v1.request, v2.request]
     assert schemas(fleet, parse_target("svc@^2.users"), {}) == [v2.request]
     assert schemas(fleet, parse_target("svc.users"), {"zone": "b"}) == [v2.request]

@@ -1,5 +1,6 @@
 """``natsreg events ls | dead TYPE | replay TYPE --dead``: what the CLI shows of durable events
-and does with dead letters. cli.py parses the arguments and connects; this module does the rest.
+and does with dead letters. _args parses the arguments and _lookups connects; this module does
+the rest.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from . import subjects
-from .client._registry_api import RegistryApi
-from .errors import ConfigError, RequestError
-from .events._dead import MAX_LIMIT, DeadLetter, TypeFigures, dead_letters, overview, replay
-from .events._streams import unavailable
+from .. import subjects
+from ..client._registry_api import RegistryApi
+from ..errors import ConfigError, RequestError
+from ..events._dead import MAX_LIMIT, DeadLetter, TypeFigures, dead_letters, overview, replay
+from ..events._streams import unavailable
+from ._output import _console, _say, _table
 
 __all__ = ["run"]
 
@@ -85,8 +87,6 @@ async def _run(nc: NATS, args: argparse.Namespace, *, json_out: bool, out: IO[st
 async def _emitters(nc: NATS, prefix: str) -> dict[str, list[str]]:
     """The services that declare they emit each event type, as the registry knows them
     (``emits=`` in their announcement); empty, with a warning, when no registry answers."""
-    from .cli import _say
-
     try:
         listing = await RegistryApi(nc, prefix=prefix).services()
     except RequestError as exc:
@@ -142,8 +142,6 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
 
 
 def _print_figures(figures: list[TypeFigures], emitters: dict[str, list[str]]) -> None:
-    from .cli import _console, _table
-
     console = _console()
     if not figures:
         console.print("no events yet (natsreg.Events(nc).emit(...) stores the first)")
@@ -170,8 +168,6 @@ def _print_figures(figures: list[TypeFigures], emitters: dict[str, list[str]]) -
 
 def _print_letters(letters: list[DeadLetter]) -> None:
     from rich.markup import escape
-
-    from .cli import _console, _table
 
     console = _console()
     if not letters:

@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
-from . import wire
-from .client._registry_api import RegistryApi
+from .. import wire
+from ..client._registry_api import RegistryApi
 
 __all__ = ["FORMATS", "add_parser", "asyncapi_document", "write"]
 
@@ -55,7 +55,7 @@ async def asyncapi_document(
     """The AsyncAPI document of what the registry on ``prefix`` lists, its servers
     ``servers``; and the registry's answer it came from (whether it was warming up...)."""
     # Imported here: jsonschema takes a while to import, and every other command would pay.
-    from ._apidocs import asyncapi
+    from .._apidocs import asyncapi
 
     snapshot = await RegistryApi(nc, prefix=prefix).instances()
     return asyncapi(snapshot.instances, servers), snapshot

@@ -14,8 +14,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from . import _schemas, wire
-from .client._target import Target
+from .. import _schemas, wire
+from ..client._target import Target
 
 __all__ = ["payload_problem", "render", "request_schemas"]
 

@@ -1,7 +1,7 @@
 """``natsreg saga show ID`` and ``natsreg saga ls``: reading the sagas' bucket for people.
 
-cli.py parses the arguments and prints JSON; this module reads the bucket and draws the
-tables (with the table and console cli.py makes, so every command's tables look alike).
+_lookups parses the arguments and prints JSON; this module reads the bucket and draws the
+tables (with the table and console _output makes, so every command's tables look alike).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NATS
 
-from .errors import SagaNotFoundError
-from .saga._state import SagaState, check_id
-from .saga._store import Bucket
+from ..errors import SagaNotFoundError
+from ..saga._state import SagaState, check_id
+from ..saga._store import Bucket
 
 if TYPE_CHECKING:
     from rich.console import Console
