@@ -37,7 +37,7 @@ from .client import STRATEGIES, Client
 from .client._registry_api import RegistryApi
 from .client._target import parse_target
 from .errors import ConfigError, NatsregError, ServiceError
-from .registry import Registry
+from .registry import DEFAULT_PACE_S, Registry
 from .registry._view import MAX_INSTANCES
 
 if TYPE_CHECKING:
@@ -253,6 +253,14 @@ def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
     )
     registry.add_argument(
         "--system-creds", metavar="FILE", help="credentials file for --system-server"
+    )
+    registry.add_argument(
+        "--pace",
+        type=float,
+        default=DEFAULT_PACE_S,
+        metavar="SECONDS",
+        help="with --system-server, let instances heartbeat this seldom while disconnect "
+        f"advisories flow; 0: every instance keeps its own interval (default: {DEFAULT_PACE_S:g})",
     )
 
 
@@ -684,7 +692,7 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
                 )
                 system_nc = await _connect(system_args, long_lived=True)
                 stack.push_async_callback(system_nc.close)
-            node = await stack.enter_async_context(_registry(nc, args, system_nc))
+            node = await stack.enter_async_context(_registry(nc, args, system_nc, args.pace))
             events = "; disconnect advisories on" if system_nc else ""
             _say(
                 f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}"
@@ -751,13 +759,16 @@ def _probe_urls(base: str) -> str:
     return f"{base}/metrics, {base}/healthz, {base}/readyz"
 
 
-def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None) -> Registry:
+def _registry(
+    nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None, pace_s: float = 0.0
+) -> Registry:
     return Registry(
         nc,
         prefix=args.prefix,
         missed_heartbeats=args.missed_heartbeats,
         micro_poll_s=args.micro_poll,
         system_nc=system_nc,
+        pace_s=pace_s,
         max_instances=args.max_instances,
     )
 
