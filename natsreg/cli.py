@@ -38,6 +38,7 @@ from .client._registry_api import RegistryApi
 from .client._target import parse_target
 from .errors import ConfigError, NatsregError, ServiceError
 from .registry import DEFAULT_PACE_S, Registry
+from .registry._pace import check_pace
 from .registry._view import MAX_INSTANCES
 
 if TYPE_CHECKING:
@@ -674,6 +675,7 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
     if args.action == "nodes":
         return await _cmd_registry_nodes(args)
     _check_http(args)
+    check_pace(args.pace)  # before connecting: a bad value is one line
 
     async def run(nc: NATS) -> int:
         async with AsyncExitStack() as stack:
@@ -694,6 +696,8 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
                 stack.push_async_callback(system_nc.close)
             node = await stack.enter_async_context(_registry(nc, args, system_nc, args.pace))
             events = "; disconnect advisories on" if system_nc else ""
+            if system_nc and args.pace:
+                events += f", heartbeat pace {args.pace:g} s"
             _say(
                 f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}"
                 f"{events}); Ctrl-C stops it"
@@ -716,7 +720,7 @@ async def _cmd_registry_nodes(args: argparse.Namespace) -> int:
         if _json_lines:
             _print_data(nodes)
             return 0
-        table = _table("NODE", "STATE", "UP", "INSTANCES", "SERVICES", "REVISION")
+        table = _table("NODE", "STATE", "UP", "INSTANCES", "SERVICES", "REVISION", "PACE")
         for node in nodes:
             state = "[yellow]warming up[/]" if node.warming_up else "[green]warm[/]"
             table.add_row(
@@ -726,6 +730,7 @@ async def _cmd_registry_nodes(args: argparse.Namespace) -> int:
                 str(node.instances),
                 str(node.services),
                 str(node.revision),
+                f"{node.pace_s:g}s" if node.pace_s else "-",
             )
         _console().print(table)
         return 0

@@ -6,6 +6,7 @@ request."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import natsreg
 from natsreg import subjects, wire
 from natsreg.testing import NatsServer
 from tests.helpers import eventually
+from tests.test_cli import assert_one_line_error, natsreg_cli
 from tests.test_resilience import TIMEOUT_S, Load, in_view, services, steady_load
 from tests.test_system_events import accounts_server  # noqa: F401 (a fixture)
 
@@ -151,3 +153,11 @@ async def test_a_frozen_instance_under_the_slow_pace_is_avoided_with_no_failed_r
     assert frozen_id in listed
     assert figures["calls"] + figures["in_flight"] == sent_until_avoided
     assert len(load.by_instance(since=stopped_at + TIMEOUT_S)) == 2
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("value", ["31", "-1", "nan"])
+def test_a_pace_out_of_bounds_is_refused_in_one_line_before_connecting(value: str) -> None:
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1"}  # nothing listens: not reached
+    result = natsreg_cli(env, "registry", "--pace", value)
+    assert_one_line_error(result, "pace must be between 0 (off) and 30 seconds")

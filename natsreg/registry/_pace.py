@@ -33,7 +33,7 @@ def check_pace(pace_s: float) -> float:
     """``pace_s`` if a node may offer it (0: pace off); ConfigError otherwise."""
     if not (math.isfinite(pace_s) and 0 <= pace_s <= wire.MAX_PACE_S):
         raise ConfigError(
-            f"pace must be between 0 (off) and {wire.MAX_PACE_S} seconds, got {pace_s}"
+            f"pace must be between 0 (off) and {wire.MAX_PACE_S:g} seconds, got {pace_s:g}"
         )
     return pace_s
 
