@@ -6,7 +6,8 @@ Each virtual instance speaks the control protocol exactly as a real one does (an
 start and when asked, a heartbeat every interval with its own sequence, goodbye on SIGTERM),
 without serving endpoints: the registry cannot tell the difference, and one process can play
 thousands of instances. Heartbeats are spread evenly over the interval, as independent
-processes would send them. Prints ``ready N`` once every instance has announced.
+processes would send them, and follow the pace registry nodes allow as real instances do
+(docs/protocol.md, "Paced heartbeats"). Prints ``ready N`` once every instance has announced.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import msgspec
 import nats
 
 from natsreg import subjects, wire
+from natsreg.service._pace import Leases
 
 SLICES_PER_INTERVAL = 50
 
@@ -32,6 +34,7 @@ class Fleet:
         self.nc = nc
         self.prefix = args.prefix
         self.heartbeat_s = args.heartbeat
+        self.leases = Leases()
         tag = args.tag or f"{socket.gethostname()}-{os.getpid()}"
         self.ids = [f"{tag}-{n}" for n in range(args.instances)]
         self.names = [f"svc-{n % args.services}" for n in range(args.instances)]
@@ -76,16 +79,28 @@ class Fleet:
             await asyncio.sleep(over_s / slices)
         await self.nc.flush()
 
+    async def on_pace(self, msg: nats.aio.msg.Msg) -> None:
+        self.leases.hear(msg.subject.rsplit(".", 1)[-1], msg.data)
+
     async def heartbeats(self) -> None:
         count = len(self.ids)
         per_slice = -(-count // SLICES_PER_INTERVAL)
-        pause = self.heartbeat_s / SLICES_PER_INTERVAL
         loop = asyncio.get_running_loop()
         start = 0
         next_at = loop.time()
+        declared_s = self.heartbeat_s
+        pause = declared_s / SLICES_PER_INTERVAL
         while True:
+            if start == 0:
+                # Each round goes no slower than the last one declared: a slower pace is
+                # declared one round before it is kept, as a real instance does.
+                pace_s = self.leases.interval_s(self.heartbeat_s)
+                pause = min(pace_s, declared_s) / SLICES_PER_INTERVAL
+                declared_s = pace_s
             for n in range(start, min(start + per_slice, count)):
-                beat = wire.Heartbeat(id=self.ids[n], name=self.names[n], seq=self._next(n))
+                beat = wire.Heartbeat(
+                    id=self.ids[n], name=self.names[n], seq=self._next(n), pace_s=declared_s
+                )
                 await self.nc.publish(
                     subjects.control_subject(self.prefix, "hb", self.names[n], self.ids[n]),
                     wire.encode(beat),
@@ -124,6 +139,7 @@ async def main(args: argparse.Namespace) -> None:
     await nc.subscribe(
         subjects.control_subject(args.prefix, "discover", "*", "*"), cb=fleet.on_discover
     )
+    await nc.subscribe(subjects.control_subject(args.prefix, "pace", "*"), cb=fleet.on_pace)
     await fleet.announce_all(over_s=args.ramp)
     print("ready", len(fleet.ids), flush=True)
     stop = asyncio.Event()

@@ -16,7 +16,8 @@ Roles:
   follows their view (events, heartbeats, goodbyes). Never announces anything.
 - ``registry``: hears every instance, answers queries in the registry queue group (those
   asked of warm nodes, and while it warms up those asked of warming ones) and the roll call
-  of nodes, and is the only role that may publish events and discover requests. It is also
+  of nodes, and is the only role that may publish events, discover requests and the heartbeat
+  pace (``<prefix>.pace.<node>``). It is also
   the only role that may ask a peer for its whole view (``<prefix>.sync.<node>``) and the only
   one that hears that request, so a starting node's snapshot can come from a registry node
   only: its inbox is its own, and only a user that received the request may answer there.
@@ -167,6 +168,8 @@ def permissions(
                 control("discover"),
                 control("discover", name),
                 control("discover", name, "*"),
+                # The heartbeat pace registry nodes allow (docs/protocol.md).
+                control("pace", "*"),
                 *_srv_subjects(name),
             ]
         case "registry":
@@ -179,8 +182,10 @@ def permissions(
                 subjects.srv_subject("INFO"),
                 subjects.srv_subject("INFO", "*", "*"),
             ]
-            # A starting node asks a warm peer for its view, naming itself.
+            # A starting node asks a warm peer for its view, naming itself; a node that reads
+            # system events lets the fleet heartbeat slower, naming itself.
             pub.append(control("sync", ">"))
+            pub.append(control("pace", "*"))
             sub += [control(verb, ">") for verb in ("announce", "hb", "bye")]
             # Queries in the registry queue group: once warm, and while warming up; and the
             # view asked for by starting peers.
@@ -223,7 +228,7 @@ def permissions(
         deny += [
             control(verb, ">")
             for verb in (
-                *("announce", "hb", "bye", "events", "discover", "sync"),
+                *("announce", "hb", "bye", "events", "discover", "sync", "pace"),
                 *("ev", "evr", "evdead"),
             )
         ]

@@ -28,6 +28,9 @@ __all__ = [
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_CHARS",
     "MAX_METADATA_VALUE_CHARS",
+    "MAX_PACE_BYTES",
+    "MAX_PACE_S",
+    "MAX_PACE_VALID_S",
     "MAX_SUBJECT_CHARS",
     "MAX_TOKEN_CHARS",
     "MIN_HEARTBEAT_S",
@@ -52,6 +55,7 @@ __all__ = [
     "Load",
     "MassExpiry",
     "NodeStats",
+    "Pace",
     "Schemas",
     "ServiceList",
     "ServiceSummary",
@@ -70,6 +74,7 @@ __all__ = [
     "decode_discover",
     "decode_event",
     "decode_node_stats",
+    "decode_pace",
     "decode_service_list",
     "decode_snapshot",
     "decode_srv_info",
@@ -77,6 +82,7 @@ __all__ = [
     "encode",
     "heartbeat_interval_s",
     "instance_view",
+    "kept_interval_s",
     "micro_instance_view",
     "silence_allowed_s",
 ]
@@ -104,6 +110,15 @@ MALFORMED: tuple[type[Exception], ...] = (
 # a registry a message every millisecond (a tiny one).
 MIN_HEARTBEAT_S = 0.05
 MAX_HEARTBEAT_S = 60.0
+
+# A registry node that reads NATS system events hears of a crash in milliseconds, so it may let
+# the fleet heartbeat slower (a Pace message, docs/protocol.md "Paced heartbeats"). Whatever a
+# pace message says, an instance keeps no interval above MAX_PACE_S and believes no lease for
+# longer than MAX_PACE_VALID_S: a forged one slows its heartbeats that much, that long, at most.
+MAX_PACE_S = 30.0
+MAX_PACE_VALID_S = 120.0
+# A pace message is a node id and two numbers.
+MAX_PACE_BYTES = 1024
 
 # An instance re-announces on request at most once per this interval, however many discover
 # messages arrive; with the heartbeat interval it bounds how fast a genuine instance's sequence
@@ -226,6 +241,9 @@ class Announce(_InstanceMessage, tag="announce", kw_only=True):
     events: list[EventInterest] = []
     #: The event types it declares it emits.
     emits: list[str] = []
+    #: The interval it keeps now, slower than ``heartbeat_s`` while a registry node paces
+    #: the fleet; 0 (older instances): ``heartbeat_s``. See :func:`kept_interval_s`.
+    pace_s: float = 0.0
 
 
 class Heartbeat(_InstanceMessage, tag="heartbeat", kw_only=True):
@@ -233,6 +251,8 @@ class Heartbeat(_InstanceMessage, tag="heartbeat", kw_only=True):
 
     health: Health = "passing"
     load: Load = msgspec.field(default_factory=Load)
+    #: The interval the next heartbeat comes within, as in :attr:`Announce.pace_s`.
+    pace_s: float = 0.0
 
 
 class Goodbye(_InstanceMessage, tag="goodbye", kw_only=True):
@@ -240,6 +260,18 @@ class Goodbye(_InstanceMessage, tag="goodbye", kw_only=True):
 
 
 ControlMessage = Announce | Heartbeat | Goodbye
+
+
+class Pace(msgspec.Struct, gc=False, kw_only=True):
+    """A registry node that reads NATS system events vouches for the fleet's liveness:
+    instances may heartbeat every ``heartbeat_s`` (at most :data:`MAX_PACE_S`) for
+    ``valid_s`` from receipt (at most :data:`MAX_PACE_VALID_S`). ``valid_s`` 0 withdraws it.
+    Sent on ``<prefix>.pace.<node>``, the node named in the subject and in ``node``."""
+
+    schema: int = SCHEMA_VERSION
+    node: str
+    heartbeat_s: float = 0.0
+    valid_s: float = 0.0
 
 
 class Discover(msgspec.Struct, gc=False, kw_only=True):
@@ -274,6 +306,8 @@ class InstanceView(msgspec.Struct, gc=False, kw_only=True):
     conn: str = ""
     events: list[EventInterest] = []
     emits: list[str] = []
+    #: The interval it last declared it keeps (:attr:`Announce.pace_s`; 0: ``heartbeat_s``).
+    pace_s: float = 0.0
 
 
 def instance_view(ann: Announce) -> InstanceView:
@@ -298,6 +332,7 @@ def instance_view(ann: Announce) -> InstanceView:
         conn=ann.conn,
         events=ann.events,
         emits=ann.emits,
+        pace_s=ann.pace_s,
     )
 
 
@@ -405,6 +440,9 @@ class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     #: The node's caps: instances of one service, and instances in all.
     max_per_service: int = 0
     max_instances: int = 0
+    #: The heartbeat interval this node lets the fleet keep now (0: it vouches for none;
+    #: docs/protocol.md, "Paced heartbeats").
+    pace_s: float = 0.0
 
 
 class Event(msgspec.Struct, gc=False, kw_only=True):
@@ -511,6 +549,14 @@ def heartbeat_interval_s(announced_s: float) -> float:
     return min(max(announced_s, MIN_HEARTBEAT_S), MAX_HEARTBEAT_S)
 
 
+def kept_interval_s(heartbeat_s: float, pace_s: float) -> float:
+    """The interval a reader expects an instance's next heartbeat within: the slower of the
+    interval it announced and the pace it last declared (0: none), clamped as
+    :func:`heartbeat_interval_s` says. Expiry follows this; the sequence-jump bound follows
+    ``heartbeat_s`` alone, the fastest the instance may go."""
+    return heartbeat_interval_s(max(heartbeat_s, pace_s))
+
+
 def silence_allowed_s(heartbeat_s: float, missed_heartbeats: float) -> float:
     """How long an instance may stay silent before it is expired: ``missed_heartbeats``
     intervals plus half of one, which absorbs scheduling jitter. Registry nodes and clients
@@ -612,6 +658,10 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> N
     check_name(message.name, "service name")
     if len(message.id) > MAX_TOKEN_CHARS or not subjects.is_valid_token(message.id):
         raise Invalid("invalid_id", f"instance id {message.id[:40]!r} is not a valid token")
+    if isinstance(message, Heartbeat | Announce | InstanceView) and not math.isfinite(
+        message.pace_s
+    ):
+        raise Invalid("invalid_pace", "pace_s must be a finite number")
     if isinstance(message, Heartbeat | Goodbye):
         return
     if not _is_semver(message.version):
@@ -684,6 +734,7 @@ _srv_stats_decoder = msgspec.json.Decoder(SrvStats)
 _node_stats_decoder = msgspec.json.Decoder(NodeStats)
 _disconnect_decoder = msgspec.json.Decoder(DisconnectAdvisory)
 _service_list_decoder = msgspec.json.Decoder(ServiceList)
+_pace_decoder = msgspec.json.Decoder(Pace)
 
 encode = _encoder.encode
 decode_control = _control_decoder.decode
@@ -695,3 +746,4 @@ decode_srv_stats = _srv_stats_decoder.decode
 decode_node_stats = _node_stats_decoder.decode
 decode_disconnect = _disconnect_decoder.decode
 decode_service_list = _service_list_decoder.decode
+decode_pace = _pace_decoder.decode

@@ -346,6 +346,31 @@ async def test_a_caller_cannot_publish_events_discover_or_announcements(secured:
             await watcher.nc.close()
 
 
+async def test_only_a_registry_user_may_set_the_heartbeat_pace(secured: Secured) -> None:
+    # docs/security.md: a forged pace would let a frozen instance stay listed up to 2.5 ×
+    # wire.MAX_PACE_S; under these permissions no service or caller can send one.
+    slowest = wire.encode(wire.Pace(node="rogue", heartbeat_s=wire.MAX_PACE_S, valid_s=1e9))
+    subject = f"{PREFIX}.pace.rogue"
+    async with running(secured) as system:
+        for user in ("billing", "user-service", "shop", "web", "ops"):
+            forger = await login(secured, user)
+            try:
+                await forger.nc.publish(subject, slowest)
+                await forger.refused(subject)
+            finally:
+                await forger.nc.close()
+        # A genuine one, from a registry user, reaches the instance (and is believed at the
+        # next heartbeat): the forgeries would have been heard too, had NATS let them by.
+        reg = await login(secured, "reg")
+        try:
+            genuine = wire.Pace(node="reg2", heartbeat_s=2.0, valid_s=60.0)
+            await reg.nc.publish(f"{PREFIX}.pace.reg2", wire.encode(genuine))
+            await eventually(lambda: system.svc.pace_s == 2.0, what="the genuine pace kept")
+            assert not reg.violations
+        finally:
+            await reg.nc.close()
+
+
 async def test_a_caller_cannot_plainly_subscribe_to_an_endpoint_or_a_direct_subject(
     secured: Secured,
 ) -> None:

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 from .. import _origin, subjects
 from ..client._registry_api import RegistryApi
 from ..registry import Registry
+from ..registry._pace import check_pace
 from ._connect import _connect, _with_connection
 from ._output import _CliError, _console, _json_lines, _print_data, _say, _table
 
@@ -33,6 +34,7 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
     if args.action == "nodes":
         return await _cmd_registry_nodes(args)
     _check_http(args)
+    check_pace(args.pace)  # before connecting: a bad value is one line
 
     async def run(nc: NATS) -> int:
         async with AsyncExitStack() as stack:
@@ -51,8 +53,10 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
                 )
                 system_nc = await _connect(system_args, long_lived=True)
                 stack.push_async_callback(system_nc.close)
-            node = await stack.enter_async_context(_registry(nc, args, system_nc))
+            node = await stack.enter_async_context(_registry(nc, args, system_nc, args.pace))
             events = "; disconnect advisories on" if system_nc else ""
+            if system_nc and args.pace:
+                events += f", heartbeat pace {args.pace:g} s"
             _say(
                 f"registry node {node.node_id} on {args.server} (prefix {args.prefix!r}"
                 f"{events}); Ctrl-C stops it"
@@ -75,7 +79,7 @@ async def _cmd_registry_nodes(args: argparse.Namespace) -> int:
         if _json_lines():
             _print_data(nodes)
             return 0
-        table = _table("NODE", "STATE", "UP", "INSTANCES", "SERVICES", "REVISION")
+        table = _table("NODE", "STATE", "UP", "INSTANCES", "SERVICES", "REVISION", "PACE")
         for node in nodes:
             state = "[yellow]warming up[/]" if node.warming_up else "[green]warm[/]"
             table.add_row(
@@ -85,6 +89,7 @@ async def _cmd_registry_nodes(args: argparse.Namespace) -> int:
                 str(node.instances),
                 str(node.services),
                 str(node.revision),
+                f"{node.pace_s:g}s" if node.pace_s else "-",
             )
         _console().print(table)
         return 0
@@ -118,13 +123,16 @@ def _probe_urls(base: str) -> str:
     return f"{base}/metrics, {base}/healthz, {base}/readyz"
 
 
-def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None) -> Registry:
+def _registry(
+    nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None, pace_s: float = 0.0
+) -> Registry:
     return Registry(
         nc,
         prefix=args.prefix,
         missed_heartbeats=args.missed_heartbeats,
         micro_poll_s=args.micro_poll,
         system_nc=system_nc,
+        pace_s=pace_s,
         max_instances=args.max_instances,
     )
 

@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from ..registry import DEFAULT_PACE_S
 from ..registry._view import MAX_INSTANCES
 
 if TYPE_CHECKING:
@@ -115,6 +116,14 @@ def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
     )
     registry.add_argument(
         "--system-creds", metavar="FILE", help="credentials file for --system-server"
+    )
+    registry.add_argument(
+        "--pace",
+        type=float,
+        default=DEFAULT_PACE_S,
+        metavar="SECONDS",
+        help="with --system-server, let instances heartbeat this seldom while disconnect "
+        f"advisories flow; 0: every instance keeps its own interval (default: {DEFAULT_PACE_S:g})",
     )
 
 

@@ -9,7 +9,8 @@ Fed from three sources, in any order, each possibly late or repeated:
 Why the heartbeats too: registry events only report changes, so without them the client could
 not tell a quiet healthy instance from a frozen one, and one lost ``down`` event would leave a
 dead instance in the view for good. With them, an instance leaves this view when *this client*
-has not heard it for ``(missed_heartbeats + 0.5) × heartbeat_s``, whatever happens to events:
+has not heard it for ``(missed_heartbeats + 0.5) × heartbeat_s`` (the slower pace it declared,
+if any: docs/protocol.md, "Paced heartbeats"), whatever happens to events:
 a frozen instance is avoided within one expiry period even if NATS still routes to it. A
 goodbye heard directly drops the instance one hop earlier than the registry's ``down``.
 
@@ -215,6 +216,7 @@ class Catalog:
         if view.health != beat.health:
             self.revision += 1
         view.seq, view.health, view.load = beat.seq, beat.health, beat.load
+        view.pace_s = beat.pace_s
         now = self._clock()
         view.age_s = 0.0
         entry.expires_at = self._expiry(view, now)
@@ -265,10 +267,12 @@ class Catalog:
             chain.popitem(last=False)
 
     def _expiry(self, view: wire.InstanceView, heard_at: float) -> float:
-        # Every natsreg instance expires, whatever interval it announced: the rule clamps it.
+        # Every natsreg instance expires, whatever interval it declared: the rule clamps it.
+        # A paced instance (docs/protocol.md "Paced heartbeats") is given its slower interval.
         if view.kind != "natsreg":
             return math.inf
-        return heard_at + wire.silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
+        interval_s = wire.kept_interval_s(view.heartbeat_s, view.pace_s)
+        return heard_at + wire.silence_allowed_s(interval_s, self.missed_heartbeats)
 
     def _upsert(self, view: wire.InstanceView) -> None:
         entries = self._services.get(view.name)

@@ -36,11 +36,12 @@ from ..errors import ConfigError
 from ._backpressure import Backpressure
 from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
+from ._pace import DEFAULT_PACE_S, Pacer, check_pace
 from ._queries import Queries
 from ._sync import FIRST_CHUNK_S, PeerSync
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
 
-__all__ = ["MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
+__all__ = ["DEFAULT_PACE_S", "MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
 
 
 # The control verbs an instance publishes, and the message each must carry.
@@ -66,6 +67,9 @@ class Registry(anyio.AsyncContextManagerMixin):
     start, take the view of a warm peer first (re-announce stays the fallback).
     ``max_per_service`` and ``max_instances`` cap the instances held for one service and in
     all; a new instance beyond either is refused and counted as ``capacity``.
+    ``system_nc``: a system-account connection, whose disconnect advisories remove a crashed
+    instance at once; while it is up, the node lets the fleet heartbeat every ``pace_s``
+    (0: not at all; docs/protocol.md, "Paced heartbeats").
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         micro_poll_s: float = 1.0,
         sweep_s: float = 0.1,
         system_nc: NATS | None = None,
+        pace_s: float = DEFAULT_PACE_S,
         max_per_service: int = MAX_PER_SERVICE,
         max_instances: int = MAX_INSTANCES,
         sync: bool = True,
@@ -88,6 +93,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             raise ConfigError(f"missed_heartbeats must be at least 1, got {missed_heartbeats}")
         if micro_poll_s <= 0 or sweep_s <= 0 or discover_jitter_s < 0:
             raise ConfigError("micro_poll_s and sweep_s must be > 0, discover_jitter_s >= 0")
+        check_pace(pace_s)
         if max_per_service < 1 or max_instances < 1:
             raise ConfigError("max_per_service and max_instances must be at least 1")
         self.node_id: str = NUID().next().decode()
@@ -125,6 +131,11 @@ class Registry(anyio.AsyncContextManagerMixin):
             nc, self._view, self.dropped, prefix=prefix, node_id=self.node_id, clock=clock
         )
         self._sync_first = sync
+        self._pacer = (
+            Pacer(nc, system_nc, prefix=prefix, node_id=self.node_id, pace_s=pace_s)
+            if system_nc is not None and pace_s > 0
+            else None
+        )
         self._queries: Queries | None = None
         # Reconnects the sweep has seen; one more means the node must hear everyone again.
         self._reconnects = nc.stats["reconnects"]
@@ -174,6 +185,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             mass_expiry=self._mass_expiry(),
             max_per_service=self._view.max_per_service,
             max_instances=self._view.max_instances,
+            pace_s=self._pacer.pace_s if self._pacer is not None and self._pacer.vouching else 0.0,
         )
 
     def service_list(self) -> wire.ServiceList:
@@ -250,6 +262,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                     self._sweep_loop,
                     functools.partial(micro.run, self.micro_poll_s),
                     queries.serve,
+                    *([self._pacer.run] if self._pacer is not None else []),
                 ):
                     yield self
         finally:

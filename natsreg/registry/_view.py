@@ -98,9 +98,10 @@ _MISMATCH = Outcome([], dropped="subject_mismatch")
 class View:
     """Instances by id, kept current from announcements, heartbeats and goodbyes.
 
-    An instance expires ``(missed_heartbeats + 0.5) × heartbeat_s`` after it was last heard
+    An instance expires ``(missed_heartbeats + 0.5) × interval`` after it was last heard
     from: the half interval absorbs scheduling jitter, so one late heartbeat is no expiry.
-    ``heartbeat_s`` is the announced interval clamped by :func:`wire.heartbeat_interval_s`.
+    The interval is the one it last declared it keeps (:func:`wire.kept_interval_s`: its
+    announced ``heartbeat_s``, or the slower pace a registry node allowed it).
     At most ``max_per_service`` instances of one service and ``max_instances`` in all are
     held; a new instance beyond either is refused (``capacity``).
     """
@@ -213,7 +214,9 @@ class View:
             ttl_s = self.micro_ttl_s
         else:
             view.heartbeat_s = wire.heartbeat_interval_s(view.heartbeat_s)
-            ttl_s = wire.silence_allowed_s(view.heartbeat_s, self.missed_heartbeats)
+            ttl_s = wire.silence_allowed_s(
+                wire.kept_interval_s(view.heartbeat_s, view.pace_s), self.missed_heartbeats
+            )
         last_seen = now - min(age_s, ttl_s)
         expires_at = last_seen + ttl_s
         if old is not None:
@@ -375,8 +378,9 @@ class View:
             return _JUMP
         return None
 
-    def _deadline(self, now: float, heartbeat_s: float) -> float:
-        return now + wire.silence_allowed_s(heartbeat_s, self.missed_heartbeats)
+    def _deadline(self, now: float, view: wire.InstanceView) -> float:
+        interval_s = wire.kept_interval_s(view.heartbeat_s, view.pace_s)
+        return now + wire.silence_allowed_s(interval_s, self.missed_heartbeats)
 
     def _heartbeat(self, beat: wire.Heartbeat) -> Outcome:
         now = self._clock()
@@ -394,9 +398,10 @@ class View:
         view = entry.view
         health_changed = view.health != beat.health
         view.seq, view.health, view.load = beat.seq, beat.health, beat.load
+        view.pace_s = beat.pace_s
         entry.last_seen = now
         self._prove(entry)
-        self._set_deadline(entry, self._deadline(now, view.heartbeat_s))
+        self._set_deadline(entry, self._deadline(now, view))
         return Outcome([Change("health", view)]) if health_changed else _NOTHING
 
     def _announce(self, ann: wire.Announce) -> Outcome:
@@ -410,7 +415,7 @@ class View:
         view = wire.instance_view(ann)
         if old is not None:
             self._remove(old)
-        self._add(view, now, self._deadline(now, view.heartbeat_s), proven=old is not None)
+        self._add(view, now, self._deadline(now, view), proven=old is not None)
         if view.conn:
             self._by_conn.setdefault(view.conn, set()).add(view.id)
         self._tombstones.pop(ann.id, None)

@@ -217,6 +217,13 @@ class Instance(anyio.AsyncContextManagerMixin):
         return self._control.health
 
     @property
+    def pace_s(self) -> float:
+        """The heartbeat interval this instance declared last: its own ``heartbeat_s``, or the
+        slower pace a registry node that reads system events allows (docs/protocol.md,
+        "Paced heartbeats")."""
+        return self._control.pace_s
+
+    @property
     def dropped(self) -> dict[str, int]:
         """Requests this instance would not take as sent, by reason: ``reply_subject`` (a
         reply subject that is no inbox: not served, not answered) and ``request_id`` (an id

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ._config import ServiceConfig
 from ._endpoints import Endpoints
 from ._log import log, quietly
+from ._pace import Leases
 from ._typed import fit_schemas
 
 __all__ = ["Control"]
@@ -55,6 +56,10 @@ class Control:
         # one went out (monotonic; -inf: never).
         self._reannounce_pending = False
         self._reannounced_at = float("-inf")
+        # Paced heartbeats (docs/protocol.md): the leases registry nodes gave, and the
+        # interval this instance last declared it keeps (readers expect its next beat within).
+        self.leases = Leases()
+        self.pace_s = config.heartbeat_s
 
     def start(self, tg: TaskGroup) -> None:
         """Heartbeats and answers to discover run in ``tg`` from now on."""
@@ -91,6 +96,7 @@ class Control:
             conn=self._announced_conn,
             events=self._events(),
             emits=list(c.emits),
+            pace_s=self.pace_s,
         )
 
     def _connection(self) -> str:
@@ -135,22 +141,38 @@ class Control:
     # -- heartbeats --------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        own_s = self._config.heartbeat_s
+        last_beat = time.monotonic()
         while True:
-            await anyio.sleep(self._config.heartbeat_s)
-            self.health = await self._check_health()
+            # Health is checked at the instance's own interval whatever the pace, so a
+            # change goes out within one interval.
+            await anyio.sleep(own_s)
+            health = await self._check_health()
+            health_changed, self.health = health != self.health, health
             if self._stopping:
                 return
             if self._connection() != self._announced_conn:
                 # Reconnected (perhaps to another server): registries that watch disconnect
                 # events must learn the new connection, so this beat is a full announcement.
+                self.pace_s = self.leases.interval_s(own_s)
                 await quietly(self.publish_announce(), "re-announce")
+                last_beat = time.monotonic()
                 continue
+            # Due within the interval the last beat declared, whatever the pace is now: a
+            # slower pace starts with the next beat, which declares it. Half an interval
+            # early rather than a tick late.
+            now = time.monotonic()
+            pace_s = self.leases.interval_s(own_s)
+            if not health_changed and now - last_beat < min(pace_s, self.pace_s) - own_s / 2:
+                continue
+            self.pace_s, last_beat = pace_s, now
             beat = wire.Heartbeat(
                 id=self._id,
                 name=self._config.name,
                 seq=self._next_seq(),
                 health=self.health,
                 load=self._endpoints.load(),
+                pace_s=pace_s,
             )
             await quietly(self._publish("hb", beat), "heartbeat")
 
@@ -188,7 +210,16 @@ class Control:
                     subjects.control_subject(prefix, "discover", *tokens), cb=self._on_discover
                 )
             )
+        subs.append(
+            await self._nc.subscribe(
+                subjects.control_subject(prefix, "pace", "*"), cb=self._on_pace
+            )
+        )
         return subs
+
+    async def _on_pace(self, msg: Msg) -> None:
+        # <prefix>.pace.<node>: the lease applies from the next heartbeat (_heartbeat_loop).
+        self.leases.hear(msg.subject.rsplit(".", 1)[-1], msg.data)
 
     async def _on_discover(self, msg: Msg) -> None:
         # Anyone may publish discover, so however many arrive, at most one re-announce is
