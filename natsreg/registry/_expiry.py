@@ -24,10 +24,10 @@ class Entry:
     """One instance the view holds, with what its interval implies, worked out once."""
 
     view: wire.InstanceView
-    last_seen: float
+    last_seen: float = 0.0
     #: How long it may stay silent, and how fast (per second) its sequence may grow.
-    ttl_s: float
-    jump_rate: float
+    ttl_s: float = 0.0
+    jump_rate: float = 0.0
     expires_at: float = math.inf
     #: The deadline the heap holds for it (the earliest one, if it holds several).
     queued: float = math.inf

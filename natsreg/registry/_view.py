@@ -356,7 +356,7 @@ class View:
         self, view: wire.InstanceView, now: float, *, age_s: float = 0.0, proven: bool = False
     ) -> None:
         """Hold ``view``, last heard ``age_s`` before ``now`` (at most its ttl ago)."""
-        entry = Entry(view, now, 0.0, 0.0)
+        entry = Entry(view)
         self.set_interval(entry, view.heartbeat_s)
         entry.last_seen = now - min(age_s, entry.ttl_s)
         self._entries[view.id] = entry
