@@ -333,9 +333,12 @@ class View:
         """Heard from ``entry``'s instance again: it is proven, and lives its ttl from now."""
         entry.last_seen = now
         if not entry.proven:
-            entry.proven = True
-            self._proven += 1
+            self._prove(entry)
         self._deadlines.set(entry, now + entry.ttl_s)
+
+    def _prove(self, entry: Entry) -> None:
+        entry.proven = True
+        self._proven += 1
 
     def _remove(self, entry: Entry) -> None:
         view = entry.view
@@ -362,8 +365,7 @@ class View:
         self._entries[view.id] = entry
         self._per_service[view.name] += 1
         if proven:
-            entry.proven = True
-            self._proven += 1
+            self._prove(entry)
         self._deadlines.set(entry, entry.last_seen + entry.ttl_s)
         if view.conn:
             self._by_conn.setdefault(view.conn, set()).add(view.id)
