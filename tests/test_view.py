@@ -366,7 +366,7 @@ def test_goodbyes_and_heartbeats_for_made_up_ids_hold_bounded_memory() -> None:
     for n in range(1000):
         view.apply(wire.Goodbye(id=f"g{n}", name="svc", seq=1))
         assert view.apply(wire.Heartbeat(id=f"h{n}", name="svc", seq=1)).ask_info
-    assert len(view._tombstones) <= 100 and len(view._asked) <= 100
+    assert len(view._sequences.tombstones) <= 100 and len(view._sequences.asked) <= 100
 
 
 def test_the_view_of_an_announcement_keeps_every_field_the_two_share() -> None:

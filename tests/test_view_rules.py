@@ -277,6 +277,18 @@ def test_a_sequence_jump_is_asked_about_again_after_the_ask_interval() -> None:
     assert (outcome.dropped, outcome.ask_info) == ("seq_jump", True)
 
 
+def test_each_instance_whose_sequence_jumps_is_asked_once_whatever_the_others_did() -> None:
+    clock = Clock()
+    view = View(ask_interval_s=100.0, clock=clock)
+    view.apply(announce(1, "j1"))
+    view.apply(announce(1, "j2"))
+    clock.now = START + 1.0
+    assert view.apply(beat(1000, "j1")).ask_info
+    assert view.apply(beat(1000, "j2")).ask_info, "j1's ask kept j2 from being asked"
+    assert not view.apply(beat(1001, "j1")).ask_info
+    assert not view.apply(beat(1001, "j2")).ask_info
+
+
 def test_an_instance_that_answered_an_ask_is_asked_again_at_its_next_jump() -> None:
     view = View(ask_interval_s=100.0, clock=Clock())
     assert view.apply(beat(5)).ask_info

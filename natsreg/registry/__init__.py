@@ -24,6 +24,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -39,7 +40,7 @@ from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
 from ._queries import Queries
 from ._sync import FIRST_CHUNK_S, PeerSync
-from ._view import MAX_INSTANCES, MAX_PER_SERVICE, Change, Outcome, View
+from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
 
 __all__ = ["DEFAULT_PACE_S", "MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
 
@@ -276,16 +277,30 @@ class Registry(anyio.AsyncContextManagerMixin):
     # -- input -------------------------------------------------------------------------------
 
     async def _on_control(self, msg: Msg) -> None:
-        await self._pressure.pace()
+        # The bulk of a node's work: a heartbeat that changes nothing but its instance's
+        # deadline, sequence and load stays synchronous from here to the view and back (no
+        # coroutine awaited, no Outcome made, nothing published).
+        if self._pressure.pace():
+            await anyio.lowlevel.checkpoint()
+        message = self._admit(msg)
+        if message is None or self._sync.hold(message):
+            return
+        outcome = self._view.apply(message)
+        if outcome is not NOTHING:
+            await self._settle(outcome, message)
+
+    def _admit(self, msg: Msg) -> wire.ControlMessage | None:
+        """The control message ``msg`` carries, if it passes every check; None (and the drop
+        counted) if not."""
         if len(msg.data) > wire.MAX_CONTROL_BYTES:
             self.dropped["oversized"] += 1
-            return
+            return None
         try:
             message = wire.decode_control(msg.data)
         except wire.MALFORMED:
             self.dropped["malformed"] += 1
             log.debug("dropped a malformed control message on %s", msg.subject)
-            return
+            return None
         # <prefix>.<verb>.<name>.<id>, naming exactly whom the body speaks for: with NATS
         # permissions per service, that is who may publish it.
         tokens = msg.subject[len(self.prefix) + 1 :].split(".")
@@ -296,19 +311,21 @@ class Registry(anyio.AsyncContextManagerMixin):
             or tokens[2] != message.id
         ):
             self.dropped["subject_mismatch"] += 1
-            return
+            return None
         self.messages[_KINDS[tokens[0]]] += 1
         try:
             wire.check(message)
         except wire.Invalid as exc:
             self.dropped[exc.reason] += 1
             log.debug("dropped a control message on %s: %s", msg.subject, exc)
-            return
-        if not self._sync.hold(message):
-            await self._take(message)
+            return None
+        return message
 
     async def _take(self, message: wire.ControlMessage) -> None:
-        outcome = self._view.apply(message)
+        await self._settle(self._view.apply(message), message)
+
+    async def _settle(self, outcome: Outcome, message: wire.ControlMessage) -> None:
+        """Count, ask and publish what ``message`` did to the view."""
         self._count(outcome, message.name)
         if outcome.ask_info:
             await self._nc.publish(

@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
-import anyio.lowlevel
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -129,12 +128,14 @@ class Backpressure:
         """Whether the node may have missed heartbeats: behind, or it dropped one lately."""
         return self.behind() or self._clock() - self._dropped_at < QUIET_AFTER_DROP_S
 
-    async def pace(self) -> None:
-        """Called once per message handled: yield to the event loop every so often."""
+    def pace(self) -> bool:
+        """Called once per message handled: True every :data:`YIELD_EVERY` messages, when
+        the handler must yield to the event loop (``anyio.lowlevel.checkpoint``)."""
         self._since_yield += 1
-        if self._since_yield >= YIELD_EVERY:
-            self._since_yield = 0
-            await anyio.lowlevel.checkpoint()
+        if self._since_yield < YIELD_EVERY:
+            return False
+        self._since_yield = 0
+        return True
 
     @contextmanager
     def installed(self) -> Iterator[None]:

@@ -7,28 +7,18 @@ messages, sequence jumps, caps, tombstones, expiry) be tested exactly, with a fa
 
 from __future__ import annotations
 
-import heapq
 import time
-from collections import Counter, deque
-from collections.abc import Callable, MutableMapping
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
 import msgspec
 
 from .. import wire
+from ._expiry import Deadlines, Entry, MassAlert, MassWatch
+from ._sequence import Sequences, Tombstone, jump_rate
 
-_T = TypeVar("_T")
-
-#: A message may advance an instance's sequence by at most this much plus
-#: :data:`SEQ_JUMP_PER_S` per second since the node last accepted one from it. Above that the
-#: message is dropped as ``seq_jump``: a genuine instance sends one message per heartbeat and
-#: at most one re-announce per ``wire.MIN_REANNOUNCE_S``, so twice that rate never locks it
-#: out (a genuine jump, after lost messages, is admitted once enough time has passed), while
-#: one forged message can no longer push the sequence out of the instance's reach.
-SEQ_JUMP_SLACK = 32
-#: Per second of silence, as a multiple of the instance's own message rate.
-SEQ_JUMP_RATE_FACTOR = 2.0
 #: Default caps: instances of one service (the client catalog's cap) and on one node.
 MAX_PER_SERVICE = 10_000
 MAX_INSTANCES = 100_000
@@ -41,36 +31,6 @@ class Change:
     kind: ChangeKind
     instance: wire.InstanceView
     reason: str = ""
-
-
-@dataclass(slots=True)
-class _Entry:
-    view: wire.InstanceView
-    last_seen: float
-    expires_at: float
-    #: Heard from again after it came up (a heartbeat, a re-announce, a second poll): only
-    #: such instances count for the mass-expiry alarm, so that a flood of one-off fake
-    #: announcements expiring together raises none.
-    proven: bool = False
-
-
-@dataclass(slots=True)
-class _Tombstone:
-    seq: int
-    until: float
-    said_goodbye: bool
-    #: When the instance was last heard, and its interval: the sequence-jump bound goes on.
-    heard_at: float = 0.0
-    heartbeat_s: float = wire.MAX_HEARTBEAT_S
-
-
-@dataclass(slots=True)
-class MassAlert:
-    """Raised when a large share of the fleet expires within one burst window."""
-
-    since: float
-    lost: int
-    before: int
 
 
 @dataclass(slots=True)
@@ -87,12 +47,22 @@ class Outcome:
         return self.dropped == "stale"
 
 
-_NOTHING = Outcome([])
+#: What most messages do: nothing to publish, nothing to ask, nothing dropped. The registry
+#: node's fast path recognises it by identity.
+NOTHING = Outcome([])
+_NOTHING = NOTHING
 _STALE = Outcome([], dropped="stale")
 _FULL = Outcome([], dropped="capacity")
+_ASK = Outcome([], ask_info=True)
 _JUMP = Outcome([], dropped="seq_jump")
 _JUMP_ASK = Outcome([], ask_info=True, dropped="seq_jump")
 _MISMATCH = Outcome([], dropped="subject_mismatch")
+_REFUSED = {
+    "subject_mismatch": _MISMATCH,
+    "stale": _STALE,
+    "seq_jump": _JUMP,
+    "seq_jump_ask": _JUMP_ASK,
+}
 
 
 class View:
@@ -126,37 +96,27 @@ class View:
         self._per_service: Counter[str] = Counter()
         self._proven = 0
         self.micro_ttl_s = micro_ttl_s
-        self.tombstone_s = tombstone_s
-        self.ask_interval_s = ask_interval_s
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        # Deadlines in a heap, so a sweep costs what expires, not the size of the fleet. Every
-        # heartbeat pushes a new deadline; the superseded ones are skipped when they surface.
-        self._deadlines: list[tuple[float, str]] = []
-        # An instance that said goodbye or expired leaves a tombstone holding its last
-        # sequence number, so that a message still in flight cannot bring it back.
-        # Tombstones and asks are kept in the order they were made, which (with one fixed
-        # duration each) is the order they end in. Both are capped at max_instances (oldest
-        # dropped first), since goodbyes and heartbeats for made-up ids cost nothing to send.
-        self._tombstones: dict[str, _Tombstone] = {}
-        self._asked: dict[str, float] = {}
+        self._entries: dict[str, Entry] = {}
+        self._deadlines = Deadlines()
+        # Tombstones and asks: what the sequence rules remember (_sequence.py).
+        self._sequences = Sequences(
+            tombstone_s=tombstone_s, ask_interval_s=ask_interval_s, max_remembered=max_instances
+        )
         # NATS connection -> instances on it, for the server's disconnect advisories.
         self._by_conn: dict[str, set[str]] = {}
-        # Mass expiry: the policy is to expire all the same (a dead instance listed is worse
-        # than a live one missing for a heartbeat), but to say so loudly until capacity is
-        # back. Holding instances instead is Eureka's self-preservation, which can stop
-        # expiry for good (Eureka #1073).
-        self.mass_fraction = mass_fraction
-        self.mass_window_s = mass_window_s
-        self.mass_alert_s = mass_alert_s
-        self._recent_expiries: deque[float] = deque()
-        self.mass_alert: MassAlert | None = None
+        self._mass = MassWatch(mass_fraction, mass_window_s, mass_alert_s)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __contains__(self, instance_id: str) -> bool:
         return instance_id in self._entries
+
+    @property
+    def mass_alert(self) -> MassAlert | None:
+        """Set while a large share of the fleet has expired at once (:class:`MassWatch`)."""
+        return self._mass.alert
 
     # -- input -------------------------------------------------------------------------------
 
@@ -183,12 +143,11 @@ class View:
         if entry is None:
             if not self._room_for(info.name):
                 return _FULL
-            self._add(view, now, now + self.micro_ttl_s)
+            self._add(view, now)
             return Outcome([Change("up", view)])
         changed = _describes_differently(entry.view, view)
-        entry.view, entry.last_seen = view, now
-        self._prove(entry)
-        self._set_deadline(entry, now + self.micro_ttl_s)
+        entry.view = view
+        self._heard(entry, now)
         return Outcome([Change("changed", view)]) if changed else _NOTHING
 
     def restore(self, view: wire.InstanceView) -> Outcome:
@@ -201,29 +160,18 @@ class View:
         returned: the peer published the instance's events already.
         """
         now = self._clock()
-        refused = self._check(view, now)
-        if refused is not None:
-            return refused
         old = self._entries.get(view.id)
+        refused = self._sequences.refusal(view, old, now)
+        if refused:
+            return _REFUSED[refused]
         if old is None and not self._room_for(view.name):
             return _FULL
         # A peer's age beyond the time left to live would have expired it there: clamped.
         age_s = max(view.age_s, 0.0)
         view = msgspec.structs.replace(view, age_s=0.0)
-        if view.kind == "micro":
-            ttl_s = self.micro_ttl_s
-        else:
-            view.heartbeat_s = wire.heartbeat_interval_s(view.heartbeat_s)
-            ttl_s = wire.silence_allowed_s(
-                wire.kept_interval_s(view.heartbeat_s, view.pace_s), self.missed_heartbeats
-            )
-        last_seen = now - min(age_s, ttl_s)
-        expires_at = last_seen + ttl_s
         if old is not None:
             self._remove(old)
-        self._add(view, last_seen, expires_at)
-        if view.conn:
-            self._by_conn.setdefault(view.conn, set()).add(view.id)
+        self._add(view, now, age_s=age_s)
         return _NOTHING
 
     def pinged_micro(self, instance_id: str, name: str, version: str) -> bool:
@@ -238,10 +186,7 @@ class View:
             return False  # apply_micro would take nothing from its INFO either
         if entry.view.version != version or not entry.view.endpoints:
             return True
-        now = self._clock()
-        entry.last_seen = now
-        self._prove(entry)
-        self._set_deadline(entry, now + self.micro_ttl_s)
+        self._heard(entry, self._clock())
         return False
 
     def disconnected(self, conn: str) -> list[Change]:
@@ -252,7 +197,7 @@ class View:
             entry = self._entries.get(instance_id)
             if entry is not None:
                 self._remove(entry)
-                self._bury(entry, now)
+                self._sequences.bury(entry, now)
                 changes.append(Change("down", entry.view, "disconnected"))
         return changes
 
@@ -261,39 +206,14 @@ class View:
         now = self._clock()
         changes = []
         proven_lost = 0
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, instance_id = heapq.heappop(self._deadlines)
-            entry = self._entries.get(instance_id)
-            if entry is None or entry.expires_at > now:
-                continue  # gone already, or heard from since this deadline was set
+        for entry in self._deadlines.due(now, self._entries):
             proven_lost += entry.proven
             self._remove(entry)
-            self._bury(entry, now)
+            self._sequences.bury(entry, now)
             changes.append(Change("down", entry.view, "expired"))
-        _drop_oldest(self._tombstones, lambda t: t.until <= now)
-        _drop_oldest(self._asked, lambda asked_at: asked_at + self.ask_interval_s <= now)
-        self._watch_for_mass_expiry(now, proven_lost)
+        self._sequences.forget(now)
+        self._mass.update(now, proven_lost, self._proven)
         return changes
-
-    def _watch_for_mass_expiry(self, now: float, expired: int) -> None:
-        recent = self._recent_expiries
-        recent.extend([now] * expired)
-        while recent and recent[0] <= now - self.mass_window_s:
-            recent.popleft()
-        # Only instances heard from twice count, on both sides of the ratio: a burst of
-        # announcements that never heartbeat is no fleet, and its expiry no crash wave.
-        alive = self._proven
-        if self.mass_alert is None:
-            lost = len(recent)
-            if lost >= 2 and lost >= self.mass_fraction * (alive + lost):
-                self.mass_alert = MassAlert(since=now, lost=lost, before=alive + lost)
-            return
-        alert = self.mass_alert
-        alert.lost = max(alert.lost, alert.before - alive)
-        # Cleared once half the lost capacity is back (the same instances resumed, or new
-        # ones replaced them), or after mass_alert_s whatever happened.
-        if alive >= alert.before - alert.lost / 2 or now - alert.since >= self.mass_alert_s:
-            self.mass_alert = None
 
     # -- output ------------------------------------------------------------------------------
 
@@ -349,77 +269,39 @@ class View:
 
     # -- rules -------------------------------------------------------------------------------
 
-    def _check(
-        self, message: wire.ControlMessage | wire.InstanceView, now: float
-    ) -> Outcome | None:
-        """None if ``message`` may be taken into the view; else why not."""
-        instance_id, seq = message.id, message.seq
-        entry = self._entries.get(instance_id)
-        if entry is not None:
-            if entry.view.name != message.name:
-                # An instance never changes its service: this speaks for another one.
-                return _MISMATCH
-            if seq <= entry.view.seq:
-                return _STALE
-            if seq - entry.view.seq > _allowed_jump(now - entry.last_seen, entry.view.heartbeat_s):
-                # Forged, or we lost its messages: ask it to announce (once per ask
-                # interval), which a genuine instance does with its next number.
-                if instance_id in self._asked:
-                    return _JUMP
-                self._remember_ask(instance_id, now)
-                return _JUMP_ASK
-            return None
-        tomb = self._tombstones.get(instance_id)
-        if tomb is None:
-            return None
-        if tomb.said_goodbye or seq <= tomb.seq:
-            return _STALE
-        if seq - tomb.seq > _allowed_jump(now - tomb.heard_at, tomb.heartbeat_s):
-            return _JUMP
-        return None
-
-    def _deadline(self, now: float, view: wire.InstanceView) -> float:
-        interval_s = wire.kept_interval_s(view.heartbeat_s, view.pace_s)
-        return now + wire.silence_allowed_s(interval_s, self.missed_heartbeats)
-
     def _heartbeat(self, beat: wire.Heartbeat) -> Outcome:
+        # The bulk of what a node hears: every rule applies, at the least cost (no heap, no
+        # interval worked out again, no Outcome made when nothing changed).
         now = self._clock()
-        refused = self._check(beat, now)
-        if refused is not None:
-            return refused
         entry = self._entries.get(beat.id)
+        refused = self._sequences.refusal(beat, entry, now)
+        if refused:
+            return _REFUSED[refused]
         if entry is None:
             # Alive but unknown (we started after its announcement, or lost it): ask it for
             # its full info, once per ask interval, rather than guess.
-            if beat.id in self._asked:
-                return _NOTHING
-            self._remember_ask(beat.id, now)
-            return Outcome([], ask_info=True)
+            return _ASK if self._sequences.ask(beat.id, now) else _NOTHING
         view = entry.view
         health_changed = view.health != beat.health
         view.seq, view.health, view.load = beat.seq, beat.health, beat.load
-        view.pace_s = beat.pace_s
-        entry.last_seen = now
-        self._prove(entry)
-        self._set_deadline(entry, self._deadline(now, view))
+        if beat.pace_s != view.pace_s:
+            self.set_interval(entry, view.heartbeat_s, beat.pace_s)
+        self._heard(entry, now)
         return Outcome([Change("health", view)]) if health_changed else _NOTHING
 
     def _announce(self, ann: wire.Announce) -> Outcome:
         now = self._clock()
-        refused = self._check(ann, now)
-        if refused is not None:
-            return refused
         old = self._entries.get(ann.id)
+        refused = self._sequences.refusal(ann, old, now)
+        if refused:
+            return _REFUSED[refused]
         if old is None and not self._room_for(ann.name):
             return _FULL
         view = wire.instance_view(ann)
         if old is not None:
             self._remove(old)
-        self._add(view, now, self._deadline(now, view), proven=old is not None)
-        if view.conn:
-            self._by_conn.setdefault(view.conn, set()).add(view.id)
-        self._tombstones.pop(ann.id, None)
-        self._asked.pop(ann.id, None)
+        self._add(view, now, proven=old is not None)
+        self._sequences.lift(ann.id)
         if old is None:
             return Outcome([Change("up", view)])
         if _describes_differently(old.view, view):
@@ -430,17 +312,18 @@ class View:
 
     def _goodbye(self, bye: wire.Goodbye) -> Outcome:
         now = self._clock()
-        refused = self._check(bye, now)
-        if refused is not None:
-            return refused
         entry = self._entries.get(bye.id)
+        refused = self._sequences.refusal(bye, entry, now)
+        if refused:
+            return _REFUSED[refused]
         if entry is None:
             # A goodbye is final until the tombstone ends: no sequence bound applies after it.
-            self._bury_id(bye.id, _Tombstone(bye.seq, now + self.tombstone_s, said_goodbye=True))
+            tomb = Tombstone(bye.seq, now + self._sequences.tombstone_s, said_goodbye=True)
+            self._sequences.bury_id(bye.id, tomb)
             return _NOTHING
         self._remove(entry)
         entry.view.seq = bye.seq
-        self._bury(entry, now, said_goodbye=True)
+        self._sequences.bury(entry, now, said_goodbye=True)
         return Outcome([Change("down", entry.view, "goodbye")])
 
     def _room_for(self, name: str) -> bool:
@@ -449,12 +332,18 @@ class View:
             and self._per_service[name] < self.max_per_service
         )
 
-    def _prove(self, entry: _Entry) -> None:
+    def _heard(self, entry: Entry, now: float) -> None:
+        """Heard from ``entry``'s instance again: it is proven, and lives its ttl from now."""
+        entry.last_seen = now
         if not entry.proven:
-            entry.proven = True
-            self._proven += 1
+            self._prove(entry)
+        self._deadlines.set(entry, now + entry.ttl_s)
 
-    def _remove(self, entry: _Entry) -> None:
+    def _prove(self, entry: Entry) -> None:
+        entry.proven = True
+        self._proven += 1
+
+    def _remove(self, entry: Entry) -> None:
         view = entry.view
         del self._entries[view.id]
         self._proven -= entry.proven
@@ -470,60 +359,35 @@ class View:
                 del self._by_conn[view.conn]
 
     def _add(
-        self, view: wire.InstanceView, now: float, expires_at: float, *, proven: bool = False
+        self, view: wire.InstanceView, now: float, *, age_s: float = 0.0, proven: bool = False
     ) -> None:
-        entry = _Entry(view, now, expires_at)
+        """Hold ``view``, last heard ``age_s`` before ``now`` (at most its ttl ago)."""
+        entry = Entry(view)
+        self.set_interval(entry, view.heartbeat_s, view.pace_s)
+        entry.last_seen = now - min(age_s, entry.ttl_s)
         self._entries[view.id] = entry
         self._per_service[view.name] += 1
         if proven:
             self._prove(entry)
-        heapq.heappush(self._deadlines, (expires_at, view.id))
+        self._deadlines.set(entry, entry.last_seen + entry.ttl_s)
+        if view.conn:
+            self._by_conn.setdefault(view.conn, set()).add(view.id)
 
-    def _set_deadline(self, entry: _Entry, expires_at: float) -> None:
-        entry.expires_at = expires_at
-        heapq.heappush(self._deadlines, (expires_at, entry.view.id))
-
-    def _bury(self, entry: _Entry, now: float, *, said_goodbye: bool = False) -> None:
+    def set_interval(self, entry: Entry, heartbeat_s: float, pace_s: float = 0.0) -> None:
+        """``entry``'s instance heartbeats every ``heartbeat_s`` (clamped), or at the slower
+        ``pace_s`` a registry node allowed it (0: none): keep what that implies, its silence
+        allowance (by the interval it keeps now) and sequence rate (by the fastest it may
+        go), so no message works them out again. A plain ADR-32 service is polled instead;
+        it lives ``micro_ttl_s`` from each reply."""
         view = entry.view
-        self._bury_id(
-            view.id,
-            _Tombstone(
-                view.seq,
-                now + self.tombstone_s,
-                said_goodbye,
-                entry.last_seen,
-                view.heartbeat_s or wire.MAX_HEARTBEAT_S,
-            ),
-        )
-
-    def _bury_id(self, instance_id: str, tomb: _Tombstone) -> None:
-        self._tombstones.pop(instance_id, None)  # re-inserted last: the order stays by time
-        self._tombstones[instance_id] = tomb
-        if len(self._tombstones) > self.max_instances:
-            del self._tombstones[next(iter(self._tombstones))]
-        self._asked.pop(instance_id, None)
-
-    def _remember_ask(self, instance_id: str, now: float) -> None:
-        self._asked[instance_id] = now
-        if len(self._asked) > self.max_instances:
-            del self._asked[next(iter(self._asked))]
-
-
-def _allowed_jump(silent_s: float, heartbeat_s: float) -> float:
-    """How far a genuine instance's sequence can have moved in ``silent_s``: one message per
-    heartbeat plus one re-announce per ``wire.MIN_REANNOUNCE_S``, times the safety factor,
-    plus :data:`SEQ_JUMP_SLACK` for bursts (one announcement per endpoint added)."""
-    rate = 1 / wire.heartbeat_interval_s(heartbeat_s) + 1 / wire.MIN_REANNOUNCE_S
-    return SEQ_JUMP_SLACK + SEQ_JUMP_RATE_FACTOR * rate * max(silent_s, 0.0)
-
-
-def _drop_oldest(items: MutableMapping[str, _T], ended: Callable[[_T], bool]) -> None:
-    """Drop entries from the front of an insertion-ordered mapping while they have ended."""
-    while items:
-        key = next(iter(items))
-        if not ended(items[key]):
-            return
-        del items[key]
+        if view.kind == "micro":
+            entry.ttl_s = self.micro_ttl_s
+        else:
+            view.heartbeat_s = wire.heartbeat_interval_s(heartbeat_s)
+            view.pace_s = pace_s
+            kept_s = wire.kept_interval_s(view.heartbeat_s, pace_s)
+            entry.ttl_s = wire.silence_allowed_s(kept_s, self.missed_heartbeats)
+        entry.jump_rate = jump_rate(view.heartbeat_s)
 
 
 def _describes_differently(a: wire.InstanceView, b: wire.InstanceView) -> bool:
