@@ -243,6 +243,12 @@ def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "instead of running one",
     )
     _registry_options(registry)
+    registry.add_argument(
+        "--shard",
+        action="store_true",
+        help="hold only this node's share of the services, split with the other --shard "
+        "nodes on the prefix (each service on 2 of them); for fleets one node cannot hold",
+    )
     _http_option(registry, "the node")
     registry.add_argument(
         "--system-server",
@@ -759,6 +765,7 @@ def _registry(nc: NATS, args: argparse.Namespace, system_nc: NATS | None = None)
         micro_poll_s=args.micro_poll,
         system_nc=system_nc,
         max_instances=args.max_instances,
+        shard=getattr(args, "shard", False),
     )
 
 
