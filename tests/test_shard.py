@@ -16,6 +16,7 @@ from natsreg.registry._shard import REPLICAS, owners
 from tests.helpers import eventually
 
 SERVICES = [f"svc-{n}" for n in range(6)]
+INSTANCES = 2  # of each service
 
 
 async def connect(url: str) -> NATS:
@@ -38,7 +39,7 @@ async def sharded_node(url: str, prefix: str) -> AsyncIterator[natsreg.Registry]
 async def fleet(nc: NATS, prefix: str) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         for name in SERVICES:
-            for _ in range(2):
+            for _ in range(INSTANCES):
                 await stack.enter_async_context(
                     natsreg.announce(nc, name, version="1.0.0", prefix=prefix, heartbeat_s=0.5)
                 )
@@ -66,7 +67,8 @@ async def settled(nodes: list[natsreg.Registry]) -> None:
                 return False
             for name in SERVICES:
                 mine = node.node_id in owners(name, ids)
-                if mine != shard.answers_for(name) or mine != bool(local(node, name)):
+                held = len(local(node, name))
+                if mine != shard.answers_for(name) or held != (INSTANCES if mine else 0):
                     return False
         return True
 

@@ -328,6 +328,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         return Shard(
             self._nc,
             self._pressure.subscribe,
+            self._pressure.unsubscribe,
             self.dropped,
             prefix=self.prefix,
             node_id=self.node_id,

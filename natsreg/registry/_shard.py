@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .. import subjects, wire
-from ._log import log, unsubscribe_all
+from ._log import log
 
 #: Nodes that hold each service: one can die and the service is still answered for.
 REPLICAS = 2
@@ -118,7 +118,8 @@ def check_presence(subject: str, prefix: str, data: bytes) -> wire.ShardPresence
 class Shard:
     """A sharded node's part: presence, the services it holds, and their subscriptions.
 
-    ``subscribe(subject, cb, queue, sheddable=)`` is the node's own; ``on_control`` takes
+    ``subscribe(subject, cb, queue)`` and ``unsubscribe(subs)`` are the node's own
+    (``Backpressure``); ``on_control`` takes
     heartbeats and goodbyes, ``on_query`` service queries; ``forget(names)`` drops lost
     services from the view. ``warm_s`` is how long a re-announce round takes.
     """
@@ -127,6 +128,7 @@ class Shard:
         self,
         nc: NATS,
         subscribe: _Subscribe,
+        unsubscribe: Callable[[list[Subscription]], Awaitable[None]],
         dropped: Counter[str],
         *,
         prefix: str,
@@ -140,6 +142,7 @@ class Shard:
     ) -> None:
         self._nc = nc
         self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
         self._dropped = dropped
         self.prefix = prefix
         self._on_control = on_control
@@ -198,7 +201,7 @@ class Shard:
         if self._presence_sub is not None:
             subs.append(self._presence_sub)
         self._held, self._answering = {}, {}
-        await unsubscribe_all(subs)
+        await self._unsubscribe(subs)
         try:
             await self._say(0.0)
         except nats.errors.Error as exc:
@@ -235,7 +238,7 @@ class Shard:
         if lost:
             for name in lost:
                 del self._leaving[name]
-                await unsubscribe_all(self._held.pop(name, []))
+                await self._unsubscribe(self._held.pop(name, []))
             self._forget(lost)
 
     async def _follow(self, warm: bool) -> None:
@@ -246,7 +249,7 @@ class Shard:
             else set()
         )
         for name in [n for n in self._answering if n not in wanted]:
-            await unsubscribe_all([self._answering.pop(name)])
+            await self._unsubscribe([self._answering.pop(name)])
         for name in wanted - self._answering.keys():
             self._answering[name] = await self._subscribe(
                 subjects.control_subject(self.prefix, "registry", "service", name),
