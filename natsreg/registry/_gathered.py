@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 #: How long a node waits for the other nodes' parts: a node that has not answered by then is
 #: taken as gone (its lease ends soon after).
-GATHER_S = 0.5
+GATHER_S = 1.0
 #: Services named in ``unanswered`` at most.
 MAX_UNANSWERED = 100
 

@@ -236,10 +236,12 @@ class Shard:
         await self._follow(warm)
         lost = {name for name, at in self._leaving.items() if at <= now}
         if lost:
+            # Forgotten at once, unsubscribed after: what is still in flight is not held.
+            subs = [sub for name in lost for sub in self._held.pop(name, [])]
             for name in lost:
                 del self._leaving[name]
-                await self._unsubscribe(self._held.pop(name, []))
             self._forget(lost)
+            await self._unsubscribe(subs)
 
     async def _follow(self, warm: bool) -> None:
         # Answer for exactly the held services that are warm, and none while the node is not.
@@ -299,13 +301,12 @@ class Shard:
         )
 
     async def _hold(self, name: str, *, ask: bool) -> None:
-        self._held[name] = [
-            await self._subscribe(
-                subjects.control_subject(self.prefix, verb, name, "*"),
-                self._on_control,
-            )
-            for verb in ("hb", "bye")
-        ]
+        # Held before the first await: an announcement or a presence handled meanwhile must
+        # not subscribe a second time (each heartbeat would come twice).
+        subs = self._held[name] = []
+        for verb in ("hb", "bye"):
+            subject = subjects.control_subject(self.prefix, verb, name, "*")
+            subs.append(await self._subscribe(subject, self._on_control))
         if ask:
             # Its instances announce again, each within the round; until then the node does
             # not answer for it (the nodes that held it still do).
