@@ -67,9 +67,9 @@ class Fleet:
         subject = subjects.control_subject(self.prefix, "announce", self.names[n], self.ids[n])
         await self.nc.publish(subject, wire.encode(message))
 
-    async def announce_all(self, over_s: float) -> None:
+    async def announce_all(self, over_s: float, chosen: list[int] | None = None) -> None:
         # Spread over the window in slices, as instances with random jitter would.
-        order = list(range(len(self.ids)))
+        order = list(range(len(self.ids))) if chosen is None else chosen
         random.shuffle(order)
         slices = max(1, int(over_s * SLICES_PER_INTERVAL))
         step = -(-len(order) // slices)
@@ -119,6 +119,10 @@ class Fleet:
             n = self.index.get(tokens[-1])
             if n is not None:
                 await self.announce(n)
+        elif len(tokens) == len(self.prefix.split(".")) + 2:  # <prefix>.discover.<name>
+            name = tokens[-1]
+            chosen = [n for n, named in enumerate(self.names) if named == name]
+            asyncio.get_running_loop().create_task(self.announce_all(max(jitter_s, 0.02), chosen))
         elif len(tokens) == len(self.prefix.split(".")) + 1:  # everyone
             asyncio.get_running_loop().create_task(self.announce_all(max(jitter_s, 0.02)))
 
@@ -136,9 +140,10 @@ async def main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.url, pending_size=64 * 1024 * 1024)
     fleet = Fleet(nc, args)
     await nc.subscribe(subjects.control_subject(args.prefix, "discover"), cb=fleet.on_discover)
-    await nc.subscribe(
-        subjects.control_subject(args.prefix, "discover", "*", "*"), cb=fleet.on_discover
-    )
+    for tokens in (("*",), ("*", "*")):  # one service's instances (sharded nodes), or one
+        await nc.subscribe(
+            subjects.control_subject(args.prefix, "discover", *tokens), cb=fleet.on_discover
+        )
     await nc.subscribe(subjects.control_subject(args.prefix, "pace", "*"), cb=fleet.on_pace)
     await fleet.announce_all(over_s=args.ramp)
     print("ready", len(fleet.ids), flush=True)

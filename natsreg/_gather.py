@@ -7,6 +7,8 @@ request would keep only the first reply. The registry polls ``$SRV.INFO`` this w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -15,23 +17,30 @@ from . import subjects, wire
 from .errors import NO_RESPONDERS_STATUS, STATUS_HEADER
 
 
-async def gather(nc: NATS, subject: str, wait_s: float) -> list[bytes]:
+async def gather(
+    nc: NATS, subject: str, wait_s: float, *, until: Callable[[bytes], bool] | None = None
+) -> list[bytes]:
     """Publish an empty request on ``subject`` and return the body of every reply heard
-    within ``wait_s``, in arrival order. The server's "no responders" status (nobody
-    listens) is not a reply, and neither is an empty body: both are left out."""
+    within ``wait_s``, in arrival order; or sooner, once ``until(reply)`` is true (every
+    awaited answerer is in). The server's "no responders" status (nobody listens) is not a
+    reply, and neither is an empty body: both are left out."""
     inbox = nc.new_inbox()
     replies: list[bytes] = []
+    done = anyio.Event()
 
     async def collect(msg: Msg) -> None:
         if msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
             return
-        if msg.data:
+        if msg.data and not done.is_set():
             replies.append(msg.data)
+            if until is not None and until(msg.data):
+                done.set()
 
     sub = await nc.subscribe(inbox, cb=collect)
     try:
         await nc.publish(subject, b"", reply=inbox)
-        await anyio.sleep(wait_s)
+        with anyio.move_on_after(wait_s):
+            await done.wait()
     finally:
         await sub.unsubscribe()
     return replies

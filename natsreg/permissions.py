@@ -195,6 +195,10 @@ def permissions(
             ]
             sub.append(f"{control('sync', '*')} {subjects.REGISTRY_QUEUE}")
             sub.append(control("nodes"))
+            # Sharded nodes (docs/protocol.md, "Sharding"): presence, and the parts of a
+            # question one of them gathers from the others, each subject naming its node.
+            pub += [control("shard", "*"), control("part", ">")]
+            sub += [control("shard", "*"), control("part", ">")]
         case "coordinator":
             pub += _saga_subjects(subjects.saga_bucket(prefix))
         case "operator":

@@ -59,6 +59,7 @@ __all__ = [
     "Schemas",
     "ServiceList",
     "ServiceSummary",
+    "ShardPresence",
     "Snapshot",
     "SrvEndpointInfo",
     "SrvEndpointStats",
@@ -76,6 +77,7 @@ __all__ = [
     "decode_node_stats",
     "decode_pace",
     "decode_service_list",
+    "decode_shard_presence",
     "decode_snapshot",
     "decode_srv_info",
     "decode_srv_stats",
@@ -390,6 +392,8 @@ class Snapshot(msgspec.Struct, gc=False, kw_only=True):
     #: While ``warming_up``: about how many seconds until the node is warm (a client that
     #: took this answer asks again then).
     warm_in_s: float = 0.0
+    #: As in :class:`ServiceList`: services no holder answered for (sharded nodes only).
+    unanswered: list[str] = []
 
 
 class ServiceSummary(msgspec.Struct, gc=False, kw_only=True):
@@ -419,6 +423,9 @@ class ServiceList(msgspec.Struct, gc=False, kw_only=True):
     warming_up: bool = False
     services: list[ServiceSummary] = []
     mass_expiry: MassExpiry | None = None
+    #: From sharded nodes (docs/protocol.md, "Sharding"): the services no node holding them
+    #: answered for in time, so the answer may lack them (at most 100 named).
+    unanswered: list[str] = []
 
 
 class NodeStats(msgspec.Struct, gc=False, kw_only=True):
@@ -443,6 +450,17 @@ class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     #: The heartbeat interval this node lets the fleet keep now (0: it vouches for none;
     #: docs/protocol.md, "Paced heartbeats").
     pace_s: float = 0.0
+    #: Sharded nodes it counts, itself included (0: not sharded; docs/protocol.md, "Sharding").
+    shard_nodes: int = 0
+
+
+class ShardPresence(msgspec.Struct, gc=False, kw_only=True):
+    """A sharded registry node saying it is up, on ``<prefix>.shard.<node>``: it counts
+    among the nodes services are assigned to for ``valid_s`` (0: it is leaving now)."""
+
+    schema: int = SCHEMA_VERSION
+    node: str
+    valid_s: float
 
 
 class Event(msgspec.Struct, gc=False, kw_only=True):
@@ -735,6 +753,7 @@ _node_stats_decoder = msgspec.json.Decoder(NodeStats)
 _disconnect_decoder = msgspec.json.Decoder(DisconnectAdvisory)
 _service_list_decoder = msgspec.json.Decoder(ServiceList)
 _pace_decoder = msgspec.json.Decoder(Pace)
+_shard_presence_decoder = msgspec.json.Decoder(ShardPresence)
 
 encode = _encoder.encode
 decode_control = _control_decoder.decode
@@ -747,3 +766,4 @@ decode_node_stats = _node_stats_decoder.decode
 decode_disconnect = _disconnect_decoder.decode
 decode_service_list = _service_list_decoder.decode
 decode_pace = _pace_decoder.decode
+decode_shard_presence = _shard_presence_decoder.decode

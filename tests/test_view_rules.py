@@ -693,3 +693,23 @@ def test_restored_instances_count_for_the_mass_alert_only_once_heard_from_here()
     clock.now += 10
     assert len(view.expire()) == 10
     assert view.mass_alert is not None and view.mass_alert.before == 5
+
+
+def test_a_forgotten_service_leaves_without_a_change_and_the_others_stay() -> None:
+    clock = Clock()
+    view = View(clock=clock, max_per_service=2)
+    for n in range(4):
+        name = "gone" if n < 2 else "kept"
+        view.apply(announce(1, f"i{n}", name=name))
+        view.apply(wire.Heartbeat(id=f"i{n}", name=name, seq=2))
+    assert view.forget({"gone", "never-held"}) == 2
+    assert listed(view) == ["i2", "i3"]
+    assert [s.name for s in view.summaries()] == ["kept"]
+    assert view.service_count() == 1
+    # No change, no tombstone, no mass expiry: it is its holders' to speak for now.
+    clock.now += 0.1
+    assert view.expire() == [] and view.mass_alert is None
+    # Taken back, it is held afresh, up to its per-service cap again.
+    assert changes(view.apply(announce(1, "i0", name="gone"))) == [("up", "i0")]
+    assert changes(view.apply(announce(1, "i1", name="gone"))) == [("up", "i1")]
+    assert view.apply(announce(1, "i9", name="gone")).dropped == "capacity"

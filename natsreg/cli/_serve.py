@@ -134,6 +134,7 @@ def _registry(
         system_nc=system_nc,
         pace_s=pace_s,
         max_instances=args.max_instances,
+        shard=getattr(args, "shard", False),
     )
 
 

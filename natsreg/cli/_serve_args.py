@@ -106,6 +106,12 @@ def _add_registry(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "instead of running one",
     )
     _registry_options(registry)
+    registry.add_argument(
+        "--shard",
+        action="store_true",
+        help="hold only this node's share of the services, split with the other --shard "
+        "nodes on the prefix (each service on 2 of them); for fleets one node cannot hold",
+    )
     _http_option(registry, "the node")
     registry.add_argument(
         "--system-server",

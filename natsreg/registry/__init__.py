@@ -12,7 +12,7 @@ is dropped and counted by reason in :attr:`Registry.dropped` (and ``NodeStats.dr
 
 A starting node warms from a warm peer's view (``_sync.py``), or else by asking every instance
 to re-announce; its subscriptions' queues are bounded and what overflows them is counted
-(``_backpressure.py``).
+(``_backpressure.py``). Sharded nodes split the fleet by service (``_shard.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
 from ._queries import Queries
+from ._shard import Shard
 from ._sync import FIRST_CHUNK_S, PeerSync
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
 
@@ -55,6 +56,8 @@ _VERBS: dict[str, type[wire.ControlMessage]] = {
 _KINDS = {"announce": "announce", "hb": "heartbeat", "bye": "goodbye"}
 #: A refused announcement is logged at most once per this interval (the count is in stats).
 CAPACITY_LOG_S = 60.0
+#: How long a starting sharded node listens for its peers' presence before taking services.
+SETTLE_S = 0.3
 
 
 class Registry(anyio.AsyncContextManagerMixin):
@@ -71,6 +74,8 @@ class Registry(anyio.AsyncContextManagerMixin):
     ``system_nc``: a system-account connection, whose disconnect advisories remove a crashed
     instance at once; while it is up, the node lets the fleet heartbeat every ``pace_s``
     (0: not at all; docs/protocol.md, "Paced heartbeats").
+    ``shard``: hold only this node's share of the services, with the other sharded nodes on
+    the prefix (docs/protocol.md, "Sharding"; it warms by re-announce, not from a peer).
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         max_per_service: int = MAX_PER_SERVICE,
         max_instances: int = MAX_INSTANCES,
         sync: bool = True,
+        shard: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         subjects.check_prefix(prefix)
@@ -131,7 +137,10 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._sync = PeerSync(
             nc, self._view, self.dropped, prefix=prefix, node_id=self.node_id, clock=clock
         )
-        self._sync_first = sync
+        self._sync_first = sync and not shard
+        self._sharded = shard
+        #: This node's part in sharding, while it runs sharded; None otherwise.
+        self.shard: Shard | None = None
         self._pacer = (
             Pacer(nc, system_nc, prefix=prefix, node_id=self.node_id, pace_s=pace_s)
             if system_nc is not None and pace_s > 0
@@ -187,6 +196,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             max_per_service=self._view.max_per_service,
             max_instances=self._view.max_instances,
             pace_s=self._pacer.pace_s if self._pacer is not None and self._pacer.vouching else 0.0,
+            shard_nodes=len(self.shard.nodes) if self.shard is not None else 0,
         )
 
     def service_list(self) -> wire.ServiceList:
@@ -233,18 +243,24 @@ class Registry(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
+        if self._sharded:
+            self.shard = self._new_shard()
         queries = self._queries = Queries(
             self._nc, self, self.dropped, self._pressure.subscribe, clock=self._clock
         )
         if queries.recording:
             _figures.LIVE.registries.add(self)
         try:
-            for verb in ("announce", "bye"):
+            # A sharded node hears goodbyes and heartbeats of its own services only (Shard).
+            for verb in ("announce",) if self.shard else ("announce", "bye"):
                 subject = subjects.control_subject(self.prefix, verb, ">")
                 subs.append(await self._pressure.subscribe(subject, self._on_control))
-            # Heartbeats, the bulk, are shed while the node catches up (_backpressure.py).
-            heartbeats = subjects.control_subject(self.prefix, "hb", ">")
-            await self._pressure.subscribe(heartbeats, self._on_control, sheddable=True)
+            if self.shard is None:
+                # Heartbeats, the bulk, are shed while the node catches up (_backpressure.py).
+                heartbeats = subjects.control_subject(self.prefix, "hb", ">")
+                await self._pressure.subscribe(heartbeats, self._on_control, sheddable=True)
+            else:
+                await self.shard.start()
             await queries.start()
             if self._system_nc is not None:
                 subs.append(
@@ -269,6 +285,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
+                if self.shard is not None:
+                    await self.shard.close()
                 await queries.close()
                 await self._pressure.close()
                 await unsubscribe_all(subs)
@@ -283,7 +301,11 @@ class Registry(anyio.AsyncContextManagerMixin):
         if self._pressure.pace():
             await anyio.lowlevel.checkpoint()
         message = self._admit(msg)
-        if message is None or self._sync.hold(message):
+        if message is None:
+            return
+        if self.shard is not None and not await self._holds(message):
+            return
+        if self._sync.hold(message):
             return
         outcome = self._view.apply(message)
         if outcome is not NOTHING:
@@ -334,10 +356,50 @@ class Registry(anyio.AsyncContextManagerMixin):
             )
         await self._publish(outcome.changes)
 
+    def _new_shard(self) -> Shard:
+        return Shard(
+            self._nc,
+            self._pressure.subscribe,
+            self._pressure.unsubscribe,
+            self.dropped,
+            prefix=self.prefix,
+            node_id=self.node_id,
+            on_control=self._on_control,
+            on_query=self._on_query,
+            forget=self._forget,
+            warm_s=self.discover_jitter_s + 0.5,
+            max_names=self._view.max_instances,
+            clock=self._clock,
+        )
+
+    async def _on_query(self, msg: Msg) -> None:
+        assert self._queries is not None
+        await self._queries.on_query(msg)
+
+    async def _holds(self, message: wire.ControlMessage) -> bool:
+        # A sharded node reads every announcement, to know every service's name, and takes
+        # those of its own services; the rest may still be in flight after it let one go.
+        assert self.shard is not None
+        if isinstance(message, wire.Announce):
+            return await self.shard.saw(message.name)
+        return self.shard.holds(message.name)
+
+    def _forget(self, names: set[str]) -> None:
+        # Services handed over to the nodes that hold them now: no events, they speak.
+        dropped = self._view.forget(names)
+        for name in names:
+            self._last_event.pop(name, None)
+        self._revision += 1
+        log.info("handed over %d services (%d instances)", len(names), dropped)
+
     async def _warm_up(self) -> None:
         # Warming until the peer's view is in, or the fallback's round is over; the sweep
         # loop then takes queries (Queries.follow).
-        if self._sync_first and await self._sync.run(self._take):
+        if self.shard is not None:
+            # Peers answer this node's presence at once: a moment, and it knows them all.
+            await anyio.sleep(SETTLE_S)
+            await self.shard.settle()
+        elif self._sync_first and await self._sync.run(self._take):
             self._revision += 1  # a new view: no answer cached before is of it
             self._warm_until = self._clock()
             return
@@ -375,6 +437,8 @@ class Registry(anyio.AsyncContextManagerMixin):
                 log.info("reconnected to NATS; asking every instance to re-announce")
                 await self._ask_everyone()
             await self._pressure.relieve()
+            if self.shard is not None:
+                await self.shard.tick(not self.warming_up)
             assert self._queries is not None
             await self._queries.follow(not self.warming_up)
             if not (self.warming_up or self._pressure.silence_proves_nothing()):

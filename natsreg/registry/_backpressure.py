@@ -97,6 +97,14 @@ class Backpressure:
             self._sheddable[sub] = (subject, cb)
         return sub
 
+    async def unsubscribe(self, subs: list[Subscription]) -> None:
+        """Unsubscribe ``subs``, taken with :meth:`subscribe`, and stop watching them."""
+        for sub in subs:
+            self._subs.discard(sub)
+            self._sheddable.pop(sub, None)
+            self._overflowed.discard(sub)
+        await unsubscribe_all(subs)
+
     async def relieve(self) -> None:
         """Called regularly: a sheddable subscription whose queue overflowed is drained, then
         taken again. While it drains, nats-server drops what comes for it, where the node

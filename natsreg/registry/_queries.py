@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import msgspec
 import nats.errors
@@ -29,6 +30,7 @@ from nats.aio.subscription import Subscription
 
 from .. import _figures, subjects, wire
 from ..errors import BUDGET_HEADER, CODE_HEADER, ERROR_HEADER
+from . import _gathered
 from ._log import log, unsubscribe_all
 
 if TYPE_CHECKING:
@@ -47,6 +49,9 @@ DEFAULT_BUDGET_S = 2.0
 CACHE_S = 1.0
 #: Distinct questions cached (``service.<name>`` and ``instance.<id>`` are many).
 CACHE_ENTRIES = 64
+#: Questions a sharded node gathers from its peers at once (each waits on the network, not
+#: on this node); beyond this a question is dropped (``query_overflow``).
+MAX_GATHERS = 16
 
 _Key = tuple[str, ...]
 #: The ``query`` label of each question a node answers (anything else: ``unknown``).
@@ -85,6 +90,9 @@ class Queries:
         self._cache: OrderedDict[tuple[object, ...], tuple[float, list[bytes]]] = OrderedDict()
         #: Answers encoded (not served from the cache), for tests and benches.
         self.encoded = 0
+        self._part_prefix = subjects.control_subject(registry.prefix, "part") + "."
+        self._gathers: anyio.abc.TaskGroup | None = None
+        self._gathering = 0
         #: How long answering took, by the kind of question (Prometheus).
         self.recording = _figures.enabled()
         self.latency = {kind: _figures.Latency() for kind in QUERY_KINDS}
@@ -101,6 +109,13 @@ class Queries:
             # Every node answers "who are you": no queue group, so each is heard.
             await self._subscribe(subjects.control_subject(prefix, "nodes"), self.on_query, ""),
         ]
+        if self._registry.shard is not None:
+            # Every sharded node gives its part of a question a peer gathers (_gathered.py).
+            self._always.append(
+                await self._subscribe(
+                    subjects.control_subject(prefix, "part", "*", ">"), self.on_query, ""
+                )
+            )
 
     async def follow(self, warm: bool) -> None:
         """Take the questions for warm nodes while ``warm``, and only then.
@@ -118,11 +133,17 @@ class Queries:
             await unsubscribe_all(subs)
         elif warm and not self._warm:
             prefix = self._registry.prefix
+            # A sharded node takes the questions about one service only for those it
+            # answers for (Shard), and gives no whole view to a starting peer.
+            verbs: tuple[tuple[str, ...], ...] = (("registry", ">"), ("sync", "*"))
+            if self._registry.shard is not None:
+                verbs = tuple(("registry", v) for v in ("list", "services", "stats"))
+                verbs += (("registry", "instance", "*"),)
             self._warm = [
                 await self._subscribe(
                     subjects.control_subject(prefix, *verb), self.on_query, subjects.REGISTRY_QUEUE
                 )
-                for verb in (("registry", ">"), ("sync", "*"))
+                for verb in verbs
             ]
             log.info("registry node %s is warm: answering queries", self._registry.node_id)
 
@@ -141,7 +162,7 @@ class Queries:
         if not subjects.is_reply_subject(msg.reply):
             self._dropped["reply_subject"] += 1
             return
-        if self._closed:
+        if self._closed or self._asked_by_me(msg.subject):
             return
         queue = self._large if self._question(msg.subject) == ("registry", "list") else self._small
         if len(queue) >= MAX_QUEUED:
@@ -151,7 +172,12 @@ class Queries:
         self._wake.set()
 
     async def serve(self) -> None:
-        """Answer queued queries one at a time, forever."""
+        """Answer queued queries one at a time, forever (those a sharded node gathers, in
+        tasks of their own: their wait for peers holds up nobody)."""
+        async with anyio.create_task_group() as self._gathers:
+            await self._serve_queued()
+
+    async def _serve_queued(self) -> None:
         while True:
             if not (self._small or self._large):
                 self._wake = anyio.Event()
@@ -179,6 +205,16 @@ class Queries:
             latency.observe(time.perf_counter() - started)
 
     async def _answer_one(self, msg: Msg, interleave: bool) -> None:
+        shard = self._registry.shard
+        if shard is not None and not msg.subject.startswith(self._part_prefix):
+            question = self._question(msg.subject)
+            if _gathered.gathers(question, shard) and self._gathers is not None:
+                if self._gathering >= MAX_GATHERS:
+                    self._dropped["query_overflow"] += 1
+                    return
+                self._gathering += 1
+                self._gathers.start_soon(self._answer_gathered, msg, question)
+                return
         chunks = self._answer(msg.subject)
         if chunks is None:
             await self._publish(
@@ -196,6 +232,26 @@ class Queries:
                     await self._serve_one(*self._small.popleft())
             if not await self._publish(msg, chunk):
                 return
+
+    async def _answer_gathered(self, msg: Msg, question: _Key) -> None:
+        assert self._registry.shard is not None
+        try:
+            answer = await _gathered.answer(
+                self._nc, self._registry, self._registry.shard, question
+            )
+            if isinstance(answer, wire.ServiceList):
+                await self._publish(msg, wire.encode(answer))
+                return
+            for chunk in _chunks(answer, self._nc.max_payload):
+                if not await self._publish(msg, chunk):
+                    return
+                await anyio.lowlevel.checkpoint()
+        finally:
+            self._gathering -= 1
+
+    def _asked_by_me(self, subject: str) -> bool:
+        # A sharded node's own gathering question: it has its part already (_gathered.py).
+        return subject.startswith(f"{self._part_prefix}{self._registry.node_id}.")
 
     async def _publish(self, msg: Msg, data: bytes, headers: dict[str, str] | None = None) -> bool:
         try:
@@ -236,9 +292,12 @@ class Queries:
         # <prefix>.warming.… is asked of warming ones (follow), and
         # <prefix>.nodes of every node. <prefix>.sync.<node> is a starting node asking a warm
         # one for its whole view (registry/_sync.py): the answer to "list".
+        # <prefix>.part.<node>.<verb>... is a sharded peer asking for this node's own part.
         tokens = tuple(subject[len(self._registry.prefix) + 1 :].split("."))
         if tokens[0] == "sync":
             return ("registry", "list")
+        if tokens[0] == "part":
+            return ("registry", *tokens[2:])
         return ("registry", *tokens[1:]) if tokens[0] == "warming" else tokens
 
     def _encode_and_keep(

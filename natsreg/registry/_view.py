@@ -201,6 +201,14 @@ class View:
                 changes.append(Change("down", entry.view, "disconnected"))
         return changes
 
+    def forget(self, names: set[str]) -> int:
+        """Drop every instance of the services ``names`` without a word (a sharded node that
+        no longer holds them: their holders speak for them); how many were dropped."""
+        gone = [entry for entry in self._entries.values() if entry.view.name in names]
+        for entry in gone:
+            self._remove(entry)
+        return len(gone)
+
     def expire(self) -> list[Change]:
         """Remove the instances not heard from in time; forget old tombstones."""
         now = self._clock()

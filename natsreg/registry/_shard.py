@@ -1,0 +1,328 @@
+"""Sharded registry nodes split the fleet by service (docs/protocol.md, "Sharding").
+
+Which nodes hold a service is rendezvous (highest random weight) hashing: every node ranks
+the live sharded nodes by ``blake2b(node + service)`` and the first :data:`REPLICAS` hold it.
+Every node computes the same owners from the same members, with no coordinator; a node that
+joins takes from each service at most one place, and a node that leaves gives up only its own
+(the least movement any assignment can have).
+
+Members are known from presence: each sharded node publishes
+``<prefix>.shard.<node>`` (:class:`wire.ShardPresence`) every :data:`PRESENCE_EVERY_S`, and
+counts as a member for the ``valid_s`` it claims (at most :data:`MAX_LEASE_S`); a node that
+stops renewing drops out when its lease ends, one that stops cleanly says ``valid_s`` 0.
+
+A node holds the heartbeats, goodbyes and queries of its services only: it subscribes
+``<prefix>.hb.<svc>.*``, ``<prefix>.bye.<svc>.*`` and, once warm for the service,
+``<prefix>.registry.service.<svc>`` (queue group ``natsreg-registry``), so NATS routes the
+question to a holder and never sends the node what it does not hold. It reads every
+announcement (rare), to know each service's name. A service it gains it asks to re-announce
+(``<prefix>.discover.<svc>``) and answers for once the round is over; a service it loses it
+keeps for as long again (the gaining node warms meanwhile), then forgets without events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .. import subjects, wire
+from ._log import log
+
+#: Nodes that hold each service: one can die and the service is still answered for.
+REPLICAS = 2
+#: How often a sharded node says it is up, and how long each saying holds.
+PRESENCE_EVERY_S = 1.0
+LEASE_S = 3.0
+#: The longest lease a presence may claim (a forged one holds no longer), and the most
+#: members counted (a new one beyond is refused and counted as ``capacity``).
+MAX_LEASE_S = 30.0
+MAX_MEMBERS = 64
+#: Presence is a few dozen bytes; anything longer is no presence.
+MAX_PRESENCE_BYTES = 512
+
+_Callback = Callable[[Msg], Awaitable[None]]
+_Subscribe = Callable[..., Awaitable[Subscription]]
+
+
+def _weight(node: str, service: str) -> bytes:
+    return hashlib.blake2b(f"{node}\x00{service}".encode(), digest_size=8).digest()
+
+
+def owners(service: str, nodes: Iterable[str], replicas: int = REPLICAS) -> list[str]:
+    """The nodes that hold ``service`` among ``nodes``, highest weight first."""
+    return sorted(nodes, key=lambda node: (_weight(node, service), node), reverse=True)[:replicas]
+
+
+class Members:
+    """The live sharded nodes, by lease; this node is always one."""
+
+    def __init__(self, me: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.me = me
+        self._clock = clock
+        self._until: dict[str, float] = {}
+        self.live: tuple[str, ...] = (me,)
+
+    def heard(self, presence: wire.ShardPresence) -> str:
+        """Take a presence: ``joined``, ``left``, ``renewed``, or ``capacity`` (refused)."""
+        node = presence.node
+        if node == self.me:
+            return "renewed"
+        if presence.valid_s <= 0:
+            return (
+                "left" if self._until.pop(node, None) is not None and self._settle() else "renewed"
+            )
+        if node not in self._until and len(self._until) + 1 >= MAX_MEMBERS:
+            return "capacity"
+        self._until[node] = self._clock() + min(presence.valid_s, MAX_LEASE_S)
+        return "joined" if self._settle() else "renewed"
+
+    def expire(self) -> bool:
+        """Drop the members whose lease ended; whether any did."""
+        now = self._clock()
+        gone = [node for node, until in self._until.items() if until <= now]
+        for node in gone:
+            del self._until[node]
+        return bool(gone) and self._settle()
+
+    def _settle(self) -> bool:
+        live = tuple(sorted((self.me, *self._until)))
+        changed = live != self.live
+        self.live = live
+        return changed
+
+
+def check_presence(subject: str, prefix: str, data: bytes) -> wire.ShardPresence | str:
+    """The presence on ``subject``, or why it is dropped (a ``dropped`` reason)."""
+    if len(data) > MAX_PRESENCE_BYTES:
+        return "oversized"
+    try:
+        presence = wire.decode_shard_presence(data)
+    except wire.MALFORMED:
+        return "malformed"
+    if subject != subjects.control_subject(prefix, "shard", presence.node) or not (
+        subjects.is_valid_token(presence.node) and len(presence.node) <= wire.MAX_TOKEN_CHARS
+    ):
+        return "subject_mismatch"
+    if not presence.valid_s >= 0:  # NaN too
+        return "invalid_valid_s"
+    return presence
+
+
+class Shard:
+    """A sharded node's part: presence, the services it holds, and their subscriptions.
+
+    ``subscribe(subject, cb, queue)`` and ``unsubscribe(subs)`` are the node's own
+    (``Backpressure``); ``on_control`` takes
+    heartbeats and goodbyes, ``on_query`` service queries; ``forget(names)`` drops lost
+    services from the view. ``warm_s`` is how long a re-announce round takes.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        subscribe: _Subscribe,
+        unsubscribe: Callable[[list[Subscription]], Awaitable[None]],
+        dropped: Counter[str],
+        *,
+        prefix: str,
+        node_id: str,
+        on_control: _Callback,
+        on_query: _Callback,
+        forget: Callable[[set[str]], None],
+        warm_s: float,
+        max_names: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nc = nc
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
+        self._dropped = dropped
+        self.prefix = prefix
+        self._on_control = on_control
+        self._on_query = on_query
+        self._forget = forget
+        self._warm_s = warm_s
+        self._max_names = max_names
+        self._clock = clock
+        self.members = Members(node_id, clock=clock)
+        # Every service name heard announced, and those held: name -> its subscriptions.
+        self._names: set[str] = set()
+        self._held: dict[str, list[Subscription]] = {}
+        # Held services not yet answered for: name -> when the re-announce round is over.
+        self._warming: dict[str, float] = {}
+        self._answering: dict[str, Subscription] = {}
+        # Lost services kept until the gaining node is warm: name -> when to forget.
+        self._leaving: dict[str, float] = {}
+        self._presence_sub: Subscription | None = None
+        self._next_presence = 0.0
+        self.settled = False
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.members.live
+
+    def holds(self, name: str) -> bool:
+        """Whether this node takes heartbeats and goodbyes of ``name`` now."""
+        return name in self._held
+
+    def answers_for(self, name: str) -> bool:
+        """Whether this node answers queries for ``name`` (it holds it and is warm for it)."""
+        return name in self._answering
+
+    def owners(self, name: str) -> list[str]:
+        return owners(name, self.members.live)
+
+    def known(self) -> set[str]:
+        return self._names
+
+    async def start(self) -> None:
+        """Listen for presence and say this node's; services are assigned at :meth:`settle`."""
+        self._presence_sub = await self._subscribe(
+            subjects.control_subject(self.prefix, "shard", "*"), self._on_presence
+        )
+        await self._say(LEASE_S)
+
+    async def settle(self) -> None:
+        """Once peers had a moment to answer this node's presence: take its services."""
+        self.settled = True
+        await self._rebalance()
+
+    async def close(self) -> None:
+        """Say this node leaves (its services move at once), and unsubscribe."""
+        subs = [s for held in self._held.values() for s in held]
+        subs += list(self._answering.values())
+        if self._presence_sub is not None:
+            subs.append(self._presence_sub)
+        self._held, self._answering = {}, {}
+        await self._unsubscribe(subs)
+        try:
+            await self._say(0.0)
+        except nats.errors.Error as exc:
+            log.debug("could not say this node leaves: %s", exc)
+
+    async def saw(self, name: str) -> bool:
+        """An announcement of ``name`` was heard: whether this node holds it now."""
+        if name in self._held:
+            return True
+        if name not in self._names:
+            if len(self._names) >= self._max_names:
+                self._dropped["capacity"] += 1
+                return False
+            self._names.add(name)
+            if self.settled and self.members.me in self.owners(name):
+                # A new service: its first announcement is this one, nothing to ask again.
+                await self._hold(name, ask=False)
+                return True
+        return False
+
+    async def tick(self, warm: bool) -> None:
+        """Called by the node's sweep: renew presence, expire members, move services,
+        answer for those warm (while the node is), forget those handed over."""
+        now = self._clock()
+        if now >= self._next_presence:
+            await self._say(LEASE_S)
+        if self.members.expire():
+            await self._rebalance()
+        for name, ready_at in list(self._warming.items()):
+            if ready_at <= now:
+                del self._warming[name]
+        await self._follow(warm)
+        lost = {name for name, at in self._leaving.items() if at <= now}
+        if lost:
+            # Forgotten at once, unsubscribed after: what is still in flight is not held.
+            subs = [sub for name in lost for sub in self._held.pop(name, [])]
+            for name in lost:
+                del self._leaving[name]
+            self._forget(lost)
+            await self._unsubscribe(subs)
+
+    async def _follow(self, warm: bool) -> None:
+        # Answer for exactly the held services that are warm, and none while the node is not.
+        wanted = (
+            {n for n in self._held if n not in self._warming and n not in self._leaving}
+            if warm
+            else set()
+        )
+        for name in [n for n in self._answering if n not in wanted]:
+            await self._unsubscribe([self._answering.pop(name)])
+        for name in wanted - self._answering.keys():
+            self._answering[name] = await self._subscribe(
+                subjects.control_subject(self.prefix, "registry", "service", name),
+                self._on_query,
+                subjects.REGISTRY_QUEUE,
+            )
+
+    async def _say(self, valid_s: float) -> None:
+        self._next_presence = self._clock() + PRESENCE_EVERY_S
+        presence = wire.ShardPresence(node=self.members.me, valid_s=valid_s)
+        await self._nc.publish(
+            subjects.control_subject(self.prefix, "shard", self.members.me), wire.encode(presence)
+        )
+
+    async def _on_presence(self, msg: Msg) -> None:
+        presence = check_presence(msg.subject, self.prefix, msg.data)
+        if isinstance(presence, str):
+            self._dropped[presence] += 1
+            return
+        change = self.members.heard(presence)
+        if change == "capacity":
+            self._dropped["capacity"] += 1
+            return
+        if change == "joined":
+            # Say this node is here at the next sweep: the newcomer counts it before it
+            # settles, rather than a presence interval later.
+            self._next_presence = 0.0
+        if change in ("joined", "left"):
+            await self._rebalance()
+
+    async def _rebalance(self) -> None:
+        if not self.settled:
+            return
+        mine = {name for name in self._names if self.members.me in self.owners(name)}
+        now = self._clock()
+        for name in mine:
+            self._leaving.pop(name, None)
+            if name not in self._held:
+                await self._hold(name, ask=True)
+        for name in self._held.keys() - mine - self._leaving.keys():
+            self._leaving[name] = now + self._warm_s
+        log.info(
+            "%d sharded registry nodes: this one holds %d of %d services",
+            len(self.members.live),
+            len(mine),
+            len(self._names),
+        )
+
+    async def _hold(self, name: str, *, ask: bool) -> None:
+        # Held before the first await: an announcement or a presence handled meanwhile must
+        # not subscribe a second time (each heartbeat would come twice).
+        subs = self._held[name] = []
+        for verb in ("hb", "bye"):
+            subject = subjects.control_subject(self.prefix, verb, name, "*")
+            subs.append(await self._subscribe(subject, self._on_control))
+        if ask:
+            # Its instances announce again, each within the round; until then the node does
+            # not answer for it (the nodes that held it still do).
+            self._warming[name] = self._clock() + self._warm_s
+            await self._nc.publish(
+                subjects.control_subject(self.prefix, "discover", name),
+                wire.encode(wire.Discover(jitter_s=max(self._warm_s - 0.5, 0.0))),
+            )
+
+
+def merge_instances(parts: Iterable[Iterable[wire.InstanceView]]) -> list[wire.InstanceView]:
+    """The instances of several nodes' answers, each once: the newest (highest ``seq``)."""
+    merged: dict[str, wire.InstanceView] = {}
+    for part in parts:
+        for instance in part:
+            held = merged.get(instance.id)
+            if held is None or instance.seq > held.seq:
+                merged[instance.id] = instance
+    return list(merged.values())

@@ -1,0 +1,147 @@
+"""Sharded registry nodes on one server: each service held by two of them, every question
+answered, a joining node takes its share (docs/protocol.md, "Sharding")."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+import natsreg
+from natsreg import subjects, wire
+from natsreg.client import RegistryApi
+from natsreg.registry._shard import REPLICAS, owners
+from tests.helpers import eventually
+
+SERVICES = [f"svc-{n}" for n in range(6)]
+INSTANCES = 2  # of each service
+
+
+async def connect(url: str) -> NATS:
+    nc = NATS()
+    await nc.connect(url)
+    return nc
+
+
+@contextlib.asynccontextmanager
+async def sharded_node(url: str, prefix: str) -> AsyncIterator[natsreg.Registry]:
+    nc = await connect(url)
+    try:
+        async with natsreg.Registry(nc, prefix=prefix, shard=True, discover_jitter_s=0.2) as node:
+            yield node
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def fleet(nc: NATS, prefix: str) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as stack:
+        for name in SERVICES:
+            for _ in range(INSTANCES):
+                await stack.enter_async_context(
+                    natsreg.announce(nc, name, version="1.0.0", prefix=prefix, heartbeat_s=0.5)
+                )
+        yield
+
+
+def local(node: natsreg.Registry, name: str) -> dict[str, wire.InstanceView]:
+    """The node's view of ``name`` as a user compares two nodes: all but what each heartbeat
+    moves (a beat may be in flight between the two looks)."""
+    return {
+        i.id: msgspec.structs.replace(i, age_s=0.0, seq=0, load=wire.Load())
+        for i in node.snapshot(name=name).instances
+    }
+
+
+async def settled(nodes: list[natsreg.Registry]) -> None:
+    """Until every node counts them all, is warm, and answers for its services."""
+    ids = sorted(node.node_id for node in nodes)
+
+    def done() -> bool:
+        for node in nodes:
+            shard = node.shard
+            assert shard is not None
+            if list(shard.nodes) != ids or node.warming_up:
+                return False
+            for name in SERVICES:
+                mine = node.node_id in owners(name, ids)
+                held = len(local(node, name))
+                if mine != shard.answers_for(name) or held != (INSTANCES if mine else 0):
+                    return False
+        return True
+
+    await eventually(done, 8.0, what="sharded nodes settled")
+
+
+async def test_sharded_nodes_hold_two_each_and_answer_every_question(
+    nats_url: str, nc: NATS, prefix: str
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(sharded_node(nats_url, prefix)) for _ in range(4)]
+        await stack.enter_async_context(fleet(nc, prefix))
+        await settled(nodes)
+        for name in SERVICES:
+            holders = [n for n in nodes if local(n, name)]
+            assert len(holders) == REPLICAS
+            assert local(holders[0], name) == local(holders[1], name)
+        api = RegistryApi(nc, prefix=prefix)
+        listed = await api.services()
+        assert sorted(s.name for s in listed.services) == SERVICES
+        assert all(s.instances == 2 for s in listed.services)  # one holder's count, not two
+        assert listed.unanswered == []
+        whole = await api.instances()
+        assert len(whole.instances) == 2 * len(SERVICES) and whole.unanswered == []
+        for name in SERVICES:
+            assert len((await api.instances(name)).instances) == 2
+        one = whole.instances[0]
+        assert (await api.instance(one.id)).id == one.id
+        # A node holds no heartbeat of a service it does not hold.
+        ids = [n.node_id for n in nodes]
+        for node in nodes:
+            mine = [s for s in SERVICES if node.node_id in owners(s, ids)]
+            assert node.stats().services == len(mine) and node.stats().shard_nodes == 4
+
+        # A node that joins takes its share, and its view of it equals a holder's.
+        late = await stack.enter_async_context(sharded_node(nats_url, prefix))
+        nodes.append(late)
+        await settled(nodes)
+        ids = [n.node_id for n in nodes]
+        taken = [name for name in SERVICES if late.node_id in owners(name, ids)]
+        for name in taken:
+            other = next(n for n in nodes if n is not late and local(n, name))
+            assert local(late, name) == local(other, name)
+        listed = await api.services()
+        assert sorted(s.name for s in listed.services) == SERVICES
+
+
+async def test_a_forged_presence_is_dropped_and_a_phantom_node_is_named_unanswered(
+    nats_url: str, nc: NATS, prefix: str
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(sharded_node(nats_url, prefix)) for _ in range(2)]
+        await stack.enter_async_context(fleet(nc, prefix))
+        await settled(nodes)
+        # Speaking for another node, or too long: dropped and counted.
+        forged = wire.encode(wire.ShardPresence(node="someone-else", valid_s=3.0))
+        await nc.publish(subjects.control_subject(prefix, "shard", "phantom"), forged)
+        await nc.publish(subjects.control_subject(prefix, "shard", "big"), b"{" + b" " * 600)
+        await nc.flush()
+        await eventually(
+            lambda: all(
+                n.dropped["subject_mismatch"] >= 1 and n.dropped["oversized"] >= 1 for n in nodes
+            ),
+            what="forged presences dropped",
+        )
+        assert all(len(n.shard.nodes) == 2 for n in nodes if n.shard)
+        # A phantom that says it is a node (it would need the registry's permission) holds
+        # places for its lease; the lists say which services went unanswered meanwhile.
+        phantom = wire.encode(wire.ShardPresence(node="phantom", valid_s=1.0))
+        await nc.publish(subjects.control_subject(prefix, "shard", "phantom"), phantom)
+        await eventually(lambda: all(len(n.shard.nodes) == 3 for n in nodes if n.shard))
+        ids = [*(n.node_id for n in nodes), "phantom"]
+        lost = sorted(s for s in SERVICES if set(owners(s, ids)) == {"phantom"})
+        listed = await RegistryApi(nc, prefix=prefix).services()
+        assert listed.unanswered == lost
+        await eventually(lambda: all(len(n.shard.nodes) == 2 for n in nodes if n.shard))
