@@ -97,7 +97,7 @@ def test_a_new_interval_sets_the_silence_allowance_and_sequence_rate_the_next_be
     view = View(missed_heartbeats=2, clock=clock)
     view.apply(announce(1))
     held = view._entries["i1"]
-    view.set_interval(held, 10.0)
+    view.set_interval(held, 10.0, 0.0)
     assert held.view.heartbeat_s == 10.0 and held.ttl_s == 25.0
     assert held.jump_rate == pytest.approx(2 * (1 / 10 + 1))
     clock.now += 1
@@ -114,8 +114,20 @@ def test_a_new_interval_is_clamped_as_an_announced_one_is() -> None:
     view = View(missed_heartbeats=2, clock=Clock())
     view.apply(announce(1))
     held = view._entries["i1"]
-    view.set_interval(held, 1e9)
+    view.set_interval(held, 1e9, 0.0)
     assert held.view.heartbeat_s == wire.MAX_HEARTBEAT_S
     assert held.ttl_s == wire.MAX_HEARTBEAT_S * 2.5
-    view.set_interval(held, 0.0)
+    view.set_interval(held, 0.0, 0.0)
     assert held.view.heartbeat_s == wire.MIN_HEARTBEAT_S
+
+
+def test_a_pace_sets_the_silence_allowance_and_leaves_the_sequence_rate_to_the_interval() -> None:
+    view = View(missed_heartbeats=2, clock=Clock())
+    view.apply(announce(1))
+    held = view._entries["i1"]
+    view.set_interval(held, 1.0, 10.0)
+    # Silent up to 2.5 paces; its numbers may still grow as fast as its own 1 s allows.
+    assert (held.view.pace_s, held.ttl_s) == (10.0, 25.0)
+    assert held.jump_rate == pytest.approx(2 * (1 / 1 + 1))
+    view.set_interval(held, 1.0, 0.5)  # a pace faster than its interval: the interval
+    assert held.ttl_s == 2.5

@@ -381,7 +381,7 @@ class View:
         if view.conn:
             self._by_conn.setdefault(view.conn, set()).add(view.id)
 
-    def set_interval(self, entry: Entry, heartbeat_s: float, pace_s: float = 0.0) -> None:
+    def set_interval(self, entry: Entry, heartbeat_s: float, pace_s: float) -> None:
         """``entry``'s instance heartbeats every ``heartbeat_s`` (clamped), or at the slower
         ``pace_s`` a registry node allowed it (0: none): keep what that implies, its silence
         allowance (by the interval it keeps now) and sequence rate (by the fastest it may
