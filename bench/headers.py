@@ -1,0 +1,77 @@
+"""What parsing one received header block costs, in instructions: nats-py's parser against
+natsreg's (natsreg/_headers.py), in one process under valgrind's callgrind.
+
+Callgrind writes what it counted so far whenever the process calls ``getppid()``, which the
+script does around each count (N parses after a warm-up) and nothing else in it does.
+
+    python bench/headers.py                  # 2,000 parses per block and parser
+    python bench/headers.py --parses 500
+
+Needs valgrind (Debian: apt-get install -y valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from spans import _total
+
+BUDGET_AND_ID = b"Natsreg-Budget-Ms: 4999\r\nNatsreg-Request-Id: Wq3x9J0PqYH7mRhYvN6zQb-17\r\n\r\n"
+BLOCKS = {
+    "budget and request id": BUDGET_AND_ID,
+    "budget, request id and traceparent": BUDGET_AND_ID[:-2]
+    + b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-3e1f0a9b8c7d6e5f-01\r\n\r\n",
+}
+
+
+def _run(parses: int) -> None:
+    from nats.aio.client import Client
+
+    from natsreg._headers import parse_header_lines
+
+    for parse in (Client._parse_header_lines, parse_header_lines):
+        for raw in BLOCKS.values():
+            for _ in range(50):  # warm-up: natsreg's parser learns the names
+                parse(raw)
+            os.getppid()
+            for _ in range(parses):
+                parse(raw)
+            os.getppid()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parses", type=int, default=2000, help="N: parses per count (2000)")
+    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run is not None:
+        _run(args.run)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("needs valgrind: apt-get install -y valgrind")
+    n = args.parses
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        argv = ["valgrind", "-q", "--tool=callgrind", "--dump-before=getppid"]
+        argv += [f"--callgrind-out-file={out}", sys.executable, __file__, "--run", str(n)]
+        subprocess.run(argv, check=True, timeout=3600)
+        parts = sorted(Path(folder).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
+        counts = [_total(part) / n for part in parts][1::2]
+    if len(counts) != 2 * len(BLOCKS):
+        raise SystemExit(f"expected a dump before and after each count, got {2 * len(counts)}")
+    print(f"\ninstructions per parse, {n:,} parses per count, in one process\n")
+    print("| headers | nats-py's parser | natsreg's |")
+    print("|---|---:|---:|")
+    for i, name in enumerate(BLOCKS):
+        print(f"| {name} | {counts[i]:,.0f} | {counts[len(BLOCKS) + i]:,.0f} |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

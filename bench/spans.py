@@ -1,0 +1,160 @@
+"""What OpenTelemetry spans cost, in instructions: the SDK's own spans against natsreg's.
+
+A call with spans on makes two: a CLIENT span in the caller and a SERVER span in the service
+(natsreg/_otel.py). This counts, in one process under valgrind's callgrind, N iterations of
+each mode below, each after a warm-up, every trace sampled, the spans going to an exporter
+that drops them:
+
+- sdk-span:        ``with tracer.start_as_current_span("x"): pass``, the SDK's least span;
+- sdk-span-attrs:  the same, of kind CLIENT with natsreg's four semantic-convention attributes;
+- natsreg-pair:    what natsreg does for one call: its CLIENT span under a remote parent and
+                   the ``traceparent`` formatted, that header parsed as a service would, its
+                   SERVER span made current, both ended (``_otel.client_span``,
+                   ``_otel.server_span``, ``_otel.end``);
+
+each with the batch span processor (what a user configures, and bench/rpc.py uses; its
+queue flushed at the end of each count, so its export thread's work is counted) and with the
+simple one. Callgrind is told to write what it counted so far whenever the process calls
+``getppid()``, which the script does around each count and nothing else in it does.
+
+    python bench/spans.py                  # 2,000 iterations per mode (a few minutes)
+    python bench/spans.py --iterations 500
+
+Needs valgrind (Debian: apt-get install -y valgrind) and natsreg[otel] with the SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MODES = ("sdk-span", "sdk-span-attrs", "natsreg-pair")
+PROCESSORS = ("batch", "simple")
+_TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.MULTILINE)
+
+
+def _step(mode: str, processor: str) -> tuple[Callable[[], None], Any]:
+    """One iteration of ``mode`` with a provider of its own set up for ``processor``, and
+    that provider."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.trace import SpanKind
+
+    from natsreg import _otel, _trace
+
+    class Discard(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    make = BatchSpanProcessor if processor == "batch" else SimpleSpanProcessor
+    provider.add_span_processor(make(Discard()))
+    trace._TRACER_PROVIDER = provider  # as bench/rpc.py does: one provider per count
+    tracer = _otel.tracer()
+    assert tracer is not None
+    subject = "natsreg.svc.echo.echo"
+
+    if mode == "sdk-span":
+
+        def step() -> None:
+            with tracer.start_as_current_span("x"):
+                pass
+
+    elif mode == "sdk-span-attrs":
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.name": "request",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": subject,
+        }
+
+        def step() -> None:
+            with tracer.start_as_current_span("x", kind=SpanKind.CLIENT, attributes=attributes):
+                pass
+
+    else:
+        # Inside a trace, as a handler's nested call or a bridge's request is.
+        trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        _trace.current.set(_trace.TraceContext(trace_id, span_id))
+
+        def step() -> None:
+            client, (traceparent, tracestate) = _otel.client_span(tracer, subject)
+            parent = _trace.parse(traceparent, tracestate)
+            server, token = _otel.server_span(tracer, subject, "q", parent)
+            _otel.end(server, None, token)
+            _otel.end(client, None)
+
+    return step, provider
+
+
+def _run(iterations: int) -> None:
+    # Each getppid() makes callgrind write what it counted since the one before.
+    for mode in MODES:
+        for processor in PROCESSORS:
+            step, provider = _step(mode, processor)
+            for _ in range(50):  # warm-up: first-use costs, caches
+                step()
+            provider.force_flush()
+            os.getppid()
+            for _ in range(iterations):
+                step()
+            provider.force_flush()
+            os.getppid()
+            provider.shutdown()  # its export thread ends: nothing of it in the next count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--iterations", type=int, default=2000, help="N: iterations per mode (default: 2000)"
+    )
+    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run is not None:
+        _run(args.run)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("needs valgrind: apt-get install -y valgrind")
+    n = args.iterations
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        argv = ["valgrind", "-q", "--tool=callgrind", "--dump-before=getppid"]
+        argv += [f"--callgrind-out-file={out}", sys.executable, __file__, "--run", str(n)]
+        subprocess.run(argv, check=True, timeout=3600)
+        parts = sorted(Path(folder).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
+        totals = [_total(part) for part in parts]
+    counts = totals[1::2]  # parts 2, 4, ...: the counts; 1, 3, ...: start-up and warm-ups
+    if len(totals) != 2 * len(MODES) * len(PROCESSORS):
+        raise SystemExit(f"expected a dump before and after each count, got {len(totals)}")
+    print(f"\ninstructions per iteration, {n:,} iterations per mode, in one process\n")
+    print("| mode | " + " | ".join(f"{p} processor" for p in PROCESSORS) + " |")
+    print("|---|" + "---:|" * len(PROCESSORS))
+    for i, mode in enumerate(MODES):
+        cells = counts[i * len(PROCESSORS) : (i + 1) * len(PROCESSORS)]
+        print(f"| {mode} | " + " | ".join(f"{c / n:,.0f}" for c in cells) + " |")
+
+
+def _total(out: Path) -> int:
+    match = _TOTAL.search(out.read_text())
+    if match is None:
+        raise SystemExit(f"callgrind wrote no total in {out.name}")
+    return int(match.group(1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
