@@ -13,19 +13,15 @@ them. Prints ``ready N`` once every instance has announced and nats-server has r
 
 It is built to measure the registry rather than itself. Every instance's announce,
 heartbeat and goodbye is encoded once, at start, with the whole ``PUB`` frame around it; a
-sequence number is the one thing patched in (sequences are 10 digits wide, from 10^9, so a
-frame's length never changes). The process speaks the NATS client protocol itself on one TCP
-connection (``CONNECT``, ``PUB``, ``SUB``, ``PING``/``PONG``, ``MSG``) and writes each 20 ms
-slice of heartbeats and re-announces with one write, waiting for the socket to drain before
-the next, so a server that falls behind slows the fleet rather than filling its memory.
+sequence number is the one thing patched in, padded with JSON whitespace to 10 characters
+(``"seq":         7``), so a frame's length never changes. The process speaks the NATS
+client protocol itself on one TCP connection (``CONNECT``, ``PUB``, ``SUB``, ``PING``/``PONG``,
+``MSG``) and writes each 20 ms slice of heartbeats and re-announces with one write, waiting
+for the socket to drain before the next, so a server that falls behind slows the fleet
+rather than filling its memory.
 
-Its own cost, measured with ``python bench/scale.py --fleet-cost`` (no registry; the fleet
-and nats-server only; load average 1.1-1.6 on 2 cores): **1.3-1.7 ms of CPU a second per
-1,000 instances at 1 s heartbeats** (250,000 instances heartbeating every second: about
-40% of one core, in two processes), and **0.15-0.2 ms at 10 s** (250,000: 4-5% of a core).
-The nats-server process that routes the heartbeats costs more than the simulator that
-sends them. nats-py publishing the same heartbeats (the simulator before this one) cost
-about 14 ms a second per 1,000 instances at 1 s, 8-10x more.
+Its own cost is measured by ``python bench/scale.py --fleet-cost`` (bench/RESULTS.md, "250,000
+instances: the simulator and the chart").
 """
 
 from __future__ import annotations
@@ -47,7 +43,6 @@ import msgspec
 from natsreg import subjects, wire
 
 TICK_S = 0.02  # one write of heartbeats and re-announces every tick
-SEQ_BASE = 10**9  # every sequence has 10 digits, so every frame keeps its length
 SEQ_SENTINEL = 9_876_543_210  # stands for the sequence while a message is encoded
 MAX_JITTER_S = 30.0  # what natsreg.Service allows a discover to ask for
 FLUSH_TIMEOUT_S = 60.0
@@ -141,7 +136,7 @@ class Fleet:
         self.by_service: dict[str, list[int]] = collections.defaultdict(list)
         for n, name in enumerate(self.names):
             self.by_service[name].append(n)
-        self.seqs = [SEQ_BASE] * count
+        self.seqs = [0] * count
         self.announces = [self._announce(n, args.prefix) for n in range(count)]
         self.heartbeats = [
             frame(
@@ -211,14 +206,14 @@ class Fleet:
                 self.announced_at[n] = now
                 seqs[n] = seq = seqs[n] + 1
                 head, tail = self.announces[n]
-                parts += (head, b"%d" % seq, tail)
+                parts += (head, b"%10d" % seq, tail)
                 self.announced += 1
         self.ticked = max(self.ticked, int(now / TICK_S))
         heartbeats = self.heartbeats
         for n in beat:
             seqs[n] = seq = seqs[n] + 1
             head, tail = heartbeats[n]
-            parts += (head, b"%d" % seq, tail)
+            parts += (head, b"%10d" % seq, tail)
         return parts
 
     def goodbyes(self, prefix: str) -> list[bytes]:
@@ -229,7 +224,7 @@ class Fleet:
                 subjects.control_subject(prefix, "bye", name, instance_id),
                 wire.Goodbye(id=instance_id, name=name, seq=SEQ_SENTINEL),
             )
-            parts += (head, b"%d" % self.seqs[n], tail)
+            parts += (head, b"%10d" % self.seqs[n], tail)
         return parts
 
 
