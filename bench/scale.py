@@ -5,6 +5,7 @@
     python bench/scale.py --heartbeat-s 1,10 --chart bench/scale.png --json bench/scale.json
     python bench/scale.py --system-events # the node also reads disconnect advisories
     python bench/scale.py --fleet-cost    # the simulator's own CPU, no registry
+    python bench/scale.py --from-json a.json,b.json --chart bench/scale.png   # runs, one chart
     python bench/scale.py --sizes 50000 --profile bench/profile   # and where the node's CPU goes
     python bench/scale.py --watch 50000   # a node under 50k instances, second by second, 30 s
 
@@ -53,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import IO, TypeVar
@@ -62,7 +64,7 @@ import nats
 import natsreg
 from natsreg import subjects, wire
 from natsreg.registry import MAX_INSTANCES
-from natsreg.testing import NatsServer
+from natsreg.testing import NatsServer, free_port
 
 HERE = Path(__file__).resolve().parent
 SERVICE_PROC = HERE.parent / "tests" / "service_proc.py"
@@ -192,20 +194,36 @@ async def bounded(notes: list[str], awaitable: Awaitable[T]) -> T | None:
         return None
 
 
-async def cpu_pct(window_s: float, *groups: list[int]) -> list[float]:
-    """Each group of processes' CPU over the next ``window_s``, in % of one core."""
+def messages_in(monitor_port: int) -> int:
+    """Messages nats-server has taken in from its clients so far (its monitoring ``/varz``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/varz", timeout=5) as reply:
+        count: int = json.load(reply)["in_msgs"]
+        return count
+
+
+async def over_window(
+    window_s: float, monitor_port: int, *groups: list[int]
+) -> tuple[list[float], float]:
+    """Each group of processes' CPU over the next ``window_s``, in % of one core, and the
+    messages a second nats-server took in meanwhile (what the fleet really offered)."""
     before = [sum(cpu_seconds(pid) for pid in group) for group in groups]
+    messages = messages_in(monitor_port)
     start = time.monotonic()
     await asyncio.sleep(window_s)
     elapsed = time.monotonic() - start
-    return [
+    rate = (messages_in(monitor_port) - messages) / elapsed
+    cpu = [
         round(100 * (sum(cpu_seconds(pid) for pid in group) - cpu0) / elapsed, 1)
         for group, cpu0 in zip(groups, before, strict=True)
     ]
+    return cpu, rate
 
 
-def server_args(events: bool) -> tuple[str, ...]:
-    return ("-c", str(SYS_ACCOUNTS)) if events else ()
+def monitored_server(events: bool) -> tuple[NatsServer, int]:
+    """A nats-server with its monitoring port (and, with ``events``, a system account)."""
+    port = free_port()
+    config = ("-c", str(SYS_ACCOUNTS)) if events else ()
+    return NatsServer(args=(*config, "-m", str(port))), port
 
 
 def app_url(server: NatsServer, events: bool) -> str:
@@ -314,7 +332,8 @@ async def measure(size: int, heartbeat_s: float, args: argparse.Namespace) -> Ro
     row: Row = {"instances": size, "heartbeat_s": heartbeat_s, "system_events": events}
     notes: list[str] = []
     processes: list[subprocess.Popen[str]] = []
-    with NatsServer(args=server_args(events)) as server, tempfile.TemporaryFile("w+") as log:
+    server, monitor_port = monitored_server(events)
+    with server, tempfile.TemporaryFile("w+") as log:
         try:
             registry = await start_registry(server, prefix, size, events, log)
             processes.append(registry)
@@ -324,7 +343,9 @@ async def measure(size: int, heartbeat_s: float, args: argparse.Namespace) -> Ro
             nc = await nats.connect(app_url(server, events), pending_size=64 * 1024 * 1024)
             try:
                 pids = (registry.pid, [f.pid for f in fleets], server.process.pid)
-                await measure_node(nc, app_url(server, events), pids, row, notes, args)
+                await measure_node(
+                    nc, app_url(server, events), pids, monitor_port, row, notes, args
+                )
             finally:
                 await nc.close()
             log.seek(0)
@@ -341,6 +362,7 @@ async def measure_node(
     nc: nats.NATS,
     url: str,
     pids: tuple[int, list[int], int],
+    monitor_port: int,
     row: Row,
     notes: list[str],
     args: argparse.Namespace,
@@ -360,11 +382,14 @@ async def measure_node(
     )
     if held_s is not None:
         await asyncio.sleep(2.0)
-    cpu, fleet_cpu, server_cpu = await cpu_pct(args.window, [registry], fleets, [server])
+    (cpu, fleet_cpu, server_cpu), offered = await over_window(
+        args.window, monitor_port, [registry], fleets, [server]
+    )
     row["cpu_pct"] = cpu
     row["rss_mb"] = round(rss_mb(registry))
     row["heartbeats_per_s"] = round(size / heartbeat_s)
-    row["us_per_heartbeat"] = round(cpu / 100 / (size / heartbeat_s) * 1e6, 1)
+    row["offered_per_s"] = round(offered)  # short of heartbeats_per_s: the fleet fell behind
+    row["us_per_heartbeat"] = round(cpu / 100 / max(offered, 1) * 1e6, 1)
     row["fleet_cpu_pct"], row["server_cpu_pct"] = fleet_cpu, server_cpu
     stats = await bounded(notes, node_stats(nc, prefix))
     if stats is not None:
@@ -457,7 +482,7 @@ async def kill_to_removal(nc: nats.NATS, url: str, prefix: str, fleet: int) -> f
 
 async def removal_with_system_events() -> float:
     """kill -9 to removal when the registry reads the server's disconnect advisories."""
-    with NatsServer(args=server_args(True)) as server:
+    with NatsServer(args=("-c", str(SYS_ACCOUNTS))) as server:
         app = await nats.connect(app_url(server, True))
         system = await nats.connect(server.url.replace("nats://", "nats://sys:sys@"))
         try:
@@ -487,27 +512,33 @@ async def removal_with_system_events() -> float:
 
 
 async def fleet_cost(sizes: list[int], heartbeats: list[float], args: argparse.Namespace) -> None:
-    """The simulator's own CPU per 1,000 instances, and nats-server's, with no registry; with
-    ``--baseline-fleet``, that script's too, in the same run (the same sizes, alternating)."""
+    """The simulator's own CPU per message and per 1,000 instances, with no registry; with
+    ``--baseline-fleet``, that script's too, in the same run (same sizes, one after the other).
+    A fleet that cannot keep up sends fewer messages than asked: ``offered`` says so."""
     scripts = [HERE / "fleet.py"] + ([Path(args.baseline_fleet)] if args.baseline_fleet else [])
-    print("simulator | heartbeat_s | instances | fleet CPU % | ms/s per 1k | nats-server CPU %")
+    print(
+        "simulator | heartbeat_s | instances | messages/s asked | offered | fleet CPU % | "
+        "us/message | ms/s per 1k instances | nats-server CPU %"
+    )
     for heartbeat_s in heartbeats:
         for size in sizes:
             for script in scripts:
                 processes: list[subprocess.Popen[str]] = []
-                with NatsServer() as server:
+                server, monitor_port = monitored_server(False)
+                with server:
                     try:
                         fleets = await start_fleets(
                             server.url, "scale", size, heartbeat_s, processes, script
                         )
                         await asyncio.sleep(2.0)
-                        fleet, nats_server = await cpu_pct(
-                            args.window, [f.pid for f in fleets], [server.process.pid]
+                        (fleet, nats_server), offered = await over_window(
+                            args.window, monitor_port, [f.pid for f in fleets], [server.process.pid]
                         )
-                        per_1k = fleet * 10 / (size / 1000)
+                        us = fleet / 100 / max(offered, 1) * 1e6
+                        per_1k = us * 1000 / heartbeat_s / 1000  # ms of CPU a second
                         print(
-                            f"{script.name} | {heartbeat_s} | {size} | {fleet} | {per_1k:.2f}"
-                            f" | {nats_server}",
+                            f"{script.name} | {heartbeat_s} | {size} | {size / heartbeat_s:.0f}"
+                            f" | {offered:.0f} | {fleet} | {us:.2f} | {per_1k:.2f} | {nats_server}",
                             flush=True,
                         )
                     except (TimeoutError, RuntimeError) as exc:
@@ -578,6 +609,7 @@ COLUMNS = (
     "rss_mb",
     "heartbeats_per_s",
     "us_per_heartbeat",
+    "offered_per_s",
     "fleet_cpu_pct",
     "server_cpu_pct",
     "held_after_s",
@@ -618,6 +650,11 @@ async def main() -> None:
     )
     parser.add_argument("--window", type=float, default=10.0, help="CPU window, seconds")
     parser.add_argument("--chart", help="write a PNG chart here (needs matplotlib)")
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE,...",
+        help="measure nothing: draw --chart from the rows of these --json files",
+    )
     parser.add_argument("--json", help="write the rows as JSON here, after each size")
     parser.add_argument("--profile", help="sample the registry with py-spy; stacks to this folder")
     parser.add_argument(
@@ -630,10 +667,16 @@ async def main() -> None:
         "--baseline-fleet", metavar="FILE", help="with --fleet-cost: another simulator to compare"
     )
     args = parser.parse_args()
+    if args.from_json and not args.chart:
+        parser.error("--from-json draws a chart: give --chart FILE.png too")
     sizes, heartbeats = numbers(args.sizes, int), numbers(args.heartbeat_s, float)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.watch:
         await watch(args.watch, heartbeats[0], 30.0)
+        return
+    if args.from_json:
+        files = args.from_json.split(",")
+        chart([r for f in files for r in json.loads(Path(f).read_text())["rows"]], args.chart)
         return
     if args.fleet_cost:
         await fleet_cost(sizes, heartbeats, args)
