@@ -242,7 +242,7 @@ async def start_registry(
     registry = subprocess.Popen(command, stderr=log, text=True)
     nc = await nats.connect(app_url(server, events))
     try:
-        await wait_for(lambda: _answers(nc, prefix), 10, "registry up")
+        await wait_for(lambda: _answers(nc, prefix), 30, "registry up")
     except TimeoutError:
         registry.kill()
         raise
@@ -572,13 +572,14 @@ def chart(rows: list[Row], path: str) -> None:
             sizes, [r["rss_mb"] for r in done], "s" + style, color="tab:red", label=f"RSS, {label}"
         )
         for r in done:
-            if "held_after_s" not in r:  # the node never held the whole fleet: saturated
+            if "held_after_s" not in r:  # the node never held the whole fleet
+                held = f" ({r['instances_held']:,})" if "instances_held" in r else ""
                 cpu_axis.annotate(
-                    "saturated",
+                    f"not held{held}",
                     (r["instances"], r["cpu_pct"]),
                     fontsize=7,
                     textcoords="offset points",
-                    xytext=(-20, 6),
+                    xytext=(-30, 6),
                 )
     cpu_axis.set_xscale("log")
     cpu_axis.set_xlabel("instances (log scale)")
@@ -597,7 +598,9 @@ def chart(rows: list[Row], path: str) -> None:
     lines = cpu_axis.get_legend_handles_labels()
     more = memory_axis.get_legend_handles_labels()
     cpu_axis.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
-    cpu_axis.set_title("natsreg: one registry node (Python) against fleet size, 2-core machine")
+    loads = [float(r["load_average"]) for r in rows if "load_average" in r]  # type: ignore[arg-type]
+    shared = f", load average {min(loads):.0f}-{max(loads):.0f}" if loads else ""
+    cpu_axis.set_title(f"natsreg: one registry node against fleet size (2 cores{shared})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
