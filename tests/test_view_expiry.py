@@ -9,18 +9,9 @@ import pytest
 from natsreg import wire
 from natsreg.registry._expiry import Deadlines, Entry
 from natsreg.registry._view import View
+from tests.test_view_rules import START, Clock
 
 pytestmark = pytest.mark.pure
-
-START = 1000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def announce(seq: int, heartbeat_s: float = 1.0) -> wire.Announce:
