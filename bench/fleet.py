@@ -10,7 +10,8 @@ asked (``<prefix>.discover``, ``<prefix>.discover.<service>``,
 one pending and at most once a second each, as ``natsreg.Service`` does), and says goodbye on
 SIGTERM. Heartbeats are spread evenly over the interval, as independent processes would send
 them, and follow the pace registry nodes allow (``<prefix>.pace.<node>``) as real instances do:
-each declares the interval it keeps, a slower one a round before keeping it. Prints ``ready N`` once every instance has announced and nats-server has read it all.
+each declares the interval it keeps, a slower one a round before keeping it. Prints ``ready
+N`` once every instance has announced and nats-server has read it all.
 
 It is built to measure the registry rather than itself. Every instance's announce,
 heartbeat and goodbye is encoded once, at start, with the whole ``PUB`` frame around it; a
