@@ -82,6 +82,9 @@ async def test_simulated_instances_are_what_a_registry_node_sees_of_real_ones(
 
                 await eventually(all_said_goodbye, what="every simulated instance gone")
                 assert sorted(m.id for m in heard["bye"]) == sorted(before)
-                assert registry.stats().dropped == {}
+                # Nothing refused but what a real instance's messages may also be: a heartbeat
+                # and the re-announce or goodbye written right after it travel on two
+                # subscriptions, whose order a node does not keep, so the older one can be stale.
+                assert set(registry.stats().dropped) <= {"stale"}
             finally:
                 proc.kill()
