@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import nats
+from scale import stop  # bench/scale.py: SIGTERM, then SIGKILL after 30 s
 
 from natsreg import subjects, wire
 from natsreg.testing import NatsServer
@@ -97,18 +98,6 @@ def start_fleets(url: str, size: int) -> list[subprocess.Popen[str]]:
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
     return procs
-
-
-def stop(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in reversed(procs):
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if proc.stdout:
-            proc.stdout.close()
 
 
 async def node_cpu(
