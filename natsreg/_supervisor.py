@@ -309,7 +309,15 @@ class Supervisor:
         from watchfiles import PythonFilter, awatch
 
         assert self._tg is not None
-        self._say(f"watching {folder} for changes to .py files")
-        async for changes in awatch(folder, watch_filter=PythonFilter()):
-            names = sorted({Path(path).name for _, path in changes})
-            self._tg.start_soon(self._roll, f"{', '.join(names)} changed")
+        # The watch is in place only once the generator has run: it says so at its first
+        # yield (a 1 s tick with no change), so a file saved after the line is never missed.
+        watching = False
+        async for changes in awatch(
+            folder, watch_filter=PythonFilter(), rust_timeout=1000, yield_on_timeout=True
+        ):
+            if not watching:
+                watching = True
+                self._say(f"watching {folder} for changes to .py files")
+            if changes:
+                names = sorted({Path(path).name for _, path in changes})
+                self._tg.start_soon(self._roll, f"{', '.join(names)} changed")
