@@ -130,14 +130,17 @@ async def test_requests_work_again_after_a_reconnect(nats_url: str, unique: str)
 async def test_aclose_lets_calls_in_flight_finish_then_ends_the_inbox(
     nc: NATS, unique: str
 ) -> None:
+    arrived = asyncio.Event()
+
     async def slowish(msg: Msg) -> None:
+        arrived.set()
         await asyncio.sleep(0.1)
         await msg.respond(msg.data)
 
     await nc.subscribe(f"mux-{unique}.slowish", cb=slowish)
     client = natsreg.Client(nc)
     call = asyncio.ensure_future(client.request(f"mux-{unique}.slowish", b"in flight"))
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(arrived.wait(), 10)  # the call is in flight: its service has it
     await client.aclose()
     assert call.done() and call.result().data == b"in flight"
     assert client._transport.mux._sub is None
