@@ -67,3 +67,32 @@ async def until_warm(nc: NATS, prefix: str, timeout_s: float = 5.0) -> None:
         return True
 
     await eventually(answered, timeout_s, what=f"a warm registry node on {prefix!r}")
+
+
+class Clock:
+    """A clock that moves only when the test moves it (``clock.now += 1.0``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class HeldClock:
+    """``time.monotonic`` that stands still from its start until :meth:`release`: whatever it
+    times (a node's warm-up) lasts as long as the test needs, however slow the machine."""
+
+    def __init__(self) -> None:
+        self._held_at: float | None = time.monotonic()
+        self._lost = 0.0
+
+    def __call__(self) -> float:
+        now = self._held_at if self._held_at is not None else time.monotonic()
+        return now - self._lost
+
+    def release(self) -> None:
+        """Run on from where it stood."""
+        if self._held_at is not None:
+            self._lost += time.monotonic() - self._held_at
+            self._held_at = None

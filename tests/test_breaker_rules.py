@@ -11,16 +11,9 @@ import pytest
 
 from natsreg import ConfigError
 from natsreg.client._breaker import Breaker, BreakerConfig
+from tests.helpers import Clock
 
 pytestmark = pytest.mark.pure
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def breaker(clock: Clock, **config: Any) -> Breaker:

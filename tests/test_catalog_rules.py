@@ -11,18 +11,11 @@ import pytest
 
 from natsreg import wire
 from natsreg.client._catalog import MAX_EVENT_BYTES, MAX_INSTANCES_PER_SERVICE, Catalog
+from tests.helpers import Clock
 
 pytestmark = pytest.mark.pure
 
 SILENCE_S = 2.5
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def view(instance_id: str = "i1", seq: int = 1, **fields: object) -> wire.InstanceView:

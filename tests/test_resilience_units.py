@@ -15,16 +15,9 @@ from natsreg.client._breaker import Breaker, BreakerConfig
 from natsreg.client._catalog import Catalog
 from natsreg.client._retry import RetryPolicy, is_retryable
 from natsreg.client._target import parse_target
+from tests.helpers import Clock
 
 pytestmark = pytest.mark.pure
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- breaker ---------------------------------------------------------------------------------

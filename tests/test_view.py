@@ -6,16 +6,9 @@ import pytest
 
 from natsreg import wire
 from natsreg.registry._view import View
+from tests.helpers import Clock
 
 pytestmark = pytest.mark.pure
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def announce(seq: int, **fields: object) -> wire.Announce:

@@ -10,18 +10,11 @@ import pytest
 
 from natsreg import wire
 from natsreg.registry._view import Change, Outcome, View
+from tests.helpers import Clock
 
 pytestmark = pytest.mark.pure
 
 START = 1000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def announce(

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from natsreg.client import RegistryApi
-from tests.helpers import eventually, until_warm
+from tests.helpers import HeldClock, eventually, until_warm
 from tests.test_bridge import serving
 from tests.test_cli import run_cli
 
@@ -61,9 +61,12 @@ async def _answered_by(api: RegistryApi, node: str) -> bool:
 async def test_with_no_warm_node_the_answer_ls_and_the_bridge_say_so(
     nc: NATS, prefix: str, unique: str, cli_env: dict[str, str]
 ) -> None:
+    # The node's clock stands still until the three commands have answered: its warm-up
+    # outlasts their start, however slow the machine.
+    clock = HeldClock()
     async with (
         natsreg.announce(nc, f"lone-{unique}", version="1.0.0", prefix=prefix),
-        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=6.0) as node,
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=2.0, clock=clock) as node,
         serving(nc, prefix=prefix, registry_refresh_s=60.0) as http,
     ):
         api = RegistryApi(nc, prefix=prefix)
@@ -98,6 +101,7 @@ async def test_with_no_warm_node_the_answer_ls_and_the_bridge_say_so(
         # The bridge serves the warming answer, but keeps it no longer than warm-up lasts.
         assert (await http.get("/_natsreg/services")).json()["warming_up"] is True
 
+        clock.release()
         await until_warm(nc, prefix, timeout_s=10)
         assert not (await api.services()).warming_up
         assert (await http.get("/_natsreg/services")).json()["warming_up"] is False
