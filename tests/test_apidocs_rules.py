@@ -124,7 +124,7 @@ def test_errors_are_the_status_table_with_the_json_error_body() -> None:
     responses = document["paths"]["/users/get"]["post"]["responses"]
     assert {"400", "408", "413", "429", "502", "503", "504", "default"} <= set(responses)
     assert "401" not in responses  # no auth, no 401
-    unavailable = document["components"]["responses"]["unavailable"]
+    unavailable = document["components"]["responses"]["status_503"]
     assert "no_instance" in unavailable["description"]
     error = components(document)["natsreg.Error"]
     assert set(error["required"]) == {"error", "message", "service", "endpoint"}

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 import natsreg
 from natsreg import ConfigError, ServiceError, bridge
 from natsreg.bridge import Auth, BridgeConfig, Cors, Route
+from natsreg.bridge._errors import ERRORS, SERVICE_ERROR
 from natsreg.bridge._routes import Refusal, RouteTable
 from natsreg.errors import BulkheadFullError, CircuitOpenError
 
@@ -687,6 +688,20 @@ def test_status_for_is_the_one_table() -> None:
     ]
     for error, status in table:
         assert bridge.status_for(error)[0] == status, error
+
+
+def test_the_operations_guide_states_the_bridges_error_table() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    table = docs.split("### Status table", 1)[1].split("\n\n###", 1)[0]
+    stated: dict[str, set[str]] = {}
+    for status, name in re.findall(r"^\|[^|]*\|\s*([^|]+?)\s*\|\s*`(\w+)`\s*\|$", table, re.M):
+        if status != "status":  # the head row
+            stated.setdefault(name, set()).add(status)
+    assert set(stated) == {*ERRORS, SERVICE_ERROR}
+    assert {name: stated[name] for name in ERRORS} == {
+        name: {str(kind.status)} for name, kind in ERRORS.items()
+    }
+    assert stated[SERVICE_ERROR] == {"that code", "502"}
 
 
 def test_the_route_table_itself_refuses_every_hostile_path() -> None:

@@ -14,19 +14,18 @@ from natsreg.bridge._routes import MAX_SUBJECT_CHARS, Refusal, RouteTable, Targe
 pytestmark = pytest.mark.pure
 
 BAD_PATH = Refusal(
-    400,
     "bad_request",
     "the path holds a segment that cannot be a subject token (empty, '.', '*', "
     "'>', whitespace or control characters)",
     "",
     "",
 )
-LONG_PATH = Refusal(400, "bad_request", "the path is longer than 512 characters", "", "")
+LONG_PATH = Refusal("bad_request", "the path is longer than 512 characters", "", "")
 LONG_SUBJECT = Refusal(
-    400, "bad_request", "the path maps to a subject longer than 512 characters", "", ""
+    "bad_request", "the path maps to a subject longer than 512 characters", "", ""
 )
-FORBIDDEN = Refusal(400, "bad_request", "the path names a reserved subject", "", "")
-NO_ROUTE = Refusal(404, "not_found", "no route matches the path", "", "")
+FORBIDDEN = Refusal("bad_request", "the path names a reserved subject", "", "")
+NO_ROUTE = Refusal("not_found", "no route matches the path", "", "")
 
 
 def exactly(message: str) -> str:
@@ -42,7 +41,7 @@ def default_target(subject: str) -> Target:
 
 def bad_name(service: str, endpoint: str) -> Refusal:
     message = "service and endpoint names hold letters, digits, '-' and '_' only"
-    return Refusal(400, "bad_request", message, service, endpoint)
+    return Refusal("bad_request", message, service, endpoint)
 
 
 # -- the default mapping: /<service>/<endpoint>[/...] ----------------------------------------
@@ -273,7 +272,7 @@ def test_a_versioned_route_asks_the_client_for_its_constraint() -> None:
 
 def test_a_versioned_route_has_no_sub_paths() -> None:
     route = Route(path="/api/which", subject="svc.which", version="^1.2")
-    refusal = Refusal(404, "not_found", "a versioned route has no sub-paths", "svc", "which")
+    refusal = Refusal("not_found", "a versioned route has no sub-paths", "svc", "which")
     assert RouteTable([route]).resolve("/api/which/x") == refusal
 
 
@@ -422,3 +421,11 @@ def test_a_route_whose_own_subject_is_too_long_is_refused_at_config_time() -> No
     message = f"route '/x': the subject is longer than {MAX_SUBJECT_CHARS} characters"
     with pytest.raises(ConfigError, match=exactly(message)):
         Route(path="/x", subject=too_long)
+
+
+def test_a_refusal_takes_its_status_from_the_error_table_unless_it_has_its_own() -> None:
+    assert Refusal("no_instance", "none").status == 503
+    assert Refusal("not_found", "none").status == 404
+    assert Refusal("service_error", "its own", code=418).status == 418
+    with pytest.raises(ValueError, match="'no_such_error' is not in the bridge's error table"):
+        Refusal("no_such_error", "a name the table does not have")

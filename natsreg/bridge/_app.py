@@ -40,15 +40,15 @@ PATH_HEADER = "Natsreg-Http-Path"
 QUERY_HEADER = "Natsreg-Http-Query"
 
 _EMPTY_REFUSALS = {
-    408: Refusal(408, "body_timeout", "the request body did not arrive in time"),
-    413: Refusal(413, "body_too_large", "the request body is over the bridge's limit"),
-    429: Refusal(429, "too_many_requests", "too many requests in flight from this client"),
-    431: Refusal(431, "headers_too_large", "the request path, query and headers are too large"),
+    408: Refusal("body_timeout", "the request body did not arrive in time"),
+    413: Refusal("body_too_large", "the request body is over the bridge's limit"),
+    429: Refusal("too_many_requests", "too many requests in flight from this client"),
+    431: Refusal("headers_too_large", "the request path, query and headers are too large"),
 }
 _MISDIRECTED = Refusal(
-    421, "misdirected_request", "this bridge does not serve the host named in the Host header"
+    "misdirected_request", "this bridge does not serve the host named in the Host header"
 )
-_CROSS_SITE = Refusal(403, "cross_site", "a cross-site request that the CORS settings do not allow")
+_CROSS_SITE = Refusal("cross_site", "a cross-site request that the CORS settings do not allow")
 
 
 class _Disconnected(Exception):
@@ -56,7 +56,7 @@ class _Disconnected(Exception):
 
 
 _Headers = Iterable[tuple[bytes, bytes]]
-_HEADER_INJECTION = Refusal(400, "bad_request", "a header holds CR, LF or NUL")
+_HEADER_INJECTION = Refusal("bad_request", "a header holds CR, LF or NUL")
 # The ``route`` label of requests that resolved to no route, of the /service/endpoint
 # mapping, and of the bridge's own resources.
 _NO_ROUTE = "none"
@@ -251,7 +251,6 @@ class Bridge:
             allow = ", ".join(sorted(route.methods)).encode()
             raise _Refused(
                 Refusal(
-                    405,
                     "method_not_allowed",
                     f"{method} is not allowed here",
                     target.service,
@@ -270,7 +269,6 @@ class Bridge:
             if asked is None:
                 raise _Refused(
                     Refusal(
-                        400,
                         "bad_request",
                         f"{self.config.timeout_header} must be a number of seconds > 0",
                         target.service,
@@ -402,7 +400,7 @@ def _failure(exc: Exception, target: Target, cors: _Headers) -> _Refused:
         message = str(exc)
     if isinstance(exc, CircuitOpenError):
         cors = (*cors, (b"retry-after", str(math.ceil(exc.retry_in_s)).encode()))
-    return _Refused(Refusal(status, error, message, target.service, target.endpoint), cors)
+    return _Refused(Refusal(error, message, target.service, target.endpoint, status), cors)
 
 
 def _seconds(value: bytes) -> float | None:

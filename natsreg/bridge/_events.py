@@ -55,7 +55,7 @@ _HEADERS = [
     # nginx buffers responses by default, which would hold events back.
     (b"x-accel-buffering", b"no"),
 ]
-_STOPPING = Refusal(503, "stopping", "the bridge is stopping")
+_STOPPING = Refusal("stopping", "the bridge is stopping")
 _NATS_FAILURES = (nats.errors.Error, OSError)
 
 
@@ -165,7 +165,6 @@ class EventStreams:
             await refuse(
                 send,
                 Refusal(
-                    503,
                     "too_many_streams",
                     f"{limit} event streams are open, the most this bridge serves "
                     "(max_event_streams): close one, or raise the limit",

@@ -21,6 +21,7 @@ from .. import __version__, wire
 from .._apidocs import Offered, SchemaBook, offered
 from ._access import Auth
 from ._config import BridgeConfig
+from ._errors import ERRORS, SERVICE_ERROR
 from ._responses import ErrorBody
 from ._routes import Route, RouteTable, Target
 
@@ -33,38 +34,27 @@ _PCHAR = "!$&'()*+,;=:@"
 _OPERATION_ID = re.compile(r"[^A-Za-z0-9_]+")
 _NO_BODY = frozenset({"GET", "HEAD"})
 
-# The statuses any forwarded request may get from the bridge itself (docs/operations.md,
-# "Status table"), by response name: status, then what the `error` field says.
-_ERRORS: dict[str, tuple[str, str]] = {
-    "bad_request": (
-        "400",
-        "`bad_request`: the request cannot become a NATS request (bad "
-        "timeout header, a header holding CR/LF/NUL...)",
-    ),
-    "unauthorized": ("401", "`unauthorized`: missing or wrong credentials"),
-    "body_timeout": ("408", "`body_timeout`: the body did not arrive in time"),
-    "body_too_large": ("413", "`body_too_large`: the body is over the bridge's limit"),
-    "too_many_requests": (
-        "429",
-        "`too_many_requests`: too many requests in flight from this client",
-    ),
-    "bad_gateway": (
-        "502",
-        "`bad_gateway` or `service_error`: no usable reply, or the "
-        "service's own error with a code outside 400–599",
-    ),
-    "unavailable": (
-        "503",
-        "`no_instance`, `not_connected`, `circuit_open` or `overloaded`: "
-        "no instance can take the request now",
-    ),
-    "timeout": ("504", "`timeout`: no reply within the timeout"),
-    "other": (
+
+def _error_responses() -> dict[str, tuple[str, str]]:
+    """The error responses, by component name: one per status of the bridge's error table,
+    and ``other`` (the default) for the service's own error."""
+    groups: dict[int, list[str]] = {}
+    for name, kind in ERRORS.items():
+        groups.setdefault(kind.status, []).append(f"`{name}`: {kind.meaning}")
+    responses = {
+        f"status_{status}": (str(status), "; ".join(lines))
+        for status, lines in sorted(groups.items())
+    }
+    responses["other"] = (
         "default",
-        "the service's own error (`service_error`, with the code it gave, "
-        "400–599), or another refusal of the bridge's status table",
-    ),
-}
+        f"`{SERVICE_ERROR}`: the service's own error, with the code it gave (400-599; any "
+        "other code is a 502)",
+    )
+    return responses
+
+
+_ERRORS = _error_responses()
+_UNAUTHORIZED = f"status_{ERRORS['unauthorized'].status}"
 
 
 def openapi(
@@ -235,7 +225,7 @@ class _Builder:
             }
         }
         for key, (status, _) in _ERRORS.items():
-            if key != "unauthorized" or auth.enabled:
+            if key != _UNAUTHORIZED or auth.enabled:
                 responses[status] = {"$ref": f"{_REF}responses/{key}"}
         operation["responses"] = responses
         if auth.enabled:
@@ -277,7 +267,7 @@ class _Builder:
             }
             if guarded and self.config.auth.enabled:
                 operation["security"] = [{self._scheme(self.config.auth): []}]
-                operation["responses"]["401"] = {"$ref": f"{_REF}responses/unauthorized"}
+                operation["responses"]["401"] = {"$ref": f"{_REF}responses/{_UNAUTHORIZED}"}
             self.paths[path] = {"get": operation}
 
     def _components(self) -> dict[str, Any]:

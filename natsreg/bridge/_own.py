@@ -94,7 +94,7 @@ class OwnResources:
         if method not in ("GET", "HEAD"):
             await refuse(
                 send,
-                Refusal(405, "method_not_allowed", "use GET"),
+                Refusal("method_not_allowed", "use GET"),
                 (*cors, (b"allow", b"GET, HEAD")),
             )
             return
@@ -124,7 +124,7 @@ class OwnResources:
                 snapshot, body = await self._snapshot()
             except NatsregError as exc:
                 status, error = status_for(exc)
-                await refuse(send, Refusal(status, error, str(exc)), cors)
+                await refuse(send, Refusal(error, str(exc), code=status), cors)
                 return
             if path == "/_natsreg/openapi.json":
                 body = await self._openapi_json(snapshot, head.host)
@@ -140,7 +140,7 @@ class OwnResources:
             body, content_type, headers = found
             await respond(send, 200, content_type, b"" if method == "HEAD" else body, headers)
         else:
-            await refuse(send, Refusal(404, "not_found", "no such bridge resource"), cors)
+            await refuse(send, Refusal("not_found", "no such bridge resource"), cors)
 
     async def _allowed(
         self, credentials: dict[bytes, bytes], send: Send, cors: Iterable[tuple[bytes, bytes]]

@@ -1,6 +1,6 @@
-"""How the bridge answers: the status table (:func:`status_for`), and the writing of a response
-and of a JSON error body, shared by the request path (``_app``) and the bridge's own resources
-(``_own``).
+"""How the bridge answers: the status of a failed request (:func:`status_for`), and the
+writing of a response and of a JSON error body, shared by the request path (``_app``) and the
+bridge's own resources (``_own``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..errors import (
     RequestTimeoutError,
     ServiceError,
 )
+from ._errors import ERRORS, SERVICE_ERROR
 from ._routes import Refusal, Target
 
 __all__ = [
@@ -44,30 +45,28 @@ JSON = b"application/json"
 encode = msgspec.json.Encoder().encode
 
 
+# The natsreg errors a failed request may end in, by the name the error table gives them;
+# the first that matches wins (a subclass before its base).
+_NAMES: tuple[tuple[type[BaseException], str], ...] = (
+    (NoInstanceError, "no_instance"),
+    (RequestTimeoutError, "timeout"),
+    (NotConnectedError, "not_connected"),
+    (CircuitOpenError, "circuit_open"),
+    (BulkheadFullError, "overloaded"),
+    (ConfigError, "bad_request"),
+    (nats.errors.MaxPayloadError, "body_too_large"),
+    (NatsregError, "bad_gateway"),
+)
+
+
 def status_for(error: BaseException) -> tuple[int, str]:
-    """The HTTP status and error name for a failed request: the bridge's one status table."""
-    match error:
-        case NoInstanceError():
-            return 503, "no_instance"
-        case RequestTimeoutError():
-            return 504, "timeout"
-        case ServiceError(code=code) if 400 <= code <= 599:
-            return code, "service_error"
-        case ServiceError():
-            return 502, "service_error"
-        case NotConnectedError():
-            return 503, "not_connected"
-        case CircuitOpenError():
-            return 503, "circuit_open"
-        case BulkheadFullError():
-            return 503, "overloaded"
-        case ConfigError():
-            return 400, "bad_request"
-        case nats.errors.MaxPayloadError():
-            return 413, "body_too_large"
-        case NatsregError():
-            return 502, "bad_gateway"
-    return 500, "internal_error"
+    """The HTTP status and error name for a failed request (the statuses: ``_errors``)."""
+    if isinstance(error, ServiceError):
+        return (error.code if 400 <= error.code <= 599 else 502), SERVICE_ERROR
+    for kind, name in _NAMES:
+        if isinstance(error, kind):
+            return ERRORS[name].status, name
+    return ERRORS["internal_error"].status, "internal_error"
 
 
 class ErrorBody(msgspec.Struct):
@@ -108,7 +107,6 @@ async def refuse(send: Send, refusal: Refusal, extra: Iterable[tuple[bytes, byte
 def unauthorized(target: Target | None) -> Refusal:
     """The refusal of missing or wrong credentials (for ``target``, if the path named one)."""
     return Refusal(
-        401,
         "unauthorized",
         "missing or invalid credentials",
         target.service if target else "",

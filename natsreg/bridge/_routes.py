@@ -16,6 +16,7 @@ from .. import subjects, wire
 from .._semver import Constraint, parse_constraint
 from ..errors import ConfigError
 from ._access import Auth
+from ._errors import ERRORS
 
 __all__ = ["MAX_SUBJECT_CHARS", "Refusal", "Route", "RouteTable", "Target"]
 
@@ -110,13 +111,22 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why a path goes nowhere: the HTTP status and the error body's fields."""
+    """Why a request goes nowhere: the error body's fields, and its HTTP status."""
 
-    status: int
     error: str
     message: str
     service: str = ""
     endpoint: str = ""
+    #: The HTTP status; 0 takes the one the error table gives ``error`` (``_errors``).
+    code: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.code and self.error not in ERRORS:
+            raise ValueError(f"{self.error!r} is not in the bridge's error table")
+
+    @property
+    def status(self) -> int:
+        return self.code or ERRORS[self.error].status
 
 
 def _valid_path_token(token: str) -> bool:
@@ -126,17 +136,16 @@ def _valid_path_token(token: str) -> bool:
 
 
 _BAD_PATH = Refusal(
-    400,
     "bad_request",
     "the path holds a segment that cannot be a subject token (empty, '.', '*', "
     "'>', whitespace or control characters)",
 )
-_LONG_PATH = Refusal(400, "bad_request", f"the path is longer than {MAX_SUBJECT_CHARS} characters")
+_LONG_PATH = Refusal("bad_request", f"the path is longer than {MAX_SUBJECT_CHARS} characters")
 _LONG_SUBJECT = Refusal(
-    400, "bad_request", f"the path maps to a subject longer than {MAX_SUBJECT_CHARS} characters"
+    "bad_request", f"the path maps to a subject longer than {MAX_SUBJECT_CHARS} characters"
 )
-_FORBIDDEN_SUBJECT = Refusal(400, "bad_request", "the path names a reserved subject")
-_NO_ROUTE = Refusal(404, "not_found", "no route matches the path")
+_FORBIDDEN_SUBJECT = Refusal("bad_request", "the path names a reserved subject")
+_NO_ROUTE = Refusal("not_found", "no route matches the path")
 
 
 class RouteTable:
@@ -204,7 +213,6 @@ class RouteTable:
             return _FORBIDDEN_SUBJECT
         if not wire.NAME_PATTERN.match(service) or not wire.NAME_PATTERN.match(endpoint):
             return Refusal(
-                400,
                 "bad_request",
                 "service and endpoint names hold letters, digits, '-' and '_' only",
                 service,
@@ -217,9 +225,7 @@ class RouteTable:
     def _via_route(self, route: Route, rest: list[str]) -> Target | Refusal:
         service, _, endpoint = route.subject.partition(".")
         if rest and route.constraint is not None:
-            return Refusal(
-                404, "not_found", "a versioned route has no sub-paths", service, endpoint
-            )
+            return Refusal("not_found", "a versioned route has no sub-paths", service, endpoint)
         subject = ".".join((route.subject, *rest))
         if len(subject) > MAX_SUBJECT_CHARS:
             return _LONG_SUBJECT
