@@ -20,7 +20,7 @@ from natsreg import subjects, wire
 from natsreg.testing import NatsServer
 from tests.helpers import eventually
 from tests.test_cli import assert_one_line_error, natsreg_cli
-from tests.test_resilience import TIMEOUT_S, Load, in_view, services, steady_load
+from tests.test_resilience import TIMEOUT_S, in_view, services, under_load
 from tests.test_system_events import accounts_server  # noqa: F401 (a fixture)
 
 OWN_S = 0.1
@@ -129,25 +129,20 @@ async def test_a_frozen_instance_under_the_slow_pace_is_avoided_with_no_failed_r
                 what="three instances at the slow pace",
             )
             await in_view(client, name, ids)
-            load, stop = Load(), asyncio.Event()
-            runner = asyncio.ensure_future(
-                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8)
-            )
-            await asyncio.sleep(0.5)
-            frozen, frozen_id = procs[0]
-            frozen.send_signal(signal.SIGSTOP)
-            stopped_at = time.monotonic()
-            # Every attempt sent to it before it froze has timed out by then, and it is
-            # avoided from its first timeout on.
-            await asyncio.sleep(TIMEOUT_S + 0.5)
-            figures = client.stats()["instances"][frozen_id]
-            sent_until_avoided = figures["calls"] + figures["in_flight"]
-            # Past the 2.5 s a 1 s heartbeat would have allowed: only avoidance keeps
-            # callers off it now.
-            await asyncio.sleep(max(0.0, stopped_at + 4.0 - time.monotonic()))
-            listed = {i.id for i in await client.view(name)}
-            stop.set()
-            await runner
+            async with under_load(client, f"{name}.work") as load:
+                await asyncio.sleep(0.5)
+                frozen, frozen_id = procs[0]
+                frozen.send_signal(signal.SIGSTOP)
+                stopped_at = time.monotonic()
+                # Every attempt sent to it before it froze has timed out by then, and it is
+                # avoided from its first timeout on.
+                await asyncio.sleep(TIMEOUT_S + 0.5)
+                figures = client.stats()["instances"][frozen_id]
+                sent_until_avoided = figures["calls"] + figures["in_flight"]
+                # Past the 2.5 s a 1 s heartbeat would have allowed: only avoidance keeps
+                # callers off it now.
+                await asyncio.sleep(max(0.0, stopped_at + 4.0 - time.monotonic()))
+                listed = {i.id for i in await client.view(name)}
             figures = client.stats()["instances"][frozen_id]
             frozen.send_signal(signal.SIGCONT)
     assert load.errors == []

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -68,6 +68,23 @@ async def steady_load(
     await asyncio.gather(*(caller() for _ in range(concurrency)))
 
 
+@asynccontextmanager
+async def under_load(
+    client: natsreg.Client, subject: str, concurrency: int = 8, **kwargs: object
+) -> AsyncIterator[Load]:
+    """:func:`steady_load` on ``subject`` while the block runs; it has stopped when the block
+    is left, so its figures are final."""
+    load, stop = Load(), asyncio.Event()
+    runner = asyncio.ensure_future(
+        steady_load(client, subject, load, stop=stop, concurrency=concurrency, **kwargs)  # type: ignore[arg-type]
+    )
+    try:
+        yield load
+    finally:
+        stop.set()
+        await runner
+
+
 @contextmanager
 def services(
     url: str, name: str, prefix: str, count: int, *extra: str
@@ -103,17 +120,12 @@ async def test_kill_9_of_one_of_three_instances_loses_no_request_on_an_idempoten
     async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
         with services(nats_url, name, prefix, 3, "--idempotent", "--delay-ms", "20") as procs:
             await in_view(client, name, {i for _, i in procs})
-            load, stop = Load(), asyncio.Event()
-            runner = asyncio.ensure_future(
-                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8)
-            )
-            await asyncio.sleep(0.5)
-            victim, victim_id = procs[0]
-            victim.send_signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            await asyncio.sleep(3.0)
-            stop.set()
-            await runner
+            async with under_load(client, f"{name}.work") as load:
+                await asyncio.sleep(0.5)
+                victim, victim_id = procs[0]
+                victim.send_signal(signal.SIGKILL)
+                killed_at = time.monotonic()
+                await asyncio.sleep(3.0)
     assert load.errors == []
     assert load.by_instance(since=killed_at + 0.05)[victim_id] == 0
     assert len(load.answers) > 200
@@ -128,23 +140,18 @@ async def test_a_frozen_instance_costs_no_request_and_gets_no_traffic_once_it_mi
     async with natsreg.Registry(nc, prefix=prefix), natsreg.Client(nc, prefix=prefix) as client:
         with services(nats_url, name, prefix, 3, "--idempotent") as procs:
             await in_view(client, name, {i for _, i in procs})
-            load, stop = Load(), asyncio.Event()
-            runner = asyncio.ensure_future(
-                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8)
-            )
-            await asyncio.sleep(0.5)
-            frozen, frozen_id = procs[0]
-            figures = client.stats()["instances"][frozen_id]
-            sent_before = figures["calls"] + figures["in_flight"]
-            frozen.send_signal(signal.SIGSTOP)
-            # Heartbeat 1 s, 2 missed + half an interval: out of every view within 2.5 s;
-            # by then every attempt sent to it before has timed out too.
-            await asyncio.sleep(2.5 + TIMEOUT_S / 2)
-            figures = client.stats()["instances"][frozen_id]
-            sent_until_expiry = figures["calls"] + figures["in_flight"]
-            await asyncio.sleep(1.5)
-            stop.set()
-            await runner
+            async with under_load(client, f"{name}.work") as load:
+                await asyncio.sleep(0.5)
+                frozen, frozen_id = procs[0]
+                figures = client.stats()["instances"][frozen_id]
+                sent_before = figures["calls"] + figures["in_flight"]
+                frozen.send_signal(signal.SIGSTOP)
+                # Heartbeat 1 s, 2 missed + half an interval: out of every view within 2.5 s;
+                # by then every attempt sent to it before has timed out too.
+                await asyncio.sleep(2.5 + TIMEOUT_S / 2)
+                figures = client.stats()["instances"][frozen_id]
+                sent_until_expiry = figures["calls"] + figures["in_flight"]
+                await asyncio.sleep(1.5)
             figures = client.stats()["instances"][frozen_id]
             frozen.send_signal(signal.SIGCONT)
     assert load.errors == []
@@ -167,23 +174,18 @@ async def test_a_rolling_restart_with_sigterm_loses_no_request(
             ]
             ids = [read_id(p) for p in procs]
             await in_view(client, name, set(ids))
-            load, stop = Load(), asyncio.Event()
-            runner = asyncio.ensure_future(
-                steady_load(client, f"{name}.work", load, stop=stop, concurrency=8)
-            )
-            await asyncio.sleep(0.3)
-            for n in range(3):
-                old = procs[n]
-                procs[n] = stack.enter_context(
-                    start_service(nats_url, name, prefix, "--delay-ms", "20")
-                )
-                ids[n] = read_id(procs[n])
-                old.send_signal(signal.SIGTERM)
-                assert await asyncio.to_thread(old.wait, 5) == 0
-                await in_view(client, name, set(ids))
-            await asyncio.sleep(0.3)
-            stop.set()
-            await runner
+            async with under_load(client, f"{name}.work") as load:
+                await asyncio.sleep(0.3)
+                for n in range(3):
+                    old = procs[n]
+                    procs[n] = stack.enter_context(
+                        start_service(nats_url, name, prefix, "--delay-ms", "20")
+                    )
+                    ids[n] = read_id(procs[n])
+                    old.send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(old.wait, 5) == 0
+                    await in_view(client, name, set(ids))
+                await asyncio.sleep(0.3)
     assert load.errors == []
     assert set(load.by_instance(since=time.monotonic() - 0.25)) <= set(ids)
     assert len(load.answers) > 100
