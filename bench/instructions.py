@@ -116,6 +116,21 @@ def _total(out: Path) -> int:
     return int(match.group(1))
 
 
+def counted_parts(script: str, count: int) -> list[int]:
+    """Run ``python script --run count`` under callgrind, which dumps its count each time the
+    script calls ``os.getppid()`` (around each part it measures): the parts' totals in order,
+    start-up first."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("needs valgrind: apt-get install -y valgrind")
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        argv = _callgrind(out, script, "--run", str(count))
+        argv.insert(3, "--dump-before=getppid")
+        subprocess.run(argv, check=True, timeout=3600)
+        parts = sorted(Path(folder).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
+        return [_total(part) for part in parts]
+
+
 def caller_instructions(
     url: str, mode: str, requests: int, env: dict[str, str] | None = None
 ) -> int:

@@ -27,18 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from instructions import counted_parts
 
 MODES = ("sdk-span", "sdk-span-attrs", "natsreg-pair")
 PROCESSORS = ("batch", "simple")
-_TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.MULTILINE)
 
 
 def _step(mode: str, processor: str) -> tuple[Callable[[], None], Any]:
@@ -127,16 +122,8 @@ def main() -> None:
     if args.run is not None:
         _run(args.run)
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("needs valgrind: apt-get install -y valgrind")
     n = args.iterations
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "callgrind.out"
-        argv = ["valgrind", "-q", "--tool=callgrind", "--dump-before=getppid"]
-        argv += [f"--callgrind-out-file={out}", sys.executable, __file__, "--run", str(n)]
-        subprocess.run(argv, check=True, timeout=3600)
-        parts = sorted(Path(folder).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
-        totals = [_total(part) for part in parts]
+    totals = counted_parts(__file__, n)
     counts = totals[1::2]  # parts 2, 4, ...: the counts; 1, 3, ...: start-up and warm-ups
     if len(totals) != 2 * len(MODES) * len(PROCESSORS):
         raise SystemExit(f"expected a dump before and after each count, got {len(totals)}")
@@ -146,13 +133,6 @@ def main() -> None:
     for i, mode in enumerate(MODES):
         cells = counts[i * len(PROCESSORS) : (i + 1) * len(PROCESSORS)]
         print(f"| {mode} | " + " | ".join(f"{c / n:,.0f}" for c in cells) + " |")
-
-
-def _total(out: Path) -> int:
-    match = _TOTAL.search(out.read_text())
-    if match is None:
-        raise SystemExit(f"callgrind wrote no total in {out.name}")
-    return int(match.group(1))
 
 
 if __name__ == "__main__":
