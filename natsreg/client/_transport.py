@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from .. import _headers, errors
+from .. import _natspy, errors
 from .._codec import Message
 from ..errors import OutcomeUnknownError
 from ._mux import Abandoned, ReplyMux
@@ -27,7 +27,7 @@ class Transport:
 
     def __init__(self, nc: NATS, *, mux: bool = True) -> None:
         self.nc = nc
-        _headers.install(nc)  # an error reply's headers are parsed on receipt
+        _natspy.adopt(nc)  # headers parsed on receipt; a late PONG harmless
         self.mux = ReplyMux(nc)
         if not mux:
             self.mux.closed = True

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from .. import _figures, subjects, wire
+from .. import _figures, _natspy, subjects, wire
 from .._probes import nats_problem
 from .._tasks import background
 from ..errors import ConfigError
@@ -110,6 +110,9 @@ class Registry(anyio.AsyncContextManagerMixin):
         self.sweep_s = sweep_s
         self._nc = nc
         self._system_nc = system_nc
+        for conn in (nc, system_nc):
+            if conn is not None:
+                _natspy.adopt(conn)  # a late PONG must not stop its read loop
         self._clock = clock
         # Micro services are polled: three missed polls and they are gone.
         self._view = View(

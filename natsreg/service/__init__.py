@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from .. import _figures, _headers, _origin, _probes, wire
+from .. import _figures, _natspy, _origin, _probes, wire
 from .._tasks import background
 from ..errors import ConfigError
 from ..events._consume import Consumers, Declared
@@ -70,7 +70,7 @@ class Instance(anyio.AsyncContextManagerMixin):
         #: This process' own namespace for resources (``ctx.state`` in hooks, ``req.state``).
         self.state = types.SimpleNamespace()
         self._nc = nc
-        _headers.install(nc)  # every request's headers are parsed on receipt
+        _natspy.adopt(nc)  # headers parsed on receipt; a late PONG harmless
         self._context = Context(nc, self, self.state)
         if declared is not None and declared.health_hook is not None:
             config = dataclasses.replace(

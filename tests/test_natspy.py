@@ -1,0 +1,73 @@
+"""What natsreg sets on the nats-py connections it is given: a PONG that comes after its
+flush gave up no longer stops the connection (natsreg/_natspy.py)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+
+from natsreg import _natspy
+from natsreg.testing import NatsServer
+from tests.helpers import eventually
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[NatsServer]:
+    """A server of its own: the test freezes it."""
+    async with NatsServer() as server:
+        yield server
+
+
+async def late_pong(server: NatsServer, nc: NATS) -> None:
+    """A flush that gives up while the server is frozen; its PONG comes once it thaws."""
+    server.process.send_signal(signal.SIGSTOP)
+    await eventually(lambda: stopped(server.process.pid), what="the server stopped")
+    try:
+        with pytest.raises(nats.errors.FlushTimeoutError):
+            await nc.flush(timeout=0.2)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    # The late PONG arrives and is taken off the queue (then stops the read loop, or not).
+    await eventually(lambda: not nc._pongs, what="the late PONG")
+
+
+def stopped(pid: int) -> bool:
+    # Every thread, not only the main one: a Go server answers from any of them.
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for t in tasks)
+
+
+async def delivers(nc: NATS, subject: str) -> bool:
+    """Whether a message published now reaches a subscription of the same connection."""
+    sub = await nc.subscribe(subject)
+    await nc.publish(subject, b"still here")
+    try:
+        return (await sub.next_msg(timeout=1.0)).data == b"still here"
+    except nats.errors.TimeoutError:
+        return False
+
+
+async def test_a_late_pong_leaves_an_adopted_connection_reading(server: NatsServer) -> None:
+    adopted = await nats.connect(server.url, allow_reconnect=False)
+    plain = await nats.connect(server.url, allow_reconnect=False)
+    try:
+        _natspy.adopt(adopted)
+        await late_pong(server, adopted)
+        await late_pong(server, plain)
+        assert await delivers(adopted, "natspy.adopted")
+        await adopted.flush(timeout=2)
+        # The fault is real: nats-py's own handling stops reading, while it says connected.
+        assert plain.is_connected
+        assert not await delivers(plain, "natspy.plain"), (
+            "nats-py no longer loses its read loop to a late PONG: natsreg/_natspy.py's PONG "
+            "handling can go"
+        )
+    finally:
+        await adopted.close()
+        await plain.close()
