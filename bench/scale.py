@@ -24,8 +24,9 @@ virtual instances each) whose instances announce and heartbeat as real ones do. 
 - kill -9 of one real service process (1 s heartbeats) to its removal from the view: by
   heartbeat expiry, or with ``--system-events`` by the server's disconnect advisory; and
   once, with no fleet, by the advisory;
-- messages the node dropped because its queues were full (``slow_consumer``), and how often it
-  lost its NATS connection (from its log).
+- messages the node dropped because its queues were full (``slow_consumer``), the times it
+  shed its heartbeats or announcements (``shed``), how often it lost its NATS connection (from
+  its log), and the connections nats-server closed as slow consumers (from its ``/varz``).
 
 Every wait is bounded: a node that cannot take in a fleet is reported as such ("not within
 N s", its CPU and drops), and the bench goes on to the next size. Rows are written to
@@ -194,11 +195,16 @@ async def bounded(notes: list[str], awaitable: Awaitable[T]) -> T | None:
         return None
 
 
-def messages_in(monitor_port: int) -> int:
-    """Messages nats-server has taken in from its clients so far (its monitoring ``/varz``)."""
+def varz(monitor_port: int, field: str) -> int:
+    """One of nats-server's figures from its monitoring ``/varz``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/varz", timeout=5) as reply:
-        count: int = json.load(reply)["in_msgs"]
+        count: int = json.load(reply)[field]
         return count
+
+
+def messages_in(monitor_port: int) -> int:
+    """Messages nats-server has taken in from its clients so far."""
+    return varz(monitor_port, "in_msgs")
 
 
 async def over_window(
@@ -350,6 +356,9 @@ async def measure(size: int, heartbeat_s: float, args: argparse.Namespace) -> Ro
                 await nc.close()
             log.seek(0)
             row["connection_lost"] = log.read().count("NATS: Connection lost")
+            # Connections nats-server closed for reading too slowly (its max_pending or
+            # write_deadline): the node's, or the bench's own fresh nodes'.
+            row["server_slow_consumers"] = varz(monitor_port, "slow_consumers")
         except (TimeoutError, RuntimeError, nats.errors.Error) as exc:
             notes.append(str(exc) or type(exc).__name__)
         finally:
@@ -396,6 +405,7 @@ async def measure_node(
         row["instances_held"] = stats.instances
         row["stale_dropped"] = stats.dropped.get("stale", 0)
         row["slow_consumer_dropped"] = stats.dropped.get("slow_consumer", 0)
+        row["shed"] = stats.dropped.get("shed", 0)
     if held_s is None:
         return  # what follows needs a node that holds the fleet
     row["held_after_s"] = round(held_s, 1)
@@ -625,7 +635,9 @@ COLUMNS = (
     "kill_to_removal_s",
     "stale_dropped",
     "slow_consumer_dropped",
+    "shed",
     "connection_lost",
+    "server_slow_consumers",
     "notes",
 )
 

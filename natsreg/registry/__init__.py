@@ -58,6 +58,18 @@ _KINDS = {"announce": "announce", "hb": "heartbeat", "bye": "goodbye"}
 CAPACITY_LOG_S = 60.0
 #: How long a starting sharded node listens for its peers' presence before taking services.
 SETTLE_S = 0.3
+#: A node that asks every instance it holds to re-announce (after a reconnect) spreads the
+#: round so that at most this many announcements a second come: about what one node takes
+#: in on a core. Asked within half a second, 250,000 announcements (100 MB) overran
+#: nats-server's buffer for the node (64 MB), which cut it off, and it asked again.
+REANNOUNCE_PER_S = 10_000
+
+
+def reannounce_window_s(jitter_s: float, instances: int) -> float:
+    """Over how long a node asks ``instances`` to re-announce: ``jitter_s`` at least, longer
+    for a fleet that would come faster than :data:`REANNOUNCE_PER_S`, and at most what an
+    instance waits (``wire.MAX_DISCOVER_JITTER_S``)."""
+    return min(max(jitter_s, instances / REANNOUNCE_PER_S), wire.MAX_DISCOVER_JITTER_S)
 
 
 class Registry(anyio.AsyncContextManagerMixin):
@@ -252,13 +264,15 @@ class Registry(anyio.AsyncContextManagerMixin):
             _figures.LIVE.registries.add(self)
         try:
             # A sharded node hears goodbyes and heartbeats of its own services only (Shard).
-            for verb in ("announce",) if self.shard else ("announce", "bye"):
+            # Heartbeats, the bulk, and announcements, a fleet's storm when it starts, are
+            # shed while the node catches up (_backpressure.py); goodbyes never are.
+            verbs = ("announce",) if self.shard else ("announce", "hb")
+            for verb in verbs:
                 subject = subjects.control_subject(self.prefix, verb, ">")
-                subs.append(await self._pressure.subscribe(subject, self._on_control))
+                await self._pressure.subscribe(subject, self._on_control, sheddable=True)
             if self.shard is None:
-                # Heartbeats, the bulk, are shed while the node catches up (_backpressure.py).
-                heartbeats = subjects.control_subject(self.prefix, "hb", ">")
-                await self._pressure.subscribe(heartbeats, self._on_control, sheddable=True)
+                goodbyes = subjects.control_subject(self.prefix, "bye", ">")
+                subs.append(await self._pressure.subscribe(goodbyes, self._on_control))
             else:
                 await self.shard.start()
             await queries.start()
@@ -408,10 +422,11 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _ask_everyone(self) -> None:
         # Until every instance can have answered, silence proves nothing: no expiry, and
         # answers say warming_up. The extra half second covers the round trip.
-        self._warm_until = self._clock() + self.discover_jitter_s + 0.5
+        jitter_s = reannounce_window_s(self.discover_jitter_s, len(self._view))
+        self._warm_until = self._clock() + jitter_s + 0.5
         await self._nc.publish(
             subjects.control_subject(self.prefix, "discover"),
-            wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)),
+            wire.encode(wire.Discover(jitter_s=jitter_s)),
         )
 
     async def _on_disconnect(self, msg: Msg) -> None:
