@@ -34,7 +34,7 @@ from .. import _figures, subjects, wire
 from .._probes import nats_problem
 from .._tasks import background
 from ..errors import ConfigError
-from ._backpressure import Backpressure
+from ._backpressure import PENDING_BYTES, SHED_ANNOUNCEMENTS_BYTES, Backpressure
 from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
@@ -266,10 +266,12 @@ class Registry(anyio.AsyncContextManagerMixin):
             # A sharded node hears goodbyes and heartbeats of its own services only (Shard).
             # Heartbeats, the bulk, and announcements, a fleet's storm when it starts, are
             # shed while the node catches up (_backpressure.py); goodbyes never are.
-            verbs = ("announce",) if self.shard else ("announce", "hb")
-            for verb in verbs:
+            shed_above = {"announce": SHED_ANNOUNCEMENTS_BYTES, "hb": PENDING_BYTES}
+            for verb in ("announce",) if self.shard else ("announce", "hb"):
                 subject = subjects.control_subject(self.prefix, verb, ">")
-                await self._pressure.subscribe(subject, self._on_control, sheddable=True)
+                await self._pressure.subscribe(
+                    subject, self._on_control, shed_above=shed_above[verb]
+                )
             if self.shard is None:
                 goodbyes = subjects.control_subject(self.prefix, "bye", ">")
                 subs.append(await self._pressure.subscribe(goodbyes, self._on_control))
