@@ -43,7 +43,14 @@ from ._shard import Shard
 from ._sync import FIRST_CHUNK_S, PeerSync
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
 
-__all__ = ["DEFAULT_PACE_S", "MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
+__all__ = [
+    "DEFAULT_PACE_S",
+    "MAX_INFO_ASKS",
+    "MICRO_INFO_EVERY",
+    "REANNOUNCE_PER_S",
+    "Registry",
+    "reannounce_window_s",
+]
 
 
 # The control verbs an instance publishes, and the message each must carry.
