@@ -8,6 +8,8 @@
     python bench/scale.py --from-json a.json,b.json --chart bench/scale.png   # runs, one chart
     python bench/scale.py --sizes 50000 --profile bench/profile   # and where the node's CPU goes
     python bench/scale.py --watch 50000   # a node under 50k instances, second by second, 30 s
+    python bench/scale.py --watch 250000 --heartbeat-s 10 --system-events --watch-s 60
+                                          # the 250k announcement storm: cut or not
 
 For each size and heartbeat interval: a fresh nats-server, a registry node (``natsreg
 registry``, its own process), and fleet simulator processes (bench/fleet.py, up to 125,000
@@ -286,18 +288,24 @@ async def start_fleets(
     return fleets
 
 
-async def watch(size: int, heartbeat_s: float, seconds: float) -> None:
+async def watch(size: int, heartbeat_s: float, seconds: float, events: bool) -> None:
     """Once a second for ``seconds``: what the node under a fleet of ``size`` holds, how long
-    it takes to answer, what it dropped, and how often it lost its connection."""
+    it takes to answer, what it dropped and shed, how often it lost its connection, and how
+    many connections nats-server closed as slow consumers (the fleet's start included)."""
     prefix = "scale"
     processes: list[subprocess.Popen[str]] = []
-    with NatsServer() as server, tempfile.TemporaryFile("w+") as registry_log:
+    server, monitor_port = monitored_server(events)
+    with server, tempfile.TemporaryFile("w+") as registry_log:
         try:
-            processes.append(await start_registry(server, prefix, size, False, registry_log))
-            await start_fleets(server.url, prefix, size, heartbeat_s, processes)
-            nc = await nats.connect(server.url)
+            processes.append(await start_registry(server, prefix, size, events, registry_log))
+            url = app_url(server, events)
+            await start_fleets(url, prefix, size, heartbeat_s, processes)
+            nc = await nats.connect(url)
             warming = subjects.control_subject(prefix, "warming", "stats")
-            print("second | answered in s | instances | slow_consumer dropped | connection lost")
+            print(
+                "second | answered in s | instances | slow_consumer dropped | shed | "
+                "connection lost | server slow consumers"
+            )
             start = time.monotonic()
             while time.monotonic() - start < seconds:
                 asked = time.monotonic()
@@ -306,11 +314,13 @@ async def watch(size: int, heartbeat_s: float, seconds: float) -> None:
                     stats = wire.decode_node_stats(reply.data)
                     answer = f"{time.monotonic() - asked:.3f} | {stats.instances}"
                     answer += f" | {stats.dropped.get('slow_consumer', 0)}"
+                    answer += f" | {stats.dropped.get('shed', 0)}"
                 except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                    answer = f"{type(exc).__name__} | - | -"
+                    answer = f"{type(exc).__name__} | - | - | -"
                 registry_log.seek(0)
                 lost = registry_log.read().count("NATS: Connection lost")
-                print(f"{asked - start:.0f} | {answer} | {lost}", flush=True)
+                slow = varz(monitor_port, "slow_consumers")
+                print(f"{asked - start:.0f} | {answer} | {lost} | {slow}", flush=True)
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - asked)))
             await nc.close()
         finally:
@@ -676,6 +686,9 @@ async def main() -> None:
         "--watch", type=int, metavar="N", help="only watch a node under N instances for 30 s"
     )
     parser.add_argument(
+        "--watch-s", type=float, default=30.0, help="with --watch: for this many seconds"
+    )
+    parser.add_argument(
         "--fleet-cost", action="store_true", help="only the simulator's own CPU, no registry"
     )
     parser.add_argument(
@@ -687,7 +700,7 @@ async def main() -> None:
     sizes, heartbeats = numbers(args.sizes, int), numbers(args.heartbeat_s, float)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.watch:
-        await watch(args.watch, heartbeats[0], 30.0)
+        await watch(args.watch, heartbeats[0], args.watch_s, args.system_events)
         return
     if args.from_json:
         files = args.from_json.split(",")
