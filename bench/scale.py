@@ -8,6 +8,8 @@
     python bench/scale.py --from-json a.json,b.json --chart bench/scale.png   # runs, one chart
     python bench/scale.py --sizes 50000 --profile bench/profile   # and where the node's CPU goes
     python bench/scale.py --watch 50000   # a node under 50k instances, second by second, 30 s
+    python bench/scale.py --watch 250000 --heartbeat-s 10 --system-events --watch-s 60
+                                          # the 250k announcement storm: cut or not
 
 For each size and heartbeat interval: a fresh nats-server, a registry node (``natsreg
 registry``, its own process), and fleet simulator processes (bench/fleet.py, up to 125,000
@@ -24,8 +26,9 @@ virtual instances each) whose instances announce and heartbeat as real ones do. 
 - kill -9 of one real service process (1 s heartbeats) to its removal from the view: by
   heartbeat expiry, or with ``--system-events`` by the server's disconnect advisory; and
   once, with no fleet, by the advisory;
-- messages the node dropped because its queues were full (``slow_consumer``), and how often it
-  lost its NATS connection (from its log).
+- messages the node dropped because its queues were full (``slow_consumer``), the times it
+  shed its heartbeats or announcements (``shed``), how often it lost its NATS connection (from
+  its log), and the connections nats-server closed as slow consumers (from its ``/varz``).
 
 Every wait is bounded: a node that cannot take in a fleet is reported as such ("not within
 N s", its CPU and drops), and the bench goes on to the next size. Rows are written to
@@ -194,11 +197,16 @@ async def bounded(notes: list[str], awaitable: Awaitable[T]) -> T | None:
         return None
 
 
-def messages_in(monitor_port: int) -> int:
-    """Messages nats-server has taken in from its clients so far (its monitoring ``/varz``)."""
+def varz(monitor_port: int, field: str) -> int:
+    """One of nats-server's figures from its monitoring ``/varz``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/varz", timeout=5) as reply:
-        count: int = json.load(reply)["in_msgs"]
+        count: int = json.load(reply)[field]
         return count
+
+
+def messages_in(monitor_port: int) -> int:
+    """Messages nats-server has taken in from its clients so far."""
+    return varz(monitor_port, "in_msgs")
 
 
 async def over_window(
@@ -280,18 +288,24 @@ async def start_fleets(
     return fleets
 
 
-async def watch(size: int, heartbeat_s: float, seconds: float) -> None:
+async def watch(size: int, heartbeat_s: float, seconds: float, events: bool) -> None:
     """Once a second for ``seconds``: what the node under a fleet of ``size`` holds, how long
-    it takes to answer, what it dropped, and how often it lost its connection."""
+    it takes to answer, what it dropped and shed, how often it lost its connection, and how
+    many connections nats-server closed as slow consumers (the fleet's start included)."""
     prefix = "scale"
     processes: list[subprocess.Popen[str]] = []
-    with NatsServer() as server, tempfile.TemporaryFile("w+") as registry_log:
+    server, monitor_port = monitored_server(events)
+    with server, tempfile.TemporaryFile("w+") as registry_log:
         try:
-            processes.append(await start_registry(server, prefix, size, False, registry_log))
-            await start_fleets(server.url, prefix, size, heartbeat_s, processes)
-            nc = await nats.connect(server.url)
+            processes.append(await start_registry(server, prefix, size, events, registry_log))
+            url = app_url(server, events)
+            await start_fleets(url, prefix, size, heartbeat_s, processes)
+            nc = await nats.connect(url)
             warming = subjects.control_subject(prefix, "warming", "stats")
-            print("second | answered in s | instances | slow_consumer dropped | connection lost")
+            print(
+                "second | answered in s | instances | slow_consumer dropped | shed | "
+                "connection lost | server slow consumers"
+            )
             start = time.monotonic()
             while time.monotonic() - start < seconds:
                 asked = time.monotonic()
@@ -300,11 +314,13 @@ async def watch(size: int, heartbeat_s: float, seconds: float) -> None:
                     stats = wire.decode_node_stats(reply.data)
                     answer = f"{time.monotonic() - asked:.3f} | {stats.instances}"
                     answer += f" | {stats.dropped.get('slow_consumer', 0)}"
+                    answer += f" | {stats.dropped.get('shed', 0)}"
                 except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                    answer = f"{type(exc).__name__} | - | -"
+                    answer = f"{type(exc).__name__} | - | - | -"
                 registry_log.seek(0)
                 lost = registry_log.read().count("NATS: Connection lost")
-                print(f"{asked - start:.0f} | {answer} | {lost}", flush=True)
+                slow = varz(monitor_port, "slow_consumers")
+                print(f"{asked - start:.0f} | {answer} | {lost} | {slow}", flush=True)
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - asked)))
             await nc.close()
         finally:
@@ -350,6 +366,9 @@ async def measure(size: int, heartbeat_s: float, args: argparse.Namespace) -> Ro
                 await nc.close()
             log.seek(0)
             row["connection_lost"] = log.read().count("NATS: Connection lost")
+            # Connections nats-server closed for reading too slowly (its max_pending or
+            # write_deadline): the node's, or the bench's own fresh nodes'.
+            row["server_slow_consumers"] = varz(monitor_port, "slow_consumers")
         except (TimeoutError, RuntimeError, nats.errors.Error) as exc:
             notes.append(str(exc) or type(exc).__name__)
         finally:
@@ -396,6 +415,7 @@ async def measure_node(
         row["instances_held"] = stats.instances
         row["stale_dropped"] = stats.dropped.get("stale", 0)
         row["slow_consumer_dropped"] = stats.dropped.get("slow_consumer", 0)
+        row["shed"] = stats.dropped.get("shed", 0)
     if held_s is None:
         return  # what follows needs a node that holds the fleet
     row["held_after_s"] = round(held_s, 1)
@@ -625,7 +645,9 @@ COLUMNS = (
     "kill_to_removal_s",
     "stale_dropped",
     "slow_consumer_dropped",
+    "shed",
     "connection_lost",
+    "server_slow_consumers",
     "notes",
 )
 
@@ -664,6 +686,9 @@ async def main() -> None:
         "--watch", type=int, metavar="N", help="only watch a node under N instances for 30 s"
     )
     parser.add_argument(
+        "--watch-s", type=float, default=30.0, help="with --watch: for this many seconds"
+    )
+    parser.add_argument(
         "--fleet-cost", action="store_true", help="only the simulator's own CPU, no registry"
     )
     parser.add_argument(
@@ -675,7 +700,7 @@ async def main() -> None:
     sizes, heartbeats = numbers(args.sizes, int), numbers(args.heartbeat_s, float)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.watch:
-        await watch(args.watch, heartbeats[0], 30.0)
+        await watch(args.watch, heartbeats[0], args.watch_s, args.system_events)
         return
     if args.from_json:
         files = args.from_json.split(",")

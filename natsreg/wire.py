@@ -22,6 +22,7 @@ __all__ = [
     "MALFORMED",
     "MAX_CONTROL_BYTES",
     "MAX_DESCRIPTION_CHARS",
+    "MAX_DISCOVER_JITTER_S",
     "MAX_ENDPOINTS",
     "MAX_EVENT_INTERESTS",
     "MAX_HEARTBEAT_S",
@@ -126,6 +127,9 @@ MAX_PACE_BYTES = 1024
 # messages arrive; with the heartbeat interval it bounds how fast a genuine instance's sequence
 # can grow, which is what lets readers refuse absurd sequence jumps (docs/protocol.md).
 MIN_REANNOUNCE_S = 1.0
+# An instance asked to re-announce waits a random delay of at most this long, whatever
+# ``Discover.jitter_s`` says; and a node that asks a large fleet spreads it over at most this.
+MAX_DISCOVER_JITTER_S = 30.0
 
 # Consul's caps, which operators already know; they keep an announcement well under 64 KiB.
 # Writers refuse to send more and readers drop what exceeds them (:func:`check`).
@@ -441,7 +445,8 @@ class NodeStats(msgspec.Struct, gc=False, kw_only=True):
     #: Messages dropped since start, by reason (docs/protocol.md, "Messages"): malformed,
     #: oversized, stale, seq_jump, subject_mismatch, capacity, invalid_<field>, and for
     #: queries reply_subject, query_overflow, query_expired; slow_consumer for what arrived
-    #: while the node's queue was full; invalid_age for a peer's snapshot.
+    #: while the node's queue was full, shed for the times it shed a subscription;
+    #: invalid_age for a peer's snapshot.
     dropped: dict[str, int] = {}
     mass_expiry: MassExpiry | None = None
     #: The node's caps: instances of one service, and instances in all.

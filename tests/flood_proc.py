@@ -1,9 +1,10 @@
-"""Heartbeats as fast as a registry node must never be taken down by: a flood run as its own
-process by tests/test_backpressure.py.
+"""Heartbeats or announcements as fast as a registry node must never be taken down by: a
+flood run as its own process by tests/test_backpressure.py.
 
-    python flood_proc.py URL PREFIX COUNT RATE
+    python flood_proc.py URL PREFIX COUNT RATE [hb|announce]
 
-Publishes COUNT heartbeats (for 1,000 made-up instances of one service, encoded once) at about
+Publishes COUNT heartbeats (or announcements, with two endpoints each: the storm of a fleet
+starting, or re-announcing) for 1,000 made-up instances of one service, encoded once, at about
 RATE a second, in slices of 1,000; stops after 30 s whatever it has sent; prints ``sent N``.
 """
 
@@ -18,12 +19,21 @@ from natsreg import subjects, wire
 SLICE = 1000
 
 
-async def main(url: str, prefix: str, count: int, rate: float) -> None:
+def message(kind: str, n: int) -> wire.ControlMessage:
+    if kind == "hb":
+        return wire.Heartbeat(id=f"f{n}", name="flood", seq=1)
+    endpoints = [wire.Endpoint(name=e, subject=f"flood.{e}", queue_group="flood") for e in "ab"]
+    return wire.Announce(
+        id=f"f{n}", name="flood", version="1.0.0", seq=1, endpoints=endpoints, host="flood"
+    )
+
+
+async def main(url: str, prefix: str, count: int, rate: float, kind: str) -> None:
     nc = await nats.connect(url, pending_size=16 * 1024 * 1024)
     beats = [
         (
-            subjects.control_subject(prefix, "hb", "flood", f"f{n}"),
-            wire.encode(wire.Heartbeat(id=f"f{n}", name="flood", seq=1)),
+            subjects.control_subject(prefix, kind, "flood", f"f{n}"),
+            wire.encode(message(kind, n)),
         )
         for n in range(SLICE)
     ]
@@ -40,4 +50,5 @@ async def main(url: str, prefix: str, count: int, rate: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+    kind = sys.argv[5] if len(sys.argv) > 5 else "hb"
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), kind))

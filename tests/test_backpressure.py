@@ -1,5 +1,5 @@
-"""A registry node under more heartbeats than it can handle keeps its NATS connection, counts
-and logs what it drops, and answers queries throughout."""
+"""A registry node under more heartbeats or announcements than it can handle keeps its NATS
+connection, counts and logs what it drops, and answers queries throughout."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from natsreg import subjects, wire
+from natsreg.registry._log import flush_within
 from natsreg.testing import NatsServer
 from tests.helpers import until_warm
 
@@ -38,9 +39,12 @@ async def own_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
         yield server
 
 
-async def test_a_heartbeat_flood_costs_the_node_messages_never_its_connection(
-    own_server: NatsServer, prefix: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("kind", ["hb", "announce"])
+async def test_a_flood_costs_the_node_messages_never_its_connection(
+    own_server: NatsServer, prefix: str, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Announcements (a 250k fleet starting, or re-announcing) are 5x a heartbeat's bytes and
+    # are not shed: the node must read them faster than it handles them, and drop the rest.
     caplog.set_level(logging.WARNING, logger="natsreg.registry")
     disconnects: list[float] = []
     nats_errors: list[Exception] = []
@@ -60,7 +64,15 @@ async def test_a_heartbeat_flood_costs_the_node_messages_never_its_connection(
         async with natsreg.Registry(node_nc, prefix=prefix) as node:
             await until_warm(asker, prefix)
             with subprocess.Popen(
-                [sys.executable, str(FLOOD_PROC), own_server.url, prefix, str(FLOOD), str(RATE)],
+                [
+                    sys.executable,
+                    str(FLOOD_PROC),
+                    own_server.url,
+                    prefix,
+                    str(FLOOD),
+                    str(RATE),
+                    kind,
+                ],
                 stdout=subprocess.PIPE,
                 text=True,
             ) as flood:
@@ -74,7 +86,8 @@ async def test_a_heartbeat_flood_costs_the_node_messages_never_its_connection(
                 finally:
                     flood.kill()
             latencies.append(await stats_latency(asker, prefix, timeout_s=5.0))
-            dropped = node.stats().dropped.get("slow_consumer", 0)
+            figures = node.stats().dropped
+            dropped = figures.get("slow_consumer", 0) + figures.get("shed", 0)
         # It was flooded past what it could take (else this test proves nothing) ...
         assert dropped > 0
         # ... said so once, in words and in its figures, not once per message ...
@@ -96,3 +109,16 @@ async def stats_latency(nc: NATS, prefix: str, timeout_s: float) -> float:
     )
     wire.decode_node_stats(reply.data)
     return time.monotonic() - start
+
+
+async def test_a_flush_the_node_gave_up_on_leaves_its_connection_reading(nats_url: str) -> None:
+    # nats-py's own flush(timeout=...) that times out leaves its PONG's future cancelled in
+    # its queue; the late PONG then stops the read loop for good, and nats-server cuts the
+    # connection as a slow consumer (a paced node under load lost its connection so).
+    nc = await nats.connect(nats_url)
+    try:
+        assert not await flush_within(nc, 0.0)  # given up on before the PONG could come
+        assert await flush_within(nc, 5.0)  # the late PONG, then this one's, were read
+        assert nc._reading_task is not None and not nc._reading_task.done()
+    finally:
+        await nc.close()

@@ -1,13 +1,16 @@
-"""Expiry at the cost of one heap push and pop per instance per silence allowance: a heartbeat
-moves only its instance's deadline, and a superseded deadline is queued again when it surfaces.
-Pinned on both sides, on the pure view and its deadline heap with a fake clock."""
+"""Expiry at the cost of one bucket append and look-up per instance per silence allowance: a
+heartbeat moves only its instance's deadline, and a superseded deadline is queued again when it
+surfaces; an instance expires at most one resolution after its deadline, never before. Pinned
+on both sides, on the pure view and its deadline buckets with a fake clock."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from natsreg import wire
-from natsreg.registry._expiry import Deadlines, Entry
+from natsreg.registry._expiry import RESOLUTION_S, Deadlines, Entry
 from natsreg.registry._view import View
 from tests.test_view_rules import START, Clock
 
@@ -81,6 +84,42 @@ def test_a_deadline_is_yielded_once_though_queued_twice() -> None:
     deadlines.set(e, START + 8)  # not removed: heard from again in time
     assert found == [e] and len(deadlines) == 2
     assert list(deadlines.due(START + 9, entries)) == [e]
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.01, 0.05, 0.099, 0.9000000000000001 - 0.9])
+def test_a_deadline_expires_not_before_it_and_within_one_resolution_after(offset: float) -> None:
+    deadlines, e = Deadlines(), entry()
+    entries = {"i1": e}
+    deadline = START + 0.9 + offset
+    deadlines.set(e, deadline)
+    assert deadline <= deadlines.next_due() <= deadline + RESOLUTION_S
+    assert list(deadlines.due(math.nextafter(deadline, 0), entries)) == []
+    assert list(deadlines.due(deadline + RESOLUTION_S, entries)) == [e]
+    assert deadlines.next_due() == math.inf
+
+
+def test_a_deadline_the_division_rounds_down_is_never_due_before_it() -> None:
+    # 0.9000000000000001 / 0.1 is 9.0 exactly: its bucket must be the next one, or the
+    # sweep would find it not yet due in a bucket that already ended, and queue it there again.
+    deadlines, e = Deadlines(), entry()
+    entries = {"i1": e}
+    deadlines.set(e, 0.9000000000000001)
+    assert deadlines.next_due() >= 0.9000000000000001
+    assert list(deadlines.due(0.9, entries)) == []
+    assert list(deadlines.due(1.0, entries)) == [e]
+
+
+def test_deadlines_in_one_bucket_are_taken_together_and_counted() -> None:
+    deadlines = Deadlines()
+    entries = {i: entry(i) for i in ("a", "b", "c")}
+    for n, e in enumerate(entries.values()):
+        deadlines.set(e, START + 0.01 * (n + 1))  # all three in the bucket ending at +0.1
+    deadlines.set(entries["c"], START + 5)  # later: c stays queued at +0.1
+    assert len(deadlines) == 3 and deadlines.next_due() == pytest.approx(START + RESOLUTION_S)
+    due = list(deadlines.due(START + RESOLUTION_S, entries))
+    assert due == [entries["a"], entries["b"]]
+    assert len(deadlines) == 1  # c, queued again at its own deadline
+    assert deadlines.next_due() == pytest.approx(START + 5)
 
 
 def test_a_new_interval_sets_the_silence_allowance_and_sequence_rate_the_next_beat_uses() -> None:

@@ -7,10 +7,13 @@ import subprocess
 from contextlib import AsyncExitStack
 
 import anyio
+import pytest
 from nats.aio.client import Client as NATS
 
 import natsreg
+from natsreg import wire
 from natsreg.client import RegistryApi
+from natsreg.registry import REANNOUNCE_PER_S, reannounce_window_s
 from tests.helpers import HeldClock, eventually, until_warm
 from tests.test_bridge import serving
 from tests.test_cli import run_cli
@@ -143,3 +146,25 @@ async def test_registry_nodes_with_none_running_is_one_clear_line(
     assert "no registry node answers" in result.stderr and "natsreg registry" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(
+    ("jitter_s", "instances", "window_s"),
+    [
+        (0.5, 0, 0.5),  # a node that holds nothing: the configured jitter
+        (0.5, 5_000, 0.5),  # a small fleet comes within it anyway
+        (0.5, 50_000, 5.0),  # 10,000 a second at most
+        (0.5, 250_000, 25.0),
+        (0.5, 1_000_000, wire.MAX_DISCOVER_JITTER_S),  # no instance waits longer
+        (8.0, 50_000, 8.0),  # a longer configured jitter is kept
+        (60.0, 0, wire.MAX_DISCOVER_JITTER_S),
+    ],
+)
+def test_a_reannounce_round_is_spread_by_the_size_of_the_fleet_asked(
+    jitter_s: float, instances: int, window_s: float
+) -> None:
+    # After a reconnect a node asks everyone it holds: 250,000 announcements asked within
+    # 0.5 s overran nats-server's buffer for the node, which cut it off, and it asked again.
+    assert reannounce_window_s(jitter_s, instances) == pytest.approx(window_s)
+    assert instances / REANNOUNCE_PER_S <= window_s or window_s == wire.MAX_DISCOVER_JITTER_S

@@ -34,7 +34,7 @@ from .. import _figures, _natspy, subjects, wire
 from .._probes import nats_problem
 from .._tasks import background
 from ..errors import ConfigError
-from ._backpressure import Backpressure
+from ._backpressure import PENDING_BYTES, SHED_ANNOUNCEMENTS_BYTES, Backpressure
 from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
@@ -43,7 +43,14 @@ from ._shard import Shard
 from ._sync import FIRST_CHUNK_S, PeerSync
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
 
-__all__ = ["DEFAULT_PACE_S", "MAX_INFO_ASKS", "MICRO_INFO_EVERY", "Registry"]
+__all__ = [
+    "DEFAULT_PACE_S",
+    "MAX_INFO_ASKS",
+    "MICRO_INFO_EVERY",
+    "REANNOUNCE_PER_S",
+    "Registry",
+    "reannounce_window_s",
+]
 
 
 # The control verbs an instance publishes, and the message each must carry.
@@ -58,6 +65,18 @@ _KINDS = {"announce": "announce", "hb": "heartbeat", "bye": "goodbye"}
 CAPACITY_LOG_S = 60.0
 #: How long a starting sharded node listens for its peers' presence before taking services.
 SETTLE_S = 0.3
+#: A node that asks every instance it holds to re-announce (after a reconnect) spreads the
+#: round so that at most this many announcements a second come: about what one node takes
+#: in on a core. Asked within half a second, 250,000 announcements (100 MB) overran
+#: nats-server's buffer for the node (64 MB), which cut it off, and it asked again.
+REANNOUNCE_PER_S = 10_000
+
+
+def reannounce_window_s(jitter_s: float, instances: int) -> float:
+    """Over how long a node asks ``instances`` to re-announce: ``jitter_s`` at least, longer
+    for a fleet that would come faster than :data:`REANNOUNCE_PER_S`, and at most what an
+    instance waits (``wire.MAX_DISCOVER_JITTER_S``)."""
+    return min(max(jitter_s, instances / REANNOUNCE_PER_S), wire.MAX_DISCOVER_JITTER_S)
 
 
 class Registry(anyio.AsyncContextManagerMixin):
@@ -255,13 +274,17 @@ class Registry(anyio.AsyncContextManagerMixin):
             _figures.LIVE.registries.add(self)
         try:
             # A sharded node hears goodbyes and heartbeats of its own services only (Shard).
-            for verb in ("announce",) if self.shard else ("announce", "bye"):
+            # Heartbeats, the bulk, and announcements, a fleet's storm when it starts, are
+            # shed while the node catches up (_backpressure.py); goodbyes never are.
+            shed_above = {"announce": SHED_ANNOUNCEMENTS_BYTES, "hb": PENDING_BYTES}
+            for verb in ("announce",) if self.shard else ("announce", "hb"):
                 subject = subjects.control_subject(self.prefix, verb, ">")
-                subs.append(await self._pressure.subscribe(subject, self._on_control))
+                await self._pressure.subscribe(
+                    subject, self._on_control, shed_above=shed_above[verb]
+                )
             if self.shard is None:
-                # Heartbeats, the bulk, are shed while the node catches up (_backpressure.py).
-                heartbeats = subjects.control_subject(self.prefix, "hb", ">")
-                await self._pressure.subscribe(heartbeats, self._on_control, sheddable=True)
+                goodbyes = subjects.control_subject(self.prefix, "bye", ">")
+                subs.append(await self._pressure.subscribe(goodbyes, self._on_control))
             else:
                 await self.shard.start()
             await queries.start()
@@ -411,10 +434,11 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _ask_everyone(self) -> None:
         # Until every instance can have answered, silence proves nothing: no expiry, and
         # answers say warming_up. The extra half second covers the round trip.
-        self._warm_until = self._clock() + self.discover_jitter_s + 0.5
+        jitter_s = reannounce_window_s(self.discover_jitter_s, len(self._view))
+        self._warm_until = self._clock() + jitter_s + 0.5
         await self._nc.publish(
             subjects.control_subject(self.prefix, "discover"),
-            wire.encode(wire.Discover(jitter_s=self.discover_jitter_s)),
+            wire.encode(wire.Discover(jitter_s=jitter_s)),
         )
 
     async def _on_disconnect(self, msg: Msg) -> None:

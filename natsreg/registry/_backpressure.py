@@ -43,6 +43,12 @@ from ._log import log, unsubscribe_all
 PENDING_MSGS = 65_536
 #: Bytes one subscription may queue: a thousand full-size (64 KiB) announcements.
 PENDING_BYTES = 64 * 1024 * 1024
+#: Announcements are shed (:meth:`Backpressure.relieve`) once this much of them waits, before
+#: their queue is full: 10,000 announcements (a second of the node's work), where a full
+#: queue of them (65,536, about 25 MB) is more than nats-server holds for a node that does not
+#: read (64 MB by default, less on a tight server) once what it sent meanwhile is added.
+#: Heartbeats, a fifth of an announcement's size, are shed once their queue is full.
+SHED_ANNOUNCEMENTS_BYTES = 4 * 1024 * 1024
 #: The control handler lets other tasks run after this many messages.
 YIELD_EVERY = 16
 #: A node with more messages than this waiting in one queue is behind: it expires nothing
@@ -69,7 +75,7 @@ class Backpressure:
         self._clock = clock
         self._subs: set[Subscription] = set()
         # Those it may shed, with what it takes to subscribe again; and those that overflowed.
-        self._sheddable: dict[Subscription, tuple[str, Callable[[Msg], Awaitable[None]]]] = {}
+        self._sheddable: dict[Subscription, tuple[str, Callable[[Msg], Awaitable[None]], int]] = {}
         self._overflowed: set[Subscription] = set()
         self._logged_at = float("-inf")
         self._since_yield = 0
@@ -81,10 +87,11 @@ class Backpressure:
         cb: Callable[[Msg], Awaitable[None]],
         queue: str = "",
         *,
-        sheddable: bool = False,
+        shed_above: int | None = None,
     ) -> Subscription:
-        """``nc.subscribe`` with the node's queue limits, its drops counted. A ``sheddable``
-        one is the node's to unsubscribe (:meth:`close`): :meth:`relieve` may replace it."""
+        """``nc.subscribe`` with the node's queue limits, its drops counted. One with
+        ``shed_above`` (bytes) is the node's to unsubscribe (:meth:`close`): :meth:`relieve`
+        replaces it once its queue overflowed or holds more than that."""
         sub = await self._nc.subscribe(
             subject,
             queue=queue,
@@ -93,8 +100,8 @@ class Backpressure:
             pending_bytes_limit=PENDING_BYTES,
         )
         self._subs.add(sub)
-        if sheddable:
-            self._sheddable[sub] = (subject, cb)
+        if shed_above is not None:
+            self._sheddable[sub] = (subject, cb, shed_above)
         return sub
 
     async def unsubscribe(self, subs: list[Subscription]) -> None:
@@ -106,14 +113,22 @@ class Backpressure:
         await unsubscribe_all(subs)
 
     async def relieve(self) -> None:
-        """Called regularly: a sheddable subscription whose queue overflowed is drained, then
-        taken again. While it drains, nats-server drops what comes for it, where the node
-        would have had to read each message to drop it: a node that cannot even read what
-        it is sent would fall behind its socket until nats-server cut it off."""
-        for sub in [s for s in self._overflowed if s in self._sheddable]:
-            subject, cb = self._sheddable.pop(sub)
+        """Called regularly: a sheddable subscription whose queue overflowed, or holds more
+        than its ``shed_above``, is drained, then taken again. While it drains, nats-server
+        drops what comes for it, where the node would have had to read each message to drop
+        it: a node that cannot even read what it is sent would fall behind its socket until
+        nats-server cut it off."""
+        behind = [s for s, (_, _, above) in self._sheddable.items() if s.pending_bytes > above]
+        for sub in [s for s in self._overflowed if s in self._sheddable] + behind:
+            if sub not in self._sheddable:
+                continue  # both overflowed and behind: shed once
+            subject, cb, above = self._sheddable.pop(sub)
             self._overflowed.discard(sub)
-            log.debug("shedding %s until the node has caught up", subject)
+            self._dropped["shed"] += 1
+            self._warn(
+                f"shedding {subject} until it has caught up ({sub.pending_msgs} messages "
+                f"queued); {self._dropped['shed']} times since start"
+            )
             try:
                 await sub.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
             except nats.errors.Error as exc:
@@ -121,7 +136,7 @@ class Backpressure:
             self._subs.discard(sub)
             # What was sent meanwhile is gone: silence proves nothing for a while.
             self._dropped_at = self._clock()
-            await self.subscribe(subject, cb, sheddable=True)
+            await self.subscribe(subject, cb, shed_above=above)
 
     async def close(self) -> None:
         """Unsubscribe the sheddable subscriptions (the others are their subscriber's)."""
@@ -168,15 +183,20 @@ class Backpressure:
         self._dropped["slow_consumer"] += 1
         if exc.sub in self._sheddable:
             self._overflowed.add(exc.sub)
-        now = self._dropped_at = self._clock()
+        self._dropped_at = self._clock()
+        self._warn(
+            f"dropped a message on {exc.subject[:200]}, its queue full ({PENDING_MSGS} "
+            f"messages or {PENDING_BYTES // (1024 * 1024)} MB); "
+            f"{self._dropped['slow_consumer']} dropped since start"
+        )
+
+    def _warn(self, what: str) -> None:
+        """One warning line at most every :data:`SLOW_LOG_S` (the counts are in stats)."""
+        now = self._clock()
         if now - self._logged_at >= SLOW_LOG_S:
             self._logged_at = now
             log.warning(
-                "registry node falling behind: dropped a message on %s, its queue full "
-                "(%d messages or %d MB); %d dropped since start. It takes no heartbeats until "
-                "it has caught up, and stays connected; give it a core of its own",
-                exc.subject[:200],
-                PENDING_MSGS,
-                PENDING_BYTES // (1024 * 1024),
-                self._dropped["slow_consumer"],
+                "registry node falling behind: %s. It takes no heartbeats until it has caught "
+                "up, and stays connected; give it a core of its own",
+                what,
             )

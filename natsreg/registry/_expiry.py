@@ -1,11 +1,11 @@
 """When a registry node's instances expire: their deadlines, and the mass-expiry alarm.
 
-Deadlines are kept in a heap, so that a sweep costs what expires, not the size of the fleet.
-A heartbeat only moves its instance's deadline (:attr:`Entry.expires_at`) and touches no heap:
-the heap holds, per instance, the deadline it was queued at (:attr:`Entry.queued`), and a
-queued deadline that surfaces superseded is queued again at the instance's current one. An
-instance heard from regularly costs one push and one pop per silence allowance, however many
-heartbeats it sends meanwhile.
+Deadlines are kept in buckets by time, so that a sweep costs what expires, not the size of the
+fleet. A heartbeat only moves its instance's deadline (:attr:`Entry.expires_at`) and touches no
+bucket: the buckets hold, per instance, the time it was queued for (:attr:`Entry.queued`), and
+a queued deadline that surfaces superseded is queued again at the instance's current one. An
+instance heard from regularly costs one append and one look-up per silence allowance, however
+many heartbeats it sends meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from dataclasses import dataclass
 
 from .. import wire
 
+#: Deadlines are kept to this resolution: an instance is expired at most this long after its
+#: deadline (and the node's sweep wakes when a bucket ends; docs/protocol.md, "Expiry").
+RESOLUTION_S = 0.1
+
 
 @dataclass(slots=True)
 class Entry:
@@ -29,7 +33,7 @@ class Entry:
     ttl_s: float = 0.0
     jump_rate: float = 0.0
     expires_at: float = math.inf
-    #: The deadline the heap holds for it (the earliest one, if it holds several).
+    #: When the bucket it is queued in ends (the earliest, if it is queued in several).
     queued: float = math.inf
     #: Heard from again after it came up (a heartbeat, a re-announce, a second poll): only
     #: such instances count for the mass-expiry alarm, so that a flood of one-off fake
@@ -38,39 +42,65 @@ class Entry:
 
 
 class Deadlines:
-    """The instances' deadlines in a heap of ``(deadline, instance id)``."""
+    """The instances' deadlines, in buckets of :data:`RESOLUTION_S`: a deadline is kept in the
+    bucket that ends at or after it, found by one division, and the buckets' ends in a small
+    heap. A sweep takes what is in the buckets that have ended, and touches no heap per
+    instance: at 50,000 instances a heap of their deadlines cost the node more than applying
+    their heartbeats (bench/RESULTS.md, "Fixed work"). An instance is expired at most one
+    resolution after its deadline, never before it."""
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, str]] = []
+    def __init__(self, resolution_s: float = RESOLUTION_S) -> None:
+        self._resolution_s = resolution_s
+        # Bucket number -> the ids queued in it; a bucket ends at number × resolution.
+        self._buckets: dict[int, list[str]] = {}
+        self._ends: list[int] = []  # the buckets' numbers, a heap
+        self._queued = 0
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return self._queued
+
+    def next_due(self) -> float:
+        """When the earliest bucket ends (infinity if none): nothing expires before."""
+        return self._ends[0] * self._resolution_s if self._ends else math.inf
 
     def set(self, entry: Entry, expires_at: float) -> None:
-        """``entry`` now expires at ``expires_at``: queued only if earlier than the heap has
-        it (a later deadline is found when the queued one surfaces)."""
+        """``entry`` now expires at ``expires_at``: queued only if earlier than it is queued
+        (a later deadline is found when the queued one surfaces)."""
         entry.expires_at = expires_at
         if expires_at < entry.queued:
             self._queue(entry)
 
     def due(self, now: float, entries: Mapping[str, Entry]) -> Iterator[Entry]:
-        """The entries of ``entries`` whose deadline is ``now`` or past, each once. The
-        caller removes each one it is given before taking the next."""
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            queued, instance_id = heapq.heappop(heap)
-            entry = entries.get(instance_id)
-            if entry is None or entry.queued != queued:
-                continue  # gone, or queued again since (at an earlier deadline)
-            if entry.expires_at > now:
-                self._queue(entry)  # heard from since it was queued
-                continue
-            entry.queued = math.inf  # no longer queued
-            yield entry
+        """The entries of ``entries`` whose deadline is ``now`` or past, each once, from the
+        buckets that have ended by ``now``. The caller removes each one it is given before
+        taking the next."""
+        ends, buckets, resolution_s = self._ends, self._buckets, self._resolution_s
+        while ends and ends[0] * resolution_s <= now:
+            number = heapq.heappop(ends)
+            queued_at = number * resolution_s
+            ids = buckets.pop(number)
+            self._queued -= len(ids)
+            for instance_id in ids:
+                entry = entries.get(instance_id)
+                if entry is None or entry.queued != queued_at:
+                    continue  # gone, or queued again since (in an earlier bucket)
+                if entry.expires_at > now:
+                    self._queue(entry)  # heard from since it was queued
+                    continue
+                entry.queued = math.inf  # no longer queued
+                yield entry
 
     def _queue(self, entry: Entry) -> None:
-        entry.queued = entry.expires_at
-        heapq.heappush(self._heap, (entry.expires_at, entry.view.id))
+        number = math.ceil(entry.expires_at / self._resolution_s)
+        if number * self._resolution_s < entry.expires_at:
+            number += 1  # the division rounded down: the bucket must end at or after it
+        entry.queued = number * self._resolution_s
+        bucket = self._buckets.get(number)
+        if bucket is None:
+            bucket = self._buckets[number] = []
+            heapq.heappush(self._ends, number)
+        bucket.append(entry.view.id)
+        self._queued += 1
 
 
 @dataclass(slots=True)

@@ -232,7 +232,7 @@ class Control:
         except wire.MALFORMED:
             jitter_s = 0.0
         # Spread re-announcements so that a registry restart is no burst for the bus.
-        delay_s = random.uniform(0, min(max(jitter_s, 0.0), 30.0))
+        delay_s = random.uniform(0, min(max(jitter_s, 0.0), wire.MAX_DISCOVER_JITTER_S))
         earliest = self._reannounced_at + wire.MIN_REANNOUNCE_S - time.monotonic()
         self._reannounce_pending = True
         self._tg.start_soon(self._announce_after, max(delay_s, earliest))
