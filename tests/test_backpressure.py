@@ -17,7 +17,6 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from natsreg import subjects, wire
-from natsreg.registry._log import flush_within
 from natsreg.testing import NatsServer
 from tests.helpers import until_warm
 
@@ -109,16 +108,3 @@ async def stats_latency(nc: NATS, prefix: str, timeout_s: float) -> float:
     )
     wire.decode_node_stats(reply.data)
     return time.monotonic() - start
-
-
-async def test_a_flush_the_node_gave_up_on_leaves_its_connection_reading(nats_url: str) -> None:
-    # nats-py's own flush(timeout=...) that times out leaves its PONG's future cancelled in
-    # its queue; the late PONG then stops the read loop for good, and nats-server cuts the
-    # connection as a slow consumer (a paced node under load lost its connection so).
-    nc = await nats.connect(nats_url)
-    try:
-        assert not await flush_within(nc, 0.0)  # given up on before the PONG could come
-        assert await flush_within(nc, 5.0)  # the late PONG, then this one's, were read
-        assert nc._reading_task is not None and not nc._reading_task.done()
-    finally:
-        await nc.close()
