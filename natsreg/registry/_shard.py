@@ -11,18 +11,22 @@ Members are known from presence: each sharded node publishes
 counts as a member for the ``valid_s`` it claims (at most :data:`MAX_LEASE_S`); a node that
 stops renewing drops out when its lease ends, one that stops cleanly says ``valid_s`` 0.
 
-A node holds the heartbeats, goodbyes and queries of its services only: it subscribes
-``<prefix>.hb.<svc>.*``, ``<prefix>.bye.<svc>.*`` and, once warm for the service,
-``<prefix>.registry.service.<svc>`` (queue group ``natsreg-registry``), so NATS routes the
-question to a holder and never sends the node what it does not hold. It reads every
-announcement (rare), to know each service's name. A service it gains it asks to re-announce
-(``<prefix>.discover.<svc>``) and answers for once the round is over; a service it loses it
-keeps for as long again (the gaining node warms meanwhile), then forgets without events.
+A node holds the messages and queries of its services only: it subscribes
+``<prefix>.*.<svc>.*`` (announcements, heartbeats, goodbyes, in the order each instance sent
+them) and, once warm for the service, ``<prefix>.registry.service.<svc>`` (queue group
+``natsreg-registry``), so NATS routes the question to a holder and never sends the node what
+it does not hold. It also hears every announcement, to learn each new service's name, but
+reads no further than the subject of one whose service it knows. A service it gains it takes
+from the nodes that hold it (``_takeover.py``; its instances are asked to re-announce,
+``<prefix>.discover.<svc>``, only when they cannot give it), and answers for once it has it; a
+service it loses it keeps for as long as a re-announce round takes (the gaining node warms
+meanwhile), then forgets without events.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -46,6 +50,8 @@ MAX_LEASE_S = 30.0
 MAX_MEMBERS = 64
 #: Presence is a few dozen bytes; anything longer is no presence.
 MAX_PRESENCE_BYTES = 512
+#: The verbs of an instance's own messages (``<prefix>.<verb>.<name>.<id>``).
+CONTROL_VERBS = frozenset(("announce", "hb", "bye"))
 
 _Callback = Callable[[Msg], Awaitable[None]]
 _Subscribe = Callable[..., Awaitable[Subscription]]
@@ -136,6 +142,7 @@ class Shard:
         on_control: _Callback,
         on_query: _Callback,
         forget: Callable[[set[str]], None],
+        on_gain: Callable[[str], None],
         warm_s: float,
         max_names: int,
         clock: Callable[[], float] = time.monotonic,
@@ -148,6 +155,7 @@ class Shard:
         self._on_control = on_control
         self._on_query = on_query
         self._forget = forget
+        self._on_gain = on_gain
         self._warm_s = warm_s
         self._max_names = max_names
         self._clock = clock
@@ -155,6 +163,8 @@ class Shard:
         # Every service name heard announced, and those held: name -> its subscriptions.
         self._names: set[str] = set()
         self._held: dict[str, list[Subscription]] = {}
+        # Held services whose subscription delivered a message: it is in place.
+        self._flowing: set[str] = set()
         # Held services not yet answered for: name -> when the re-announce round is over.
         self._warming: dict[str, float] = {}
         self._answering: dict[str, Subscription] = {}
@@ -200,35 +210,49 @@ class Shard:
         subs += list(self._answering.values())
         if self._presence_sub is not None:
             subs.append(self._presence_sub)
-        self._held, self._answering = {}, {}
+        self._held, self._answering, self._flowing = {}, {}, set()
         await self._unsubscribe(subs)
         try:
             await self._say(0.0)
         except nats.errors.Error as exc:
             log.debug("could not say this node leaves: %s", exc)
 
+    def learn(self, names: Iterable[str]) -> None:
+        """Know of the services ``names`` (a peer's list, before this node settles)."""
+        for name in names:
+            self._know(name)
+
+    def _know(self, name: str) -> bool:
+        # Whether ``name`` was new to this node (and is known now).
+        if name in self._names:
+            return False
+        if not subjects.is_valid_token(name):
+            self._dropped["malformed"] += 1
+            return False
+        if len(self._names) >= self._max_names:
+            self._dropped["capacity"] += 1
+            return False
+        self._names.add(name)
+        return True
+
     async def saw(self, name: str) -> bool:
         """An announcement of ``name`` was heard: whether this node holds it now."""
         if name in self._held:
             return True
-        if name not in self._names:
-            if len(self._names) >= self._max_names:
-                self._dropped["capacity"] += 1
-                return False
-            self._names.add(name)
-            if self.settled and self.members.me in self.owners(name):
-                # A new service: its first announcement is this one, nothing to ask again.
-                await self._hold(name, ask=False)
-                return True
+        if self._know(name) and self.settled and self.members.me in self.owners(name):
+            # A new service: its first announcement is this one, nothing to ask again.
+            await self._hold(name, ask=False)
+            return True
         return False
 
-    async def tick(self, warm: bool) -> None:
-        """Called by the node's sweep: renew presence, expire members, move services,
-        answer for those warm (while the node is), forget those handed over."""
+    async def tick(self, warm: bool, *, silence_proves: bool = True) -> None:
+        """Called by the node's sweep: renew presence, expire members (unless the node may
+        have missed their presence: ``silence_proves`` false), move services, answer for
+        those warm (while the node is), forget those handed over."""
         now = self._clock()
         if now >= self._next_presence:
             await self._say(LEASE_S)
-        if self.members.expire():
+        if silence_proves and self.members.expire():
             await self._rebalance()
         for name, ready_at in list(self._warming.items()):
             if ready_at <= now:
@@ -238,8 +262,10 @@ class Shard:
         if lost:
             # Forgotten at once, unsubscribed after: what is still in flight is not held.
             subs = [sub for name in lost for sub in self._held.pop(name, [])]
+            self._flowing -= lost
             for name in lost:
                 del self._leaving[name]
+                self._warming.pop(name, None)
             self._forget(lost)
             await self._unsubscribe(subs)
 
@@ -265,6 +291,30 @@ class Shard:
         await self._nc.publish(
             subjects.control_subject(self.prefix, "shard", self.members.me), wire.encode(presence)
         )
+
+    def skips(self, subject: str) -> bool:
+        """Whether an announcement on ``<prefix>.announce.<name>.<id>`` (the node hears them
+        all) can be left unread: its service's name is known, and the service is either not
+        this node's or its own subscription (:meth:`_hold`) is known to be in place (it
+        delivered a message), so that the announcement comes there too, in order."""
+        tokens = subject[len(self.prefix) + 1 :].split(".")
+        if len(tokens) != 3 or tokens[1] not in self._names:
+            return False
+        return tokens[1] not in self._held or tokens[1] in self._flowing
+
+    async def _on_held(self, msg: Msg) -> None:
+        # <prefix>.*.<name>.* also matches what is no instance's message (a discover of one
+        # instance, a query about a service named "service"): those are not this node's.
+        verb, _, rest = msg.subject[len(self.prefix) + 1 :].partition(".")
+        if verb not in CONTROL_VERBS:
+            return
+        name = rest.partition(".")[0]
+        if name not in self._flowing:
+            # Its first message: from now on the service's announcements are taken here only.
+            # Until this one, they were taken from <prefix>.announce.> as well, so this one
+            # may have been (a second copy is dropped as stale by the sequence rule).
+            self._flowing.add(name)
+        await self._on_control(msg)
 
     async def _on_presence(self, msg: Msg) -> None:
         presence = check_presence(msg.subject, self.prefix, msg.data)
@@ -304,17 +354,31 @@ class Shard:
         # Held before the first await: an announcement or a presence handled meanwhile must
         # not subscribe a second time (each heartbeat would come twice).
         subs = self._held[name] = []
-        for verb in ("hb", "bye"):
-            subject = subjects.control_subject(self.prefix, verb, name, "*")
-            subs.append(await self._subscribe(subject, self._on_control))
+        # One subscription for every verb of the service: an instance's announcement,
+        # heartbeats and goodbye are taken in the order it sent them. (On two, a heartbeat
+        # could be taken before its announcement, and the instance asked to announce again.)
+        subject = subjects.control_subject(self.prefix, "*", name, "*")
+        subs.append(await self._subscribe(subject, self._on_held))
         if ask:
-            # Its instances announce again, each within the round; until then the node does
-            # not answer for it (the nodes that held it still do).
-            self._warming[name] = self._clock() + self._warm_s
-            await self._nc.publish(
-                subjects.control_subject(self.prefix, "discover", name),
-                wire.encode(wire.Discover(jitter_s=max(self._warm_s - 0.5, 0.0))),
-            )
+            # Taken from its holders (_takeover.py), which call gained(); until then the
+            # node does not answer for it (the nodes that held it still do).
+            self._warming[name] = math.inf
+            self._on_gain(name)
+
+    async def gained(self, name: str, *, taken: bool) -> None:
+        """``name``, gained, was taken from its holders (``taken``), or was not: then its
+        instances are asked to announce again, and it is answered for once the round is
+        over."""
+        if name not in self._warming or name not in self._held:
+            return  # let go meanwhile
+        if taken:
+            self._warming[name] = self._clock()
+            return
+        self._warming[name] = self._clock() + self._warm_s
+        await self._nc.publish(
+            subjects.control_subject(self.prefix, "discover", name),
+            wire.encode(wire.Discover(jitter_s=max(self._warm_s - 0.5, 0.0))),
+        )
 
 
 def merge_instances(parts: Iterable[Iterable[wire.InstanceView]]) -> list[wire.InstanceView]:
