@@ -70,6 +70,7 @@ def test_members_come_by_lease_and_go_when_it_ends_or_they_say_so() -> None:
     assert members.heard(wire.ShardPresence(node="c", valid_s=1.0)) == "joined"
     assert members.live == ("b", "c", "me")
     now[0] += 1.5
+    assert members.heard(wire.ShardPresence(node="me", valid_s=3.0)) == "renewed"  # its echo
     assert members.expire() and members.live == ("b", "me")
     assert not members.expire()
     assert members.heard(wire.ShardPresence(node="b", valid_s=0.0)) == "left"
@@ -79,11 +80,26 @@ def test_members_come_by_lease_and_go_when_it_ends_or_they_say_so() -> None:
     assert members.live == ("me",)
 
 
+def test_a_busy_node_expires_no_member_until_it_has_read_its_own_presence_back() -> None:
+    # Its peers' renewals wait in the same queue as its own presence: a lease that ended while
+    # the node read nothing is no sign of the peer.
+    now = [0.0]
+    members = Members("me", clock=lambda: now[0])
+    members.heard(wire.ShardPresence(node="me", valid_s=3.0))
+    members.heard(wire.ShardPresence(node="b", valid_s=3.0))
+    now[0] += 10.0
+    assert not members.expire() and members.live == ("b", "me")
+    now[0] += 1.0
+    members.heard(wire.ShardPresence(node="me", valid_s=3.0))
+    assert members.expire() and members.live == ("me",)
+
+
 def test_a_forged_presence_holds_a_place_for_a_bounded_time_and_number() -> None:
     now = [0.0]
     members = Members("me", clock=lambda: now[0])
     assert members.heard(wire.ShardPresence(node="forged", valid_s=1e9)) == "joined"
     now[0] += MAX_LEASE_S
+    members.heard(wire.ShardPresence(node="me", valid_s=3.0))
     assert members.expire() and members.live == ("me",)
     for n in range(MAX_MEMBERS * 2):
         members.heard(wire.ShardPresence(node=f"f{n}", valid_s=3.0))

@@ -39,7 +39,7 @@ from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
 from ._queries import Queries
-from ._shard import Shard
+from ._shard import LateAsks, Shard
 from ._sync import FIRST_CHUNK_S, PeerSync
 from ._takeover import Takeover
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
@@ -143,6 +143,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         #: This node's part in sharding, while it runs sharded; None otherwise.
         self.shard: Shard | None = None
         self._takeover: Takeover | None = None
+        self._late_asks = LateAsks(max_instances)
+        self._announce_sub: Subscription | None = None
         self._pacer = (
             Pacer(nc, system_nc, prefix=prefix, node_id=self.node_id, pace_s=pace_s)
             if system_nc is not None and pace_s > 0
@@ -257,7 +259,8 @@ class Registry(anyio.AsyncContextManagerMixin):
             # A sharded node hears goodbyes and heartbeats of its own services only (Shard).
             on_announce = self._on_control if self.shard is None else self._on_announce
             subject = subjects.control_subject(self.prefix, "announce", ">")
-            subs.append(await self._pressure.subscribe(subject, on_announce))
+            self._announce_sub = await self._pressure.subscribe(subject, on_announce)
+            subs.append(self._announce_sub)
             if self.shard is None:
                 subject = subjects.control_subject(self.prefix, "bye", ">")
                 subs.append(await self._pressure.subscribe(subject, self._on_control))
@@ -324,6 +327,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         # A sharded node hears every announcement for a new service's name; one of a known
         # service it takes on that service's own subscription, if at all (Shard.skips).
         assert self.shard is not None
+        self._late_asks.read += 1
         if not self.shard.skips(msg.subject):
             await self._on_control(msg)
 
@@ -365,12 +369,22 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _settle(self, outcome: Outcome, message: wire.ControlMessage) -> None:
         """Count, ask and publish what ``message`` did to the view."""
         self._count(outcome, message.name)
-        if outcome.ask_info:
-            await self._nc.publish(
-                subjects.control_subject(self.prefix, "discover", message.name, message.id),
-                wire.encode(wire.Discover()),
-            )
+        if outcome.ask_info and not self._asks_later(message):
+            await self._ask(message.name, message.id)
         await self._publish(outcome.changes)
+
+    async def _ask(self, name: str, instance_id: str) -> None:
+        await self._nc.publish(
+            subjects.control_subject(self.prefix, "discover", name, instance_id),
+            wire.encode(wire.Discover()),
+        )
+
+    def _asks_later(self, message: wire.ControlMessage) -> bool:
+        # A sharded node reads announcements on their own queue (LateAsks).
+        if self.shard is None or self._announce_sub is None:
+            return False
+        queued = self._announce_sub.pending_msgs
+        return self._late_asks.defer(message.name, message.id, queued)
 
     def _new_shard(self) -> Shard:
         return Shard(
@@ -485,10 +499,10 @@ class Registry(anyio.AsyncContextManagerMixin):
                 await self._ask_everyone()
             await self._pressure.relieve()
             if self.shard is not None:
-                await self.shard.tick(
-                    not self.warming_up,
-                    silence_proves=not self._pressure.silence_proves_nothing(),
-                )
+                await self.shard.tick(not self.warming_up)
+                for name, instance_id in self._late_asks.due():
+                    if instance_id not in self._view:
+                        await self._ask(name, instance_id)
             assert self._queries is not None
             await self._queries.follow(not self.warming_up)
             if not (self.warming_up or self._pressure.silence_proves_nothing()):

@@ -84,8 +84,10 @@ class Pacer:
     async def _say(self, pace_s: float, valid_s: float) -> None:
         pace = wire.Pace(node=self._node_id, heartbeat_s=pace_s, valid_s=valid_s)
         try:
+            # Published, not flushed: a flush that times out (a node busy with its fleet)
+            # leaves nats-py a cancelled PONG waiter, and the PONG that comes later stops its
+            # read loop (InvalidStateError): the node would lose its connection.
             await self._nc.publish(self._subject, wire.encode(pace))
-            await self._nc.flush(timeout=1)
         except Exception:  # a closed or reconnecting connection: the lease lapses by itself
             log.debug("could not publish the pace on %s", self._subject, exc_info=True)
             return

@@ -11,12 +11,12 @@ Members are known from presence: each sharded node publishes
 counts as a member for the ``valid_s`` it claims (at most :data:`MAX_LEASE_S`); a node that
 stops renewing drops out when its lease ends, one that stops cleanly says ``valid_s`` 0.
 
-A node holds the messages and queries of its services only: it subscribes
-``<prefix>.*.<svc>.*`` (announcements, heartbeats, goodbyes, in the order each instance sent
-them) and, once warm for the service, ``<prefix>.registry.service.<svc>`` (queue group
-``natsreg-registry``), so NATS routes the question to a holder and never sends the node what
-it does not hold. It also hears every announcement, to learn each new service's name, but
-reads no further than the subject of one whose service it knows. A service it gains it takes
+A node holds the heartbeats, goodbyes and queries of its services only: it subscribes
+``<prefix>.hb.<svc>.*``, ``<prefix>.bye.<svc>.*`` and, once warm for the service,
+``<prefix>.registry.service.<svc>`` (queue group ``natsreg-registry``), so NATS routes the
+question to a holder and never sends the node what it does not hold. It hears every
+announcement, to learn each new service's name, but reads no further than the subject of one
+whose service it knows and does not hold. A service it gains it takes
 from the nodes that hold it (``_takeover.py``; its instances are asked to re-announce,
 ``<prefix>.discover.<svc>``, only when they cannot give it), and answers for once it has it; a
 service it loses it keeps for as long as a re-announce round takes (the gaining node warms
@@ -50,8 +50,6 @@ MAX_LEASE_S = 30.0
 MAX_MEMBERS = 64
 #: Presence is a few dozen bytes; anything longer is no presence.
 MAX_PRESENCE_BYTES = 512
-#: The verbs of an instance's own messages (``<prefix>.<verb>.<name>.<id>``).
-CONTROL_VERBS = frozenset(("announce", "hb", "bye"))
 
 _Callback = Callable[[Msg], Awaitable[None]]
 _Subscribe = Callable[..., Awaitable[Subscription]]
@@ -74,11 +72,15 @@ class Members:
         self._clock = clock
         self._until: dict[str, float] = {}
         self.live: tuple[str, ...] = (me,)
+        # When this node last heard its own presence back, through the same queue as its
+        # peers' (expire).
+        self._echo_at = float("-inf")
 
     def heard(self, presence: wire.ShardPresence) -> str:
         """Take a presence: ``joined``, ``left``, ``renewed``, or ``capacity`` (refused)."""
         node = presence.node
         if node == self.me:
+            self._echo_at = self._clock()
             return "renewed"
         if presence.valid_s <= 0:
             return (
@@ -90,8 +92,10 @@ class Members:
         return "joined" if self._settle() else "renewed"
 
     def expire(self) -> bool:
-        """Drop the members whose lease ended; whether any did."""
-        now = self._clock()
+        """Drop the members whose lease ended before this node last heard its own presence
+        back; whether any did. (A node too busy to read its queue hears no renewal, nor its
+        own presence: the silence of its peers proves nothing until it has read past it.)"""
+        now = min(self._clock(), self._echo_at)
         gone = [node for node, until in self._until.items() if until <= now]
         for node in gone:
             del self._until[node]
@@ -163,8 +167,6 @@ class Shard:
         # Every service name heard announced, and those held: name -> its subscriptions.
         self._names: set[str] = set()
         self._held: dict[str, list[Subscription]] = {}
-        # Held services whose subscription delivered a message: it is in place.
-        self._flowing: set[str] = set()
         # Held services not yet answered for: name -> when the re-announce round is over.
         self._warming: dict[str, float] = {}
         self._answering: dict[str, Subscription] = {}
@@ -210,7 +212,7 @@ class Shard:
         subs += list(self._answering.values())
         if self._presence_sub is not None:
             subs.append(self._presence_sub)
-        self._held, self._answering, self._flowing = {}, {}, set()
+        self._held, self._answering = {}, {}
         await self._unsubscribe(subs)
         try:
             await self._say(0.0)
@@ -245,14 +247,13 @@ class Shard:
             return True
         return False
 
-    async def tick(self, warm: bool, *, silence_proves: bool = True) -> None:
-        """Called by the node's sweep: renew presence, expire members (unless the node may
-        have missed their presence: ``silence_proves`` false), move services, answer for
-        those warm (while the node is), forget those handed over."""
+    async def tick(self, warm: bool) -> None:
+        """Called by the node's sweep: renew presence, expire members, move services,
+        answer for those warm (while the node is), forget those handed over."""
         now = self._clock()
         if now >= self._next_presence:
             await self._say(LEASE_S)
-        if silence_proves and self.members.expire():
+        if self.members.expire():
             await self._rebalance()
         for name, ready_at in list(self._warming.items()):
             if ready_at <= now:
@@ -262,7 +263,6 @@ class Shard:
         if lost:
             # Forgotten at once, unsubscribed after: what is still in flight is not held.
             subs = [sub for name in lost for sub in self._held.pop(name, [])]
-            self._flowing -= lost
             for name in lost:
                 del self._leaving[name]
                 self._warming.pop(name, None)
@@ -294,27 +294,9 @@ class Shard:
 
     def skips(self, subject: str) -> bool:
         """Whether an announcement on ``<prefix>.announce.<name>.<id>`` (the node hears them
-        all) can be left unread: its service's name is known, and the service is either not
-        this node's or its own subscription (:meth:`_hold`) is known to be in place (it
-        delivered a message), so that the announcement comes there too, in order."""
+        all) can be left unread: its service is known, and not this node's."""
         tokens = subject[len(self.prefix) + 1 :].split(".")
-        if len(tokens) != 3 or tokens[1] not in self._names:
-            return False
-        return tokens[1] not in self._held or tokens[1] in self._flowing
-
-    async def _on_held(self, msg: Msg) -> None:
-        # <prefix>.*.<name>.* also matches what is no instance's message (a discover of one
-        # instance, a query about a service named "service"): those are not this node's.
-        verb, _, rest = msg.subject[len(self.prefix) + 1 :].partition(".")
-        if verb not in CONTROL_VERBS:
-            return
-        name = rest.partition(".")[0]
-        if name not in self._flowing:
-            # Its first message: from now on the service's announcements are taken here only.
-            # Until this one, they were taken from <prefix>.announce.> as well, so this one
-            # may have been (a second copy is dropped as stale by the sequence rule).
-            self._flowing.add(name)
-        await self._on_control(msg)
+        return len(tokens) == 3 and tokens[1] in self._names and tokens[1] not in self._held
 
     async def _on_presence(self, msg: Msg) -> None:
         presence = check_presence(msg.subject, self.prefix, msg.data)
@@ -354,11 +336,9 @@ class Shard:
         # Held before the first await: an announcement or a presence handled meanwhile must
         # not subscribe a second time (each heartbeat would come twice).
         subs = self._held[name] = []
-        # One subscription for every verb of the service: an instance's announcement,
-        # heartbeats and goodbye are taken in the order it sent them. (On two, a heartbeat
-        # could be taken before its announcement, and the instance asked to announce again.)
-        subject = subjects.control_subject(self.prefix, "*", name, "*")
-        subs.append(await self._subscribe(subject, self._on_held))
+        for verb in ("hb", "bye"):
+            subject = subjects.control_subject(self.prefix, verb, name, "*")
+            subs.append(await self._subscribe(subject, self._on_control))
         if ask:
             # Taken from its holders (_takeover.py), which call gained(); until then the
             # node does not answer for it (the nodes that held it still do).
@@ -379,6 +359,40 @@ class Shard:
             subjects.control_subject(self.prefix, "discover", name),
             wire.encode(wire.Discover(jitter_s=max(self._warm_s - 0.5, 0.0))),
         )
+
+
+class LateAsks:
+    """Asks a sharded node holds back: an instance heard before its announcement was read.
+
+    The node reads a service's heartbeats on that service's subscription and announcements on
+    ``<prefix>.announce.>``, each queue drained by its own task, so a heartbeat can be taken
+    while its instance's announcement still waits in the other queue. Its instance is asked
+    to announce only once the node has read every announcement queued when the heartbeat
+    came (:meth:`due`), and only if it is still unknown then; at most ``cap`` wait (beyond,
+    an ask goes at once).
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        # instance id -> (service, announcements read by when it may be asked)
+        self._waiting: dict[str, tuple[str, int]] = {}
+        #: Announcements the node has taken off its queue.
+        self.read = 0
+
+    def defer(self, name: str, instance_id: str, queued: int) -> bool:
+        """Hold back the ask of ``instance_id`` until ``queued`` more announcements are read;
+        False if it must go now (none queued, or too many waiting)."""
+        if queued <= 0 or len(self._waiting) >= self._cap:
+            return False
+        self._waiting[instance_id] = (name, self.read + queued)
+        return True
+
+    def due(self) -> list[tuple[str, str]]:
+        """The asks, ``(service, instance id)``, whose announcements could have been read."""
+        ready = [(n, i) for i, (n, at) in self._waiting.items() if at <= self.read]
+        for _, instance_id in ready:
+            del self._waiting[instance_id]
+        return ready
 
 
 def merge_instances(parts: Iterable[Iterable[wire.InstanceView]]) -> list[wire.InstanceView]:

@@ -113,9 +113,13 @@ class Takeover:
         own = registry.snapshot(name=name)
         parts = await _gathered.snapshot_parts(self._nc, shard, ("service", name), own)
         peers = {node: chunks for node, chunks in parts.items() if node != shard.members.me}
-        if len(peers) + 1 < len(shard.nodes) or all(
-            chunks[0].warming_up for chunks in peers.values()
+        warm = [chunks for chunks in peers.values() if not chunks[0].warming_up]
+        # Every member's part, one warm; or, from a member slow to answer, a warm part that
+        # holds the service (its holders' parts are alike).
+        if not (len(peers) + 1 >= len(shard.nodes) and warm) and not any(
+            chunk.instances for chunks in warm for chunk in chunks
         ):
+            log.info("could not take %s from its holders: asking its instances", name)
             return False
         restored = 0
         for chunks in peers.values():
