@@ -4,10 +4,11 @@ answered, a joining node takes its share (docs/protocol.md, "Sharding")."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import subjects, wire
@@ -44,6 +45,17 @@ async def fleet(nc: NATS, prefix: str) -> AsyncIterator[None]:
                     natsreg.announce(nc, name, version="1.0.0", prefix=prefix, heartbeat_s=0.5)
                 )
         yield
+
+
+@contextlib.asynccontextmanager
+async def subscription(
+    nc: NATS, subject: str, cb: Callable[[Msg], Awaitable[None]]
+) -> AsyncIterator[None]:
+    sub = await nc.subscribe(subject, cb=cb)
+    try:
+        yield
+    finally:
+        await sub.unsubscribe()
 
 
 def local(node: natsreg.Registry, name: str) -> dict[str, wire.InstanceView]:
@@ -103,15 +115,28 @@ async def test_sharded_nodes_hold_two_each_and_answer_every_question(
             mine = [s for s in SERVICES if node.node_id in owners(s, ids)]
             assert node.stats().services == len(mine) and node.stats().shard_nodes == 4
 
-        # A node that joins takes its share, and its view of it equals a holder's.
+        # A node that joins takes its share from the nodes that hold it, its view of it
+        # equal to a holder's, and no instance is asked to announce again.
+        asked: list[str] = []
+
+        async def on_discover(msg: Msg) -> None:
+            asked.append(msg.subject)
+
+        for tail in ((), (">",)):
+            subject = subjects.control_subject(prefix, "discover", *tail)
+            await stack.enter_async_context(subscription(nc, subject, on_discover))
+        await nc.flush()
         late = await stack.enter_async_context(sharded_node(nats_url, prefix))
         nodes.append(late)
         await settled(nodes)
         ids = [n.node_id for n in nodes]
         taken = [name for name in SERVICES if late.node_id in owners(name, ids)]
+        assert taken
         for name in taken:
             other = next(n for n in nodes if n is not late and local(n, name))
             assert local(late, name) == local(other, name)
+        await nc.flush()
+        assert asked == []
         listed = await api.services()
         assert sorted(s.name for s in listed.services) == SERVICES
 
