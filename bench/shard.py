@@ -128,14 +128,18 @@ async def measure(
         started = time.monotonic()
         await start_fleets(url, prefix, args.instances, args.heartbeat_s, processes)
 
+        shown = [time.monotonic()]
+
         async def complete() -> bool:
             try:
                 listed = await api.services(timeout_s=5)
             except natsreg.RequestError:
                 return False
-            return sum(s.instances for s in listed.services) == args.instances and (
-                not listed.unanswered
-            )
+            row["listed"] = sum(s.instances for s in listed.services)
+            if time.monotonic() - shown[0] >= 10:
+                shown[0] = time.monotonic()
+                print(f"  {prefix}: {row['listed']} of {args.instances} listed", flush=True)
+            return row["listed"] == args.instances and not listed.unanswered
 
         bound_s = 60 + args.instances / 2_000
         try:
