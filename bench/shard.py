@@ -158,10 +158,17 @@ async def measure(
         stats = await nodes(nc, prefix)
         row["held"] = sorted(n.instances for n in stats)
         row["dropped"] = sum(sum(n.dropped.values()) for n in stats)
-        row["ls_ms"] = await median_ms(5, lambda: api.services(timeout_s=10))
-        row["all_ms"] = await median_ms(3, lambda: api.instances(timeout_s=60))
+        measures: dict[str, Any] = {
+            "ls_ms": lambda: median_ms(5, lambda: api.services(timeout_s=10)),
+            "all_ms": lambda: median_ms(3, lambda: api.instances(timeout_s=30)),
+        }
         if args.system_events:
-            row["kill_to_removal_s"] = await kill_to_removal_s(api, url, prefix)
+            measures["kill_to_removal_s"] = lambda: kill_to_removal_s(api, url, prefix)
+        for key, measure_it in measures.items():
+            try:
+                row[key] = await measure_it()
+            except (natsreg.RequestError, TimeoutError) as exc:
+                row[key] = f"failed: {exc}"
         await nc.close()
     finally:
         stop(processes)
