@@ -170,3 +170,20 @@ async def test_a_forged_presence_is_dropped_and_a_phantom_node_is_named_unanswer
         listed = await RegistryApi(nc, prefix=prefix).services()
         assert listed.unanswered == lost
         await eventually(lambda: all(len(n.shard.nodes) == 2 for n in nodes if n.shard))
+
+
+async def test_a_peers_part_is_checked_before_its_instances_are_taken(
+    nats_url: str, prefix: str
+) -> None:
+    # A part of service "a" (what a gaining node restores) may hold nothing of another service
+    # and nothing that breaks the wire's limits: each such instance is dropped and counted.
+    async with sharded_node(nats_url, prefix) as node:
+        part = [
+            wire.InstanceView(id="i1", name="a", version="1.0.0", seq=1),
+            wire.InstanceView(id="i2", name="b", version="1.0.0", seq=1),
+            wire.InstanceView(id="i3", name="a", version="not a version", seq=1),
+        ]
+        assert node.restore(part, "a") == 1
+        assert [i.id for i in node.snapshot(name="a").instances] == ["i1"]
+        assert node.snapshot(name="b").instances == []
+        assert node.dropped["subject_mismatch"] == 1 and sum(node.dropped.values()) == 2

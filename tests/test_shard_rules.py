@@ -13,6 +13,7 @@ from natsreg.registry._shard import (
     MAX_LEASE_S,
     MAX_MEMBERS,
     REPLICAS,
+    LateAsks,
     Members,
     check_presence,
     merge_instances,
@@ -133,3 +134,16 @@ def test_merged_instances_keep_each_once_at_its_newest() -> None:
     other = wire.InstanceView(id="i2", name="t", version="1.0.0", seq=1)
     merged = merge_instances([[old, other], [new]])
     assert sorted((i.id, i.seq) for i in merged) == [("i1", 5), ("i2", 1)]
+
+
+def test_an_instance_heard_before_its_announcement_is_asked_once_the_queue_is_read() -> None:
+    asks = LateAsks(cap=2)
+    assert not asks.defer("s", "i0", queued=0)  # nothing queued: ask now
+    assert asks.defer("s", "i1", queued=2)
+    asks.read += 1
+    assert asks.due() == []
+    asks.read += 1
+    assert asks.due() == [("s", "i1")]
+    assert asks.due() == []  # asked once
+    assert asks.defer("s", "i2", queued=5) and asks.defer("s", "i3", queued=5)
+    assert not asks.defer("s", "i4", queued=5)  # at most cap wait: this one is asked now
