@@ -325,7 +325,8 @@ class Registry(anyio.AsyncContextManagerMixin):
 
     async def _on_announce(self, msg: Msg) -> None:
         # A sharded node hears every announcement for a new service's name; one of a known
-        # service it takes on that service's own subscription, if at all (Shard.skips).
+        # service it does not hold it leaves unread (Shard.skips). Each one read counts for
+        # the asks held back until then (LateAsks).
         assert self.shard is not None
         self._late_asks.read += 1
         if not self.shard.skips(msg.subject):
