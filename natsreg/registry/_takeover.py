@@ -6,9 +6,9 @@ part of that service (``<prefix>.part.<node>.service.<name>``, the question a ga
 asks, _gathered.py) and restores the instances of those parts into its view
 (:meth:`View.restore`: as old as the peer last heard them, a newer sequence wins), holding the
 service's messages heard meanwhile and applying them after, as a node warming from a peer does
-(_sync.py). The instances do not announce again. Only if not every member answered, or none of
-those that did is warm, does the node ask the service's instances to re-announce
-(``<prefix>.discover.<name>``), as before.
+(_sync.py). The instances do not announce again. Only if, twice a second apart, not every
+member answered (or none of those that did is warm) and no warm part holds the service, does
+the node ask the service's instances to re-announce (``<prefix>.discover.<name>``).
 
 A starting node first learns the services' names from its peers' service lists (it has heard
 no announcement yet): with no warm peer, it asks every instance to re-announce instead.
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 #: Services taken over at once (each waits on its peers' parts, not on this node).
 AT_ONCE = 8
+#: Tries to take a service from its holders, this long apart, before its instances are asked.
+ATTEMPTS = 2
+RETRY_S = 1.0
 #: Messages of one service held while its parts arrive; beyond, they are applied as they come
 #: (the sequence rule still keeps the newest of each instance).
 MAX_HELD = 10_000
@@ -92,12 +95,19 @@ class Takeover:
                     tg.start_soon(self._one, self._queue.popleft())
 
     async def _one(self, name: str) -> None:
-        async with self._limiter:
-            try:
-                taken = await self._from_peers(name)
-            except nats.errors.Error as exc:
-                log.debug("could not take %s from peers: %s", name, exc)
-                taken = False
+        taken = False
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                # A peer too busy to answer in time is likelier than a gone one (its lease
+                # still holds): ask again before the service's instances are asked.
+                await anyio.sleep(RETRY_S)
+            async with self._limiter:
+                try:
+                    taken = await self._from_peers(name)
+                except nats.errors.Error as exc:
+                    log.debug("could not take %s from peers: %s", name, exc)
+            if taken or not self._shard.holds(name):
+                break
         held = self._held.pop(name, deque())
         while held:
             await self._take(held.popleft())
@@ -119,7 +129,7 @@ class Takeover:
         if not (len(peers) + 1 >= len(shard.nodes) and warm) and not any(
             chunk.instances for chunks in warm for chunk in chunks
         ):
-            log.info("could not take %s from its holders: asking its instances", name)
+            log.info("could not take %s from its holders", name)
             return False
         restored = 0
         for chunks in peers.values():
