@@ -145,8 +145,8 @@ class Fleet:
         for n, name in enumerate(self.names):
             self.by_service[name].append(n)
         self.seqs = [0] * count
-        self.announces = [self._announce(n, args.prefix) for n in range(count)]
         self.prefix = args.prefix
+        self.announces: list[tuple[bytes, bytes]] = []
         # The pace registry nodes allow (docs/protocol.md, "Paced heartbeats"), obeyed as a
         # real instance obeys it; every heartbeat declares the interval kept.
         self.leases = Leases()
@@ -161,7 +161,7 @@ class Fleet:
         self.announced = 0
         self.late_ticks = 0
 
-    def _announce(self, n: int, prefix: str) -> tuple[bytes, bytes]:
+    def _announce(self, n: int, prefix: str, pace_s: float) -> tuple[bytes, bytes]:
         name = self.names[n]
         message = wire.Announce(
             id=self.ids[n],
@@ -176,12 +176,16 @@ class Fleet:
             host="fleet",
             pid=os.getpid(),
             heartbeat_s=self.heartbeat_s,
+            pace_s=pace_s,
         )
         return frame(subjects.control_subject(prefix, "announce", name, self.ids[n]), message)
 
     def declare(self, pace_s: float) -> None:
-        """From now on every heartbeat declares ``pace_s`` as the interval kept."""
+        """From now on every heartbeat and announcement declares ``pace_s`` as the interval
+        kept (an announcement that said otherwise would have the registry expect the
+        instance's own interval again)."""
         self.declared_s = pace_s
+        self.announces = [self._announce(n, self.prefix, pace_s) for n in range(len(self.ids))]
         self.heartbeats = [
             frame(
                 subjects.control_subject(self.prefix, "hb", name, instance_id),

@@ -4,10 +4,11 @@ answered, a joining node takes its share (docs/protocol.md, "Sharding")."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import subjects, wire
@@ -44,6 +45,17 @@ async def fleet(nc: NATS, prefix: str) -> AsyncIterator[None]:
                     natsreg.announce(nc, name, version="1.0.0", prefix=prefix, heartbeat_s=0.5)
                 )
         yield
+
+
+@contextlib.asynccontextmanager
+async def subscription(
+    nc: NATS, subject: str, cb: Callable[[Msg], Awaitable[None]]
+) -> AsyncIterator[None]:
+    sub = await nc.subscribe(subject, cb=cb)
+    try:
+        yield
+    finally:
+        await sub.unsubscribe()
 
 
 def local(node: natsreg.Registry, name: str) -> dict[str, wire.InstanceView]:
@@ -103,15 +115,28 @@ async def test_sharded_nodes_hold_two_each_and_answer_every_question(
             mine = [s for s in SERVICES if node.node_id in owners(s, ids)]
             assert node.stats().services == len(mine) and node.stats().shard_nodes == 4
 
-        # A node that joins takes its share, and its view of it equals a holder's.
+        # A node that joins takes its share from the nodes that hold it, its view of it
+        # equal to a holder's, and no instance is asked to announce again.
+        asked: list[str] = []
+
+        async def on_discover(msg: Msg) -> None:
+            asked.append(msg.subject)
+
+        for tail in ((), (">",)):
+            subject = subjects.control_subject(prefix, "discover", *tail)
+            await stack.enter_async_context(subscription(nc, subject, on_discover))
+        await nc.flush()
         late = await stack.enter_async_context(sharded_node(nats_url, prefix))
         nodes.append(late)
         await settled(nodes)
         ids = [n.node_id for n in nodes]
         taken = [name for name in SERVICES if late.node_id in owners(name, ids)]
+        assert taken
         for name in taken:
             other = next(n for n in nodes if n is not late and local(n, name))
             assert local(late, name) == local(other, name)
+        await nc.flush()
+        assert asked == []
         listed = await api.services()
         assert sorted(s.name for s in listed.services) == SERVICES
 
@@ -145,3 +170,20 @@ async def test_a_forged_presence_is_dropped_and_a_phantom_node_is_named_unanswer
         listed = await RegistryApi(nc, prefix=prefix).services()
         assert listed.unanswered == lost
         await eventually(lambda: all(len(n.shard.nodes) == 2 for n in nodes if n.shard))
+
+
+async def test_a_peers_part_is_checked_before_its_instances_are_taken(
+    nats_url: str, prefix: str
+) -> None:
+    # A part of service "a" (what a gaining node restores) may hold nothing of another service
+    # and nothing that breaks the wire's limits: each such instance is dropped and counted.
+    async with sharded_node(nats_url, prefix) as node:
+        part = [
+            wire.InstanceView(id="i1", name="a", version="1.0.0", seq=1),
+            wire.InstanceView(id="i2", name="b", version="1.0.0", seq=1),
+            wire.InstanceView(id="i3", name="a", version="not a version", seq=1),
+        ]
+        assert node.restore(part, "a") == 1
+        assert [i.id for i in node.snapshot(name="a").instances] == ["i1"]
+        assert node.snapshot(name="b").instances == []
+        assert node.dropped["subject_mismatch"] == 1 and sum(node.dropped.values()) == 2

@@ -13,6 +13,7 @@ from natsreg.registry._shard import (
     MAX_LEASE_S,
     MAX_MEMBERS,
     REPLICAS,
+    LateAsks,
     Members,
     check_presence,
     merge_instances,
@@ -70,6 +71,7 @@ def test_members_come_by_lease_and_go_when_it_ends_or_they_say_so() -> None:
     assert members.heard(wire.ShardPresence(node="c", valid_s=1.0)) == "joined"
     assert members.live == ("b", "c", "me")
     now[0] += 1.5
+    assert members.heard(wire.ShardPresence(node="me", valid_s=3.0)) == "renewed"  # its echo
     assert members.expire() and members.live == ("b", "me")
     assert not members.expire()
     assert members.heard(wire.ShardPresence(node="b", valid_s=0.0)) == "left"
@@ -79,11 +81,26 @@ def test_members_come_by_lease_and_go_when_it_ends_or_they_say_so() -> None:
     assert members.live == ("me",)
 
 
+def test_a_busy_node_expires_no_member_until_it_has_read_its_own_presence_back() -> None:
+    # Its peers' renewals wait in the same queue as its own presence: a lease that ended while
+    # the node read nothing is no sign of the peer.
+    now = [0.0]
+    members = Members("me", clock=lambda: now[0])
+    members.heard(wire.ShardPresence(node="me", valid_s=3.0))
+    members.heard(wire.ShardPresence(node="b", valid_s=3.0))
+    now[0] += 10.0
+    assert not members.expire() and members.live == ("b", "me")
+    now[0] += 1.0
+    members.heard(wire.ShardPresence(node="me", valid_s=3.0))
+    assert members.expire() and members.live == ("me",)
+
+
 def test_a_forged_presence_holds_a_place_for_a_bounded_time_and_number() -> None:
     now = [0.0]
     members = Members("me", clock=lambda: now[0])
     assert members.heard(wire.ShardPresence(node="forged", valid_s=1e9)) == "joined"
     now[0] += MAX_LEASE_S
+    members.heard(wire.ShardPresence(node="me", valid_s=3.0))
     assert members.expire() and members.live == ("me",)
     for n in range(MAX_MEMBERS * 2):
         members.heard(wire.ShardPresence(node=f"f{n}", valid_s=3.0))
@@ -117,3 +134,16 @@ def test_merged_instances_keep_each_once_at_its_newest() -> None:
     other = wire.InstanceView(id="i2", name="t", version="1.0.0", seq=1)
     merged = merge_instances([[old, other], [new]])
     assert sorted((i.id, i.seq) for i in merged) == [("i1", 5), ("i2", 1)]
+
+
+def test_an_instance_heard_before_its_announcement_is_asked_once_the_queue_is_read() -> None:
+    asks = LateAsks(cap=2)
+    assert not asks.defer("s", "i0", queued=0)  # nothing queued: ask now
+    assert asks.defer("s", "i1", queued=2)
+    asks.read += 1
+    assert asks.due() == []
+    asks.read += 1
+    assert asks.due() == [("s", "i1")]
+    assert asks.due() == []  # asked once
+    assert asks.defer("s", "i2", queued=5) and asks.defer("s", "i3", queued=5)
+    assert not asks.defer("s", "i4", queued=5)  # at most cap wait: this one is asked now

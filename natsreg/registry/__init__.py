@@ -39,8 +39,9 @@ from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
 from ._queries import Queries
-from ._shard import Shard
+from ._shard import LateAsks, Shard
 from ._sync import FIRST_CHUNK_S, PeerSync
+from ._takeover import Takeover
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
 
 __all__ = [
@@ -163,6 +164,9 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._sharded = shard
         #: This node's part in sharding, while it runs sharded; None otherwise.
         self.shard: Shard | None = None
+        self._takeover: Takeover | None = None
+        self._late_asks = LateAsks(max_instances)
+        self._announcements = subjects.control_subject(prefix, "announce", ">")
         self._pacer = (
             Pacer(nc, system_nc, prefix=prefix, node_id=self.node_id, pace_s=pace_s)
             if system_nc is not None and pace_s > 0
@@ -267,6 +271,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         subs: list[Subscription] = []
         if self._sharded:
             self.shard = self._new_shard()
+            self._takeover = Takeover(self._nc, self, self.shard, self._take)
         queries = self._queries = Queries(
             self._nc, self, self.dropped, self._pressure.subscribe, clock=self._clock
         )
@@ -276,13 +281,15 @@ class Registry(anyio.AsyncContextManagerMixin):
             # A sharded node hears goodbyes and heartbeats of its own services only (Shard).
             # Heartbeats, the bulk, and announcements, a fleet's storm when it starts, are
             # shed while the node catches up (_backpressure.py); goodbyes never are.
-            shed_above = {"announce": SHED_ANNOUNCEMENTS_BYTES, "hb": PENDING_BYTES}
-            for verb in ("announce",) if self.shard else ("announce", "hb"):
-                subject = subjects.control_subject(self.prefix, verb, ">")
-                await self._pressure.subscribe(
-                    subject, self._on_control, shed_above=shed_above[verb]
-                )
+            on_announce = self._on_control if self.shard is None else self._on_announce
+            await self._pressure.subscribe(
+                self._announcements, on_announce, shed_above=SHED_ANNOUNCEMENTS_BYTES
+            )
             if self.shard is None:
+                heartbeats = subjects.control_subject(self.prefix, "hb", ">")
+                await self._pressure.subscribe(
+                    heartbeats, self._on_control, shed_above=PENDING_BYTES
+                )
                 goodbyes = subjects.control_subject(self.prefix, "bye", ">")
                 subs.append(await self._pressure.subscribe(goodbyes, self._on_control))
             else:
@@ -306,6 +313,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                     functools.partial(micro.run, self.micro_poll_s),
                     queries.serve,
                     *([self._pacer.run] if self._pacer is not None else []),
+                    *([self._takeover.run] if self._takeover is not None else []),
                 ):
                     yield self
         finally:
@@ -331,11 +339,22 @@ class Registry(anyio.AsyncContextManagerMixin):
             return
         if self.shard is not None and not await self._holds(message):
             return
+        if self._takeover is not None and self._takeover.hold(message):
+            return
         if self._sync.hold(message):
             return
         outcome = self._view.apply(message)
         if outcome is not NOTHING:
             await self._settle(outcome, message)
+
+    async def _on_announce(self, msg: Msg) -> None:
+        # A sharded node hears every announcement for a new service's name; one of a known
+        # service it does not hold it leaves unread (Shard.skips). Each one read counts for
+        # the asks held back until then (LateAsks).
+        assert self.shard is not None
+        self._late_asks.read += 1
+        if not self.shard.skips(msg.subject):
+            await self._on_control(msg)
 
     def _admit(self, msg: Msg) -> wire.ControlMessage | None:
         """The control message ``msg`` carries, if it passes every check; None (and the drop
@@ -375,12 +394,22 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _settle(self, outcome: Outcome, message: wire.ControlMessage) -> None:
         """Count, ask and publish what ``message`` did to the view."""
         self._count(outcome, message.name)
-        if outcome.ask_info:
-            await self._nc.publish(
-                subjects.control_subject(self.prefix, "discover", message.name, message.id),
-                wire.encode(wire.Discover()),
-            )
+        if outcome.ask_info and not self._asks_later(message):
+            await self._ask(message.name, message.id)
         await self._publish(outcome.changes)
+
+    async def _ask(self, name: str, instance_id: str) -> None:
+        await self._nc.publish(
+            subjects.control_subject(self.prefix, "discover", name, instance_id),
+            wire.encode(wire.Discover()),
+        )
+
+    def _asks_later(self, message: wire.ControlMessage) -> bool:
+        # A sharded node reads announcements on their own queue (LateAsks).
+        if self.shard is None:
+            return False
+        queued = self._pressure.queued(self._announcements)
+        return self._late_asks.defer(message.name, message.id, queued)
 
     def _new_shard(self) -> Shard:
         return Shard(
@@ -393,6 +422,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             on_control=self._on_control,
             on_query=self._on_query,
             forget=self._forget,
+            on_gain=self._gain,
             warm_s=self.discover_jitter_s + 0.5,
             max_names=self._view.max_instances,
             clock=self._clock,
@@ -401,6 +431,30 @@ class Registry(anyio.AsyncContextManagerMixin):
     async def _on_query(self, msg: Msg) -> None:
         assert self._queries is not None
         await self._queries.on_query(msg)
+
+    def _gain(self, name: str) -> None:
+        assert self._takeover is not None
+        self._takeover.request(name)
+
+    def restore(self, instances: list[wire.InstanceView], name: str) -> int:
+        """Take ``instances`` of the service ``name`` from a peer's part (_takeover.py),
+        each checked as a peer's view is (_sync.py); how many were taken."""
+        taken = 0
+        for instance in instances:
+            try:
+                if instance.name != name:
+                    raise wire.Invalid("subject_mismatch", "an instance of another service")
+                wire.check(instance)
+            except wire.Invalid as exc:
+                self.dropped[exc.reason] += 1
+                continue
+            outcome = self._view.restore(instance)
+            if outcome.dropped:
+                self.dropped[outcome.dropped] += 1
+            else:
+                taken += 1
+        self._revision += 1  # a new view: no answer cached before is of it
+        return taken
 
     async def _holds(self, message: wire.ControlMessage) -> bool:
         # A sharded node reads every announcement, to know every service's name, and takes
@@ -424,7 +478,13 @@ class Registry(anyio.AsyncContextManagerMixin):
         if self.shard is not None:
             # Peers answer this node's presence at once: a moment, and it knows them all.
             await anyio.sleep(SETTLE_S)
+            assert self._takeover is not None
+            from_peers = await self._takeover.learn_names()
             await self.shard.settle()
+            if from_peers:
+                # Each service it holds it takes from its holders (_takeover.py).
+                self._warm_until = self._clock()
+                return
         elif self._sync_first and await self._sync.run(self._take):
             self._revision += 1  # a new view: no answer cached before is of it
             self._warm_until = self._clock()
@@ -466,6 +526,9 @@ class Registry(anyio.AsyncContextManagerMixin):
             await self._pressure.relieve()
             if self.shard is not None:
                 await self.shard.tick(not self.warming_up)
+                for name, instance_id in self._late_asks.due():
+                    if instance_id not in self._view:
+                        await self._ask(name, instance_id)
             assert self._queries is not None
             await self._queries.follow(not self.warming_up)
             if not (self.warming_up or self._pressure.silence_proves_nothing()):

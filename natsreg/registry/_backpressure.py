@@ -51,7 +51,7 @@ PENDING_BYTES = 64 * 1024 * 1024
 SHED_ANNOUNCEMENTS_BYTES = 4 * 1024 * 1024
 #: The control handler lets other tasks run after this many messages.
 YIELD_EVERY = 16
-#: A node with more messages than this waiting in one queue is behind: it expires nothing
+#: A node with more messages than this waiting in its queues is behind: it expires nothing
 #: until it has read them, since the heartbeats it has not read yet may be the ones due.
 BEHIND_MSGS = 4096
 #: Nor does it expire anything for this long after it dropped a message: a heartbeat it
@@ -112,6 +112,13 @@ class Backpressure:
             self._overflowed.discard(sub)
         await unsubscribe_all(subs)
 
+    def queued(self, subject: str) -> int:
+        """Messages waiting on the sheddable subscription to ``subject`` (0 while it sheds)."""
+        for sub, (sheddable, _, _) in self._sheddable.items():
+            if sheddable == subject:
+                return int(sub.pending_msgs)
+        return 0
+
     async def relieve(self) -> None:
         """Called regularly: a sheddable subscription whose queue overflowed, or holds more
         than its ``shed_above``, is drained, then taken again. While it drains, nats-server
@@ -144,8 +151,9 @@ class Backpressure:
         await unsubscribe_all(subs)
 
     def behind(self) -> bool:
-        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`)."""
-        return any(sub.pending_msgs > BEHIND_MSGS for sub in self._subs)
+        """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`), in all
+        its queues together: a sharded node's heartbeats wait in one queue per service."""
+        return sum(sub.pending_msgs for sub in self._subs) > BEHIND_MSGS
 
     def silence_proves_nothing(self) -> bool:
         """Whether the node may have missed heartbeats: behind, or it dropped one lately."""

@@ -14,15 +14,19 @@ stops renewing drops out when its lease ends, one that stops cleanly says ``vali
 A node holds the heartbeats, goodbyes and queries of its services only: it subscribes
 ``<prefix>.hb.<svc>.*``, ``<prefix>.bye.<svc>.*`` and, once warm for the service,
 ``<prefix>.registry.service.<svc>`` (queue group ``natsreg-registry``), so NATS routes the
-question to a holder and never sends the node what it does not hold. It reads every
-announcement (rare), to know each service's name. A service it gains it asks to re-announce
-(``<prefix>.discover.<svc>``) and answers for once the round is over; a service it loses it
-keeps for as long again (the gaining node warms meanwhile), then forgets without events.
+question to a holder and never sends the node what it does not hold. It hears every
+announcement, to learn each new service's name, but reads no further than the subject of one
+whose service it knows and does not hold. A service it gains it takes
+from the nodes that hold it (``_takeover.py``; its instances are asked to re-announce,
+``<prefix>.discover.<svc>``, only when they cannot give it), and answers for once it has it; a
+service it loses it keeps for as long as a re-announce round takes (the gaining node warms
+meanwhile), then forgets without events.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -68,11 +72,15 @@ class Members:
         self._clock = clock
         self._until: dict[str, float] = {}
         self.live: tuple[str, ...] = (me,)
+        # When this node last heard its own presence back, through the same queue as its
+        # peers' (expire).
+        self._echo_at = float("-inf")
 
     def heard(self, presence: wire.ShardPresence) -> str:
         """Take a presence: ``joined``, ``left``, ``renewed``, or ``capacity`` (refused)."""
         node = presence.node
         if node == self.me:
+            self._echo_at = self._clock()
             return "renewed"
         if presence.valid_s <= 0:
             return (
@@ -84,8 +92,10 @@ class Members:
         return "joined" if self._settle() else "renewed"
 
     def expire(self) -> bool:
-        """Drop the members whose lease ended; whether any did."""
-        now = self._clock()
+        """Drop the members whose lease ended before this node last heard its own presence
+        back; whether any did. (A node too busy to read its queue hears no renewal, nor its
+        own presence: the silence of its peers proves nothing until it has read past it.)"""
+        now = min(self._clock(), self._echo_at)
         gone = [node for node, until in self._until.items() if until <= now]
         for node in gone:
             del self._until[node]
@@ -136,6 +146,7 @@ class Shard:
         on_control: _Callback,
         on_query: _Callback,
         forget: Callable[[set[str]], None],
+        on_gain: Callable[[str], None],
         warm_s: float,
         max_names: int,
         clock: Callable[[], float] = time.monotonic,
@@ -148,6 +159,7 @@ class Shard:
         self._on_control = on_control
         self._on_query = on_query
         self._forget = forget
+        self._on_gain = on_gain
         self._warm_s = warm_s
         self._max_names = max_names
         self._clock = clock
@@ -207,19 +219,32 @@ class Shard:
         except nats.errors.Error as exc:
             log.debug("could not say this node leaves: %s", exc)
 
+    def learn(self, names: Iterable[str]) -> None:
+        """Know of the services ``names`` (a peer's list, before this node settles)."""
+        for name in names:
+            self._know(name)
+
+    def _know(self, name: str) -> bool:
+        # Whether ``name`` was new to this node (and is known now).
+        if name in self._names:
+            return False
+        if not subjects.is_valid_token(name):
+            self._dropped["malformed"] += 1
+            return False
+        if len(self._names) >= self._max_names:
+            self._dropped["capacity"] += 1
+            return False
+        self._names.add(name)
+        return True
+
     async def saw(self, name: str) -> bool:
         """An announcement of ``name`` was heard: whether this node holds it now."""
         if name in self._held:
             return True
-        if name not in self._names:
-            if len(self._names) >= self._max_names:
-                self._dropped["capacity"] += 1
-                return False
-            self._names.add(name)
-            if self.settled and self.members.me in self.owners(name):
-                # A new service: its first announcement is this one, nothing to ask again.
-                await self._hold(name, ask=False)
-                return True
+        if self._know(name) and self.settled and self.members.me in self.owners(name):
+            # A new service: its first announcement is this one, nothing to ask again.
+            await self._hold(name, ask=False)
+            return True
         return False
 
     async def tick(self, warm: bool) -> None:
@@ -240,6 +265,7 @@ class Shard:
             subs = [sub for name in lost for sub in self._held.pop(name, [])]
             for name in lost:
                 del self._leaving[name]
+                self._warming.pop(name, None)
             self._forget(lost)
             await self._unsubscribe(subs)
 
@@ -265,6 +291,12 @@ class Shard:
         await self._nc.publish(
             subjects.control_subject(self.prefix, "shard", self.members.me), wire.encode(presence)
         )
+
+    def skips(self, subject: str) -> bool:
+        """Whether an announcement on ``<prefix>.announce.<name>.<id>`` (the node hears them
+        all) can be left unread: its service is known, and not this node's."""
+        tokens = subject[len(self.prefix) + 1 :].split(".")
+        return len(tokens) == 3 and tokens[1] in self._names and tokens[1] not in self._held
 
     async def _on_presence(self, msg: Msg) -> None:
         presence = check_presence(msg.subject, self.prefix, msg.data)
@@ -308,13 +340,59 @@ class Shard:
             subject = subjects.control_subject(self.prefix, verb, name, "*")
             subs.append(await self._subscribe(subject, self._on_control))
         if ask:
-            # Its instances announce again, each within the round; until then the node does
-            # not answer for it (the nodes that held it still do).
-            self._warming[name] = self._clock() + self._warm_s
-            await self._nc.publish(
-                subjects.control_subject(self.prefix, "discover", name),
-                wire.encode(wire.Discover(jitter_s=max(self._warm_s - 0.5, 0.0))),
-            )
+            # Taken from its holders (_takeover.py), which call gained(); until then the
+            # node does not answer for it (the nodes that held it still do).
+            self._warming[name] = math.inf
+            self._on_gain(name)
+
+    async def gained(self, name: str, *, taken: bool) -> None:
+        """``name``, gained, was taken from its holders (``taken``), or was not: then its
+        instances are asked to announce again, and it is answered for once the round is
+        over."""
+        if name not in self._warming or name not in self._held:
+            return  # let go meanwhile
+        if taken:
+            self._warming[name] = self._clock()
+            return
+        self._warming[name] = self._clock() + self._warm_s
+        await self._nc.publish(
+            subjects.control_subject(self.prefix, "discover", name),
+            wire.encode(wire.Discover(jitter_s=max(self._warm_s - 0.5, 0.0))),
+        )
+
+
+class LateAsks:
+    """Asks a sharded node holds back: an instance heard before its announcement was read.
+
+    The node reads a service's heartbeats on that service's subscription and announcements on
+    ``<prefix>.announce.>``, each queue drained by its own task, so a heartbeat can be taken
+    while its instance's announcement still waits in the other queue. Its instance is asked
+    to announce only once the node has read every announcement queued when the heartbeat
+    came (:meth:`due`), and only if it is still unknown then; at most ``cap`` wait (beyond,
+    an ask goes at once).
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        # instance id -> (service, announcements read by when it may be asked)
+        self._waiting: dict[str, tuple[str, int]] = {}
+        #: Announcements the node has taken off its queue.
+        self.read = 0
+
+    def defer(self, name: str, instance_id: str, queued: int) -> bool:
+        """Hold back the ask of ``instance_id`` until ``queued`` more announcements are read;
+        False if it must go now (none queued, or too many waiting)."""
+        if queued <= 0 or len(self._waiting) >= self._cap:
+            return False
+        self._waiting[instance_id] = (name, self.read + queued)
+        return True
+
+    def due(self) -> list[tuple[str, str]]:
+        """The asks, ``(service, instance id)``, whose announcements could have been read."""
+        ready = [(n, i) for i, (n, at) in self._waiting.items() if at <= self.read]
+        for _, instance_id in ready:
+            del self._waiting[instance_id]
+        return ready
 
 
 def merge_instances(parts: Iterable[Iterable[wire.InstanceView]]) -> list[wire.InstanceView]:
