@@ -275,6 +275,12 @@ class View:
             entries = [e for e in self._entries.values() if name is None or e.view.name == name]
         return [msgspec.structs.replace(e.view, age_s=round(now - e.last_seen, 3)) for e in entries]
 
+    def heard(self) -> list[tuple[wire.InstanceView, float]]:
+        """Every instance held (not a copy: to encode at once), with the seconds since it
+        was last heard from."""
+        now = self._clock()
+        return [(e.view, now - e.last_seen) for e in self._entries.values()]
+
     # -- rules -------------------------------------------------------------------------------
 
     def _heartbeat(self, beat: wire.Heartbeat) -> Outcome:
