@@ -215,12 +215,67 @@ def sync_chunks(
 ) -> Iterator[bytes]:
     """The answer to a starting peer: the instances ``held`` (each with its ``age_s``) as
     :class:`wire.SyncChunk` messages of at most ``max_bytes`` each, every shape sent once,
-    in the first chunk that uses it."""
-    key = msgspec.msgpack.Encoder().encode
-    index: dict[bytes, int] = {}
-    shapes: list[wire.SyncShape] = []
-    rows: list[wire.SyncRow] = []
-    for view, age_s in held:
+    in the first chunk that uses it. Each chunk is made as it is taken, so the peer reads
+    one while this node makes the next."""
+    rows = _Rows(held)
+    total, part, size = len(held), 0, CHUNK_ROWS
+    while True:
+        chunk_rows, new_shapes = rows.take(size)
+        more = rows.taken + len(chunk_rows) < total
+        payload = wire.encode(
+            wire.SyncChunk(
+                node=node,
+                revision=revision,
+                part=part,
+                more=more,
+                total=total,
+                shapes=new_shapes,
+                rows=chunk_rows,
+            )
+        )
+        if len(payload) > max_bytes and size > 1:
+            size //= 2
+            continue
+        yield payload
+        if not more:
+            return
+        rows.sent(len(chunk_rows))
+        part += 1
+
+
+class _Rows:
+    """The rows and shapes of a sync answer, made as chunks take them: shapes are numbered
+    in the order rows first use them, so a chunk's new shapes are those up to the highest
+    one it uses."""
+
+    def __init__(self, held: Sequence[tuple[wire.InstanceView, float]]) -> None:
+        self._held = held
+        self._key = msgspec.msgpack.Encoder().encode
+        self._index: dict[bytes, int] = {}
+        self._shapes: list[wire.SyncShape] = []
+        self._rows: list[wire.SyncRow] = []  # made, not yet sent
+        self._shapes_sent = 0
+        #: Rows sent in chunks so far.
+        self.taken = 0
+
+    def take(self, size: int) -> tuple[list[wire.SyncRow], list[wire.SyncShape]]:
+        """The next (at most) ``size`` rows, and the shapes they are the first to use."""
+        rows = self._rows
+        start = self.taken + len(rows)
+        for view, age_s in self._held[start : self.taken + size]:
+            rows.append(self._row(view, age_s))
+        chunk = rows[:size]
+        upto = max((row.shape + 1 for row in chunk), default=0)
+        return chunk, self._shapes[self._shapes_sent : upto]
+
+    def sent(self, count: int) -> None:
+        """The first ``count`` rows taken were sent, with their new shapes."""
+        upto = max((row.shape + 1 for row in self._rows[:count]), default=0)
+        self._shapes_sent = max(self._shapes_sent, upto)
+        del self._rows[:count]
+        self.taken += count
+
+    def _row(self, view: wire.InstanceView, age_s: float) -> wire.SyncRow:
         described = (
             view.name,
             view.version,
@@ -232,49 +287,22 @@ def sync_chunks(
             view.events,
             view.emits,
         )
-        shape = index.setdefault(key(described), len(index))
-        if shape == len(shapes):
-            shapes.append(wire.SyncShape(*described))
+        shape = self._index.setdefault(self._key(described), len(self._index))
+        if shape == len(self._shapes):
+            self._shapes.append(wire.SyncShape(*described))
         load = view.load
-        rows.append(
-            wire.SyncRow(
-                view.id,
-                shape,
-                view.seq,
-                view.host,
-                view.pid,
-                view.started,
-                view.health,
-                load.in_flight,
-                load.served,
-                load.errors,
-                round(age_s, 3),
-                view.conn,
-                view.pace_s,
-            )
+        return wire.SyncRow(
+            view.id,
+            shape,
+            view.seq,
+            view.host,
+            view.pid,
+            view.started,
+            view.health,
+            load.in_flight,
+            load.served,
+            load.errors,
+            round(age_s, 3),
+            view.conn,
+            view.pace_s,
         )
-    total, start, sent, part, size = len(rows), 0, 0, 0, CHUNK_ROWS
-    while True:
-        chunk_rows = rows[start : start + size]
-        # Shapes are numbered in the order rows first use them: a chunk's new shapes are
-        # those up to the highest one it uses.
-        upto = max((row.shape + 1 for row in chunk_rows), default=sent)
-        more = start + size < total
-        payload = wire.encode(
-            wire.SyncChunk(
-                node=node,
-                revision=revision,
-                part=part,
-                more=more,
-                total=total,
-                shapes=shapes[sent:upto],
-                rows=chunk_rows,
-            )
-        )
-        if len(payload) > max_bytes and size > 1:
-            size //= 2
-            continue
-        yield payload
-        if not more:
-            return
-        start, sent, part = start + size, max(sent, upto), part + 1
