@@ -164,50 +164,72 @@ class PeerSync:
                 await sub.unsubscribe()
 
     async def _gather(self, sub: Subscription) -> tuple[str, list[wire.InstanceView]]:
-        first: wire.SyncChunk | None = None
-        shapes: list[wire.SyncShape] = []
-        instances: list[wire.InstanceView] = []
-        cap = self._view.max_instances
+        answer = SyncAnswer(self._view.max_instances, self._dropped)
         for part in range(MAX_CHUNKS):
             try:
-                msg = await sub.next_msg(timeout=NEXT_CHUNK_S if first else FIRST_CHUNK_S)
+                msg = await sub.next_msg(timeout=NEXT_CHUNK_S if part else FIRST_CHUNK_S)
             except nats.errors.TimeoutError:
                 raise SyncFailed(f"no chunk {part} from the peer in time") from None
             except nats.errors.Error as exc:
                 raise SyncFailed(f"connection: {exc}") from exc
             if msg.headers and msg.headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
                 raise SyncFailed("no warm peer")
-            try:
-                chunk = wire.decode_sync_chunk(msg.data)
-            except wire.MALFORMED:
-                self._dropped["malformed"] += 1
-                raise SyncFailed(f"chunk {part} is malformed") from None
-            first = first or chunk
-            if chunk.warming_up or chunk.node != first.node or chunk.part != part:
-                raise SyncFailed(f"chunk {part} does not follow (part {chunk.part})")
-            if chunk.total != first.total or first.total > cap:
-                raise SyncFailed(f"the peer holds {first.total} instances, this node {cap}")
-            if len(instances) + len(chunk.rows) > first.total:
-                raise SyncFailed(f"chunk {part} holds more than the {first.total} announced")
-            if len(shapes) + len(chunk.shapes) > first.total:
-                raise SyncFailed(f"chunk {part} holds more shapes than instances")
-            try:
-                for shape in chunk.shapes:
-                    wire.check(shape)
-                    shapes.append(shape)
-                for row in chunk.rows:
-                    wire.check_sync_row(row)
-                    if not 0 <= row.shape < len(shapes):
-                        raise SyncFailed(f"chunk {part}: an instance of shape {row.shape} unsent")
-                    instances.append(wire.sync_view(shapes[row.shape], row))
-            except wire.Invalid as exc:
-                self._dropped[exc.reason] += 1
-                raise SyncFailed(f"an instance in chunk {part}: {exc}") from None
-            if not chunk.more:
-                if len(instances) != first.total:
-                    raise SyncFailed(f"{len(instances)} instances of {first.total} arrived")
-                return first.node, instances
+            if answer.take(msg.data):
+                return answer.node, answer.instances
         raise SyncFailed(f"more than {MAX_CHUNKS} chunks")
+
+
+class SyncAnswer:
+    """A peer's answer as its chunks come: each checked, its instances made at once."""
+
+    def __init__(self, cap: int, dropped: Counter[str]) -> None:
+        self._cap = cap
+        self._dropped = dropped
+        self._first: wire.SyncChunk | None = None
+        self._shapes: list[wire.SyncShape] = []
+        self._part = 0
+        #: The instances of the chunks taken so far, and the peer that sent them.
+        self.instances: list[wire.InstanceView] = []
+        self.node = ""
+
+    def take(self, data: bytes) -> bool:
+        """Take the next chunk: True when it was the last. SyncFailed (what it refused
+        counted in ``dropped``) unless it follows the chunks before and keeps every limit."""
+        part = self._part
+        try:
+            chunk = wire.decode_sync_chunk(data)
+        except wire.MALFORMED:
+            self._dropped["malformed"] += 1
+            raise SyncFailed(f"chunk {part} is malformed") from None
+        first = self._first = self._first or chunk
+        shapes, instances = self._shapes, self.instances
+        if chunk.warming_up or chunk.node != first.node or chunk.part != part:
+            raise SyncFailed(f"chunk {part} does not follow (part {chunk.part})")
+        if chunk.total != first.total or first.total > self._cap:
+            raise SyncFailed(f"the peer holds {first.total} instances, this node {self._cap}")
+        if len(instances) + len(chunk.rows) > first.total:
+            raise SyncFailed(f"chunk {part} holds more than the {first.total} announced")
+        if len(shapes) + len(chunk.shapes) > first.total:
+            raise SyncFailed(f"chunk {part} holds more shapes than instances")
+        try:
+            for shape in chunk.shapes:
+                wire.check(shape)
+                shapes.append(shape)
+            for row in chunk.rows:
+                wire.check_sync_row(row)
+                if not 0 <= row.shape < len(shapes):
+                    raise SyncFailed(f"chunk {part}: an instance of shape {row.shape} unsent")
+                instances.append(wire.sync_view(shapes[row.shape], row))
+        except wire.Invalid as exc:
+            self._dropped[exc.reason] += 1
+            raise SyncFailed(f"an instance in chunk {part}: {exc}") from None
+        self._part += 1
+        if chunk.more:
+            return False
+        if len(instances) != first.total:
+            raise SyncFailed(f"{len(instances)} instances of {first.total} arrived")
+        self.node = first.node
+        return True
 
 
 def sync_chunks(
