@@ -397,12 +397,10 @@ class View:
         view = entry.view
         if view.kind == "micro":
             entry.ttl_s = self.micro_ttl_s
-            entry.jump_rate = _jump_rate(view.heartbeat_s)
         else:
-            view.heartbeat_s, entry.ttl_s, entry.jump_rate = _intervals(
-                heartbeat_s, pace_s, self.missed_heartbeats
-            )
+            view.heartbeat_s, entry.ttl_s = _intervals(heartbeat_s, pace_s, self.missed_heartbeats)
             view.pace_s = pace_s
+        entry.jump_rate = _jump_rate(view.heartbeat_s)
 
 
 # What an interval implies, worked out once for each interval a fleet keeps (a fleet keeps a
@@ -411,14 +409,14 @@ _INTERVALS = 256  # pragma: no mutate (equivalent: a cache's size changes no res
 
 
 @functools.lru_cache(maxsize=_INTERVALS)  # pragma: no mutate (equivalent: as above)
-def _intervals(heartbeat_s: float, pace_s: float, missed: float) -> tuple[float, float, float]:
+def _intervals(heartbeat_s: float, pace_s: float, missed: float) -> tuple[float, float]:
     """For an instance that announced ``heartbeat_s`` and keeps ``pace_s``: its clamped
-    interval, its silence allowance, and how fast its sequence may grow."""
+    interval, and its silence allowance."""
     clamped = wire.heartbeat_interval_s(heartbeat_s)
-    kept_s = wire.kept_interval_s(clamped, pace_s)
-    return clamped, wire.silence_allowed_s(kept_s, missed), jump_rate(clamped)
+    return clamped, wire.silence_allowed_s(wire.kept_interval_s(clamped, pace_s), missed)
 
 
+#: How fast a sequence may grow (``jump_rate``), likewise.
 _jump_rate = functools.lru_cache(maxsize=_INTERVALS)(jump_rate)  # pragma: no mutate (as above)
 
 
