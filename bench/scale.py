@@ -10,6 +10,8 @@
     python bench/scale.py --watch 50000   # a node under 50k instances, second by second, 30 s
     python bench/scale.py --watch 250000 --heartbeat-s 10 --system-events --watch-s 60
                                           # the 250k announcement storm: cut or not
+    python bench/scale.py --sizes 50000 --heartbeat-s 10 --system-events --only warm
+                                          # only a fresh node's full view (under 3 min)
 
 For each size and heartbeat interval: a fresh nats-server, a registry node (``natsreg
 registry``, its own process), and fleet simulator processes (bench/fleet.py, up to 125,000
@@ -112,12 +114,15 @@ def max_instances(size: int) -> int:
     return max(MAX_INSTANCES, 2 * size)
 
 
-async def fresh_node_s(url: str, prefix: str, size: int, *, sync: bool) -> tuple[float, float]:
-    """A new registry node's seconds to hold every instance, and to be warm."""
+async def fresh_node_s(
+    url: str, prefix: str, size: int, *, sync: bool
+) -> tuple[float, float, float]:
+    """A new registry node's seconds to hold every instance, and to be warm; and the CPU
+    seconds this process (the node, and the bench's polling of it) spent until then."""
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     bound_s = 30 + size / 5_000
     try:
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         async with natsreg.Registry(
             nc, prefix=prefix, sync=sync, max_instances=max_instances(size)
         ) as fresh:
@@ -126,16 +131,46 @@ async def fresh_node_s(url: str, prefix: str, size: int, *, sync: bool) -> tuple
                 return fresh.stats().instances >= size
 
             await wait_for(complete, bound_s, "fresh node full view", poll_s=0.005)
-            full_s = time.monotonic() - start
+            full_s, cpu_s = time.monotonic() - start, time.process_time() - cpu
 
             async def warm() -> bool:
                 return not fresh.warming_up
 
             await wait_for(warm, bound_s, "fresh node warm", poll_s=0.005)
             warm_s = time.monotonic() - start
-        return full_s, warm_s
+            if sync and not fresh._sync.peer:
+                raise TimeoutError("fresh node: no view from the peer, warm by re-announce")
+        return full_s, warm_s, cpu_s
     finally:
         await nc.close()
+
+
+async def fresh_nodes(
+    url: str, prefix: str, size: int, registry: int, row: Row, notes: list[str], syncs: int
+) -> None:
+    """A fresh node's full view from the warm node (``syncs`` times) and, once, by the
+    re-announce round (the baseline), in between; medians, and the warm node's CPU seconds
+    while it gave its view."""
+    synced, peer_cpu = [], []
+    reannounced = None
+    for n in range(syncs):
+        if n == 1:
+            reannounced = await bounded(notes, fresh_node_s(url, prefix, size, sync=False))
+            await asyncio.sleep(2.0)  # the fleet's re-announce round, out of the next run's way
+        cpu = cpu_seconds(registry)
+        synced.append(await bounded(notes, fresh_node_s(url, prefix, size, sync=True)))
+        if synced[-1] is not None:
+            peer_cpu.append(cpu_seconds(registry) - cpu)
+    if done := [s for s in synced if s is not None]:
+        row["fresh_full_view_s"] = round(statistics.median(s[0] for s in done), 3)
+        row["fresh_warm_s"] = round(statistics.median(s[1] for s in done), 3)
+        row["fresh_runs_s"] = [round(s[0], 3) for s in done]
+        row["fresh_cpu_s"] = round(statistics.median(s[2] for s in done), 3)
+        row["peer_cpu_s"] = round(statistics.median(peer_cpu), 3)
+    if reannounced is not None:
+        row["fresh_reannounce_s"] = round(reannounced[0], 3)
+        if done:
+            row["fresh_speedup"] = round(reannounced[0] / float(row["fresh_full_view_s"]), 1)  # type: ignore[arg-type]
 
 
 def profile(pid: int, window_s: float, path: Path) -> None:
@@ -401,6 +436,11 @@ async def measure_node(
     )
     if held_s is not None:
         await asyncio.sleep(2.0)
+    if args.only == "warm":
+        if held_s is not None:
+            row["held_after_s"] = round(held_s, 1)
+            await fresh_nodes(url, prefix, size, registry, row, notes, syncs=5)
+        return
     (cpu, fleet_cpu, server_cpu), offered = await over_window(
         args.window, monitor_port, [registry], fleets, [server]
     )
@@ -450,17 +490,7 @@ async def measure_node(
 
     # From the warm node, then by re-announce (the baseline), then from the warm node
     # again: the median of the two sync runs against the one round in between.
-    synced = [await bounded(notes, fresh_node_s(url, prefix, size, sync=True))]
-    reannounced = await bounded(notes, fresh_node_s(url, prefix, size, sync=False))
-    await asyncio.sleep(2.0)  # the fleet's re-announce round, out of the next run's way
-    synced.append(await bounded(notes, fresh_node_s(url, prefix, size, sync=True)))
-    if done := [s for s in synced if s is not None]:
-        row["fresh_full_view_s"] = round(statistics.median(s[0] for s in done), 3)
-        row["fresh_warm_s"] = round(statistics.median(s[1] for s in done), 3)
-    if reannounced is not None:
-        row["fresh_reannounce_s"] = round(reannounced[0], 3)
-        if done:
-            row["fresh_speedup"] = round(reannounced[0] / float(row["fresh_full_view_s"]), 1)  # type: ignore[arg-type]
+    await fresh_nodes(url, prefix, size, registry, row, notes, syncs=2)
 
     if args.profile:
         profile(registry, args.window, Path(args.profile) / f"registry-{size}.txt")
@@ -642,6 +672,8 @@ COLUMNS = (
     "fresh_warm_s",
     "fresh_reannounce_s",
     "fresh_speedup",
+    "fresh_cpu_s",
+    "peer_cpu_s",
     "kill_to_removal_s",
     "stale_dropped",
     "slow_consumer_dropped",
@@ -692,6 +724,11 @@ async def main() -> None:
         "--fleet-cost", action="store_true", help="only the simulator's own CPU, no registry"
     )
     parser.add_argument(
+        "--only",
+        choices=["warm"],
+        help="warm: measure only a fresh node's full view (5 from the warm node, 1 baseline)",
+    )
+    parser.add_argument(
         "--baseline-fleet", metavar="FILE", help="with --fleet-cost: another simulator to compare"
     )
     args = parser.parse_args()
@@ -720,6 +757,8 @@ async def main() -> None:
             print(" | ".join(str(row.get(c, "-")) for c in COLUMNS), flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.only:
+        return
     with_events = await removal_with_system_events()
     result["kill_to_removal_with_events_s"] = with_events
     print(f"kill -9 to removal with system events, no fleet: {with_events * 1000:.0f} ms")

@@ -67,10 +67,14 @@ __all__ = [
     "SrvInfo",
     "SrvPing",
     "SrvStats",
+    "SyncChunk",
+    "SyncRow",
+    "SyncShape",
     "check",
     "check_emits",
     "check_metadata",
     "check_name",
+    "check_sync_row",
     "decode_control",
     "decode_disconnect",
     "decode_discover",
@@ -82,12 +86,14 @@ __all__ = [
     "decode_snapshot",
     "decode_srv_info",
     "decode_srv_stats",
+    "decode_sync_chunk",
     "encode",
     "heartbeat_interval_s",
     "instance_view",
     "kept_interval_s",
     "micro_instance_view",
     "silence_allowed_s",
+    "sync_view",
 ]
 
 SCHEMA_VERSION = 1
@@ -400,6 +406,84 @@ class Snapshot(msgspec.Struct, gc=False, kw_only=True):
     unanswered: list[str] = []
 
 
+class SyncShape(msgspec.Struct, gc=False, frozen=True, array_like=True):
+    """What many instances of a fleet share, sent once in a sync answer (:class:`SyncChunk`):
+    an instance's description, every :class:`InstanceView` field but its own."""
+
+    name: str
+    version: str
+    kind: Literal["natsreg", "micro"]
+    description: str
+    metadata: dict[str, str]
+    endpoints: list[Endpoint]
+    heartbeat_s: float
+    events: list[EventInterest]
+    emits: list[str]
+
+
+class SyncRow(msgspec.Struct, gc=False, array_like=True):
+    """One instance in a sync answer: what is its own, and the index of its
+    :class:`SyncShape` among the answer's shapes (counted over every chunk so far)."""
+
+    id: str
+    shape: int
+    seq: int
+    host: str
+    pid: int
+    started: str
+    health: Health
+    in_flight: int
+    served: int
+    errors: int
+    age_s: float
+    conn: str
+    pace_s: float
+
+
+class SyncChunk(msgspec.Struct, gc=False, kw_only=True):
+    """One chunk of a registry node's whole view, as it gives it to a starting peer
+    (docs/protocol.md, "Warming from a peer"): numbered from 0 (``part``), all but the last
+    saying ``more``, each with the instance count of the whole answer (``total``), the shapes
+    first used in this chunk (``shapes``, appended to those of the chunks before) and its
+    instances (``rows``)."""
+
+    schema: int = SCHEMA_VERSION
+    node: str
+    revision: int
+    #: Never true from a node that answers as it should (only warm nodes take the question).
+    warming_up: bool = False
+    part: int = 0
+    more: bool = False
+    total: int = 0
+    shapes: list[SyncShape]
+    rows: list[SyncRow]
+
+
+def sync_view(shape: SyncShape, row: SyncRow) -> InstanceView:
+    """The instance a sync answer's ``row`` of ``shape`` stands for."""
+    return InstanceView(
+        id=row.id,
+        name=shape.name,
+        version=shape.version,
+        kind=shape.kind,
+        seq=row.seq,
+        description=shape.description,
+        metadata=shape.metadata,
+        endpoints=shape.endpoints,
+        host=row.host,
+        pid=row.pid,
+        started=row.started,
+        heartbeat_s=shape.heartbeat_s,
+        health=row.health,
+        load=Load(in_flight=row.in_flight, served=row.served, errors=row.errors),
+        age_s=row.age_s,
+        conn=row.conn,
+        events=shape.events,
+        emits=shape.emits,
+        pace_s=row.pace_s,
+    )
+
+
 class ServiceSummary(msgspec.Struct, gc=False, kw_only=True):
     """One service at one version, summed over its instances: a line of ``natsreg ls``."""
 
@@ -670,21 +754,20 @@ def _check_endpoint(name: str, subject: str, queue_group: str | None) -> None:
         )
 
 
-def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> None:
+def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView | SyncShape) -> None:
     """Raise :class:`Invalid` unless ``message`` keeps within every limit of this module.
 
     The one rule for what an instance may say: services check what they are about to send,
     registry nodes what they hear (an announcement, heartbeat or goodbye, a plain ADR-32
-    service's ``$SRV.INFO`` reply, or an instance in a peer's snapshot), so that no message
-    sent by anyone makes a reader hold more.
+    service's ``$SRV.INFO`` reply, or an instance in a peer's snapshot, or the shape many
+    instances of a peer's sync answer share), so that no message sent by anyone makes a reader
+    hold more.
     """
     check_name(message.name, "service name")
-    if len(message.id) > MAX_TOKEN_CHARS or not subjects.is_valid_token(message.id):
-        raise Invalid("invalid_id", f"instance id {message.id[:40]!r} is not a valid token")
-    if isinstance(message, Heartbeat | Announce | InstanceView) and not math.isfinite(
-        message.pace_s
-    ):
-        raise Invalid("invalid_pace", "pace_s must be a finite number")
+    if not isinstance(message, SyncShape):
+        _check_id(message.id)
+    if isinstance(message, Heartbeat | Announce | InstanceView):
+        _check_finite(message.pace_s, "invalid_pace", "pace_s")
     if isinstance(message, Heartbeat | Goodbye):
         return
     if not _is_semver(message.version):
@@ -701,7 +784,7 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> N
             "invalid_endpoints", f"at most {MAX_ENDPOINTS} endpoints, got {len(endpoints)}"
         )
     heartbeats = isinstance(message, Announce) or (
-        isinstance(message, InstanceView) and message.kind == "natsreg"
+        isinstance(message, InstanceView | SyncShape) and message.kind == "natsreg"
     )
     for e in endpoints:
         # natsreg endpoints always name their queue group; ADR-32 ones may leave it out.
@@ -714,13 +797,31 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView) -> N
         else:
             check_metadata(e.metadata, f"endpoint {e.name!r}")
             _check_schemas(e)
-    if isinstance(message, Announce | InstanceView):
-        _check_events([e.type for e in message.events], "event types")
-        check_emits(message.emits)
-    if isinstance(message, Announce | InstanceView) and not math.isfinite(message.heartbeat_s):
-        raise Invalid("invalid_heartbeat", "heartbeat_s must be a finite number")
-    if isinstance(message, InstanceView) and not math.isfinite(message.age_s):
-        raise Invalid("invalid_age", "age_s must be a finite number")
+    if isinstance(message, SrvInfo):
+        return
+    _check_events([e.type for e in message.events], "event types")
+    check_emits(message.emits)
+    _check_finite(message.heartbeat_s, "invalid_heartbeat", "heartbeat_s")
+    if isinstance(message, InstanceView):
+        _check_finite(message.age_s, "invalid_age", "age_s")
+
+
+def check_sync_row(row: SyncRow) -> None:
+    """Raise :class:`Invalid` unless a sync answer's ``row`` keeps within the limits
+    :func:`check` sets for an instance's own fields (its shape is checked once, apart)."""
+    _check_id(row.id)
+    _check_finite(row.pace_s, "invalid_pace", "pace_s")
+    _check_finite(row.age_s, "invalid_age", "age_s")
+
+
+def _check_id(instance_id: str) -> None:
+    if len(instance_id) > MAX_TOKEN_CHARS or not subjects.is_valid_token(instance_id):
+        raise Invalid("invalid_id", f"instance id {instance_id[:40]!r} is not a valid token")
+
+
+def _check_finite(value: float, reason: str, what: str) -> None:
+    if not math.isfinite(value):
+        raise Invalid(reason, f"{what} must be a finite number")
 
 
 def _check_schemas(e: Endpoint) -> None:
@@ -751,6 +852,7 @@ _encoder = msgspec.json.Encoder()
 _control_decoder = msgspec.json.Decoder(ControlMessage)
 _discover_decoder = msgspec.json.Decoder(Discover)
 _snapshot_decoder = msgspec.json.Decoder(Snapshot)
+_sync_chunk_decoder = msgspec.json.Decoder(SyncChunk)
 _event_decoder = msgspec.json.Decoder(Event)
 _srv_info_decoder = msgspec.json.Decoder(SrvInfo)
 _srv_stats_decoder = msgspec.json.Decoder(SrvStats)
@@ -764,6 +866,7 @@ encode = _encoder.encode
 decode_control = _control_decoder.decode
 decode_discover = _discover_decoder.decode
 decode_snapshot = _snapshot_decoder.decode
+decode_sync_chunk = _sync_chunk_decoder.decode
 decode_event = _event_decoder.decode
 decode_srv_info = _srv_info_decoder.decode
 decode_srv_stats = _srv_stats_decoder.decode

@@ -122,12 +122,15 @@ async def live_fleet(nc: NATS, prefix: str, unique: str) -> AsyncIterator[Fleet]
         async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry, svc:
             await until_warm(nc, prefix)
             await announce_foreign(nc, prefix, fleet.foreign)
+            # The plain ADR-32 service with its endpoint: it may be listed first without
+            # (its library adds endpoints after it answers), and the node asks it again.
             await eventually(
                 lambda: (
-                    {fleet.natsreg, fleet.foreign, fleet.micro}
+                    {fleet.natsreg, fleet.foreign, f"{fleet.micro}.add"}
                     <= {i.name for i in registry.snapshot().instances}
+                    | {e.subject for i in registry.snapshot().instances for e in i.endpoints}
                 ),
-                what="the three services listed",
+                what="the three services listed, the plain one with its endpoint",
             )
             yield fleet
     finally:

@@ -14,11 +14,14 @@ from nats.aio.msg import Msg
 
 import natsreg
 from natsreg import subjects, wire
+from natsreg.registry import _sync
 from natsreg.testing import NatsCluster
 from tests.helpers import eventually, until_warm
 from tests.test_cluster import connect, wait_for_routes
 
-FLEET = 1200  # over 512 instances: the view comes in several chunks
+FLEET = 1200
+#: Instances per chunk in the tests that sync a fleet: the view comes in several chunks.
+CHUNK_ROWS = 256
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,9 @@ async def counting(nc: NATS, subject: str) -> AsyncIterator[list[Msg]]:
 
 
 async def test_a_new_node_takes_a_warm_peers_view_and_the_changes_heard_meanwhile(
-    three: list[NATS], prefix: str, unique: str
+    three: list[NATS], prefix: str, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_sync, "CHUNK_ROWS", CHUNK_ROWS)
     fleet_nc, peer_nc, fresh_nc = three
     name = f"sync-{unique}"
     async with natsreg.Registry(peer_nc, prefix=prefix) as peer:
@@ -137,17 +141,10 @@ async def test_a_peer_that_vanishes_mid_snapshot_leaves_the_node_warming_then_wa
     fleet_nc, _, fresh_nc = three
     name = f"half-{unique}"
     dying = await connect(cluster.urls[2])  # the new node's NATS node: no route delay
-    first_chunk = wire.Snapshot(
-        node="dying-peer",
-        revision=1,
-        instances=[wire.instance_view(fake(n, f"ghost-{unique}")) for n in range(3)],
-        more=True,
-        part=0,
-        total=6,
-    )
+    first_chunk = snapshot(ghosts(f"ghost-{unique}", 3), node="dying-peer", more=True, total=6)
 
     async def answer_then_die(msg: Msg) -> None:
-        await dying.publish(msg.reply, wire.encode(first_chunk))
+        await dying.publish(msg.reply, first_chunk)
         await dying.flush()
         await dying.close()  # mid-transfer: the rest never comes
 
@@ -195,12 +192,36 @@ async def forged_peer(
 
 
 def snapshot(instances: list[wire.InstanceView], **fields: object) -> bytes:
-    message = wire.Snapshot(node="rogue", revision=1, instances=instances, total=len(instances))
-    return wire.encode(msgspec.structs.replace(message, **fields))
+    """A sync answer's chunk holding ``instances``, with ``fields`` set as a forger likes."""
+    [whole] = _sync.sync_chunks("rogue", 1, [(i, 0.0) for i in instances], 1 << 20)
+    return wire.encode(msgspec.structs.replace(wire.decode_sync_chunk(whole), **fields))
 
 
 def ghosts(name: str, count: int) -> list[wire.InstanceView]:
     return [wire.instance_view(fake(n, name)) for n in range(count)]
+
+
+def edited(instances: list[wire.InstanceView], edit: Callable[[wire.SyncChunk], None]) -> bytes:
+    """A one-chunk sync answer holding ``instances``, then changed by ``edit``."""
+    chunk = wire.decode_sync_chunk(snapshot(instances))
+    edit(chunk)
+    return wire.encode(chunk)
+
+
+def unsent_shape(chunk: wire.SyncChunk) -> None:
+    chunk.rows[-1].shape = len(chunk.shapes)
+
+
+def negative_shape(chunk: wire.SyncChunk) -> None:
+    chunk.rows[-1].shape = -1
+
+
+def shapes_doubled(chunk: wire.SyncChunk) -> None:
+    chunk.shapes *= 2
+
+
+def wildcard_id(chunk: wire.SyncChunk) -> None:
+    chunk.rows[-1].id = "ghost.>"
 
 
 @pytest.mark.parametrize(
@@ -213,6 +234,11 @@ def ghosts(name: str, count: int) -> list[wire.InstanceView]:
         "more instances than announced",
         "a warming node's view",
         "not JSON",
+        "an instance of a shape never sent",
+        "an instance of a negative shape",
+        "more shapes than instances",
+        "a wildcard instance id",
+        "a list query's answer",
     ],
 )
 async def test_a_forged_snapshot_is_refused_whole_and_the_node_warms_by_reannounce(
@@ -237,6 +263,14 @@ async def test_a_forged_snapshot_is_refused_whole_and_the_node_warms_by_reannoun
         ],
         "a warming node's view": [snapshot(bad, warming_up=True)],
         "not JSON": [b"{" * 100],
+        "an instance of a shape never sent": [edited(bad, unsent_shape)],
+        "an instance of a negative shape": [edited(bad, negative_shape)],
+        "more shapes than instances": [edited(bad, shapes_doubled)],
+        "a wildcard instance id": [edited(bad, wildcard_id)],
+        # The other form of a whole view (an older node's answer): refused, not misread.
+        "a list query's answer": [
+            wire.encode(wire.Snapshot(node="rogue", revision=1, instances=bad, total=len(bad)))
+        ],
     }[forgery]
     async with (
         natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc,
@@ -280,3 +314,56 @@ async def test_two_nodes_starting_together_with_no_warm_peer_both_warm_by_reanno
         assert len(rounds) == 2
         for node in (a, b):
             assert [i.id for i in node.snapshot().instances] == [svc.id]
+
+
+@pytest.mark.pure
+def test_a_sync_answer_sends_each_shape_once_and_stands_for_every_instance_as_held() -> None:
+    # Three services in two zones each: six shapes for 600 instances, over several chunks.
+    held = [
+        (
+            wire.instance_view(
+                msgspec.structs.replace(
+                    fake(n, f"svc-{n % 3}", seq=n + 1), metadata={"zone": "ab"[n % 2]}
+                )
+            ),
+            n / 100,
+        )
+        for n in range(600)
+    ]
+    chunks = [wire.decode_sync_chunk(c) for c in _sync.sync_chunks("peer", 7, held, 16_000)]
+    assert len(chunks) > 1
+    assert all(len(wire.encode(c)) <= 16_000 for c in chunks)
+    assert [c.part for c in chunks] == list(range(len(chunks)))
+    assert [c.more for c in chunks] == [True] * (len(chunks) - 1) + [False]
+    assert {(c.node, c.revision, c.total) for c in chunks} == {("peer", 7, 600)}
+    shapes = [shape for c in chunks for shape in c.shapes]
+    assert len(shapes) == 6
+    rows = [row for c in chunks for row in c.rows]
+    views = [wire.sync_view(shapes[row.shape], row) for row in rows]
+    assert views == [msgspec.structs.replace(v, age_s=round(age, 3)) for v, age in held]
+
+
+@pytest.mark.pure
+def test_a_sync_answer_of_an_empty_view_is_one_chunk_of_nothing() -> None:
+    [only] = [wire.decode_sync_chunk(c) for c in _sync.sync_chunks("peer", 1, [], 1 << 20)]
+    assert (only.total, only.more, only.shapes, only.rows) == (0, False, [], [])
+
+
+@pytest.mark.pure
+def test_a_sync_shape_is_checked_as_an_announcement_is() -> None:
+    view = ghosts("shape", 1)[0]
+    [chunk] = [wire.decode_sync_chunk(c) for c in _sync.sync_chunks("p", 1, [(view, 0.0)], 1 << 20)]
+    wire.check(chunk.shapes[0])
+    wildcard = wire.Endpoint(name="all", subject="shape.>", queue_group="shape")
+    with pytest.raises(wire.Invalid) as bad:
+        wire.check(msgspec.structs.replace(chunk.shapes[0], endpoints=[wildcard]))
+    assert bad.value.reason == "invalid_endpoints"
+    for field, value, reason in [
+        ("id", "a b", "invalid_id"),
+        ("age_s", float("inf"), "invalid_age"),
+        ("pace_s", float("nan"), "invalid_pace"),
+    ]:
+        with pytest.raises(wire.Invalid) as bad:
+            wire.check_sync_row(msgspec.structs.replace(chunk.rows[0], **{field: value}))
+        assert bad.value.reason == reason
+    wire.check_sync_row(chunk.rows[0])

@@ -405,3 +405,33 @@ def test_the_protocol_docs_name_every_reason_an_instance_goes_down() -> None:
     event = docs[docs.index("- `Event` is") : docs.index("## Identity")]
     for reason in reasons:
         assert f"`{reason}`" in event, f"docs/protocol.md's Event omits down reason {reason!r}"
+
+
+def test_heard_gives_every_instance_held_with_the_seconds_since_it_was_heard() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1))
+    clock.now += 2.5
+    view.apply(wire.Announce(id="i2", name="svc", version="1.0.0", seq=1, heartbeat_s=1.0))
+    clock.now += 0.5
+    assert [(v.id, v.seq, age) for v, age in view.heard()] == [("i1", 1, 3.0), ("i2", 1, 0.5)]
+    # The instances themselves, not copies: the sync answer encodes them as they are.
+    assert view.heard()[0][0] is view.heard()[0][0]
+
+
+def test_each_interval_implies_the_same_allowances_however_often_it_is_worked_out() -> None:
+    # The allowances are remembered per interval: the hundredth instance of an interval
+    # expires, and may jump, exactly as the first.
+    clock = Clock()
+    view = View(missed_heartbeats=2, clock=clock)
+    for n in range(100):
+        view.apply(wire.Announce(id=f"i{n}", name="svc", version="1.0.0", seq=1, heartbeat_s=2.0))
+    view.apply(wire.Announce(id="paced", name="svc", version="1.0.0", seq=1, pace_s=4.0))
+    clock.now += 4.99
+    assert view.expire() == []
+    clock.now += 0.02
+    assert sorted(c.instance.id for c in view.expire()) == sorted(f"i{n}" for n in range(100))
+    clock.now += 4.98  # the paced one: 4 s kept, (2 + 0.5) x 4 = 10 s allowed
+    assert view.expire() == []
+    clock.now += 0.02
+    assert [c.instance.id for c in view.expire()] == ["paced"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -40,7 +40,7 @@ from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
 from ._queries import Queries
 from ._shard import LateAsks, Shard
-from ._sync import FIRST_CHUNK_S, PeerSync
+from ._sync import FIRST_CHUNK_S, PeerSync, sync_chunks
 from ._takeover import Takeover
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
 
@@ -263,6 +263,11 @@ class Registry(anyio.AsyncContextManagerMixin):
             mass_expiry=self._mass_expiry(),
             warm_in_s=round(max(self._warm_until - self._clock(), 0.0), 3),
         )
+
+    def sync_answer(self, max_bytes: int) -> Iterator[bytes]:
+        """The whole view as a starting peer takes it, in messages of at most ``max_bytes``
+        (docs/protocol.md, "Warming from a peer")."""
+        return sync_chunks(self.node_id, self._revision, self._view.heard(), max_bytes)
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ in a queue of at most :data:`MAX_QUEUED`; whole-view ``list`` queries wait in th
 served only when no small query (``services``, ``stats``, one service or instance) waits, so
 a flood of them cannot hold up ``natsreg ls``; a query the node can no longer help (its budget
 ran out while it waited) is dropped unanswered; the same question at the same revision is
-encoded once (a starting node's request for the whole view, ``<prefix>.sync.<node>``, is the
-``list`` question, queued and cached with it); and
+encoded once (a starting node's request for the whole view, ``<prefix>.sync.<node>``, is queued
+with ``list`` and cached as it is, in its own compact encoding); and
 answers go only to inboxes (``subjects.is_reply_subject``), never to a subject a requester
 names to have the node publish there for it (reflection).
 """
@@ -54,8 +54,10 @@ CACHE_ENTRIES = 64
 MAX_GATHERS = 16
 
 _Key = tuple[str, ...]
+#: The questions answered with the whole view, in many messages: queued apart (``_large``).
+_WHOLE_VIEW = (("registry", "list"), ("sync",))
 #: The ``query`` label of each question a node answers (anything else: ``unknown``).
-QUERY_KINDS = ("list", "services", "service", "instance", "stats", "nodes", "unknown")
+QUERY_KINDS = ("list", "services", "service", "instance", "stats", "nodes", "sync", "unknown")
 _Subscribe = Callable[[str, Callable[[Msg], Awaitable[None]], str], Awaitable[Subscription]]
 
 
@@ -164,7 +166,7 @@ class Queries:
             return
         if self._closed or self._asked_by_me(msg.subject):
             return
-        queue = self._large if self._question(msg.subject) == ("registry", "list") else self._small
+        queue = self._large if self._question(msg.subject) in _WHOLE_VIEW else self._small
         if len(queue) >= MAX_QUEUED:
             self._dropped["query_overflow"] += 1
             return
@@ -271,7 +273,7 @@ class Queries:
         match tokens:
             case ("registry", "stats") | ("nodes",):
                 return [wire.encode(registry.stats())]  # small, and counters move: not cached
-            case ("registry", "list") | ("registry", "services"):
+            case ("registry", "list") | ("registry", "services") | ("sync",):
                 pass
             case ("registry", "service" | "instance", _):
                 pass
@@ -291,11 +293,11 @@ class Queries:
         # <prefix>.registry.<verb>[.<argument>], asked of warm nodes; the same question on
         # <prefix>.warming.… is asked of warming ones (follow), and
         # <prefix>.nodes of every node. <prefix>.sync.<node> is a starting node asking a warm
-        # one for its whole view (registry/_sync.py): the answer to "list".
+        # one for its whole view (registry/_sync.py): ("sync",).
         # <prefix>.part.<node>.<verb>... is a sharded peer asking for this node's own part.
         tokens = tuple(subject[len(self._registry.prefix) + 1 :].split("."))
         if tokens[0] == "sync":
-            return ("registry", "list")
+            return ("sync",)
         if tokens[0] == "part":
             return ("registry", *tokens[2:])
         return ("registry", *tokens[1:]) if tokens[0] == "warming" else tokens
@@ -323,6 +325,9 @@ class Queries:
                 snapshot = registry.snapshot(name=name)
             case ("registry", "instance", instance_id):
                 snapshot = registry.snapshot(instance_id=instance_id)
+            case ("sync",):
+                yield from registry.sync_answer(self._nc.max_payload)
+                return
             case _:
                 yield wire.encode(registry.service_list())
                 return
