@@ -34,6 +34,7 @@ from .. import _figures, _natspy, subjects, wire
 from .._probes import nats_problem
 from .._tasks import background
 from ..errors import ConfigError
+from ._admit import Admission
 from ._backpressure import PENDING_BYTES, SHED_ANNOUNCEMENTS_BYTES, Backpressure
 from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
@@ -54,14 +55,6 @@ __all__ = [
 ]
 
 
-# The control verbs an instance publishes, and the message each must carry.
-_VERBS: dict[str, type[wire.ControlMessage]] = {
-    "announce": wire.Announce,
-    "hb": wire.Heartbeat,
-    "bye": wire.Goodbye,
-}
-# The ``kind`` label each verb's messages are counted under.
-_KINDS = {"announce": "announce", "hb": "heartbeat", "bye": "goodbye"}
 #: A refused announcement is logged at most once per this interval (the count is in stats).
 CAPACITY_LOG_S = 60.0
 #: How long a starting sharded node listens for its peers' presence before taking services.
@@ -156,6 +149,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         #: reason (``expired``, ``goodbye``, ``disconnected``).
         self.messages: Counter[str] = Counter()
         self.expiries: Counter[str] = Counter()
+        self._admission = Admission(prefix, self.dropped, self.messages)
         self._pressure = Backpressure(nc, self.dropped, clock=clock)
         self._sync = PeerSync(
             nc, self._view, self.dropped, prefix=prefix, node_id=self.node_id, clock=clock
@@ -339,7 +333,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         # coroutine awaited, no Outcome made, nothing published).
         if self._pressure.pace():
             await anyio.lowlevel.checkpoint()
-        message = self._admit(msg)
+        message = self._admission.check(msg)
         if message is None:
             return
         if self.shard is not None and not await self._holds(message):
@@ -360,38 +354,6 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._late_asks.read += 1
         if not self.shard.skips(msg.subject):
             await self._on_control(msg)
-
-    def _admit(self, msg: Msg) -> wire.ControlMessage | None:
-        """The control message ``msg`` carries, if it passes every check; None (and the drop
-        counted) if not."""
-        if len(msg.data) > wire.MAX_CONTROL_BYTES:
-            self.dropped["oversized"] += 1
-            return None
-        try:
-            message = wire.decode_control(msg.data)
-        except wire.MALFORMED:
-            self.dropped["malformed"] += 1
-            log.debug("dropped a malformed control message on %s", msg.subject)
-            return None
-        # <prefix>.<verb>.<name>.<id>, naming exactly whom the body speaks for: with NATS
-        # permissions per service, that is who may publish it.
-        tokens = msg.subject[len(self.prefix) + 1 :].split(".")
-        if (
-            len(tokens) != 3
-            or _VERBS.get(tokens[0]) is not type(message)
-            or tokens[1] != message.name
-            or tokens[2] != message.id
-        ):
-            self.dropped["subject_mismatch"] += 1
-            return None
-        self.messages[_KINDS[tokens[0]]] += 1
-        try:
-            wire.check(message)
-        except wire.Invalid as exc:
-            self.dropped[exc.reason] += 1
-            log.debug("dropped a control message on %s: %s", msg.subject, exc)
-            return None
-        return message
 
     async def _take(self, message: wire.ControlMessage) -> None:
         await self._settle(self._view.apply(message), message)
