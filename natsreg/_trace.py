@@ -84,7 +84,7 @@ _received: ContextVar[Mapping[str, str] | Callable[[], TraceContext] | None] = C
 # 2^64) would make the receiver ignore the header and start a trace of its own: no harm.
 _random_bytes = random.randbytes
 # Span ids are drawn and formatted _SPAN_IDS at a time, and each call takes one: a draw of its
-# own (randbytes, then hex) cost a traced call ~2.4k instructions, a third of what tracing
+# own (randbytes, then hex) cost a traced call ~2.4k instructions, two fifths of what tracing
 # added to it (bench/RESULTS.md, "Tracing"). A forked child must not hand out its parent's
 # ids: it starts with none, as ``random`` reseeds itself in a child.
 _SPAN_IDS = 128
