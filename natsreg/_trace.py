@@ -17,9 +17,10 @@ within a fixed size, and ignores anything else.
 
 from __future__ import annotations
 
+import os
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import NamedTuple
 
@@ -30,6 +31,7 @@ __all__ = [
     "TraceContext",
     "current",
     "defer",
+    "from_headers",
     "ids",
     "next_hop",
     "outgoing",
@@ -73,7 +75,7 @@ UNSTARTED = TraceContext("", "", "01", "")
 current: ContextVar[TraceContext | None] = ContextVar("natsreg_trace", default=None)
 # What the trace of the request being handled is made of when first used: its trace
 # headers, or what formats the context of its OpenTelemetry span (natsreg._otel).
-_received: ContextVar[tuple[str, str | None] | Callable[[], TraceContext] | None] = ContextVar(
+_received: ContextVar[Mapping[str, str] | Callable[[], TraceContext] | None] = ContextVar(
     "natsreg_trace_headers", default=None
 )
 
@@ -81,18 +83,41 @@ _received: ContextVar[tuple[str, str | None] | Callable[[], TraceContext] | None
 # Mersenne Twister draw costs a fraction of a read from the OS. An all-zero id (one draw in
 # 2^64) would make the receiver ignore the header and start a trace of its own: no harm.
 _random_bytes = random.randbytes
+# Span ids are drawn and formatted _SPAN_IDS at a time, and each call takes one: a draw of its
+# own (randbytes, then hex) cost a traced call ~2.4k instructions, two fifths of what tracing
+# added to it (bench/RESULTS.md, "Tracing"). A forked child must not hand out its parent's
+# ids: it starts with none, as ``random`` reseeds itself in a child.
+_SPAN_IDS = 128
+_span_ids: list[str] = []
+os.register_at_fork(after_in_child=_span_ids.clear)
+
+
+def _draw_span_ids() -> str:
+    """One fresh span id, after refilling the pool with more."""
+    drawn = _random_bytes(8 * _SPAN_IDS).hex(" ", 8).split()  # 16 hex digits each
+    span_id = drawn.pop()
+    _span_ids.extend(drawn)
+    return span_id
+
+
+def _span_id() -> str:
+    try:
+        return _span_ids.pop()
+    except IndexError:  # one call in _SPAN_IDS (or a thread emptied it first)
+        return _draw_span_ids()
 
 
 def _new_trace() -> TraceContext:
-    return TraceContext(_random_bytes(16).hex(), _random_bytes(8).hex())
+    return TraceContext(_random_bytes(16).hex(), _span_id())
 
 
-def receive(traceparent: str | None, tracestate: str | None) -> None:
-    """Set the trace of the request a handler is about to serve, from its headers."""
+def receive(headers: Mapping[str, str] | None) -> None:
+    """Set the trace of the request a handler is about to serve, from its headers (read
+    when first used: a handler that neither logs nor calls never looks)."""
     current.set(UNSTARTED)
     # Set either way: a queued request's task starts in a copy of the context of the handler
     # that made room for it, which holds that request's headers.
-    _received.set(None if traceparent is None else (traceparent, tracestate))
+    _received.set(headers)
 
 
 def defer(make: Callable[[], TraceContext]) -> None:
@@ -111,7 +136,7 @@ def started() -> TraceContext | None:
         if callable(received):
             context = received()
         else:
-            context = (parse(*received) if received else None) or _new_trace()
+            context = (from_headers(received) if received else None) or _new_trace()
         current.set(context)
     return context
 
@@ -137,7 +162,19 @@ def next_hop(context: TraceContext) -> tuple[str, str]:
     """
     if context is UNSTARTED:
         context = started() or context
-    return f"00-{context.trace_id}-{_random_bytes(8).hex()}-{context.flags}", context.state
+    try:  # _span_id(), without a call of its own
+        span_id = _span_ids.pop()
+    except IndexError:
+        span_id = _draw_span_ids()
+    return f"00-{context.trace_id}-{span_id}-{context.flags}", context.state
+
+
+def from_headers(headers: Mapping[str, str] | None) -> TraceContext | None:
+    """The context a message's ``traceparent`` and ``tracestate`` headers name, or None."""
+    if not headers:
+        return None
+    traceparent = headers.get(TRACEPARENT)
+    return None if traceparent is None else parse(traceparent, headers.get(TRACESTATE))
 
 
 def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContext | None:

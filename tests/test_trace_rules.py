@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -117,7 +119,9 @@ def test_a_handlers_trace_starts_on_first_use_and_stays() -> None:
 async def test_a_handlers_trace_is_read_from_its_headers_on_first_use() -> None:
     # In a task of its own, as a handler runs: what it sets stays in it.
     async def handler(traceparent: str | None) -> tuple[str, str] | None:
-        _trace.receive(traceparent, "k=v")
+        _trace.receive(
+            None if traceparent is None else {"traceparent": traceparent, "tracestate": "k=v"}
+        )
         assert _trace.current.get() is _trace.UNSTARTED  # nothing read yet
         return _trace.ids()
 
@@ -126,3 +130,37 @@ async def test_a_handlers_trace_is_read_from_its_headers_on_first_use() -> None:
         ids = await asyncio.create_task(handler(forged))
         assert ids is not None and ids[0] != TRACE and len(ids[0]) == 32
     assert _trace.ids() is None
+
+
+def test_span_ids_drawn_many_at_a_time_are_each_handed_out_once() -> None:
+    parent = TraceContext(TRACE, SPAN)
+    # Across several refills of the pool, and new traces drawing from it too.
+    hops = [_trace.parse(*_trace.next_hop(parent)) for _ in range(3 * _trace._SPAN_IDS + 5)]
+    spans = [h.span_id for h in hops if h] + [_trace._new_trace().span_id for _ in range(50)]
+    assert len(spans) == 3 * _trace._SPAN_IDS + 55
+    assert len(set(spans)) == len(spans)
+    assert all(len(s) == 16 and int(s, 16) >= 0 for s in spans)
+
+
+def test_a_forked_child_hands_out_no_span_id_its_parent_holds() -> None:
+    # In a process of its own: a fork from pytest's, which may run threads, would warn.
+    script = """
+import os
+from natsreg import _trace
+_trace._span_id()  # the pool now holds the parent's next ids
+pending = set(_trace._span_ids)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, " ".join(_trace._span_id() for _ in range(5)).encode())
+    os._exit(0)
+os.close(write)
+child = os.read(read, 4096).decode().split()
+os.waitpid(pid, 0)
+assert len(child) == 5 and not pending & set(child), (pending & set(child))
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "ok", done.stderr

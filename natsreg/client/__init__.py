@@ -195,15 +195,19 @@ class Client(anyio.AsyncContextManagerMixin):
         # configured; else, inside a traced request, under a fresh span id. A call outside
         # any trace sends no trace header (the service it reaches starts one).
         span = None
-        trace = None
+        traceparent = None
         tracer = _otel.tracer()
         if tracer is not None:
             span, trace = _otel.client_span(tracer, target.subject)
+            traceparent, headers = _traced(headers, trace)
         else:
             current = _trace.current.get()
             if current is not None:
                 trace = _trace.next_hop(current)
-        traceparent, headers = _traced(headers, trace)
+                if headers or trace[1]:
+                    traceparent, headers = _traced(headers, trace)
+                else:  # the common case, without a call: no headers to merge with
+                    traceparent = trace[0]
         try:
             reply = await self._router.call(
                 target,
@@ -277,12 +281,12 @@ class Client(anyio.AsyncContextManagerMixin):
 
 
 def _traced(
-    headers: Mapping[str, str] | None, trace: tuple[str, str] | None
+    headers: Mapping[str, str] | None, trace: tuple[str, str]
 ) -> tuple[str | None, Mapping[str, str] | None]:
     # The traceparent natsreg sends for a call (it goes with the lines the router writes),
     # and the headers with the tracestate, which came from outside: an ordinary header, which
     # nats-py cleans. A traceparent the caller set itself is theirs to send.
-    if trace is None or (headers and _trace.TRACEPARENT in headers):
+    if headers and _trace.TRACEPARENT in headers:
         return None, headers
     traceparent, state = trace
     if state:

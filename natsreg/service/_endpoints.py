@@ -310,17 +310,14 @@ class Endpoints:
         # when the handler itself said that trying again is safe.
         remember = True
         # The trace this request belongs to, for nested calls and log lines (_trace.py).
-        carried = msg.headers
-        traceparent = carried.get(_trace.TRACEPARENT) if carried else None
-        tracestate = carried.get(_trace.TRACESTATE) if carried and traceparent else None
         span: Any = None
         token: object = None
         tracer = _otel.tracer()
         if tracer is not None:
-            parent = _trace.parse(traceparent, tracestate)
+            parent = _trace.from_headers(msg.headers)
             span, token = _otel.server_span(tracer, endpoint.subject, endpoint.queue_group, parent)
         else:
-            _trace.receive(traceparent, tracestate)
+            _trace.receive(msg.headers)
         failure: ServiceError | None = None
         # "error" until the handler returns: a cancelled handler (drain timeout) is no success.
         outcome = "error"

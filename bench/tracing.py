@@ -1,0 +1,140 @@
+"""What carrying the trace context costs a call, in instructions: the steps a caller and a
+responder take for one request, outside a trace and inside one, in one process under
+valgrind's callgrind.
+
+bench/instructions.py counts whole processes serving real requests, and their counts move by
+a few thousand instructions a request from one run to the next (how replies batch depends on
+timing), as much as trace context adds. This counts only the steps that differ, each with
+natsreg's and nats-py's real functions, so the difference is exact:
+
+- caller:    what ``Client.request`` does about the trace (``_trace.next_hop``, the
+             ``traceparent`` added to natsreg's header lines by ``_routing._headers``) and
+             nats-py's ``_send_publish`` writing the message (on a client that is not
+             connected: the command is built and queued, nothing is sent);
+- responder: the received header block parsed by natsreg's parser (``_headers``), and the
+             service noting the request's headers for its trace (``_trace.receive``).
+
+Callgrind writes what it counted so far whenever the process calls ``getppid()``, which the
+script does around each count (N steps after a warm-up) and nothing else in it does.
+
+    python bench/tracing.py                  # 2,000 steps per count (about a minute)
+    python bench/tracing.py --steps 500
+
+Needs valgrind (Debian: apt-get install -y valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from headers import BUDGET_AND_ID
+from spans import _total
+
+SUBJECT = "natsreg.svc.echo.echo"
+INBOX = "_INBOX.Wq3x9J0PqYH7mRhYvN6zQb.17"
+REQUEST_ID = "Wq3x9J0PqYH7mRhYvN6zQb-17"
+PAYLOAD = b"x" * 51  # bench/rpc.py's echo
+TRACE_ID, SPAN_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+TRACEPARENT_LINE = f"traceparent: 00-{TRACE_ID}-3e1f0a9b8c7d6e5f-01\r\n\r\n".encode()
+STEPS = ("caller", "responder")
+MODES = ("off", "trace context")
+
+
+def _steps() -> dict[tuple[str, str], Callable[[], object]]:
+    from nats.aio.client import Client as NATS
+
+    from natsreg import _trace
+    from natsreg._headers import parse_header_lines
+    from natsreg.client import _traced
+    from natsreg.client._routing import _headers
+
+    nc = NATS()
+
+    def call() -> None:
+        # natsreg.Client.request's trace part, as it runs with no OpenTelemetry tracer and
+        # no headers of the caller's own (bench/rpc.py's calls).
+        headers = None
+        traceparent = None
+        current = _trace.current.get()
+        if current is not None:
+            trace = _trace.next_hop(current)
+            if headers or trace[1]:
+                traceparent, headers = _traced(headers, trace)
+            else:
+                traceparent = trace[0]
+        sent = _headers(headers, 4.999, REQUEST_ID, traceparent)
+        step = nc._send_publish(SUBJECT, INBOX, PAYLOAD, len(PAYLOAD), sent)
+        for _ in step.__await__():  # run to its end: it never waits, not being connected
+            pass
+        nc._pending.clear()
+
+    blocks = {"off": BUDGET_AND_ID, "trace context": BUDGET_AND_ID[:-2] + TRACEPARENT_LINE}
+
+    def serve(raw: bytes) -> Callable[[], None]:
+        def step() -> None:
+            _trace.receive(parse_header_lines(raw))
+
+        return step
+
+    return {
+        ("caller", "off"): call,
+        ("caller", "trace context"): call,
+        ("responder", "off"): serve(blocks["off"]),
+        ("responder", "trace context"): serve(blocks["trace context"]),
+    }
+
+
+def _run(steps: int) -> None:
+    from natsreg import _trace
+
+    for (_, mode), step in _steps().items():
+        token = _trace.current.set(
+            _trace.TraceContext(TRACE_ID, SPAN_ID) if mode == "trace context" else None
+        )
+        for _ in range(50):  # warm-up: first-use costs, the names the parser remembers
+            step()
+        os.getppid()
+        for _ in range(steps):
+            step()
+        os.getppid()
+        _trace.current.reset(token)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=2000, help="N: steps per count (2000)")
+    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run is not None:
+        _run(args.run)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("needs valgrind: apt-get install -y valgrind")
+    n = args.steps
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        argv = ["valgrind", "-q", "--tool=callgrind", "--dump-before=getppid"]
+        argv += [f"--callgrind-out-file={out}", sys.executable, __file__, "--run", str(n)]
+        subprocess.run(argv, check=True, timeout=1200)
+        parts = sorted(Path(folder).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
+        counts = [_total(part) / n for part in parts][1::2]
+    if len(counts) != len(STEPS) * len(MODES):
+        raise SystemExit(f"expected a dump before and after each count, got {2 * len(counts)}")
+    print(f"\ninstructions per request, {n:,} steps per count, in one process\n")
+    print("| side | off | trace context | what trace context adds |")
+    print("|---|---:|---:|---:|")
+    for i, side in enumerate(STEPS):
+        off, traced = counts[2 * i], counts[2 * i + 1]
+        print(f"| {side} | {off:,.0f} | {traced:,.0f} | +{traced - off:,.0f} |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
