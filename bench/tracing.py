@@ -27,15 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 from headers import BUDGET_AND_ID
-from spans import _total
+from instructions import counted_parts
 
 SUBJECT = "natsreg.svc.echo.echo"
 INBOX = "_INBOX.Wq3x9J0PqYH7mRhYvN6zQb.17"
@@ -115,16 +110,8 @@ def main() -> None:
     if args.run is not None:
         _run(args.run)
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("needs valgrind: apt-get install -y valgrind")
     n = args.steps
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "callgrind.out"
-        argv = ["valgrind", "-q", "--tool=callgrind", "--dump-before=getppid"]
-        argv += [f"--callgrind-out-file={out}", sys.executable, __file__, "--run", str(n)]
-        subprocess.run(argv, check=True, timeout=1200)
-        parts = sorted(Path(folder).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
-        counts = [_total(part) / n for part in parts][1::2]
+    counts = [total / n for total in counted_parts(__file__, n)][1::2]
     if len(counts) != len(STEPS) * len(MODES):
         raise SystemExit(f"expected a dump before and after each count, got {2 * len(counts)}")
     print(f"\ninstructions per request, {n:,} steps per count, in one process\n")
