@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import nats
-from scale import stop  # bench/scale.py: SIGTERM, then SIGKILL after 30 s
+from scale import stop, wait_for  # bench/scale.py: SIGTERM then SIGKILL; a polled wait
 
 from natsreg import subjects, wire
 from natsreg.testing import NatsServer
@@ -47,15 +47,6 @@ def cpu_seconds(pid: int) -> float:
 
 def as_user(url: str, user: str) -> str:
     return url.replace("nats://", f"nats://{user}:{user}@")
-
-
-async def until(check, timeout_s: float, what: str, poll_s: float = 0.1) -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"{what}: not within {timeout_s} s")
-        await asyncio.sleep(poll_s)
-    return time.monotonic() - start
 
 
 async def node_stats(nc: nats.NATS) -> wire.NodeStats | None:
@@ -116,7 +107,7 @@ async def node_cpu(
         return held >= size and warm
 
     with contextlib.suppress(TimeoutError):
-        await until(complete, 60, f"the node holding {size} instances")
+        await wait_for(complete, 60, f"the node holding {size} instances", poll_s=0.1)
     # One round at the old interval declares the new one; a round more to be sure.
     await asyncio.sleep(2 * max(pace_s, 1.0) + 1.0)
     cpu0, t0 = cpu_seconds(registry.pid), time.monotonic()
