@@ -12,10 +12,9 @@ Needs valgrind (Debian: apt-get install -y valgrind).
 
 from __future__ import annotations
 
-import argparse
 import os
 
-from instructions import counted_parts
+from instructions import counted_main
 
 BUDGET_AND_ID = b"Natsreg-Budget-Ms: 4999\r\nNatsreg-Request-Id: Wq3x9J0PqYH7mRhYvN6zQb-17\r\n\r\n"
 BLOCKS = {
@@ -41,17 +40,11 @@ def _run(parses: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parses", type=int, default=2000, help="N: parses per count (2000)")
-    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.run is not None:
-        _run(args.run)
+    measured = counted_main(__doc__, __file__, _run, "parses", 2 * len(BLOCKS))
+    if measured is None:
         return
-    n = args.parses
-    counts = [total / n for total in counted_parts(__file__, n)][1::2]
-    if len(counts) != 2 * len(BLOCKS):
-        raise SystemExit(f"expected a dump before and after each count, got {2 * len(counts)}")
+    n, totals = measured
+    counts = [total / n for total in totals]
     print(f"\ninstructions per parse, {n:,} parses per count, in one process\n")
     print("| headers | nats-py's parser | natsreg's |")
     print("|---|---:|---:|")

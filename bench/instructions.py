@@ -131,6 +131,27 @@ def counted_parts(script: str, count: int) -> list[int]:
         return [_total(part) for part in parts]
 
 
+def counted_main(
+    doc: str, script: str, run: Callable[[int], None], steps: str, counts: int
+) -> tuple[int, list[int]] | None:
+    """The command line of a script measured by :func:`counted_parts`: ``--<steps> N`` (the
+    steps in each count, 2000 by default). Run again by callgrind with ``--run N``, it calls
+    ``run(N)`` and returns None; else N and the totals of the ``counts`` counts, each between
+    two dumps (the parts before them, start-up and warm-ups, left out)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument(f"--{steps}", type=int, default=2000, help=f"N: {steps} per count (2000)")
+    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run is not None:
+        run(args.run)
+        return None
+    n: int = getattr(args, steps)
+    totals = counted_parts(script, n)
+    if len(totals) != 2 * counts:
+        raise SystemExit(f"expected a dump before and after each count, got {len(totals)}")
+    return n, totals[1::2]
+
+
 def caller_instructions(
     url: str, mode: str, requests: int, env: dict[str, str] | None = None
 ) -> int:

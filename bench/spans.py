@@ -25,12 +25,11 @@ Needs valgrind (Debian: apt-get install -y valgrind) and natsreg[otel] with the 
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 from typing import Any
 
-from instructions import counted_parts
+from instructions import counted_main
 
 MODES = ("sdk-span", "sdk-span-attrs", "natsreg-pair")
 PROCESSORS = ("batch", "simple")
@@ -113,20 +112,10 @@ def _run(iterations: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--iterations", type=int, default=2000, help="N: iterations per mode (default: 2000)"
-    )
-    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.run is not None:
-        _run(args.run)
+    measured = counted_main(__doc__, __file__, _run, "iterations", len(MODES) * len(PROCESSORS))
+    if measured is None:
         return
-    n = args.iterations
-    totals = counted_parts(__file__, n)
-    counts = totals[1::2]  # parts 2, 4, ...: the counts; 1, 3, ...: start-up and warm-ups
-    if len(totals) != 2 * len(MODES) * len(PROCESSORS):
-        raise SystemExit(f"expected a dump before and after each count, got {len(totals)}")
+    n, counts = measured
     print(f"\ninstructions per iteration, {n:,} iterations per mode, in one process\n")
     print("| mode | " + " | ".join(f"{p} processor" for p in PROCESSORS) + " |")
     print("|---|" + "---:|" * len(PROCESSORS))

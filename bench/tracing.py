@@ -25,12 +25,11 @@ Needs valgrind (Debian: apt-get install -y valgrind).
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 
 from headers import BUDGET_AND_ID
-from instructions import counted_parts
+from instructions import counted_main
 
 SUBJECT = "natsreg.svc.echo.echo"
 INBOX = "_INBOX.Wq3x9J0PqYH7mRhYvN6zQb.17"
@@ -103,17 +102,11 @@ def _run(steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=2000, help="N: steps per count (2000)")
-    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.run is not None:
-        _run(args.run)
+    measured = counted_main(__doc__, __file__, _run, "steps", len(STEPS) * len(MODES))
+    if measured is None:
         return
-    n = args.steps
-    counts = [total / n for total in counted_parts(__file__, n)][1::2]
-    if len(counts) != len(STEPS) * len(MODES):
-        raise SystemExit(f"expected a dump before and after each count, got {2 * len(counts)}")
+    n, totals = measured
+    counts = [total / n for total in totals]
     print(f"\ninstructions per request, {n:,} steps per count, in one process\n")
     print("| side | off | trace context | what trace context adds |")
     print("|---|---:|---:|---:|")
