@@ -125,10 +125,12 @@ class Backpressure:
         drops what comes for it, where the node would have had to read each message to drop
         it: a node that cannot even read what it is sent would fall behind its socket until
         nats-server cut it off."""
-        behind = [s for s, (_, _, above) in self._sheddable.items() if s.pending_bytes > above]
-        for sub in [s for s in self._overflowed if s in self._sheddable] + behind:
-            if sub not in self._sheddable:
-                continue  # both overflowed and behind: shed once
+        due = [
+            sub
+            for sub, (_, _, above) in self._sheddable.items()
+            if sub in self._overflowed or sub.pending_bytes > above
+        ]
+        for sub in due:
             subject, cb, above = self._sheddable.pop(sub)
             self._overflowed.discard(sub)
             self._dropped["shed"] += 1
