@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .. import wire
 
 #: Deadlines are kept to this resolution: an instance is expired at most this long after its
-#: deadline (and the node's sweep wakes when a bucket ends; docs/protocol.md, "Expiry").
+#: deadline, plus the time until the node's next sweep (every ``Registry.sweep_s``).
 RESOLUTION_S = 0.1
 
 
@@ -46,7 +46,7 @@ class Deadlines:
     bucket that ends at or after it, found by one division, and the buckets' ends in a small
     heap. A sweep takes what is in the buckets that have ended, and touches no heap per
     instance: at 50,000 instances a heap of their deadlines cost the node more than applying
-    their heartbeats (bench/RESULTS.md, "Fixed work"). An instance is expired at most one
+    their heartbeats (bench/RESULTS.md, "fixed work cut"). An instance is expired at most one
     resolution after its deadline, never before it."""
 
     def __init__(self, resolution_s: float = RESOLUTION_S) -> None:
