@@ -7,10 +7,13 @@ that drops them:
 
 - sdk-span:        ``with tracer.start_as_current_span("x"): pass``, the SDK's least span;
 - sdk-span-attrs:  the same, of kind CLIENT with natsreg's four semantic-convention attributes;
-- natsreg-pair:    what natsreg does for one call: its CLIENT span under a remote parent and
-                   the ``traceparent`` formatted, that header parsed as a service would, its
-                   SERVER span made current, both ended (``_otel.client_span``,
-                   ``_otel.server_span``, ``_otel.end``);
+- sdk-pair:        what natsreg does for one call, with the SDK's own spans: its CLIENT span
+                   under a remote parent and the ``traceparent`` formatted, that header
+                   parsed as a service would, its SERVER span made current, both ended
+                   (``_otel.client_span``, ``_otel.server_span``, ``_otel.end``), as it
+                   does for a tracer that is not the SDK's;
+- natsreg-pair:    the same with natsreg's spans recorded for the SDK's tracer
+                   (``natsreg/_otelspans.py``), what a call costs with the SDK configured;
 
 each with the batch span processor (what a user configures, and bench/rpc.py uses; its
 queue flushed at the end of each count, so its export thread's work is counted) and with the
@@ -31,7 +34,7 @@ from typing import Any
 
 from instructions import counted_main
 
-MODES = ("sdk-span", "sdk-span-attrs", "natsreg-pair")
+MODES = ("sdk-span", "sdk-span-attrs", "sdk-pair", "natsreg-pair")
 PROCESSORS = ("batch", "simple")
 
 
@@ -58,8 +61,9 @@ def _step(mode: str, processor: str) -> tuple[Callable[[], None], Any]:
     make = BatchSpanProcessor if processor == "batch" else SimpleSpanProcessor
     provider.add_span_processor(make(Discard()))
     trace._TRACER_PROVIDER = provider  # as bench/rpc.py does: one provider per count
-    tracer = _otel.tracer()
-    assert tracer is not None
+    tracer = provider.get_tracer("natsreg")  # the SDK's own
+    recorder = _otel.tracer()  # natsreg's for it (natsreg/_otelspans.py)
+    assert recorder is not None and recorder is not tracer
     subject = "natsreg.svc.echo.echo"
 
     if mode == "sdk-span":
@@ -85,10 +89,12 @@ def _step(mode: str, processor: str) -> tuple[Callable[[], None], Any]:
         trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
         _trace.current.set(_trace.TraceContext(trace_id, span_id))
 
+        pair_tracer = tracer if mode == "sdk-pair" else recorder
+
         def step() -> None:
-            client, (traceparent, tracestate) = _otel.client_span(tracer, subject)
+            client, (traceparent, tracestate) = _otel.client_span(pair_tracer, subject)
             parent = _trace.parse(traceparent, tracestate)
-            server, token = _otel.server_span(tracer, subject, "q", parent)
+            server, token = _otel.server_span(pair_tracer, subject, "q", parent)
             _otel.end(server, None, token)
             _otel.end(client, None)
 

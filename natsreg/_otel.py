@@ -43,12 +43,20 @@ try:
 except ImportError:  # the extra is not installed: no spans, the context still travels
     _INSTALLED = False
 
+try:  # The SDK's tracer gets natsreg's spans recorded for less (natsreg/_otelspans.py).
+    from opentelemetry.sdk.trace import Tracer as _SdkTracer
+
+    from ._otelspans import Recorder
+except ImportError:
+    _SdkTracer = None  # type: ignore[assignment,misc]
+
 _provider: object = None
 _tracer: Tracer | None = None
 
 
 def tracer() -> Tracer | None:
-    """natsreg's tracer from the configured global provider; None if there is none.
+    """natsreg's tracer from the configured global provider; None if there is none. For the
+    SDK's provider, a :class:`natsreg._otelspans.Recorder` for its tracer.
 
     Runs on every request: it reads the API's module global rather than calling
     ``get_tracer_provider()``, which looks the environment up each time (about 1 µs).
@@ -62,8 +70,10 @@ def tracer() -> Tracer | None:
     _provider = provider
     if provider is None or isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
         _tracer = None
-    else:
-        _tracer = provider.get_tracer("natsreg")
+        return None
+    _tracer = provider.get_tracer("natsreg")
+    if _SdkTracer is not None and type(_tracer) is _SdkTracer:
+        _tracer = Recorder(_tracer)  # type: ignore[assignment]
     return _tracer
 
 
@@ -79,13 +89,12 @@ def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str]]:
     Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
     span, or a span of the caller's own), else the trace context a bridge or handler set.
     """
-    parent = None
-    if not _api.get_current_span().get_span_context().is_valid:
+    parent: SpanContext | None = _api.get_current_span().get_span_context()
+    if parent is None or not parent.is_valid:
         context = _trace.started()
-        if context is not None and context.trace_id:
-            parent = _api.set_span_in_context(_remote(context))
-    span = tracer.start_span(
-        f"request {subject}", parent, kind=SpanKind.CLIENT, attributes=_client_attributes(subject)
+        parent = _remote(context) if context is not None and context.trace_id else None
+    span = _start(
+        tracer, f"request {subject}", SpanKind.CLIENT, _client_attributes(subject), parent
     )
     sent = span.get_span_context()
     traceparent = f"00-{sent.trace_id:032x}-{sent.span_id:016x}-{sent.trace_flags:02x}"
@@ -99,15 +108,26 @@ def server_span(
     (spans the handler starts nest under it), and the token that :func:`end` detaches.
     natsreg's context becomes the span's, for nested calls and log lines (formatted when
     first asked for: most handlers never do)."""
-    span = tracer.start_span(
+    span = _start(
+        tracer,
         f"process {subject}",
-        None if parent is None else _api.set_span_in_context(_remote(parent)),
-        kind=SpanKind.SERVER,
-        attributes=_server_attributes(subject, queue_group),
+        SpanKind.SERVER,
+        _server_attributes(subject, queue_group),
+        None if parent is None else _remote(parent),
     )
     _trace.defer(functools.partial(_context_of, span))
     token = _context.attach(_api.set_span_in_context(span))
     return span, token
+
+
+def _start(
+    tracer: Tracer, name: str, kind: SpanKind, attributes: dict[str, str], parent: Any
+) -> Span:
+    # A started span under ``parent`` (a SpanContext; None: a new trace).
+    if isinstance(tracer, Recorder):
+        return tracer.start(name, kind, attributes, parent)
+    context = None if parent is None else _api.set_span_in_context(NonRecordingSpan(parent))
+    return tracer.start_span(name, context, kind=kind, attributes=attributes)
 
 
 def end(span: Span, error: BaseException | None, token: object = None) -> None:
@@ -150,16 +170,13 @@ def _server_attributes(subject: str, queue_group: str) -> dict[str, str]:
 
 
 def _remote(context: _trace.TraceContext) -> Any:
-    # The sender's span as a parent this process did not make.
-    state = TraceState.from_header([context.state]) if context.state else None
-    return NonRecordingSpan(
-        SpanContext(
-            int(context.trace_id, 16),
-            int(context.span_id, 16),
-            is_remote=True,
-            trace_flags=TraceFlags(int(context.flags, 16)),
-            trace_state=state,
-        )
+    # The sender's span, as a parent this process did not make.
+    return SpanContext(
+        int(context.trace_id, 16),
+        int(context.span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(context.flags, 16)),
+        trace_state=TraceState.from_header([context.state]) if context.state else None,
     )
 
 

@@ -1,0 +1,374 @@
+"""natsreg's spans under OpenTelemetry's SDK (natsreg/_otelspans.py): what a tracer provider's
+exporter receives is what the SDK's own span would have given it, and the provider's sampler,
+id generator, span processors and limits decide as they do for any span.
+
+No NATS: the spans are made as a call and a handler make them (``natsreg._otel``), so the
+lowest SDK natsreg allows is held to this too (the fast tier runs under it)."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import (
+    ReadableSpan,
+    Span,
+    SpanLimits,
+    SpanProcessor,
+    Tracer,
+    TracerProvider,
+)
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.util._once import Once
+
+from natsreg import _otel, _trace
+from natsreg._otelspans import RecordedSpan
+
+pytestmark = pytest.mark.pure
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER = _trace.TraceContext(TRACE, "00f067aa0ba902b7", "01", "vendor=1")
+
+
+class StartsSeen(SpanProcessor):
+    """A span processor that stamps every span it sees start, as some vendors' do."""
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        span.set_attribute("seen.at.start", True)
+
+
+@pytest.fixture
+def provider(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    """The global tracer provider for one test (its keyword arguments the test's parameter,
+    if any); its exporter keeps the ended spans."""
+    provider = TracerProvider(**getattr(request, "param", {}))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    try:
+        yield provider, exporter
+    finally:
+        trace._TRACER_PROVIDER = None
+        trace._TRACER_PROVIDER_SET_ONCE = Once()
+        provider.shutdown()
+
+
+def call(subject: str = "user-service.users") -> tuple[trace.Span, str]:
+    """A CLIENT span as a call makes it, ended; and the ``traceparent`` it sent."""
+    tracer = _otel.tracer()
+    assert tracer is not None
+    span, (traceparent, _) = _otel.client_span(tracer, subject)
+    _otel.end(span, None)
+    return span, traceparent
+
+
+def handle(parent: _trace.TraceContext | None, work: Any = None) -> trace.Span:
+    """A SERVER span as a service makes it around a handler that runs ``work()``, ended (in
+    a context of its own, as each handler's task has)."""
+    return contextvars.copy_context().run(_handle, parent, work)
+
+
+def _handle(parent: _trace.TraceContext | None, work: Any) -> trace.Span:
+    tracer = _otel.tracer()
+    assert tracer is not None
+    span, token = _otel.server_span(tracer, "user-service.users", "user-service", parent)
+    error = None
+    try:
+        if work is not None:
+            work()
+    except Exception as exc:
+        error = exc
+    _otel.end(span, error, token)
+    return span
+
+
+def comparable(span: ReadableSpan) -> dict[str, Any]:
+    # What an exporter sends of a span, but for its ids and times.
+    shown = json.loads(span.to_json())
+    for key in ("context", "parent_id", "start_time", "end_time"):
+        shown.pop(key)
+    for event in shown["events"]:
+        event.pop("timestamp")
+    return shown
+
+
+def test_the_exporter_gets_natsreg_spans_as_the_sdk_would_have_made_them(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    sdk, exporter = provider
+    tracer = sdk.get_tracer("natsreg")
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(_otel._remote(CALLER)))
+
+    handle(CALLER, lambda: trace.get_current_span().add_event("cache miss", {"key": "1"}))
+    with tracer.start_as_current_span(
+        "process user-service.users",
+        parent,
+        kind=SpanKind.SERVER,
+        attributes=_otel._server_attributes("user-service.users", "user-service"),
+    ) as span:
+        span.add_event("cache miss", {"key": "1"})
+    ours, theirs = exporter.get_finished_spans()
+
+    assert type(_otel.tracer()).__name__ == "Recorder"
+    assert comparable(ours) == comparable(theirs)
+    assert ours.instrumentation_scope == theirs.instrumentation_scope
+    assert ours.resource is theirs.resource
+    assert ours.parent == theirs.parent and ours.parent is not None
+    assert ours.context.trace_id == theirs.context.trace_id == int(TRACE, 16)
+    assert ours.context.trace_flags == theirs.context.trace_flags
+    assert ours.context.trace_state == theirs.context.trace_state
+    assert ours.context.span_id not in (0, theirs.context.span_id, CALLER.span_id)
+    assert ours.start_time is not None and ours.end_time is not None
+    assert ours.start_time <= ours.end_time
+
+
+def test_a_call_outside_any_trace_starts_one_and_sends_its_own_span_as_the_parent(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+    _, traceparent = call()
+    (exported,) = exporter.get_finished_spans()
+    sent = _trace.parse(traceparent)
+    assert sent is not None
+    assert exported.parent is None and exported.kind == SpanKind.CLIENT
+    assert (int(sent.trace_id, 16), int(sent.span_id, 16)) == (
+        exported.context.trace_id,
+        exported.context.span_id,
+    )
+    assert sent.flags in ("01", "03")  # sampled (and, with newer SDKs, a random trace id)
+
+
+def test_what_a_handler_does_to_the_current_span_is_exported(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+    linked = trace.SpanContext(int(TRACE, 16), 7, is_remote=True)
+
+    def work() -> None:
+        current = trace.get_current_span()
+        current.set_attribute("user.id", 42)
+        current.set_attributes({"user.tier": "gold", "user.roles": ["admin", "ops"]})
+        current.add_link(linked, {"why": "batch"})
+        current.update_name("process users")
+        current.set_status(StatusCode.OK)
+        current.set_status(StatusCode.ERROR, "too late: OK is final")
+        with trace.get_tracer("app").start_as_current_span("db query") as child:
+            child.set_attribute("db.system", "sqlite")
+
+    handle(CALLER, work)
+    child, server = exporter.get_finished_spans()
+    assert server.name == "process users" and server.kind == SpanKind.SERVER
+    assert server.attributes is not None
+    assert server.attributes["user.id"] == 42 and server.attributes["user.tier"] == "gold"
+    assert server.attributes["user.roles"] == ("admin", "ops")  # as the SDK keeps a list
+    assert server.attributes["messaging.system"] == "nats"
+    assert [(link.context, dict(link.attributes or {})) for link in server.links] == [
+        (linked, {"why": "batch"})
+    ]
+    assert server.status.status_code == StatusCode.OK
+    # The handler's own spans nest under natsreg's SERVER span.
+    assert child.parent is not None and child.parent.span_id == server.context.span_id
+    assert child.context.trace_id == int(TRACE, 16)
+
+
+def test_a_failing_handler_records_its_exception_and_the_code(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+
+    def work() -> None:
+        try:
+            raise KeyError("user 1")
+        except KeyError as exc:
+            trace.get_current_span().record_exception(exc, {"user": "1"})
+            raise RuntimeError("lookup failed") from exc
+
+    handle(CALLER, work)
+    (server,) = exporter.get_finished_spans()
+    assert server.status.status_code == StatusCode.ERROR
+    assert server.status.description == "lookup failed"
+    assert server.attributes is not None and server.attributes["error.type"] == "RuntimeError"
+    (event,) = server.events
+    assert event.name == "exception" and event.attributes is not None
+    assert event.attributes["exception.type"] == "KeyError"
+    assert event.attributes["exception.message"] == "'user 1'"
+    assert "KeyError" in str(event.attributes["exception.stacktrace"])
+    assert event.attributes["exception.escaped"] == "False"
+    assert event.attributes["user"] == "1"
+
+
+def test_an_ended_span_takes_no_more_writes(
+    provider: tuple[TracerProvider, InMemorySpanExporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, exporter = provider
+    span = handle(CALLER)
+    assert isinstance(span, RecordedSpan) and not span.is_recording()
+    span.set_attribute("late", 1)
+    span.add_event("late")
+    span.update_name("late")
+    span.end()
+    (server,) = exporter.get_finished_spans()  # ended once, exported once
+    assert server.name == "process user-service.users"
+    assert server.attributes is not None and "late" not in server.attributes
+    assert not server.events
+    assert "it has ended" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [{"span_limits": SpanLimits(max_attribute_length=4, max_span_attributes=6)}],
+    indirect=True,
+)
+def test_the_providers_limits_bound_what_a_handler_writes(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+
+    def work() -> None:
+        current = trace.get_current_span()
+        current.set_attribute("user.name", "Ada Lovelace")
+        current.set_attribute("one.too.many", "x")
+
+    handle(CALLER, work)
+    (server,) = exporter.get_finished_spans()
+    assert server.attributes is not None
+    assert server.attributes["user.name"] == "Ada "
+    assert server.attributes["messaging.destination.name"] == "user"  # as the SDK bounds it
+    assert server.dropped_attributes == 1 and len(server.attributes) == 6
+
+
+@pytest.mark.parametrize("provider", [{"sampler": ALWAYS_OFF}], indirect=True)
+def test_a_sampler_that_drops_makes_no_spans_but_the_trace_still_travels(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+    server = handle(CALLER, lambda: trace.get_current_span().set_attribute("ignored", 1))
+    _, traceparent = call()
+    assert not exporter.get_finished_spans()
+    assert not server.is_recording()
+    assert server.get_span_context().trace_id == int(TRACE, 16)
+    sent = _trace.parse(traceparent)
+    assert sent is not None and sent.flags in ("00", "02")  # not sampled
+
+
+def test_an_unsampled_caller_is_followed_by_the_default_sampler(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+    unsampled = CALLER._replace(flags="00")
+    server = handle(unsampled)
+    sampled = handle(CALLER)
+    assert [s.context.span_id for s in exporter.get_finished_spans()] == [
+        sampled.get_span_context().span_id
+    ]
+    assert server.get_span_context().trace_id == int(TRACE, 16)
+    assert not server.get_span_context().trace_flags.sampled
+
+
+class OnlyServers(Sampler):
+    """Records SERVER spans, tagging them; drops the rest."""
+
+    def __init__(self) -> None:
+        self.parents: list[trace.SpanContext] = []
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        self.parents.append(trace.get_current_span(parent_context).get_span_context())
+        if kind != SpanKind.SERVER:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {**attributes, "sampled.by": "test"})
+
+    def get_description(self) -> str:
+        return "OnlyServers"
+
+
+ONLY_SERVERS = OnlyServers()
+
+
+@pytest.mark.parametrize("provider", [{"sampler": ONLY_SERVERS}], indirect=True)
+def test_a_custom_sampler_decides_sees_the_parent_and_adds_attributes(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+    ONLY_SERVERS.parents.clear()
+    handle(CALLER)
+    call()
+    (server,) = exporter.get_finished_spans()
+    assert server.kind == SpanKind.SERVER
+    assert server.attributes is not None and server.attributes["sampled.by"] == "test"
+    assert server.attributes["messaging.system"] == "nats"
+    assert ONLY_SERVERS.parents[0].span_id == int(CALLER.span_id, 16)
+    assert ONLY_SERVERS.parents[0].is_remote
+
+
+@pytest.mark.parametrize(
+    "provider", [{"sampler": ParentBased(TraceIdRatioBased(0.5))}], indirect=True
+)
+def test_a_ratio_sampler_keeps_the_traces_whose_ids_it_picks(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+    sent = [call()[1] for _ in range(200)]
+    kept = {s.context.trace_id for s in exporter.get_finished_spans()}
+    picked = {int(t.split("-")[1], 16) for t in sent if t.split("-")[3] in ("01", "03")}
+    assert kept == picked and 0 < len(kept) < 200
+
+
+def test_a_span_processor_sees_natsreg_spans_start(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    sdk, exporter = provider
+    sdk.add_span_processor(StartsSeen())
+    handle(CALLER)
+    call()
+    for exported in exporter.get_finished_spans():
+        assert exported.attributes is not None and exported.attributes["seen.at.start"] is True
+
+
+def test_another_tracer_gets_natsreg_spans_through_the_api(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+
+    class VendorTracer(Tracer):
+        """A tracer of a class of its own, as a vendor's distribution may have."""
+
+    class VendorProvider(TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+            tracer = super().get_tracer(*args, **kwargs)
+            tracer.__class__ = VendorTracer
+            return tracer
+
+    wrapped = VendorProvider()
+    wrapped.add_span_processor(SimpleSpanProcessor(exporter))
+    trace._TRACER_PROVIDER = wrapped
+    server = handle(CALLER)
+    assert isinstance(server, Span) and not isinstance(server, RecordedSpan)
+    (exported,) = exporter.get_finished_spans()
+    assert exported.parent is not None and exported.parent.span_id == int(CALLER.span_id, 16)
+    wrapped.shutdown()
