@@ -12,7 +12,7 @@ is dropped and counted by reason in :attr:`Registry.dropped` (and ``NodeStats.dr
 
 A starting node warms from a warm peer's view (``_sync.py``), or else by asking every instance
 to re-announce; its subscriptions' queues are bounded and what overflows them is counted
-(``_backpressure.py``). Sharded nodes split the fleet by service (``_shard.py``).
+(``_backpressure.py``). Sharded nodes split the fleet by service (``_sharded.py``).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
 from ._queries import Queries
-from ._shard import LateAsks, Shard
+from ._shard import Shard
+from ._sharded import ShardedNode
 from ._sync import FIRST_CHUNK_S, PeerSync, sync_chunks
-from ._takeover import Takeover
 from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
 
 __all__ = [
@@ -57,8 +57,6 @@ __all__ = [
 
 #: A refused announcement is logged at most once per this interval (the count is in stats).
 CAPACITY_LOG_S = 60.0
-#: How long a starting sharded node listens for its peers' presence before taking services.
-SETTLE_S = 0.3
 #: A node that asks every instance it holds to re-announce (after a reconnect) spreads the
 #: round so that at most this many announcements a second come: about what one node takes
 #: in on a core. Asked within half a second, 250,000 announcements (100 MB) overran
@@ -156,10 +154,8 @@ class Registry(anyio.AsyncContextManagerMixin):
         )
         self._sync_first = sync and not shard
         self._sharded = shard
-        #: This node's part in sharding, while it runs sharded; None otherwise.
-        self.shard: Shard | None = None
-        self._takeover: Takeover | None = None
-        self._late_asks = LateAsks(max_instances)
+        # This node's sharded part, while it runs sharded (_sharded.py).
+        self._part: ShardedNode | None = None
         self._announcements = subjects.control_subject(prefix, "announce", ">")
         self._pacer = (
             Pacer(nc, system_nc, prefix=prefix, node_id=self.node_id, pace_s=pace_s)
@@ -174,6 +170,11 @@ class Registry(anyio.AsyncContextManagerMixin):
     @property
     def revision(self) -> int:
         return self._revision
+
+    @property
+    def shard(self) -> Shard | None:
+        """This node's share of the services, while it runs sharded; None otherwise."""
+        return self._part.shard if self._part is not None else None
 
     @property
     def answers_encoded(self) -> int:
@@ -268,9 +269,7 @@ class Registry(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Registry]:
         subs: list[Subscription] = []
-        if self._sharded:
-            self.shard = self._new_shard()
-            self._takeover = Takeover(self._nc, self, self.shard, self._take)
+        part = self._part = self._new_part() if self._sharded else None
         queries = self._queries = Queries(
             self._nc, self, self.dropped, self._pressure.subscribe, clock=self._clock
         )
@@ -280,11 +279,11 @@ class Registry(anyio.AsyncContextManagerMixin):
             # A sharded node hears goodbyes and heartbeats of its own services only (Shard).
             # Heartbeats, the bulk, and announcements, a fleet's storm when it starts, are
             # shed while the node catches up (_backpressure.py); goodbyes never are.
-            on_announce = self._on_control if self.shard is None else self._on_announce
+            on_announce = self._on_control if part is None else part.on_announce
             await self._pressure.subscribe(
                 self._announcements, on_announce, shed_above=SHED_ANNOUNCEMENTS_BYTES
             )
-            if self.shard is None:
+            if part is None:
                 heartbeats = subjects.control_subject(self.prefix, "hb", ">")
                 await self._pressure.subscribe(
                     heartbeats, self._on_control, shed_above=PENDING_BYTES
@@ -292,7 +291,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                 goodbyes = subjects.control_subject(self.prefix, "bye", ">")
                 subs.append(await self._pressure.subscribe(goodbyes, self._on_control))
             else:
-                await self.shard.start()
+                await part.start()
             await queries.start()
             if self._system_nc is not None:
                 subs.append(
@@ -312,14 +311,14 @@ class Registry(anyio.AsyncContextManagerMixin):
                     functools.partial(micro.run, self.micro_poll_s),
                     queries.serve,
                     *([self._pacer.run] if self._pacer is not None else []),
-                    *([self._takeover.run] if self._takeover is not None else []),
+                    *([part.takeover.run] if part is not None else []),
                 ):
                     yield self
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
-                if self.shard is not None:
-                    await self.shard.close()
+                if part is not None:
+                    await part.close()
                 await queries.close()
                 await self._pressure.close()
                 await unsubscribe_all(subs)
@@ -336,9 +335,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         message = self._admission.check(msg)
         if message is None:
             return
-        if self.shard is not None and not await self._holds(message):
-            return
-        if self._takeover is not None and self._takeover.hold(message):
+        if self._part is not None and not await self._part.admits(message):
             return
         if self._sync.hold(message):
             return
@@ -346,22 +343,13 @@ class Registry(anyio.AsyncContextManagerMixin):
         if outcome is not NOTHING:
             await self._settle(outcome, message)
 
-    async def _on_announce(self, msg: Msg) -> None:
-        # A sharded node hears every announcement for a new service's name; one of a known
-        # service it does not hold it leaves unread (Shard.skips). Each one read counts for
-        # the asks held back until then (LateAsks).
-        assert self.shard is not None
-        self._late_asks.read += 1
-        if not self.shard.skips(msg.subject):
-            await self._on_control(msg)
-
     async def _take(self, message: wire.ControlMessage) -> None:
         await self._settle(self._view.apply(message), message)
 
     async def _settle(self, outcome: Outcome, message: wire.ControlMessage) -> None:
         """Count, ask and publish what ``message`` did to the view."""
         self._count(outcome, message.name)
-        if outcome.ask_info and not self._asks_later(message):
+        if outcome.ask_info and not (self._part is not None and self._part.asks_later(message)):
             await self._ask(message.name, message.id)
         await self._publish(outcome.changes)
 
@@ -371,27 +359,21 @@ class Registry(anyio.AsyncContextManagerMixin):
             wire.encode(wire.Discover()),
         )
 
-    def _asks_later(self, message: wire.ControlMessage) -> bool:
-        # A sharded node reads announcements on their own queue (LateAsks).
-        if self.shard is None:
-            return False
-        queued = self._pressure.queued(self._announcements)
-        return self._late_asks.defer(message.name, message.id, queued)
-
-    def _new_shard(self) -> Shard:
-        return Shard(
+    def _new_part(self) -> ShardedNode:
+        return ShardedNode(
+            self,
             self._nc,
-            self._pressure.subscribe,
-            self._pressure.unsubscribe,
+            self._pressure,
+            self._view,
             self.dropped,
-            prefix=self.prefix,
-            node_id=self.node_id,
+            announcements=self._announcements,
             on_control=self._on_control,
             on_query=self._on_query,
+            take=self._take,
             forget=self._forget,
-            on_gain=self._gain,
+            ask=self._ask,
+            changed=self._changed,
             warm_s=self.discover_jitter_s + 0.5,
-            max_names=self._view.max_instances,
             clock=self._clock,
         )
 
@@ -399,61 +381,27 @@ class Registry(anyio.AsyncContextManagerMixin):
         assert self._queries is not None
         await self._queries.on_query(msg)
 
-    def _gain(self, name: str) -> None:
-        assert self._takeover is not None
-        self._takeover.request(name)
-
-    def restore(self, instances: list[wire.InstanceView], name: str) -> int:
-        """Take ``instances`` of the service ``name`` from a peer's part (_takeover.py),
-        each checked as a peer's view is (_sync.py); how many were taken."""
-        taken = 0
-        for instance in instances:
-            try:
-                if instance.name != name:
-                    raise wire.Invalid("subject_mismatch", "an instance of another service")
-                wire.check(instance)
-            except wire.Invalid as exc:
-                self.dropped[exc.reason] += 1
-                continue
-            outcome = self._view.restore(instance)
-            if outcome.dropped:
-                self.dropped[outcome.dropped] += 1
-            else:
-                taken += 1
+    def _changed(self) -> None:
         self._revision += 1  # a new view: no answer cached before is of it
-        return taken
-
-    async def _holds(self, message: wire.ControlMessage) -> bool:
-        # A sharded node reads every announcement, to know every service's name, and takes
-        # those of its own services; the rest may still be in flight after it let one go.
-        assert self.shard is not None
-        if isinstance(message, wire.Announce):
-            return await self.shard.saw(message.name)
-        return self.shard.holds(message.name)
 
     def _forget(self, names: set[str]) -> None:
         # Services handed over to the nodes that hold them now: no events, they speak.
         dropped = self._view.forget(names)
         for name in names:
             self._last_event.pop(name, None)
-        self._revision += 1
+        self._changed()
         log.info("handed over %d services (%d instances)", len(names), dropped)
 
     async def _warm_up(self) -> None:
         # Warming until the peer's view is in, or the fallback's round is over; the sweep
         # loop then takes queries (Queries.follow).
-        if self.shard is not None:
-            # Peers answer this node's presence at once: a moment, and it knows them all.
-            await anyio.sleep(SETTLE_S)
-            assert self._takeover is not None
-            from_peers = await self._takeover.learn_names()
-            await self.shard.settle()
-            if from_peers:
+        if self._part is not None:
+            if await self._part.warm_up():
                 # Each service it holds it takes from its holders (_takeover.py).
                 self._warm_until = self._clock()
                 return
         elif self._sync_first and await self._sync.run(self._take):
-            self._revision += 1  # a new view: no answer cached before is of it
+            self._changed()
             self._warm_until = self._clock()
             return
         await self._ask_everyone()
@@ -491,11 +439,8 @@ class Registry(anyio.AsyncContextManagerMixin):
                 log.info("reconnected to NATS; asking every instance to re-announce")
                 await self._ask_everyone()
             await self._pressure.relieve()
-            if self.shard is not None:
-                await self.shard.tick(not self.warming_up)
-                for name, instance_id in self._late_asks.due():
-                    if instance_id not in self._view:
-                        await self._ask(name, instance_id)
+            if self._part is not None:
+                await self._part.tick(not self.warming_up)
             assert self._queries is not None
             await self._queries.follow(not self.warming_up)
             if not (self.warming_up or self._pressure.silence_proves_nothing()):

@@ -42,17 +42,22 @@ RETRY_S = 1.0
 MAX_HELD = 10_000
 
 _Take = Callable[[wire.ControlMessage], Awaitable[None]]
+# Restores a peer's instances of a service into the view; how many it took.
+_Restore = Callable[[list[wire.InstanceView], str], int]
 
 
 class Takeover:
     """Takes gained services from peers: :meth:`request` one, :meth:`run` does the work,
     :meth:`hold` keeps a service's messages while it is being taken."""
 
-    def __init__(self, nc: NATS, registry: Registry, shard: Shard, take: _Take) -> None:
+    def __init__(
+        self, nc: NATS, registry: Registry, shard: Shard, take: _Take, restore: _Restore
+    ) -> None:
         self._nc = nc
         self._registry = registry
         self._shard = shard
         self._take = take
+        self._restore = restore
         self._queue: deque[str] = deque()
         self._wake = anyio.Event()
         self._limiter = anyio.CapacityLimiter(AT_ONCE)
@@ -134,6 +139,6 @@ class Takeover:
         restored = 0
         for chunks in peers.values():
             for chunk in chunks:
-                restored += registry.restore(chunk.instances, name)
+                restored += self._restore(chunk.instances, name)
         log.debug("took %s from %d peers: %d instances", name, len(peers), restored)
         return True
