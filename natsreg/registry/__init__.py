@@ -36,6 +36,7 @@ from .._tasks import background
 from ..errors import ConfigError
 from ._admit import Admission
 from ._backpressure import PENDING_BYTES, SHED_ANNOUNCEMENTS_BYTES, Backpressure
+from ._changes import Changes
 from ._log import log, unsubscribe_all
 from ._micro import MAX_INFO_ASKS, MICRO_INFO_EVERY, MicroPoll
 from ._pace import DEFAULT_PACE_S, Pacer, check_pace
@@ -43,7 +44,7 @@ from ._queries import Queries
 from ._shard import Shard
 from ._sharded import ShardedNode
 from ._sync import FIRST_CHUNK_S, PeerSync, sync_chunks
-from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Change, Outcome, View
+from ._view import MAX_INSTANCES, MAX_PER_SERVICE, NOTHING, Outcome, View
 
 __all__ = [
     "DEFAULT_PACE_S",
@@ -133,20 +134,14 @@ class Registry(anyio.AsyncContextManagerMixin):
             max_instances=max_instances,
             clock=clock,
         )
-        # Seeded from wall time so that a restarted node never reuses a revision.
-        self._revision = time.time_ns() // 1000
+        self._changes = Changes(nc, prefix=prefix, node_id=self.node_id)
         self._warm_until = 0.0
         self._started = clock()
-        # Service name -> revision of the last event published for it (Event.prev_revision).
-        # One entry per service ever seen: bounded by the node's cap on instances.
-        self._last_event: dict[str, int] = {}
         #: Messages dropped, by reason (see wire.NodeStats.dropped).
         self.dropped: Counter[str] = Counter()
         self._capacity_logged_at = float("-inf")
-        #: Control messages taken in (past the subject check), by kind; instances gone, by
-        #: reason (``expired``, ``goodbye``, ``disconnected``).
+        #: Control messages taken in (past the subject check), by kind.
         self.messages: Counter[str] = Counter()
-        self.expiries: Counter[str] = Counter()
         self._admission = Admission(prefix, self.dropped, self.messages)
         self._pressure = Backpressure(nc, self.dropped, clock=clock)
         self._sync = PeerSync(
@@ -169,7 +164,12 @@ class Registry(anyio.AsyncContextManagerMixin):
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._changes.revision
+
+    @property
+    def expiries(self) -> Counter[str]:
+        """Instances gone, by reason (``expired``, ``goodbye``, ``disconnected``)."""
+        return self._changes.expiries
 
     @property
     def shard(self) -> Shard | None:
@@ -207,7 +207,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         """The node's own figures: sizes, drops, warm-up."""
         return wire.NodeStats(
             node=self.node_id,
-            revision=self._revision,
+            revision=self._changes.revision,
             warming_up=self.warming_up,
             uptime_s=round(self._clock() - self._started, 3),
             instances=len(self._view),
@@ -224,7 +224,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         """Every service at every version, summed over its instances."""
         return wire.ServiceList(
             node=self.node_id,
-            revision=self._revision,
+            revision=self._changes.revision,
             warming_up=self.warming_up,
             services=self._view.summaries(),
             mass_expiry=self._mass_expiry(),
@@ -235,7 +235,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         (but for ``age_s``)."""
         alert = self._view.mass_alert
         return (
-            self._revision,
+            self._changes.revision,
             self.warming_up,
             None if alert is None else (alert.since, alert.lost, alert.before),
         )
@@ -252,7 +252,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         """The node's current view (optionally one service or one instance)."""
         return wire.Snapshot(
             node=self.node_id,
-            revision=self._revision,
+            revision=self._changes.revision,
             warming_up=self.warming_up,
             instances=self._view.instances(name=name, instance_id=instance_id),
             mass_expiry=self._mass_expiry(),
@@ -262,7 +262,7 @@ class Registry(anyio.AsyncContextManagerMixin):
     def sync_answer(self, max_bytes: int) -> Iterator[bytes]:
         """The whole view as a starting peer takes it, in messages of at most ``max_bytes``
         (docs/protocol.md, "Warming from a peer")."""
-        return sync_chunks(self.node_id, self._revision, self._view.heard(), max_bytes)
+        return sync_chunks(self.node_id, self._changes.revision, self._view.heard(), max_bytes)
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -351,7 +351,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         self._count(outcome, message.name)
         if outcome.ask_info and not (self._part is not None and self._part.asks_later(message)):
             await self._ask(message.name, message.id)
-        await self._publish(outcome.changes)
+        await self._changes.publish(outcome.changes)
 
     async def _ask(self, name: str, instance_id: str) -> None:
         await self._nc.publish(
@@ -372,7 +372,7 @@ class Registry(anyio.AsyncContextManagerMixin):
             take=self._take,
             forget=self._forget,
             ask=self._ask,
-            changed=self._changed,
+            changed=self._changes.renew,
             warm_s=self.discover_jitter_s + 0.5,
             clock=self._clock,
         )
@@ -381,15 +381,10 @@ class Registry(anyio.AsyncContextManagerMixin):
         assert self._queries is not None
         await self._queries.on_query(msg)
 
-    def _changed(self) -> None:
-        self._revision += 1  # a new view: no answer cached before is of it
-
     def _forget(self, names: set[str]) -> None:
         # Services handed over to the nodes that hold them now: no events, they speak.
         dropped = self._view.forget(names)
-        for name in names:
-            self._last_event.pop(name, None)
-        self._changed()
+        self._changes.forget(names)
         log.info("handed over %d services (%d instances)", len(names), dropped)
 
     async def _warm_up(self) -> None:
@@ -401,7 +396,7 @@ class Registry(anyio.AsyncContextManagerMixin):
                 self._warm_until = self._clock()
                 return
         elif self._sync_first and await self._sync.run(self._take):
-            self._changed()
+            self._changes.renew()
             self._warm_until = self._clock()
             return
         await self._ask_everyone()
@@ -424,7 +419,7 @@ class Registry(anyio.AsyncContextManagerMixin):
         except wire.MALFORMED:
             self.dropped["malformed"] += 1
             return
-        await self._publish(self._view.disconnected(advisory.conn))
+        await self._changes.publish(self._view.disconnected(advisory.conn))
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -444,11 +439,11 @@ class Registry(anyio.AsyncContextManagerMixin):
             assert self._queries is not None
             await self._queries.follow(not self.warming_up)
             if not (self.warming_up or self._pressure.silence_proves_nothing()):
-                await self._publish(self._view.expire())
+                await self._changes.publish(self._view.expire())
 
     async def _take_micro(self, outcome: Outcome, name: str) -> None:
         self._count(outcome, name)
-        await self._publish(outcome.changes)
+        await self._changes.publish(outcome.changes)
 
     def _count(self, outcome: Outcome, name: str) -> None:
         if not outcome.dropped:
@@ -467,23 +462,3 @@ class Registry(anyio.AsyncContextManagerMixin):
                 self._view.max_instances,
                 self.dropped["capacity"],
             )
-
-    # -- output ------------------------------------------------------------------------------
-
-    async def _publish(self, changes: list[Change]) -> None:
-        for change in changes:
-            self._revision += 1
-            if change.kind == "down":
-                self.expiries[change.reason] += 1
-            name = change.instance.name
-            event = wire.Event(
-                node=self.node_id,
-                revision=self._revision,
-                kind=change.kind,
-                reason=change.reason,
-                instance=change.instance,
-                prev_revision=self._last_event.get(name, 0),
-            )
-            self._last_event[name] = self._revision
-            subject = subjects.control_subject(self.prefix, "events", change.instance.name)
-            await self._nc.publish(subject, wire.encode(event))
