@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import Request as MicroRequest
 
 import natsreg
 from natsreg import subjects, wire
@@ -188,3 +191,54 @@ async def test_a_peers_part_is_checked_before_its_instances_are_taken(
         assert [i.id for i in node.snapshot(name="a").instances] == ["i1"]
         assert node.snapshot(name="b").instances == []
         assert node.dropped["subject_mismatch"] == 1 and sum(node.dropped.values()) == 2
+
+
+async def test_a_plain_adr32_service_is_held_and_answered_for_by_its_owners_alone(
+    nats_url: str, nc: NATS, prefix: str, unique: str
+) -> None:
+    # Plain ADR-32 services are polled, not announced: a sharded node keeps those it holds
+    # and answers for them, as for any other service; the rest it only knows by name.
+    name = f"plain-{unique}"
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(sharded_node(nats_url, prefix)) for _ in range(3)]
+        await stack.enter_async_context(fleet(nc, prefix))
+        await settled(nodes)
+        micro = await add_service(nc, name=name, version="0.3.0")
+        stack.push_async_callback(micro.stop)
+        await micro.add_endpoint(name="add", subject=f"{name}.add", handler=_never)
+        ids = [n.node_id for n in nodes]
+        holders = [n for n in nodes if n.node_id in owners(name, ids)]
+        assert len(holders) == REPLICAS
+        await eventually(
+            lambda: all(len(local(n, name)) == 1 for n in holders),
+            what="its owners hold it",
+        )
+        api = RegistryApi(nc, prefix=prefix)
+        (found,) = (await api.instances(name)).instances
+        assert found.kind == "micro" and found.version == "0.3.0"
+        listed = await api.services()
+        assert [s.instances for s in listed.services if s.name == name] == [1]
+        # Polled again and again, it stays with its owners alone.
+        await anyio.sleep(2.5)
+        for node in nodes:
+            assert len(local(node, name)) == (1 if node in holders else 0), node.node_id
+
+        # Members change until it has an owner it had not: it moves there, and only there.
+        while True:
+            nodes.append(await stack.enter_async_context(sharded_node(nats_url, prefix)))
+            ids = [n.node_id for n in nodes]
+            if nodes[-1].node_id in owners(name, ids):
+                break
+        await settled(nodes)
+
+        def moved() -> bool:
+            return all(
+                len(local(n, name)) == (1 if n.node_id in owners(name, ids) else 0) for n in nodes
+            )
+
+        await eventually(moved, what="held by its new owners alone")
+        assert len((await api.instances(name)).instances) == 1
+
+
+async def _never(request: MicroRequest) -> None:
+    await request.respond(b"")

@@ -300,7 +300,8 @@ class Registry(anyio.AsyncContextManagerMixin):
                 await self._system_nc.flush()
             await self._nc.flush()
             self._running = True
-            micro = MicroPoll(self._nc, self._view, self.dropped, self._take_micro)
+            holds = part.holds_micro if part is not None else None
+            micro = MicroPoll(self._nc, self._view, self.dropped, self._take_micro, holds)
             # Warming from the start: _warm_up sets how long once it knows.
             self._warm_until = self._clock() + FIRST_CHUNK_S
             with self._pressure.installed():

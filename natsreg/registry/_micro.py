@@ -32,7 +32,8 @@ MAX_INFO_ASKS = 256
 
 class MicroPoll:
     """Polls plain ADR-32 services into ``view``; drops counted in ``dropped``; each INFO
-    reply's outcome handed to ``take(outcome, name)``."""
+    reply's outcome handed to ``take(outcome, name)``. ``holds(name)``, where given, says
+    which services the node keeps (a sharded node's own; the rest are left out)."""
 
     def __init__(
         self,
@@ -40,11 +41,13 @@ class MicroPoll:
         view: View,
         dropped: Counter[str],
         take: Callable[[Outcome, str], Awaitable[None]],
+        holds: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self._nc = nc
         self._view = view
         self._dropped = dropped
         self._take = take
+        self._holds = holds
         self._asks = 0
 
     async def run(self, poll_s: float) -> None:
@@ -83,6 +86,8 @@ class MicroPoll:
             wire.check(info)
         except wire.Invalid as exc:
             self._dropped[exc.reason] += 1
+            return
+        if self._holds is not None and not await self._holds(info.name):
             return
         if info.type == wire.SRV_PING_TYPE:
             if (
