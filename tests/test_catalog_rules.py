@@ -78,6 +78,44 @@ def padded(message: wire.Event | wire.Heartbeat, size: int) -> bytes:
     return data + b" " * (size - len(data))
 
 
+# -- silence, as far as the client has read --------------------------------------------------
+
+
+def test_silence_past_what_the_client_has_read_is_unproven_and_kills_nobody() -> None:
+    clock, lost = Clock(), []
+    catalog = catalog_of(view("i1"), view("i2"), clock=clock, lost=lost)
+    catalog.heard_through = clock.now  # read up to here, then the client stalls
+    clock.now += SILENCE_S + 5
+    assert listed(catalog) == [("i1", 1), ("i2", 1)] and lost == []
+    assert catalog.unproven
+    # What it reads then: i1's heartbeat, queued during the stall.
+    assert catalog.apply_heartbeat(beat(2, "i1")) == "taken"
+    # Proven read up to now: i2 was silent, i1 was not.
+    catalog.heard_through = clock.now
+    catalog.expire()
+    assert listed(catalog) == [("i1", 2)] and lost == ["i2"]
+    assert not catalog.unproven
+
+
+def test_an_instance_expires_once_what_was_read_passes_its_deadline_not_before() -> None:
+    clock, lost = Clock(), []
+    catalog = catalog_of(view("i1"), clock=clock, lost=lost)
+    clock.now += SILENCE_S
+    catalog.heard_through = clock.now - 0.001
+    assert listed(catalog) == [("i1", 1)] and catalog.unproven
+    catalog.heard_through = clock.now
+    assert listed(catalog) == [] and lost == ["i1"] and not catalog.unproven
+
+
+def test_with_nothing_read_to_prove_the_clock_alone_decides() -> None:
+    clock = Clock()
+    catalog = catalog_of(view("i1"), clock=clock)
+    clock.now += SILENCE_S - 0.001
+    assert listed(catalog) == [("i1", 1)] and not catalog.unproven
+    clock.now += 0.001
+    assert listed(catalog) == [] and not catalog.unproven
+
+
 # -- an instance the client expired, heard from again ------------------------------------------
 
 

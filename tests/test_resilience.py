@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import natsreg
-from tests.helpers import eventually, read_id, start_service
+from tests.helpers import eventually, read_id, start_service, until_warm
 
 TIMEOUT_S = 2.0
 
@@ -449,3 +450,31 @@ async def test_the_cli_takes_a_version_constraint_a_selector_and_shows_breakers(
         assert '"state": "closed"' in result.stderr
         result = await asyncio.to_thread(cli, f"{name}@^2.who")
         assert result.returncode == 1 and "matches" in result.stderr
+
+
+async def test_a_client_whose_loop_stalls_takes_no_live_instance_for_dead(
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
+    # A caller whose event loop is held (a CPU-bound stretch, a loaded machine) for longer
+    # than an instance may stay silent finds its heartbeats queued, unread, when it resumes:
+    # that silence is its own, and the call in flight to that instance must still end well.
+    name = f"stall-{unique}"
+    env = {**os.environ, "NATS_URL": nats_url, "NATSREG_PREFIX": prefix}
+    with (
+        subprocess.Popen(
+            [sys.executable, "-m", "natsreg", "registry"], env=env, stderr=subprocess.DEVNULL
+        ) as node,
+        services(nats_url, name, prefix, 1, "--delay-ms", "3000") as procs,
+    ):
+        try:
+            await until_warm(nc, prefix)
+            async with natsreg.Client(nc, prefix=prefix) as client:
+                await in_view(client, name, {procs[0][1]})
+                call = asyncio.ensure_future(client.request(f"{name}.work", timeout_s=10))
+                await asyncio.sleep(0.3)  # sent, and running in the service
+                time.sleep(3.0)  # the loop held: over 2.5 s of unread heartbeats
+                reply = await call
+                assert reply.json() == {"id": procs[0][1]}
+                assert [i.id for i in await client.view(name)] == [procs[0][1]]
+        finally:
+            node.kill()

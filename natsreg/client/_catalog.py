@@ -98,6 +98,13 @@ class Catalog:
         #: their candidate lists against it.
         self.revision = 0  # pragma: no mutate (equivalent: callers compare revisions, never values)
         self._next_expiry = math.inf
+        #: The client has read everything the bus sent it until this moment (on the
+        #: catalog's clock): an instance is taken for dead by its silence only up to it, so
+        #: that heartbeats still unread in the client's own queues (its event loop held up)
+        #: kill nobody. Moved on by whoever proves it (Views); +inf: the clock alone decides.
+        self.heard_through = math.inf
+        #: An instance's silence has run out, but ``heard_through`` does not prove it yet.
+        self.unproven = False  # pragma: no mutate (equivalent: None is as false, and read so)
 
     # -- input -------------------------------------------------------------------------------
 
@@ -316,9 +323,15 @@ class Catalog:
         now = self._clock()
         if now < self._next_expiry:
             return
+        horizon = min(now, self.heard_through)
+        if horizon >= self._next_expiry:
+            self._expire_until(horizon)
+        self.unproven = self._next_expiry <= now
+
+    def _expire_until(self, horizon: float) -> None:
         next_expiry = math.inf
         for entries in self._services.values():
-            for instance_id in [i for i, e in entries.items() if e.expires_at <= now]:
+            for instance_id in [i for i, e in entries.items() if e.expires_at <= horizon]:
                 self._bury(instance_id, entries.pop(instance_id).view.seq, None)
                 self.revision += 1
                 if self.on_lost is not None:

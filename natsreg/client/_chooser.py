@@ -99,6 +99,8 @@ class RouteChooser:
                 )
             return self._queue_route(target.subject, False)
         matches = self._matching(target, select)
+        if self._catalog.unproven and not settled:
+            return None  # an instance's silence is to be proven first (Views.caught_up)
         if not matches.instances:
             if matches.plain_subject is not None:
                 return self._queue_route(matches.plain_subject, False)

@@ -129,18 +129,21 @@ class ExpiryWatch:
     The catalog expires instances when a call reads it; an instance that expires with calls of
     ours in flight must end them then (``Catalog.on_lost``: outcome unknown), even if no new
     call comes to read the catalog. One timer, armed for the catalog's next expiry, and only
-    while there is something in flight to end.
+    while there is something in flight to end. A silence the catalog cannot yet tell from
+    its own unread queues is handed to ``prove()``, which expires what it proves.
     """
 
     def __init__(
         self,
         catalog: Catalog,
         busy: Callable[[], bool],
+        prove: Callable[[], object],
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._catalog = catalog
         self._busy = busy
+        self._prove = prove
         self._clock = clock
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -166,5 +169,7 @@ class ExpiryWatch:
     def _tick(self) -> None:
         self._timer = None
         self._catalog.expire()
+        if self._catalog.unproven:
+            self._prove()
         if self._busy():
             self.arm()

@@ -215,6 +215,10 @@ class Router:
             return self._chooser.fallback(target, select)
         assert target.service is not None
         await self._views.wait(target.service, deadline)
+        if self._views.catalog.unproven:
+            # Is an instance silent, or has this client not read what it said? Known after
+            # one round trip to the server.
+            await self._views.caught_up(deadline)
         route = self._chooser.route(target, strategy, key, select, tried, True)
         assert route is not None
         return route

@@ -30,6 +30,9 @@ VIEW_WAIT_SHARE = 0.25
 #: A view taken from a warming node's answer is taken again when that node says it will be
 #: warm, but no later than this (a forged answer must not put it off for long).
 MAX_WARM_WAIT_S = 10.0
+#: Proving the client has read what the bus sent it (a round trip to the server, then its
+#: queues read that far) takes at most this long; else silence stays unproven for now.
+PROOF_TIMEOUT_S = 1
 
 
 class _Tracker:
@@ -69,9 +72,12 @@ class Views:
         self.catalog = Catalog(
             missed_heartbeats=missed_heartbeats, clock=clock, on_lost=transport.abandon
         )
+        # Silence counts from here on only as far as a proof says (caught_up).
+        self.catalog.heard_through = clock()
         self.reconciler = Reconciler(fetch, self._reconciled, clock=clock)
-        self.expiry = ExpiryWatch(self.catalog, transport.busy, clock=clock)
+        self.expiry = ExpiryWatch(self.catalog, transport.busy, self.prove, clock=clock)
         self._trackers: dict[str, _Tracker] = {}
+        self._proof: asyncio.Task[None] | None = None
         self._closed = False
 
     def ready(self, service: str, settled: bool) -> bool | None:
@@ -124,6 +130,41 @@ class Views:
             return f"the view of {warming[0]!r} comes from a registry node still warming up"
         return None
 
+    def prove(self) -> asyncio.Task[None]:
+        """Prove, soon, that the client has read everything the bus sent it until now, and
+        then expire the instances whose silence that proves (:attr:`Catalog.heard_through`):
+        a server round trip, then every view's queue read as far as it had come. One proof
+        at a time; this returns the one under way."""
+        if self._proof is None:
+            self._proof = asyncio.get_running_loop().create_task(self._caught_up())
+        return self._proof
+
+    async def _caught_up(self) -> None:
+        since = self._clock()
+        try:
+            # Whatever the server sent before its PONG has been read off the socket and
+            # queued by then; each queue is then read that far.
+            await self._nc.flush(timeout=PROOF_TIMEOUT_S)
+            queued = [(sub, sub.delivered) for t in self._trackers.values() for sub in t.subs]
+            give_up = self._clock() + PROOF_TIMEOUT_S
+            while any(sub.delivered - sub.pending_msgs < n for sub, n in queued):
+                if self._clock() > give_up:
+                    return  # too busy to prove it now: silence stays unproven
+                await asyncio.sleep(0.001)
+        except (TimeoutError, nats.errors.Error):
+            return  # not connected: what it does not hear proves nothing
+        finally:
+            self._proof = None
+        self.catalog.heard_through = max(self.catalog.heard_through, since)
+        self.catalog.expire()
+
+    async def caught_up(self, deadline: float) -> None:
+        """Wait, until ``deadline`` at most, for a proof (:meth:`prove`) to be done."""
+        wait_s = deadline - self._clock()
+        if wait_s > 0:
+            # asyncio.wait: a caller that gives up leaves the proof running for the others.
+            await asyncio.wait((self.prove(),), timeout=wait_s)
+
     def heal(self, service: str) -> None:
         """Reconcile the view of ``service`` with a registry snapshot, soon (rate-limited)."""
         if not self._closed and service in self._trackers:
@@ -137,6 +178,10 @@ class Views:
         await self.reconciler.aclose()
         await drain()
         self.expiry.close()
+        if self._proof is not None:
+            self._proof.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._proof
         trackers, self._trackers = self._trackers, {}
         for tracker in trackers.values():
             if tracker.task is not None:
