@@ -159,8 +159,7 @@ def take_sync(chunks: list[bytes]) -> list[wire.InstanceView]:
 
 def restore(instances: list[wire.InstanceView]) -> View:
     fresh = View(max_instances=2 * len(instances))
-    for instance in instances:
-        fresh.restore(instance)
+    fresh.restore_all(instances)
     return fresh
 
 
