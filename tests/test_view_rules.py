@@ -719,6 +719,7 @@ def test_many_instances_restored_at_once_are_taken_as_one_at_a_time_would_be() -
         peer_view(seq=2, instance_id="b", age_s=4.0, heartbeat_s=2.0),
         peer_view(seq=2, instance_id="c", conn="S/1"),
         peer_view(seq=2, instance_id="d"),  # over the cap
+        peer_view(seq=2, instance_id="e"),  # and another
         peer_view(seq=9, instance_id="gone"),  # said goodbye here
     ]
     clocks = Clock(), Clock()
@@ -728,8 +729,8 @@ def test_many_instances_restored_at_once_are_taken_as_one_at_a_time_would_be() -
         view.apply(goodbye(3, "gone"))
     dropped = views[0].restore_all([msgspec.structs.replace(v) for v in peer])
     one_by_one = [views[1].restore(msgspec.structs.replace(v)).dropped for v in peer]
-    assert dropped == {"stale": 3, "capacity": 1}
-    assert [d for d in one_by_one if d] == ["stale", "stale", "capacity", "stale"]
+    assert dropped == {"stale": 3, "capacity": 2}
+    assert [d for d in one_by_one if d] == ["stale", "stale", "capacity", "capacity", "stale"]
     for view in views:
         assert sorted((i.id, i.seq, i.age_s) for i in view.instances()) == [
             ("a", 4, 0.5),
