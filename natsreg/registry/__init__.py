@@ -406,7 +406,7 @@ class Registry(anyio.AsyncContextManagerMixin):
     def restore(self, instances: list[wire.InstanceView], name: str) -> int:
         """Take ``instances`` of the service ``name`` from a peer's part (_takeover.py),
         each checked as a peer's view is (_sync.py); how many were taken."""
-        checked = []
+        taken = 0
         for instance in instances:
             try:
                 if instance.name != name:
@@ -415,11 +415,13 @@ class Registry(anyio.AsyncContextManagerMixin):
             except wire.Invalid as exc:
                 self.dropped[exc.reason] += 1
                 continue
-            checked.append(instance)
-        dropped = self._view.restore_all(checked)
-        self.dropped.update(dropped)
+            outcome = self._view.restore(instance)
+            if outcome.dropped:
+                self.dropped[outcome.dropped] += 1
+            else:
+                taken += 1
         self._revision += 1  # a new view: no answer cached before is of it
-        return len(checked) - dropped.total()
+        return taken
 
     async def _holds(self, message: wire.ControlMessage) -> bool:
         # A sharded node reads every announcement, to know every service's name, and takes
