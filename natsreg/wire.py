@@ -74,7 +74,7 @@ __all__ = [
     "check_emits",
     "check_metadata",
     "check_name",
-    "check_sync_row",
+    "check_sync_rows",
     "decode_control",
     "decode_disconnect",
     "decode_discover",
@@ -93,7 +93,7 @@ __all__ = [
     "kept_interval_s",
     "micro_instance_view",
     "silence_allowed_s",
-    "sync_view",
+    "sync_views",
 ]
 
 SCHEMA_VERSION = 1
@@ -459,29 +459,43 @@ class SyncChunk(msgspec.Struct, gc=False, kw_only=True):
     rows: list[SyncRow]
 
 
-def sync_view(shape: SyncShape, row: SyncRow) -> InstanceView:
-    """The instance a sync answer's ``row`` of ``shape`` stands for."""
-    return InstanceView(
-        id=row.id,
-        name=shape.name,
-        version=shape.version,
-        kind=shape.kind,
-        seq=row.seq,
-        description=shape.description,
-        metadata=shape.metadata,
-        endpoints=shape.endpoints,
-        host=row.host,
-        pid=row.pid,
-        started=row.started,
-        heartbeat_s=shape.heartbeat_s,
-        health=row.health,
-        load=Load(in_flight=row.in_flight, served=row.served, errors=row.errors),
-        age_s=row.age_s,
-        conn=row.conn,
-        events=shape.events,
-        emits=shape.emits,
-        pace_s=row.pace_s,
-    )
+def sync_views(shapes: list[SyncShape], rows: list[SyncRow]) -> list[InstanceView]:
+    """The instances a sync answer's ``rows`` stand for, each of its shape among ``shapes``
+    (the caller has checked that each row's shape is one of them)."""
+    # Each instance is its shape's instance with its own fields replaced: a third of the
+    # cost of building it field by field (19 keywords), which a starting node pays 50k times.
+    templates = [
+        InstanceView(
+            id="",
+            name=shape.name,
+            version=shape.version,
+            kind=shape.kind,
+            description=shape.description,
+            metadata=shape.metadata,
+            endpoints=shape.endpoints,
+            heartbeat_s=shape.heartbeat_s,
+            events=shape.events,
+            emits=shape.emits,
+        )
+        for shape in shapes
+    ]
+    replace = msgspec.structs.replace
+    return [
+        replace(
+            templates[row.shape],
+            id=row.id,
+            seq=row.seq,
+            host=row.host,
+            pid=row.pid,
+            started=row.started,
+            health=row.health,
+            load=Load(in_flight=row.in_flight, served=row.served, errors=row.errors),
+            age_s=row.age_s,
+            conn=row.conn,
+            pace_s=row.pace_s,
+        )
+        for row in rows
+    ]
 
 
 class ServiceSummary(msgspec.Struct, gc=False, kw_only=True):
@@ -806,12 +820,23 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView | Syn
         _check_finite(message.age_s, "invalid_age", "age_s")
 
 
-def check_sync_row(row: SyncRow) -> None:
-    """Raise :class:`Invalid` unless a sync answer's ``row`` keeps within the limits
-    :func:`check` sets for an instance's own fields (its shape is checked once, apart)."""
-    _check_id(row.id)
-    _check_finite(row.pace_s, "invalid_pace", "pace_s")
-    _check_finite(row.age_s, "invalid_age", "age_s")
+def check_sync_rows(rows: list[SyncRow]) -> None:
+    """Raise :class:`Invalid` unless each of a sync answer's ``rows`` keeps within the limits
+    :func:`check` sets for an instance's own fields (their shapes are checked once, apart)."""
+    # One pass over each field, in C where it can be: 50k rows a row at a time cost a
+    # starting node more than decoding them.
+    ids = [row.id for row in rows]
+    if (
+        max(map(len, ids), default=0) <= MAX_TOKEN_CHARS
+        and all(map(subjects.is_valid_token, ids))
+        and all(map(math.isfinite, [row.pace_s for row in rows]))
+        and all(map(math.isfinite, [row.age_s for row in rows]))
+    ):
+        return
+    for row in rows:  # one is wrong: which, and why
+        _check_id(row.id)
+        _check_finite(row.pace_s, "invalid_pace", "pace_s")
+        _check_finite(row.age_s, "invalid_age", "age_s")
 
 
 def _check_id(instance_id: str) -> None:

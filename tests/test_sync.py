@@ -339,7 +339,7 @@ def test_a_sync_answer_sends_each_shape_once_and_stands_for_every_instance_as_he
     shapes = [shape for c in chunks for shape in c.shapes]
     assert len(shapes) == 6
     rows = [row for c in chunks for row in c.rows]
-    views = [wire.sync_view(shapes[row.shape], row) for row in rows]
+    views = wire.sync_views(shapes, rows)
     assert views == [msgspec.structs.replace(v, age_s=round(age, 3)) for v, age in held]
 
 
@@ -364,6 +364,31 @@ def test_a_sync_shape_is_checked_as_an_announcement_is() -> None:
         ("pace_s", float("nan"), "invalid_pace"),
     ]:
         with pytest.raises(wire.Invalid) as bad:
-            wire.check_sync_row(msgspec.structs.replace(chunk.rows[0], **{field: value}))
+            wire.check_sync_rows(
+                [chunk.rows[0], msgspec.structs.replace(chunk.rows[0], **{field: value})]
+            )
         assert bad.value.reason == reason
-    wire.check_sync_row(chunk.rows[0])
+    wire.check_sync_rows(chunk.rows)
+
+
+@pytest.mark.pure
+def test_a_sync_answer_with_one_bad_row_among_many_is_refused_for_that_row() -> None:
+    views = ghosts("rows", 300)
+    [chunk] = [
+        wire.decode_sync_chunk(c)
+        for c in _sync.sync_chunks("p", 1, [(v, 0.0) for v in views], 1 << 20)
+    ]
+    longest = "i" * wire.MAX_TOKEN_CHARS
+    wire.check_sync_rows([*chunk.rows, msgspec.structs.replace(chunk.rows[0], id=longest)])
+    for field, value, reason in [
+        ("id", longest + "i", "invalid_id"),
+        ("id", "", "invalid_id"),
+        ("id", "a.b", "invalid_id"),
+        ("pace_s", float("-inf"), "invalid_pace"),
+        ("age_s", float("nan"), "invalid_age"),
+    ]:
+        rows = list(chunk.rows)
+        rows[150] = msgspec.structs.replace(rows[150], **{field: value})
+        with pytest.raises(wire.Invalid) as bad:
+            wire.check_sync_rows(rows)
+        assert bad.value.reason == reason

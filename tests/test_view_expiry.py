@@ -161,3 +161,16 @@ def test_a_pace_sets_the_silence_allowance_and_leaves_the_sequence_rate_to_the_i
     assert held.jump_rate == pytest.approx(2 * (1 / 1 + 1))
     view.set_interval(held, 1.0, 0.5)  # a pace faster than its interval: the interval
     assert held.ttl_s == 2.5
+
+
+def test_entries_queued_together_are_each_queued_and_counted_at_their_own_deadlines() -> None:
+    # As a starting node queues a peer's instances: many at once, in one pass.
+    deadlines = Deadlines()
+    entries = {i: entry(i) for i in ("a", "b", "c")}
+    for n, e in enumerate(entries.values()):
+        e.expires_at = START + n
+    deadlines.queue(entries.values())
+    assert len(deadlines) == 3
+    assert list(deadlines.due(START, entries)) == [entries["a"]]
+    assert list(deadlines.due(START + 1, entries)) == [entries["b"]]
+    assert len(deadlines) == 1

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from natsreg import wire
+from natsreg.registry._expiry import RESOLUTION_S
 from natsreg.registry._view import Change, Outcome, View
 from tests.helpers import Clock
 
@@ -706,3 +707,48 @@ def test_a_forgotten_service_leaves_without_a_change_and_the_others_stay() -> No
     assert changes(view.apply(announce(1, "i0", name="gone"))) == [("up", "i0")]
     assert changes(view.apply(announce(1, "i1", name="gone"))) == [("up", "i1")]
     assert view.apply(announce(1, "i9", name="gone")).dropped == "capacity"
+
+
+def test_many_instances_restored_at_once_are_taken_as_one_at_a_time_would_be() -> None:
+    # The same instances, the same order, into two views: in one call, and one by one.
+    peer = [
+        peer_view(seq=3, instance_id="a", age_s=0.5),
+        peer_view(seq=5, instance_id="held", age_s=0.2),  # older than what is held: stale
+        peer_view(seq=4, instance_id="a", age_s=0.5),  # the same id again, newer: replaces
+        peer_view(seq=4, instance_id="a", age_s=0.1),  # and again, not newer: stale
+        peer_view(seq=2, instance_id="b", age_s=4.0, heartbeat_s=2.0),
+        peer_view(seq=2, instance_id="c", conn="S/1"),
+        peer_view(seq=2, instance_id="d"),  # over the cap
+        peer_view(seq=2, instance_id="e"),  # and another
+        peer_view(seq=9, instance_id="gone"),  # said goodbye here
+    ]
+    clocks = Clock(), Clock()
+    views = [View(clock=clock, max_instances=4) for clock in clocks]
+    for view in views:
+        view.apply(announce(6, "held"))
+        view.apply(goodbye(3, "gone"))
+    dropped = views[0].restore_all([msgspec.structs.replace(v) for v in peer])
+    one_by_one = [views[1].restore(msgspec.structs.replace(v)).dropped for v in peer]
+    assert dropped == {"stale": 3, "capacity": 2}
+    assert [d for d in one_by_one if d] == ["stale", "stale", "capacity", "capacity", "stale"]
+    for view in views:
+        assert sorted((i.id, i.seq, i.age_s) for i in view.instances()) == [
+            ("a", 4, 0.5),
+            ("b", 2, 4.0),
+            ("c", 2, 0.0),
+            ("held", 6, 0.0),
+        ]
+        assert changes(view.disconnected("S/1")) == [("down", "c")]
+    for clock, view in zip(clocks, views, strict=True):
+        # Each expires when it would have on the peer: 2.5 intervals after it was heard.
+        clock.now += 0.999
+        assert view.expire() == []
+        clock.now += 0.001
+        assert changes(view.expire()) == [("down", "b")]
+        clock.now += 0.9
+        assert view.expire() == []
+        clock.now += 0.1 + RESOLUTION_S
+        assert changes(view.expire()) == [("down", "a")]
+        clock.now += 0.5
+        assert changes(view.expire()) == [("down", "held")]
+        assert len(view) == 0

@@ -13,8 +13,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+
+import msgspec
 
 from .. import wire
 
@@ -23,9 +25,12 @@ from .. import wire
 RESOLUTION_S = 0.1
 
 
-@dataclass(slots=True)
-class Entry:
-    """One instance the view holds, with what its interval implies, worked out once."""
+class Entry(msgspec.Struct, gc=False):
+    """One instance the view holds, with what its interval implies, worked out once.
+
+    Left out of the cyclic garbage collector (it refers to no container that could lead
+    back to it): a starting node that made 50k entries tracked spent three quarters of
+    making them in collections over the whole heap."""
 
     view: wire.InstanceView
     last_seen: float = 0.0
@@ -68,7 +73,7 @@ class Deadlines:
         (a later deadline is found when the queued one surfaces)."""
         entry.expires_at = expires_at
         if expires_at < entry.queued:
-            self._queue(entry)
+            self.queue((entry,))
 
     def due(self, now: float, entries: Mapping[str, Entry]) -> Iterator[Entry]:
         """The entries of ``entries`` whose deadline is ``now`` or past, each once, from the
@@ -85,22 +90,29 @@ class Deadlines:
                 if entry is None or entry.queued != queued_at:
                     continue  # gone, or queued again since (in an earlier bucket)
                 if entry.expires_at > now:
-                    self._queue(entry)  # heard from since it was queued
+                    self.queue((entry,))  # heard from since it was queued
                     continue
                 entry.queued = math.inf  # no longer queued
                 yield entry
 
-    def _queue(self, entry: Entry) -> None:
-        number = math.ceil(entry.expires_at / self._resolution_s)
-        if number * self._resolution_s < entry.expires_at:
-            number += 1  # the division rounded down: the bucket must end at or after it
-        entry.queued = number * self._resolution_s
-        bucket = self._buckets.get(number)
-        if bucket is None:
-            bucket = self._buckets[number] = []
-            heapq.heappush(self._ends, number)
-        bucket.append(entry.view.id)
-        self._queued += 1
+    def queue(self, entries: Iterable[Entry]) -> None:
+        """Queue each of ``entries`` at its deadline (:attr:`Entry.expires_at`), in one pass
+        (a starting node queues a peer's 50k instances at once)."""
+        buckets, ends, resolution_s = self._buckets, self._ends, self._resolution_s
+        count = 0
+        for entry in entries:
+            expires_at = entry.expires_at
+            number = math.ceil(expires_at / resolution_s)
+            if number * resolution_s < expires_at:
+                number += 1  # the division rounded down: the bucket must end at or after it
+            entry.queued = number * resolution_s
+            bucket = buckets.get(number)
+            if bucket is None:
+                bucket = buckets[number] = []
+                heapq.heappush(ends, number)
+            bucket.append(entry.view.id)
+            count += 1
+        self._queued += count
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ only). One warm peer answers with its view as numbered chunks (``wire.SyncChunk`
 :func:`sync_chunks`): what many instances share (``wire.SyncShape``: service, version,
 endpoints, metadata...) once, and each instance as a row of its own fields, with its sequence
 and ``age_s``. The node checks every chunk, every shape once and every row, restores the
-instances into its view (:meth:`View.restore`), then applies what it held, where the view's
+instances into its view (:meth:`View.restore_all`), then applies what it held, where the view's
 sequence rule drops whatever the snapshot already holds. Its view is then the peer's, plus
 what changed since, and it is warm.
 
@@ -109,10 +109,7 @@ class PeerSync:
         try:
             with anyio.CancelScope() as self._scope:
                 self.peer, instances = await self._fetch()
-                for instance in instances:
-                    outcome = self._view.restore(instance)
-                    if outcome.dropped:
-                        self._dropped[outcome.dropped] += 1
+                self._dropped.update(self._view.restore_all(instances))
                 restored = True
             if not restored:
                 log.warning(
@@ -211,18 +208,19 @@ class SyncAnswer:
             raise SyncFailed(f"chunk {part} holds more than the {first.total} announced")
         if len(shapes) + len(chunk.shapes) > first.total:
             raise SyncFailed(f"chunk {part} holds more shapes than instances")
+        rows = chunk.rows
         try:
             for shape in chunk.shapes:
                 wire.check(shape)
                 shapes.append(shape)
-            for row in chunk.rows:
-                wire.check_sync_row(row)
-                if not 0 <= row.shape < len(shapes):
-                    raise SyncFailed(f"chunk {part}: an instance of shape {row.shape} unsent")
-                instances.append(wire.sync_view(shapes[row.shape], row))
+            wire.check_sync_rows(rows)
         except wire.Invalid as exc:
             self._dropped[exc.reason] += 1
             raise SyncFailed(f"an instance in chunk {part}: {exc}") from None
+        used = [row.shape for row in rows]
+        if used and (min(used) < 0 or max(used) >= len(shapes)):
+            raise SyncFailed(f"chunk {part}: an instance of a shape unsent")
+        instances.extend(wire.sync_views(shapes, rows))
         self._part += 1
         if chunk.more:
             return False
