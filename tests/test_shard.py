@@ -191,6 +191,9 @@ async def test_a_peers_part_is_checked_before_its_instances_are_taken(
         assert [i.id for i in node.snapshot(name="a").instances] == ["i1"]
         assert node.snapshot(name="b").instances == []
         assert node.dropped["subject_mismatch"] == 1 and sum(node.dropped.values()) == 2
+        # The view's own rules hold after the checks: what it holds at that sequence stays.
+        again = wire.InstanceView(id="i1", name="a", version="1.0.0", seq=1)
+        assert sharded.restore([again], "a") == 0 and node.dropped["stale"] == 1
 
 
 async def test_a_plain_adr32_service_is_held_and_answered_for_by_its_owners_alone(

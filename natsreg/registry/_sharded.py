@@ -122,7 +122,7 @@ class ShardedNode:
     def restore(self, instances: list[wire.InstanceView], name: str) -> int:
         """Take ``instances`` of the service ``name`` from a peer's part (_takeover.py),
         each checked as a peer's view is (_sync.py); how many were taken."""
-        taken = 0
+        checked = []
         for instance in instances:
             try:
                 if instance.name != name:
@@ -131,13 +131,11 @@ class ShardedNode:
             except wire.Invalid as exc:
                 self._dropped[exc.reason] += 1
                 continue
-            outcome = self._view.restore(instance)
-            if outcome.dropped:
-                self._dropped[outcome.dropped] += 1
-            else:
-                taken += 1
+            checked.append(instance)
+        dropped = self._view.restore_all(checked)
+        self._dropped.update(dropped)
         self._changed()
-        return taken
+        return len(checked) - dropped.total()
 
     async def warm_up(self) -> bool:
         """A starting node learns its peers and every service's name; whether a warm peer
