@@ -778,11 +778,17 @@ def check(message: Announce | Heartbeat | Goodbye | SrvInfo | InstanceView | Syn
     hold more.
     """
     check_name(message.name, "service name")
+    # A heartbeat first, the bulk of what a node hears: isinstance answers at once for the
+    # exact class, while a miss against a msgspec Struct class costs ~200 ns.
+    if isinstance(message, Heartbeat):
+        _check_id(message.id)
+        _check_finite(message.pace_s, "invalid_pace", "pace_s")
+        return
     if not isinstance(message, SyncShape):
         _check_id(message.id)
-    if isinstance(message, Heartbeat | Announce | InstanceView):
+    if isinstance(message, Announce | InstanceView):
         _check_finite(message.pace_s, "invalid_pace", "pace_s")
-    if isinstance(message, Heartbeat | Goodbye):
+    if isinstance(message, Goodbye):
         return
     if not _is_semver(message.version):
         raise Invalid("invalid_version", f"version {message.version[:40]!r} is not SemVer")
