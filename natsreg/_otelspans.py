@@ -32,7 +32,6 @@ from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
-    INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
     SpanContext,
@@ -99,15 +98,16 @@ class Recorder:
         """A started span under ``parent`` (a new trace if None), as the SDK's
         ``Tracer.start_span`` makes it: a :class:`RecordedSpan` if the sampler records it,
         else one that records nothing and carries the ids on."""
-        if self._enabled is not None and not self._enabled():
-            return NonRecordingSpan(parent or INVALID_SPAN_CONTEXT)
         if parent is None:
             trace_id = self._ids.generate_trace_id()
             flags = self._random
         else:
             trace_id = parent.trace_id
             flags = parent.trace_flags & _RANDOM
-        if self._sampler is DEFAULT_ON:
+        if self._enabled is not None and not self._enabled():
+            # A tracer the provider's configurator turned off: no span, the trace goes on.
+            record, state = False, None if parent is None else parent.trace_state
+        elif self._sampler is DEFAULT_ON:
             # The provider's default: ParentBased(ALWAYS_ON)'s answer, without its three calls
             # through the context and a SamplingResult per span.
             record = parent is None or parent.trace_flags.sampled

@@ -372,3 +372,21 @@ def test_another_tracer_gets_natsreg_spans_through_the_api(
     (exported,) = exporter.get_finished_spans()
     assert exported.parent is not None and exported.parent.span_id == int(CALLER.span_id, 16)
     wrapped.shutdown()
+
+
+def test_a_tracer_the_provider_turned_off_makes_no_span_and_the_trace_goes_on(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    sdk, exporter = provider
+    turn_off = getattr(sdk, "_set_tracer_configurator", None)
+    if turn_off is None:
+        pytest.skip("this SDK has no tracer configurator (1.34+)")
+    from opentelemetry.sdk.trace import _disable_tracer_configurator
+
+    turn_off(tracer_configurator=_disable_tracer_configurator)
+    server = handle(CALLER)
+    _, traceparent = call()
+    assert not exporter.get_finished_spans() and not server.is_recording()
+    assert server.get_span_context().trace_id == int(TRACE, 16)
+    sent = _trace.parse(traceparent)
+    assert sent is not None and sent.flags in ("00", "02")  # a valid, unsampled trace
