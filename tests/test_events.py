@@ -378,7 +378,7 @@ async def test_the_registry_and_the_cli_show_who_emits_each_event_type_and_drop_
             lambda: registry.stats().dropped.get("invalid_events", 0) == 1, what="forged dropped"
         )
         (view,) = registry.snapshot().instances
-        assert (view.id, view.emits) == (svc.id, ["order.placed", "user.created"])
+        assert (view.id, view.emits) == (svc.id, ("order.placed", "user.created"))
         api = RegistryApi(js, prefix=prefix)
         (summary,) = (await api.services()).services
         assert summary.emits == ["order.placed", "user.created"]

@@ -186,7 +186,7 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
             if stat.last_error:
                 last_errors[stat.name] = stat.last_error
     seen = set()
-    for e in first.endpoints + [e for i in snapshot.instances for e in i.endpoints]:
+    for e in [*first.endpoints, *(e for i in snapshot.instances for e in i.endpoints)]:
         if e.name in seen:
             continue
         seen.add(e.name)
