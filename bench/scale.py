@@ -19,7 +19,10 @@ virtual instances each) whose instances announce and heartbeat as real ones do. 
 
 - registry CPU (% of one core, over a 10 s window) and resident memory; the fleet's and
   nats-server's CPU over the same window, so what the machine spent elsewhere is in view;
-- heartbeat messages per second the node takes in, and its CPU time per heartbeat;
+- heartbeat messages per second the node takes in, and its CPU time per heartbeat; and, as a
+  baseline of the host's speed in the same minute, what nats-py's parser takes for one
+  heartbeat's frame in this process (``parse_us``) and the node's heartbeat in those
+  (``heartbeat_in_parses``: what a faster or slower moment of a shared machine moves least);
 - ``ls`` latency: the service summary ``natsreg ls`` shows (``registry.services``), and a
   whole-view query (``Client.instances()``, every instance), medians;
 - a fresh registry node's time to the full view (from entering ``Registry`` to holding every
@@ -412,6 +415,23 @@ async def measure(size: int, heartbeat_s: float, args: argparse.Namespace) -> Ro
     return row
 
 
+def parse_us(frames: int = 20_000, tries: int = 3) -> float:
+    """µs nats-py's parser takes for one heartbeat's ``MSG`` frame, in this process (the
+    fastest of ``tries``): bench/heartbeat.py's baseline, a measure of the host's speed."""
+    from heartbeat import Round, _Sink
+    from nats.protocol.parser import Parser
+
+    ids = [f"inst-{n}" for n in range(frames)]
+    wire_bytes = Round(ids, [f"svc-{n % 100}" for n in range(frames)], 2).wire_bytes
+    best = math.inf
+    for _ in range(tries):
+        parser = Parser(_Sink())
+        started = time.perf_counter()
+        asyncio.run(parser.parse(wire_bytes))
+        best = min(best, time.perf_counter() - started)
+    return round(best / frames * 1e6, 2)
+
+
 async def measure_node(
     nc: nats.NATS,
     url: str,
@@ -449,6 +469,10 @@ async def measure_node(
     row["heartbeats_per_s"] = round(size / heartbeat_s)
     row["offered_per_s"] = round(offered)  # short of heartbeats_per_s: the fleet fell behind
     row["us_per_heartbeat"] = round(cpu / 100 / max(offered, 1) * 1e6, 1)
+    # The host's speed this minute, beside the node: what one heartbeat costs the node, in
+    # nats-py parses of a heartbeat, moves far less from run to run than the CPU share does.
+    row["parse_us"] = await asyncio.to_thread(parse_us)
+    row["heartbeat_in_parses"] = round(float(row["us_per_heartbeat"]) / row["parse_us"], 2)
     row["fleet_cpu_pct"], row["server_cpu_pct"] = fleet_cpu, server_cpu
     stats = await bounded(notes, node_stats(nc, prefix))
     if stats is not None:
@@ -662,6 +686,8 @@ COLUMNS = (
     "rss_mb",
     "heartbeats_per_s",
     "us_per_heartbeat",
+    "parse_us",
+    "heartbeat_in_parses",
     "offered_per_s",
     "fleet_cpu_pct",
     "server_cpu_pct",
