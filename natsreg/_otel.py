@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import _trace
 from .errors import ServiceError
@@ -125,7 +125,11 @@ def server_span(
 
 
 def _start(
-    tracer: Tracer, name: str, kind: SpanKind, attributes: dict[str, str], parent: Any
+    tracer: Tracer,
+    name: str,
+    kind: SpanKind,
+    attributes: dict[str, str],
+    parent: SpanContext | None,
 ) -> Span:
     # A started span under ``parent`` (a SpanContext; None: a new trace).
     if isinstance(tracer, Recorder):
@@ -173,7 +177,7 @@ def _server_attributes(subject: str, queue_group: str) -> dict[str, str]:
     }
 
 
-def _remote(context: _trace.TraceContext) -> Any:
+def _remote(context: _trace.TraceContext) -> SpanContext:
     # The sender's span, as a parent this process did not make.
     flags = _FLAGS.get(context.flags)
     return SpanContext(

@@ -62,9 +62,9 @@ class Recorder:
         "_bounded",
         "_enabled",
         "_ids",
-        "_limits",
         "_random",
         "_sampler",
+        "limits",
         "processor",
         "resource",
         "scope",
@@ -80,12 +80,12 @@ class Recorder:
             InstrumentationScope(tracer.instrumentation_info.name)
         )
         # Read by the SDK on each span, so the checks a user's writes get are the provider's.
-        self._limits: SpanLimits = getattr(tracer, "_span_limits", None) or SpanLimits()
+        self.limits: SpanLimits = getattr(tracer, "_span_limits", None) or SpanLimits()
         # Limits tighter than the defaults bound natsreg's own attributes too, from the start,
         # as the SDK's span does; the defaults leave them as they are.
-        self._bounded = self._limits.max_attribute_length is not None or (
-            self._limits.max_span_attributes is not None
-            and self._limits.max_span_attributes < _OWN_ATTRIBUTES
+        self._bounded = self.limits.max_attribute_length is not None or (
+            self.limits.max_span_attributes is not None
+            and self.limits.max_span_attributes < _OWN_ATTRIBUTES
         )
         # A tracer the provider's configurator turned off makes no spans (SDK 1.34+).
         self._enabled = getattr(tracer, "_is_enabled", None)
@@ -127,9 +127,6 @@ class Recorder:
             span.set_attributes({})
         self.processor.on_start(span)  # type: ignore[arg-type]
         return span
-
-    def limits(self) -> SpanLimits:
-        return self._limits
 
 
 class RecordedSpan(api.Span, ReadableSpan):
@@ -189,7 +186,7 @@ class RecordedSpan(api.Span, ReadableSpan):
     ) -> None:
         if self._ended("add an event to"):
             return
-        limits = self._recorder.limits()
+        limits = self._recorder.limits
         if not isinstance(self._events, BoundedList):
             self._events = BoundedList(limits.max_events)
         checked = BoundedAttributes(
@@ -202,7 +199,7 @@ class RecordedSpan(api.Span, ReadableSpan):
             context.is_valid or attributes or context.trace_state
         ):
             return
-        limits = self._recorder.limits()
+        limits = self._recorder.limits
         if not isinstance(self._links, BoundedList):
             self._links = BoundedList(limits.max_links)
         checked = BoundedAttributes(
@@ -246,7 +243,7 @@ class RecordedSpan(api.Span, ReadableSpan):
 
     def _writable(self) -> BoundedAttributes:
         if not isinstance(self._attributes, BoundedAttributes):
-            limits = self._recorder.limits()
+            limits = self._recorder.limits
             self._attributes = BoundedAttributes(
                 limits.max_span_attributes,
                 self._attributes,
