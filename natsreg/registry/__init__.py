@@ -300,7 +300,9 @@ class Registry(anyio.AsyncContextManagerMixin):
                 await self._system_nc.flush()
             await self._nc.flush()
             self._running = True
-            holds = part.holds_micro if part is not None else None
+            # A sharded node keeps the plain ADR-32 services it holds, learning every name
+            # from the polls as from announcements (Shard.saw).
+            holds = part.shard.saw if part is not None else None
             micro = MicroPoll(self._nc, self._view, self.dropped, self._take_micro, holds)
             # Warming from the start: _warm_up sets how long once it knows.
             self._warm_until = self._clock() + FIRST_CHUNK_S

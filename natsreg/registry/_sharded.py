@@ -108,11 +108,6 @@ class ShardedNode:
             held = self.shard.holds(message.name)
         return held and not self.takeover.hold(message)
 
-    async def holds_micro(self, name: str) -> bool:
-        """Whether the node keeps the plain ADR-32 service ``name`` a poll found: one it
-        holds (its name is learnt either way, as an announcement's is)."""
-        return await self.shard.saw(name)
-
     def asks_later(self, message: wire.ControlMessage) -> bool:
         """Whether asking ``message``'s instance to announce waits for the announcements
         queued now to be read (its own may be among them)."""
