@@ -131,6 +131,21 @@ def counted_parts(script: str, count: int) -> list[int]:
         return [_total(part) for part in parts]
 
 
+def count(step: Callable[[], object], n: int, settle: Callable[[], object] = lambda: None) -> None:
+    """One count for :func:`counted_parts`, in the process callgrind runs: ``step`` 50 times
+    as a warm-up (first-use costs, caches), then ``n`` times between two dumps (each
+    ``os.getppid()``); ``settle`` runs before each dump (a span processor's queue flushed, so
+    its export thread's work falls in the count it belongs to)."""
+    for _ in range(50):
+        step()
+    settle()
+    os.getppid()
+    for _ in range(n):
+        step()
+    settle()
+    os.getppid()
+
+
 def counted_main(
     doc: str, script: str, run: Callable[[int], None], steps: str, counts: int
 ) -> tuple[int, list[int]] | None:

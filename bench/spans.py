@@ -32,7 +32,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from instructions import counted_main
+from instructions import count, counted_main
 
 MODES = ("sdk-span", "sdk-span-attrs", "sdk-pair", "natsreg-pair")
 PROCESSORS = ("batch", "simple")
@@ -102,18 +102,10 @@ def _step(mode: str, processor: str) -> tuple[Callable[[], None], Any]:
 
 
 def _run(iterations: int) -> None:
-    # Each getppid() makes callgrind write what it counted since the one before.
     for mode in MODES:
         for processor in PROCESSORS:
             step, provider = _step(mode, processor)
-            for _ in range(50):  # warm-up: first-use costs, caches
-                step()
-            provider.force_flush()
-            os.getppid()
-            for _ in range(iterations):
-                step()
-            provider.force_flush()
-            os.getppid()
+            count(step, iterations, provider.force_flush)
             provider.shutdown()  # its export thread ends: nothing of it in the next count
 
 

@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 
 from headers import BUDGET_AND_ID
-from instructions import counted_main
+from instructions import count, counted_main
 
 SUBJECT = "natsreg.svc.echo.echo"
 INBOX = "_INBOX.Wq3x9J0PqYH7mRhYvN6zQb.17"
@@ -92,12 +92,7 @@ def _run(steps: int) -> None:
         token = _trace.current.set(
             _trace.TraceContext(TRACE_ID, SPAN_ID) if mode == "trace context" else None
         )
-        for _ in range(50):  # warm-up: first-use costs, the names the parser remembers
-            step()
-        os.getppid()
-        for _ in range(steps):
-            step()
-        os.getppid()
+        count(step, steps)  # the warm-up teaches the parser the names, as a service's learns
         _trace.current.reset(token)
 
 
