@@ -11,17 +11,31 @@
   PONG's future off the queue as nats-py does, and sets its result only if nobody gave up on it.
 
 Both are set only where the installed nats-py has what they replace.
+
+And, asked for one subscription at a time (:func:`hand_over`), its messages handed straight
+from nats-py's parser to a function of natsreg's, as ``(subject, payload)``: no ``Msg`` made,
+no queue of nats-py's and no task of its own. A registry node takes its heartbeats so; nats-py's
+way of handing a message to a callback cost more than the node's whole handling of it
+(bench/RESULTS.md, "Heartbeats handed over by the parser").
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 
 from . import _headers
 
-__all__ = ["adopt"]
+__all__ = ["adopt", "hand_over", "take_back"]
+
+#: What takes a handed-over subscription's messages: ``(subject, payload)``, as read.
+Taker = Callable[[bytes, bytes], None]
+# nats-py's Client._process_msg(sid, subject, reply, payload, headers), as it types it.
+_ProcessMsg = Callable[[int, bytes, bytes, bytes, bytes], Coroutine[Any, Any, None]]
 
 
 def adopt(nc: NATS) -> None:
@@ -41,3 +55,50 @@ async def _process_pong(nc: NATS) -> None:
             future.set_result(True)
         nc._pongs_received += 1
         nc._pings_outstanding = 0
+
+
+def hand_over(nc: NATS, sub: Subscription, take: Taker) -> None:
+    """From now on, each message nats-py's parser reads for ``sub`` goes to ``take(subject,
+    payload)`` at once, in the read loop (which must not block on it); headers are not read.
+    Any message nats-py queued for ``sub`` before goes to ``take`` first. ``sub`` must have
+    no callback; :func:`take_back` once it is unsubscribed."""
+    takers = _takers(nc)
+    takers[sub._id] = take
+    queued = sub._pending_queue
+    while not queued.empty():
+        msg = queued.get_nowait()
+        take(msg.subject.encode(), msg.data)
+
+
+def take_back(nc: NATS, sub: Subscription) -> None:
+    """``sub``, unsubscribed, is forgotten (nats-py drops what still comes for it)."""
+    _takers(nc).pop(sub._id, None)
+
+
+def _takers(nc: NATS) -> dict[int, Taker]:
+    """The connection's handed-over subscriptions by id; natsreg's ``_process_msg`` in
+    front of nats-py's from the first one on."""
+    takers: dict[int, Taker] | None = getattr(nc, "_natsreg_takers", None)
+    if takers is None:
+        takers = {}
+        nc._natsreg_takers = takers  # type: ignore[attr-defined]
+        process = _process_msg(nc, takers, nc._process_msg)
+        nc._process_msg = process  # type: ignore[method-assign,assignment]
+    return takers
+
+
+def _process_msg(nc: NATS, takers: dict[int, Taker], process: _ProcessMsg) -> _ProcessMsg:
+    stats = nc.stats
+
+    async def process_msg(
+        sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        take = takers.get(sid)
+        if take is None:
+            await process(sid, subject, reply, data, headers)
+            return
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        take(subject, data)
+
+    return process_msg

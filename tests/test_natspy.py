@@ -1,5 +1,6 @@
 """What natsreg sets on the nats-py connections it is given: a PONG that comes after its
-flush gave up no longer stops the connection (natsreg/_natspy.py)."""
+flush gave up no longer stops the connection; and a subscription handed over to natsreg gets
+its messages from nats-py's parser as they are read (natsreg/_natspy.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from natsreg import _natspy
 from natsreg.testing import NatsServer
@@ -71,3 +73,47 @@ async def test_a_late_pong_leaves_an_adopted_connection_reading(server: NatsServ
     finally:
         await adopted.close()
         await plain.close()
+
+
+async def test_a_handed_over_subscription_gets_every_message_in_order(
+    nats_client: NATS, prefix: str
+) -> None:
+    nc, pub = nats_client, await nats.connect(nats_client.connected_url.geturl())
+    taken: list[tuple[bytes, bytes]] = []
+    plain: list[tuple[str, bytes, dict[str, str] | None]] = []
+
+    async def on_plain(msg: Msg) -> None:
+        plain.append((msg.subject, msg.data, msg.headers))
+
+    try:
+        sub = await nc.subscribe(f"{prefix}.taken.>")
+        others = await nc.subscribe(f"{prefix}.plain", cb=on_plain)
+        await nc.flush()
+        # Queued by nats-py before the hand-over: taken first, in order.
+        await pub.publish(f"{prefix}.taken.a", b"0")
+        await pub.flush()
+        await eventually(lambda: sub.pending_msgs == 1, what="the first message queued")
+        in_msgs = nc.stats["in_msgs"]
+        _natspy.hand_over(nc, sub, lambda subject, payload: taken.append((subject, payload)))
+        for n in range(1, 200):
+            await pub.publish(f"{prefix}.taken.b{n % 3}", str(n).encode(), headers={"x": "1"})
+        await pub.publish(f"{prefix}.plain", b"as before", headers={"h": "v"})
+        await pub.flush()
+        await eventually(lambda: len(taken) == 200 and len(plain) == 1, what="every message")
+        assert [int(payload) for _, payload in taken] == list(range(200))
+        assert taken[0][0] == f"{prefix}.taken.a".encode()
+        assert taken[5] == (f"{prefix}.taken.b2".encode(), b"5")
+        # The other subscriptions of the connection get their messages as nats-py makes them.
+        assert plain == [(f"{prefix}.plain", b"as before", {"h": "v"})]
+        assert nc.stats["in_msgs"] == in_msgs + 200
+        # Unsubscribed and taken back: nothing more comes.
+        await sub.unsubscribe()
+        _natspy.take_back(nc, sub)
+        await pub.publish(f"{prefix}.taken.c", b"late")
+        await pub.publish(f"{prefix}.plain", b"after")
+        await pub.flush()
+        await eventually(lambda: len(plain) == 2, what="the plain message after")
+        assert len(taken) == 200
+        await others.unsubscribe()
+    finally:
+        await pub.close()
