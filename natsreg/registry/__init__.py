@@ -24,7 +24,6 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
-import anyio.lowlevel
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -280,16 +279,14 @@ class Registry(anyio.AsyncContextManagerMixin):
             # Heartbeats, the bulk, and announcements, a fleet's storm when it starts, are
             # shed while the node catches up (_backpressure.py); goodbyes never are.
             on_announce = self._on_control if part is None else part.on_announce
-            await self._pressure.subscribe(
+            await self._pressure.take(
                 self._announcements, on_announce, shed_above=SHED_ANNOUNCEMENTS_BYTES
             )
             if part is None:
                 heartbeats = subjects.control_subject(self.prefix, "hb", ">")
-                await self._pressure.subscribe(
-                    heartbeats, self._on_control, shed_above=PENDING_BYTES
-                )
+                await self._pressure.take(heartbeats, self._on_control, shed_above=PENDING_BYTES)
                 goodbyes = subjects.control_subject(self.prefix, "bye", ">")
-                subs.append(await self._pressure.subscribe(goodbyes, self._on_control))
+                await self._pressure.take(goodbyes, self._on_control)
             else:
                 await part.start()
             await queries.start()
@@ -329,13 +326,11 @@ class Registry(anyio.AsyncContextManagerMixin):
 
     # -- input -------------------------------------------------------------------------------
 
-    async def _on_control(self, msg: Msg) -> None:
+    async def _on_control(self, subject: str, payload: bytes) -> None:
         # The bulk of a node's work: a heartbeat that changes nothing but its instance's
         # deadline, sequence and load stays synchronous from here to the view and back (no
         # coroutine awaited, no Outcome made, nothing published).
-        if self._pressure.pace():
-            await anyio.lowlevel.checkpoint()
-        message = self._admission.check(msg)
+        message = self._admission.check(subject, payload)
         if message is None:
             return
         if self._part is not None and not await self._part.admits(message):

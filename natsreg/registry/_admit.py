@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from nats.aio.msg import Msg
-
 from .. import wire
 from ._log import log
 
@@ -34,21 +32,21 @@ class Admission:
         self._dropped = dropped
         self._messages = messages
 
-    def check(self, msg: Msg) -> wire.ControlMessage | None:
-        """The control message ``msg`` carries, if it passes every check; None (and the drop
-        counted) if not."""
-        if len(msg.data) > wire.MAX_CONTROL_BYTES:
+    def check(self, subject: str, payload: bytes) -> wire.ControlMessage | None:
+        """The control message ``payload`` on ``subject`` carries, if it passes every check;
+        None (and the drop counted) if not."""
+        if len(payload) > wire.MAX_CONTROL_BYTES:
             self._dropped["oversized"] += 1
             return None
         try:
-            message = wire.decode_control(msg.data)
+            message = wire.decode_control(payload)
         except wire.MALFORMED:
             self._dropped["malformed"] += 1
-            log.debug("dropped a malformed control message on %s", msg.subject)
+            log.debug("dropped a malformed control message on %s", subject)
             return None
         # <prefix>.<verb>.<name>.<id>, naming exactly whom the body speaks for: with NATS
         # permissions per service, that is who may publish it.
-        tokens = msg.subject[self._skip :].split(".")
+        tokens = subject[self._skip :].split(".")
         if (
             len(tokens) != 3
             or _VERBS.get(tokens[0]) is not type(message)
@@ -62,6 +60,6 @@ class Admission:
             wire.check(message)
         except wire.Invalid as exc:
             self._dropped[exc.reason] += 1
-            log.debug("dropped a control message on %s: %s", msg.subject, exc)
+            log.debug("dropped a control message on %s: %s", subject, exc)
             return None
         return message

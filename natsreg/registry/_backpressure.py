@@ -1,21 +1,23 @@
 """A registry node under its own load: bounded subscription queues, and every message that does
 not fit counted and logged, never a silent stop.
 
-nats-py hands each callback subscription's messages from its read loop to one task through a
-queue. At nats-py's defaults (524,288 messages, 128 MB per subscription) a node that falls
-behind queues seconds of heartbeats, and the task that drains the queue never yields while it
-holds messages (``asyncio.Queue.get()`` returns at once when the queue is not empty): the read
-loop stops reading the socket, nats-server's buffer for the node fills, and the server closes
-the connection as a slow consumer. The node then hears nothing and answers nothing.
+A subscription's messages wait between nats-py's read loop and the task that reads them: in
+nats-py's queue for a query subscription, in an :class:`~._inbox.Inbox` for a control one
+(announcements, heartbeats, goodbyes, handed over by the parser). Unbounded (nats-py's
+defaults are 524,288 messages, 128 MB per subscription), a node that falls behind queues
+seconds of heartbeats, and the task that reads them never yields while it holds messages: the
+read loop stops reading the socket, nats-server's buffer for the node fills, and the server
+closes the connection as a slow consumer. The node then hears nothing and answers nothing.
 
-So each of the node's subscriptions holds at most :data:`PENDING_MSGS` messages and
-:data:`PENDING_BYTES` bytes; nats-py drops what does not fit and tells the connection's error
-callback (``SlowConsumerError``), which the node counts as ``dropped["slow_consumer"]`` and
-logs at most once per :data:`SLOW_LOG_S`; and its heartbeat subscription, once it overflowed,
-is drained and taken again (:meth:`Backpressure.relieve`), so that nats-server drops the
-heartbeats sent meanwhile rather than the node reading each one to drop it. The control
-handler yields to the event loop every :data:`YIELD_EVERY` messages, so the read loop keeps
-reading (and dropping, when it must) and queries are answered while a backlog drains; and
+So each of the node's queues holds at most :data:`PENDING_MSGS` messages and
+:data:`PENDING_BYTES` bytes; what does not fit is dropped (nats-py tells the connection's error
+callback, ``SlowConsumerError``; an inbox tells the node), counted as
+``dropped["slow_consumer"]`` and logged at most once per :data:`SLOW_LOG_S`; and its heartbeat
+and announcement inboxes, once one overflowed or holds too much, are unsubscribed until read,
+then subscribed again (:meth:`Backpressure.relieve`), so that nats-server drops what is sent
+meanwhile rather than the node reading each message to drop it. An inbox's task yields to the
+event loop every :data:`YIELD_EVERY` messages, so the read loop keeps reading (and dropping,
+when it must) and queries are answered while a backlog drains; and
 while a backlog is deep, or it dropped or shed messages lately, the node expires nothing, as
 while it is disconnected. A dropped heartbeat costs nothing (the next one comes within an
 interval); a dropped announcement is asked again (the instance's next heartbeat is from an
@@ -24,17 +26,19 @@ unknown id, docs/protocol.md rule 4).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
 
+from .. import _natspy
+from ._inbox import Handler, Inbox
 from ._log import log, unsubscribe_all
 
 #: Messages one subscription may queue: at ~13 µs a heartbeat, about 0.85 s of work, under the
@@ -49,7 +53,7 @@ PENDING_BYTES = 64 * 1024 * 1024
 #: read (64 MB by default, less on a tight server) once what it sent meanwhile is added.
 #: Heartbeats, a fifth of an announcement's size, are shed once their queue is full.
 SHED_ANNOUNCEMENTS_BYTES = 4 * 1024 * 1024
-#: The control handler lets other tasks run after this many messages.
+#: An inbox's task lets other tasks run after this many messages.
 YIELD_EVERY = 16
 #: A node with more messages than this waiting in its queues is behind: it expires nothing
 #: until it has read them, since the heartbeats it has not read yet may be the ones due.
@@ -74,24 +78,18 @@ class Backpressure:
         self._dropped = dropped
         self._clock = clock
         self._subs: set[Subscription] = set()
-        # Those it may shed, with what it takes to subscribe again; and those that overflowed.
-        self._sheddable: dict[Subscription, tuple[str, Callable[[Msg], Awaitable[None]], int]] = {}
-        self._overflowed: set[Subscription] = set()
+        # The control inboxes, each read by its own task; those it may shed, above how many
+        # bytes; and those that overflowed.
+        self._readers: dict[Inbox, asyncio.Task[None]] = {}
+        self._shed_above: dict[Inbox, int] = {}
+        self._overflowed: set[Inbox] = set()
         self._logged_at = float("-inf")
-        self._since_yield = 0
         self._dropped_at = float("-inf")
 
     async def subscribe(
-        self,
-        subject: str,
-        cb: Callable[[Msg], Awaitable[None]],
-        queue: str = "",
-        *,
-        shed_above: int | None = None,
+        self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = ""
     ) -> Subscription:
-        """``nc.subscribe`` with the node's queue limits, its drops counted. One with
-        ``shed_above`` (bytes) is the node's to unsubscribe (:meth:`close`): :meth:`relieve`
-        replaces it once its queue overflowed or holds more than that."""
+        """``nc.subscribe`` with the node's queue limits, its drops counted."""
         sub = await self._nc.subscribe(
             subject,
             queue=queue,
@@ -100,75 +98,103 @@ class Backpressure:
             pending_bytes_limit=PENDING_BYTES,
         )
         self._subs.add(sub)
-        if shed_above is not None:
-            self._sheddable[sub] = (subject, cb, shed_above)
         return sub
 
-    async def unsubscribe(self, subs: list[Subscription]) -> None:
-        """Unsubscribe ``subs``, taken with :meth:`subscribe`, and stop watching them."""
+    async def take(self, subject: str, handler: Handler, *, shed_above: int | None = None) -> Inbox:
+        """Control messages on ``subject``, handed to ``handler(subject, payload)`` in the
+        order read, from an :class:`Inbox` within the node's queue limits, its drops counted.
+        One with ``shed_above`` (bytes) :meth:`relieve` sheds once its queue overflowed or
+        holds more than that."""
+        inbox = Inbox(
+            subject,
+            handler,
+            self._overflow,
+            max_msgs=PENDING_MSGS,
+            max_bytes=PENDING_BYTES,
+            yield_every=YIELD_EVERY,
+        )
+        await self._feed(inbox)
+        self._readers[inbox] = asyncio.get_running_loop().create_task(inbox.read())
+        if shed_above is not None:
+            self._shed_above[inbox] = shed_above
+        return inbox
+
+    async def _feed(self, inbox: Inbox) -> None:
+        # A subscription without a callback (nats-py makes no task for it) whose messages
+        # its parser hands to the inbox.
+        sub = await self._nc.subscribe(inbox.subject)
+        _natspy.hand_over(self._nc, sub, inbox.put)
+        inbox.sub = sub
+
+    async def _starve(self, inbox: Inbox) -> None:
+        sub, inbox.sub = inbox.sub, None
+        if sub is not None:
+            await unsubscribe_all([sub])
+            _natspy.take_back(self._nc, sub)
+
+    async def unsubscribe(self, subs: Iterable[Subscription | Inbox]) -> None:
+        """Unsubscribe ``subs``, taken with :meth:`subscribe` or :meth:`take`, and stop
+        watching them; what an inbox still holds is not read."""
+        plain = []
         for sub in subs:
-            self._subs.discard(sub)
-            self._sheddable.pop(sub, None)
-            self._overflowed.discard(sub)
-        await unsubscribe_all(subs)
+            if isinstance(sub, Inbox):
+                self._shed_above.pop(sub, None)
+                self._overflowed.discard(sub)
+                reader = self._readers.pop(sub, None)
+                if reader is not None:
+                    reader.cancel()
+                sub.close()  # a shedding that waits for it to be read waits no more
+                await self._starve(sub)
+            else:
+                self._subs.discard(sub)
+                plain.append(sub)
+        await unsubscribe_all(plain)
 
     def queued(self, subject: str) -> int:
-        """Messages waiting on the sheddable subscription to ``subject`` (0 while it sheds)."""
-        for sub, (sheddable, _, _) in self._sheddable.items():
-            if sheddable == subject:
-                return int(sub.pending_msgs)
+        """Messages waiting in the inbox of ``subject``."""
+        for inbox in self._readers:
+            if inbox.subject == subject:
+                return inbox.pending_msgs
         return 0
 
     async def relieve(self) -> None:
-        """Called regularly: a sheddable subscription whose queue overflowed, or holds more
-        than its ``shed_above``, is drained, then taken again. While it drains, nats-server
-        drops what comes for it, where the node would have had to read each message to drop
-        it: a node that cannot even read what it is sent would fall behind its socket until
-        nats-server cut it off."""
+        """Called regularly: a sheddable inbox that overflowed, or holds more than its
+        ``shed_above``, is unsubscribed until it has been read, then subscribed again.
+        Meanwhile nats-server drops what comes for it, where the node would have had to read
+        each message to drop it: a node that cannot even read what it is sent would fall
+        behind its socket until nats-server cut it off."""
         due = [
-            sub
-            for sub, (_, _, above) in self._sheddable.items()
-            if sub in self._overflowed or sub.pending_bytes > above
+            inbox
+            for inbox, above in self._shed_above.items()
+            if inbox in self._overflowed or inbox.pending_bytes > above
         ]
-        for sub in due:
-            subject, cb, above = self._sheddable.pop(sub)
-            self._overflowed.discard(sub)
+        for inbox in due:
+            self._overflowed.discard(inbox)
             self._dropped["shed"] += 1
             self._warn(
-                f"shedding {subject} until it has caught up ({sub.pending_msgs} messages "
-                f"queued); {self._dropped['shed']} times since start"
+                f"shedding {inbox.subject} until it has caught up ({inbox.pending_msgs} "
+                f"messages queued); {self._dropped['shed']} times since start"
             )
-            try:
-                await sub.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
-            except nats.errors.Error as exc:
-                log.debug("drain failed: %s", exc)
-            self._subs.discard(sub)
+            await self._starve(inbox)
+            await inbox.emptied()
             # What was sent meanwhile is gone: silence proves nothing for a while.
             self._dropped_at = self._clock()
-            await self.subscribe(subject, cb, shed_above=above)
+            if inbox in self._readers:  # not unsubscribed meanwhile
+                await self._feed(inbox)
 
     async def close(self) -> None:
-        """Unsubscribe the sheddable subscriptions (the others are their subscriber's)."""
-        subs, self._sheddable = list(self._sheddable), {}
-        await unsubscribe_all(subs)
+        """Unsubscribe every inbox (the plain subscriptions are their subscriber's)."""
+        await self.unsubscribe(list(self._readers))
 
     def behind(self) -> bool:
         """Whether the node has fallen behind what it was sent (:data:`BEHIND_MSGS`), in all
         its queues together: a sharded node's heartbeats wait in one queue per service."""
-        return sum(sub.pending_msgs for sub in self._subs) > BEHIND_MSGS
+        waiting = sum(inbox.pending_msgs for inbox in self._readers)
+        return waiting + sum(sub.pending_msgs for sub in self._subs) > BEHIND_MSGS
 
     def silence_proves_nothing(self) -> bool:
         """Whether the node may have missed heartbeats: behind, or it dropped one lately."""
         return self.behind() or self._clock() - self._dropped_at < QUIET_AFTER_DROP_S
-
-    def pace(self) -> bool:
-        """Called once per message handled: True every :data:`YIELD_EVERY` messages, when
-        the handler must yield to the event loop (``anyio.lowlevel.checkpoint``)."""
-        self._since_yield += 1
-        if self._since_yield < YIELD_EVERY:
-            return False
-        self._since_yield = 0
-        return True
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -190,12 +216,17 @@ class Backpressure:
             self._nc._error_cb = previous
 
     def _slow(self, exc: SlowConsumerError) -> None:
+        self._drop(exc.subject)
+
+    def _overflow(self, inbox: Inbox) -> None:
+        self._overflowed.add(inbox)
+        self._drop(inbox.subject)
+
+    def _drop(self, subject: str) -> None:
         self._dropped["slow_consumer"] += 1
-        if exc.sub in self._sheddable:
-            self._overflowed.add(exc.sub)
         self._dropped_at = self._clock()
         self._warn(
-            f"dropped a message on {exc.subject[:200]}, its queue full ({PENDING_MSGS} "
+            f"dropped a message on {subject[:200]}, its queue full ({PENDING_MSGS} "
             f"messages or {PENDING_BYTES // (1024 * 1024)} MB); "
             f"{self._dropped['slow_consumer']} dropped since start"
         )

@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .. import subjects, wire
+from ._inbox import Handler, Inbox
 from ._log import log
 
 #: Nodes that hold each service: one can die and the service is still answered for.
@@ -53,6 +54,7 @@ MAX_PRESENCE_BYTES = 512
 
 _Callback = Callable[[Msg], Awaitable[None]]
 _Subscribe = Callable[..., Awaitable[Subscription]]
+_Take = Callable[[str, Handler], Awaitable[Inbox]]
 
 
 def _weight(node: str, service: str) -> bytes:
@@ -128,9 +130,9 @@ def check_presence(subject: str, prefix: str, data: bytes) -> wire.ShardPresence
 class Shard:
     """A sharded node's part: presence, the services it holds, and their subscriptions.
 
-    ``subscribe(subject, cb, queue)`` and ``unsubscribe(subs)`` are the node's own
-    (``Backpressure``); ``on_control`` takes
-    heartbeats and goodbyes, ``on_query`` service queries; ``forget(names)`` drops lost
+    ``subscribe(subject, cb, queue)``, ``take(subject, handler)`` and ``unsubscribe(subs)``
+    are the node's own (``Backpressure``); ``on_control`` takes heartbeats and goodbyes,
+    ``on_query`` service queries; ``forget(names)`` drops lost
     services from the view. ``warm_s`` is how long a re-announce round takes.
     """
 
@@ -138,12 +140,13 @@ class Shard:
         self,
         nc: NATS,
         subscribe: _Subscribe,
-        unsubscribe: Callable[[list[Subscription]], Awaitable[None]],
+        take: _Take,
+        unsubscribe: Callable[[list[Subscription | Inbox]], Awaitable[None]],
         dropped: Counter[str],
         *,
         prefix: str,
         node_id: str,
-        on_control: _Callback,
+        on_control: Handler,
         on_query: _Callback,
         forget: Callable[[set[str]], None],
         on_gain: Callable[[str], None],
@@ -153,6 +156,7 @@ class Shard:
     ) -> None:
         self._nc = nc
         self._subscribe = subscribe
+        self._take = take
         self._unsubscribe = unsubscribe
         self._dropped = dropped
         self.prefix = prefix
@@ -166,7 +170,7 @@ class Shard:
         self.members = Members(node_id, clock=clock)
         # Every service name heard announced, and those held: name -> its subscriptions.
         self._names: set[str] = set()
-        self._held: dict[str, list[Subscription]] = {}
+        self._held: dict[str, list[Inbox]] = {}
         # Held services not yet answered for: name -> when the re-announce round is over.
         self._warming: dict[str, float] = {}
         self._answering: dict[str, Subscription] = {}
@@ -208,7 +212,7 @@ class Shard:
 
     async def close(self) -> None:
         """Say this node leaves (its services move at once), and unsubscribe."""
-        subs = [s for held in self._held.values() for s in held]
+        subs: list[Subscription | Inbox] = [s for held in self._held.values() for s in held]
         subs += list(self._answering.values())
         if self._presence_sub is not None:
             subs.append(self._presence_sub)
@@ -262,7 +266,9 @@ class Shard:
         lost = {name for name, at in self._leaving.items() if at <= now}
         if lost:
             # Forgotten at once, unsubscribed after: what is still in flight is not held.
-            subs = [sub for name in lost for sub in self._held.pop(name, [])]
+            subs: list[Subscription | Inbox] = [
+                sub for name in lost for sub in self._held.pop(name, [])
+            ]
             for name in lost:
                 del self._leaving[name]
                 self._warming.pop(name, None)
@@ -338,7 +344,7 @@ class Shard:
         subs = self._held[name] = []
         for verb in ("hb", "bye"):
             subject = subjects.control_subject(self.prefix, verb, name, "*")
-            subs.append(await self._subscribe(subject, self._on_control))
+            subs.append(await self._take(subject, self._on_control))
         if ask:
             # Taken from its holders (_takeover.py), which call gained(); until then the
             # node does not answer for it (the nodes that held it still do).

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from .. import wire
 from ._backpressure import Backpressure
+from ._inbox import Handler
 from ._shard import LateAsks, Shard
 from ._takeover import Takeover
 from ._view import View
@@ -49,7 +50,7 @@ class ShardedNode:
         dropped: Counter[str],
         *,
         announcements: str,
-        on_control: _OnMsg,
+        on_control: Handler,
         on_query: _OnMsg,
         take: Callable[[wire.ControlMessage], Awaitable[None]],
         forget: Callable[[set[str]], None],
@@ -68,6 +69,7 @@ class ShardedNode:
         self.shard = Shard(
             nc,
             pressure.subscribe,
+            pressure.take,
             pressure.unsubscribe,
             dropped,
             prefix=registry.prefix,
@@ -89,13 +91,13 @@ class ShardedNode:
     async def close(self) -> None:
         await self.shard.close()
 
-    async def on_announce(self, msg: Msg) -> None:
+    async def on_announce(self, subject: str, payload: bytes) -> None:
         """Every announcement, for a new service's name; one of a known service the node
         does not hold it leaves unread (:meth:`Shard.skips`). Each one read counts for the
         asks held back until then."""
         self._late_asks.read += 1
-        if not self.shard.skips(msg.subject):
-            await self._on_control(msg)
+        if not self.shard.skips(subject):
+            await self._on_control(subject, payload)
 
     async def admits(self, message: wire.ControlMessage) -> bool:
         """Whether the node takes ``message`` now: one of a service it holds (an
