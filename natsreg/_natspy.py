@@ -67,6 +67,7 @@ def hand_over(nc: NATS, sub: Subscription, take: Taker) -> None:
     queued = sub._pending_queue
     while not queued.empty():
         msg = queued.get_nowait()
+        sub._pending_size -= len(msg.data)
         take(msg.subject.encode(), msg.data)
 
 
