@@ -16,15 +16,21 @@ microseconds per heartbeat, medians over the rounds:
 - ``decode``, ``check``, ``apply``: the node's own steps (``wire.decode_control``,
   ``wire.check``, ``View.apply``);
 - ``handler``: ``Registry._on_control`` whole (size check, decode, subject against body, check,
-  apply, pacing), on a node that holds every instance;
+  apply), on a node that holds every instance;
+- ``read: callback`` and ``read: inbox``: what the node's read loop does for a heartbeat, from
+  the bytes read to the view: nats-py's parser, then the message handed to the handler, by
+  nats-py's way (a ``Msg``, its queue and a task calling back) or by natsreg's
+  (``registry/_inbox.py``: the parser hands subject and payload to the node's own queue), each
+  on a node of its own; the bytes come in 16 KiB reads, each followed by a turn of the event
+  loop, as from a socket;
 - ``apply+sweep``: ``View.apply`` and the node's sweep (``View.expire`` every 0.1 s) in a
   steady state, on a view of its own with a simulated clock: each round is one second, in
   which every instance heartbeats once, a tenth of them between two sweeps.
 
 ``--instructions`` counts the same stages in CPU instructions under valgrind's callgrind, which
-a loaded machine does not move: the parse, the handler, ``apply`` and ``apply+sweep`` are
-each run alone for one round and for three over the same instances, and the difference, over
-two rounds of heartbeats, is one heartbeat's cost.
+a loaded machine does not move: every stage but ``decode`` and ``check`` is run alone for one
+round and for three over the same instances, and the difference, over two rounds of
+heartbeats, is one heartbeat's cost (``--instances 10000``: about 20 minutes).
 
 ``--delivery`` measures what comes between nats-py's parser and a handler, against a real
 nats-server: the messages are let pile up in a subscription's queue, then drained through each
@@ -56,14 +62,27 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.protocol.parser import Parser
 
 import natsreg
-from natsreg import subjects, wire
+from natsreg import _natspy, subjects, wire
+from natsreg.registry._backpressure import PENDING_BYTES, PENDING_MSGS, YIELD_EVERY
+from natsreg.registry._inbox import Inbox
 from natsreg.registry._view import View
 
 PREFIX = "bench"
-STAGES = ("nats-py parse", "decode", "check", "handler", "apply", "apply+sweep")
+STAGES = (
+    "nats-py parse",
+    "decode",
+    "check",
+    "handler",
+    "apply",
+    "apply+sweep",
+    "read: callback",
+    "read: inbox",
+)
+READ_BYTES = 16 * 1024
 SWEEPS_PER_S = 10
 _TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.MULTILINE)
 
@@ -79,6 +98,61 @@ def frames(beats: list[tuple[str, bytes]]) -> bytes:
     return b"".join(
         b"MSG %s 1 %d\r\n%s\r\n" % (subject.encode(), len(data), data) for subject, data in beats
     )
+
+
+class Reader:
+    """A node of its own (never connected) and the way its heartbeats reach it from nats-py's
+    parser: ``callback`` (nats-py's) or ``inbox`` (natsreg's)."""
+
+    def __init__(self, way: str, ids: list[str], names: list[str]) -> None:
+        self.nc = NATS()
+        self.node = natsreg.Registry(self.nc, prefix=PREFIX)
+        for instance_id, name in zip(ids, names, strict=True):
+            announce = wire.Announce(id=instance_id, name=name, version="1.0.0", seq=1)
+            self.node._view.apply(announce)
+        self.way = way
+        self._subject = subjects.control_subject(PREFIX, "hb", ">")
+
+    async def start(self) -> None:
+        on_control = self.node._on_control
+        if self.way == "callback":
+            handled = [0]
+
+            async def cb(msg: Msg) -> None:
+                # As the node did: a turn of the event loop every YIELD_EVERY messages.
+                await on_control(msg.subject, msg.data)
+                handled[0] += 1
+                if handled[0] % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+
+            limits = {"pending_msgs_limit": PENDING_MSGS, "pending_bytes_limit": PENDING_BYTES}
+            sub = Subscription(self.nc, 1, self._subject, cb=cb, **limits)
+            sub._start(None)  # type: ignore[no-untyped-call]
+            self.nc._subs[1] = sub
+            self.pending = lambda: sub.pending_msgs
+        else:
+            inbox = Inbox(
+                self._subject,
+                on_control,
+                lambda _: None,
+                max_msgs=PENDING_MSGS,
+                max_bytes=PENDING_BYTES,
+                yield_every=YIELD_EVERY,
+            )
+            sub = Subscription(self.nc, 1, self._subject)
+            self.nc._subs[1] = sub
+            _natspy.hand_over(self.nc, sub, inbox.put)
+            self._task = asyncio.create_task(inbox.read())
+            self.pending = lambda: inbox.pending_msgs
+        await asyncio.sleep(0)
+
+    async def read(self, wire_bytes: bytes) -> None:
+        """``wire_bytes`` read as from the socket, until every heartbeat is handled."""
+        for at in range(0, len(wire_bytes), READ_BYTES):
+            await self.nc._ps.parse(wire_bytes[at : at + READ_BYTES])
+            await asyncio.sleep(0)
+        while self.pending():
+            await asyncio.sleep(0)
 
 
 def per_beat_us(run: Callable[[], object], count: int) -> float:
@@ -100,7 +174,6 @@ class Round:
         ]
         self.wire_bytes = frames(self.beats)
         self.decoded = [wire.decode_control(data) for _, data in self.beats]
-        self.msgs = [Msg(None, subject=s, data=d) for s, d in self.beats]  # type: ignore[arg-type]
         # apply alone gets the next number, after the handler's
         self.later = [wire.Heartbeat(id=m.id, name=m.name, seq=m.seq + 1) for m in self.decoded]
 
@@ -138,6 +211,9 @@ async def main(instances: int, rounds: int, only: str | None, run_rounds: int) -
 
     for beats in second_beats[:warm]:
         one_second(beats)
+    readers = [Reader(stage[6:], ids, names) for stage in STAGES[-2:] if wanted(stage)]
+    for reader in readers:
+        await reader.start()
     figures: dict[str, list[float]] = {}
 
     for r, data in enumerate(prepared[:run_rounds]):
@@ -158,8 +234,8 @@ async def main(instances: int, rounds: int, only: str | None, run_rounds: int) -
             )
         if wanted("handler"):
             start = time.perf_counter()
-            for msg in data.msgs:
-                await node._on_control(msg)
+            for subject, payload in data.beats:
+                await node._on_control(subject, payload)
             figures.setdefault("handler", []).append(
                 (time.perf_counter() - start) / instances * 1e6
             )
@@ -174,7 +250,16 @@ async def main(instances: int, rounds: int, only: str | None, run_rounds: int) -
             figures.setdefault("apply+sweep", []).append(
                 (time.perf_counter() - start) / instances * 1e6
             )
+        for reader in readers:
+            start = time.perf_counter()
+            await reader.read(data.wire_bytes)
+            figures.setdefault(f"read: {reader.way}", []).append(
+                (time.perf_counter() - start) / instances * 1e6
+            )
             assert len(steady) == instances
+    for reader in readers:
+        node_heard = reader.node.messages["heartbeat"]
+        assert not reader.node.dropped and node_heard == instances * run_rounds, node_heard
     assert not node.dropped and len(node._view) == instances, node.dropped
     if only is not None:
         return
@@ -190,7 +275,7 @@ def instructions(instances: int) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
     counts: dict[str, float] = {}
-    for stage in ("nats-py parse", "handler", "apply", "apply+sweep"):  # decode, check: timed
+    for stage in [s for s in STAGES if s not in ("decode", "check")]:  # decode, check: timed
         totals = []
         for run_rounds in (1, 3):
             with tempfile.TemporaryDirectory() as folder:
