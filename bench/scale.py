@@ -304,9 +304,11 @@ async def start_fleets(
     heartbeat_s: float,
     processes: list[subprocess.Popen[str]],
     script: Path = HERE / "fleet.py",
+    ramp_s: float | None = None,
 ) -> list[subprocess.Popen[str]]:
     """``size`` simulated instances, in processes of at most PER_FLEET_PROCESS, every one
-    announced; each process is appended to ``processes`` as it starts."""
+    announced (over ``ramp_s``, by default a second per 10,000 instances of a process); each
+    process is appended to ``processes`` as it starts."""
     count = math.ceil(size / PER_FLEET_PROCESS)
     fleets = []
     for k in range(count):
@@ -314,10 +316,11 @@ async def start_fleets(
         command = [sys.executable, str(script), "--url", url, "--prefix", prefix]
         command += ["--instances", str(instances), "--tag", f"f{k}"]
         # --heartbeat: the name both this simulator and the nats-py one before it take
-        command += ["--heartbeat", str(heartbeat_s), "--ramp", str(max(1.0, instances / 10_000))]
+        ramp = ramp_s if ramp_s is not None else max(1.0, instances / 10_000)
+        command += ["--heartbeat", str(heartbeat_s), "--ramp", str(ramp)]
         fleets.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
         processes.append(fleets[-1])
-    bound_s = 30 + size / 2_000
+    bound_s = 30 + size / 2_000 + (ramp_s or 0.0)
     for fleet in fleets:
         assert fleet.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(fleet.stdout.readline), bound_s)

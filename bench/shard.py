@@ -96,6 +96,7 @@ async def run(server: Any, args: argparse.Namespace, prefix: str, count: int) ->
     if args.system_events:
         command += ["--system-server", server.url.replace("nats://", "nats://sys:sys@")]
     command += ["--shard"] if sharded else []
+    command += ["--pace", str(args.pace)] if args.pace is not None else []
     processes: list[subprocess.Popen[str]] = []
     row: dict[str, Any] = {"nodes": count, "sharded": sharded}
     with contextlib.ExitStack() as files:
@@ -126,7 +127,9 @@ async def measure(
 
         await wait_for(up, 60, f"{count} registry nodes up")
         started = time.monotonic()
-        await start_fleets(url, prefix, args.instances, args.heartbeat_s, processes)
+        await start_fleets(
+            url, prefix, args.instances, args.heartbeat_s, processes, ramp_s=args.ramp_s
+        )
 
         shown = [time.monotonic()]
 
@@ -190,6 +193,16 @@ async def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="nodes read disconnect advisories (and allow the 10 s pace)",
+    )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        help="the interval the nodes let the fleet keep (natsreg registry --pace; default 10 s)",
+    )
+    parser.add_argument(
+        "--ramp-s",
+        type=float,
+        help="seconds each simulator takes to announce its instances (default: 1 per 10,000)",
     )
     parser.add_argument(
         "--baseline",
