@@ -557,6 +557,77 @@ def test_a_service_summary_counts_each_health_and_the_most_recent_instance() -> 
     )
 
 
+def test_a_summary_follows_health_changes_and_drops_a_health_no_instance_has() -> None:
+    view = View(clock=Clock())
+    view.apply(announce(1, "i1"))
+    view.apply(announce(1, "i2"))
+    view.apply(beat(2, "i1", health="critical"))
+    assert [s.health for s in view.summaries()] == [{"passing": 1, "critical": 1}]
+    view.apply(beat(3, "i1", health="critical"))  # no change: counted once
+    view.apply(beat(2, "i2", health="critical"))
+    assert [s.health for s in view.summaries()] == [{"critical": 2}]
+    view.apply(goodbye(4, "i1"))
+    assert [(s.instances, s.health) for s in view.summaries()] == [(1, {"critical": 1})]
+
+
+def test_a_summary_keeps_an_endpoint_while_any_instance_has_it() -> None:
+    def endpoints(*names: str) -> list[wire.Endpoint]:
+        return [wire.Endpoint(name=n, subject=f"svc.{n}", queue_group="q") for n in names]
+
+    view = View(clock=Clock())
+    view.apply(announce(1, "i1", endpoints=endpoints("a", "b"), emits=["x.made"]))
+    view.apply(announce(1, "i2", endpoints=endpoints("b", "c")))
+    (summary,) = view.summaries()
+    assert (summary.endpoints, summary.emits) == (["a", "b", "c"], ["x.made"])
+    view.apply(goodbye(2, "i2"))
+    (summary,) = view.summaries()
+    assert (summary.instances, summary.endpoints, summary.emits) == (1, ["a", "b"], ["x.made"])
+    # Announced again with other endpoints: the old ones go with the old announcement.
+    view.apply(announce(3, "i1", endpoints=endpoints("d")))
+    (summary,) = view.summaries()
+    assert (summary.endpoints, summary.emits) == (["d"], [])
+    view.apply(goodbye(4, "i1"))
+    assert view.summaries() == []
+
+
+def test_the_last_heard_of_a_service_falls_back_when_its_newest_instance_goes() -> None:
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply(announce(1, "old"))
+    clock.now = START + 1.0
+    view.apply(announce(1, "new"))
+    clock.now = START + 1.5
+    assert [s.last_heard_s for s in view.summaries()] == [0.5]
+    view.apply(goodbye(2, "new"))
+    # The one left was last heard at the start: 1.5 s ago, not the gone one's 0.5 s.
+    assert [s.last_heard_s for s in view.summaries()] == [1.5]
+    clock.now = START + 2.0
+    view.apply(beat(2, "old"))
+    clock.now = START + 2.25
+    assert [s.last_heard_s for s in view.summaries()] == [0.25]
+    # An older instance going changes nothing.
+    view.apply(announce(1, "older"))
+    clock.now = START + 3.0
+    view.apply(beat(3, "old"))
+    view.apply(goodbye(2, "older"))
+    assert [s.last_heard_s for s in view.summaries()] == [0.0]
+
+
+def test_summaries_are_by_name_then_version_then_kind() -> None:
+    view = View(clock=Clock())
+    for instance_id, name, version in [
+        ("b2", "b", "2.0.0"),
+        ("a1", "a", "1.0.0"),
+        ("b1", "b", "1.0.0"),
+    ]:
+        view.apply(wire.Announce(id=instance_id, name=name, version=version, seq=1))
+    assert [(s.name, s.version) for s in view.summaries()] == [
+        ("a", "1.0.0"),
+        ("b", "1.0.0"),
+        ("b", "2.0.0"),
+    ]
+
+
 def test_a_ping_from_a_listed_plain_adr32_instance_counts_as_hearing_from_it() -> None:
     # What `natsreg ls` shows as the last heartbeat of a plain service is its last ping reply.
     clock = Clock()

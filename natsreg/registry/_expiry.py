@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .. import wire
+from ._summaries import UNHELD, Group
 
 #: Deadlines are kept to this resolution: an instance is expired at most this long after its
 #: deadline, plus the time until the node's next sweep (every ``Registry.sweep_s``).
@@ -44,6 +45,8 @@ class Entry(msgspec.Struct, gc=False):
     #: such instances count for the mass-expiry alarm, so that a flood of one-off fake
     #: announcements expiring together raises none.
     proven: bool = False
+    #: Its service's line of ``natsreg ls`` once it is held (_summaries.py).
+    group: Group = UNHELD
 
 
 class Deadlines:

@@ -19,6 +19,7 @@ import msgspec
 from .. import wire
 from ._expiry import Deadlines, Entry, MassAlert, MassWatch
 from ._sequence import Sequences, Tombstone, jump_rate
+from ._summaries import Summaries
 
 #: Default caps: instances of one service (the client catalog's cap) and on one node.
 MAX_PER_SERVICE = 10_000
@@ -109,6 +110,7 @@ class View:
         # NATS connection -> instances on it, for the server's disconnect advisories.
         self._by_conn: dict[str, set[str]] = {}
         self._mass = MassWatch(mass_fraction, mass_window_s, mass_alert_s)
+        self._summaries = Summaries()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -260,39 +262,9 @@ class View:
     # -- output ------------------------------------------------------------------------------
 
     def summaries(self) -> list[wire.ServiceSummary]:
-        """Every service at every version, summed over its instances, in one pass."""
-        now = self._clock()
-        groups: dict[tuple[str, str, str], wire.ServiceSummary] = {}
-        endpoints: dict[tuple[str, str, str], set[str]] = {}
-        events: dict[tuple[str, str, str], set[str]] = {}
-        emits: dict[tuple[str, str, str], set[str]] = {}
-        for entry in self._entries.values():
-            view = entry.view
-            key: tuple[str, str, str] = (view.name, view.version, view.kind)
-            summary = groups.get(key)
-            if summary is None:
-                summary = groups[key] = wire.ServiceSummary(
-                    name=view.name,
-                    version=view.version,
-                    kind=view.kind,
-                    last_heard_s=now - entry.last_seen,
-                )
-                endpoints[key] = set()
-                events[key] = set()
-                emits[key] = set()
-            else:
-                summary.last_heard_s = min(summary.last_heard_s, now - entry.last_seen)
-            summary.instances += 1
-            summary.health[view.health] = summary.health.get(view.health, 0) + 1
-            endpoints[key].update(e.name for e in view.endpoints)
-            events[key].update(e.type for e in view.events)
-            emits[key].update(view.emits)
-        for key, summary in groups.items():
-            summary.endpoints = sorted(endpoints[key])
-            summary.events = sorted(events[key])
-            summary.emits = sorted(emits[key])
-            summary.last_heard_s = round(summary.last_heard_s, 3)
-        return sorted(groups.values(), key=lambda s: (s.name, s.version, s.kind))
+        """Every service at every version, summed over its instances (kept as they change:
+        _summaries.py)."""
+        return self._summaries.all(self._clock(), self._entries)
 
     def service_count(self) -> int:
         return len(self._per_service)
@@ -331,6 +303,10 @@ class View:
             return _ASK if self._sequences.ask(beat.id, now) else _NOTHING
         view = entry.view
         health_changed = view.health != beat.health
+        if health_changed:
+            health = entry.group.health
+            health[view.health] -= 1
+            health[beat.health] += 1
         view.seq, view.health, view.load = beat.seq, beat.health, beat.load
         if beat.pace_s != view.pace_s:
             self.set_interval(entry, view.heartbeat_s, beat.pace_s)
@@ -383,6 +359,7 @@ class View:
     def _heard(self, entry: Entry, now: float) -> None:
         """Heard from ``entry``'s instance again: it is proven, and lives its ttl from now."""
         entry.last_seen = now
+        entry.group.freshest = now
         if not entry.proven:
             self._prove(entry)
         self._deadlines.set(entry, now + entry.ttl_s)
@@ -394,6 +371,7 @@ class View:
     def _remove(self, entry: Entry) -> None:
         view = entry.view
         del self._entries[view.id]
+        self._summaries.remove(entry)
         self._proven -= entry.proven
         left = self._per_service[view.name] - 1
         if left:
@@ -421,6 +399,7 @@ class View:
         :meth:`Deadlines.queue`); what :meth:`_remove` undoes."""
         view = entry.view
         self._entries[view.id] = entry
+        entry.group = self._summaries.hold(entry)
         self._per_service[view.name] += 1
         if view.conn:
             self._by_conn.setdefault(view.conn, set()).add(view.id)
