@@ -568,6 +568,10 @@ def test_a_summary_follows_health_changes_and_drops_a_health_no_instance_has() -
     assert [s.health for s in view.summaries()] == [{"critical": 2}]
     view.apply(goodbye(4, "i1"))
     assert [(s.instances, s.health) for s in view.summaries()] == [(1, {"critical": 1})]
+    view.apply(announce(1, "i3"))
+    view.apply(announce(1, "i4"))
+    view.apply(goodbye(3, "i2"))  # the last critical one
+    assert [s.health for s in view.summaries()] == [{"passing": 2}]
 
 
 def test_a_summary_keeps_an_endpoint_while_any_instance_has_it() -> None:
@@ -575,18 +579,25 @@ def test_a_summary_keeps_an_endpoint_while_any_instance_has_it() -> None:
         return [wire.Endpoint(name=n, subject=f"svc.{n}", queue_group="q") for n in names]
 
     view = View(clock=Clock())
-    view.apply(announce(1, "i1", endpoints=endpoints("a", "b"), emits=["x.made"]))
+    consumes = [wire.EventInterest(type="x.asked")]
+    view.apply(announce(1, "i1", endpoints=endpoints("a", "b"), emits=["x.made"], events=consumes))
     view.apply(announce(1, "i2", endpoints=endpoints("b", "c")))
+    view.apply(announce(1, "i3"))
     (summary,) = view.summaries()
-    assert (summary.endpoints, summary.emits) == (["a", "b", "c"], ["x.made"])
+    assert (summary.endpoints, summary.emits, summary.events) == (
+        ["a", "b", "c"],
+        ["x.made"],
+        ["x.asked"],
+    )
     view.apply(goodbye(2, "i2"))
     (summary,) = view.summaries()
-    assert (summary.instances, summary.endpoints, summary.emits) == (1, ["a", "b"], ["x.made"])
+    assert (summary.instances, summary.endpoints, summary.emits) == (2, ["a", "b"], ["x.made"])
     # Announced again with other endpoints: the old ones go with the old announcement.
     view.apply(announce(3, "i1", endpoints=endpoints("d")))
     (summary,) = view.summaries()
-    assert (summary.endpoints, summary.emits) == (["d"], [])
+    assert (summary.endpoints, summary.emits, summary.events) == (["d"], [], [])
     view.apply(goodbye(4, "i1"))
+    view.apply(goodbye(2, "i3"))
     assert view.summaries() == []
 
 
