@@ -582,7 +582,7 @@ def test_a_summary_keeps_an_endpoint_while_any_instance_has_it() -> None:
     consumes = [wire.EventInterest(type="x.asked")]
     view.apply(announce(1, "i1", endpoints=endpoints("a", "b"), emits=["x.made"], events=consumes))
     view.apply(announce(1, "i2", endpoints=endpoints("b", "c")))
-    view.apply(announce(1, "i3"))
+    view.apply(announce(1, "i3", emits=["x.made"], events=consumes))
     (summary,) = view.summaries()
     assert (summary.endpoints, summary.emits, summary.events) == (
         ["a", "b", "c"],
@@ -592,12 +592,16 @@ def test_a_summary_keeps_an_endpoint_while_any_instance_has_it() -> None:
     view.apply(goodbye(2, "i2"))
     (summary,) = view.summaries()
     assert (summary.instances, summary.endpoints, summary.emits) == (2, ["a", "b"], ["x.made"])
-    # Announced again with other endpoints: the old ones go with the old announcement.
+    # Announced again with other endpoints: the old ones go with the old announcement, the
+    # event types stay while another instance has them.
     view.apply(announce(3, "i1", endpoints=endpoints("d")))
+    (summary,) = view.summaries()
+    assert (summary.endpoints, summary.emits, summary.events) == (["d"], ["x.made"], ["x.asked"])
+    view.apply(announce(3, "i3"))
     (summary,) = view.summaries()
     assert (summary.endpoints, summary.emits, summary.events) == (["d"], [], [])
     view.apply(goodbye(4, "i1"))
-    view.apply(goodbye(2, "i3"))
+    view.apply(goodbye(4, "i3"))
     assert view.summaries() == []
 
 

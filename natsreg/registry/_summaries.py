@@ -11,7 +11,6 @@ sets, or, once the instance heard last has gone, from its other instances, looke
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -33,14 +32,21 @@ class Group:
     def __init__(self, key: _Key) -> None:
         self.key = key
         self.ids: set[str] = set()
-        self.health: Counter[str] = Counter()
-        self.endpoints: Counter[str] = Counter()
-        self.events: Counter[str] = Counter()
-        self.emits: Counter[str] = Counter()
+        # How many of its instances are at each health, serve each endpoint, consume and
+        # emit each event type (plain dicts and loops: a starting node holds 50k at once).
+        self.health: dict[str, int] = {}
+        self.endpoints: dict[str, int] = {}
+        self.events: dict[str, int] = {}
+        self.emits: dict[str, int] = {}
         #: When one of its instances was last heard from; ``stale`` once that one has gone.
         self.freshest = -math.inf
         # (Always stale would answer the same, a walk of the group slower: not tested.)
         self.stale = False  # pragma: no mutate
+
+    def changed_health(self, old: str, new: str) -> None:
+        """One of its instances went from health ``old`` to ``new``."""
+        _add(self.health, old, -1)
+        _add(self.health, new, 1)
 
     def summary(self, now: float, entries: Mapping[str, Entry]) -> wire.ServiceSummary:
         if self.stale:
@@ -80,11 +86,18 @@ class Summaries:
         if group is None:
             group = self._groups[key] = Group(key)
         group.ids.add(view.id)
-        group.health[view.health] += 1
-        group.endpoints.update(e.name for e in view.endpoints)
-        group.events.update(e.type for e in view.events)
-        group.emits.update(view.emits)
-        group.freshest = max(group.freshest, entry.last_seen)
+        health = group.health
+        health[view.health] = health.get(view.health, 0) + 1
+        if view.endpoints:
+            counts = group.endpoints
+            for endpoint in view.endpoints:
+                counts[endpoint.name] = counts.get(endpoint.name, 0) + 1
+        for interest in view.events:
+            _add(group.events, interest.type, 1)
+        for emitted in view.emits:
+            _add(group.emits, emitted, 1)
+        if entry.last_seen > group.freshest:  # pragma: no mutate (>=: the same)
+            group.freshest = entry.last_seen
         return group
 
     def remove(self, entry: Entry) -> None:
@@ -94,10 +107,13 @@ class Summaries:
         if not group.ids:
             del self._groups[group.key]
             return
-        group.health[view.health] -= 1
-        group.endpoints.subtract(e.name for e in view.endpoints)
-        group.events.subtract(e.type for e in view.events)
-        group.emits.subtract(view.emits)
+        _add(group.health, view.health, -1)
+        for endpoint in view.endpoints:
+            _add(group.endpoints, endpoint.name, -1)
+        for interest in view.events:
+            _add(group.events, interest.type, -1)
+        for emitted in view.emits:
+            _add(group.emits, emitted, -1)
         if entry.last_seen >= group.freshest:
             group.stale = True
 
@@ -106,5 +122,9 @@ class Summaries:
         return [self._groups[key].summary(now, entries) for key in sorted(self._groups)]
 
 
-def _present(counts: Counter[str]) -> list[str]:
+def _add(counts: dict[str, int], name: str, by: int) -> None:
+    counts[name] = counts.get(name, 0) + by
+
+
+def _present(counts: dict[str, int]) -> list[str]:
     return sorted(name for name, n in counts.items() if n > 0)

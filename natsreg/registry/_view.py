@@ -304,9 +304,7 @@ class View:
         view = entry.view
         health_changed = view.health != beat.health
         if health_changed:
-            health = entry.group.health
-            health[view.health] -= 1
-            health[beat.health] += 1
+            entry.group.changed_health(view.health, beat.health)
         view.seq, view.health, view.load = beat.seq, beat.health, beat.load
         if beat.pace_s != view.pace_s:
             self.set_interval(entry, view.heartbeat_s, beat.pace_s)
