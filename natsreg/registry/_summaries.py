@@ -86,16 +86,7 @@ class Summaries:
         if group is None:
             group = self._groups[key] = Group(key)
         group.ids.add(view.id)
-        health = group.health
-        health[view.health] = health.get(view.health, 0) + 1
-        if view.endpoints:
-            counts = group.endpoints
-            for endpoint in view.endpoints:
-                counts[endpoint.name] = counts.get(endpoint.name, 0) + 1
-        for interest in view.events:
-            _add(group.events, interest.type, 1)
-        for emitted in view.emits:
-            _add(group.emits, emitted, 1)
+        _count(group, view, 1)
         if entry.last_seen > group.freshest:  # pragma: no mutate (>=: the same)
             group.freshest = entry.last_seen
         return group
@@ -107,19 +98,24 @@ class Summaries:
         if not group.ids:
             del self._groups[group.key]
             return
-        _add(group.health, view.health, -1)
-        for endpoint in view.endpoints:
-            _add(group.endpoints, endpoint.name, -1)
-        for interest in view.events:
-            _add(group.events, interest.type, -1)
-        for emitted in view.emits:
-            _add(group.emits, emitted, -1)
+        _count(group, view, -1)
         if entry.last_seen >= group.freshest:
             group.stale = True
 
     def all(self, now: float, entries: Mapping[str, Entry]) -> list[wire.ServiceSummary]:
         """Every group's summary, by name, version and kind."""
         return [self._groups[key].summary(now, entries) for key in sorted(self._groups)]
+
+
+def _count(group: Group, view: wire.InstanceView, by: int) -> None:
+    """``view``'s health, endpoints and event types counted in ``group``, ``by`` 1 or -1."""
+    _add(group.health, view.health, by)
+    for endpoint in view.endpoints:
+        _add(group.endpoints, endpoint.name, by)
+    for interest in view.events:
+        _add(group.events, interest.type, by)
+    for emitted in view.emits:
+        _add(group.emits, emitted, by)
 
 
 def _add(counts: dict[str, int], name: str, by: int) -> None:
