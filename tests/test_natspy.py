@@ -76,9 +76,9 @@ async def test_a_late_pong_leaves_an_adopted_connection_reading(server: NatsServ
 
 
 async def test_a_handed_over_subscription_gets_every_message_in_order(
-    nats_client: NATS, prefix: str
+    server: NatsServer, prefix: str
 ) -> None:
-    nc, pub = nats_client, await nats.connect(nats_client.connected_url.geturl())
+    nc, pub = await nats.connect(server.url), await nats.connect(server.url)
     taken: list[tuple[bytes, bytes]] = []
     plain: list[tuple[str, bytes, dict[str, str] | None]] = []
 
@@ -92,14 +92,16 @@ async def test_a_handed_over_subscription_gets_every_message_in_order(
         # Queued by nats-py before the hand-over: taken first, in order.
         await pub.publish(f"{prefix}.taken.a", b"0")
         await pub.flush()
-        await eventually(lambda: sub.pending_msgs == 1, what="the first message queued")
+        await eventually(lambda: sub.pending_msgs == 1, timeout_s=20, what="the first queued")
         in_msgs = nc.stats["in_msgs"]
         _natspy.hand_over(nc, sub, lambda subject, payload: taken.append((subject, payload)))
         for n in range(1, 200):
             await pub.publish(f"{prefix}.taken.b{n % 3}", str(n).encode(), headers={"x": "1"})
         await pub.publish(f"{prefix}.plain", b"as before", headers={"h": "v"})
         await pub.flush()
-        await eventually(lambda: len(taken) == 200 and len(plain) == 1, what="every message")
+        await eventually(
+            lambda: len(taken) == 200 and len(plain) == 1, timeout_s=20, what="every message"
+        )
         assert [int(payload) for _, payload in taken] == list(range(200))
         assert taken[0][0] == f"{prefix}.taken.a".encode()
         assert taken[5] == (f"{prefix}.taken.b2".encode(), b"5")
@@ -112,8 +114,9 @@ async def test_a_handed_over_subscription_gets_every_message_in_order(
         await pub.publish(f"{prefix}.taken.c", b"late")
         await pub.publish(f"{prefix}.plain", b"after")
         await pub.flush()
-        await eventually(lambda: len(plain) == 2, what="the plain message after")
+        await eventually(lambda: len(plain) == 2, timeout_s=20, what="the plain message after")
         assert len(taken) == 200
         await others.unsubscribe()
     finally:
         await pub.close()
+        await nc.close()
