@@ -35,13 +35,12 @@ try:
         SpanKind,
         Status,
         StatusCode,
-        TraceFlags,
         TraceState,
     )
 
+    from ._spancontext import span_context
+
     _INSTALLED = True
-    # The flags a traceparent carries (sampled, random trace id), made once.
-    _FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(4)}
 except ImportError:  # the extra is not installed: no spans, the context still travels
     _INSTALLED = False
 
@@ -98,11 +97,13 @@ def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str]]:
     span = _start(
         tracer, f"request {subject}", SpanKind.CLIENT, _client_attributes(subject), parent
     )
-    sent = span.get_span_context()
+    # Unpacked at once: each of SpanContext's properties is a call.
+    trace_id, span_id, _, flags, state, _ = span.get_span_context()
     # to_bytes().hex(): half the instructions of formatting the ints as hex.
-    trace_id, span_id = sent.trace_id.to_bytes(16, "big"), sent.span_id.to_bytes(8, "big")
-    traceparent = f"00-{trace_id.hex()}-{span_id.hex()}-{sent.trace_flags:02x}"
-    return span, (traceparent, sent.trace_state.to_header() if sent.trace_state else "")
+    traceparent = (
+        f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}"
+    )
+    return span, (traceparent, state.to_header() if state else "")
 
 
 def server_span(
@@ -179,12 +180,11 @@ def _server_attributes(subject: str, queue_group: str) -> dict[str, str]:
 
 def _remote(context: _trace.TraceContext) -> SpanContext:
     # The sender's span, as a parent this process did not make.
-    flags = _FLAGS.get(context.flags)
-    return SpanContext(
+    return span_context(
         int(context.trace_id, 16),
         int(context.span_id, 16),
         True,
-        TraceFlags(int(context.flags, 16)) if flags is None else flags,
+        int(context.flags, 16),
         TraceState.from_header([context.state]) if context.state else None,
     )
 

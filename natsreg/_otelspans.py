@@ -42,6 +42,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
+from ._spancontext import span_context
+
 __all__ = ["RecordedSpan", "Recorder"]
 
 log = logging.getLogger("natsreg.otel")
@@ -100,26 +102,26 @@ class Recorder:
         else one that records nothing and carries the ids on."""
         if parent is None:
             trace_id = self._ids.generate_trace_id()
-            flags = self._random
+            flags, sampled, state = self._random, True, None
         else:
-            trace_id = parent.trace_id
-            flags = parent.trace_flags & _RANDOM
+            # Unpacked at once: each of SpanContext's and TraceFlags' properties is a call.
+            trace_id, _, _, parent_flags, state, _ = parent
+            flags, sampled = parent_flags & _RANDOM, bool(parent_flags & TraceFlags.SAMPLED)
         if self._enabled is not None and not self._enabled():
             # A tracer the provider's configurator turned off: no span, the trace goes on.
-            record, state = False, None if parent is None else parent.trace_state
+            record = False
         elif self._sampler is DEFAULT_ON:
             # The provider's default: ParentBased(ALWAYS_ON)'s answer, without its three calls
             # through the context and a SamplingResult per span.
-            record = parent is None or parent.trace_flags.sampled
+            record = sampled
             flags |= TraceFlags.SAMPLED if record else 0
-            state = None if parent is None else parent.trace_state
         else:
             context = None if parent is None else api.set_span_in_context(NonRecordingSpan(parent))
             result = self._sampler.should_sample(context, trace_id, name, kind, attributes, ())
             record = result.decision is not Decision.DROP
             flags |= TraceFlags.SAMPLED if result.decision is Decision.RECORD_AND_SAMPLE else 0
             state, attributes = result.trace_state, result.attributes
-        own = SpanContext(trace_id, self._ids.generate_span_id(), False, TraceFlags(flags), state)
+        own = span_context(trace_id, self._ids.generate_span_id(), False, flags, state)
         if not record:
             return NonRecordingSpan(own)
         span = RecordedSpan(self, name, own, parent, kind, attributes)

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import (
 )
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     Decision,
@@ -137,6 +138,46 @@ def test_the_exporter_gets_natsreg_spans_as_the_sdk_would_have_made_them(
     assert ours.context.span_id not in (0, theirs.context.span_id, CALLER.span_id)
     assert ours.start_time is not None and ours.end_time is not None
     assert ours.start_time <= ours.end_time
+
+
+class FixedIds(IdGenerator):
+    """Draws the same ids every time, valid or not: a custom generator may."""
+
+    def __init__(self, trace_id: int, span_id: int) -> None:
+        self.trace_id, self.span_id = trace_id, span_id
+
+    def generate_trace_id(self) -> int:
+        return self.trace_id
+
+    def generate_span_id(self) -> int:
+        return self.span_id
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        {"id_generator": FixedIds(0x4BF92F35, 7)},
+        {"id_generator": FixedIds(0x4BF92F35, 0)},
+        {"id_generator": FixedIds(0, 7)},
+    ],
+    ids=["valid", "zero-span-id", "zero-trace-id"],
+    indirect=True,
+)
+def test_a_spans_context_is_the_one_the_sdk_makes_from_the_same_ids(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    # natsreg makes its spans' contexts itself: ids, flags, state and validity as the SDK's.
+    sdk, exporter = provider
+    tracer = sdk.get_tracer("natsreg")
+    call()
+    tracer.start_span("request", kind=SpanKind.CLIENT).end()
+    handle(CALLER)
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(_otel._remote(CALLER)))
+    tracer.start_span("process", parent, kind=SpanKind.SERVER).end()
+    our_client, their_client, our_server, their_server = exporter.get_finished_spans()
+    assert our_client.context == their_client.context
+    assert our_server.context == their_server.context
+    assert our_server.context.is_valid == their_server.context.is_valid
 
 
 def test_a_call_outside_any_trace_starts_one_and_sends_its_own_span_as_the_parent(
