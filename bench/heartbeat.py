@@ -67,8 +67,12 @@ from nats.protocol.parser import Parser
 
 import natsreg
 from natsreg import _natspy, subjects, wire
-from natsreg.registry._backpressure import PENDING_BYTES, PENDING_MSGS, YIELD_EVERY
-from natsreg.registry._inbox import Inbox
+from natsreg.registry._backpressure import (
+    PENDING_BYTES,
+    PENDING_MSGS,
+    YIELD_EVERY,
+    control_inbox,
+)
 from natsreg.registry._view import View
 
 PREFIX = "bench"
@@ -131,14 +135,7 @@ class Reader:
             self.nc._subs[1] = sub
             self.pending = lambda: sub.pending_msgs
         else:
-            inbox = Inbox(
-                self._subject,
-                on_control,
-                lambda _: None,
-                max_msgs=PENDING_MSGS,
-                max_bytes=PENDING_BYTES,
-                yield_every=YIELD_EVERY,
-            )
+            inbox = control_inbox(self._subject, on_control, lambda _: None)
             sub = Subscription(self.nc, 1, self._subject)
             self.nc._subs[1] = sub
             _natspy.hand_over(self.nc, sub, inbox.put)

@@ -67,6 +67,20 @@ SLOW_LOG_S = 10.0
 _ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
+def control_inbox(subject: str, handler: Handler, overflow: Callable[[Inbox], None]) -> Inbox:
+    """An :class:`Inbox` for the control messages on ``subject``, within the node's queue
+    limits, yielding every :data:`YIELD_EVERY` messages; ``overflow(inbox)`` hears of each
+    message it drops."""
+    return Inbox(
+        subject,
+        handler,
+        overflow,
+        max_msgs=PENDING_MSGS,
+        max_bytes=PENDING_BYTES,
+        yield_every=YIELD_EVERY,
+    )
+
+
 class Backpressure:
     """The node's subscriptions on ``nc``, with bounded queues; :meth:`installed` while the
     node runs, so that the connection's slow-consumer errors for them are counted."""
@@ -105,14 +119,7 @@ class Backpressure:
         order read, from an :class:`Inbox` within the node's queue limits, its drops counted.
         One with ``shed_above`` (bytes) :meth:`relieve` sheds once its queue overflowed or
         holds more than that."""
-        inbox = Inbox(
-            subject,
-            handler,
-            self._overflow,
-            max_msgs=PENDING_MSGS,
-            max_bytes=PENDING_BYTES,
-            yield_every=YIELD_EVERY,
-        )
+        inbox = control_inbox(subject, handler, self._overflow)
         await self._feed(inbox)
         self._readers[inbox] = asyncio.get_running_loop().create_task(inbox.read())
         if shed_above is not None:
