@@ -9,7 +9,8 @@ that drops them:
 - sdk-span-attrs:  the same, of kind CLIENT with natsreg's four semantic-convention attributes;
 - sdk-pair:        what natsreg does for one call, with the SDK's own spans: its CLIENT span
                    under a remote parent and the ``traceparent`` formatted, that header
-                   parsed as a service would, its SERVER span made current, both ended
+                   parsed as a service would, its SERVER span made current (in a context
+                   of its own, as a handler's task), both ended
                    (``_otel.client_span``, ``_otel.server_span``, ``_otel.end``), as it
                    does for a tracer that is not the SDK's;
 - natsreg-pair:    the same with natsreg's spans recorded for the SDK's tracer
@@ -28,6 +29,7 @@ Needs valgrind (Debian: apt-get install -y valgrind) and natsreg[otel] with the 
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Callable
 from typing import Any
@@ -91,11 +93,16 @@ def _step(mode: str, processor: str) -> tuple[Callable[[], None], Any]:
 
         pair_tracer = tracer if mode == "sdk-pair" else recorder
 
-        def step() -> None:
-            client, (traceparent, tracestate) = _otel.client_span(pair_tracer, subject)
+        def serve(traceparent: str, tracestate: str) -> None:
             parent = _trace.parse(traceparent, tracestate)
             server, token = _otel.server_span(pair_tracer, subject, "q", parent)
             _otel.end(server, None, token)
+
+        def step() -> None:
+            client, (traceparent, tracestate) = _otel.client_span(pair_tracer, subject)
+            # In a context of its own, as a handler's task is: what the SERVER span leaves
+            # in it (the handler's trace) is not the next call's parent.
+            contextvars.copy_context().run(serve, traceparent, tracestate)
             _otel.end(client, None)
 
     return step, provider
