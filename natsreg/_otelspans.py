@@ -9,7 +9,10 @@ to be valid, so for a tracer of the SDK (``opentelemetry.sdk.trace.Tracer``, wha
 ``TracerProvider.get_tracer`` gives) :class:`Recorder` records them itself, with everything
 else the provider's: its sampler decides, its id generator draws the ids, its span
 processors see the span start and receive it ended, as the SDK's ``ReadableSpan``, with its
-resource, so its exporters send it like any other span.
+resource, so its exporters send it like any other span. Two things of the SDK's span it does
+not do: the tracer's self-metrics, and the processors' experimental, private ``_on_ending``
+(called before ``on_end``, where a newer SDK has it); a processor that relies on that hook
+does not see natsreg's spans through it, only through ``on_start`` and ``on_end``.
 
 What code running in a handler does with the current span (``trace.get_current_span()``:
 attributes, events, links, status, a recorded exception, a new name) is kept, checked
