@@ -16,6 +16,7 @@ from nats.micro.request import Request as MicroRequest
 
 import natsreg
 from natsreg import _schemas, subjects, wire
+from natsreg.client import RegistryApi
 from tests.helpers import eventually
 from tests.test_bridge import serving
 from tests.test_cli import run_cli
@@ -136,6 +137,33 @@ async def test_a_plain_nats_micro_service_is_listed_as_such(
             # Callers reach it like any natsreg endpoint.
             reply = await natsreg.Client(nc).request(f"{name}.add", b"1+2")
             assert reply.data == b"3"
+    finally:
+        await micro.stop()
+
+
+async def test_natsreg_ls_shows_an_endpoint_a_plain_service_added_after_it_was_listed(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    # ADR-32 libraries add endpoints after the service starts answering: ls (the registry's
+    # kept summaries) follows the later INFO reply, as the instance list does.
+    name = f"late-{unique}"
+
+    async def add(req: MicroRequest) -> None:
+        await req.respond(b"3")
+
+    micro = await add_service(nc, name=name, version="0.3.0")
+    try:
+        async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2):
+            api = RegistryApi(nc, prefix=prefix)
+
+            async def shows(expected: list[tuple[str, int, list[str]]]) -> bool:
+                listed = (await api.services()).services
+                lines = [(s.version, s.instances, s.endpoints) for s in listed if s.name == name]
+                return lines == expected
+
+            await eventually(lambda: shows([("0.3.0", 1, [])]), what="listed with no endpoint")
+            await micro.add_endpoint(name="add", subject=f"{name}.add", handler=add)
+            await eventually(lambda: shows([("0.3.0", 1, ["add"])]), what="ls shows 'add'")
     finally:
         await micro.stop()
 

@@ -628,6 +628,28 @@ def test_the_last_heard_of_a_service_falls_back_when_its_newest_instance_goes() 
     assert [s.last_heard_s for s in view.summaries()] == [0.0]
 
 
+def test_a_summary_follows_an_adr32_reply_that_says_something_new() -> None:
+    # ADR-32 libraries add endpoints after the service first answers: the line shows the
+    # version and endpoints of the latest reply, and nothing of the earlier one stays.
+    clock = Clock()
+    view = View(clock=clock)
+    view.apply_micro(wire.SrvInfo(name="go-svc", id="m1", version="0.1.0"))
+    assert [(s.version, s.instances, s.endpoints) for s in view.summaries()] == [("0.1.0", 1, [])]
+    view.apply_micro(info("m1"))
+    assert [(s.version, s.instances, s.endpoints) for s in view.summaries()] == [
+        ("0.1.0", 1, ["add"])
+    ]
+    view.apply_micro(info("m2"))
+    view.apply_micro(info("m1", version="0.2.0"))
+    assert [(s.version, s.instances, s.endpoints) for s in view.summaries()] == [
+        ("0.1.0", 1, ["add"]),
+        ("0.2.0", 1, ["add"]),
+    ]
+    clock.now = START + 15.0  # both expire: no line is left behind
+    view.expire()
+    assert view.summaries() == []
+
+
 def test_summaries_are_by_name_then_version_then_kind() -> None:
     view = View(clock=Clock())
     for instance_id, name, version in [

@@ -151,7 +151,10 @@ class View:
             self._add(view, now)
             return Outcome([Change("up", view)])
         changed = _describes_differently(entry.view, view)
+        # Its line of ``natsreg ls`` counted what the old reply said (version, endpoints).
+        self._summaries.remove(entry)
         entry.view = view
+        entry.group = self._summaries.hold(entry)
         self._heard(entry, now)
         return Outcome([Change("changed", view)]) if changed else _NOTHING
 
