@@ -111,16 +111,17 @@ async def test_srv_addressed_to_another_name_or_id_gets_no_reply(
         assert len(await _gather(nc, f"$SRV.PING.only-{unique}.{svc.id}")) == 1
 
 
+async def _add(req: MicroRequest) -> None:
+    await req.respond(b"3")
+
+
 async def test_a_plain_nats_micro_service_is_listed_as_such(
     nc: NATS, prefix: str, unique: str
 ) -> None:
     name = f"micro-{unique}"
 
-    async def add(req: MicroRequest) -> None:
-        await req.respond(b"3")
-
     micro = await add_service(nc, name=name, version="0.3.0", description="plain ADR-32")
-    await micro.add_endpoint(name="add", subject=f"{name}.add", handler=add)
+    await micro.add_endpoint(name="add", subject=f"{name}.add", handler=_add)
     try:
         async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
             await eventually(
@@ -148,9 +149,6 @@ async def test_natsreg_ls_shows_an_endpoint_a_plain_service_added_after_it_was_l
     # kept summaries) follows the later INFO reply, as the instance list does.
     name = f"late-{unique}"
 
-    async def add(req: MicroRequest) -> None:
-        await req.respond(b"3")
-
     micro = await add_service(nc, name=name, version="0.3.0")
     try:
         async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2):
@@ -162,7 +160,7 @@ async def test_natsreg_ls_shows_an_endpoint_a_plain_service_added_after_it_was_l
                 return lines == expected
 
             await eventually(lambda: shows([("0.3.0", 1, [])]), what="listed with no endpoint")
-            await micro.add_endpoint(name="add", subject=f"{name}.add", handler=add)
+            await micro.add_endpoint(name="add", subject=f"{name}.add", handler=_add)
             await eventually(lambda: shows([("0.3.0", 1, ["add"])]), what="ls shows 'add'")
     finally:
         await micro.stop()
@@ -175,18 +173,15 @@ async def test_a_plain_micro_service_that_publishes_schemas_in_metadata_is_typed
     request_schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     huge = json.dumps({"description": "x" * 40_000})  # over the cap: shown as left out
 
-    async def add(req: MicroRequest) -> None:
-        await req.respond(b"3")
-
     micro = await add_service(nc, name=name, version="0.3.0")
     await micro.add_endpoint(
         name="add",
         subject=f"{name}.add",
-        handler=add,
+        handler=_add,
         metadata={"request_schema": json.dumps(request_schema), "owner": "ops"},
     )
     await micro.add_endpoint(
-        name="big", subject=f"{name}.big", handler=add, metadata={"response_schema": huge}
+        name="big", subject=f"{name}.big", handler=_add, metadata={"response_schema": huge}
     )
     try:
         async with natsreg.Registry(nc, prefix=prefix, micro_poll_s=0.2) as registry:
