@@ -83,9 +83,11 @@ if _INSTALLED and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
     _api.get_tracer_provider()
 
 
-def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str]]:
+def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str] | None]:
     """A started CLIENT span for a call to ``subject``, and the ``traceparent`` and
-    ``tracestate`` that carry it (:func:`natsreg._trace.outgoing`).
+    ``tracestate`` that carry it (:func:`natsreg._trace.outgoing`); None for a span whose
+    context is invalid (a custom id generator's zero or out-of-range id), which no receiver
+    could read: as OpenTelemetry's own propagator, natsreg sends no trace header then.
 
     Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
     span, or a span of the caller's own), else the trace context a bridge or handler set.
@@ -98,7 +100,9 @@ def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str]]:
         tracer, f"request {subject}", SpanKind.CLIENT, _client_attributes(subject), parent
     )
     # Unpacked at once: each of SpanContext's properties is a call.
-    trace_id, span_id, _, flags, state, _ = span.get_span_context()
+    trace_id, span_id, _, flags, state, valid = span.get_span_context()
+    if not valid:
+        return span, None
     # to_bytes().hex(): half the instructions of formatting the ints as hex.
     traceparent = (
         f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}"

@@ -71,13 +71,13 @@ def provider(
         provider.shutdown()
 
 
-def call(subject: str = "user-service.users") -> tuple[trace.Span, str]:
-    """A CLIENT span as a call makes it, ended; and the ``traceparent`` it sent."""
+def call(subject: str = "user-service.users") -> tuple[trace.Span, str | None]:
+    """A CLIENT span as a call makes it, ended; and the ``traceparent`` it sent, if any."""
     tracer = _otel.tracer()
     assert tracer is not None
-    span, (traceparent, _) = _otel.client_span(tracer, subject)
+    span, sent = _otel.client_span(tracer, subject)
     _otel.end(span, None)
-    return span, traceparent
+    return span, None if sent is None else sent[0]
 
 
 def handle(parent: _trace.TraceContext | None, work: Any = None) -> trace.Span:
@@ -159,8 +159,10 @@ class FixedIds(IdGenerator):
         {"id_generator": FixedIds(0x4BF92F35, 7)},
         {"id_generator": FixedIds(0x4BF92F35, 0)},
         {"id_generator": FixedIds(0, 7)},
+        {"id_generator": FixedIds(1 << 128, 7)},
+        {"id_generator": FixedIds(0x4BF92F35, 1 << 64)},
     ],
-    ids=["valid", "zero-span-id", "zero-trace-id"],
+    ids=["valid", "zero-span-id", "zero-trace-id", "trace-id-too-large", "span-id-too-large"],
     indirect=True,
 )
 def test_a_spans_context_is_the_one_the_sdk_makes_from_the_same_ids(
@@ -169,7 +171,7 @@ def test_a_spans_context_is_the_one_the_sdk_makes_from_the_same_ids(
     # natsreg makes its spans' contexts itself: ids, flags, state and validity as the SDK's.
     sdk, exporter = provider
     tracer = sdk.get_tracer("natsreg")
-    call()
+    _, traceparent = call()
     tracer.start_span("request", kind=SpanKind.CLIENT).end()
     handle(CALLER)
     parent = trace.set_span_in_context(trace.NonRecordingSpan(_otel._remote(CALLER)))
@@ -178,6 +180,12 @@ def test_a_spans_context_is_the_one_the_sdk_makes_from_the_same_ids(
     assert our_client.context == their_client.context
     assert our_server.context == their_server.context
     assert our_server.context.is_valid == their_server.context.is_valid
+    # An invalid context is sent as no header at all, as OpenTelemetry's propagator does.
+    if our_client.context.is_valid:
+        sent = _trace.parse(traceparent)
+        assert sent is not None and int(sent.span_id, 16) == our_client.context.span_id
+    else:
+        assert traceparent is None
 
 
 def test_a_call_outside_any_trace_starts_one_and_sends_its_own_span_as_the_parent(

@@ -198,8 +198,9 @@ class Client(anyio.AsyncContextManagerMixin):
         traceparent = None
         tracer = _otel.tracer()
         if tracer is not None:
-            span, trace = _otel.client_span(tracer, target.subject)
-            traceparent, headers = _traced(headers, trace)
+            span, sent = _otel.client_span(tracer, target.subject)
+            if sent is not None:
+                traceparent, headers = _traced(headers, sent)
         else:
             current = _trace.current.get()
             if current is not None:
