@@ -14,29 +14,34 @@ from __future__ import annotations
 
 import functools
 import os
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from . import _trace
 from .errors import ServiceError
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Tracer
 
 __all__ = ["client_span", "end", "server_span", "tracer"]
 
 try:
     from opentelemetry import context as _context
     from opentelemetry import trace as _api
+    from opentelemetry.context import Context
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
     from opentelemetry.trace import (
         NonRecordingSpan,
         NoOpTracerProvider,
         ProxyTracerProvider,
+        Span,
         SpanContext,
         SpanKind,
         Status,
         StatusCode,
         TraceState,
     )
+    from opentelemetry.trace.propagation import _SPAN_KEY
 
     from ._spancontext import span_context
 
@@ -53,6 +58,19 @@ except ImportError:
 
 _provider: object = None
 _tracer: Tracer | None = None
+
+
+# OpenTelemetry's current context where it is the API's default, a context variable: read and
+# set here directly, as the API does it but without its four calls deep (a third of what
+# making a handler's span current and restoring the context after cost; bench/RESULTS.md).
+# Any other runtime context (OTEL_PYTHON_CONTEXT) goes through the API.
+def _context_variable() -> ContextVar[Context] | None:
+    _context.get_current()  # an older API loads its runtime context on first use
+    runtime = _context._RUNTIME_CONTEXT
+    return runtime._current_context if type(runtime) is ContextVarsRuntimeContext else None
+
+
+_current_context = _context_variable() if _INSTALLED else None
 
 
 def tracer() -> Tracer | None:
@@ -92,7 +110,11 @@ def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str] | N
     Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
     span, or a span of the caller's own), else the trace context a bridge or handler set.
     """
-    parent: SpanContext | None = _api.get_current_span().get_span_context()
+    if _current_context is not None:
+        current = _current_context.get().get(_SPAN_KEY)
+    else:
+        current = _api.get_current_span()
+    parent = current.get_span_context() if isinstance(current, Span) else None
     if parent is None or not parent.is_valid:
         context = _trace.started()
         parent = _remote(context) if context is not None and context.trace_id else None
@@ -125,8 +147,9 @@ def server_span(
         None if parent is None else _remote(parent),
     )
     _trace.defer(functools.partial(_context_of, span))
-    token = _context.attach(_api.set_span_in_context(span))
-    return span, token
+    if _current_context is not None:
+        return span, _current_context.set(Context({**_current_context.get(), _SPAN_KEY: span}))
+    return span, _context.attach(_api.set_span_in_context(span))
 
 
 def _start(
@@ -155,7 +178,11 @@ def end(span: Span, error: BaseException | None, token: object = None) -> None:
         span.set_attribute("error.type", code)
         span.set_status(Status(StatusCode.ERROR, description[:256]))
     span.end()
-    if token is not None:
+    if token is None:
+        return
+    if _current_context is not None:
+        _current_context.reset(token)  # type: ignore[arg-type]
+    else:
         _context.detach(token)  # type: ignore[arg-type]
 
 
@@ -184,12 +211,13 @@ def _server_attributes(subject: str, queue_group: str) -> dict[str, str]:
 
 def _remote(context: _trace.TraceContext) -> SpanContext:
     # The sender's span, as a parent this process did not make.
+    trace_id, span_id, flags, state = context
     return span_context(
-        int(context.trace_id, 16),
-        int(context.span_id, 16),
+        int(trace_id, 16),
+        int(span_id, 16),
         True,
-        int(context.flags, 16),
-        TraceState.from_header([context.state]) if context.state else None,
+        int(flags, 16),
+        TraceState.from_header([state]) if state else None,
     )
 
 

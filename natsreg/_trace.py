@@ -57,6 +57,7 @@ _STATE_MEMBER_RE = re.compile(
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 )
 _ZERO_TRACE = "0" * 32
+_new_tuple = tuple.__new__
 _ZERO_SPAN = "0" * 16
 
 
@@ -197,7 +198,8 @@ def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContex
         or span_id == _ZERO_SPAN
     ):
         return None
-    return TraceContext(trace_id, span_id, flags, _state(tracestate))
+    # The tuple made directly: TraceContext's own __new__ is a Python call of its own.
+    return _new_tuple(TraceContext, (trace_id, span_id, flags, _state(tracestate)))
 
 
 def _state(tracestate: str | None) -> str:

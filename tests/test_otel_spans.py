@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import (
@@ -235,6 +236,40 @@ def test_what_a_handler_does_to_the_current_span_is_exported(
     # The handler's own spans nest under natsreg's SERVER span.
     assert child.parent is not None and child.parent.span_id == server.context.span_id
     assert child.context.trace_id == int(TRACE, 16)
+
+
+@pytest.mark.parametrize("through_api", [False, True], ids=["context-variable", "api"])
+def test_a_handlers_span_is_current_while_it_runs_and_the_context_is_restored_after(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+    through_api: bool,
+) -> None:
+    # natsreg sets OpenTelemetry's context variable itself; another runtime context
+    # (OTEL_PYTHON_CONTEXT) goes through the API. Either keeps what else the context holds.
+    if through_api:
+        monkeypatch.setattr(_otel, "_current_context", None)
+    sdk, exporter = provider
+    tracer = _otel.tracer()
+    assert tracer is not None
+    key = otel_context.create_key("tenant")
+
+    def handler_task() -> str | None:
+        otel_context.attach(otel_context.set_value(key, "acme"))
+        with sdk.get_tracer("app").start_as_current_span("outer") as outer:
+            span, token = _otel.server_span(tracer, "user-service.users", "user-service", CALLER)
+            assert trace.get_current_span() is span
+            assert otel_context.get_value(key) == "acme"
+            _, traceparent = call("billing.charge")
+            _otel.end(span, None, token)
+            assert trace.get_current_span() is outer
+        return traceparent
+
+    # In a context of its own, as a handler's task: what it sets stays in it.
+    traceparent = contextvars.copy_context().run(handler_task)
+    client, server, _ = exporter.get_finished_spans()
+    assert client.parent is not None and client.parent.span_id == server.context.span_id
+    sent = _trace.parse(traceparent)
+    assert sent is not None and int(sent.span_id, 16) == client.context.span_id
 
 
 def test_a_failing_handler_records_its_exception_and_the_code(
