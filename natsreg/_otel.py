@@ -8,224 +8,73 @@ Spans follow OpenTelemetry's semantic conventions for messaging: a CLIENT span `
 span's status ERROR. The W3C context of these spans is what travels in the headers
 (:mod:`natsreg._trace`), so a trace crosses natsreg hops and any other OpenTelemetry-traced
 code alike.
+
+A provider is configured through OpenTelemetry's API, so until something imports that API
+there is none: natsreg loads OpenTelemetry (and :mod:`natsreg._otelcalls`, which makes the
+spans) only then, and a process that traces nothing does not pay for importing it (~50 ms of
+every start of the CLI).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from contextvars import ContextVar
-from typing import TYPE_CHECKING
-
-from . import _trace
-from .errors import ServiceError
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+    from ._otelcalls import client_span, end, server_span
+
 __all__ = ["client_span", "end", "server_span", "tracer"]
 
-try:
-    from opentelemetry import context as _context
-    from opentelemetry import trace as _api
-    from opentelemetry.context import Context
-    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-    from opentelemetry.trace import (
-        NonRecordingSpan,
-        NoOpTracerProvider,
-        ProxyTracerProvider,
-        Span,
-        SpanContext,
-        SpanKind,
-        Status,
-        StatusCode,
-        TraceState,
-    )
-    from opentelemetry.trace.propagation import _SPAN_KEY
-
-    from ._spancontext import span_context
-
-    _INSTALLED = True
-except ImportError:  # the extra is not installed: no spans, the context still travels
-    _INSTALLED = False
-
-try:  # The SDK's tracer gets natsreg's spans recorded for less (natsreg/_otelspans.py).
-    from opentelemetry.sdk.trace import Tracer as _SdkTracer
-
-    from ._otelspans import Recorder
-except ImportError:
-    _SdkTracer = None  # type: ignore[assignment,misc]
-
+_modules = sys.modules
+_api: ModuleType | None = None  # OpenTelemetry's, once something has imported it
 _provider: object = None
 _tracer: Tracer | None = None
 
 
-# OpenTelemetry's current context where it is the API's default, a context variable: read and
-# set here directly, as the API does it but without its four calls deep (a third of what
-# making a handler's span current and restoring the context after cost; bench/RESULTS.md).
-# Any other runtime context (OTEL_PYTHON_CONTEXT) goes through the API.
-def _context_variable() -> ContextVar[Context] | None:
-    _context.get_current()  # an older API loads its runtime context on first use
-    runtime = _context._RUNTIME_CONTEXT
-    return runtime._current_context if type(runtime) is ContextVarsRuntimeContext else None
-
-
-_current_context = _context_variable() if _INSTALLED else None
-
-
 def tracer() -> Tracer | None:
-    """natsreg's tracer from the configured global provider; None if there is none. For the
-    SDK's provider, a :class:`natsreg._otelspans.Recorder` for its tracer.
+    """natsreg's tracer from the configured global provider; None if there is none (or
+    OpenTelemetry is not installed). For the SDK's provider, a
+    :class:`natsreg._otelspans.Recorder` for its tracer.
 
     Runs on every request: it reads the API's module global rather than calling
     ``get_tracer_provider()``, which looks the environment up each time (about 1 µs).
     """
-    global _provider, _tracer
-    if not _INSTALLED:
-        return None
+    global _api, _provider, _tracer
+    if _api is None:
+        _api = _modules.get("opentelemetry.trace")
+        if _api is None:
+            return None
     provider = getattr(_api, "_TRACER_PROVIDER", None)
     if provider is _provider:
         return _tracer
+    from ._otelcalls import tracer_for
+
     _provider = provider
-    if provider is None or isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
-        _tracer = None
-        return None
-    _tracer = provider.get_tracer("natsreg")
-    if _SdkTracer is not None and type(_tracer) is _SdkTracer:
-        _tracer = Recorder(_tracer)  # type: ignore[assignment]
+    _tracer = None if provider is None else tracer_for(provider)
     return _tracer
 
 
-if _INSTALLED and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
+def __getattr__(name: str) -> Any:
+    # client_span, server_span and end: from natsreg._otelcalls, loaded once a tracer is in use
+    # (only then are they called), and kept here for the calls after.
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _otelcalls
+
+    value = getattr(_otelcalls, name)
+    globals()[name] = value
+    return value
+
+
+if "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
     # A provider named in the environment is loaded on the first get_tracer_provider().
-    _api.get_tracer_provider()
-
-
-def client_span(tracer: Tracer, subject: str) -> tuple[Span, tuple[str, str] | None]:
-    """A started CLIENT span for a call to ``subject``, and the ``traceparent`` and
-    ``tracestate`` that carry it (:func:`natsreg._trace.outgoing`); None for a span whose
-    context is invalid (a custom id generator's zero or out-of-range id), which no receiver
-    could read: as OpenTelemetry's own propagator, natsreg sends no trace header then.
-
-    Its parent is OpenTelemetry's current span where there is one (the handler's SERVER
-    span, or a span of the caller's own), else the trace context a bridge or handler set.
-    """
-    if _current_context is not None:
-        current = _current_context.get().get(_SPAN_KEY)
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        pass
     else:
-        current = _api.get_current_span()
-    parent = current.get_span_context() if isinstance(current, Span) else None
-    if parent is None or not parent.is_valid:
-        context = _trace.started()
-        parent = _remote(context) if context is not None and context.trace_id else None
-    span = _start(
-        tracer, f"request {subject}", SpanKind.CLIENT, _client_attributes(subject), parent
-    )
-    # Unpacked at once: each of SpanContext's properties is a call.
-    trace_id, span_id, _, flags, state, valid = span.get_span_context()
-    if not valid:
-        return span, None
-    # to_bytes().hex(): half the instructions of formatting the ints as hex.
-    traceparent = (
-        f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags:02x}"
-    )
-    return span, (traceparent, state.to_header() if state else "")
-
-
-def server_span(
-    tracer: Tracer, subject: str, queue_group: str, parent: _trace.TraceContext | None
-) -> tuple[Span, object]:
-    """A started SERVER span for a request on ``subject``, made OpenTelemetry's current span
-    (spans the handler starts nest under it), and the token that :func:`end` detaches.
-    natsreg's context becomes the span's, for nested calls and log lines (formatted when
-    first asked for: most handlers never do)."""
-    span = _start(
-        tracer,
-        f"process {subject}",
-        SpanKind.SERVER,
-        _server_attributes(subject, queue_group),
-        None if parent is None else _remote(parent),
-    )
-    _trace.defer(functools.partial(_context_of, span))
-    if _current_context is not None:
-        return span, _current_context.set(Context({**_current_context.get(), _SPAN_KEY: span}))
-    return span, _context.attach(_api.set_span_in_context(span))
-
-
-def _start(
-    tracer: Tracer,
-    name: str,
-    kind: SpanKind,
-    attributes: dict[str, str],
-    parent: SpanContext | None,
-) -> Span:
-    # A started span under ``parent`` (a SpanContext; None: a new trace).
-    if isinstance(tracer, Recorder):
-        return tracer.start(name, kind, attributes, parent)
-    context = None if parent is None else _api.set_span_in_context(NonRecordingSpan(parent))
-    return tracer.start_span(name, context, kind=kind, attributes=attributes)
-
-
-def end(span: Span, error: BaseException | None, token: object = None) -> None:
-    """End ``span``; a failure sets its status to ERROR and its code as ``error.type``: a
-    service's error code (``500`` for a handler that raised anything else), or the name of
-    the caller's error (``RequestTimeoutError``, ``NoInstanceError``, ...)."""
-    if error is not None:
-        if isinstance(error, ServiceError):
-            code, description = str(error.code), error.description
-        else:
-            code, description = type(error).__name__, str(error)
-        span.set_attribute("error.type", code)
-        span.set_status(Status(StatusCode.ERROR, description[:256]))
-    span.end()
-    if token is None:
-        return
-    if _current_context is not None:
-        _current_context.reset(token)  # type: ignore[arg-type]
-    else:
-        _context.detach(token)  # type: ignore[arg-type]
-
-
-# Bounded: a bridge's subjects come from the paths HTTP clients ask for.
-@functools.lru_cache(maxsize=1024)
-def _client_attributes(subject: str) -> dict[str, str]:
-    # One per subject, as the SDK copies what it is given: not built again on every call.
-    return {
-        "messaging.system": "nats",
-        "messaging.operation.name": "request",
-        "messaging.operation.type": "send",
-        "messaging.destination.name": subject,
-    }
-
-
-@functools.lru_cache(maxsize=1024)
-def _server_attributes(subject: str, queue_group: str) -> dict[str, str]:
-    return {
-        "messaging.system": "nats",
-        "messaging.operation.name": "process",
-        "messaging.operation.type": "process",
-        "messaging.destination.name": subject,
-        "messaging.consumer.group.name": queue_group,
-    }
-
-
-def _remote(context: _trace.TraceContext) -> SpanContext:
-    # The sender's span, as a parent this process did not make.
-    trace_id, span_id, flags, state = context
-    return span_context(
-        int(trace_id, 16),
-        int(span_id, 16),
-        True,
-        int(flags, 16),
-        TraceState.from_header([state]) if state else None,
-    )
-
-
-def _context_of(span: Span) -> _trace.TraceContext:
-    context = span.get_span_context()
-    return _trace.TraceContext(
-        f"{context.trace_id:032x}",
-        f"{context.span_id:016x}",
-        f"{context.trace_flags:02x}",
-        context.trace_state.to_header() if context.trace_state else "",
-    )
+        trace.get_tracer_provider()

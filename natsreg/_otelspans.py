@@ -17,7 +17,7 @@ does not see natsreg's spans through it, only through ``on_start`` and ``on_end`
 What code running in a handler does with the current span (``trace.get_current_span()``:
 attributes, events, links, status, a recorded exception, a new name) is kept, checked
 against the provider's limits as the SDK checks it. Any other tracer (another SDK, a
-vendor's) makes natsreg's spans through the OpenTelemetry API as before (``natsreg._otel``).
+vendor's) makes natsreg's spans through the OpenTelemetry API as before (``natsreg._otelcalls``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -38,7 +41,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
-from natsreg import _otel, _trace
+from natsreg import _otel, _otelcalls, _trace
 from natsreg._otelspans import RecordedSpan
 
 pytestmark = pytest.mark.pure
@@ -116,14 +119,14 @@ def test_the_exporter_gets_natsreg_spans_as_the_sdk_would_have_made_them(
 ) -> None:
     sdk, exporter = provider
     tracer = sdk.get_tracer("natsreg")
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(_otel._remote(CALLER)))
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(_otelcalls._remote(CALLER)))
 
     handle(CALLER, lambda: trace.get_current_span().add_event("cache miss", {"key": "1"}))
     with tracer.start_as_current_span(
         "process user-service.users",
         parent,
         kind=SpanKind.SERVER,
-        attributes=_otel._server_attributes("user-service.users", "user-service"),
+        attributes=_otelcalls._server_attributes("user-service.users", "user-service"),
     ) as span:
         span.add_event("cache miss", {"key": "1"})
     ours, theirs = exporter.get_finished_spans()
@@ -175,7 +178,7 @@ def test_a_spans_context_is_the_one_the_sdk_makes_from_the_same_ids(
     _, traceparent = call()
     tracer.start_span("request", kind=SpanKind.CLIENT).end()
     handle(CALLER)
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(_otel._remote(CALLER)))
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(_otelcalls._remote(CALLER)))
     tracer.start_span("process", parent, kind=SpanKind.SERVER).end()
     our_client, their_client, our_server, their_server = exporter.get_finished_spans()
     assert our_client.context == their_client.context
@@ -247,7 +250,7 @@ def test_a_handlers_span_is_current_while_it_runs_and_the_context_is_restored_af
     # natsreg sets OpenTelemetry's context variable itself; another runtime context
     # (OTEL_PYTHON_CONTEXT) goes through the API. Either keeps what else the context holds.
     if through_api:
-        monkeypatch.setattr(_otel, "_current_context", None)
+        monkeypatch.setattr(_otelcalls, "_current_context", None)
     sdk, exporter = provider
     tracer = _otel.tracer()
     assert tracer is not None
@@ -474,3 +477,40 @@ def test_a_tracer_the_provider_turned_off_makes_no_span_and_the_trace_goes_on(
     assert server.get_span_context().trace_id == int(TRACE, 16)
     sent = _trace.parse(traceparent)
     assert sent is not None and sent.flags in ("00", "02")  # a valid, unsampled trace
+
+
+def python(code: str, **env: str) -> str:
+    """What ``code`` prints, run by a Python process of its own with ``env`` added."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_a_process_that_configures_no_provider_does_not_load_opentelemetry() -> None:
+    # Loading it costs every start of the CLI ~50 ms; it is loaded once something imports its
+    # API, as configuring a provider does.
+    shown = python(
+        "import sys, natsreg, natsreg.cli\n"
+        "from natsreg import _otel\n"
+        "print(_otel.tracer(), sorted(m for m in sys.modules if 'opentelemetry' in m))\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "print(_otel.tracer())\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "print(type(_otel.tracer()).__name__)"
+    )
+    assert shown.splitlines() == ["None []", "None", "Recorder"]
+
+
+def test_a_provider_named_in_the_environment_records_natsreg_spans() -> None:
+    shown = python(
+        "from natsreg import _otel\nprint(type(_otel.tracer()).__name__)",
+        OTEL_PYTHON_TRACER_PROVIDER="sdk_tracer_provider",
+    )
+    assert shown == "Recorder"
