@@ -12,12 +12,16 @@ natsreg's and nats-py's real functions, so the difference is exact:
              nats-py's ``_send_publish`` writing the message (on a client that is not
              connected: the command is built and queued, nothing is sent);
 - responder: the received header block parsed by natsreg's parser (``_headers``), and the
-             service noting the request's headers for its trace (``_trace.receive``).
+             service noting the request's headers for its trace (``_trace.receive``);
+- bridge:    an HTTP request's head read (``HeadReader.read``: with a ``traceparent`` from
+             the HTTP client, or without), the trace it names (``Head.trace``) made current
+             around the call, and the caller's steps above for the call the bridge makes
+             (with the bridge's headers, outside a trace when the client sent none).
 
 Callgrind writes what it counted so far whenever the process calls ``getppid()``, which the
 script does around each count (N steps after a warm-up) and nothing else in it does.
 
-    python bench/tracing.py                  # 2,000 steps per count (about a minute)
+    python bench/tracing.py                  # 2,000 steps per count (a minute or two)
     python bench/tracing.py --steps 500
 
 Needs valgrind (Debian: apt-get install -y valgrind).
@@ -37,7 +41,7 @@ REQUEST_ID = "Wq3x9J0PqYH7mRhYvN6zQb-17"
 PAYLOAD = b"x" * 51  # bench/rpc.py's echo
 TRACE_ID, SPAN_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 TRACEPARENT_LINE = f"traceparent: 00-{TRACE_ID}-3e1f0a9b8c7d6e5f-01\r\n\r\n".encode()
-STEPS = ("caller", "responder")
+STEPS = ("caller", "responder", "bridge")
 MODES = ("off", "trace context")
 
 
@@ -46,15 +50,17 @@ def _steps() -> dict[tuple[str, str], Callable[[], object]]:
 
     from natsreg import _trace
     from natsreg._headers import parse_header_lines
+    from natsreg.bridge import BridgeConfig
+    from natsreg.bridge._app import METHOD_HEADER, PATH_HEADER
+    from natsreg.bridge._head import HeadReader
     from natsreg.client import _traced
     from natsreg.client._routing import _headers
 
     nc = NATS()
 
-    def call() -> None:
-        # natsreg.Client.request's trace part, as it runs with no OpenTelemetry tracer and
-        # no headers of the caller's own (bench/rpc.py's calls).
-        headers = None
+    def call(headers: dict[str, str] | None = None) -> None:
+        # natsreg.Client.request's trace part, as it runs with no OpenTelemetry tracer
+        # (bench/rpc.py's calls have no headers of their own; the bridge's do).
         traceparent = None
         current = _trace.current.get()
         if current is not None:
@@ -77,21 +83,54 @@ def _steps() -> dict[tuple[str, str], Callable[[], object]]:
 
         return step
 
+    reader = HeadReader(BridgeConfig(prefix="bench"))
+    path = "/bench-natsreg/echo"
+
+    def forward(traceparent: bytes | None) -> Callable[[], None]:
+        # Bridge._forward's steps up to the call, for a GET from an HTTP client.
+        sent = [(b"host", b"127.0.0.1"), (b"user-agent", b"wrk")]
+        if traceparent is not None:
+            sent.append((b"traceparent", traceparent))
+        scope = {
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": sent,
+        }
+
+        def step() -> None:
+            head = reader.read(scope)
+            forwarded = head.forwarded
+            forwarded[METHOD_HEADER] = head.method
+            forwarded[PATH_HEADER] = path
+            trace = head.trace()
+            token = _trace.current.set(trace) if trace is not None else None
+            try:
+                call(forwarded)
+            finally:
+                if token is not None:
+                    _trace.current.reset(token)
+
+        return step
+
     return {
         ("caller", "off"): call,
         ("caller", "trace context"): call,
         ("responder", "off"): serve(blocks["off"]),
         ("responder", "trace context"): serve(blocks["trace context"]),
+        ("bridge", "off"): forward(None),
+        ("bridge", "trace context"): forward(f"00-{TRACE_ID}-{SPAN_ID}-01".encode()),
     }
 
 
 def _run(steps: int) -> None:
     from natsreg import _trace
 
-    for (_, mode), step in _steps().items():
-        token = _trace.current.set(
-            _trace.TraceContext(TRACE_ID, SPAN_ID) if mode == "trace context" else None
-        )
+    for (side, mode), step in _steps().items():
+        # A caller in a trace; the bridge is in none until its HTTP client names one.
+        traced = side == "caller" and mode == "trace context"
+        token = _trace.current.set(_trace.TraceContext(TRACE_ID, SPAN_ID) if traced else None)
         count(step, steps)  # the warm-up teaches the parser the names, as a service's learns
         _trace.current.reset(token)
 

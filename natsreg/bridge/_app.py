@@ -315,14 +315,7 @@ class Bridge:
                         head.traceparent = None
         # The HTTP client's trace, if it sent a valid one, goes on through the client's call
         # as it would from inside a handler.
-        trace = (
-            _trace.parse(
-                head.traceparent.decode("latin-1"),
-                head.tracestate.decode("latin-1") if head.tracestate else None,
-            )
-            if head.traceparent
-            else None
-        )
+        trace = head.trace()
         token = _trace.current.set(trace) if trace is not None else None
         try:
             # On a versioned route, target.call reads 'service@constraint.endpoint': the

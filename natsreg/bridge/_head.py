@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from .. import _trace
 from ._config import BridgeConfig
 from ._responses import Scope
 
@@ -58,6 +59,15 @@ class Head:
         #: The W3C trace headers (b"" when traceparent came twice: then it names no parent).
         self.traceparent: bytes | None = None
         self.tracestate: bytes | None = None
+
+    def trace(self) -> _trace.TraceContext | None:
+        """The trace the HTTP client's ``traceparent`` (and ``tracestate``) names, if valid."""
+        if not self.traceparent:
+            return None
+        return _trace.parse(
+            self.traceparent.decode("latin-1"),
+            self.tracestate.decode("latin-1") if self.tracestate else None,
+        )
 
 
 class HeadReader:
