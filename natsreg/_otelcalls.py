@@ -121,8 +121,9 @@ def _start(
     attributes: dict[str, str],
     parent: SpanContext | None,
 ) -> Span:
-    # A started span under ``parent`` (a SpanContext; None: a new trace).
-    if isinstance(tracer, Recorder):
+    # A started span under ``parent`` (a SpanContext; None: a new trace). Without the SDK
+    # (the API alone, a vendor's provider) there is no Recorder: every span is the tracer's.
+    if _SdkTracer is not None and isinstance(tracer, Recorder):
         return tracer.start(name, kind, attributes, parent)
     context = None if parent is None else _api.set_span_in_context(NonRecordingSpan(parent))
     return tracer.start_span(name, context, kind=kind, attributes=attributes)

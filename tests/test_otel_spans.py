@@ -514,3 +514,45 @@ def test_a_provider_named_in_the_environment_records_natsreg_spans() -> None:
         OTEL_PYTHON_TRACER_PROVIDER="sdk_tracer_provider",
     )
     assert shown == "Recorder"
+
+
+VENDOR_WITHOUT_SDK = f"""
+import sys
+sys.modules["opentelemetry.sdk"] = None  # the API alone: no SDK installed
+from opentelemetry import trace
+from natsreg import _otel, _trace
+
+class Tracer(trace.Tracer):
+    # A vendor's own tracer: each span under its parent's trace (else trace 7), span ids 1, 2...
+    ids = iter(range(1, 100))
+
+    def start_span(self, name, context=None, *args, **kwargs):
+        parent = trace.get_current_span(context).get_span_context()
+        trace_id = parent.trace_id if parent.is_valid else 7
+        own = trace.SpanContext(trace_id, next(self.ids), False, trace.TraceFlags(1))
+        return trace.NonRecordingSpan(own)
+
+    def start_as_current_span(self, *args, **kwargs):
+        raise NotImplementedError
+
+class Provider(trace.TracerProvider):
+    def get_tracer(self, *args, **kwargs):
+        return Tracer()
+
+trace.set_tracer_provider(Provider())
+tracer = _otel.tracer()
+span, sent = _otel.client_span(tracer, "user-service.users")
+_otel.end(span, None)
+print(sent[0])
+server, token = _otel.server_span(tracer, "user-service.users", "q", _trace.{CALLER!r})
+_, nested = _otel.client_span(tracer, "billing.charge")
+_otel.end(server, RuntimeError("boom"), token)
+print(nested[0])
+"""
+
+
+def test_a_vendors_tracer_without_the_sdk_gets_natsreg_spans_through_the_api() -> None:
+    sent, nested = python(VENDOR_WITHOUT_SDK).splitlines()
+    assert sent == f"00-{7:032x}-{1:016x}-01"
+    # The handler's span (2) continues the caller's trace; its nested call's span (3) too.
+    assert nested == f"00-{TRACE}-{3:016x}-01"
