@@ -57,8 +57,8 @@ _STATE_MEMBER_RE = re.compile(
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 )
 _ZERO_TRACE = "0" * 32
-_new_tuple = tuple.__new__
 _ZERO_SPAN = "0" * 16
+_new_tuple = tuple.__new__
 
 
 class TraceContext(NamedTuple):
