@@ -23,6 +23,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections import Counter
@@ -72,9 +73,13 @@ def run_mutmut(modules: list[str], children: int) -> None:
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *patterns]
     print("$", " ".join(command[1:]), flush=True)
     started = time.monotonic()
-    # mutmut's own progress line is for a terminal; a log (CI) gets one line every 30 s.
+    # mutmut's own progress line is for a terminal; a log (CI) gets one line every 30 s, and
+    # what mutmut said is kept, to show if it fails.
     quiet = not sys.stdout.isatty()
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL if quiet else None) as run:
+    with (
+        tempfile.TemporaryFile() as said,
+        subprocess.Popen(command, cwd=ROOT, stdout=said if quiet else None) as run,
+    ):
         while True:
             try:
                 returncode = run.wait(timeout=30)
@@ -82,9 +87,22 @@ def run_mutmut(modules: list[str], children: int) -> None:
             except subprocess.TimeoutExpired:
                 if quiet:
                     print(f"... mutating, {time.monotonic() - started:.0f} s", flush=True)
+        if returncode != 0 and quiet:
+            said.seek(0)
+            print(_last_lines(said.read().decode(errors="replace")), flush=True)
     if returncode != 0:
-        raise SystemExit(f"mutmut failed (exit {returncode}); run `mutmut run` to see why")
+        raise SystemExit(f"mutmut failed (exit {returncode}); what it said last is above")
     print(f"mutmut ran in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _last_lines(said: str, count: int = 40) -> str:
+    # mutmut redraws its progress line with carriage returns, a spinner's frame first: each
+    # redraw is a line here, kept once.
+    lines: list[str] = []
+    for line in said.replace("\r", "\n").splitlines():
+        if line.strip() and not (lines and line[1:] == lines[-1][1:]):
+            lines.append(line)
+    return "\n".join(lines[-count:])
 
 
 def scores(modules: list[str]) -> tuple[list[Score], dict[str, list[str]]]:
