@@ -385,6 +385,42 @@ def test_every_change_of_membership_or_health_raises_the_revision() -> None:
         assert catalog.revision > revision, f"step {number}"
 
 
+def test_every_way_out_of_the_view_is_reported_once_and_nothing_else_is() -> None:
+    clock, node = Clock(), Node()
+    left: list[str] = []
+    lost: list[str] = []
+    catalog = Catalog(clock=clock, on_lost=lost.append, on_left=left.append)
+    catalog.track("svc")
+
+    def fall_silent() -> None:
+        clock.now += SILENCE_S
+        catalog.expire()
+
+    steps: list[tuple[Callable[[], object], set[str]]] = [
+        (lambda: catalog.apply_snapshot(node.snapshot(*map(view, "abcdef")), "svc"), set()),
+        (lambda: catalog.apply_heartbeat(beat(2, "a", health="warning")), set()),
+        (lambda: catalog.apply_event(node.event("changed", view("a", seq=3))), set()),
+        (lambda: catalog.apply_event(node.event("down", view("b", seq=2), "expired")), {"b"}),
+        (lambda: catalog.apply_goodbye(wire.Goodbye(id="c", name="svc", seq=2)), {"c"}),
+        # d is not in the snapshot; e is, but silent for too long to be taken.
+        (
+            lambda: catalog.reconcile(
+                "svc", node.snapshot(view("a", seq=3), view("e", age_s=SILENCE_S), view("f"))
+            ),
+            {"d", "e"},
+        ),
+        (fall_silent, {"a", "f"}),
+        (lambda: catalog.apply_event(node.event("up", view("g"))), set()),
+        (lambda: catalog.forget("svc"), {"g"}),
+    ]
+    for number, (step, leaving) in enumerate(steps):
+        left.clear()
+        step()
+        assert sorted(left) == sorted(leaving), f"step {number}"
+    # Only deaths end calls in flight: not a goodbye, a reconcile or the client letting go.
+    assert sorted(lost) == ["a", "b", "f"]
+
+
 # -- services tracked ----------------------------------------------------------------------------
 
 

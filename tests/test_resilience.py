@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from nats.aio.client import Client as NATS
+from prometheus_client.parser import text_string_to_metric_families
 
 import natsreg
+from natsreg import metrics
 from tests.helpers import eventually, read_id, start_service, until_warm
 
 TIMEOUT_S = 2.0
@@ -313,6 +315,93 @@ async def test_a_breaker_opens_fails_fast_half_opens_and_closes(
         assert (await client.request(f"{name}.flaky")).text() == "ok"  # the trial call
         (breaker,) = client.stats()["breakers"].values()
         assert breaker["state"] == "closed"
+
+
+def breakers_reported(client: natsreg.Client, service: str) -> dict[str, object]:
+    """What the client and this process's metrics say of the breakers of ``service`` that are
+    not closed: its open count, each target's state series, and each breaker in its stats."""
+    exposed: dict[str, object] = {"open": 0.0}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.labels.get("service") != service:
+                continue
+            if sample.name == "natsreg_client_breaker_open":
+                exposed["open"] = sample.value
+            elif sample.name == "natsreg_client_breaker_state":
+                exposed[sample.labels["target"]] = sample.labels["state"]
+    for target, breaker in client.stats()["breakers"].items():
+        if breaker["state"] != "closed":
+            exposed[f"stats {target}"] = breaker["state"]
+    return exposed
+
+
+async def test_the_open_breaker_of_an_instance_that_said_goodbye_is_reported_no_more(
+    nc: NATS, prefix: str, unique: str
+) -> None:
+    name = f"brk-bye-{unique}"
+    config = natsreg.BreakerConfig(min_requests=2, open_s=0.5)
+    async with (
+        natsreg.Registry(nc, prefix=prefix),
+        natsreg.Client(nc, prefix=prefix, breaker=config) as client,
+    ):
+        async with natsreg.announce(nc, name, version="1.0.0", prefix=prefix) as svc:
+
+            @svc.endpoint("flaky")
+            async def flaky(req: natsreg.Request) -> str:
+                raise natsreg.ServiceError("backend down", code=500)
+
+            await svc.ready()
+            await in_view(client, name, {svc.id})
+            for _ in range(2):
+                with pytest.raises(natsreg.ServiceError):
+                    await client.request(f"{name}.flaky")
+            target = f"{svc.id}/flaky"
+            assert breakers_reported(client, name) == {
+                "open": 1.0,
+                target: "open",
+                f"stats {target}": "open",
+            }
+        # Goodbye said; nothing calls the service again, so no call tries the breaker.
+        await eventually(
+            lambda: breakers_reported(client, name) == {"open": 0.0},
+            what="no open breaker reported once the instance said goodbye",
+        )
+        assert target not in client.stats()["breakers"]
+        await in_view(client, name, set())
+
+
+async def test_the_open_breaker_of_a_frozen_instance_goes_when_it_leaves_the_view(
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
+    name = f"brk-stop-{unique}"
+    config = natsreg.BreakerConfig(min_requests=2, open_s=0.5)
+    async with (
+        natsreg.Registry(nc, prefix=prefix),
+        natsreg.Client(nc, prefix=prefix, breaker=config) as client,
+    ):
+        with services(nats_url, name, prefix, 1) as [(frozen, frozen_id)]:
+            await in_view(client, name, {frozen_id})
+            frozen.send_signal(signal.SIGSTOP)
+            # Two calls at once, both unanswered: its breaker opens well before its silence
+            # takes it out of the view.
+            outcomes = await asyncio.gather(
+                *(client.request(f"{name}.work", timeout_s=0.3) for _ in range(2)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, natsreg.RequestTimeoutError) for o in outcomes), outcomes
+            target = f"{frozen_id}/work"
+            assert breakers_reported(client, name) == {
+                "open": 1.0,
+                target: "open",
+                f"stats {target}": "open",
+            }
+            # Its missed heartbeats take it out of the view; no call comes to try the breaker.
+            await eventually(
+                lambda: breakers_reported(client, name) == {"open": 0.0},
+                timeout_s=8,
+                what="no open breaker reported once the frozen instance expired",
+            )
+            assert target not in client.stats()["breakers"]
 
 
 async def test_a_nested_call_inherits_the_deadline_and_late_work_is_not_started(

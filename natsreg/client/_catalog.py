@@ -78,6 +78,7 @@ class Catalog:
         missed_heartbeats: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_lost: Callable[[str], None] | None = None,
+        on_left: Callable[[str], None] | None = None,
     ) -> None:
         self.missed_heartbeats = missed_heartbeats
         self._clock = clock
@@ -85,6 +86,10 @@ class Catalog:
         #: goodbye (a ``down`` event, local expiry): it died, and calls in flight there
         #: will get no answer.
         self.on_lost = on_lost
+        #: Called with an instance's id whenever it leaves the view, for any reason (goodbye,
+        #: ``down`` event, local expiry, a reconcile, :meth:`forget`): what callers keep per
+        #: instance (its circuit breakers) goes with it, on the change, not on every read.
+        self.on_left = on_left
         self._services: dict[str, dict[str, _Entry]] = {}
         # id -> (last seq, the goodbye it left on): keeps late messages from reviving it.
         self._tombstones: OrderedDict[str, tuple[int, _Goodbye | None]] = OrderedDict()
@@ -116,8 +121,11 @@ class Catalog:
     def forget(self, service: str) -> None:
         """Stop holding ``service``."""
         self._chains.pop(service, None)
-        if self._services.pop(service, None):
+        entries = self._services.pop(service, None)
+        if entries:
             self.revision += 1
+            for instance_id in entries:
+                self._left(instance_id, lost=False)
 
     def hear(self, verb: str, tokens: Sequence[str], data: bytes) -> Heard:
         """One message heard on ``<prefix>.<verb>.<tokens>``: ``events.<name>``,
@@ -170,13 +178,16 @@ class Catalog:
         listed = {v.id: v for v in snapshot.instances if v.name == service}
         for instance_id in [i for i in entries if i not in listed]:
             self._bury(instance_id, entries.pop(instance_id).view.seq, None)
+            self._left(instance_id, lost=False)
         for view in listed.values():
             tomb = self._tombstones.get(view.id)
             if tomb is not None and tomb[1] == "bye":
                 continue
             self._tombstones.pop(view.id, None)
-            entries.pop(view.id, None)
+            held = entries.pop(view.id, None) is not None
             self._upsert(view)
+            if held and view.id not in entries:
+                self._left(view.id, lost=False)  # listed, but silent for too long to be taken
         self.revision += 1
 
     def apply_event(self, event: wire.Event) -> Heard:
@@ -309,8 +320,15 @@ class Catalog:
         entries = self._services.get(service)
         if entries is not None and entries.pop(instance_id, None) is not None:
             self.revision += 1
-            if goodbye is None and self.on_lost is not None:
-                self.on_lost(instance_id)
+            self._left(instance_id, lost=goodbye is None)
+
+    def _left(self, instance_id: str, *, lost: bool) -> None:
+        # Every way out of the view ends here, so that what callers keep per instance cannot
+        # outlive it.
+        if lost and self.on_lost is not None:
+            self.on_lost(instance_id)
+        if self.on_left is not None:
+            self.on_left(instance_id)
 
     def _bury(self, instance_id: str, seq: int, goodbye: _Goodbye | None) -> None:
         # The oldest tombstones go first: bounded, whatever the churn.
@@ -334,8 +352,7 @@ class Catalog:
             for instance_id in [i for i, e in entries.items() if e.expires_at <= horizon]:
                 self._bury(instance_id, entries.pop(instance_id).view.seq, None)
                 self.revision += 1
-                if self.on_lost is not None:
-                    self.on_lost(instance_id)
+                self._left(instance_id, lost=True)
             for e in entries.values():
                 next_expiry = min(next_expiry, e.expires_at)
         self._next_expiry = next_expiry

@@ -1,6 +1,11 @@
 """Where each attempt of a call goes: the queue group, or an instance that matches the target
 (its version constraint and selectors), whose circuit breaker lets it through, chosen by the
 balancer. Reads the views (:mod:`._views`); owns the circuit breakers and the balancer.
+
+An instance's breakers live as long as it stays in the views: they go when it leaves them
+(:attr:`~._catalog.Catalog.on_left`), so an open one is not reported open for ever (a breaker
+only leaves "open" when a call tries it, and none will) and instances that come and go leave
+nothing behind.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ class RouteChooser:
         #: each one's target belongs to (for Prometheus, natsreg._collector).
         self.breakers: dict[tuple[str, str], Breaker] = {}
         self.breaker_services: dict[tuple[str, str], str] = {}
+        # Instance id -> the endpoints it has breakers for: what forget() drops, without a
+        # scan of every breaker.
+        self._endpoints: dict[str, set[str]] = {}
+        views.catalog.on_left = self.forget
         # (service, endpoint, subject, constraint, selector) -> (catalog revision, matches)
         self._matches: dict[tuple[Any, ...], tuple[int, _Matches]] = {}
 
@@ -115,7 +124,7 @@ class RouteChooser:
         return self._instance_route(target, strategy, key, matches, tried)
 
     def _queue_route(self, subject: str, idempotent: bool) -> Route:
-        breaker = self.breaker_for("queue", subject, subject.partition(".")[0])
+        breaker = self.breaker_for("queue", subject, subject.partition(".")[0], instance=False)
         if not breaker.allow():
             raise CircuitOpenError(
                 f"the circuit breaker of {subject!r} is open",
@@ -227,20 +236,41 @@ class RouteChooser:
         self._matches[cache_key] = (self._catalog.revision, found)
         return found
 
-    def breaker_for(self, target: str, endpoint: str, service: str) -> Breaker:
-        """The breaker of ``endpoint`` on ``target`` (an instance id or ``queue``), a part of
-        ``service``; made on first use."""
+    def breaker_for(
+        self, target: str, endpoint: str, service: str, *, instance: bool = True
+    ) -> Breaker:
+        """The breaker of ``endpoint`` on ``target`` (an instance id, or ``queue`` with
+        ``instance=False``), a part of ``service``; made on first use."""
         breaker = self.breakers.get((target, endpoint))
         if breaker is None:
             if len(self.breakers) > 10_000:
-                # Bounded: a closed breaker holds nothing worth keeping.
+                # Bounded (queue groups of any subject callers make up): a closed breaker
+                # holds nothing worth keeping.
                 for k in [k for k, b in self.breakers.items() if b.state == "closed"]:
-                    del self.breakers[k]
-                    self.breaker_services.pop(k, None)
+                    self._drop(k)
             breaker = Breaker(self.breaker, clock=self._clock)
             self.breakers[(target, endpoint)] = breaker
             self.breaker_services[(target, endpoint)] = service
+            if instance:
+                self._endpoints.setdefault(target, set()).add(endpoint)
         return breaker
+
+    def forget(self, instance_id: str) -> None:
+        """Drop the breakers of an instance that left the views. Should it come back under
+        the same id, its breakers start closed; a call in flight there records its outcome
+        in the breaker it was routed with, which then goes unread."""
+        for endpoint in self._endpoints.pop(instance_id, ()):
+            self.breakers.pop((instance_id, endpoint), None)
+            self.breaker_services.pop((instance_id, endpoint), None)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        del self.breakers[key]
+        self.breaker_services.pop(key, None)
+        endpoints = self._endpoints.get(key[0])
+        if endpoints is not None:
+            endpoints.discard(key[1])
+            if not endpoints:
+                del self._endpoints[key[0]]
 
 
 def _plain_subject(announced: list[str], foreign: set[str]) -> str | None:
