@@ -149,7 +149,8 @@ async def test_more_path_segments_become_more_subject_tokens(nc: NATS, unique: s
 
 
 @pytest.mark.parametrize(
-    ("code", "status"), [(404, 404), (418, 418), (503, 503), (302, 502), (99, 502), (600, 502)]
+    ("code", "status"),
+    [(404, 404), (418, 418), (500, 500), (503, 503), (302, 502), (99, 502), (600, 502)],
 )
 async def test_a_service_error_becomes_its_code_when_http_like_else_502(
     nc: NATS, prefix: str, unique: str, code: int, status: int
@@ -166,15 +167,22 @@ async def test_a_service_error_becomes_its_code_when_http_like_else_502(
     }
 
 
-async def test_a_crashing_handler_is_a_500_without_a_traceback(
-    nc: NATS, prefix: str, unique: str
+async def test_a_crashing_handler_is_the_services_500_without_a_traceback(
+    nc: NATS, prefix: str, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     name = f"svc-{unique}"
     async with echo_service(nc, name, prefix), serving(nc, prefix=prefix) as http:
         reply = await http.get(f"/{name}/crash")
     assert reply.status_code == 500
-    assert set(reply.json()) == {"error", "message", "service", "endpoint"}
+    # The service failed, and says how, as it does to any NATS caller: not the bridge.
+    assert reply.json() == {
+        "error": "service_error",
+        "message": "ValueError: boom",
+        "service": name,
+        "endpoint": "crash",
+    }
     assert "Traceback" not in reply.text and 'File "' not in reply.text
+    assert not [r for r in caplog.records if r.name == "natsreg.bridge"]
 
 
 async def test_no_instance_is_503_and_a_timeout_is_504(nc: NATS, prefix: str, unique: str) -> None:

@@ -280,6 +280,38 @@ async def test_a_foreign_host_name_gets_421_and_nothing_reaches_nats(
     assert after.count("svc.echo") >= 4
 
 
+async def test_the_probes_answer_any_host_and_the_metrics_keep_the_bridges_auth(
+    quiet_nats: tuple[NATS, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kubelet or Prometheus names the pod by its address, which no allow-list holds.
+    nc, seen = quiet_nats
+    monkeypatch.setenv("TEST_PROBE_TOKENS", "s3cret")
+    auth = Auth(scheme="bearer", tokens_env="TEST_PROBE_TOKENS")
+    config = BridgeConfig(timeout_s=0.5, allowed_hosts=("api.example",), auth=auth)
+
+    def get(path: str, *headers: str) -> bytes:
+        lines = "".join(f"{h}\r\n" for h in ("Host: 10.1.2.3:8080", *headers))
+        return f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode()
+
+    async with bridge.run(nc, config, port=0) as running:
+        alive = await raw_http(running.url, get("/_natsreg/healthz"))
+        # Ready or not (the client's view may still be warming), but answered.
+        ready = await raw_http(running.url, get("/_natsreg/readyz"))
+        metrics = (
+            await raw_http(running.url, get("/_natsreg/metrics")),
+            await raw_http(running.url, get("/_natsreg/metrics", "Authorization: Bearer s3cret")),
+        )
+        others = [
+            await raw_http(running.url, get(path, "Authorization: Bearer s3cret"))
+            for path in ("/svc/echo", "/_natsreg/services", "/_natsreg/ui")
+        ]
+        sent = await published(nc, seen)
+    assert alive == 200 and ready in (200, 503)
+    assert metrics == (401, 200)
+    assert others == [421] * 3
+    assert "svc.echo" not in sent
+
+
 async def test_allowed_hosts_serves_the_names_listed_or_any_with_a_star(
     nc: NATS, prefix: str, unique: str
 ) -> None:

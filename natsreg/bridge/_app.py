@@ -26,7 +26,7 @@ from ._access import CorsHeaders, Origins, challenge, credential
 from ._config import BridgeConfig
 from ._events import EventStreams
 from ._head import HEADER_BREAK, Head, HeadReader
-from ._own import OwnResources
+from ._own import PROBES, OwnResources
 from ._responses import Receive, Scope, Send, refuse, respond, status_for, unauthorized
 from ._routes import Refusal, Target
 
@@ -104,6 +104,11 @@ class Bridge:
         self.refused: Counter[str] = Counter()
         if self.recording:
             _figures.LIVE.bridges.add(self)
+
+    @property
+    def nc(self) -> NATS:
+        """The NATS connection the bridge sends on (the caller's to close)."""
+        return self._nc
 
     @property
     def in_flight(self) -> int:
@@ -233,9 +238,12 @@ class Bridge:
         ):
             raise _Refused(_HEADER_INJECTION, cors)
         # A request without Host cannot come from a browser, the client these two checks
-        # are for (DNS rebinding, cross-site requests); HTTP/1.0 tools may omit it.
+        # are for (DNS rebinding, cross-site requests); HTTP/1.0 tools may omit it. The
+        # probes answer any Host: a kubelet and Prometheus name the pod by its address, and
+        # what they show is open to anyone who can reach the port anyway (the metrics stay
+        # behind the bridge's auth).
         host = head.host
-        if host is not None and not self._origins.host_allowed(host):
+        if host is not None and not self._origins.host_allowed(host) and head.path not in PROBES:
             raise _Refused(_MISDIRECTED)
         if (head.origin is not None or head.fetch_site is not None) and self._origins.cross_site(
             head.origin, host, head.fetch_site
@@ -384,7 +392,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 def _failure(exc: Exception, target: Target, cors: _Headers) -> _Refused:
     """A failed NATS request as the refusal that answers it."""
     status, error = status_for(exc)
-    if status == 500:
+    if error == "internal_error":  # not a service's own 500: that is the service's to log
         log.exception("bridge: request to %r failed", target.subject, exc_info=exc)
         message = "the bridge failed to handle the request"
     elif isinstance(exc, ServiceError):

@@ -25,10 +25,10 @@ from ._head import Head
 from ._responses import JSON, Receive, Send, encode, refuse, respond, status_for, unauthorized
 from ._routes import Refusal
 
-__all__ = ["OwnResources"]
+__all__ = ["PROBES", "OwnResources"]
 
-# The probes of natsreg._probes, under the bridge's own path.
-_PROBES = frozenset({"/_natsreg/metrics", "/_natsreg/healthz", "/_natsreg/readyz"})
+#: The probes of natsreg._probes, under the bridge's own path.
+PROBES = frozenset({"/_natsreg/metrics", "/_natsreg/healthz", "/_natsreg/readyz"})
 # What the registry's view shows: the services, and the OpenAPI document of their routes.
 _VIEWS = frozenset({"/_natsreg/services", "/_natsreg/openapi.json"})
 # A Host header that may stand in the document's server URL: a name or address, and a port.
@@ -108,7 +108,7 @@ class OwnResources:
                 }
             )
             await respond(send, 200 if connected else 503, JSON, body, cors)
-        elif path in _PROBES:
+        elif path in PROBES:
             # The figures name services and endpoints, as /_natsreg/services does: behind
             # the bridge's auth. The probes say no more than "ready" and why not: open to a
             # kubelet, which sends no credentials.
