@@ -1,5 +1,8 @@
 """natsreg: service discovery and RPC for Python microservices on NATS."""
 
+import importlib
+from types import ModuleType
+
 from .client import BreakerConfig, Client, Reply, RetryPolicy
 from .errors import (
     BulkheadFullError,
@@ -60,3 +63,15 @@ __all__ = [
     "announce",
 ]
 __version__ = "0.1.0"
+
+# The modules not imported above, loaded when first named (``natsreg.metrics.serve(...)``
+# after a plain ``import natsreg``): each pulls in libraries that not every process needs.
+_SUBMODULES = frozenset(
+    {"bridge", "cli", "logs", "metrics", "permissions", "subjects", "testing", "wire"}
+)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -43,6 +45,25 @@ def test_the_package_exports_its_dozen_names() -> None:
     for exported in natsreg.__all__:
         assert not isinstance(getattr(natsreg, exported), types.ModuleType)
     assert "announce" in natsreg.__all__ and "Client" in natsreg.__all__
+
+
+def test_every_public_module_is_an_attribute_after_a_plain_import() -> None:
+    # As the docs write them: natsreg.metrics.serve(...) after `import natsreg`. A fresh
+    # process, since this one has imported them all already.
+    script = (
+        "import natsreg\n"
+        f"for name in {[m.removeprefix('natsreg.') for m in PUBLIC_MODULES]!r}:\n"
+        "    assert isinstance(getattr(natsreg, name), type(natsreg)), name\n"
+        "try:\n"
+        "    natsreg.no_such_module\n"
+        "except AttributeError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "module 'natsreg' has no attribute 'no_such_module'\n"
 
 
 def test_the_readmes_testing_example_is_the_one_the_suite_runs() -> None:
