@@ -1,7 +1,9 @@
-"""Small tools the tests share: waiting for a condition, running a service in a subprocess."""
+"""Small tools the tests share: waiting for a condition, running a service in a subprocess,
+skipping (or under CI failing) a test whose tool is missing."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import nats.errors
+import pytest
 from nats.aio.client import Client as NATS
 
 from natsreg import subjects
@@ -32,6 +35,16 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s")
         await anyio.sleep(0.02)
+
+
+def require_tool(found: bool, problem: str) -> None:
+    """Skip the calling test when a tool it runs is missing (``problem`` says which, and how
+    to install it); under CI, which installs every one (.ci/run), fail it instead."""
+    if found:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{problem} (CI installs it, so it must not be skipped there)")
+    pytest.skip(problem)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 import natsreg
 import natsreg.logs
 from natsreg import _origin, _trace
+from natsreg.testing import NatsServer
 from tests.helpers import eventually
 from tests.run_helpers import Lines
 from tests.test_cli import free_port
@@ -241,10 +242,16 @@ class Output:
         return [json.loads(line) for line in self.stderr]
 
 
+def natsreg_json(*args: str) -> list[str]:
+    """``natsreg COMMAND --log-format json ...``: the flag right after the command's name,
+    before an action of its own (``saga --log-format json ls``), where each must take it."""
+    return [sys.executable, "-m", "natsreg", *args[:1], "--log-format", "json", *args[1:]]
+
+
 @contextmanager
 def started(folder: Path, env: dict[str, str], *args: str) -> Iterator[Output]:
     with subprocess.Popen(
-        [sys.executable, "-m", "natsreg", *args, "--log-format", "json"],
+        natsreg_json(*args),
         cwd=folder,
         env=env,
         text=True,
@@ -263,7 +270,7 @@ def started(folder: Path, env: dict[str, str], *args: str) -> Iterator[Output]:
 
 def command(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "natsreg", *args, "--log-format", "json"],
+        natsreg_json(*args),
         cwd=folder,
         env=env,
         capture_output=True,
@@ -294,12 +301,36 @@ def listed(folder: Path, env: dict[str, str], count: int) -> bool:
     return result.returncode == 0 and len(json.loads(result.stdout)["instances"]) == count
 
 
+async def a_saga_and_an_event(js: NATS, prefix: str, unique: str) -> str:
+    """One saga run to its end and one durable event stored on ``js``; the saga's id."""
+    shop = f"shop-{unique}"
+    async with natsreg.announce(js, shop, version="1.0.0", prefix=prefix) as svc:
+
+        @svc.endpoint("reserve")
+        async def reserve(req: natsreg.Request) -> dict[str, bool]:
+            return {"reserved": True}
+
+        await js.flush()
+        saga = natsreg.Saga("order", steps=[natsreg.Step(f"{shop}.reserve")])
+        result = await saga.run(natsreg.Client(js, prefix=prefix), {"order": 1})
+    await natsreg.Events(js, prefix=prefix).emit("order.placed", {"order": 1})
+    return result.id
+
+
 async def test_every_line_of_every_command_parses_as_json(
-    tmp_path: Path, prefix: str, unique: str, cli_env: dict[str, str]
+    tmp_path: Path,
+    prefix: str,
+    unique: str,
+    cli_env: dict[str, str],
+    js: NATS,
+    js_server: NatsServer,
 ) -> None:
     name = f"logged-{unique}"
     (tmp_path / "app.py").write_text(APP.format(name=name))
     env = {**cli_env, "NATSREG_PREFIX": prefix}
+    # Sagas and durable events live in JetStream, which the other commands' server has not.
+    js_env = {**env, "NATS_URL": js_server.url}
+    saga_id = await a_saga_and_an_event(js, prefix, unique)
     port = free_port()
     with (
         started(tmp_path, env, "registry", "-v") as registry,
@@ -321,6 +352,11 @@ async def test_every_line_of_every_command_parses_as_json(
             "request text": command(tmp_path, env, "request", f"{name}.text"),
             "request fail": command(tmp_path, env, "request", f"{name}.fail", "--stats"),
             "auth": command(tmp_path, env, "auth", "--registry", "reg", "--service", "a"),
+            "docs": command(tmp_path, env, "docs", "asyncapi"),
+            "events": command(tmp_path, js_env, "events", "ls"),
+            "saga ls": command(tmp_path, js_env, "saga", "ls"),
+            "saga show": command(tmp_path, js_env, "saga", "show", saga_id),
+            "saga show missing": command(tmp_path, js_env, "saga", "show", f"no-{unique}"),
             "usage error": command(tmp_path, env, "ls", "--no-such-flag"),
         }
         for what, result in results.items():
@@ -330,6 +366,14 @@ async def test_every_line_of_every_command_parses_as_json(
         assert json.loads(results["info"].stdout)["instances"][0]["name"] == name
         assert json.loads(results["registry nodes"].stdout)[0]["warming_up"] is False
         assert "authorization" in json.loads(results["auth"].stdout)["config"]
+        assert f"{name}.echo" in json.loads(results["docs"].stdout)["channels"]
+        assert [e["type"] for e in json.loads(results["events"].stdout)] == ["order.placed"]
+        assert [s["id"] for s in json.loads(results["saga ls"].stdout)] == [saga_id]
+        shown = json.loads(results["saga show"].stdout)
+        assert (shown["id"], shown["status"]) == (saga_id, "completed")
+        (missing,) = assert_json_lines("saga show missing", results["saga show missing"].stderr)
+        assert results["saga show missing"].returncode == 1
+        assert missing["level"] == "error" and f"no saga 'no-{unique}'" in missing["message"]
         failed = results["request fail"]
         stats, error = assert_json_lines("request fail", failed.stderr)
         assert failed.returncode == 1 and error["level"] == "error" and "boom" in error["message"]

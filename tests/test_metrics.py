@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import shutil
+import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,7 +33,10 @@ from natsreg.errors import (
     RequestTimeoutError,
     ServiceError,
 )
-from tests.helpers import eventually, until_warm
+from natsreg.testing import NatsServer
+from tests.helpers import eventually, read_id, require_tool, start_service, until_warm
+
+SYS_ACCOUNTS = Path(__file__).with_name("sys-accounts.conf")
 
 # -- reading the exposition ------------------------------------------------------------------
 
@@ -340,6 +346,63 @@ async def test_a_registry_node_counts_messages_drops_expiries_and_queries(
     assert not has_series("natsreg_registry_revision")
 
 
+def expiries_since(before: dict[str, float]) -> dict[str, float]:
+    """``natsreg_registry_expiries_total`` now less ``before``, by reason, for the reasons
+    that moved (``expiries_since({})``: the counter as it stands)."""
+    now = {labels["reason"]: v for labels, v in scrape().get("natsreg_registry_expiries_total", [])}
+    return {
+        reason: v - before.get(reason, 0) for reason, v in now.items() if v != before.get(reason, 0)
+    }
+
+
+async def test_an_instance_whose_heartbeats_stop_is_counted_as_expired(
+    nc: NATS, nats_url: str, prefix: str, unique: str
+) -> None:
+    before = expiries_since({})
+    async with natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0.1) as node:
+        with start_service(nats_url, f"frozen-{unique}", prefix) as proc:
+            instance_id = read_id(proc)
+            await eventually(lambda: [i.id for i in node.snapshot().instances] == [instance_id])
+            # Frozen, its socket stays open: only the missing heartbeats can remove it.
+            proc.send_signal(signal.SIGSTOP)
+            await eventually(
+                lambda: node.snapshot().instances == [], timeout_s=10, what="the expiry"
+            )
+            assert expiries_since(before) == {"expired": 1}
+
+
+@pytest.fixture(scope="module")
+def accounts_server() -> Iterator[NatsServer]:
+    """A nats-server with a system account, whose disconnect advisories a node can read."""
+    with NatsServer(args=("-c", str(SYS_ACCOUNTS))) as server:
+        yield server
+
+
+async def test_an_instance_whose_connection_closes_is_counted_as_disconnected(
+    accounts_server: NatsServer, prefix: str, unique: str
+) -> None:
+    app = await nats.connect(accounts_server.url, user="app", password="app")
+    system = await nats.connect(accounts_server.url, user="sys", password="sys")
+    url = accounts_server.url.replace("nats://", "nats://app:app@")
+    before = expiries_since({})
+    try:
+        # Ten missed heartbeats: the advisory, not the expiry, must be what removes it.
+        async with natsreg.Registry(
+            app, prefix=prefix, system_nc=system, discover_jitter_s=0.1, missed_heartbeats=10
+        ) as node:
+            with start_service(url, f"killed-{unique}", prefix) as proc:
+                instance_id = read_id(proc)
+                await eventually(lambda: [i.id for i in node.snapshot().instances] == [instance_id])
+                proc.send_signal(signal.SIGKILL)
+                await eventually(
+                    lambda: node.snapshot().instances == [], timeout_s=10, what="the removal"
+                )
+                assert expiries_since(before) == {"disconnected": 1}
+    finally:
+        await app.close()
+        await system.close()
+
+
 @asynccontextmanager
 async def bridge_on(nc: NATS, prefix: str, name: str) -> AsyncIterator[httpx.AsyncClient]:
     config = BridgeConfig(prefix=prefix, routes=[Route(path="/api/ok", subject=f"{name}.ok")])
@@ -390,13 +453,13 @@ async def test_a_role_built_with_natsreg_metrics_0_is_neither_counted_nor_expose
         assert not has_series("natsreg_client_requests_total", service=name)
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None,
-    reason="promtool is not installed (Debian: apt-get install prometheus); .ci/run installs it",
-)
 async def test_promtool_accepts_the_exposition_of_each_role(
     nc: NATS, prefix: str, unique: str
 ) -> None:
+    require_tool(
+        shutil.which("promtool") is not None,
+        "promtool is not installed (Debian: apt-get install prometheus; .ci/run installs it)",
+    )
     name = f"svc-{unique}"
     async with (
         natsreg.Registry(nc, prefix=prefix, discover_jitter_s=0.1) as node,

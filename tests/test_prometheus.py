@@ -15,15 +15,19 @@ import httpx
 import pytest
 
 from natsreg.testing import free_port
-from tests.helpers import eventually
+from tests.helpers import eventually, require_tool
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
-pytestmark = pytest.mark.skipif(
-    not os.access(PROMETHEUS, os.X_OK),
-    reason="Prometheus is not installed: Debian's 'prometheus' package provides it "
-    "(apt-get install prometheus; .ci/run installs it on a fresh machine)",
-)
+
+@pytest.fixture(autouse=True)
+def prometheus_installed() -> None:
+    require_tool(
+        os.access(PROMETHEUS, os.X_OK),
+        "Prometheus is not installed: Debian's 'prometheus' package provides it "
+        "(apt-get install prometheus; .ci/run installs it on a fresh machine)",
+    )
+
 
 # A service that fails when asked to: 8 of the 10 requests below succeed, 2 fail with 422.
 APP = """

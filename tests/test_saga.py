@@ -69,7 +69,8 @@ def order(service: str, **options: Any) -> natsreg.Saga:
 
 
 async def stored(nc: NATS, prefix: str, saga_id: str) -> SagaState:
-    bucket = await Bucket.open(nc, prefix, create=False)
+    bucket = await Bucket.find(nc, prefix)
+    assert bucket is not None
     entry = await bucket.get(saga_id)
     assert entry is not None and entry[0] is not None
     return entry[0]
@@ -210,6 +211,36 @@ async def test_a_failing_compensation_is_retried_then_dead_lettered_and_saga_sho
     assert listed[saga_id] == "failed-compensation"
     assert done["missing"].returncode == 1
     assert done["missing"].stderr.decode().startswith("natsreg: no saga 'nope'")
+
+
+async def test_saga_ls_before_any_saga_says_none_yet_and_saga_show_still_fails(
+    js_server: NatsServer, prefix: str
+) -> None:
+    env = {**os.environ, "NATS_URL": js_server.url, "NATSREG_PREFIX": prefix}
+    commands = {
+        "ls": ["ls"],
+        "json": ["ls", "--json"],
+        "running": ["ls", "--running"],
+        "show": ["show", "order-1"],
+    }
+    done: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+    async def cli(label: str) -> None:
+        done[label] = await anyio.run_process(
+            [sys.executable, "-m", "natsreg", "saga", *commands[label]], env=env, check=False
+        )
+
+    async with anyio.create_task_group() as tg:
+        for label in commands:
+            tg.start_soon(cli, label)
+    for label in ("ls", "json", "running"):
+        assert done[label].returncode == 0, done[label].stderr
+    # What a user sees first, and where a saga comes from.
+    assert done["ls"].stdout.decode().startswith("no sagas yet (natsreg.Saga(")
+    assert json.loads(done["json"].stdout) == []
+    assert done["running"].stdout.decode().startswith("no saga is running")
+    assert done["show"].returncode == 1
+    assert done["show"].stderr.decode().startswith("natsreg: no saga 'order-1'")
 
 
 async def test_a_coordinator_killed_mid_saga_is_finished_by_another_process(

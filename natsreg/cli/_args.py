@@ -179,17 +179,22 @@ def _add_watch(commands: _Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _add_saga(commands: _Commands, common: argparse.ArgumentParser) -> None:
-    saga = commands.add_parser("saga", help="read sagas: their steps and history (docs/sagas.md)")
-    actions = saga.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = actions.add_parser("show", parents=[common], help="one saga's steps and history")
-    show.add_argument("id", help="the saga's id")
-    show.add_argument("--json", action="store_true", help="print the stored state as JSON")
-    ls = actions.add_parser("ls", parents=[common], help="the sagas written last")
-    ls.add_argument("--running", action="store_true", help="only sagas still in progress")
-    ls.add_argument(
-        "--limit", type=int, default=20, help="how many sagas to list (default: %(default)s)"
+    # One parser with the action as an argument, as events has: a nested parser would set
+    # its own defaults over the options given before the action (saga --log-format json ls).
+    saga = commands.add_parser(
+        "saga",
+        parents=[common],
+        help="read sagas: their steps and history ('saga ls', 'saga show ID'; docs/sagas.md)",
+        description="ls: the sagas written last, newest first; show ID: one saga's steps and "
+        "history.",
     )
-    ls.add_argument("--json", action="store_true", help="print the stored states as JSON")
+    saga.add_argument("action", choices=["ls", "show"])
+    saga.add_argument("id", nargs="?", metavar="ID", help="show: the saga's id")
+    saga.add_argument("--running", action="store_true", help="ls: only sagas still in progress")
+    saga.add_argument(
+        "--limit", type=int, default=20, help="ls: how many sagas to list (default: %(default)s)"
+    )
+    saga.add_argument("--json", action="store_true", help="print the stored states as JSON")
 
 
 def _add_events(commands: _Commands, common: argparse.ArgumentParser) -> None:

@@ -232,6 +232,13 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 async def _cmd_saga(args: argparse.Namespace) -> int:
+    if args.action == "show" and args.id is None:
+        raise _CliError("natsreg saga show needs the saga's id (natsreg saga ls lists them)")
+    if args.action == "ls" and args.id is not None:
+        raise _CliError("natsreg saga ls takes no saga id (natsreg saga show ID shows one)")
+    if args.limit < 1:
+        raise _CliError(f"--limit must be at least 1, got {args.limit}")
+
     async def run(nc: NATS) -> int:
         if args.action == "show":
             state = await _saga.read_saga(nc, args.prefix, args.id)
@@ -240,13 +247,11 @@ async def _cmd_saga(args: argparse.Namespace) -> int:
             else:
                 _saga.render_saga(state, _console(), _table)
             return 0
-        if args.limit < 1:
-            raise _CliError(f"--limit must be at least 1, got {args.limit}")
         states = await _saga.read_sagas(nc, args.prefix, running=args.running, limit=args.limit)
         if args.json or _json_lines():
             _print_data(states)
         else:
-            _saga.render_sagas(states, _console(), _table, _age)
+            _saga.render_sagas(states, _console(), _table, _age, running=args.running)
         return 0
 
     return await _with_connection(args, run)

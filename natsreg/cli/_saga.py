@@ -40,7 +40,13 @@ _STATUS_STYLE = {
 
 async def read_saga(nc: NATS, prefix: str, saga_id: str) -> SagaState:
     """The saga ``saga_id``; SagaNotFoundError when there is none (or it is unreadable)."""
-    bucket = await Bucket.open(nc, prefix, create=False)
+    bucket = await Bucket.find(nc, prefix)
+    if bucket is None:
+        raise SagaNotFoundError(
+            f"no saga {saga_id!r}: no saga has run with prefix {prefix!r} yet "
+            "(or pass the --prefix the sagas use)",
+            saga_id=saga_id,
+        )
     stored = await bucket.get(check_id(saga_id))
     if stored is None:
         raise SagaNotFoundError(
@@ -58,8 +64,11 @@ async def read_saga(nc: NATS, prefix: str, saga_id: str) -> SagaState:
 
 async def read_sagas(nc: NATS, prefix: str, *, running: bool, limit: int) -> list[SagaState]:
     """The ``limit`` sagas written last (only those in progress with ``running``), newest
-    first; unreadable entries are left out."""
-    bucket = await Bucket.open(nc, prefix, create=False)
+    first; unreadable entries are left out. None at all when no saga has run with ``prefix``
+    yet (its bucket does not exist)."""
+    bucket = await Bucket.find(nc, prefix)
+    if bucket is None:
+        return []
     found = [
         state
         async for _, state, _ in bucket.scan(SCAN_LIMIT)
@@ -105,10 +114,16 @@ def render_sagas(
     console: Console,
     table: Callable[..., Table],
     age: Callable[[float], str],
+    *,
+    running: bool = False,
 ) -> None:
-    """A line per saga, newest first; ``age`` words how long ago it was written."""
+    """A line per saga, newest first; ``age`` words how long ago it was written;
+    ``running``: only sagas in progress were asked for."""
     if not states:
-        console.print("no sagas")
+        if running:
+            console.print("no saga is running (natsreg saga ls lists finished ones too)")
+        else:
+            console.print("no sagas yet (natsreg.Saga(...).run(client, payload) starts one)")
         return
     listing = table("ID", "NAME", "STATUS", "STEPS DONE", "UPDATED", "COORDINATOR")
     now = time.time()

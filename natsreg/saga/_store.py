@@ -85,25 +85,28 @@ class Bucket:
         self.name = name
 
     @classmethod
-    async def open(
-        cls, nc: NATS, prefix: str, store: SagaStore | None = None, *, create: bool = True
-    ) -> Bucket:
-        """The bucket of ``prefix``, created with ``store``'s settings when it does not exist
-        and ``create``; SagaUnavailableError when JetStream is not there (or, with ``create``
-        False, the bucket is not)."""
+    async def find(cls, nc: NATS, prefix: str) -> Bucket | None:
+        """The bucket of ``prefix``, or None when it does not exist (no saga has run with
+        ``prefix``); SagaUnavailableError when JetStream is not there."""
         js = nc.jetstream()
         name = subjects.saga_bucket(prefix)
-        store = store or SagaStore()
         try:
             return cls(await when_ready(lambda: js.key_value(name)), name)
         except nats.js.errors.BucketNotFoundError:
-            if not create:
-                raise SagaUnavailableError(
-                    f"no saga bucket {name!r} on this NATS server: no saga has run with "
-                    f"prefix {prefix!r} yet (or pass the --prefix the sagas use)"
-                ) from None
+            return None
         except Exception as exc:
             raise _unavailable(exc) from exc
+
+    @classmethod
+    async def open(cls, nc: NATS, prefix: str, store: SagaStore | None = None) -> Bucket:
+        """The bucket of ``prefix``, created with ``store``'s settings when it does not
+        exist; SagaUnavailableError when JetStream is not there."""
+        found = await cls.find(nc, prefix)
+        if found is not None:
+            return found
+        js = nc.jetstream()
+        name = subjects.saga_bucket(prefix)
+        store = store or SagaStore()
 
         async def make(count: int) -> None:
             await js.create_key_value(store.config(name, count))
