@@ -194,7 +194,7 @@ def _client(routers: Iterable[_Router]) -> Iterator[Metric]:
             breaker_open[(service,)] += 0
         owners = router.breaker_services
         for (target, endpoint), breaker in list(router.breakers.items()):
-            state = breaker.state
+            state = breaker.reported
             if state == "closed":
                 continue
             # Only services this client has series for: a breaker opened by calls to made-up

@@ -319,13 +319,22 @@ def test_an_open_breaker_shows_the_time_left_before_its_trial_call_to_the_millis
     assert b.snapshot() == {"state": "open", "calls": 2, "failures": 2, "retry_in_s": 0.735}
 
 
-def test_a_breaker_past_its_pause_shows_no_time_left() -> None:
+def test_a_breaker_past_its_pause_shows_half_open_with_no_time_left_before_any_call() -> None:
+    # It lets the next call through: shown open, it would stay open (and alert) for as long
+    # as nobody calls it.
     clock = Clock()
     b = opened(clock, open_s=2.0)
-    clock.now += 3.0
-    assert b.snapshot() == {"state": "open", "calls": 1, "failures": 1, "retry_in_s": 0.0}
+    clock.now += 1.999
+    assert b.reported == "open"
+    clock.now += 0.001
+    assert b.reported == "half_open"
+    assert b.state == "open"  # nothing changed: only a call takes the trial slot
+    clock.now += 1.0
+    assert b.snapshot() == {"state": "half_open", "calls": 1, "failures": 1, "retry_in_s": 0.0}
     assert b.allow()
     assert b.snapshot() == {"state": "half_open", "calls": 1, "failures": 1, "retry_in_s": 0.0}
+    b.record(True)
+    assert b.reported == "closed"
 
 
 def test_a_breaker_that_closed_again_shows_a_fresh_window() -> None:

@@ -8,6 +8,7 @@ import gc
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import natsreg
 from natsreg import _figures, bridge, metrics, subjects
 from natsreg._collector import NatsregCollector
 from natsreg.bridge import BridgeConfig, Route
+from natsreg.client._breaker import BreakerState
 from natsreg.errors import (
     BUDGET_HEADER,
     BulkheadFullError,
@@ -159,11 +161,17 @@ def test_two_clients_calling_one_endpoint_make_one_series_holding_both_counts() 
 def test_an_open_breaker_of_a_service_without_series_is_counted_under_other() -> None:
     router = natsreg.Client(NATS())._router
     _figures.call_figures(router.calls, "svc.ok", "svc", "ok")
-    breaker_for = router._chooser.breaker_for
-    breaker_for("queue", "svc.ok", "svc").state = "open"
-    breaker_for("instance-1", "ok", "svc").state = "half_open"
-    breaker_for("queue", "made-up.x", "made-up").state = "open"  # no call counted for it
-    breaker_for("queue", "svc.closed", "svc")  # closed: no state series
+    chooser = router._chooser
+
+    def breaker(target: str, endpoint: str, service: str, state: BreakerState) -> None:
+        made = chooser.breaker_for(target, endpoint, service, instance=target != "queue")
+        made.state = state
+        made.retry_at = time.monotonic() + 60  # open for a minute more, not yet half-open
+
+    breaker("queue", "svc.ok", "svc", "open")
+    breaker("instance-1", "ok", "svc", "half_open")
+    breaker("queue", "made-up.x", "made-up", "open")  # no call counted for it
+    breaker("queue", "svc.closed", "svc", "closed")  # closed: no state series
     live = _figures.Live()
     live.clients.add(router)
     found = parse(exposition_of(live))

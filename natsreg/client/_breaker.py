@@ -91,6 +91,15 @@ class Breaker:
         self._trials += 1
         return True
 
+    @property
+    def reported(self) -> BreakerState:
+        """The state as metrics and stats show it: an open breaker whose ``open_s`` has run
+        out lets the next call through, so it reads half-open though no call has tried it
+        yet (an open breaker nobody calls would otherwise read open for ever)."""
+        if self.state == "open" and self._clock() >= self.retry_at:
+            return "half_open"
+        return self.state
+
     def available(self) -> bool:
         """Whether :meth:`allow` would let a call through, without taking a trial slot."""
         if self.state == "closed":
@@ -134,8 +143,9 @@ class Breaker:
     def snapshot(self) -> dict[str, object]:
         """State for stats and the CLI: state, calls and failures in the window, retry time."""
         calls, failures = self.totals()
-        out: dict[str, object] = {"state": self.state, "calls": calls, "failures": failures}
-        if self.state != "closed":
+        state = self.reported
+        out: dict[str, object] = {"state": state, "calls": calls, "failures": failures}
+        if state != "closed":
             out["retry_in_s"] = round(max(0.0, self.retry_at - self._clock()), 3)
         return out
 
