@@ -10,9 +10,10 @@ clients calling the same endpoint) are summed. Every metric is listed in docs/op
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
 
+from nats.aio.client import Client as NATS
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from . import _figures
+from . import _figures, _probes
 
 if TYPE_CHECKING:
     from .bridge._app import Bridge as _Bridge
@@ -32,6 +33,15 @@ if TYPE_CHECKING:
 __all__ = ["NatsregCollector"]
 
 _Labels = tuple[str, ...]
+
+
+class _Role(Protocol):
+    """What every role in :data:`natsreg._figures.LIVE` tells of its state."""
+
+    @property
+    def nc(self) -> NATS: ...
+
+    def readiness(self) -> str | None: ...
 
 
 class NatsregCollector(Collector):
@@ -52,6 +62,12 @@ class NatsregCollector(Collector):
             yield from _registry(registries)
         if bridges := list(live.bridges):
             yield from _bridge(bridges)
+        # A closed client is a role that has ended, not one that is unready: it stays in
+        # LIVE until it is garbage-collected.
+        clients = [c for c in clients if not c.closed]
+        yield from _states(
+            {"registry": registries, "service": services, "client": clients, "bridge": bridges}
+        )
 
 
 def _counter(name: str, doc: str, labels: _Labels, values: Counter[_Labels]) -> Metric:
@@ -84,6 +100,34 @@ def _summed(
     if total is None:
         total = values[key] = _figures.Latency()
     total.add(latency)
+
+
+# -- every role ---------------------------------------------------------------------------------
+
+
+def _states(roles: dict[str, Sequence[_Role]]) -> Iterator[Metric]:
+    # Per role, not per object: the flags of several objects of one role in a process (two
+    # instances of a service) are 1 only when every one's is, so the labels stay bounded.
+    ready: Counter[_Labels] = Counter()
+    connected: Counter[_Labels] = Counter()
+    for role, objects in roles.items():
+        if objects:
+            ready[(role,)] = int(all(o.readiness() is None for o in objects))
+            connected[(role,)] = int(all(_probes.nats_problem(o.nc) is None for o in objects))
+    if not ready:
+        return
+    yield _gauge(
+        "natsreg_ready",
+        "1 while every running object of the role is ready, as /readyz says; 0 otherwise.",
+        ("role",),
+        ready,
+    )
+    yield _gauge(
+        "natsreg_nats_connected",
+        "1 while the NATS connection of every running object of the role is up.",
+        ("role",),
+        connected,
+    )
 
 
 # -- service ---------------------------------------------------------------------------------

@@ -17,9 +17,12 @@ import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import natsreg
-from natsreg import _probes, bridge, metrics
+from natsreg import _figures, _probes, bridge, metrics
+from natsreg._collector import NatsregCollector
 from natsreg.testing import NatsServer, free_port
 from tests.helpers import eventually
 from tests.run_helpers import Lines, natsreg_run, write_app
@@ -339,6 +342,130 @@ async def test_a_client_whose_view_comes_from_a_warming_node_is_unready_until_it
                 f"the view of {name!r} comes from a registry node still warming up"
             )
             await eventually(lambda: client.readiness() is None, 10.0, what="a warm view")
+
+
+# -- natsreg_ready and natsreg_nats_connected: readiness as Prometheus scrapes it -------------
+
+_STATES = ("natsreg_ready", "natsreg_nats_connected", "natsreg_registry_warming")
+
+
+def states(text: str) -> dict[tuple[str, str], float]:
+    """The readiness gauges of an exposition text (and the registry's warming flag), by
+    ``(name, role)``."""
+    return {
+        (sample.name, sample.labels.get("role", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name in _STATES
+        for sample in family.samples
+    }
+
+
+async def scraped_states(url: str) -> dict[tuple[str, str], float]:
+    try:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(url, timeout=2.0)
+    except httpx.TransportError:
+        return {}
+    return states(response.text)
+
+
+async def states_become(
+    url: str, expected: dict[tuple[str, str], float], timeout_s: float = 10.0
+) -> None:
+    """Until a scrape of ``url`` shows ``expected`` (other series may be there too)."""
+    got: dict[tuple[str, str], float] = {}
+
+    async def matches() -> bool:
+        nonlocal got
+        got = await scraped_states(url)
+        return all(got.get(key) == value for key, value in expected.items())
+
+    try:
+        await eventually(matches, timeout_s, what=f"{url} showing {expected}")
+    except AssertionError:
+        raise AssertionError(f"{url}: got {got}, expected {expected}") from None
+
+
+def each_role(flag: float) -> dict[str, dict[tuple[str, str], float]]:
+    """What each role's scrape shows when all are (1) or none is (0) ready and connected."""
+    return {
+        kind: {(name, role): flag for name in _STATES[:2] for role in roles}
+        for kind, roles in (
+            ("registry", ("registry",)),
+            ("service", ("service",)),
+            ("bridge", ("bridge", "client")),
+        )
+    }
+
+
+async def test_each_role_scrapes_unready_and_disconnected_while_its_nats_is_down(
+    tmp_path: Path, unique: str
+) -> None:
+    port = free_port()
+    ports = {"registry": free_port(), "service": free_port(), "bridge": free_port()}
+    scrape = {
+        "registry": f"http://127.0.0.1:{ports['registry']}/metrics",
+        "service": f"http://127.0.0.1:{ports['service']}/metrics",
+        "bridge": f"http://127.0.0.1:{ports['bridge']}/_natsreg/metrics",
+    }
+    write_app(tmp_path, "app", f"gauged-{unique}")
+    server = NatsServer(port=port)
+    env = {**os.environ, "NATS_URL": server.url, "PYTHONUNBUFFERED": "1"}
+    try:
+        with (
+            registry_process(server.url, ports["registry"]),
+            natsreg_run(tmp_path, env, "app:svc", "--http", f"127.0.0.1:{ports['service']}"),
+            running(env, "bridge", "--port", str(ports["bridge"])),
+        ):
+            for kind, expected in each_role(1.0).items():
+                await states_become(scrape[kind], expected, timeout_s=20.0)
+
+            server.process.kill()
+            server.stop()
+            for kind, expected in each_role(0.0).items():
+                await states_become(scrape[kind], expected)
+            # Cut off, the node is not warming up: only natsreg_ready tells it is unready.
+            warming = ("natsreg_registry_warming", "")
+            assert (await scraped_states(scrape["registry"]))[warming] == 0
+
+            server = NatsServer(port=port)
+            for kind, expected in each_role(1.0).items():
+                await states_become(scrape[kind], expected, timeout_s=20.0)
+    finally:
+        server.stop()
+
+
+async def test_a_warming_registry_node_scrapes_unready_though_connected(
+    nc: NATS, prefix: str
+) -> None:
+    async with (
+        natsreg.Registry(nc, prefix=prefix, discover_jitter_s=1.5) as node,
+        metrics.serve("127.0.0.1:0", node) as probes,
+    ):
+        warming = {
+            ("natsreg_registry_warming", ""): 1.0,
+            ("natsreg_ready", "registry"): 0.0,
+            ("natsreg_nats_connected", "registry"): 1.0,
+        }
+        got = await scraped_states(f"{probes.url}/metrics")
+        assert {key: got.get(key) for key in warming} == warming
+        await states_become(
+            f"{probes.url}/metrics",
+            {("natsreg_registry_warming", ""): 0.0, ("natsreg_ready", "registry"): 1.0},
+        )
+
+
+@pytest.mark.pure
+async def test_a_closed_client_leaves_the_readiness_gauges_and_an_unconnected_one_shows_0() -> None:
+    live = _figures.Live()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NatsregCollector(live))
+    client = natsreg.Client(NATS())  # never connected
+    live.clients.add(client._router)
+    found = states(generate_latest(registry).decode())
+    assert found == {("natsreg_ready", "client"): 0.0, ("natsreg_nats_connected", "client"): 0.0}
+    await client.aclose()
+    assert states(generate_latest(registry).decode()) == {}
 
 
 # -- natsreg up: every role it runs, and where --------------------------------------------------

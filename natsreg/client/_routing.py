@@ -11,7 +11,9 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import _figures
+from nats.aio.client import Client as NATS
+
+from .. import _figures, _probes
 from .._trace import TRACEPARENT
 from ..errors import (
     BUDGET_HEADER,
@@ -65,6 +67,20 @@ class Router:
         self._recording = _figures.enabled()
         if self._recording:
             _figures.LIVE.clients.add(self)
+
+    @property
+    def nc(self) -> NATS:
+        """The connection the calls are sent on."""
+        return self._transport.nc
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client was closed (:meth:`natsreg.Client.aclose`)."""
+        return self._views.closed
+
+    def readiness(self) -> str | None:
+        """See :meth:`natsreg.Client.readiness`."""
+        return _probes.nats_problem(self._transport.nc) or self._views.stale()
 
     @property
     def breakers(self) -> dict[tuple[str, str], Breaker]:

@@ -120,6 +120,10 @@ class Views:
             if error is not None:
                 raise error  # a bug, not a missing registry
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def stale(self) -> str | None:
         """Why this client's views cannot be trusted now, or None: they are closed, or one
         was taken from a warming registry node's answer only (which may miss instances)."""

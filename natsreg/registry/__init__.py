@@ -190,6 +190,11 @@ class Registry(anyio.AsyncContextManagerMixin):
         can have been heard in full."""
         return self._sync.running or self._clock() < self._warm_until
 
+    @property
+    def nc(self) -> NATS:
+        """The NATS connection the node listens on (the caller's to close)."""
+        return self._nc
+
     def readiness(self) -> str | None:
         """Why this node should not be asked yet, or None: it must be running, connected to
         NATS, and warm (its view may lack instances until every one has re-announced)."""

@@ -83,6 +83,7 @@ class Instance(anyio.AsyncContextManagerMixin):
         self._consumers = Consumers(nc, config.name, config.prefix)
         self._endpoints.event_counts = self.event_counts
         self._endpoints.event_lags = self.event_lags
+        self._endpoints.readiness = self.readiness
         self._control = Control(nc, config, self.id, self._endpoints, self._consumers.interests)
         # Endpoints declared while running are subscribed by a task; ready() waits for them.
         self._pending = 0

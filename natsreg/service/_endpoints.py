@@ -153,6 +153,8 @@ class Endpoints:
         self.event_counts: Callable[[], dict[str, dict[str, int]]] = dict
         #: Per durable event type: events not yet taken by any instance (Instance.event_lags).
         self.event_lags: Callable[[], dict[str, int]] = dict
+        #: Why the instance should not be sent requests, or None (Instance.readiness).
+        self.readiness: Callable[[], str | None] = lambda: None
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -175,6 +177,10 @@ class Endpoints:
     @property
     def service(self) -> str:
         return self._config.name
+
+    @property
+    def nc(self) -> NATS:
+        return self._nc
 
     @property
     def queued(self) -> int:
