@@ -5,14 +5,27 @@ python examples/caller.py        # with `natsreg up --with examples.user_service
 
 import asyncio
 import os
+import sys
 
 import nats
 
 import natsreg
 
 
+async def quiet(error: Exception) -> None:
+    """nats-py's default error callback logs a traceback per failed attempt: say it once."""
+
+
 async def main() -> None:
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+    try:
+        # Two tries, not nats-py's default of two minutes of them (a script that makes a few
+        # calls and exits needs no more): a missing server is one clear line.
+        nc = await nats.connect(
+            url, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet
+        )
+    except (OSError, nats.errors.Error) as exc:
+        sys.exit(f"caller: cannot reach NATS at {url} ({exc}): start it with natsreg up")
     client = natsreg.Client(nc, timeout_s=2.0)
 
     # A dict payload is sent as JSON; the reply's json() decodes it back.

@@ -30,6 +30,7 @@ __all__ = [
     "Supervisor",
     "tell_ready",
     "until_orphaned",
+    "why_exited",
     "worker_number",
 ]
 
@@ -84,7 +85,9 @@ async def until_orphaned() -> None:
         sock.detach()
 
 
-def _why(returncode: int) -> str:
+def why_exited(returncode: int) -> str:
+    """How a child process ended, said in a line: ``exited with status 1``, ``was killed by
+    SIGKILL``."""
     if returncode < 0:
         try:
             return f"was killed by {signal.Signals(-returncode).name}"
@@ -158,7 +161,8 @@ class Supervisor:
             if not self._stopping:
                 pids = ", ".join(str(w.process.pid) for w in self._slots.values())
                 self._say(
-                    f"{self._count} workers serving (pids {pids}); kill -HUP {os.getpid()} "
+                    f"{self._count} worker{'s' if self._count > 1 else ''} serving "
+                    f"(pids {pids}); kill -HUP {os.getpid()} "
                     "replaces them one by one, Ctrl-C stops them"
                 )
             if self._watch is not None:
@@ -204,7 +208,7 @@ class Supervisor:
         await self._stop(worker)
         if not self._stopping:
             returncode = process.returncode
-            why = _why(returncode) if returncode is not None else "did not start in time"
+            why = why_exited(returncode) if returncode is not None else "did not start in time"
             self._say(f"{worker.name} {why} before it was ready")
         return None
 
@@ -231,7 +235,7 @@ class Supervisor:
             return
         if self._slots.get(worker.number) is worker:
             del self._slots[worker.number]
-        self._say(f"{worker.name} {_why(worker.process.returncode or 0)}; restarting it")
+        self._say(f"{worker.name} {why_exited(worker.process.returncode or 0)}; restarting it")
         await self._restart(worker.number, time.monotonic() - worker.started_at)
 
     async def _restart(self, number: int, lived_s: float) -> None:

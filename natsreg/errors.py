@@ -37,6 +37,7 @@ __all__ = [
     "error_headers",
     "from_nats",
     "from_reply_headers",
+    "no_reply",
 ]
 
 ERROR_HEADER = "Nats-Service-Error"
@@ -210,6 +211,24 @@ def from_reply_headers(headers: dict[str, str] | None, subject: str) -> ServiceE
         headers.get(ERROR_HEADER, ""),
         code=code,
         retryable=headers.get(RETRYABLE_HEADER) == "true",
+        subject=subject,
+    )
+
+
+def no_reply(
+    asked: str,
+    service: str | None,
+    within: str,
+    *,
+    subject: str,
+    more_time: str = "allow it more time",
+) -> RequestTimeoutError:
+    """The error of a call that got no reply, in the caller's words: what they asked for
+    (not the instance's own subject the call went to), the time it had (``within``: "within
+    1 s"), and what to do."""
+    check = f", or check the service with 'natsreg info {service}'" if service else ""
+    return RequestTimeoutError(
+        f"no reply from {asked!r} {within} (the handler may still be running): {more_time}{check}",
         subject=subject,
     )
 

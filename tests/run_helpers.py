@@ -70,6 +70,17 @@ def natsreg_run(folder: Path, env: dict[str, str], *args: str) -> Iterator[subpr
                 proc.wait()
 
 
+def exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited. An orphan is reaped by whoever adopts it, maybe
+    later: a zombie has exited too."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def instances(registry: natsreg.Registry, name: str) -> list[wire.InstanceView]:
     return list(registry.snapshot(name=name).instances)
 

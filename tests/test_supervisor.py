@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 import natsreg
 from tests.helpers import eventually
-from tests.run_helpers import Lines, instances, natsreg_run, write_app
+from tests.run_helpers import Lines, exited, instances, natsreg_run, write_app
 
 
 async def test_workers_are_instances_and_one_killed_is_restarted_then_sigterm_drains_all(
@@ -155,16 +155,6 @@ async def test_a_supervisor_killed_with_9_leaves_no_worker_serving(
             await eventually(lambda: not instances(registry, name), 10, "the workers gone")
             await eventually(lambda: out.said("the supervisor is gone"), 5, "the reason")
     await eventually(lambda: all(exited(pid) for pid in pids), 10, "the workers exited")
-
-
-def exited(pid: int) -> bool:
-    # An orphan is reaped by whoever adopts it, maybe later: a zombie has exited too.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 async def test_reload_serves_the_edited_code_and_keeps_the_old_one_on_a_syntax_error(

@@ -7,8 +7,8 @@ Where things are: :func:`main` and the command table here; the parser in ``_args
 serving commands' arguments in ``_serve_args``); connecting in ``_connect``; the serving
 commands in ``_serve`` and ``_up``; ``auth`` in ``_auth``; the commands that ask and print
 in ``_lookups``, which hands ``docs``, ``events`` and ``saga`` their own modules (``_docs``,
-``_events``, ``_saga``) and checks payloads with ``_schema``; every line and table the CLI
-writes in ``_output``.
+``_events``, ``_saga``), checks payloads with ``_schema`` and says what a name that found
+nothing may have meant with ``_hints``; every line and table the CLI writes in ``_output``.
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         return await _COMMANDS[args.command](args)
     except (_CliError, NatsregError) as exc:
+        if getattr(args, "verbose", False) and exc.__cause__ is not None:
+            # -v: where the one line below came from (the user's code, NATS), as a traceback.
+            log.info("natsreg %s failed:", args.command, exc_info=exc.__cause__)
         _say(str(exc), logging.ERROR)
         return EXIT_FAILURE
 

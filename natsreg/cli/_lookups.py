@@ -19,8 +19,14 @@ from .._gather import gather_stats
 from ..client import Client
 from ..client._registry_api import RegistryApi
 from ..client._target import parse_target
-from ..errors import ConfigError, ServiceError
-from . import _docs, _saga, _schema
+from ..errors import (
+    ConfigError,
+    NoInstanceError,
+    RequestTimeoutError,
+    ServiceError,
+    no_reply,
+)
+from . import _docs, _hints, _saga, _schema
 from ._connect import _with_connection
 from ._output import (
     _age,
@@ -60,9 +66,8 @@ async def _cmd_info(args: argparse.Namespace) -> int:
         if not snapshot.instances:
             if snapshot.warming_up:
                 raise _CliError(_warming(snapshot.node))
-            raise _CliError(
-                f"no instance of {args.service!r} is known: 'natsreg ls' lists what is running"
-            )
+            known = await _hints.known_services(nc, args.prefix)
+            raise _CliError(f"{_hints.unknown_service(args.service, known)}: {_hints.LS}")
         stats = await gather_stats(nc, args.service, 0.3)
         if args.json or _json_lines():
             _print_data(
@@ -160,6 +165,22 @@ async def _cmd_request(args: argparse.Namespace) -> int:
             raise _CliError(
                 f"{args.subject} replied with error {exc.code}: {exc.description}"
             ) from exc
+        except NoInstanceError as exc:
+            known = await _hints.known_services(nc, args.prefix)
+            hint = _hints.unserved(args.subject, parse_target(args.subject), known)
+            raise _CliError(hint or str(exc)) from exc
+        except RequestTimeoutError as exc:
+            # The library's words, with the option that gives a call more time here.
+            target = parse_target(args.subject)
+            within = f"within {args.timeout:g} s"
+            error = no_reply(
+                args.subject,
+                target.service,
+                within,
+                subject=target.subject,
+                more_time="raise --timeout",
+            )
+            raise _CliError(str(error)) from exc
         finally:
             if args.stats:
                 _print_data(client.stats(), file=sys.stderr)
@@ -189,6 +210,8 @@ async def _check_payload(
     except ValueError as exc:
         _say(f"{subject}'s request schema cannot be used ({exc}); sending without checking")
         return
+    if problem is not None and not payload:
+        raise _CliError(_schema.payload_needed(subject, schemas))
     if problem is not None:
         raise _CliError(
             f"{problem} (against {subject}'s request schema; nothing was sent: fix the "
@@ -209,7 +232,16 @@ async def _cmd_events(args: argparse.Namespace) -> int:
 async def _cmd_watch(args: argparse.Namespace) -> int:
     async def run(nc: NATS) -> int:
         registry = RegistryApi(nc, prefix=args.prefix)
-        if not args.json:
+        known = await _hints.known_services(nc, args.prefix) if args.service else None
+        if known is not None and args.service not in known:
+            # A typo would otherwise be watched in silence for ever; the service may also
+            # start later, so the watch goes on. Said under --json too: it goes to stderr.
+            _say(
+                f"{_hints.unknown_service(args.service, known)}: watching for it on "
+                f"{args.server} anyway; Ctrl-C stops",
+                logging.WARNING,
+            )
+        elif not args.json:
             _say(f"watching {args.service or 'all services'} on {args.server}; Ctrl-C stops")
         async with anyio.create_task_group() as tg:
 

@@ -55,7 +55,10 @@ def _say(text: str, level: int = logging.INFO) -> None:
         return
     # A worker's lines are told apart from its supervisor's and its siblings'.
     worker = os.environ.get("NATSREG_WORKER")
-    print(f"natsreg{f'[{worker}]' if worker else ''}: {text}", file=sys.stderr, flush=True)
+    # One write, newline included: natsreg up and its programs share a stderr, and print()'s
+    # separate write of the newline lets another process' line land between the two.
+    sys.stderr.write(f"natsreg{f'[{worker}]' if worker else ''}: {text}\n")
+    sys.stderr.flush()
 
 
 def _print_data(value: object, file: IO[str] | None = None) -> None:
@@ -157,8 +160,18 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
         "LAST HEARTBEAT",
         "METADATA",
     )
+    # The heartbeat's figures are up to a heartbeat old; the stats just asked for are not,
+    # and the endpoint table below sums them: both tables then tell of the same moment.
+    live = {
+        reply.id: (
+            sum(e.num_requests for e in reply.endpoints),
+            sum(e.num_errors for e in reply.endpoints),
+        )
+        for reply in stats
+    }
     for i in sorted(snapshot.instances, key=lambda i: (i.version, i.id)):
         meta = ", ".join(f"{k}={v}" for k, v in sorted(i.metadata.items()))
+        served, errors = live.get(i.id, (i.load.served, i.load.errors))
         instances.add_row(
             i.id,
             i.version,
@@ -166,8 +179,8 @@ def _print_info(service: str, snapshot: wire.Snapshot, stats: list[wire.SrvStats
             i.host,
             str(i.pid or "-"),
             str(i.load.in_flight),
-            str(i.load.served),
-            str(i.load.errors),
+            str(served),
+            str(errors),
             "-" if i.kind == "micro" else _age(i.age_s),
             meta,
         )

@@ -17,7 +17,7 @@ from typing import Any
 from .. import _schemas, wire
 from ..client._target import Target
 
-__all__ = ["payload_problem", "render", "request_schemas"]
+__all__ = ["payload_needed", "payload_problem", "render", "request_schemas"]
 
 # How much of a schema one line shows: nesting, and characters.
 _RENDER_DEPTH = 4
@@ -139,6 +139,68 @@ def payload_problem(value: Any, schemas: Sequence[Mapping[str, Any]]) -> str | N
             return None
         first = first or error
     return _describe(first)
+
+
+def payload_needed(subject: str, schemas: Sequence[Mapping[str, Any]]) -> str:
+    """The line for a request sent with no payload to an endpoint whose schemas want one:
+    the shape it takes and, where one can be made that fits, a command line to copy."""
+    shape = " or ".join(render(schema) for schema in schemas)
+    line = f"{subject} needs a payload ({shape}) and none was given"
+    value = _example(schemas[0], schemas[0], 0)
+    if value is not _NONE and payload_problem(value, schemas) is None:
+        quoted = json.dumps(value).replace("'", "'\\''")
+        line += f": e.g. natsreg request {subject} '{quoted}'"
+    return f"{line}; nothing was sent"
+
+
+# No example can be made (None is the example of a schema that takes null).
+_NONE: Any = object()
+_EXAMPLES = {"integer": 1, "number": 1, "string": "text", "boolean": True, "null": None}
+
+
+def _example(schema: Any, root: Mapping[str, Any], depth: int) -> Any:
+    # The smallest value of the schema's shape: its required fields only, the first option
+    # of a union; nothing (_NONE) where the schema says too little to make one.
+    if not isinstance(schema, Mapping) or depth > _RENDER_DEPTH:
+        return _NONE
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        definitions = root.get("$defs")
+        name = ref.removeprefix("#/$defs/")
+        if name == ref or not isinstance(definitions, Mapping):
+            return _NONE
+        return _example(definitions.get(name), root, depth + 1)
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            return _example(options[0], root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = schema.get("type")
+    if isinstance(kind, list) and kind:
+        kind = next((k for k in kind if k != "null"), kind[0])
+    if kind == "object" or "properties" in schema:
+        return _example_object(schema, root, depth)
+    if kind == "array":
+        return []
+    return _EXAMPLES.get(kind, _NONE) if isinstance(kind, str) else _NONE
+
+
+def _example_object(schema: Mapping[str, Any], root: Mapping[str, Any], depth: int) -> Any:
+    properties = schema.get("properties")
+    required = schema.get("required")
+    if not isinstance(properties, Mapping) or not isinstance(required, list):
+        return {}
+    value = {}
+    for name in required:
+        field = _example(properties.get(name), root, depth + 1)
+        if field is _NONE:
+            return _NONE
+        value[name] = field
+    return value
 
 
 def _unchecked(*_: object) -> Iterable[Any]:

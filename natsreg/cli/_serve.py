@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
 import signal
-import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from .. import _origin, subjects
 from ..client._registry_api import RegistryApi
 from ..registry import Registry
 from ..registry._pace import check_pace
-from ._connect import _connect, _with_connection
+from ._connect import _connect, _delivered, _with_connection
 from ._output import _CliError, _console, _json_lines, _print_data, _say, _table
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ async def _cmd_bridge(args: argparse.Namespace) -> int:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from .._load import load_service
+    from .._load import hook_failure, load_service
     from .._supervisor import tell_ready, worker_number
     from ..service import announce
 
@@ -238,10 +238,24 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             tell_ready()
             await _unless_orphaned(_until_signal)
         with speaking():
-            _say(f"{service.name}: drained and said goodbye")
+            if await _delivered(nc):
+                _say(f"{service.name}: drained and said goodbye")
+            else:
+                _say(
+                    f"{service.name}: stopped, but could not say goodbye: NATS at "
+                    f"{args.server} is unreachable (registries drop this instance when its "
+                    "heartbeats stop)",
+                    logging.WARNING,
+                )
         return 0
 
-    return await _with_connection(args, run, long_lived=True)
+    try:
+        return await _with_connection(args, run, long_lived=True)
+    except Exception as exc:
+        failure = hook_failure(service, exc)
+        if failure is None:
+            raise
+        raise _CliError(failure) from exc
 
 
 async def _unless_orphaned(serve: Callable[[], Awaitable[object]]) -> None:
@@ -281,25 +295,8 @@ async def _supervise(args: argparse.Namespace, drain_timeout_s: float, watch: Pa
     return await supervisor.run()
 
 
-async def _until_signal(children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
-    async with anyio.create_task_group() as tg:
-
-        async def watch_children() -> None:
-            while True:
-                await anyio.sleep(0.5)
-                for child in children:
-                    if child.poll() is not None:
-                        _say(f"pid {child.pid} exited with {child.returncode}; stopping")
-                        tg.cancel_scope.cancel()
-                        return
-
-        async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    _say("stopping")
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(watch_signals)
-        if children:
-            tg.start_soon(watch_children)
+async def _until_signal() -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            _say("stopping")
+            return

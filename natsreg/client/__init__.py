@@ -28,9 +28,15 @@ from typing import Any
 import anyio
 from nats.aio.client import Client as NATS
 
-from .. import _deadline, _otel, _probes, _trace, subjects, wire
+from .. import _deadline, _otel, _trace, subjects, wire
 from .._codec import to_bytes
-from ..errors import BulkheadFullError, CircuitOpenError, ConfigError, RequestTimeoutError
+from ..errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigError,
+    RequestTimeoutError,
+    no_reply,
+)
 from ._balance import STRATEGIES, check_strategy
 from ._breaker import BreakerConfig
 from ._registry_api import RegistryApi
@@ -178,10 +184,14 @@ class Client(anyio.AsyncContextManagerMixin):
         if strategy is not None:
             check_strategy(strategy)
         now = self._clock()
-        deadline = now + (self.timeout_s if timeout_s is None else timeout_s)
+        given_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = now + given_s
+        # What a timeout says the call had: the time given, not what an attempt had left.
+        within = f"within {given_s:g} s"
         inherited = _deadline.current.get()
         if inherited is not None and inherited < deadline:
             deadline = inherited
+            within = "before the deadline of the request being handled"
             if deadline <= now:
                 raise RequestTimeoutError(
                     f"the deadline of the request being handled has passed; {subject!r} "
@@ -189,8 +199,9 @@ class Client(anyio.AsyncContextManagerMixin):
                     subject=target.subject,
                 )
         policy = retry or self.retry
-        if policy.budget_s is not None:
-            deadline = min(deadline, now + policy.budget_s)
+        if policy.budget_s is not None and now + policy.budget_s < deadline:
+            deadline = now + policy.budget_s
+            within = f"within its retry budget of {policy.budget_s:g} s"
         # The trace goes on in the next hop: in a span of its own where OpenTelemetry is
         # configured; else, inside a traced request, under a fresh span id. A call outside
         # any trace sends no trace header (the service it reaches starts one).
@@ -231,6 +242,12 @@ class Client(anyio.AsyncContextManagerMixin):
             if inspect.isawaitable(value):
                 value = await value
             return Reply(target.subject, to_bytes(value), {FALLBACK_HEADER: "true"})
+        except RequestTimeoutError as exc:
+            error = no_reply(subject, target.service, within, subject=target.subject)
+            if span is not None:
+                _otel.end(span, error)
+            # The attempt's own error said where the last attempt went and what it had left.
+            raise error from exc.__cause__ or exc
         except BaseException as exc:
             if span is not None:
                 _otel.end(span, exc)
@@ -244,7 +261,7 @@ class Client(anyio.AsyncContextManagerMixin):
         and its live view of the services it calls trustworthy (not closed, none taken from
         a registry node still warming up). With no registry at all it is ready: calls then
         ride the queue group."""
-        return _probes.nats_problem(self._transport.nc) or self._views.stale()
+        return self._router.readiness()
 
     def stats(self) -> dict[str, Any]:
         """This client's figures, JSON-ready: calls in flight per service, per instance
