@@ -123,9 +123,9 @@ class Catalog:
         self._chains.pop(service, None)
         entries = self._services.pop(service, None)
         if entries:
-            self.revision += 1
+            self.revision += 1  # pragma: no mutate (equivalent: read only as "it changed")
             for instance_id in entries:
-                self._left(instance_id, lost=False)
+                self._left(instance_id, lost=False)  # pragma: no mutate (None is not lost too)
 
     def hear(self, verb: str, tokens: Sequence[str], data: bytes) -> Heard:
         """One message heard on ``<prefix>.<verb>.<tokens>``: ``events.<name>``,
