@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,11 +27,13 @@ SERVICE = "examples.user_service:svc"
 
 
 @contextmanager
-def natsreg_up(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+def natsreg_up(
+    env: dict[str, str], *args: str, command: Sequence[str] = (sys.executable, "-m", "natsreg")
+) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     """``natsreg up ARGS`` from the repository's folder, in a process group of its own as in
     a terminal; its stderr (and its programs') read as it comes."""
     with subprocess.Popen(
-        [sys.executable, "-m", "natsreg", "up", *args],
+        [*command, "up", *args],
         cwd=ROOT,
         env={**env, "PYTHONUNBUFFERED": "1"},
         text=True,
@@ -146,3 +148,15 @@ async def test_ctrl_c_after_the_nats_server_up_did_not_start_went_away_stops_cle
     assert sum("lost NATS" in line for line in out.lines) == 2, said
     assert "Connection refused" not in said, said
     assert out.said("left the nats-server at"), said
+
+
+async def test_the_commands_up_suggests_run_as_typed_where_natsreg_is_not_on_path() -> None:
+    # The README runs .venv/bin/natsreg, which is not on PATH: "try: natsreg ls" would fail.
+    script = Path(sys.executable).with_name("natsreg")
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    with natsreg_up(env, "--no-bridge", command=[str(script)]) as (up, out):
+        await eventually(lambda: out.said("Ctrl-C stops everything"), 30, "up to start")
+        os.killpg(up.pid, signal.SIGINT)
+        returncode = await anyio.to_thread.run_sync(up.wait, 40)
+    assert returncode == 0, out.text()
+    assert f"try: {script} ls   |   {script} request user-service.users" in out.text()

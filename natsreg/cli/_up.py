@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -99,10 +100,8 @@ async def _serve(args: argparse.Namespace, bridge_config: BridgeConfig | None, s
             await programs.start(args.programs)
         if programs.running:
             steps.insert(0, "the programs (they drain and say goodbye)")
-        _say(
-            "try: natsreg ls   |   natsreg request user-service.users '{\"id\": 1}'"
-            "   |   natsreg watch"
-        )
+        me = _invocation()
+        _say(f"try: {me} ls   |   {me} request user-service.users '{{\"id\": 1}}'   |   {me} watch")
         _say("Ctrl-C stops everything")
         why = await _until_stopped(stop, programs)
         _say(f"{why}stopping {', then '.join(steps)}; Ctrl-C again stops at once")
@@ -393,3 +392,11 @@ class _Programs:
             if program.process.returncode is None:
                 with suppress(ProcessLookupError):
                     program.process.kill()
+
+
+def _invocation() -> str:
+    """How to run natsreg from another terminal: by name where it is on PATH, else as this
+    process was run (``.venv/bin/natsreg``, the README's way, is not on PATH)."""
+    if shutil.which("natsreg") or Path(sys.argv[0]).name != "natsreg":
+        return "natsreg"
+    return shlex.quote(sys.argv[0])
