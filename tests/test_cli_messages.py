@@ -23,6 +23,7 @@ import natsreg
 from tests.helpers import eventually
 from tests.run_helpers import Lines
 from tests.test_cli import assert_one_line_error, free_port, run_cli, running
+from tests.test_run import run_once
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -74,29 +75,18 @@ async def open_db(ctx):
 """
 
 
-def run_module(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "natsreg", "run", *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 def test_a_failing_on_start_hook_is_one_line_naming_the_hook_and_the_users_line(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     (tmp_path / "user_service.py").write_text(HOOK_FAILS)
-    result = run_module(tmp_path, cli_env, "user_service:svc")
+    result = run_once(tmp_path, cli_env, "user_service:svc")
     assert_one_line_error(
         result,
         "on_start hook open_db failed: NameError: name 'connect_db' is not defined "
         "(user_service.py, line 8)",
     )
     # -v: the traceback too, for a bug report, and the same line last.
-    verbose = run_module(tmp_path, cli_env, "user_service:svc", "-v")
+    verbose = run_once(tmp_path, cli_env, "user_service:svc", "-v")
     assert verbose.returncode == 1
     assert "Traceback" in verbose.stderr
     assert verbose.stderr.strip().splitlines()[-1] == result.stderr.strip()
@@ -108,7 +98,7 @@ def test_a_bad_service_declaration_names_the_users_file_and_line(
     (tmp_path / "bad.py").write_text(
         'import natsreg\nsvc = natsreg.Service("bad name", version="1.0.0")\n'
     )
-    result = run_module(tmp_path, cli_env, "bad:svc")
+    result = run_once(tmp_path, cli_env, "bad:svc")
     assert_one_line_error(result, "'bad name'", "(bad.py, line 2)")
     assert "natsreg/service" not in result.stderr
 

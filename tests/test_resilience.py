@@ -339,7 +339,7 @@ async def test_the_open_breaker_of_an_instance_that_said_goodbye_is_reported_no_
     nc: NATS, prefix: str, unique: str
 ) -> None:
     name = f"brk-bye-{unique}"
-    config = natsreg.BreakerConfig(min_requests=2, open_s=0.5)
+    config = natsreg.BreakerConfig(min_requests=2, open_s=60)
     async with (
         natsreg.Registry(nc, prefix=prefix),
         natsreg.Client(nc, prefix=prefix, breaker=config) as client,
@@ -374,7 +374,7 @@ async def test_the_open_breaker_of_a_frozen_instance_goes_when_it_leaves_the_vie
     nc: NATS, nats_url: str, prefix: str, unique: str
 ) -> None:
     name = f"brk-stop-{unique}"
-    config = natsreg.BreakerConfig(min_requests=2, open_s=0.5)
+    config = natsreg.BreakerConfig(min_requests=2, open_s=60)
     async with (
         natsreg.Registry(nc, prefix=prefix),
         natsreg.Client(nc, prefix=prefix, breaker=config) as client,
