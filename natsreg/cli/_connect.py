@@ -268,10 +268,7 @@ async def _dial(server: str, options: dict[str, Any]) -> NATS:
         problem = await _not_nats(server)
         verdict.extend([problem] if problem else [])
     if verdict:
-        try:
-            await nc.close()
-        except Exception as exc:
-            log.debug("close: %s", exc)
+        await _close(nc)
         raise _CliError(
             f"not a NATS server at {server}: {verdict[0]}; pass the NATS server's address "
             "(port 4222 by default) with --server / NATS_URL, or start one with 'natsreg up'"

@@ -186,12 +186,13 @@ class Client(anyio.AsyncContextManagerMixin):
         now = self._clock()
         given_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = now + given_s
-        # What a timeout says the call had: the time given, not what an attempt had left.
-        within = f"within {given_s:g} s"
+        # What cut the call's time short of the time given, if anything: a timeout says it
+        # (formatted only then: this runs on every call).
+        cut_by = None
         inherited = _deadline.current.get()
         if inherited is not None and inherited < deadline:
             deadline = inherited
-            within = "before the deadline of the request being handled"
+            cut_by = "before the deadline of the request being handled"
             if deadline <= now:
                 raise RequestTimeoutError(
                     f"the deadline of the request being handled has passed; {subject!r} "
@@ -201,7 +202,7 @@ class Client(anyio.AsyncContextManagerMixin):
         policy = retry or self.retry
         if policy.budget_s is not None and now + policy.budget_s < deadline:
             deadline = now + policy.budget_s
-            within = f"within its retry budget of {policy.budget_s:g} s"
+            cut_by = f"within its retry budget of {policy.budget_s:g} s"
         # The trace goes on in the next hop: in a span of its own where OpenTelemetry is
         # configured; else, inside a traced request, under a fresh span id. A call outside
         # any trace sends no trace header (the service it reaches starts one).
@@ -243,6 +244,7 @@ class Client(anyio.AsyncContextManagerMixin):
                 value = await value
             return Reply(target.subject, to_bytes(value), {FALLBACK_HEADER: "true"})
         except RequestTimeoutError as exc:
+            within = cut_by or f"within {given_s:g} s"
             error = no_reply(subject, target.service, within, subject=target.subject)
             if span is not None:
                 _otel.end(span, error)
