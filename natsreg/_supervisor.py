@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,9 @@ __all__ = [
     "READY_FD_ENV",
     "WORKER_ENV",
     "Supervisor",
+    "open_watched",
     "tell_ready",
+    "terminate",
     "until_orphaned",
     "why_exited",
     "worker_number",
@@ -94,6 +96,53 @@ def why_exited(returncode: int) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with status {returncode}"
+
+
+async def open_watched(
+    argv: Sequence[str], env: Mapping[str, str], *, stdin: int | None = subprocess.DEVNULL
+) -> tuple[Process, socket.socket]:
+    """``argv`` (a natsreg service) started in a session of its own, so that a terminal's
+    Ctrl-C reaches only this process, which then stops it in order; with a socket pair it
+    is told of (``READY_FD_ENV``): it says on it when it serves (:func:`tell_ready`), and
+    the closing of our end, returned and to be kept open while it lives, tells it we are
+    gone, even after a kill -9 (:func:`until_orphaned`)."""
+    ours, theirs = socket.socketpair()
+    with theirs:
+        try:
+            process = await anyio.open_process(
+                list(argv),
+                env={**env, READY_FD_ENV: str(theirs.fileno())},
+                pass_fds=(theirs.fileno(),),
+                stdin=stdin,
+                stdout=None,
+                stderr=None,
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+    return process, ours
+
+
+async def terminate(
+    process: Process, within_s: float, overdue: Callable[[], None] = lambda: None
+) -> bool:
+    """SIGTERM (a natsreg service drains and says goodbye on it), then, if it still runs
+    ``within_s`` later, ``overdue()`` and SIGKILL; once it has exited, whether it was
+    killed so."""
+    killed = False
+    if process.returncode is None:
+        with suppress(ProcessLookupError):
+            process.terminate()
+        with anyio.move_on_after(within_s):
+            await process.wait()
+        if process.returncode is None:
+            overdue()
+            killed = True
+            with suppress(ProcessLookupError):
+                process.kill()
+    await process.wait()
+    return killed
 
 
 @dataclass(eq=False)
@@ -179,21 +228,9 @@ class Supervisor:
     async def _spawn(self, number: int) -> _Worker | None:
         """A new worker under ``number``, once it says it serves; None if it did not."""
         assert self._tg is not None
-        ours, theirs = socket.socketpair()
-        with theirs:
-            env = {**os.environ, WORKER_ENV: str(number), READY_FD_ENV: str(theirs.fileno())}
-            # A session of its own: a terminal's Ctrl-C reaches only the supervisor, which
-            # then stops the workers in order rather than all of them dying at once.
-            process = await anyio.open_process(
-                self._command,
-                env=env,
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=None,
-                stderr=None,
-                start_new_session=True,
-            )
-        # Ours stays open while the worker lives: its closing tells the worker we are gone.
+        # A session of its own: a terminal's Ctrl-C reaches only the supervisor, which then
+        # stops the workers in order rather than all of them dying at once.
+        process, ours = await open_watched(self._command, {**os.environ, WORKER_ENV: str(number)})
         worker = _Worker(number, process, time.monotonic(), ours)
         self._live.add(worker)
         self._tg.start_soon(self._reap, worker)
@@ -216,16 +253,11 @@ class Supervisor:
         # SIGTERM: the worker drains and says goodbye; after the drain timeout, and a margin
         # for its goodbye, it is killed.
         worker.stopping = True
-        if worker.process.returncode is None:
-            with suppress(ProcessLookupError):
-                worker.process.send_signal(signal.SIGTERM)
-            with anyio.move_on_after(self._drain_timeout_s + 5.0):
-                await worker.process.wait()
-            if worker.process.returncode is None:
-                self._say(f"{worker.name} did not stop within the drain timeout; killing it")
-                with suppress(ProcessLookupError):
-                    worker.process.kill()
-        await worker.process.wait()
+        await terminate(
+            worker.process,
+            self._drain_timeout_s + 5.0,
+            lambda: self._say(f"{worker.name} did not stop within the drain timeout; killing it"),
+        )
 
     async def _reap(self, worker: _Worker) -> None:
         await worker.process.wait()

@@ -33,7 +33,7 @@ from nats.aio.client import Client as NATS
 
 from .. import logs
 from .._server import NatsServer, ServerError, default_store_dir, is_listening
-from .._supervisor import READY_FD_ENV, why_exited
+from .._supervisor import open_watched, terminate, why_exited
 from .._tasks import background
 from ..errors import ConfigError
 from ..registry import Registry
@@ -316,25 +316,21 @@ class _Programs:
                     argv += ["--http", f"[{host}]:0" if ":" in host else f"{host}:0"]
             elif argv and argv[0].endswith(".py"):
                 argv.insert(0, sys.executable)
-            ours, theirs = socket.socketpair() if target else (None, None)
-            env = self._env if theirs is None else {**self._env, READY_FD_ENV: str(theirs.fileno())}
+            ours = None
             try:
-                process = await anyio.open_process(
-                    argv,
-                    env=env,
-                    pass_fds=() if theirs is None else (theirs.fileno(),),
-                    stdin=None,
-                    stdout=None,
-                    stderr=None,
-                    start_new_session=True,
-                )
+                if target:
+                    process, ours = await open_watched(argv, self._env, stdin=None)
+                else:
+                    process = await anyio.open_process(
+                        argv,
+                        env=self._env,
+                        stdin=None,
+                        stdout=None,
+                        stderr=None,
+                        start_new_session=True,
+                    )
             except OSError as exc:
-                if ours is not None:
-                    ours.close()
                 raise _CliError(f"cannot run {command!r}: {exc}") from exc
-            finally:
-                if theirs is not None:
-                    theirs.close()
             self.running.append(_Program(command, process, ours))
             _say(f"started {command} (pid {process.pid})")
 
@@ -358,9 +354,6 @@ class _Programs:
         """SIGTERM to each program (a natsreg service drains and says goodbye on it), and
         SIGKILL to any still running after ``_PROGRAM_STOP_S``; the pids of those stopped."""
         live = [p for p in self.running if p.process.returncode is None]
-        for program in live:
-            with suppress(ProcessLookupError):
-                program.process.terminate()
         async with anyio.create_task_group() as tg:
             for program in live:
                 tg.start_soon(self._stopped, program)
@@ -370,22 +363,21 @@ class _Programs:
         return {program.process.pid for program in live}
 
     async def _stopped(self, program: _Program) -> None:
-        with anyio.move_on_after(_PROGRAM_STOP_S):
-            await program.process.wait()
-        if program.process.returncode is None:
+        def overdue() -> None:
             _say(
                 f"{program.name} did not stop within {_PROGRAM_STOP_S:.0f} s of SIGTERM; "
                 "killing it",
                 logging.WARNING,
             )
-            with suppress(ProcessLookupError):
-                program.process.kill()
-            await program.process.wait()
-        elif program.channel is None and program.process.returncode in (0, -signal.SIGTERM):
+
+        if await terminate(program.process, _PROGRAM_STOP_S, overdue):
+            return
+        returncode = program.process.returncode
+        if program.channel is None and returncode in (0, -signal.SIGTERM):
             _say(f"{program.name} stopped")
-        elif program.process.returncode:
+        elif returncode:
             # A natsreg service says how it stopped itself; only a failure is said here.
-            _say(f"{program.name} {why_exited(program.process.returncode)}")
+            _say(f"{program.name} {why_exited(returncode)}")
 
     def kill(self) -> None:
         for program in self.running:
